@@ -1,0 +1,710 @@
+//! Write commands. Each runs as one sled transaction over the fixed trees;
+//! the closure may re-run, so it only reads and writes the transaction's
+//! view and decides with pure domain functions. Outgoing work (offers,
+//! withdrawals) is written to the outbox in the same transaction and
+//! returned so the caller can send it once the group is durable.
+
+use serde::{de::DeserializeOwned, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::Transactional;
+
+use crate::domain::approval::{shop_key_fingerprint, ApprovalPayload};
+use crate::domain::trade::transition;
+use crate::domain::{
+    AccountName, Amount, Balance, CarrierId, Currency, Decision, FailureReason, PostingSet, RegisterId, ShopId,
+    SubscriberNumber, TradeEvent, TradeId, TradeState, Transition, UnixMs,
+};
+
+use super::records::{
+    AccountRecord, CarrierRecord, Delivery, DeliveryBody, EventRecord, Funding, HandsetRecord, IdempotencyRecord,
+    OfferBody, PostingKind, PostingRecord, Principal, Receipt, RegisterRecord, ShopRecord, SubscriberRecord,
+    TradeRecord, TradeRequest,
+};
+use super::verify::{self, VerifyReport};
+use super::{keys, records, Shared, StoreError, T};
+
+/// A change to the store. Every field is already validated by the caller.
+#[derive(Debug, Clone)]
+pub enum Command {
+    CreateShop { id: ShopId, display_name: String, token_hash: [u8; 32], max_shops: u32, now: UnixMs },
+    CreateCarrier { id: CarrierId, display_name: String, token_hash: [u8; 32], now: UnixMs },
+    EnrollSubscriber { carrier: CarrierId, number: SubscriberNumber, funding: Funding, now: UnixMs },
+    EnrollHandset { carrier: CarrierId, number: SubscriberNumber, public_key: [u8; 32], now: UnixMs },
+    TopUp { number: SubscriberNumber, amount: Amount, currency: Currency, now: UnixMs },
+    OpenRegister { shop: ShopId, id: RegisterId, label: String, max_registers: u32, now: UnixMs },
+    CloseRegister { shop: ShopId, id: RegisterId, now: UnixMs },
+    CreateTrade(CreateTrade),
+    /// The carrier acknowledged an outbox delivery.
+    Ack { carrier: CarrierId, delivery_id: u64, now: UnixMs },
+    /// A handset's signed answer, relayed by its carrier.
+    Answer { carrier: CarrierId, trade: TradeId, decision: Decision, signature: Vec<u8>, now: UnixMs },
+    Cancel { shop: ShopId, trade: TradeId, now: UnixMs },
+    /// Expires the trade if it is open and its deadline has passed.
+    Expire { trade: TradeId, now: UnixMs },
+    /// Reads everything on the writer thread for a consistent check.
+    Verify,
+}
+
+#[derive(Debug, Clone)]
+pub struct CreateTrade {
+    pub shop: ShopId,
+    pub trade_id: TradeId,
+    pub request: TradeRequest,
+    pub idempotency_key: Option<String>,
+    pub binding_code: String,
+    pub max_open_per_register: u32,
+    pub now: UnixMs,
+}
+
+/// Why a handset answer changed nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectedAnswer {
+    /// No such trade for this carrier.
+    UnknownTrade,
+    /// The trade had already reached this final state.
+    AlreadyFinal(TradeState),
+    /// The deadline had passed; the trade is now EXPIRED.
+    Expired,
+}
+
+#[derive(Debug, Clone)]
+pub struct AnswerOutcome {
+    /// The trade after the answer (absent when unknown).
+    pub trade: Option<TradeRecord>,
+    pub rejected: Option<RejectedAnswer>,
+    pub deliveries: Vec<Delivery>,
+}
+
+#[derive(Debug, Clone)]
+pub enum CommandOutcome {
+    Shop(ShopRecord),
+    Carrier(CarrierRecord),
+    Subscriber(SubscriberRecord),
+    Handset(HandsetRecord),
+    TopUp { account: AccountRecord, posting_id: u64 },
+    Register(RegisterRecord),
+    /// A created, cancelled, expired or acknowledged trade and the
+    /// deliveries to send now that it is durable. `replayed` is true when
+    /// an idempotent retry returned an earlier trade.
+    Trade { trade: Option<TradeRecord>, deliveries: Vec<Delivery>, replayed: bool },
+    Answer(AnswerOutcome),
+    Verified(VerifyReport),
+}
+
+type TxResult<R> = Result<R, ConflictableTransactionError<StoreError>>;
+
+fn abort<R>(e: StoreError) -> TxResult<R> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+/// Typed access to the transaction's view of every tree.
+struct Tx<'a>(&'a [TransactionalTree]);
+
+impl Tx<'_> {
+    fn tree(&self, t: T) -> TxResult<&TransactionalTree> {
+        match self.0.get(t as usize) {
+            Some(tree) => Ok(tree),
+            None => abort(StoreError::Corrupt(format!("tree {t:?} missing from transaction"))),
+        }
+    }
+
+    fn get<R: DeserializeOwned>(&self, t: T, key: &[u8]) -> TxResult<Option<R>> {
+        match self.tree(t)?.get(key)? {
+            Some(v) => records::decode(&v).map(Some).or_else(abort),
+            None => Ok(None),
+        }
+    }
+
+    fn put<R: Serialize>(&self, t: T, key: &[u8], value: &R) -> TxResult<()> {
+        let bytes = records::encode(value).or_else(abort)?;
+        self.tree(t)?.insert(key, bytes)?;
+        Ok(())
+    }
+
+    fn del(&self, t: T, key: &[u8]) -> TxResult<()> {
+        self.tree(t)?.remove(key)?;
+        Ok(())
+    }
+
+    /// Next value of a named counter (1, 2, 3, …), stored big-endian.
+    fn next(&self, name: &[u8]) -> TxResult<u64> {
+        let meta = self.tree(T::Meta)?;
+        let current = match meta.get(name)? {
+            Some(v) => match <[u8; 8]>::try_from(v.as_ref()) {
+                Ok(b) => u64::from_be_bytes(b),
+                Err(_) => return abort(StoreError::Corrupt("counter width".into())),
+            },
+            None => 0,
+        };
+        let Some(next) = current.checked_add(1) else {
+            return abort(StoreError::Corrupt("counter overflow".into()));
+        };
+        meta.insert(name, &next.to_be_bytes())?;
+        Ok(next)
+    }
+}
+
+/// What a command produced besides its outcome.
+#[derive(Default)]
+struct Effects {
+    deliveries: Vec<Delivery>,
+    heads: Vec<(ShopId, u64)>,
+}
+
+/// Applies one command; on success also reports the shops whose event head
+/// moved (to publish once the group is durable).
+pub(crate) fn apply(
+    shared: &Shared,
+    command: &Command,
+    heads: &mut Vec<(ShopId, u64)>,
+) -> Result<CommandOutcome, StoreError> {
+    if let Command::Verify = command {
+        return verify::verify(&shared.trees).map(CommandOutcome::Verified);
+    }
+    let trees: Vec<&sled::Tree> = shared.trees.iter().collect();
+    let result = trees.as_slice().transaction(|view| {
+        let tx = Tx(view.as_slice());
+        let mut fx = Effects::default();
+        let outcome = run(&tx, command, &mut fx)?;
+        Ok((outcome, fx))
+    });
+    match result {
+        Ok((outcome, fx)) => {
+            heads.extend(fx.heads);
+            Ok(outcome)
+        }
+        Err(TransactionError::Abort(e)) => Err(e),
+        Err(TransactionError::Storage(e)) => Err(StoreError::from(e)),
+    }
+}
+
+fn run(tx: &Tx, command: &Command, fx: &mut Effects) -> TxResult<CommandOutcome> {
+    match command {
+        Command::CreateShop { id, display_name, token_hash, max_shops, now } => {
+            create_shop(tx, id, display_name, token_hash, *max_shops, *now, fx)
+        }
+        Command::CreateCarrier { id, display_name, token_hash, now } => {
+            create_carrier(tx, id, display_name, token_hash, *now)
+        }
+        Command::EnrollSubscriber { carrier, number, funding, now } => {
+            enroll_subscriber(tx, carrier, number, *funding, *now)
+        }
+        Command::EnrollHandset { carrier, number, public_key, now } => {
+            enroll_handset(tx, carrier, number, public_key, *now)
+        }
+        Command::TopUp { number, amount, currency, now } => top_up(tx, number, *amount, *currency, *now),
+        Command::OpenRegister { shop, id, label, max_registers, now } => {
+            open_register(tx, shop, id, label, *max_registers, *now)
+        }
+        Command::CloseRegister { shop, id, now } => close_register(tx, shop, id, *now),
+        Command::CreateTrade(c) => create_trade(tx, c, fx),
+        Command::Ack { carrier, delivery_id, now } => ack(tx, carrier, *delivery_id, *now, fx),
+        Command::Answer { carrier, trade, decision, signature, now } => {
+            answer(tx, carrier, trade, *decision, signature, *now, fx)
+        }
+        Command::Cancel { shop, trade, now } => cancel(tx, shop, trade, *now, fx),
+        Command::Expire { trade, now } => expire(tx, trade, *now, fx),
+        Command::Verify => abort(StoreError::Corrupt("verify is not a transaction".into())),
+    }
+}
+
+fn create_shop(
+    tx: &Tx,
+    id: &ShopId,
+    display_name: &str,
+    token_hash: &[u8; 32],
+    max_shops: u32,
+    now: UnixMs,
+    fx: &mut Effects,
+) -> TxResult<CommandOutcome> {
+    let key = id.as_str().as_bytes();
+    if tx.get::<ShopRecord>(T::Shops, key)?.is_some() {
+        return abort(StoreError::AlreadyExists(format!("shop_id: shop {id} already exists")));
+    }
+    let count = tx.next(b"shops")?;
+    if count > u64::from(max_shops) {
+        return abort(StoreError::LimitExceeded(format!("at most {max_shops} shops")));
+    }
+    let shop = ShopRecord { id: id.clone(), display_name: display_name.to_owned(), next_event_seq: 1, created_at: now };
+    tx.put(T::Shops, key, &shop)?;
+    tx.put(T::Credentials, token_hash, &Principal::Shop(id.clone()))?;
+    fx.heads.push((id.clone(), 0));
+    Ok(CommandOutcome::Shop(shop))
+}
+
+fn create_carrier(
+    tx: &Tx,
+    id: &CarrierId,
+    display_name: &str,
+    token_hash: &[u8; 32],
+    now: UnixMs,
+) -> TxResult<CommandOutcome> {
+    let key = id.as_str().as_bytes();
+    if tx.get::<CarrierRecord>(T::Carriers, key)?.is_some() {
+        return abort(StoreError::AlreadyExists(format!("carrier_id: carrier {id} already exists")));
+    }
+    let carrier = CarrierRecord { id: id.clone(), display_name: display_name.to_owned(), created_at: now };
+    tx.put(T::Carriers, key, &carrier)?;
+    tx.put(T::Credentials, token_hash, &Principal::Carrier(id.clone()))?;
+    Ok(CommandOutcome::Carrier(carrier))
+}
+
+fn enroll_subscriber(
+    tx: &Tx,
+    carrier: &CarrierId,
+    number: &SubscriberNumber,
+    funding: Funding,
+    now: UnixMs,
+) -> TxResult<CommandOutcome> {
+    let key = number.as_str().as_bytes();
+    if let Some(existing) = tx.get::<SubscriberRecord>(T::Subscribers, key)? {
+        if &existing.carrier != carrier {
+            return abort(StoreError::FailedPrecondition(
+                "subscriber_number: the number is enrolled with another carrier".into(),
+            ));
+        }
+    }
+    let record = SubscriberRecord { number: number.clone(), carrier: carrier.clone(), funding, enrolled_at: now };
+    tx.put(T::Subscribers, key, &record)?;
+    Ok(CommandOutcome::Subscriber(record))
+}
+
+/// The subscriber, if it belongs to `carrier`; otherwise NOT_FOUND, so a
+/// carrier learns nothing about other carriers' subscribers.
+fn own_subscriber(tx: &Tx, carrier: &CarrierId, number: &SubscriberNumber) -> TxResult<SubscriberRecord> {
+    match tx.get::<SubscriberRecord>(T::Subscribers, number.as_str().as_bytes())? {
+        Some(s) if &s.carrier == carrier => Ok(s),
+        _ => abort(StoreError::NotFound("subscriber")),
+    }
+}
+
+fn enroll_handset(
+    tx: &Tx,
+    carrier: &CarrierId,
+    number: &SubscriberNumber,
+    public_key: &[u8; 32],
+    now: UnixMs,
+) -> TxResult<CommandOutcome> {
+    own_subscriber(tx, carrier, number)?;
+    let record = HandsetRecord { number: number.clone(), public_key: *public_key, enrolled_at: now };
+    tx.put(T::Handsets, number.as_str().as_bytes(), &record)?;
+    Ok(CommandOutcome::Handset(record))
+}
+
+fn top_up(
+    tx: &Tx,
+    number: &SubscriberNumber,
+    amount: Amount,
+    currency: Currency,
+    now: UnixMs,
+) -> TxResult<CommandOutcome> {
+    match tx.get::<SubscriberRecord>(T::Subscribers, number.as_str().as_bytes())? {
+        Some(s) => match s.funding {
+            Funding::Wallet => {}
+        },
+        None => return abort(StoreError::NotFound("subscriber")),
+    }
+    let wallet = AccountName::Wallet(number.clone(), currency);
+    let set = PostingSet::transfer(AccountName::SystemFunding(currency), wallet.clone(), amount)
+        .or_else(|e| abort(StoreError::FailedPrecondition(format!("amount_minor: {e}"))))?;
+    let first = post(tx, &set, None, PostingKind::TopUp, now)?;
+    let account = tx
+        .get::<AccountRecord>(T::Accounts, &keys::account(&wallet))?
+        .map_or_else(|| abort(StoreError::Corrupt("wallet missing after posting".into())), Ok)?;
+    Ok(CommandOutcome::TopUp { account, posting_id: first })
+}
+
+/// Writes a balanced posting set: account totals and immutable posting
+/// records. Refuses (aborting the whole transaction) if a total would
+/// overflow or a never-negative account would go below zero. Returns the
+/// first posting id.
+fn post(tx: &Tx, set: &PostingSet, trade: Option<TradeId>, kind: PostingKind, now: UnixMs) -> TxResult<u64> {
+    let set_id = tx.next(b"posting_set")?;
+    let mut first = None;
+    for leg in set.legs() {
+        let key = keys::account(&leg.account);
+        let mut account = tx
+            .get::<AccountRecord>(T::Accounts, &key)?
+            .unwrap_or(AccountRecord { name: leg.account.clone(), balance: Balance::EMPTY });
+        account.balance = match account.balance.post(leg.side, leg.amount) {
+            Ok(b) => b,
+            Err(_) => {
+                return abort(StoreError::FailedPrecondition(format!(
+                    "amount_minor: the total of account {:?} would overflow",
+                    leg.account
+                )))
+            }
+        };
+        if account.name.must_not_go_negative() && account.balance.credits < account.balance.debits {
+            return abort(StoreError::FailedPrecondition(format!("account {:?} would go below zero", leg.account)));
+        }
+        tx.put(T::Accounts, &key, &account)?;
+        let posting_id = tx.next(b"posting")?;
+        first.get_or_insert(posting_id);
+        let record = PostingRecord {
+            posting_id,
+            set_id,
+            account: leg.account.clone(),
+            side: leg.side,
+            amount: leg.amount,
+            trade,
+            kind,
+            at: now,
+        };
+        tx.put(T::Postings, &posting_id.to_be_bytes(), &record)?;
+    }
+    first.map_or_else(|| abort(StoreError::Corrupt("empty posting set".into())), Ok)
+}
+
+fn open_register(
+    tx: &Tx,
+    shop: &ShopId,
+    id: &RegisterId,
+    label: &str,
+    max_registers: u32,
+    now: UnixMs,
+) -> TxResult<CommandOutcome> {
+    let open_count = registers_open(tx, shop)?;
+    if open_count >= max_registers {
+        return abort(StoreError::LimitExceeded(format!("at most {max_registers} open registers per shop")));
+    }
+    let key = keys::register(shop, id);
+    if tx.get::<RegisterRecord>(T::Registers, &key)?.is_some() {
+        return abort(StoreError::Corrupt("register id collision".into()));
+    }
+    let record = RegisterRecord {
+        id: *id,
+        shop: shop.clone(),
+        label: label.to_owned(),
+        open: true,
+        opened_at: now,
+        closed_at: None,
+        open_trades: 0,
+    };
+    tx.put(T::Registers, &key, &record)?;
+    set_registers_open(tx, shop, open_count.saturating_add(1))?;
+    Ok(CommandOutcome::Register(record))
+}
+
+/// Open registers per shop live in the meta tree under `open_registers/<shop>`.
+fn registers_open(tx: &Tx, shop: &ShopId) -> TxResult<u32> {
+    let key = keys::owned("open_registers", shop.as_str().as_bytes());
+    match tx.tree(T::Meta)?.get(&key)? {
+        Some(v) => match <[u8; 4]>::try_from(v.as_ref()) {
+            Ok(b) => Ok(u32::from_be_bytes(b)),
+            Err(_) => abort(StoreError::Corrupt("open register count width".into())),
+        },
+        None => Ok(0),
+    }
+}
+
+fn set_registers_open(tx: &Tx, shop: &ShopId, n: u32) -> TxResult<()> {
+    let key = keys::owned("open_registers", shop.as_str().as_bytes());
+    tx.tree(T::Meta)?.insert(key, &n.to_be_bytes())?;
+    Ok(())
+}
+
+fn close_register(tx: &Tx, shop: &ShopId, id: &RegisterId, now: UnixMs) -> TxResult<CommandOutcome> {
+    let key = keys::register(shop, id);
+    let Some(mut record) = tx.get::<RegisterRecord>(T::Registers, &key)? else {
+        return abort(StoreError::NotFound("register"));
+    };
+    if !record.open {
+        return abort(StoreError::FailedPrecondition("register_id: the register is already closed".into()));
+    }
+    if record.open_trades > 0 {
+        return abort(StoreError::FailedPrecondition(format!(
+            "register_id: the register has {} open trades; cancel them or wait",
+            record.open_trades
+        )));
+    }
+    record.open = false;
+    record.closed_at = Some(now);
+    tx.put(T::Registers, &key, &record)?;
+    let open_count = registers_open(tx, shop)?;
+    set_registers_open(tx, shop, open_count.saturating_sub(1))?;
+    Ok(CommandOutcome::Register(record))
+}
+
+/// Appends an event for the trade's shop with the next sequence number.
+fn emit(tx: &Tx, trade: &TradeRecord, now: UnixMs, fx: &mut Effects) -> TxResult<()> {
+    let key = trade.shop.as_str().as_bytes();
+    let Some(mut shop) = tx.get::<ShopRecord>(T::Shops, key)? else {
+        return abort(StoreError::Corrupt(format!("trade {} names a missing shop", trade.id)));
+    };
+    let seq = shop.next_event_seq;
+    let Some(next) = seq.checked_add(1) else {
+        return abort(StoreError::Corrupt("event sequence overflow".into()));
+    };
+    shop.next_event_seq = next;
+    tx.put(T::Shops, key, &shop)?;
+    tx.put(T::Events, &keys::event(&trade.shop, seq), &EventRecord { seq, at: now, trade: trade.clone() })?;
+    fx.heads.push((trade.shop.clone(), seq));
+    Ok(())
+}
+
+/// Queues a delivery to a carrier in the outbox.
+fn enqueue(tx: &Tx, carrier: &CarrierId, body: DeliveryBody, fx: &mut Effects) -> TxResult<u64> {
+    let delivery_id = tx.next(b"delivery")?;
+    let delivery = Delivery { delivery_id, carrier: carrier.clone(), body };
+    tx.put(T::Outbox, &keys::outbox(carrier, delivery_id), &delivery)?;
+    fx.deliveries.push(delivery);
+    Ok(delivery_id)
+}
+
+fn create_trade(tx: &Tx, c: &CreateTrade, fx: &mut Effects) -> TxResult<CommandOutcome> {
+    if let Some(key) = &c.idempotency_key {
+        if let Some(prior) = tx.get::<IdempotencyRecord>(T::Idempotency, &keys::idempotency(&c.shop, key))? {
+            if let Some(field) = prior.request.first_difference(&c.request) {
+                return abort(StoreError::AlreadyExists(format!(
+                    "{field}: the idempotency key was used for a request with a different {field}"
+                )));
+            }
+            let trade = tx.get::<TradeRecord>(T::Trades, prior.trade.as_bytes())?;
+            return Ok(CommandOutcome::Trade { trade, deliveries: Vec::new(), replayed: true });
+        }
+    }
+    let Some(shop) = tx.get::<ShopRecord>(T::Shops, c.shop.as_str().as_bytes())? else {
+        return abort(StoreError::NotFound("shop"));
+    };
+    let register_key = keys::register(&c.shop, &c.request.register);
+    let Some(mut register) = tx.get::<RegisterRecord>(T::Registers, &register_key)? else {
+        return abort(StoreError::NotFound("register"));
+    };
+    if !register.open {
+        return abort(StoreError::FailedPrecondition("register_id: the register is closed".into()));
+    }
+    if register.open_trades >= c.max_open_per_register {
+        return abort(StoreError::LimitExceeded(format!(
+            "open trades per register: at most {}",
+            c.max_open_per_register
+        )));
+    }
+    if tx.get::<TradeRecord>(T::Trades, c.trade_id.as_bytes())?.is_some() {
+        return abort(StoreError::Corrupt("trade id collision".into()));
+    }
+    let Some(expires_at) = c.now.checked_add_ms(c.request.ttl_ms) else {
+        return abort(StoreError::FailedPrecondition("ttl_seconds: deadline overflows".into()));
+    };
+    let subscriber = tx.get::<SubscriberRecord>(T::Subscribers, c.request.payer.as_str().as_bytes())?;
+    let handset = tx.get::<HandsetRecord>(T::Handsets, c.request.payer.as_str().as_bytes())?;
+    let mut trade = TradeRecord {
+        id: c.trade_id,
+        shop: c.shop.clone(),
+        carrier: subscriber.as_ref().map(|s| s.carrier.clone()),
+        request: c.request.clone(),
+        state: TradeState::Pending,
+        failure: None,
+        binding_code: c.binding_code.clone(),
+        created_at: c.now,
+        expires_at,
+        finished_at: None,
+        decision: None,
+        receipt: None,
+        idempotency_key: c.idempotency_key.clone(),
+        offer_delivery: None,
+    };
+    let refusal = match (&subscriber, &handset) {
+        (None, _) => Some(FailureReason::PayerUnknown),
+        (Some(_), None) => Some(FailureReason::NoHandset),
+        (Some(_), Some(_)) => None,
+    };
+    match (refusal, &subscriber) {
+        (Some(reason), _) => {
+            // Nothing can ever answer this trade: it fails at once, with no
+            // offer, deadline or open-trade slot.
+            trade.state = TradeState::Failed;
+            trade.failure = Some(reason);
+            trade.finished_at = Some(c.now);
+        }
+        (None, Some(sub)) => {
+            register.open_trades = register.open_trades.saturating_add(1);
+            tx.put(T::Registers, &register_key, &register)?;
+            tx.put(T::Deadlines, &keys::deadline(expires_at, &trade.id), &())?;
+            let offer = OfferBody {
+                trade: trade.id,
+                payer: c.request.payer.clone(),
+                shop: c.shop.clone(),
+                shop_name: shop.display_name.clone(),
+                register: register.id,
+                register_label: register.label.clone(),
+                amount: c.request.amount,
+                currency: c.request.currency,
+                description: c.request.description.clone(),
+                expires_at,
+                binding_code: c.binding_code.clone(),
+            };
+            trade.offer_delivery = Some(enqueue(tx, &sub.carrier, DeliveryBody::Offer(offer), fx)?);
+        }
+        (None, None) => return abort(StoreError::Corrupt("payer check inconsistent".into())),
+    }
+    tx.put(T::Trades, trade.id.as_bytes(), &trade)?;
+    if let Some(key) = &c.idempotency_key {
+        let record = IdempotencyRecord { trade: trade.id, request: c.request.clone() };
+        tx.put(T::Idempotency, &keys::idempotency(&c.shop, key), &record)?;
+    }
+    emit(tx, &trade, c.now, fx)?;
+    Ok(CommandOutcome::Trade { trade: Some(trade), deliveries: std::mem::take(&mut fx.deliveries), replayed: false })
+}
+
+/// Moves an open trade to a final state and does everything that goes with
+/// it: deadline removed, register slot freed, unacknowledged offer dropped,
+/// optional withdrawal queued, trade stored, event emitted.
+fn finish(tx: &Tx, trade: &mut TradeRecord, event: TradeEvent, withdraw: bool, now: UnixMs, fx: &mut Effects) -> TxResult<()> {
+    let next = match transition(trade.state, event) {
+        Ok(Transition::To(s)) if s.is_final() => s,
+        Ok(_) => return abort(StoreError::Corrupt(format!("{event:?} is not a final transition"))),
+        Err(e) => return abort(StoreError::FailedPrecondition(format!("trade_id: {e}"))),
+    };
+    trade.state = next;
+    trade.finished_at = Some(now);
+    if let TradeEvent::Fail(reason) = event {
+        trade.failure = Some(reason);
+    }
+    tx.del(T::Deadlines, &keys::deadline(trade.expires_at, &trade.id))?;
+    let register_key = keys::register(&trade.shop, &trade.request.register);
+    if let Some(mut register) = tx.get::<RegisterRecord>(T::Registers, &register_key)? {
+        let Some(n) = register.open_trades.checked_sub(1) else {
+            return abort(StoreError::Corrupt("register open-trade count below zero".into()));
+        };
+        register.open_trades = n;
+        tx.put(T::Registers, &register_key, &register)?;
+    }
+    if let Some(carrier) = trade.carrier.clone() {
+        if let Some(delivery_id) = trade.offer_delivery.take() {
+            tx.del(T::Outbox, &keys::outbox(&carrier, delivery_id))?;
+        }
+        if withdraw {
+            let body = DeliveryBody::Withdraw { trade: trade.id, payer: trade.request.payer.clone(), state: next };
+            enqueue(tx, &carrier, body, fx)?;
+        }
+    }
+    tx.put(T::Trades, trade.id.as_bytes(), trade)?;
+    emit(tx, trade, now, fx)
+}
+
+fn ack(tx: &Tx, carrier: &CarrierId, delivery_id: u64, now: UnixMs, fx: &mut Effects) -> TxResult<CommandOutcome> {
+    let key = keys::outbox(carrier, delivery_id);
+    let Some(delivery) = tx.get::<Delivery>(T::Outbox, &key)? else {
+        // Already acknowledged (or never ours): acknowledgements repeat.
+        return Ok(CommandOutcome::Trade { trade: None, deliveries: Vec::new(), replayed: true });
+    };
+    tx.del(T::Outbox, &key)?;
+    let DeliveryBody::Offer(offer) = delivery.body else {
+        return Ok(CommandOutcome::Trade { trade: None, deliveries: Vec::new(), replayed: false });
+    };
+    let Some(mut trade) = tx.get::<TradeRecord>(T::Trades, offer.trade.as_bytes())? else {
+        return abort(StoreError::Corrupt("outbox offer for a missing trade".into()));
+    };
+    trade.offer_delivery = None;
+    match transition(trade.state, TradeEvent::Delivered) {
+        Ok(Transition::To(next)) => {
+            trade.state = next;
+            tx.put(T::Trades, trade.id.as_bytes(), &trade)?;
+            emit(tx, &trade, now, fx)?;
+        }
+        Ok(Transition::Unchanged) | Err(_) => tx.put(T::Trades, trade.id.as_bytes(), &trade)?,
+    }
+    Ok(CommandOutcome::Trade { trade: Some(trade), deliveries: Vec::new(), replayed: false })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn answer(
+    tx: &Tx,
+    carrier: &CarrierId,
+    trade_id: &TradeId,
+    decision: Decision,
+    signature: &[u8],
+    now: UnixMs,
+    fx: &mut Effects,
+) -> TxResult<CommandOutcome> {
+    let rejected = |trade: Option<TradeRecord>, why: RejectedAnswer, fx: &mut Effects| {
+        Ok(CommandOutcome::Answer(AnswerOutcome {
+            trade,
+            rejected: Some(why),
+            deliveries: std::mem::take(&mut fx.deliveries),
+        }))
+    };
+    let mut trade = match tx.get::<TradeRecord>(T::Trades, trade_id.as_bytes())? {
+        Some(t) if t.carrier.as_ref() == Some(carrier) => t,
+        _ => return rejected(None, RejectedAnswer::UnknownTrade, fx),
+    };
+    if trade.state.is_final() {
+        let state = trade.state;
+        return rejected(Some(trade), RejectedAnswer::AlreadyFinal(state), fx);
+    }
+    if now >= trade.expires_at {
+        finish(tx, &mut trade, TradeEvent::Expire, true, now, fx)?;
+        return rejected(Some(trade), RejectedAnswer::Expired, fx);
+    }
+    let handset = tx.get::<HandsetRecord>(T::Handsets, trade.request.payer.as_str().as_bytes())?;
+    let payload = ApprovalPayload {
+        trade_id: trade.id,
+        amount: trade.request.amount,
+        currency: trade.request.currency,
+        shop_id: &trade.shop,
+        register_id: trade.request.register,
+        expires_at: trade.expires_at,
+        decision,
+    };
+    let event = match &handset {
+        None => TradeEvent::Fail(FailureReason::NoHandset),
+        Some(h) if !payload.verify(&h.public_key, signature) => TradeEvent::Fail(FailureReason::BadSignature),
+        Some(_) if decision == Decision::Decline => TradeEvent::Decline,
+        Some(h) => {
+            let wallet = AccountName::Wallet(trade.request.payer.clone(), trade.request.currency);
+            let available = tx
+                .get::<AccountRecord>(T::Accounts, &keys::account(&wallet))?
+                .map_or(Amount::ZERO, |a| a.balance.available());
+            if available < trade.request.amount {
+                TradeEvent::Fail(FailureReason::InsufficientFunds)
+            } else {
+                let shop = AccountName::ShopPayable(trade.shop.clone(), trade.request.currency);
+                let set = PostingSet::transfer(wallet, shop, trade.request.amount)
+                    .or_else(|e| abort(StoreError::Corrupt(format!("settlement postings: {e}"))))?;
+                post(tx, &set, Some(trade.id), PostingKind::Settlement, now)?;
+                trade.receipt = Some(Receipt {
+                    signed_payload: payload.to_bytes(),
+                    signature: signature.to_vec(),
+                    shop_key_fingerprint: shop_key_fingerprint(&trade.shop, &h.public_key),
+                });
+                TradeEvent::Settle
+            }
+        }
+    };
+    if !matches!(event, TradeEvent::Fail(FailureReason::BadSignature)) {
+        trade.decision = Some(decision);
+    }
+    finish(tx, &mut trade, event, false, now, fx)?;
+    Ok(CommandOutcome::Answer(AnswerOutcome {
+        trade: Some(trade),
+        rejected: None,
+        deliveries: std::mem::take(&mut fx.deliveries),
+    }))
+}
+
+fn cancel(tx: &Tx, shop: &ShopId, trade_id: &TradeId, now: UnixMs, fx: &mut Effects) -> TxResult<CommandOutcome> {
+    let mut trade = match tx.get::<TradeRecord>(T::Trades, trade_id.as_bytes())? {
+        Some(t) if &t.shop == shop => t,
+        // Another shop's trade is indistinguishable from no trade.
+        _ => return abort(StoreError::NotFound("trade")),
+    };
+    finish(tx, &mut trade, TradeEvent::Cancel, true, now, fx)?;
+    Ok(CommandOutcome::Trade { trade: Some(trade), deliveries: std::mem::take(&mut fx.deliveries), replayed: false })
+}
+
+fn expire(tx: &Tx, trade_id: &TradeId, now: UnixMs, fx: &mut Effects) -> TxResult<CommandOutcome> {
+    let Some(mut trade) = tx.get::<TradeRecord>(T::Trades, trade_id.as_bytes())? else {
+        return Ok(CommandOutcome::Trade { trade: None, deliveries: Vec::new(), replayed: false });
+    };
+    if trade.state.is_final() {
+        // A stale deadline entry (should not exist): remove it.
+        tx.del(T::Deadlines, &keys::deadline(trade.expires_at, &trade.id))?;
+        return Ok(CommandOutcome::Trade { trade: Some(trade), deliveries: Vec::new(), replayed: true });
+    }
+    if now < trade.expires_at {
+        return Ok(CommandOutcome::Trade { trade: Some(trade), deliveries: Vec::new(), replayed: true });
+    }
+    finish(tx, &mut trade, TradeEvent::Expire, true, now, fx)?;
+    Ok(CommandOutcome::Trade { trade: Some(trade), deliveries: std::mem::take(&mut fx.deliveries), replayed: false })
+}

@@ -1,0 +1,403 @@
+//! The only module that knows sled. A fixed set of trees, versioned
+//! records, one writer thread that group-commits transactions and makes
+//! each group durable with a real fsync before anyone is answered, and
+//! consistent reads.
+
+mod commands;
+pub mod records;
+mod verify;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::domain::{AccountName, CarrierId, RegisterId, ShopId, SubscriberNumber, TradeId, UnixMs};
+
+pub use commands::{AnswerOutcome, Command, CommandOutcome, CreateTrade, RejectedAnswer};
+pub use records::{
+    AccountRecord, Delivery, DeliveryBody, EventRecord, Funding, OfferBody, PostingKind, PostingRecord, Principal,
+    Receipt, RegisterRecord, ShopRecord, TradeRecord, TradeRequest,
+};
+pub use verify::VerifyReport;
+
+/// Errors of the store layer. Rejections carry what the caller did wrong;
+/// `Corrupt`, `Io` and `Stopped` are the server's problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    LimitExceeded(String),
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    #[error("storage I/O: {0}")]
+    Io(String),
+    #[error("the store stopped accepting writes after a failed sync")]
+    Stopped,
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Io(e.to_string())
+    }
+}
+
+/// How commits are made durable. `Fsync` is the default and the only
+/// setting under which an acknowledgement means "survives power loss".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// sled flush followed by fdatasync of the store's data file, once per
+    /// group of commits, before any of them is acknowledged.
+    Fsync,
+    /// sled flush only (sync_file_range on Linux): survives a process
+    /// crash, not necessarily a power cut. Never the default.
+    FlushOnly,
+}
+
+/// Store settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub durability: Durability,
+    /// sled's page cache in bytes (its RSS can be a multiple of this).
+    pub cache_bytes: u64,
+}
+
+impl StoreConfig {
+    pub fn new(path: impl AsRef<Path>) -> Self {
+        StoreConfig { path: path.as_ref().to_owned(), durability: Durability::Fsync, cache_bytes: 64 * 1024 * 1024 }
+    }
+}
+
+/// The trees. The order is the index into a transaction's view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum T {
+    Meta = 0,
+    Credentials,
+    Shops,
+    Carriers,
+    Subscribers,
+    Handsets,
+    Registers,
+    Accounts,
+    Trades,
+    Postings,
+    Events,
+    Outbox,
+    Idempotency,
+    Deadlines,
+}
+
+const TREE_NAMES: [&str; 14] = [
+    "meta",
+    "credentials",
+    "shops",
+    "carriers",
+    "subscribers",
+    "handsets",
+    "registers",
+    "accounts",
+    "trades",
+    "postings",
+    "events",
+    "outbox",
+    "idempotency",
+    "deadlines",
+];
+
+/// Key layouts. Variable parts are slugs or E.164 numbers, which never
+/// contain 0x00, so `owner 0x00 …` prefixes are unambiguous; integers are
+/// big-endian so keys sort by number.
+pub(crate) mod keys {
+    use super::*;
+
+    pub fn owned(owner: &str, rest: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(owner.len() + 1 + rest.len());
+        k.extend_from_slice(owner.as_bytes());
+        k.push(0);
+        k.extend_from_slice(rest);
+        k
+    }
+    pub fn register(shop: &ShopId, id: &RegisterId) -> Vec<u8> {
+        owned(shop.as_str(), id.as_bytes())
+    }
+    pub fn event(shop: &ShopId, seq: u64) -> Vec<u8> {
+        owned(shop.as_str(), &seq.to_be_bytes())
+    }
+    pub fn outbox(carrier: &CarrierId, delivery_id: u64) -> Vec<u8> {
+        owned(carrier.as_str(), &delivery_id.to_be_bytes())
+    }
+    pub fn idempotency(shop: &ShopId, key: &str) -> Vec<u8> {
+        owned(shop.as_str(), key.as_bytes())
+    }
+    pub fn deadline(at: UnixMs, trade: &TradeId) -> Vec<u8> {
+        let mut k = Vec::with_capacity(24);
+        k.extend_from_slice(&at.0.to_be_bytes());
+        k.extend_from_slice(trade.as_bytes());
+        k
+    }
+    pub fn account(name: &AccountName) -> Vec<u8> {
+        name.key().into_bytes()
+    }
+}
+
+/// Per-shop durable event heads: the highest sequence number that is on
+/// stable storage. Streams read up to the head and wait for it to move.
+#[derive(Default)]
+pub struct EventHeads {
+    heads: Mutex<HashMap<ShopId, watch::Sender<u64>>>,
+}
+
+impl EventHeads {
+    fn set(&self, shop: &ShopId, head: u64) {
+        let mut map = self.heads.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(shop) {
+            Some(tx) => {
+                tx.send_if_modified(|v| {
+                    let moved = head > *v;
+                    if moved {
+                        *v = head;
+                    }
+                    moved
+                });
+            }
+            None => {
+                map.insert(shop.clone(), watch::Sender::new(head));
+            }
+        }
+    }
+
+    /// A receiver of the shop's durable head; `None` for an unknown shop.
+    pub fn subscribe(&self, shop: &ShopId) -> Option<watch::Receiver<u64>> {
+        let map = self.heads.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(shop).map(|tx| tx.subscribe())
+    }
+}
+
+/// What the writer thread and the readers share.
+pub(crate) struct Shared {
+    pub db: sled::Db,
+    pub trees: Vec<sled::Tree>,
+    /// Number of the write group being applied; readers wait until that
+    /// group is durable so they never report a state that could vanish.
+    pub applying: AtomicU64,
+    pub durable: watch::Sender<u64>,
+    pub stopped: AtomicBool,
+    pub heads: EventHeads,
+}
+
+/// A handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+    writes: mpsc::Sender<writer::WriteRequest>,
+}
+
+/// How many write requests may wait for the writer; senders wait beyond.
+pub const WRITE_QUEUE_DEPTH: usize = 4096;
+
+impl Store {
+    /// Opens (or creates) the store and starts its writer thread. The
+    /// writer stops when every `Store` handle is dropped.
+    pub fn open(config: StoreConfig) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(&config.path).map_err(|e| StoreError::Io(e.to_string()))?;
+        let db = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_bytes)
+            // Group commit makes data durable; sled's own timer adds nothing.
+            .flush_every_ms(None)
+            .open()?;
+        let trees = TREE_NAMES.iter().map(|n| db.open_tree(n)).collect::<Result<Vec<_>, _>>()?;
+        let (durable, _) = watch::channel(0u64);
+        let shared = Arc::new(Shared {
+            db,
+            trees,
+            applying: AtomicU64::new(0),
+            durable,
+            stopped: AtomicBool::new(false),
+            heads: EventHeads::default(),
+        });
+        let syncer = writer::Syncer::open(&config.path, config.durability)?;
+        // Whatever recovery found is made durable before anything reads it.
+        shared.db.flush()?;
+        syncer.sync_now()?;
+        for item in shared.trees[T::Shops as usize].iter() {
+            let (_, v) = item?;
+            let shop: ShopRecord = records::decode(&v)?;
+            shared.heads.set(&shop.id, shop.next_event_seq.saturating_sub(1));
+        }
+        let writes = writer::spawn(shared.clone(), syncer)?;
+        Ok(Store { shared, writes })
+    }
+
+    pub(crate) fn tree(&self, t: T) -> &sled::Tree {
+        &self.shared.trees[t as usize]
+    }
+
+    /// Runs a command through the writer; answers once it is durable.
+    pub async fn execute(&self, command: Command) -> Result<CommandOutcome, StoreError> {
+        if self.shared.stopped.load(Ordering::SeqCst) {
+            return Err(StoreError::Stopped);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.writes
+            .send(writer::WriteRequest { command, reply })
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// True once a sync failed: the store accepts no more writes.
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Waits until every write group begun before this call is durable.
+    pub async fn durable_barrier(&self) -> Result<(), StoreError> {
+        let target = self.shared.applying.load(Ordering::SeqCst);
+        let mut rx = self.shared.durable.subscribe();
+        loop {
+            if *rx.borrow_and_update() >= target {
+                return Ok(());
+            }
+            if self.is_stopped() {
+                return Err(StoreError::Stopped);
+            }
+            rx.changed().await.map_err(|_| StoreError::Stopped)?;
+        }
+    }
+
+    pub fn event_heads(&self) -> &EventHeads {
+        &self.shared.heads
+    }
+
+    fn get<R: serde::de::DeserializeOwned>(&self, t: T, key: &[u8]) -> Result<Option<R>, StoreError> {
+        match self.tree(t).get(key)? {
+            Some(v) => records::decode(&v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn scan<R: serde::de::DeserializeOwned>(&self, t: T, prefix: &[u8], limit: usize) -> Result<Vec<R>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree(t).scan_prefix(prefix).take(limit) {
+            let (_, v) = item?;
+            out.push(records::decode(&v)?);
+        }
+        Ok(out)
+    }
+
+    /// Who holds a credential (by SHA-256 of the token).
+    pub fn principal(&self, token_hash: &[u8; 32]) -> Result<Option<Principal>, StoreError> {
+        self.get(T::Credentials, token_hash)
+    }
+
+    pub async fn trade(&self, id: &TradeId) -> Result<Option<TradeRecord>, StoreError> {
+        self.durable_barrier().await?;
+        self.get(T::Trades, id.as_bytes())
+    }
+
+    pub async fn shop(&self, id: &ShopId) -> Result<Option<ShopRecord>, StoreError> {
+        self.durable_barrier().await?;
+        self.get(T::Shops, id.as_str().as_bytes())
+    }
+
+    pub async fn registers(&self, shop: &ShopId, limit: usize) -> Result<Vec<RegisterRecord>, StoreError> {
+        self.durable_barrier().await?;
+        self.scan(T::Registers, &keys::owned(shop.as_str(), &[]), limit)
+    }
+
+    /// Events of `shop` with `after < seq <= head`, at most `limit`.
+    pub fn events_between(
+        &self,
+        shop: &ShopId,
+        after: u64,
+        head: u64,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let Some(start) = after.checked_add(1) else { return Ok(Vec::new()) };
+        if start > head {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for item in self.tree(T::Events).range(keys::event(shop, start)..=keys::event(shop, head)).take(limit) {
+            let (_, v) = item?;
+            out.push(records::decode(&v)?);
+        }
+        Ok(out)
+    }
+
+    /// Unacknowledged deliveries for a carrier, oldest first.
+    pub async fn outbox(&self, carrier: &CarrierId, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        self.durable_barrier().await?;
+        self.scan(T::Outbox, &keys::owned(carrier.as_str(), &[]), limit)
+    }
+
+    /// Open trades whose deadline is at or before `now`, at most `limit`.
+    pub fn due(&self, now: UnixMs, limit: usize) -> Result<Vec<TradeId>, StoreError> {
+        let mut out = Vec::new();
+        let end = keys::deadline(now, &TradeId::from_bytes([0xff; 16]));
+        for item in self.tree(T::Deadlines).range(..=end).take(limit) {
+            let (k, _) = item?;
+            let bytes: [u8; 16] =
+                k.get(8..24).and_then(|s| s.try_into().ok()).ok_or(StoreError::Corrupt("deadline key".into()))?;
+            out.push(TradeId::from_bytes(bytes));
+        }
+        Ok(out)
+    }
+
+    /// The earliest deadline of any open trade.
+    pub fn next_deadline(&self) -> Result<Option<UnixMs>, StoreError> {
+        match self.tree(T::Deadlines).first()? {
+            Some((k, _)) => {
+                let bytes: [u8; 8] =
+                    k.get(..8).and_then(|s| s.try_into().ok()).ok_or(StoreError::Corrupt("deadline key".into()))?;
+                Ok(Some(UnixMs(u64::from_be_bytes(bytes))))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub async fn accounts(&self, prefix: &str, limit: usize) -> Result<Vec<AccountRecord>, StoreError> {
+        self.durable_barrier().await?;
+        self.scan(T::Accounts, prefix.as_bytes(), limit)
+    }
+
+    pub async fn account(&self, name: &AccountName) -> Result<Option<AccountRecord>, StoreError> {
+        self.durable_barrier().await?;
+        self.get(T::Accounts, &keys::account(name))
+    }
+
+    pub async fn postings(&self, after: u64, limit: usize) -> Result<Vec<PostingRecord>, StoreError> {
+        self.durable_barrier().await?;
+        let Some(start) = after.checked_add(1) else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for item in self.tree(T::Postings).range(start.to_be_bytes()..).take(limit) {
+            let (_, v) = item?;
+            out.push(records::decode(&v)?);
+        }
+        Ok(out)
+    }
+
+    pub async fn subscriber(&self, number: &SubscriberNumber) -> Result<Option<records::SubscriberRecord>, StoreError> {
+        self.durable_barrier().await?;
+        self.get(T::Subscribers, number.as_str().as_bytes())
+    }
+
+    /// Checks every ledger invariant on a consistent view (it runs on the
+    /// writer thread, so no write interleaves).
+    pub async fn verify(&self) -> Result<VerifyReport, StoreError> {
+        match self.execute(Command::Verify).await? {
+            CommandOutcome::Verified(report) => Ok(report),
+            _ => Err(StoreError::Corrupt("writer answered verify with another outcome".into())),
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! The single writer: takes commands from a bounded queue, applies each as
+//! one sled transaction, then makes the whole group durable (sled flush +
+//! fdatasync of the data file) before answering any of them. One fsync per
+//! group, not per commit. A failed sync stops all further writes.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::commands::{self, Command, CommandOutcome};
+use super::{Durability, Shared, StoreError, WRITE_QUEUE_DEPTH};
+
+/// Most commands applied before one sync. Bounds the latency a command
+/// can add to the others in its group.
+pub const MAX_GROUP: usize = 512;
+
+pub(crate) struct WriteRequest {
+    pub command: Command,
+    pub reply: oneshot::Sender<Result<CommandOutcome, StoreError>>,
+}
+
+/// Makes flushed data durable.
+pub(crate) struct Syncer {
+    data_file: File,
+    durability: Durability,
+}
+
+impl Syncer {
+    pub fn open(dir: &Path, durability: Durability) -> Result<Syncer, StoreError> {
+        // sled 0.34 keeps its log and pages in `<dir>/db`; `flush` ends in
+        // sync_file_range there, which flushes neither the drive cache nor
+        // metadata, so the writer follows it with fdatasync on this file.
+        let data_file = File::open(dir.join("db")).map_err(|e| StoreError::Io(format!("open data file: {e}")))?;
+        // The directory entry of a new store must be durable too.
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::Io(format!("sync dir: {e}")))?;
+        Ok(Syncer { data_file, durability })
+    }
+
+    pub fn sync_now(&self) -> Result<(), StoreError> {
+        match self.durability {
+            Durability::Fsync => self.data_file.sync_data().map_err(|e| StoreError::Io(format!("fdatasync: {e}"))),
+            Durability::FlushOnly => Ok(()),
+        }
+    }
+}
+
+pub(crate) fn spawn(shared: Arc<Shared>, syncer: Syncer) -> Result<mpsc::Sender<WriteRequest>, StoreError> {
+    let (tx, rx) = mpsc::channel(WRITE_QUEUE_DEPTH);
+    std::thread::Builder::new()
+        .name("syncpay-writer".into())
+        .spawn(move || run(shared, syncer, rx))
+        .map_err(|e| StoreError::Io(format!("spawn writer: {e}")))?;
+    Ok(tx)
+}
+
+fn run(shared: Arc<Shared>, syncer: Syncer, mut rx: mpsc::Receiver<WriteRequest>) {
+    let mut group: u64 = 0;
+    let mut batch: Vec<WriteRequest> = Vec::with_capacity(MAX_GROUP);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(req) => batch.push(req),
+                Err(_) => break,
+            }
+        }
+        if shared.stopped.load(Ordering::SeqCst) {
+            for req in batch.drain(..) {
+                let _ = req.reply.send(Err(StoreError::Stopped));
+            }
+            continue;
+        }
+        group += 1;
+        shared.applying.store(group, Ordering::SeqCst);
+        let mut heads = Vec::new();
+        let results: Vec<_> = batch.iter().map(|req| commands::apply(&shared, &req.command, &mut heads)).collect();
+        let started = std::time::Instant::now();
+        let synced = shared.db.flush().map_err(StoreError::from).and_then(|_| syncer.sync_now());
+        match synced {
+            Ok(()) => {
+                tracing::trace!(group, commands = batch.len(), sync_us = started.elapsed().as_micros(), "group durable");
+                shared.durable.send_replace(group);
+                for (shop, head) in heads {
+                    shared.heads.set(&shop, head);
+                }
+                for (req, result) in batch.drain(..).zip(results) {
+                    // A caller that gave up is not an error here.
+                    let _ = req.reply.send(result);
+                }
+            }
+            Err(e) => {
+                // Fail-stop: nothing in this group, nor anything after it, is
+                // acknowledged; readers waiting on durability get `Stopped`.
+                tracing::error!(error = %e, group, "sync failed; the store stops accepting writes");
+                shared.stopped.store(true, Ordering::SeqCst);
+                shared.durable.send_modify(|_| {});
+                for req in batch.drain(..) {
+                    let _ = req.reply.send(Err(StoreError::Stopped));
+                }
+            }
+        }
+    }
+    tracing::debug!("store writer stopped");
+}
