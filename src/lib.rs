@@ -8,7 +8,9 @@
 //! - [`client`]: connecting and authenticating gRPC clients.
 //! - [`proto`]: the generated `syncpay.v1` gRPC types.
 
+pub mod carrier;
 pub mod client;
 pub mod domain;
 pub mod proto;
 pub mod store;
+pub mod sync_server;

@@ -1,1 +1,50 @@
-fn main() {}
+//! The `syncpay` command: `serve` runs the server, `demo` runs the whole
+//! system in one process and prints a transcript.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "syncpay", version, about = "Synchronous settlement server")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the settlement server.
+    Serve(cli::serve::ServeArgs),
+    /// Run server, simulated carrier and handsets, and a scripted shop in
+    /// one process on a temporary store; exits 0 only if every outcome and
+    /// the ledger are right.
+    Demo(cli::demo::DemoArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("syncpay: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match args.command {
+            Command::Serve(a) => cli::serve::run(a).await,
+            Command::Demo(a) => cli::demo::run(a).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("syncpay: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -14,7 +14,9 @@ pub enum MoneyError {
 }
 
 /// An amount in the minor units of some currency (cents, yen, fils).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Amount(u64);
 
 impl Amount {
@@ -33,27 +35,69 @@ impl Amount {
     }
 
     pub fn checked_add(self, other: Amount) -> Result<Amount, MoneyError> {
-        self.0.checked_add(other.0).map(Amount).ok_or(MoneyError::Overflow)
+        self.0
+            .checked_add(other.0)
+            .map(Amount)
+            .ok_or(MoneyError::Overflow)
     }
 
     pub fn checked_sub(self, other: Amount) -> Result<Amount, MoneyError> {
-        self.0.checked_sub(other.0).map(Amount).ok_or(MoneyError::Underflow)
+        self.0
+            .checked_sub(other.0)
+            .map(Amount)
+            .ok_or(MoneyError::Underflow)
     }
 }
 
 /// ISO 4217 codes this server knows, with their minor-unit exponent.
 /// Unknown codes are refused rather than guessed.
 const CURRENCIES: &[(&str, u8)] = &[
-    ("AUD", 2), ("BHD", 3), ("BRL", 2), ("CAD", 2), ("CHF", 2), ("CLP", 0), ("CNY", 2),
-    ("CZK", 2), ("DKK", 2), ("EUR", 2), ("GBP", 2), ("HKD", 2), ("HUF", 2), ("IDR", 2),
-    ("ILS", 2), ("INR", 2), ("ISK", 0), ("JOD", 3), ("JPY", 0), ("KES", 2), ("KRW", 0),
-    ("KWD", 3), ("MXN", 2), ("MYR", 2), ("NOK", 2), ("NZD", 2), ("OMR", 3), ("PHP", 2),
-    ("PLN", 2), ("SEK", 2), ("SGD", 2), ("THB", 2), ("TND", 3), ("TRY", 2), ("TWD", 2),
-    ("TZS", 2), ("UGX", 0), ("USD", 2), ("VND", 0), ("ZAR", 2),
+    ("AUD", 2),
+    ("BHD", 3),
+    ("BRL", 2),
+    ("CAD", 2),
+    ("CHF", 2),
+    ("CLP", 0),
+    ("CNY", 2),
+    ("CZK", 2),
+    ("DKK", 2),
+    ("EUR", 2),
+    ("GBP", 2),
+    ("HKD", 2),
+    ("HUF", 2),
+    ("IDR", 2),
+    ("ILS", 2),
+    ("INR", 2),
+    ("ISK", 0),
+    ("JOD", 3),
+    ("JPY", 0),
+    ("KES", 2),
+    ("KRW", 0),
+    ("KWD", 3),
+    ("MXN", 2),
+    ("MYR", 2),
+    ("NOK", 2),
+    ("NZD", 2),
+    ("OMR", 3),
+    ("PHP", 2),
+    ("PLN", 2),
+    ("SEK", 2),
+    ("SGD", 2),
+    ("THB", 2),
+    ("TND", 3),
+    ("TRY", 2),
+    ("TWD", 2),
+    ("TZS", 2),
+    ("UGX", 0),
+    ("USD", 2),
+    ("VND", 0),
+    ("ZAR", 2),
 ];
 
 /// A known ISO 4217 currency.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Currency([u8; 3]);
 
 impl Currency {
@@ -120,12 +164,17 @@ mod tests {
 
     #[test]
     fn currencies_parse_with_their_exponent() {
-        let check = |code: &str, exp: u8| assert_eq!(Currency::parse(code).map(|c| c.exponent()), Ok(exp));
+        let check =
+            |code: &str, exp: u8| assert_eq!(Currency::parse(code).map(|c| c.exponent()), Ok(exp));
         check("JPY", 0);
         check("USD", 2);
         check("KWD", 3);
         for bad in ["", "usd", "US", "USDD", "XXX", "U\u{0}D", "ÜSD"] {
-            assert_eq!(Currency::parse(bad), Err(MoneyError::UnknownCurrency), "{bad:?}");
+            assert_eq!(
+                Currency::parse(bad),
+                Err(MoneyError::UnknownCurrency),
+                "{bad:?}"
+            );
         }
     }
 
@@ -133,8 +182,14 @@ mod tests {
     fn arithmetic_is_checked() {
         let max = Amount::new(u64::MAX);
         assert_eq!(max.checked_add(Amount::new(1)), Err(MoneyError::Overflow));
-        assert_eq!(Amount::ZERO.checked_sub(Amount::new(1)), Err(MoneyError::Underflow));
-        assert_eq!(Amount::new(2).checked_add(Amount::new(3)), Ok(Amount::new(5)));
+        assert_eq!(
+            Amount::ZERO.checked_sub(Amount::new(1)),
+            Err(MoneyError::Underflow)
+        );
+        assert_eq!(
+            Amount::new(2).checked_add(Amount::new(3)),
+            Ok(Amount::new(5))
+        );
     }
 
     #[test]

@@ -164,7 +164,11 @@ mod tests {
         let mut rows = 0;
         for state in S::ALL {
             for event in EVENTS {
-                assert_eq!(transition(state, event), expected(state, event), "{state:?} + {event:?}");
+                assert_eq!(
+                    transition(state, event),
+                    expected(state, event),
+                    "{state:?} + {event:?}"
+                );
                 rows += 1;
             }
         }

@@ -15,12 +15,14 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::domain::{AccountName, CarrierId, RegisterId, ShopId, SubscriberNumber, TradeId, UnixMs};
+use crate::domain::{
+    AccountName, CarrierId, RegisterId, ShopId, SubscriberNumber, TradeId, UnixMs,
+};
 
 pub use commands::{AnswerOutcome, Command, CommandOutcome, CreateTrade, RejectedAnswer};
 pub use records::{
-    AccountRecord, Delivery, DeliveryBody, EventRecord, Funding, OfferBody, PostingKind, PostingRecord, Principal,
-    Receipt, RegisterRecord, ShopRecord, TradeRecord, TradeRequest,
+    AccountRecord, Delivery, DeliveryBody, EventRecord, Funding, OfferBody, PostingKind,
+    PostingRecord, Principal, Receipt, RegisterRecord, ShopRecord, TradeRecord, TradeRequest,
 };
 pub use verify::VerifyReport;
 
@@ -73,7 +75,11 @@ pub struct StoreConfig {
 
 impl StoreConfig {
     pub fn new(path: impl AsRef<Path>) -> Self {
-        StoreConfig { path: path.as_ref().to_owned(), durability: Durability::Fsync, cache_bytes: 64 * 1024 * 1024 }
+        StoreConfig {
+            path: path.as_ref().to_owned(),
+            durability: Durability::Fsync,
+            cache_bytes: 64 * 1024 * 1024,
+        }
     }
 }
 
@@ -215,7 +221,10 @@ impl Store {
             // Group commit makes data durable; sled's own timer adds nothing.
             .flush_every_ms(None)
             .open()?;
-        let trees = TREE_NAMES.iter().map(|n| db.open_tree(n)).collect::<Result<Vec<_>, _>>()?;
+        let trees = TREE_NAMES
+            .iter()
+            .map(|n| db.open_tree(n))
+            .collect::<Result<Vec<_>, _>>()?;
         let (durable, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
             db,
@@ -232,7 +241,9 @@ impl Store {
         for item in shared.trees[T::Shops as usize].iter() {
             let (_, v) = item?;
             let shop: ShopRecord = records::decode(&v)?;
-            shared.heads.set(&shop.id, shop.next_event_seq.saturating_sub(1));
+            shared
+                .heads
+                .set(&shop.id, shop.next_event_seq.saturating_sub(1));
         }
         let writes = writer::spawn(shared.clone(), syncer)?;
         Ok(Store { shared, writes })
@@ -279,14 +290,23 @@ impl Store {
         &self.shared.heads
     }
 
-    fn get<R: serde::de::DeserializeOwned>(&self, t: T, key: &[u8]) -> Result<Option<R>, StoreError> {
+    fn get<R: serde::de::DeserializeOwned>(
+        &self,
+        t: T,
+        key: &[u8],
+    ) -> Result<Option<R>, StoreError> {
         match self.tree(t).get(key)? {
             Some(v) => records::decode(&v).map(Some),
             None => Ok(None),
         }
     }
 
-    fn scan<R: serde::de::DeserializeOwned>(&self, t: T, prefix: &[u8], limit: usize) -> Result<Vec<R>, StoreError> {
+    fn scan<R: serde::de::DeserializeOwned>(
+        &self,
+        t: T,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<R>, StoreError> {
         let mut out = Vec::new();
         for item in self.tree(t).scan_prefix(prefix).take(limit) {
             let (_, v) = item?;
@@ -300,19 +320,30 @@ impl Store {
         self.get(T::Credentials, token_hash)
     }
 
-    pub async fn trade(&self, id: &TradeId) -> Result<Option<TradeRecord>, StoreError> {
+    /// Reads first, then waits until what was read is durable: a reader
+    /// never reports a state that a crash could take back.
+    async fn durable<R>(&self, value: R) -> Result<R, StoreError> {
         self.durable_barrier().await?;
-        self.get(T::Trades, id.as_bytes())
+        Ok(value)
+    }
+
+    pub async fn trade(&self, id: &TradeId) -> Result<Option<TradeRecord>, StoreError> {
+        let v = self.get(T::Trades, id.as_bytes())?;
+        self.durable(v).await
     }
 
     pub async fn shop(&self, id: &ShopId) -> Result<Option<ShopRecord>, StoreError> {
-        self.durable_barrier().await?;
-        self.get(T::Shops, id.as_str().as_bytes())
+        let v = self.get(T::Shops, id.as_str().as_bytes())?;
+        self.durable(v).await
     }
 
-    pub async fn registers(&self, shop: &ShopId, limit: usize) -> Result<Vec<RegisterRecord>, StoreError> {
-        self.durable_barrier().await?;
-        self.scan(T::Registers, &keys::owned(shop.as_str(), &[]), limit)
+    pub async fn registers(
+        &self,
+        shop: &ShopId,
+        limit: usize,
+    ) -> Result<Vec<RegisterRecord>, StoreError> {
+        let v = self.scan(T::Registers, &keys::owned(shop.as_str(), &[]), limit)?;
+        self.durable(v).await
     }
 
     /// Events of `shop` with `after < seq <= head`, at most `limit`.
@@ -323,22 +354,43 @@ impl Store {
         head: u64,
         limit: usize,
     ) -> Result<Vec<EventRecord>, StoreError> {
-        let Some(start) = after.checked_add(1) else { return Ok(Vec::new()) };
+        let Some(start) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
         if start > head {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
-        for item in self.tree(T::Events).range(keys::event(shop, start)..=keys::event(shop, head)).take(limit) {
+        for item in self
+            .tree(T::Events)
+            .range(keys::event(shop, start)..=keys::event(shop, head))
+            .take(limit)
+        {
             let (_, v) = item?;
             out.push(records::decode(&v)?);
         }
         Ok(out)
     }
 
-    /// Unacknowledged deliveries for a carrier, oldest first.
-    pub async fn outbox(&self, carrier: &CarrierId, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+    /// Unacknowledged deliveries for a carrier with ids above `after`,
+    /// oldest first, at most `limit`.
+    pub async fn outbox(
+        &self,
+        carrier: &CarrierId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let Some(start) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let range = keys::outbox(carrier, start)..=keys::outbox(carrier, u64::MAX);
+        for item in self.tree(T::Outbox).range(range).take(limit) {
+            let (_, v) = item?;
+            out.push(records::decode(&v)?);
+        }
         self.durable_barrier().await?;
-        self.scan(T::Outbox, &keys::owned(carrier.as_str(), &[]), limit)
+        Ok(out)
     }
 
     /// Open trades whose deadline is at or before `now`, at most `limit`.
@@ -347,8 +399,10 @@ impl Store {
         let end = keys::deadline(now, &TradeId::from_bytes([0xff; 16]));
         for item in self.tree(T::Deadlines).range(..=end).take(limit) {
             let (k, _) = item?;
-            let bytes: [u8; 16] =
-                k.get(8..24).and_then(|s| s.try_into().ok()).ok_or(StoreError::Corrupt("deadline key".into()))?;
+            let bytes: [u8; 16] = k
+                .get(8..24)
+                .and_then(|s| s.try_into().ok())
+                .ok_or(StoreError::Corrupt("deadline key".into()))?;
             out.push(TradeId::from_bytes(bytes));
         }
         Ok(out)
@@ -358,38 +412,56 @@ impl Store {
     pub fn next_deadline(&self) -> Result<Option<UnixMs>, StoreError> {
         match self.tree(T::Deadlines).first()? {
             Some((k, _)) => {
-                let bytes: [u8; 8] =
-                    k.get(..8).and_then(|s| s.try_into().ok()).ok_or(StoreError::Corrupt("deadline key".into()))?;
+                let bytes: [u8; 8] = k
+                    .get(..8)
+                    .and_then(|s| s.try_into().ok())
+                    .ok_or(StoreError::Corrupt("deadline key".into()))?;
                 Ok(Some(UnixMs(u64::from_be_bytes(bytes))))
             }
             None => Ok(None),
         }
     }
 
-    pub async fn accounts(&self, prefix: &str, limit: usize) -> Result<Vec<AccountRecord>, StoreError> {
-        self.durable_barrier().await?;
-        self.scan(T::Accounts, prefix.as_bytes(), limit)
+    pub async fn accounts(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<AccountRecord>, StoreError> {
+        let v = self.scan(T::Accounts, prefix.as_bytes(), limit)?;
+        self.durable(v).await
     }
 
     pub async fn account(&self, name: &AccountName) -> Result<Option<AccountRecord>, StoreError> {
-        self.durable_barrier().await?;
-        self.get(T::Accounts, &keys::account(name))
+        let v = self.get(T::Accounts, &keys::account(name))?;
+        self.durable(v).await
     }
 
-    pub async fn postings(&self, after: u64, limit: usize) -> Result<Vec<PostingRecord>, StoreError> {
-        self.durable_barrier().await?;
-        let Some(start) = after.checked_add(1) else { return Ok(Vec::new()) };
+    pub async fn postings(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<PostingRecord>, StoreError> {
+        let Some(start) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::new();
-        for item in self.tree(T::Postings).range(start.to_be_bytes()..).take(limit) {
+        for item in self
+            .tree(T::Postings)
+            .range(start.to_be_bytes()..)
+            .take(limit)
+        {
             let (_, v) = item?;
             out.push(records::decode(&v)?);
         }
-        Ok(out)
+        self.durable(out).await
     }
 
-    pub async fn subscriber(&self, number: &SubscriberNumber) -> Result<Option<records::SubscriberRecord>, StoreError> {
-        self.durable_barrier().await?;
-        self.get(T::Subscribers, number.as_str().as_bytes())
+    pub async fn subscriber(
+        &self,
+        number: &SubscriberNumber,
+    ) -> Result<Option<records::SubscriberRecord>, StoreError> {
+        let v = self.get(T::Subscribers, number.as_str().as_bytes())?;
+        self.durable(v).await
     }
 
     /// Checks every ledger invariant on a consistent view (it runs on the
@@ -397,7 +469,9 @@ impl Store {
     pub async fn verify(&self) -> Result<VerifyReport, StoreError> {
         match self.execute(Command::Verify).await? {
             CommandOutcome::Verified(report) => Ok(report),
-            _ => Err(StoreError::Corrupt("writer answered verify with another outcome".into())),
+            _ => Err(StoreError::Corrupt(
+                "writer answered verify with another outcome".into(),
+            )),
         }
     }
 }

@@ -1,0 +1,192 @@
+//! `AdminService`: the operator's API: shops, carriers, wallet top-ups,
+//! accounts, postings and ledger verification.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::proto::{self, admin_service_server::AdminService};
+use crate::store::{Command, CommandOutcome};
+
+use super::auth::{new_token, token_hash};
+use super::convert;
+use super::engine::{now, Engine};
+use super::error::ApiError;
+use super::limits;
+
+pub struct AdminApi {
+    engine: Arc<Engine>,
+}
+
+impl AdminApi {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        AdminApi { engine }
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn create_shop(
+        &self,
+        request: Request<proto::CreateShopRequest>,
+    ) -> Result<Response<proto::CreateShopResponse>, Status> {
+        let r = request.get_ref();
+        let id = convert::shop_id("shop_id", &r.shop_id)?;
+        let display_name = convert::text(
+            "display_name",
+            &r.display_name,
+            limits::MAX_DISPLAY_NAME_CHARS,
+            true,
+        )?;
+        let token = new_token("shop")?;
+        let command = Command::CreateShop {
+            id,
+            display_name,
+            token_hash: token_hash(&token),
+            max_shops: self.engine.limits.max_shops,
+            now: now(),
+        };
+        match self
+            .engine
+            .store
+            .execute(command)
+            .await
+            .map_err(ApiError::from)?
+        {
+            CommandOutcome::Shop(s) => {
+                tracing::info!(shop = %s.id, "shop created");
+                Ok(Response::new(proto::CreateShopResponse {
+                    shop_id: s.id.to_string(),
+                    token,
+                }))
+            }
+            _ => Err(ApiError::Internal("create shop: unexpected outcome".into()).into()),
+        }
+    }
+
+    async fn create_carrier(
+        &self,
+        request: Request<proto::CreateCarrierRequest>,
+    ) -> Result<Response<proto::CreateCarrierResponse>, Status> {
+        let r = request.get_ref();
+        let id = convert::carrier_id("carrier_id", &r.carrier_id)?;
+        let display_name = convert::text(
+            "display_name",
+            &r.display_name,
+            limits::MAX_DISPLAY_NAME_CHARS,
+            true,
+        )?;
+        let token = new_token("carrier")?;
+        let command = Command::CreateCarrier {
+            id,
+            display_name,
+            token_hash: token_hash(&token),
+            now: now(),
+        };
+        match self
+            .engine
+            .store
+            .execute(command)
+            .await
+            .map_err(ApiError::from)?
+        {
+            CommandOutcome::Carrier(c) => {
+                tracing::info!(carrier = %c.id, "carrier created");
+                Ok(Response::new(proto::CreateCarrierResponse {
+                    carrier_id: c.id.to_string(),
+                    token,
+                }))
+            }
+            _ => Err(ApiError::Internal("create carrier: unexpected outcome".into()).into()),
+        }
+    }
+
+    async fn top_up_wallet(
+        &self,
+        request: Request<proto::TopUpWalletRequest>,
+    ) -> Result<Response<proto::TopUpWalletResponse>, Status> {
+        let r = request.get_ref();
+        let number = convert::subscriber("subscriber_number", &r.subscriber_number)?;
+        let amount = convert::amount("amount_minor", r.amount_minor, &self.engine.limits)?;
+        let currency = convert::currency("currency", &r.currency)?;
+        match self
+            .engine
+            .store
+            .execute(Command::TopUp {
+                number,
+                amount,
+                currency,
+                now: now(),
+            })
+            .await
+            .map_err(ApiError::from)?
+        {
+            CommandOutcome::TopUp {
+                account,
+                posting_id,
+            } => Ok(Response::new(proto::TopUpWalletResponse {
+                account: Some(convert::account_to_proto(&account)),
+                posting_id,
+            })),
+            _ => Err(ApiError::Internal("top up: unexpected outcome".into()).into()),
+        }
+    }
+
+    async fn list_accounts(
+        &self,
+        request: Request<proto::ListAccountsRequest>,
+    ) -> Result<Response<proto::ListAccountsResponse>, Status> {
+        let prefix = convert::text("prefix", &request.get_ref().prefix, 128, false)?;
+        let accounts = self
+            .engine
+            .store
+            .accounts(&prefix, limits::MAX_LIST)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(proto::ListAccountsResponse {
+            accounts: accounts.iter().map(convert::account_to_proto).collect(),
+        }))
+    }
+
+    async fn list_postings(
+        &self,
+        request: Request<proto::ListPostingsRequest>,
+    ) -> Result<Response<proto::ListPostingsResponse>, Status> {
+        let r = request.get_ref();
+        let limit = match r.limit {
+            0 => 100,
+            n => usize::try_from(n)
+                .unwrap_or(limits::MAX_LIST)
+                .min(limits::MAX_LIST),
+        };
+        let postings = self
+            .engine
+            .store
+            .postings(r.after_posting_id, limit)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(proto::ListPostingsResponse {
+            postings: postings.iter().map(convert::posting_to_proto).collect(),
+        }))
+    }
+
+    async fn verify_ledger(
+        &self,
+        _request: Request<proto::VerifyLedgerRequest>,
+    ) -> Result<Response<proto::VerifyLedgerResponse>, Status> {
+        let report = self.engine.store.verify().await.map_err(ApiError::from)?;
+        if !report.ok() {
+            tracing::error!(
+                violations = report.violation_count,
+                "ledger verification found violations"
+            );
+        }
+        Ok(Response::new(proto::VerifyLedgerResponse {
+            ok: report.ok(),
+            violations: report.violations,
+            accounts_checked: report.accounts_checked,
+            postings_checked: report.postings_checked,
+            trades_checked: report.trades_checked,
+        }))
+    }
+}

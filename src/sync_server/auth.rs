@@ -1,0 +1,129 @@
+//! Authentication: every request carries `authorization: Bearer <token>`;
+//! the token names one principal (operator, shop or carrier). Only token
+//! hashes are stored. Each service admits one kind of principal and puts it
+//! into the request's extensions for the handlers.
+
+use std::sync::Arc;
+
+use rand::rngs::SysRng;
+use rand::TryRng;
+use sha2::{Digest, Sha256};
+use tonic::{Request, Status};
+
+use crate::domain::{CarrierId, ShopId};
+use crate::store::{Principal, Store};
+
+use super::error::ApiError;
+
+pub fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A new secret token: a kind prefix and 256 random bits in hex.
+pub fn new_token(kind: &str) -> Result<String, ApiError> {
+    let mut bytes = [0u8; 32];
+    SysRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(|e| ApiError::Internal(format!("entropy: {e}")))?;
+    let mut out = format!("sp_{kind}_");
+    for b in bytes {
+        out.push_str(&format!("{b:02x}"));
+    }
+    Ok(out)
+}
+
+/// The kinds of caller, one per service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Party {
+    Admin,
+    Shop,
+    Carrier,
+}
+
+pub struct Authenticator {
+    store: Store,
+    admin_hash: [u8; 32],
+}
+
+/// Longest authorization header considered; anything longer is refused
+/// before hashing.
+const MAX_AUTH_HEADER: usize = 512;
+
+impl Authenticator {
+    pub fn new(store: Store, admin_token: &str) -> Self {
+        Authenticator {
+            store,
+            admin_hash: token_hash(admin_token),
+        }
+    }
+
+    pub fn authenticate<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <token>"))?;
+        let text = header
+            .to_str()
+            .map_err(|_| Status::unauthenticated("authorization is not text"))?;
+        if text.len() > MAX_AUTH_HEADER {
+            return Err(Status::unauthenticated("authorization is too long"));
+        }
+        let token = text
+            .strip_prefix("Bearer ")
+            .ok_or_else(|| Status::unauthenticated("authorization must be 'Bearer <token>'"))?;
+        let hash = token_hash(token);
+        if hash == self.admin_hash {
+            return Ok(Principal::Admin);
+        }
+        match self.store.principal(&hash) {
+            Ok(Some(p)) => Ok(p),
+            Ok(None) => Err(Status::unauthenticated("unknown credential")),
+            Err(e) => Err(ApiError::from(e).into()),
+        }
+    }
+}
+
+/// The interceptor for a service that admits only `party`.
+pub fn interceptor(
+    auth: Arc<Authenticator>,
+    party: Party,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |mut request: Request<()>| {
+        let principal = auth.authenticate(&request)?;
+        let ok = matches!(
+            (&principal, party),
+            (Principal::Admin, Party::Admin)
+                | (Principal::Shop(_), Party::Shop)
+                | (Principal::Carrier(_), Party::Carrier)
+        );
+        if !ok {
+            return Err(Status::permission_denied(match party {
+                Party::Admin => "this service needs the operator credential",
+                Party::Shop => "this service needs a shop credential",
+                Party::Carrier => "this service needs a carrier credential",
+            }));
+        }
+        request.extensions_mut().insert(principal);
+        Ok(request)
+    }
+}
+
+/// The calling shop (set by the interceptor).
+pub fn shop<T>(request: &Request<T>) -> Result<ShopId, Status> {
+    match request.extensions().get::<Principal>() {
+        Some(Principal::Shop(id)) => Ok(id.clone()),
+        _ => Err(Status::permission_denied(
+            "this service needs a shop credential",
+        )),
+    }
+}
+
+/// The calling carrier (set by the interceptor).
+pub fn carrier<T>(request: &Request<T>) -> Result<CarrierId, Status> {
+    match request.extensions().get::<Principal>() {
+        Some(Principal::Carrier(id)) => Ok(id.clone()),
+        _ => Err(Status::permission_denied(
+            "this service needs a carrier credential",
+        )),
+    }
+}

@@ -1,0 +1,248 @@
+//! `CarrierService`: the relay stream and subscriber/handset enrollment.
+//! A carrier acts only on its own subscribers and its own deliveries.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_core::Stream;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::carrier::relay::{to_relay_down, RelayHub, RELAY_QUEUE_DEPTH};
+use crate::domain::approval::{key_sha256, valid_public_key};
+use crate::domain::CarrierId;
+use crate::proto::{self, carrier_service_server::CarrierService};
+use crate::store::{Command, CommandOutcome, Funding, RejectedAnswer};
+
+use super::auth;
+use super::convert;
+use super::engine::{now, stopped, Engine};
+use super::error::ApiError;
+use super::limits;
+
+pub struct CarrierApi {
+    engine: Arc<Engine>,
+    hub: Arc<RelayHub>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl CarrierApi {
+    pub fn new(engine: Arc<Engine>, hub: Arc<RelayHub>, shutdown: watch::Receiver<bool>) -> Self {
+        CarrierApi {
+            engine,
+            hub,
+            shutdown,
+        }
+    }
+}
+
+type RelayStream = Pin<Box<dyn Stream<Item = Result<proto::RelayDown, Status>> + Send>>;
+
+/// Handles one message from a carrier's relay stream.
+async fn handle_up(
+    engine: &Engine,
+    hub: &RelayHub,
+    carrier: &CarrierId,
+    message: proto::RelayUp,
+) -> Result<(), ApiError> {
+    match message.body {
+        Some(proto::relay_up::Body::Ack(ack)) => engine.ack(carrier, ack.delivery_id).await,
+        Some(proto::relay_up::Body::Answer(answer)) => {
+            let trade = convert::trade_id("answer.trade_id", &answer.trade_id)?;
+            let decision = convert::decision("answer.decision", answer.decision)?;
+            let outcome = engine
+                .answer(carrier, trade, decision, answer.signature)
+                .await?;
+            let (accepted, message) = match outcome.rejected {
+                None => (true, String::new()),
+                Some(RejectedAnswer::UnknownTrade) => {
+                    (false, "no such trade for this carrier".to_owned())
+                }
+                Some(RejectedAnswer::AlreadyFinal(s)) => {
+                    (false, format!("trade is already {}", s.name()))
+                }
+                Some(RejectedAnswer::Expired) => (
+                    false,
+                    "the trade expired before the answer arrived".to_owned(),
+                ),
+            };
+            let result = proto::AnswerResult {
+                trade_id: answer.trade_id,
+                accepted,
+                state: outcome
+                    .trade
+                    .as_ref()
+                    .map_or(proto::TradeState::Unspecified, |t| {
+                        convert::state_to_proto(t.state)
+                    }) as i32,
+                failure_reason: convert::failure_to_proto(
+                    outcome.trade.as_ref().and_then(|t| t.failure),
+                ) as i32,
+                message,
+            };
+            let down = proto::RelayDown {
+                delivery_id: 0,
+                body: Some(proto::relay_down::Body::AnswerResult(result)),
+            };
+            hub.send_direct(carrier, down);
+            Ok(())
+        }
+        None => Err(ApiError::invalid("body", "must be ack or answer")),
+    }
+}
+
+#[tonic::async_trait]
+impl CarrierService for CarrierApi {
+    type RelayStream = RelayStream;
+
+    async fn relay(
+        &self,
+        request: Request<Streaming<proto::RelayUp>>,
+    ) -> Result<Response<Self::RelayStream>, Status> {
+        let carrier = auth::carrier(&request)?;
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(RELAY_QUEUE_DEPTH);
+        // Attach first, then replay the outbox: anything committed after the
+        // replay's read is pushed live, so nothing falls between the two.
+        let link = self.hub.attach(&carrier, tx.clone());
+        tracing::info!(carrier = %carrier, link, "relay connected");
+
+        let replay_engine = self.engine.clone();
+        let replay_carrier = carrier.clone();
+        let replay_tx = tx.clone();
+        tokio::spawn(async move {
+            // Page through the whole outbox; sends wait for room, so the
+            // replay is paced by the carrier.
+            let mut after = 0;
+            loop {
+                let page = match replay_engine
+                    .store
+                    .outbox(&replay_carrier, after, limits::MAX_LIST)
+                    .await
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = replay_tx.send(Err(ApiError::from(e).into())).await;
+                        return;
+                    }
+                };
+                let Some(last) = page.last().map(|d| d.delivery_id) else {
+                    return;
+                };
+                tracing::info!(carrier = %replay_carrier, count = page.len(), "replaying outbox");
+                for d in page {
+                    if replay_tx.send(Ok(to_relay_down(&d))).await.is_err() {
+                        return;
+                    }
+                }
+                after = last;
+            }
+        });
+        drop(tx);
+
+        let engine = self.engine.clone();
+        let hub = self.hub.clone();
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let inflight = Arc::new(Semaphore::new(limits::MAX_RELAY_INFLIGHT));
+            loop {
+                let next = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = stopped(&mut shutdown) => break,
+                };
+                let message = match next {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::info!(carrier = %carrier, code = ?status.code(), "relay stream ended");
+                        break;
+                    }
+                };
+                let Ok(permit) = inflight.clone().acquire_owned().await else {
+                    break;
+                };
+                let (engine, hub, carrier) = (engine.clone(), hub.clone(), carrier.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = handle_up(&engine, &hub, &carrier, message).await {
+                        let status = Status::from(e);
+                        tracing::warn!(carrier = %carrier, code = ?status.code(), message = status.message(), "relay message refused");
+                    }
+                    drop(permit);
+                });
+            }
+            hub.detach(&carrier, link);
+            tracing::info!(carrier = %carrier, link, "relay disconnected");
+        });
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(rx)) as RelayStream
+        ))
+    }
+
+    async fn enroll_subscriber(
+        &self,
+        request: Request<proto::EnrollSubscriberRequest>,
+    ) -> Result<Response<proto::EnrollSubscriberResponse>, Status> {
+        let carrier = auth::carrier(&request)?;
+        let r = request.get_ref();
+        let number = convert::subscriber("subscriber_number", &r.subscriber_number)?;
+        let funding = match proto::Funding::try_from(r.funding) {
+            Ok(proto::Funding::Wallet) => Funding::Wallet,
+            Ok(proto::Funding::Unspecified) | Err(_) => {
+                return Err(ApiError::invalid("funding", "must be WALLET").into());
+            }
+        };
+        let command = Command::EnrollSubscriber {
+            carrier,
+            number,
+            funding,
+            now: now(),
+        };
+        match self
+            .engine
+            .store
+            .execute(command)
+            .await
+            .map_err(ApiError::from)?
+        {
+            CommandOutcome::Subscriber(s) => Ok(Response::new(proto::EnrollSubscriberResponse {
+                subscriber_number: s.number.as_str().to_owned(),
+                funding: proto::Funding::Wallet as i32,
+            })),
+            _ => Err(ApiError::Internal("enroll subscriber: unexpected outcome".into()).into()),
+        }
+    }
+
+    async fn enroll_handset(
+        &self,
+        request: Request<proto::EnrollHandsetRequest>,
+    ) -> Result<Response<proto::EnrollHandsetResponse>, Status> {
+        let carrier = auth::carrier(&request)?;
+        let r = request.get_ref();
+        let number = convert::subscriber("subscriber_number", &r.subscriber_number)?;
+        let public_key = valid_public_key(&r.public_key).ok_or_else(|| {
+            ApiError::invalid(
+                "public_key",
+                "must be a 32-byte Ed25519 public key (not a weak point)",
+            )
+        })?;
+        let command = Command::EnrollHandset {
+            carrier,
+            number,
+            public_key,
+            now: now(),
+        };
+        match self
+            .engine
+            .store
+            .execute(command)
+            .await
+            .map_err(ApiError::from)?
+        {
+            CommandOutcome::Handset(h) => Ok(Response::new(proto::EnrollHandsetResponse {
+                key_sha256: key_sha256(&h.public_key).to_vec(),
+            })),
+            _ => Err(ApiError::Internal("enroll handset: unexpected outcome".into()).into()),
+        }
+    }
+}

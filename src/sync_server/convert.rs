@@ -1,0 +1,257 @@
+//! Conversions between wire messages and domain types. Inbound: validating
+//! functions that name the field at fault. Outbound: what each party may
+//! see (a shop sees a pseudonym, never the subscriber).
+
+use crate::domain::approval::ServerSecret;
+use crate::domain::{
+    Amount, CarrierId, Currency, Decision, FailureReason, RegisterId, ShopId, SubscriberNumber,
+    TradeId, TradeState,
+};
+use crate::proto;
+use crate::store::{AccountRecord, EventRecord, PostingRecord, RegisterRecord, TradeRecord};
+
+use super::error::ApiError;
+use super::limits::Limits;
+
+pub fn trade_id(field: &'static str, text: &str) -> Result<TradeId, ApiError> {
+    TradeId::parse(text).map_err(|e| ApiError::bad_id(field, e))
+}
+
+pub fn register_id(field: &'static str, text: &str) -> Result<RegisterId, ApiError> {
+    RegisterId::parse(text).map_err(|e| ApiError::bad_id(field, e))
+}
+
+pub fn shop_id(field: &'static str, text: &str) -> Result<ShopId, ApiError> {
+    ShopId::parse(text).map_err(|e| ApiError::bad_id(field, e))
+}
+
+pub fn carrier_id(field: &'static str, text: &str) -> Result<CarrierId, ApiError> {
+    CarrierId::parse(text).map_err(|e| ApiError::bad_id(field, e))
+}
+
+pub fn subscriber(field: &'static str, text: &str) -> Result<SubscriberNumber, ApiError> {
+    SubscriberNumber::parse(text).map_err(|e| ApiError::bad_id(field, e))
+}
+
+pub fn currency(field: &'static str, text: &str) -> Result<Currency, ApiError> {
+    Currency::parse(text).map_err(|e| ApiError::invalid(field, e))
+}
+
+/// A positive amount no larger than the configured maximum.
+pub fn amount(field: &'static str, minor: u64, limits: &Limits) -> Result<Amount, ApiError> {
+    if minor == 0 {
+        return Err(ApiError::invalid(field, "must be greater than zero"));
+    }
+    if minor > limits.max_amount_minor {
+        return Err(ApiError::invalid(
+            field,
+            format!("must be at most {}", limits.max_amount_minor),
+        ));
+    }
+    Ok(Amount::new(minor))
+}
+
+/// Printable text of bounded length: no control characters, and (when
+/// `required`) not empty or blank.
+pub fn text(
+    field: &'static str,
+    value: &str,
+    max_chars: usize,
+    required: bool,
+) -> Result<String, ApiError> {
+    if required && value.trim().is_empty() {
+        return Err(ApiError::invalid(field, "must not be empty"));
+    }
+    if value.chars().count() > max_chars {
+        return Err(ApiError::invalid(
+            field,
+            format!("must be at most {max_chars} characters"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// An idempotency key: empty means none; otherwise 1..=64 visible ASCII.
+pub fn idempotency_key(
+    field: &'static str,
+    value: &str,
+    max_len: usize,
+) -> Result<Option<String>, ApiError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if value.len() > max_len || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::invalid(
+            field,
+            format!("must be 1..={max_len} visible ASCII characters"),
+        ));
+    }
+    Ok(Some(value.to_owned()))
+}
+
+pub fn decision(field: &'static str, value: i32) -> Result<Decision, ApiError> {
+    match proto::Decision::try_from(value) {
+        Ok(proto::Decision::Approve) => Ok(Decision::Approve),
+        Ok(proto::Decision::Decline) => Ok(Decision::Decline),
+        Ok(proto::Decision::Unspecified) | Err(_) => {
+            Err(ApiError::invalid(field, "must be APPROVE or DECLINE"))
+        }
+    }
+}
+
+pub fn state_to_proto(state: TradeState) -> proto::TradeState {
+    match state {
+        TradeState::Pending => proto::TradeState::Pending,
+        TradeState::Offered => proto::TradeState::Offered,
+        TradeState::Settled => proto::TradeState::Settled,
+        TradeState::Declined => proto::TradeState::Declined,
+        TradeState::Expired => proto::TradeState::Expired,
+        TradeState::Cancelled => proto::TradeState::Cancelled,
+        TradeState::Failed => proto::TradeState::Failed,
+    }
+}
+
+pub fn failure_to_proto(reason: Option<FailureReason>) -> proto::FailureReason {
+    match reason {
+        None => proto::FailureReason::Unspecified,
+        Some(FailureReason::InsufficientFunds) => proto::FailureReason::InsufficientFunds,
+        Some(FailureReason::BadSignature) => proto::FailureReason::BadSignature,
+        Some(FailureReason::NoHandset) => proto::FailureReason::NoHandset,
+        Some(FailureReason::SpendingCap) => proto::FailureReason::SpendingCap,
+        Some(FailureReason::PayerUnknown) => proto::FailureReason::PayerUnknown,
+        Some(FailureReason::CarrierRefusedShop) => proto::FailureReason::CarrierRefusedShop,
+    }
+}
+
+/// Milliseconds for the wire (int64); saturates far beyond any real date.
+pub fn ms(t: crate::domain::UnixMs) -> i64 {
+    i64::try_from(t.0).unwrap_or(i64::MAX)
+}
+
+/// A trade as its shop may see it: the payer only as a pseudonym.
+pub fn trade_for_shop(t: &TradeRecord, secret: &ServerSecret) -> proto::Trade {
+    proto::Trade {
+        trade_id: t.id.to_string(),
+        register_id: t.request.register.to_string(),
+        amount_minor: t.request.amount.minor(),
+        currency: t.request.currency.code().to_owned(),
+        description: t.request.description.clone(),
+        state: state_to_proto(t.state) as i32,
+        failure_reason: failure_to_proto(t.failure) as i32,
+        binding_code: t.binding_code.clone(),
+        created_at_ms: ms(t.created_at),
+        expires_at_ms: ms(t.expires_at),
+        finished_at_ms: t.finished_at.map_or(0, ms),
+        payer_pseudonym: secret.payer_pseudonym(&t.shop, &t.request.payer),
+        receipt: t.receipt.as_ref().map(|r| proto::ApprovalReceipt {
+            signed_payload: r.signed_payload.clone(),
+            signature: r.signature.clone(),
+            handset_key_fingerprint: r.shop_key_fingerprint.to_vec(),
+        }),
+        idempotency_key: t.idempotency_key.clone().unwrap_or_default(),
+    }
+}
+
+pub fn event_for_shop(e: &EventRecord, secret: &ServerSecret) -> proto::TradeEvent {
+    proto::TradeEvent {
+        sequence: e.seq,
+        at_ms: ms(e.at),
+        trade: Some(trade_for_shop(&e.trade, secret)),
+    }
+}
+
+pub fn register_to_proto(r: &RegisterRecord) -> proto::Register {
+    proto::Register {
+        register_id: r.id.to_string(),
+        label: r.label.clone(),
+        open: r.open,
+        opened_at_ms: ms(r.opened_at),
+        closed_at_ms: r.closed_at.map_or(0, ms),
+        open_trades: r.open_trades,
+    }
+}
+
+pub fn account_to_proto(a: &AccountRecord) -> proto::Account {
+    proto::Account {
+        name: a.name.key(),
+        currency: a.name.currency().code().to_owned(),
+        debits_minor: a.balance.debits.minor(),
+        credits_minor: a.balance.credits.minor(),
+        // Saturates only if a single account held more than 9.2e18 units.
+        balance_minor: i64::try_from(a.balance.net()).unwrap_or(if a.balance.net() < 0 {
+            i64::MIN
+        } else {
+            i64::MAX
+        }),
+    }
+}
+
+pub fn posting_to_proto(p: &PostingRecord) -> proto::Posting {
+    let (debit, credit) = match p.side {
+        crate::domain::Side::Debit => (p.amount.minor(), 0),
+        crate::domain::Side::Credit => (0, p.amount.minor()),
+    };
+    proto::Posting {
+        posting_id: p.posting_id,
+        set_id: p.set_id,
+        account: p.account.key(),
+        currency: p.account.currency().code().to_owned(),
+        debit_minor: debit,
+        credit_minor: credit,
+        trade_id: p.trade.map(|t| t.to_string()).unwrap_or_default(),
+        kind: p.kind.name().to_owned(),
+        at_ms: ms(p.at),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_bounded_and_printable() {
+        let check = |v: &str, ok: bool| assert_eq!(text("label", v, 5, true).is_ok(), ok, "{v:?}");
+        check("shop", true);
+        check("ショップ", true);
+        check("", false);
+        check("   ", false);
+        check("abcdef", false);
+        check("a\nb", false);
+        check("a\u{7f}", false);
+        assert!(text("description", "", 5, false).is_ok());
+    }
+
+    #[test]
+    fn amounts_are_positive_and_bounded() {
+        let limits = Limits::default();
+        assert!(amount("amount_minor", 0, &limits).is_err());
+        assert!(amount("amount_minor", limits.max_amount_minor, &limits).is_ok());
+        assert!(amount("amount_minor", limits.max_amount_minor + 1, &limits).is_err());
+        assert!(amount("amount_minor", u64::MAX, &limits).is_err());
+    }
+
+    #[test]
+    fn idempotency_keys_are_visible_ascii() {
+        assert_eq!(idempotency_key("k", "", 64), Ok(None));
+        assert_eq!(
+            idempotency_key("k", "order-1", 64),
+            Ok(Some("order-1".into()))
+        );
+        assert!(idempotency_key("k", "a b", 64).is_err());
+        assert!(idempotency_key("k", &"x".repeat(65), 64).is_err());
+        assert!(idempotency_key("k", "é", 64).is_err());
+    }
+
+    #[test]
+    fn unknown_decisions_are_refused() {
+        assert!(decision("decision", 0).is_err());
+        assert!(decision("decision", 99).is_err());
+        assert_eq!(decision("decision", 1), Ok(Decision::Approve));
+    }
+}

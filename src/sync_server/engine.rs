@@ -1,0 +1,322 @@
+//! Trade orchestration: validated requests become store commands; once a
+//! commit is durable its outbox deliveries go to the carrier gateway and
+//! waiters on final states are woken. Also the expiry sweeper.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{watch, Notify};
+use tracing::instrument;
+
+use crate::carrier::{CarrierGateway, PushResult};
+use crate::domain::approval::ServerSecret;
+use crate::domain::{
+    Amount, CarrierId, Currency, Decision, RegisterId, ShopId, SubscriberNumber, TradeId, UnixMs,
+};
+use crate::store::{
+    AnswerOutcome, Command, CommandOutcome, CreateTrade, Delivery, Store, StoreError, TradeRecord,
+    TradeRequest,
+};
+
+use super::error::ApiError;
+use super::limits::Limits;
+
+/// The wall clock, read only here and passed into the store and domain.
+pub fn now() -> UnixMs {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    UnixMs(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+/// How often the sweeper looks for overdue trades. Expiry is at most this
+/// late (plus one commit).
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+/// Trades expired per sweep round, so one round never holds the writer long.
+pub const SWEEP_BATCH: usize = 256;
+
+/// A validated CreateTrade.
+#[derive(Debug, Clone)]
+pub struct NewTrade {
+    pub register: RegisterId,
+    pub payer: SubscriberNumber,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub description: String,
+    pub ttl: Duration,
+    pub idempotency_key: Option<String>,
+}
+
+/// Wakes `AwaitTrade` calls when their trade reaches a final state.
+#[derive(Default)]
+pub struct FinalWaiters {
+    map: Mutex<HashMap<TradeId, Arc<Notify>>>,
+}
+
+impl FinalWaiters {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TradeId, Arc<Notify>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers interest in a trade's final state. Enable the guard's
+    /// `notify.notified()` before reading the trade so no wake-up is missed;
+    /// dropping the guard removes the entry when nobody else waits.
+    pub fn wait(&self, id: TradeId) -> WaitGuard<'_> {
+        let notify = self.lock().entry(id).or_default().clone();
+        WaitGuard {
+            waiters: self,
+            id,
+            notify,
+        }
+    }
+
+    fn fire(&self, id: TradeId) {
+        if let Some(n) = self.lock().remove(&id) {
+            n.notify_waiters();
+        }
+    }
+}
+
+pub struct WaitGuard<'a> {
+    waiters: &'a FinalWaiters,
+    id: TradeId,
+    pub notify: Arc<Notify>,
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = self.waiters.lock();
+        // The map's handle and ours: nobody else waits.
+        if map
+            .get(&self.id)
+            .is_some_and(|n| Arc::ptr_eq(n, &self.notify) && Arc::strong_count(n) == 2)
+        {
+            map.remove(&self.id);
+        }
+    }
+}
+
+/// Resolves once the shutdown flag turns true (or its sender is gone).
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+pub struct Engine {
+    pub store: Store,
+    gateway: Arc<dyn CarrierGateway>,
+    pub secret: ServerSecret,
+    pub limits: Limits,
+    pub finals: FinalWaiters,
+}
+
+impl Engine {
+    pub fn new(
+        store: Store,
+        gateway: Arc<dyn CarrierGateway>,
+        secret: ServerSecret,
+        limits: Limits,
+    ) -> Self {
+        Engine {
+            store,
+            gateway,
+            secret,
+            limits,
+            finals: FinalWaiters::default(),
+        }
+    }
+
+    /// Sends durable deliveries to their carriers. Whatever is not taken
+    /// now stays in the outbox and goes out when the carrier connects.
+    pub fn dispatch(&self, deliveries: &[Delivery]) {
+        for d in deliveries {
+            match self.gateway.push(d) {
+                PushResult::Queued => {}
+                PushResult::NotConnected => {
+                    tracing::debug!(carrier = %d.carrier, delivery = d.delivery_id, "carrier offline; delivery stays queued")
+                }
+                PushResult::Dropped => {
+                    tracing::warn!(carrier = %d.carrier, delivery = d.delivery_id, "relay queue full; carrier will catch up on reconnect")
+                }
+            }
+        }
+    }
+
+    fn settled_effects(&self, trade: Option<&TradeRecord>, deliveries: &[Delivery]) {
+        if let Some(t) = trade {
+            if t.state.is_final() {
+                self.finals.fire(t.id);
+            }
+        }
+        self.dispatch(deliveries);
+    }
+
+    /// Creates a trade; answers once it is durable. Returns the trade and
+    /// whether it is an idempotent replay of an earlier one.
+    #[instrument(skip_all, fields(shop = %shop))]
+    pub async fn create_trade(
+        &self,
+        shop: &ShopId,
+        t: NewTrade,
+    ) -> Result<(TradeRecord, bool), ApiError> {
+        if t.ttl < self.limits.min_ttl || t.ttl > self.limits.max_ttl {
+            return Err(ApiError::invalid(
+                "ttl_seconds",
+                format!(
+                    "must be {}..={} seconds",
+                    self.limits.min_ttl.as_secs(),
+                    self.limits.max_ttl.as_secs()
+                ),
+            ));
+        }
+        let trade_id = TradeId::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
+        let command = Command::CreateTrade(CreateTrade {
+            shop: shop.clone(),
+            trade_id,
+            request: TradeRequest {
+                register: t.register,
+                payer: t.payer,
+                amount: t.amount,
+                currency: t.currency,
+                description: t.description,
+                ttl_ms: u64::try_from(t.ttl.as_millis()).unwrap_or(u64::MAX),
+            },
+            idempotency_key: t.idempotency_key,
+            binding_code: self.secret.binding_code(trade_id).to_string(),
+            max_open_per_register: self.limits.max_open_trades_per_register,
+            now: now(),
+        });
+        match self.store.execute(command).await? {
+            CommandOutcome::Trade {
+                trade: Some(trade),
+                deliveries,
+                replayed,
+            } => {
+                tracing::info!(trade_id = %trade.id, state = trade.state.name(), replayed, "trade created");
+                self.settled_effects(Some(&trade), &deliveries);
+                Ok((trade, replayed))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    #[instrument(skip_all, fields(trade_id = %trade))]
+    pub async fn cancel(&self, shop: &ShopId, trade: TradeId) -> Result<TradeRecord, ApiError> {
+        match self
+            .store
+            .execute(Command::Cancel {
+                shop: shop.clone(),
+                trade,
+                now: now(),
+            })
+            .await?
+        {
+            CommandOutcome::Trade {
+                trade: Some(t),
+                deliveries,
+                ..
+            } => {
+                tracing::info!(state = t.state.name(), "trade cancelled");
+                self.settled_effects(Some(&t), &deliveries);
+                Ok(t)
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The carrier acknowledged a delivery.
+    pub async fn ack(&self, carrier: &CarrierId, delivery_id: u64) -> Result<(), ApiError> {
+        match self
+            .store
+            .execute(Command::Ack {
+                carrier: carrier.clone(),
+                delivery_id,
+                now: now(),
+            })
+            .await?
+        {
+            CommandOutcome::Trade { .. } => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A handset's answer: settles, declines or fails the trade, or is
+    /// refused with the reason (late, unknown, already final).
+    #[instrument(skip_all, fields(trade_id = %trade))]
+    pub async fn answer(
+        &self,
+        carrier: &CarrierId,
+        trade: TradeId,
+        decision: Decision,
+        signature: Vec<u8>,
+    ) -> Result<AnswerOutcome, ApiError> {
+        let command = Command::Answer {
+            carrier: carrier.clone(),
+            trade,
+            decision,
+            signature,
+            now: now(),
+        };
+        match self.store.execute(command).await? {
+            CommandOutcome::Answer(outcome) => {
+                match (&outcome.rejected, &outcome.trade) {
+                    (None, Some(t)) => {
+                        tracing::info!(state = t.state.name(), failure = ?t.failure, "handset answer taken")
+                    }
+                    (Some(why), _) => tracing::info!(rejected = ?why, "handset answer refused"),
+                    (None, None) => {}
+                }
+                self.settled_effects(outcome.trade.as_ref(), &outcome.deliveries);
+                Ok(outcome)
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Expires every overdue trade (in rounds of `SWEEP_BATCH`); returns how
+    /// many expired.
+    pub async fn expire_due(&self) -> Result<usize, StoreError> {
+        let mut expired = 0;
+        loop {
+            let at = now();
+            let due = self.store.due(at, SWEEP_BATCH)?;
+            let round = due.len();
+            for trade in due {
+                if let CommandOutcome::Trade {
+                    trade: Some(t),
+                    deliveries,
+                    replayed: false,
+                } = self
+                    .store
+                    .execute(Command::Expire { trade, now: at })
+                    .await?
+                {
+                    tracing::info!(trade_id = %t.id, "trade expired");
+                    expired += 1;
+                    self.settled_effects(Some(&t), &deliveries);
+                }
+            }
+            if round < SWEEP_BATCH {
+                return Ok(expired);
+            }
+        }
+    }
+
+    /// Runs the expiry sweeper until `shutdown` turns true. Overdue trades
+    /// left by a crash expire on the first round.
+    pub async fn run_sweeper(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.expire_due().await {
+                tracing::error!(error = %e, "expiry sweep failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+                _ = stopped(&mut shutdown) => return,
+            }
+        }
+    }
+}
+
+fn unexpected(outcome: &CommandOutcome) -> ApiError {
+    ApiError::Internal(format!("unexpected store outcome: {outcome:?}"))
+}

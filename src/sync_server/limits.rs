@@ -1,0 +1,64 @@
+//! Every limit the server enforces, each a named default with the reason
+//! for its size, gathered in one struct the server is configured with.
+
+use std::time::Duration;
+
+/// 10^12 minor units: far above any mail-order basket in any currency,
+/// far below where totals of many trades could approach u64::MAX.
+pub const MAX_AMOUNT_MINOR: u64 = 1_000_000_000_000;
+/// Fits a handset screen and an SMS-sized notification.
+pub const MAX_DESCRIPTION_CHARS: usize = 140;
+/// Register labels and display names are shown on one handset line.
+pub const MAX_LABEL_CHARS: usize = 64;
+pub const MAX_DISPLAY_NAME_CHARS: usize = 64;
+/// Long enough for a UUID or an order number with a prefix.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 64;
+/// Bounds the work one register can leave hanging (and its deadlines).
+pub const MAX_OPEN_TRADES_PER_REGISTER: u32 = 10_000;
+/// A shop with more tills than this is probably leaking registers.
+pub const MAX_OPEN_REGISTERS_PER_SHOP: u32 = 1_000;
+pub const MAX_SHOPS: u32 = 1_000_000;
+/// SPEC: default 120 s, at most 15 min. One second is the floor (tests and
+/// the demo use it; a person needs more).
+pub const DEFAULT_TTL: Duration = Duration::from_secs(120);
+pub const MIN_TTL: Duration = Duration::from_secs(1);
+pub const MAX_TTL: Duration = Duration::from_secs(15 * 60);
+/// AwaitTrade waits this long by default and at most the maximum, below
+/// common proxy idle timeouts.
+pub const DEFAULT_AWAIT: Duration = Duration::from_secs(30);
+pub const MAX_AWAIT: Duration = Duration::from_secs(60);
+/// Events buffered per WatchTrades stream before the sender waits for the
+/// client; the stream reads from the store, so a slow client costs no
+/// memory beyond this.
+pub const STREAM_BUFFER: usize = 256;
+/// Largest request message; every real request is far smaller.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Uplink messages from one relay stream processed at once.
+pub const MAX_RELAY_INFLIGHT: usize = 1024;
+/// Page sizes for listing and replay.
+pub const MAX_LIST: usize = 1000;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_amount_minor: u64,
+    pub max_open_trades_per_register: u32,
+    pub max_open_registers_per_shop: u32,
+    pub max_shops: u32,
+    pub default_ttl: Duration,
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_amount_minor: MAX_AMOUNT_MINOR,
+            max_open_trades_per_register: MAX_OPEN_TRADES_PER_REGISTER,
+            max_open_registers_per_shop: MAX_OPEN_REGISTERS_PER_SHOP,
+            max_shops: MAX_SHOPS,
+            default_ttl: DEFAULT_TTL,
+            min_ttl: MIN_TTL,
+            max_ttl: MAX_TTL,
+        }
+    }
+}

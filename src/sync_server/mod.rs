@@ -1,0 +1,219 @@
+//! The server: gRPC services, trade orchestration, expiry and event
+//! fan-out, assembled over a store and a carrier gateway. The caller binds
+//! the listener, so tests use `127.0.0.1:0` and never wait for readiness.
+
+pub mod admin_service;
+pub mod auth;
+pub mod carrier_service;
+pub mod convert;
+pub mod engine;
+pub mod error;
+pub mod limits;
+pub mod register_service;
+pub mod secrets;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+
+use crate::carrier::relay::RelayHub;
+use crate::domain::approval::ServerSecret;
+use crate::proto::admin_service_server::AdminServiceServer;
+use crate::proto::carrier_service_server::CarrierServiceServer;
+use crate::proto::register_service_server::RegisterServiceServer;
+use crate::store::{Durability, Store, StoreConfig, StoreError};
+
+use self::auth::{interceptor, Authenticator, Party};
+use self::engine::Engine;
+use self::limits::{Limits, MAX_REQUEST_BYTES};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("secrets: {0}")]
+    Secret(#[from] secrets::SecretError),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("reflection: {0}")]
+    Reflection(String),
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("server task: {0}")]
+    Join(String),
+}
+
+/// Everything the server needs besides its listener.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The sled store lives here.
+    pub store_dir: PathBuf,
+    pub durability: Durability,
+    pub admin_token: String,
+    pub secret: ServerSecret,
+    pub limits: Limits,
+}
+
+impl ServerConfig {
+    /// A data folder laid out as `store/`, `admin.token`, `server.secret`;
+    /// the secrets are created (mode 0600) on first use.
+    pub fn from_data_dir(data_dir: impl Into<PathBuf>) -> Result<ServerConfig, ServerError> {
+        let data_dir = data_dir.into();
+        std::fs::create_dir_all(&data_dir)?;
+        Ok(ServerConfig {
+            store_dir: data_dir.join("store"),
+            durability: Durability::Fsync,
+            admin_token: secrets::load_or_create_admin_token(&data_dir.join("admin.token"))?,
+            secret: secrets::load_or_create_secret(&data_dir.join("server.secret"))?,
+            limits: Limits::default(),
+        })
+    }
+}
+
+/// A started server. Dropping it does not stop it; call `shutdown`.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub engine: Arc<Engine>,
+    shutdown: watch::Sender<bool>,
+    serve: JoinHandle<Result<(), tonic::transport::Error>>,
+    sweeper: JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// `http://<addr>` for clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, ends streams with UNAVAILABLE, waits for in-flight
+    /// calls (every acknowledged commit is already durable).
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        let _ = self.shutdown.send(true);
+        let served = self
+            .serve
+            .await
+            .map_err(|e| ServerError::Join(e.to_string()))?;
+        self.sweeper
+            .await
+            .map_err(|e| ServerError::Join(e.to_string()))?;
+        served?;
+        Ok(())
+    }
+
+    /// Resolves when the server stops on its own (e.g. the listener failed).
+    pub fn is_finished(&self) -> bool {
+        self.serve.is_finished()
+    }
+}
+
+/// Opens the store and serves on `listener` until `shutdown` is called.
+pub async fn start(
+    config: ServerConfig,
+    listener: TcpListener,
+) -> Result<RunningServer, ServerError> {
+    let addr = listener.local_addr()?;
+    let store_config = StoreConfig {
+        durability: config.durability,
+        ..StoreConfig::new(&config.store_dir)
+    };
+    let store = tokio::task::spawn_blocking(move || Store::open(store_config))
+        .await
+        .map_err(|e| ServerError::Join(e.to_string()))??;
+    let hub = Arc::new(RelayHub::default());
+    let engine = Arc::new(Engine::new(
+        store.clone(),
+        hub.clone(),
+        config.secret.clone(),
+        config.limits.clone(),
+    ));
+    let auth = Arc::new(Authenticator::new(store, &config.admin_token));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<RegisterServiceServer<register_service::RegisterApi>>()
+        .await;
+    health
+        .set_serving::<CarrierServiceServer<carrier_service::CarrierApi>>()
+        .await;
+    health
+        .set_serving::<AdminServiceServer<admin_service::AdminApi>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+
+    let register = RegisterServiceServer::new(register_service::RegisterApi::new(
+        engine.clone(),
+        shutdown_rx.clone(),
+    ))
+    .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let carrier = CarrierServiceServer::new(carrier_service::CarrierApi::new(
+        engine.clone(),
+        hub,
+        shutdown_rx.clone(),
+    ))
+    .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let admin = AdminServiceServer::new(admin_service::AdminApi::new(engine.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+
+    let router = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(InterceptedService::new(
+            register,
+            interceptor(auth.clone(), Party::Shop),
+        ))
+        .add_service(InterceptedService::new(
+            carrier,
+            interceptor(auth.clone(), Party::Carrier),
+        ))
+        .add_service(InterceptedService::new(
+            admin,
+            interceptor(auth, Party::Admin),
+        ));
+
+    let sweeper = tokio::spawn(engine.clone().run_sweeper(shutdown_rx.clone()));
+    let mut stop = shutdown_rx;
+    let health_on_stop = health.clone();
+    let serve = tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                engine::stopped(&mut stop).await;
+                health_on_stop
+                    .set_not_serving::<RegisterServiceServer<register_service::RegisterApi>>()
+                    .await;
+                health_on_stop
+                    .set_not_serving::<CarrierServiceServer<carrier_service::CarrierApi>>()
+                    .await;
+                health_on_stop
+                    .set_not_serving::<AdminServiceServer<admin_service::AdminApi>>()
+                    .await;
+                tracing::info!("shutting down");
+            })
+            .await
+    });
+    tracing::info!(%addr, "syncpay serving");
+    Ok(RunningServer {
+        addr,
+        engine,
+        shutdown: shutdown_tx,
+        serve,
+        sweeper,
+    })
+}

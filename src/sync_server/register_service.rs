@@ -1,0 +1,296 @@
+//! `RegisterService`: what shops call. Every trade lookup is scoped to the
+//! calling shop; another shop's trade is NOT_FOUND, exactly like no trade.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_core::Stream;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::domain::{RegisterId, ShopId, TradeId};
+use crate::proto::{self, register_service_server::RegisterService};
+use crate::store::{Command, CommandOutcome, TradeRecord};
+
+use super::auth;
+use super::convert;
+use super::engine::{now, stopped, Engine, NewTrade};
+use super::error::ApiError;
+use super::limits;
+
+pub struct RegisterApi {
+    engine: Arc<Engine>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl RegisterApi {
+    pub fn new(engine: Arc<Engine>, shutdown: watch::Receiver<bool>) -> Self {
+        RegisterApi { engine, shutdown }
+    }
+
+    /// The shop's own trade, or NOT_FOUND.
+    async fn own_trade(&self, shop: &ShopId, id: &TradeId) -> Result<TradeRecord, ApiError> {
+        match self.engine.store.trade(id).await? {
+            Some(t) if &t.shop == shop => Ok(t),
+            _ => Err(ApiError::NotFound("trade")),
+        }
+    }
+
+    fn to_proto(&self, t: &TradeRecord) -> proto::Trade {
+        convert::trade_for_shop(t, &self.engine.secret)
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::TradeEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RegisterService for RegisterApi {
+    async fn open_register(
+        &self,
+        request: Request<proto::OpenRegisterRequest>,
+    ) -> Result<Response<proto::Register>, Status> {
+        let shop = auth::shop(&request)?;
+        let label = convert::text(
+            "label",
+            &request.get_ref().label,
+            limits::MAX_LABEL_CHARS,
+            true,
+        )?;
+        let id = RegisterId::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
+        let command = Command::OpenRegister {
+            shop,
+            id,
+            label,
+            max_registers: self.engine.limits.max_open_registers_per_shop,
+            now: now(),
+        };
+        match self
+            .engine
+            .store
+            .execute(command)
+            .await
+            .map_err(ApiError::from)?
+        {
+            CommandOutcome::Register(r) => Ok(Response::new(convert::register_to_proto(&r))),
+            _ => Err(ApiError::Internal("open register: unexpected outcome".into()).into()),
+        }
+    }
+
+    async fn close_register(
+        &self,
+        request: Request<proto::CloseRegisterRequest>,
+    ) -> Result<Response<proto::Register>, Status> {
+        let shop = auth::shop(&request)?;
+        let id = convert::register_id("register_id", &request.get_ref().register_id)?;
+        match self
+            .engine
+            .store
+            .execute(Command::CloseRegister {
+                shop,
+                id,
+                now: now(),
+            })
+            .await
+            .map_err(ApiError::from)?
+        {
+            CommandOutcome::Register(r) => Ok(Response::new(convert::register_to_proto(&r))),
+            _ => Err(ApiError::Internal("close register: unexpected outcome".into()).into()),
+        }
+    }
+
+    async fn list_registers(
+        &self,
+        request: Request<proto::ListRegistersRequest>,
+    ) -> Result<Response<proto::ListRegistersResponse>, Status> {
+        let shop = auth::shop(&request)?;
+        let registers = self
+            .engine
+            .store
+            .registers(&shop, limits::MAX_LIST)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(proto::ListRegistersResponse {
+            registers: registers.iter().map(convert::register_to_proto).collect(),
+        }))
+    }
+
+    async fn create_trade(
+        &self,
+        request: Request<proto::CreateTradeRequest>,
+    ) -> Result<Response<proto::Trade>, Status> {
+        let shop = auth::shop(&request)?;
+        let r = request.get_ref();
+        let payer = match &r.payer {
+            Some(proto::create_trade_request::Payer::SubscriberNumber(n)) => {
+                convert::subscriber("subscriber_number", n)?
+            }
+            None => {
+                return Err(ApiError::invalid("payer", "name the payer (subscriber_number)").into())
+            }
+        };
+        let ttl = match r.ttl_seconds {
+            0 => self.engine.limits.default_ttl,
+            s => Duration::from_secs(u64::from(s)),
+        };
+        let new = NewTrade {
+            register: convert::register_id("register_id", &r.register_id)?,
+            payer,
+            amount: convert::amount("amount_minor", r.amount_minor, &self.engine.limits)?,
+            currency: convert::currency("currency", &r.currency)?,
+            description: convert::text(
+                "description",
+                &r.description,
+                limits::MAX_DESCRIPTION_CHARS,
+                false,
+            )?,
+            ttl,
+            idempotency_key: convert::idempotency_key(
+                "idempotency_key",
+                &r.idempotency_key,
+                limits::MAX_IDEMPOTENCY_KEY_LEN,
+            )?,
+        };
+        let (trade, _replayed) = self.engine.create_trade(&shop, new).await?;
+        Ok(Response::new(self.to_proto(&trade)))
+    }
+
+    async fn get_trade(
+        &self,
+        request: Request<proto::GetTradeRequest>,
+    ) -> Result<Response<proto::Trade>, Status> {
+        let shop = auth::shop(&request)?;
+        let id = convert::trade_id("trade_id", &request.get_ref().trade_id)?;
+        let trade = self.own_trade(&shop, &id).await?;
+        Ok(Response::new(self.to_proto(&trade)))
+    }
+
+    async fn await_trade(
+        &self,
+        request: Request<proto::AwaitTradeRequest>,
+    ) -> Result<Response<proto::Trade>, Status> {
+        let shop = auth::shop(&request)?;
+        let r = request.get_ref();
+        let id = convert::trade_id("trade_id", &r.trade_id)?;
+        let wait = match r.wait_ms {
+            0 => limits::DEFAULT_AWAIT,
+            ms => Duration::from_millis(u64::from(ms)).min(limits::MAX_AWAIT),
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let guard = self.engine.finals.wait(id);
+            let notified = guard.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let trade = self.own_trade(&shop, &id).await?;
+            if trade.state.is_final() || tokio::time::Instant::now() >= deadline {
+                return Ok(Response::new(self.to_proto(&trade)));
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = stopped(&mut shutdown) => {
+                    return Err(Status::unavailable("server is shutting down; retry AwaitTrade"));
+                }
+            }
+        }
+    }
+
+    async fn cancel_trade(
+        &self,
+        request: Request<proto::CancelTradeRequest>,
+    ) -> Result<Response<proto::Trade>, Status> {
+        let shop = auth::shop(&request)?;
+        let id = convert::trade_id("trade_id", &request.get_ref().trade_id)?;
+        let trade = self.engine.cancel(&shop, id).await?;
+        Ok(Response::new(self.to_proto(&trade)))
+    }
+
+    type WatchTradesStream = EventStream;
+
+    async fn watch_trades(
+        &self,
+        request: Request<proto::WatchTradesRequest>,
+    ) -> Result<Response<Self::WatchTradesStream>, Status> {
+        let shop = auth::shop(&request)?;
+        let r = request.get_ref();
+        let filter = match r.register_id.as_str() {
+            "" => None,
+            text => Some(convert::register_id("register_id", text)?),
+        };
+        let mut head = self
+            .engine
+            .store
+            .event_heads()
+            .subscribe(&shop)
+            .ok_or_else(|| ApiError::Internal(format!("no event head for shop {shop}")))?;
+        let mut cursor = r.after_sequence;
+        let known = *head.borrow();
+        if cursor > known {
+            return Err(ApiError::invalid(
+                "after_sequence",
+                format!("is beyond the shop's last event ({known})"),
+            )
+            .into());
+        }
+        let (tx, rx) = mpsc::channel(limits::STREAM_BUFFER);
+        let engine = self.engine.clone();
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let durable_head = *head.borrow_and_update();
+                // Send everything up to the durable head, a page at a time;
+                // the store is the buffer, so a slow client costs nothing.
+                while cursor < durable_head {
+                    let page = match engine.store.events_between(
+                        &shop,
+                        cursor,
+                        durable_head,
+                        limits::MAX_LIST,
+                    ) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            let _ = tx.send(Err(ApiError::from(e).into())).await;
+                            return;
+                        }
+                    };
+                    for event in page {
+                        // Gap-free by construction; checked anyway.
+                        if Some(event.seq) != cursor.checked_add(1) {
+                            let detail =
+                                format!("event gap for {shop}: after {cursor} came {}", event.seq);
+                            let _ = tx.send(Err(ApiError::Internal(detail).into())).await;
+                            return;
+                        }
+                        cursor = event.seq;
+                        if filter.is_some_and(|f| f != event.trade.request.register) {
+                            continue;
+                        }
+                        if tx
+                            .send(Ok(convert::event_for_shop(&event, &engine.secret)))
+                            .await
+                            .is_err()
+                        {
+                            return; // the client left
+                        }
+                    }
+                }
+                tokio::select! {
+                    changed = head.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                    _ = stopped(&mut shutdown) => {
+                        let _ = tx.send(Err(Status::unavailable(format!(
+                            "server is shutting down; resume with after_sequence={cursor}"
+                        )))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(rx)) as EventStream
+        ))
+    }
+}
