@@ -200,6 +200,37 @@ pub(crate) struct Shared {
     pub heads: EventHeads,
 }
 
+/// How long `open` waits for the store's file lock. A previous server in
+/// this process lets go within moments of its last handle dropping; a lock
+/// held longer belongs to another process.
+pub const OPEN_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn open_db(config: &StoreConfig) -> Result<sled::Db, StoreError> {
+    let started = std::time::Instant::now();
+    loop {
+        let opened = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_bytes)
+            // Group commit makes data durable; sled's own timer adds nothing.
+            .flush_every_ms(None)
+            .open();
+        match opened {
+            Ok(db) => return Ok(db),
+            // sled reports a held lock as an `Other` I/O error with this text.
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if started.elapsed() >= OPEN_LOCK_WAIT {
+                    return Err(StoreError::Io(format!(
+                        "store {} is locked by another process",
+                        config.path.display()
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// A handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -215,12 +246,7 @@ impl Store {
     /// writer stops when every `Store` handle is dropped.
     pub fn open(config: StoreConfig) -> Result<Store, StoreError> {
         std::fs::create_dir_all(&config.path).map_err(|e| StoreError::Io(e.to_string()))?;
-        let db = sled::Config::new()
-            .path(&config.path)
-            .cache_capacity(config.cache_bytes)
-            // Group commit makes data durable; sled's own timer adds nothing.
-            .flush_every_ms(None)
-            .open()?;
+        let db = open_db(&config)?;
         let trees = TREE_NAMES
             .iter()
             .map(|n| db.open_tree(n))
@@ -475,3 +501,6 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,464 @@
+//! Store tests: commands against a real sled store in a temporary folder.
+
+use ed25519_dalek::{Signer, SigningKey};
+
+use super::*;
+use crate::domain::approval::ApprovalPayload;
+use crate::domain::{Amount, Currency, Decision, FailureReason, RegisterId, TradeState};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Store,
+    shop: ShopId,
+    carrier: CarrierId,
+    payer: SubscriberNumber,
+    key: SigningKey,
+    register: RegisterId,
+}
+
+const T0: UnixMs = UnixMs(1_800_000_000_000);
+
+fn jpy() -> Currency {
+    Currency::parse("JPY").expect("known")
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(StoreConfig::new(dir.path())).expect("open");
+    let shop = ShopId::parse("acme").expect("id");
+    let carrier = CarrierId::parse("docomo").expect("id");
+    let payer = SubscriberNumber::parse("+818012345678").expect("number");
+    let key = SigningKey::from_bytes(&[42u8; 32]);
+    let register = RegisterId::generate().expect("id");
+    let run = |c: Command| {
+        let store = store.clone();
+        async move { store.execute(c).await.expect("command") }
+    };
+    run(Command::CreateShop {
+        id: shop.clone(),
+        display_name: "Acme".into(),
+        token_hash: [1; 32],
+        max_shops: 10,
+        now: T0,
+    })
+    .await;
+    run(Command::CreateCarrier {
+        id: carrier.clone(),
+        display_name: "Docomo".into(),
+        token_hash: [2; 32],
+        now: T0,
+    })
+    .await;
+    run(Command::EnrollSubscriber {
+        carrier: carrier.clone(),
+        number: payer.clone(),
+        funding: Funding::Wallet,
+        now: T0,
+    })
+    .await;
+    run(Command::EnrollHandset {
+        carrier: carrier.clone(),
+        number: payer.clone(),
+        public_key: key.verifying_key().to_bytes(),
+        now: T0,
+    })
+    .await;
+    run(Command::OpenRegister {
+        shop: shop.clone(),
+        id: register,
+        label: "till".into(),
+        max_registers: 5,
+        now: T0,
+    })
+    .await;
+    Fixture {
+        _dir: dir,
+        store,
+        shop,
+        carrier,
+        payer,
+        key,
+        register,
+    }
+}
+
+impl Fixture {
+    async fn top_up(&self, minor: u64) {
+        self.store
+            .execute(Command::TopUp {
+                number: self.payer.clone(),
+                amount: Amount::new(minor),
+                currency: jpy(),
+                now: T0,
+            })
+            .await
+            .expect("top up");
+    }
+
+    fn request(&self, minor: u64) -> TradeRequest {
+        TradeRequest {
+            register: self.register,
+            payer: self.payer.clone(),
+            amount: Amount::new(minor),
+            currency: jpy(),
+            description: "book".into(),
+            ttl_ms: 60_000,
+        }
+    }
+
+    async fn create(
+        &self,
+        minor: u64,
+        key: Option<&str>,
+    ) -> Result<(TradeRecord, bool), StoreError> {
+        let c = CreateTrade {
+            shop: self.shop.clone(),
+            trade_id: TradeId::generate().expect("id"),
+            request: self.request(minor),
+            idempotency_key: key.map(str::to_owned),
+            binding_code: "123456".into(),
+            max_open_per_register: 100,
+            now: T0,
+        };
+        match self.store.execute(Command::CreateTrade(c)).await? {
+            CommandOutcome::Trade {
+                trade: Some(t),
+                replayed,
+                ..
+            } => Ok((t, replayed)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn sign(&self, t: &TradeRecord, decision: Decision) -> Vec<u8> {
+        let payload = ApprovalPayload {
+            trade_id: t.id,
+            amount: t.request.amount,
+            currency: t.request.currency,
+            shop_id: &t.shop,
+            register_id: t.request.register,
+            expires_at: t.expires_at,
+            decision,
+        };
+        self.key.sign(&payload.to_bytes()).to_bytes().to_vec()
+    }
+
+    async fn answer(
+        &self,
+        t: &TradeRecord,
+        decision: Decision,
+        signature: Vec<u8>,
+        now: UnixMs,
+    ) -> AnswerOutcome {
+        let c = Command::Answer {
+            carrier: self.carrier.clone(),
+            trade: t.id,
+            decision,
+            signature,
+            now,
+        };
+        match self.store.execute(c).await.expect("answer") {
+            CommandOutcome::Answer(a) => a,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    async fn net(&self, name: &AccountName) -> i128 {
+        self.store
+            .account(name)
+            .await
+            .expect("read")
+            .map_or(0, |a| a.balance.net())
+    }
+}
+
+#[tokio::test]
+async fn approval_settles_atomically_and_verifies() {
+    let f = fixture().await;
+    f.top_up(5_000).await;
+    let (trade, _) = f.create(1_200, None).await.expect("create");
+    assert_eq!(trade.state, TradeState::Pending);
+    let sig = f.sign(&trade, Decision::Approve);
+    let out = f.answer(&trade, Decision::Approve, sig.clone(), T0).await;
+    assert_eq!(out.rejected, None);
+    let settled = out.trade.expect("trade");
+    assert_eq!(settled.state, TradeState::Settled);
+    assert!(settled.receipt.is_some());
+    let wallet = AccountName::Wallet(f.payer.clone(), jpy());
+    let shop = AccountName::ShopPayable(f.shop.clone(), jpy());
+    assert_eq!(f.net(&wallet).await, 3_800);
+    assert_eq!(f.net(&shop).await, 1_200);
+    assert_eq!(f.net(&AccountName::SystemFunding(jpy())).await, -5_000);
+
+    // The same approval again settles nothing.
+    let again = f.answer(&trade, Decision::Approve, sig, T0).await;
+    assert_eq!(
+        again.rejected,
+        Some(RejectedAnswer::AlreadyFinal(TradeState::Settled))
+    );
+    assert_eq!(f.net(&wallet).await, 3_800);
+
+    let report = f.store.verify().await.expect("verify");
+    assert!(report.ok(), "{:?}", report.violations);
+    assert_eq!(report.trades_checked, 1);
+    assert_eq!(report.postings_checked, 4);
+}
+
+#[tokio::test]
+async fn refusals_move_no_money() {
+    let f = fixture().await;
+    f.top_up(1_000).await;
+    let wallet = AccountName::Wallet(f.payer.clone(), jpy());
+
+    let (poor, _) = f.create(1_001, None).await.expect("create");
+    let out = f
+        .answer(
+            &poor,
+            Decision::Approve,
+            f.sign(&poor, Decision::Approve),
+            T0,
+        )
+        .await;
+    let t = out.trade.expect("trade");
+    assert_eq!(
+        (t.state, t.failure),
+        (TradeState::Failed, Some(FailureReason::InsufficientFunds))
+    );
+
+    let (forged, _) = f.create(10, None).await.expect("create");
+    // Signed for a different decision: must not verify as an approval.
+    let out = f
+        .answer(
+            &forged,
+            Decision::Approve,
+            f.sign(&forged, Decision::Decline),
+            T0,
+        )
+        .await;
+    let t = out.trade.expect("trade");
+    assert_eq!(
+        (t.state, t.failure),
+        (TradeState::Failed, Some(FailureReason::BadSignature))
+    );
+
+    let (declined, _) = f.create(10, None).await.expect("create");
+    let out = f
+        .answer(
+            &declined,
+            Decision::Decline,
+            f.sign(&declined, Decision::Decline),
+            T0,
+        )
+        .await;
+    assert_eq!(out.trade.expect("trade").state, TradeState::Declined);
+
+    let (late, _) = f.create(10, None).await.expect("create");
+    let out = f
+        .answer(
+            &late,
+            Decision::Approve,
+            f.sign(&late, Decision::Approve),
+            UnixMs(T0.0 + 60_000),
+        )
+        .await;
+    assert_eq!(out.rejected, Some(RejectedAnswer::Expired));
+    assert_eq!(out.trade.expect("trade").state, TradeState::Expired);
+    assert_eq!(
+        out.deliveries.len(),
+        1,
+        "a withdrawal is queued for the handset"
+    );
+
+    assert_eq!(f.net(&wallet).await, 1_000);
+    assert!(f.store.verify().await.expect("verify").ok());
+}
+
+#[tokio::test]
+async fn idempotent_retries_return_the_original_and_conflicts_name_the_field() {
+    let f = fixture().await;
+    let (first, replayed) = f.create(500, Some("order-1")).await.expect("create");
+    assert!(!replayed);
+    let (again, replayed) = f.create(500, Some("order-1")).await.expect("retry");
+    assert!(replayed);
+    assert_eq!(again.id, first.id);
+    match f.create(501, Some("order-1")).await {
+        Err(StoreError::AlreadyExists(m)) => assert!(m.starts_with("amount_minor"), "{m}"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn expiry_and_cancel_free_the_register_and_queue_withdrawals() {
+    let f = fixture().await;
+    let (a, _) = f.create(10, None).await.expect("create");
+    let (b, _) = f.create(10, None).await.expect("create");
+    assert_eq!(f.store.due(T0, 10).expect("due"), Vec::<TradeId>::new());
+    let due = f.store.due(UnixMs(T0.0 + 60_000), 10).expect("due");
+    assert_eq!(due.len(), 2);
+
+    match f
+        .store
+        .execute(Command::Expire {
+            trade: a.id,
+            now: UnixMs(T0.0 + 60_000),
+        })
+        .await
+        .expect("expire")
+    {
+        CommandOutcome::Trade {
+            trade: Some(t),
+            deliveries,
+            replayed: false,
+        } => {
+            assert_eq!(t.state, TradeState::Expired);
+            assert!(matches!(deliveries[0].body, DeliveryBody::Withdraw { .. }));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    match f
+        .store
+        .execute(Command::Cancel {
+            shop: f.shop.clone(),
+            trade: b.id,
+            now: T0,
+        })
+        .await
+        .expect("cancel")
+    {
+        CommandOutcome::Trade { trade: Some(t), .. } => assert_eq!(t.state, TradeState::Cancelled),
+        other => panic!("unexpected {other:?}"),
+    }
+    // Cancelling again is a wrong-state error; another shop sees nothing.
+    assert!(matches!(
+        f.store
+            .execute(Command::Cancel {
+                shop: f.shop.clone(),
+                trade: b.id,
+                now: T0
+            })
+            .await,
+        Err(StoreError::FailedPrecondition(_))
+    ));
+    let other = ShopId::parse("other").expect("id");
+    assert_eq!(
+        f.store
+            .execute(Command::Cancel {
+                shop: other,
+                trade: a.id,
+                now: T0
+            })
+            .await
+            .err(),
+        Some(StoreError::NotFound("trade"))
+    );
+    let registers = f.store.registers(&f.shop, 10).await.expect("registers");
+    assert_eq!(registers[0].open_trades, 0);
+    assert!(f.store.due(UnixMs(u64::MAX), 10).expect("due").is_empty());
+    assert!(f.store.verify().await.expect("verify").ok());
+}
+
+#[tokio::test]
+async fn events_are_numbered_per_shop_without_gaps() {
+    let f = fixture().await;
+    f.top_up(100).await;
+    let (t, _) = f.create(10, None).await.expect("create");
+    f.answer(&t, Decision::Approve, f.sign(&t, Decision::Approve), T0)
+        .await;
+    let head = *f
+        .store
+        .event_heads()
+        .subscribe(&f.shop)
+        .expect("head")
+        .borrow();
+    assert_eq!(head, 2);
+    let events = f
+        .store
+        .events_between(&f.shop, 0, head, 100)
+        .expect("events");
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![1, 2]);
+    assert_eq!(events[1].trade.state, TradeState::Settled);
+    assert_eq!(
+        f.store
+            .events_between(&f.shop, 1, head, 100)
+            .expect("events")
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn verify_reports_tampering() {
+    let f = fixture().await;
+    f.top_up(1_000).await;
+    assert!(f.store.verify().await.expect("verify").ok());
+    // Rewrite the wallet's stored totals behind the ledger's back.
+    let wallet = AccountName::Wallet(f.payer.clone(), jpy());
+    let mut record = f
+        .store
+        .account(&wallet)
+        .await
+        .expect("read")
+        .expect("exists");
+    record.balance.credits = Amount::new(2_000);
+    f.store
+        .tree(T::Accounts)
+        .insert(
+            keys::account(&wallet),
+            records::encode(&record).expect("encode"),
+        )
+        .expect("insert");
+    let report = f.store.verify().await.expect("verify");
+    assert!(!report.ok());
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.contains("postings sum to")),
+        "{:?}",
+        report.violations
+    );
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.contains("do not sum to zero")),
+        "{:?}",
+        report.violations
+    );
+}
+
+#[tokio::test]
+async fn everything_acknowledged_survives_reopening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trade_id;
+    {
+        let f = fixture().await;
+        f.top_up(100).await;
+        let (t, _) = f.create(10, None).await.expect("create");
+        f.answer(&t, Decision::Approve, f.sign(&t, Decision::Approve), T0)
+            .await;
+        trade_id = t.id;
+        // Move the store's files to a folder that outlives the fixture.
+        drop(f.store);
+        std::fs::rename(f._dir.path(), dir.path().join("store")).expect("move");
+    }
+    // The writer thread ends once its handles are gone; give sled the
+    // folder back under a new name and reopen.
+    let store = Store::open(StoreConfig::new(dir.path().join("store"))).expect("reopen");
+    let t = store
+        .trade(&trade_id)
+        .await
+        .expect("read")
+        .expect("present");
+    assert_eq!(t.state, TradeState::Settled);
+    assert!(store.verify().await.expect("verify").ok());
+    assert_eq!(
+        *store
+            .event_heads()
+            .subscribe(&t.shop)
+            .expect("head")
+            .borrow(),
+        2
+    );
+}
