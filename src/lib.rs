@@ -7,8 +7,10 @@
 //!   durable transactions, ledger verification.
 //! - [`client`]: connecting and authenticating gRPC clients.
 //! - [`proto`]: the generated `syncpay.v1` gRPC types.
+//! - [`register`]: the virtual register, the shop-side client library.
 
 pub mod client;
 pub mod domain;
 pub mod proto;
+pub mod register;
 pub mod store;
