@@ -8,9 +8,11 @@
 //! - [`client`]: connecting and authenticating gRPC clients.
 //! - [`proto`]: the generated `syncpay.v1` gRPC types.
 //! - [`register`]: the virtual register, the shop-side client library.
+//! - [`terminal_sim`]: a simulated carrier relay hosting simulated handsets.
 
 pub mod client;
 pub mod domain;
 pub mod proto;
 pub mod register;
 pub mod store;
+pub mod terminal_sim;

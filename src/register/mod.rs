@@ -160,7 +160,8 @@ impl VirtualRegister {
 
     /// Attaches to an existing register of the shop the token names (after
     /// a restart, say). Fails with `UnknownRegister` if the shop has none
-    /// with that id.
+    /// with that id. A closed register attaches too, for reading its
+    /// trades; the server refuses new trades on it.
     pub async fn attach(
         channel: Channel,
         token: &str,
@@ -193,6 +194,10 @@ impl VirtualRegister {
     /// Charges a buyer: creates the trade, then waits until it is final.
     /// The wait is bounded by the trade's own TTL plus a margin, so an
     /// unanswered trade comes back `EXPIRED`, not as a hang.
+    ///
+    /// `Ok` carries the trade in whatever final state it reached (check
+    /// `state`: DECLINED and FAILED are answers, not errors); `Err` means
+    /// no final state could be learned.
     #[instrument(skip_all, fields(register_id = %self.id, trade_id = tracing::field::Empty))]
     pub async fn charge(&self, charge: ChargeRequest) -> Result<proto::Trade, RegisterError> {
         let trade = self.create(charge).await?;
