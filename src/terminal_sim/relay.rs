@@ -130,10 +130,12 @@ impl Relay {
                     debug!("relay stopped");
                     return;
                 }
-                End::Lost(reason) => warn!(%reason, ?backoff, "relay stream lost; reconnecting"),
-            }
-            if started.elapsed() >= STABLE_CONNECTION {
-                backoff = INITIAL_BACKOFF;
+                End::Lost(reason) => {
+                    if started.elapsed() >= STABLE_CONNECTION {
+                        backoff = INITIAL_BACKOFF;
+                    }
+                    warn!(%reason, ?backoff, "relay stream lost; reconnecting");
+                }
             }
             tokio::select! {
                 biased;
@@ -199,14 +201,20 @@ impl Relay {
             };
             let now = Instant::now();
             let outbound = self.shared.update(|s| s.handle(down));
+            // Schedule the answers before sending anything: the offer now
+            // counts as shown, so if this stream dies while acking, a
+            // redelivery will not plan them again. They still leave after
+            // the ack, at the top of the loop.
+            let mut acks = Vec::new();
             for item in outbound {
                 match item {
-                    Outbound::Ack(delivery_id) => {
-                        self.push(tx, ack(delivery_id)).await?;
-                        self.shared.update(|s| s.ack_sent());
-                    }
+                    Outbound::Ack(delivery_id) => acks.push(delivery_id),
                     Outbound::Answer(answer) => self.schedule(now, answer),
                 }
+            }
+            for delivery_id in acks {
+                self.push(tx, ack(delivery_id)).await?;
+                self.shared.update(|s| s.ack_sent());
             }
         }
     }
