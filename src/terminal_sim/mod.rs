@@ -375,6 +375,24 @@ mod tests {
     }
 
     #[test]
+    fn numbers_print_masked_in_errors_and_events() {
+        let number = SubscriberNumber::parse("+818012345678").expect("valid");
+        let error = SimError::UnknownHandset(number.clone()).to_string();
+        let event = format!(
+            "{:?}",
+            SimEvent::Answered {
+                number,
+                trade_id: TradeId::from_bytes([1u8; 16]),
+                decision: crate::domain::Decision::Approve,
+                signature_valid: true,
+            }
+        );
+        for text in [error, event] {
+            assert!(!text.contains("8012345") && text.contains("678"), "{text}");
+        }
+    }
+
+    #[test]
     fn start_needs_a_runtime() {
         let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1");
         // Building a lazy channel needs no runtime; starting the task does.
