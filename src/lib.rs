@@ -5,12 +5,19 @@
 //!   approval cryptography. Pure and synchronous.
 //! - [`store`]: the only module that knows sled: records, group-committed
 //!   durable transactions, ledger verification.
+//! - [`sync_server`]: gRPC services, trade orchestration, expiry, event
+//!   fan-out; `sync_server::start(config, listener)`.
+//! - [`carrier`]: the carrier-gateway trait and the relay-stream gateway.
 //! - [`client`]: connecting and authenticating gRPC clients.
 //! - [`proto`]: the generated `syncpay.v1` gRPC types.
+//! - [`register`]: the virtual register, the shop-side client library.
+//! - [`terminal_sim`]: a simulated carrier relay hosting simulated handsets.
 
 pub mod carrier;
 pub mod client;
 pub mod domain;
 pub mod proto;
+pub mod register;
 pub mod store;
 pub mod sync_server;
+pub mod terminal_sim;

@@ -1,0 +1,713 @@
+//! The simulator's state, shared by the handle and the relay task: the
+//! handsets, the trades they have seen (for dedupe and for waiting), the
+//! bounded transcript and the counters; and the handling of one message
+//! from the server. Synchronous and clock-free: the relay task does the I/O
+//! and the timing.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use tracing::{debug, warn};
+
+use super::handset::{display, Handset, ParsedOffer};
+use super::policy::Signing;
+use super::transcript::{AnswerOutcome, SimCounters, SimEvent};
+use super::{Policy, SimError};
+use crate::domain::{Decision, SubscriberNumber, TradeId};
+use crate::proto;
+use crate::proto::{relay_down, relay_up};
+
+/// Every collection the simulator keeps is bounded by one of these.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Transcript events kept; the oldest go first.
+    pub transcript: usize,
+    /// Trades remembered for dedupe and waiting. A redelivery of a trade
+    /// older than this window would be shown again.
+    pub trades: usize,
+    /// Answer results kept per trade (`AnswerTwice` needs two).
+    pub results_per_trade: usize,
+    /// Handsets one simulated carrier hosts.
+    pub handsets: usize,
+}
+
+pub const LIMITS: Limits = Limits {
+    transcript: 10_000,
+    trades: 100_000,
+    results_per_trade: 8,
+    handsets: 100_000,
+};
+
+/// What the simulator knows about one trade.
+#[derive(Debug, Clone, Default)]
+pub struct TradeSeen {
+    pub number: Option<SubscriberNumber>,
+    /// The offer is (or was) on the handset's screen.
+    pub shown: bool,
+    pub withdrawn: Option<proto::TradeState>,
+    pub results: Vec<AnswerOutcome>,
+}
+
+/// An answer a handset has decided to send, `after` the offer was shown.
+#[derive(Debug, Clone)]
+pub struct PendingAnswer {
+    pub after: Duration,
+    pub number: SubscriberNumber,
+    pub trade_id: TradeId,
+    pub decision: Decision,
+    pub signature_valid: bool,
+    pub message: proto::RelayUp,
+}
+
+/// What the relay task must send in reply to one message.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    Ack(u64),
+    Answer(PendingAnswer),
+}
+
+pub fn ack(delivery_id: u64) -> proto::RelayUp {
+    proto::RelayUp {
+        body: Some(relay_up::Body::Ack(proto::Ack { delivery_id })),
+    }
+}
+
+pub struct SimState {
+    limits: Limits,
+    handsets: HashMap<SubscriberNumber, Handset>,
+    trades: HashMap<TradeId, TradeSeen>,
+    /// Insertion order of `trades`, for eviction; same length as `trades`.
+    trade_order: VecDeque<TradeId>,
+    transcript: VecDeque<SimEvent>,
+    pub counters: SimCounters,
+    pub connected: bool,
+}
+
+impl SimState {
+    pub fn new(limits: Limits) -> Self {
+        SimState {
+            limits,
+            handsets: HashMap::new(),
+            trades: HashMap::new(),
+            trade_order: VecDeque::new(),
+            transcript: VecDeque::new(),
+            counters: SimCounters::default(),
+            connected: false,
+        }
+    }
+
+    /// False when adding `number` would exceed the handset limit.
+    pub fn has_room_for(&self, number: &SubscriberNumber) -> bool {
+        self.handsets.contains_key(number) || self.handsets.len() < self.limits.handsets
+    }
+
+    /// Adds a handset or replaces the one the number had (a new key).
+    pub fn add_handset(
+        &mut self,
+        number: SubscriberNumber,
+        handset: Handset,
+    ) -> Result<(), SimError> {
+        if !self.has_room_for(&number) {
+            return Err(SimError::TooManyHandsets {
+                max: self.limits.handsets,
+            });
+        }
+        self.handsets.insert(number, handset);
+        debug_assert!(self.handsets.len() <= self.limits.handsets);
+        Ok(())
+    }
+
+    pub fn set_policy(
+        &mut self,
+        number: &SubscriberNumber,
+        policy: Policy,
+    ) -> Result<(), SimError> {
+        let handset = self
+            .handsets
+            .get_mut(number)
+            .ok_or_else(|| SimError::UnknownHandset(number.clone()))?;
+        handset.policy = policy;
+        Ok(())
+    }
+
+    pub fn handset(&self, number: &SubscriberNumber) -> Option<&Handset> {
+        self.handsets.get(number)
+    }
+
+    pub fn trade(&self, trade_id: &TradeId) -> Option<&TradeSeen> {
+        self.trades.get(trade_id)
+    }
+
+    pub fn transcript(&self) -> Vec<SimEvent> {
+        self.transcript.iter().cloned().collect()
+    }
+
+    /// Handles one message from the server and says what to send back:
+    /// an ack for every message that carries a delivery id, and the
+    /// answers the handset's policy plans for a newly shown offer.
+    pub fn handle(&mut self, down: proto::RelayDown) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        if down.delivery_id != 0 {
+            out.push(Outbound::Ack(down.delivery_id));
+        }
+        match down.body {
+            Some(relay_down::Body::Offer(offer)) => {
+                if down.delivery_id == 0 {
+                    warn!(trade_id = %display(&offer.trade_id), "offer without a delivery id");
+                }
+                out.extend(self.on_offer(&offer).into_iter().map(Outbound::Answer));
+            }
+            Some(relay_down::Body::Withdraw(withdraw)) => {
+                if down.delivery_id == 0 {
+                    warn!(trade_id = %display(&withdraw.trade_id), "withdrawal without a delivery id");
+                }
+                self.on_withdraw(&withdraw);
+            }
+            Some(relay_down::Body::AnswerResult(result)) => self.on_answer_result(&result),
+            None => warn!(
+                delivery_id = down.delivery_id,
+                "relay message with no body (newer server?)"
+            ),
+        }
+        out
+    }
+
+    fn on_offer(&mut self, offer: &proto::Offer) -> Vec<PendingAnswer> {
+        self.counters.offers_received += 1;
+        let parsed = match ParsedOffer::parse(offer) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                warn!(trade_id = %display(&offer.trade_id), error = %e, "unreadable offer ignored");
+                let number = SubscriberNumber::parse(&offer.subscriber_number).ok();
+                self.ignore_offer(number, &offer.trade_id, e.to_string());
+                return Vec::new();
+            }
+        };
+        let id = parsed.trade_id;
+        let number = parsed.number.clone();
+        match self.trades.get(&id) {
+            Some(seen) if seen.shown => {
+                // At-least-once delivery: acked again above, shown once.
+                self.counters.offers_duplicate += 1;
+                debug!(trade_id = %id, number = %number.masked(), "duplicate offer");
+                return Vec::new();
+            }
+            Some(seen) if seen.withdrawn.is_some() => {
+                self.ignore_offer(
+                    Some(number),
+                    &offer.trade_id,
+                    "already withdrawn".to_owned(),
+                );
+                return Vec::new();
+            }
+            Some(_) | None => {}
+        }
+        let Some(handset) = self.handsets.get(&number) else {
+            warn!(trade_id = %id, number = %number.masked(), "offer for a number with no handset");
+            self.ignore_offer(
+                Some(number),
+                &offer.trade_id,
+                "no handset for this number".to_owned(),
+            );
+            return Vec::new();
+        };
+        let answers: Vec<PendingAnswer> = handset
+            .policy
+            .plan()
+            .answers
+            .iter()
+            .map(|step| PendingAnswer {
+                after: step.after,
+                number: number.clone(),
+                trade_id: id,
+                decision: step.decision,
+                signature_valid: step.signing == Signing::Valid,
+                message: proto::RelayUp {
+                    body: Some(relay_up::Body::Answer(handset.answer(&parsed, step))),
+                },
+            })
+            .collect();
+        let seen = self.trade_entry(id);
+        seen.shown = true;
+        seen.number = Some(number.clone());
+        debug!(trade_id = %id, number = %number.masked(), answers = answers.len(), "offer shown");
+        self.record(SimEvent::OfferShown {
+            number,
+            trade_id: id,
+            shop_id: parsed.shop_id,
+            shop_name: parsed.shop_name,
+            register_label: parsed.register_label,
+            amount: parsed.amount,
+            currency: parsed.currency,
+            description: parsed.description,
+            binding_code: parsed.binding_code,
+            expires_at: parsed.expires_at,
+        });
+        answers
+    }
+
+    fn ignore_offer(&mut self, number: Option<SubscriberNumber>, trade_id: &str, reason: String) {
+        self.counters.offers_ignored += 1;
+        self.record(SimEvent::OfferIgnored {
+            number,
+            trade_id: display(trade_id),
+            reason,
+        });
+    }
+
+    fn on_withdraw(&mut self, withdraw: &proto::Withdraw) {
+        self.counters.withdraws_received += 1;
+        let Ok(id) = TradeId::parse(&withdraw.trade_id) else {
+            warn!(trade_id = %display(&withdraw.trade_id), "unreadable withdrawal ignored");
+            return;
+        };
+        let number = SubscriberNumber::parse(&withdraw.subscriber_number).ok();
+        let state =
+            proto::TradeState::try_from(withdraw.state).unwrap_or(proto::TradeState::Unspecified);
+        let seen = self.trade_entry(id);
+        if seen.withdrawn.is_some() {
+            debug!(trade_id = %id, "duplicate withdrawal");
+            return;
+        }
+        seen.withdrawn = Some(state);
+        if seen.number.is_none() {
+            seen.number.clone_from(&number);
+        }
+        let number = seen.number.clone();
+        debug!(trade_id = %id, state = state.as_str_name(), "offer withdrawn");
+        self.record(SimEvent::Withdrawn {
+            number,
+            trade_id: id,
+            state,
+        });
+    }
+
+    fn on_answer_result(&mut self, result: &proto::AnswerResult) {
+        self.counters.answer_results_received += 1;
+        let Ok(id) = TradeId::parse(&result.trade_id) else {
+            warn!(trade_id = %display(&result.trade_id), "unreadable answer result ignored");
+            return;
+        };
+        let outcome = AnswerOutcome {
+            trade_id: id,
+            accepted: result.accepted,
+            state: proto::TradeState::try_from(result.state)
+                .unwrap_or(proto::TradeState::Unspecified),
+            failure_reason: proto::FailureReason::try_from(result.failure_reason)
+                .unwrap_or(proto::FailureReason::Unspecified),
+            message: display(&result.message),
+        };
+        debug!(trade_id = %id, accepted = outcome.accepted, state = outcome.state.as_str_name(), "answer result");
+        let cap = self.limits.results_per_trade;
+        let seen = self.trade_entry(id);
+        if seen.results.len() < cap {
+            seen.results.push(outcome.clone());
+        }
+        self.record(SimEvent::AnswerResult(outcome));
+    }
+
+    pub fn ack_sent(&mut self) {
+        self.counters.acks_sent += 1;
+    }
+
+    pub fn answer_sent(&mut self, answer: &PendingAnswer) {
+        self.counters.answers_sent += 1;
+        debug!(trade_id = %answer.trade_id, number = %answer.number.masked(), decision = ?answer.decision, "answer sent");
+        self.record(SimEvent::Answered {
+            number: answer.number.clone(),
+            trade_id: answer.trade_id,
+            decision: answer.decision,
+            signature_valid: answer.signature_valid,
+        });
+    }
+
+    pub fn answer_dropped(&mut self) {
+        self.counters.answers_dropped += 1;
+    }
+
+    /// Returns the connection's number (1, 2, …).
+    pub fn relay_connected(&mut self) -> u64 {
+        self.counters.connections += 1;
+        self.connected = true;
+        let connection = self.counters.connections;
+        self.record(SimEvent::RelayConnected { connection });
+        connection
+    }
+
+    pub fn relay_lost(&mut self, connection: u64, reason: String) {
+        self.connected = false;
+        self.record(SimEvent::RelayLost { connection, reason });
+    }
+
+    fn record(&mut self, event: SimEvent) {
+        if self.transcript.len() >= self.limits.transcript {
+            self.transcript.pop_front();
+        }
+        self.transcript.push_back(event);
+    }
+
+    /// The trade's record, made (evicting the oldest if full) if new.
+    fn trade_entry(&mut self, id: TradeId) -> &mut TradeSeen {
+        if !self.trades.contains_key(&id) {
+            while self.trades.len() >= self.limits.trades {
+                match self.trade_order.pop_front() {
+                    Some(oldest) => {
+                        self.trades.remove(&oldest);
+                    }
+                    None => break,
+                }
+            }
+            self.trade_order.push_back(id);
+            self.trades.insert(id, TradeSeen::default());
+        }
+        debug_assert_eq!(self.trade_order.len(), self.trades.len());
+        self.trades.entry(id).or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::SigningKey;
+
+    use super::*;
+    use crate::terminal_sim::handset::tests::offer;
+
+    const NUMBER: &str = "+818012345678";
+
+    fn number() -> SubscriberNumber {
+        SubscriberNumber::parse(NUMBER).expect("valid")
+    }
+
+    fn state_with(policy: Policy, limits: Limits) -> SimState {
+        let mut state = SimState::new(limits);
+        let handset = Handset::new(SigningKey::from_bytes(&[7u8; 32]), policy);
+        state.add_handset(number(), handset).expect("room");
+        state
+    }
+
+    fn state(policy: Policy) -> SimState {
+        state_with(policy, LIMITS)
+    }
+
+    fn down(delivery_id: u64, body: relay_down::Body) -> proto::RelayDown {
+        proto::RelayDown {
+            delivery_id,
+            body: Some(body),
+        }
+    }
+
+    fn offer_down(delivery_id: u64, trade: TradeId) -> proto::RelayDown {
+        down(delivery_id, relay_down::Body::Offer(offer(trade, NUMBER)))
+    }
+
+    fn trade(n: u8) -> TradeId {
+        TradeId::from_bytes([n; 16])
+    }
+
+    /// One line per outbound message, checking each answer's signature
+    /// against the payload rebuilt from the offer.
+    fn summary(state: &SimState, out: &[Outbound]) -> Vec<String> {
+        out.iter()
+            .map(|o| match o {
+                Outbound::Ack(id) => format!("ack {id}"),
+                Outbound::Answer(a) => {
+                    let Some(relay_up::Body::Answer(answer)) = &a.message.body else {
+                        return "not an answer".to_owned();
+                    };
+                    let parsed = ParsedOffer::parse(&offer(a.trade_id, NUMBER)).expect("valid");
+                    let public = state.handset(&a.number).expect("hosted").public_key();
+                    let verifies = parsed
+                        .payload(a.decision)
+                        .verify(&public, &answer.signature);
+                    assert_eq!(verifies, a.signature_valid, "{a:?}");
+                    assert_eq!(answer.trade_id, a.trade_id.to_string());
+                    format!(
+                        "answer {:?} {} +{}ms",
+                        a.decision,
+                        if verifies { "valid" } else { "corrupt" },
+                        a.after.as_millis()
+                    )
+                }
+            })
+            .collect()
+    }
+
+    fn check(state: &mut SimState, message: proto::RelayDown, expect: &[&str]) {
+        let out = state.handle(message);
+        assert_eq!(summary(state, &out), expect);
+    }
+
+    #[test]
+    fn each_policy_acks_then_answers_as_planned() {
+        let cases: [(Policy, &[&str]); 6] = [
+            (Policy::Approve, &["ack 7", "answer Approve valid +0ms"]),
+            (Policy::Decline, &["ack 7", "answer Decline valid +0ms"]),
+            (Policy::Ignore, &["ack 7"]),
+            (
+                Policy::ApproveAfter(Duration::from_millis(250)),
+                &["ack 7", "answer Approve valid +250ms"],
+            ),
+            (
+                Policy::BadSignature,
+                &["ack 7", "answer Approve corrupt +0ms"],
+            ),
+            (
+                Policy::AnswerTwice,
+                &[
+                    "ack 7",
+                    "answer Approve valid +0ms",
+                    "answer Approve valid +0ms",
+                ],
+            ),
+        ];
+        for (policy, expect) in cases {
+            let mut s = state(policy);
+            check(&mut s, offer_down(7, trade(1)), expect);
+            assert_eq!(s.counters.offers_received, 1, "{policy:?}");
+            assert!(s.trade(&trade(1)).is_some_and(|t| t.shown));
+        }
+    }
+
+    #[test]
+    fn answer_twice_sends_the_same_message_twice() {
+        let mut s = state(Policy::AnswerTwice);
+        let out = s.handle(offer_down(7, trade(1)));
+        let answers: Vec<_> = out
+            .iter()
+            .filter_map(|o| match o {
+                Outbound::Answer(a) => Some(a.message.clone()),
+                Outbound::Ack(_) => None,
+            })
+            .collect();
+        assert_eq!(answers.len(), 2);
+        assert_eq!(answers[0], answers[1]);
+    }
+
+    #[test]
+    fn a_redelivered_offer_is_acked_again_but_shown_and_answered_once() {
+        let mut s = state(Policy::Approve);
+        check(
+            &mut s,
+            offer_down(7, trade(1)),
+            &["ack 7", "answer Approve valid +0ms"],
+        );
+        check(&mut s, offer_down(7, trade(1)), &["ack 7"]);
+        // A redelivery may carry a new delivery id after a reconnect.
+        check(&mut s, offer_down(12, trade(1)), &["ack 12"]);
+        assert_eq!(s.counters.offers_received, 3);
+        assert_eq!(s.counters.offers_duplicate, 2);
+        let shown = s
+            .transcript()
+            .iter()
+            .filter(|e| matches!(e, SimEvent::OfferShown { .. }))
+            .count();
+        assert_eq!(shown, 1);
+    }
+
+    #[test]
+    fn unreadable_or_unroutable_offers_are_acked_and_ignored() {
+        let mut s = state(Policy::Approve);
+        let mut bad = offer(trade(1), NUMBER);
+        bad.currency = "XXX".to_owned();
+        check(&mut s, down(3, relay_down::Body::Offer(bad)), &["ack 3"]);
+        let stranger = offer(trade(2), "+819099999999");
+        check(
+            &mut s,
+            down(4, relay_down::Body::Offer(stranger)),
+            &["ack 4"],
+        );
+        assert_eq!(s.counters.offers_ignored, 2);
+        let reasons: Vec<_> = s
+            .transcript()
+            .into_iter()
+            .filter_map(|e| match e {
+                SimEvent::OfferIgnored { reason, .. } => Some(reason),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reasons.len(), 2);
+        assert!(reasons[0].starts_with("currency:"), "{reasons:?}");
+        assert_eq!(reasons[1], "no handset for this number");
+        // Neither offer counts as shown, so neither blocks a later delivery.
+        assert!(s.trade(&trade(1)).is_none());
+    }
+
+    #[test]
+    fn the_offer_shown_carries_what_the_buyer_sees() {
+        let mut s = state(Policy::Ignore);
+        s.handle(offer_down(7, trade(1)));
+        let Some(SimEvent::OfferShown {
+            number: n,
+            trade_id,
+            shop_name,
+            register_label,
+            amount,
+            currency,
+            description,
+            binding_code,
+            ..
+        }) = s.transcript().pop()
+        else {
+            panic!("no OfferShown in {:?}", s.transcript());
+        };
+        assert_eq!((n, trade_id), (number(), trade(1)));
+        assert_eq!(
+            (shop_name.as_str(), register_label.as_str()),
+            ("Acme Books", "Front desk")
+        );
+        assert_eq!(currency.format(amount), "1200 JPY");
+        assert_eq!(
+            (description.as_str(), binding_code.as_str()),
+            ("Two books", "042917")
+        );
+    }
+
+    #[test]
+    fn withdrawals_are_acked_recorded_once_and_block_a_late_offer() {
+        let mut s = state(Policy::Approve);
+        let withdraw = |id: TradeId| {
+            relay_down::Body::Withdraw(proto::Withdraw {
+                trade_id: id.to_string(),
+                subscriber_number: NUMBER.to_owned(),
+                state: proto::TradeState::Cancelled as i32,
+            })
+        };
+        check(&mut s, down(5, withdraw(trade(1))), &["ack 5"]);
+        check(&mut s, down(5, withdraw(trade(1))), &["ack 5"]);
+        assert_eq!(s.counters.withdraws_received, 2);
+        let withdrawn = s
+            .transcript()
+            .iter()
+            .filter(|e| matches!(e, SimEvent::Withdrawn { .. }))
+            .count();
+        assert_eq!(withdrawn, 1);
+        assert_eq!(
+            s.trade(&trade(1)).and_then(|t| t.withdrawn),
+            Some(proto::TradeState::Cancelled)
+        );
+        // The offer arrives after its withdrawal (reordered): not shown.
+        check(&mut s, offer_down(4, trade(1)), &["ack 4"]);
+        assert_eq!(s.counters.offers_ignored, 1);
+    }
+
+    #[test]
+    fn answer_results_need_no_ack_and_are_kept_per_trade() {
+        let mut s = state(Policy::AnswerTwice);
+        s.handle(offer_down(7, trade(1)));
+        let result = |accepted: bool, message: &str| {
+            relay_down::Body::AnswerResult(proto::AnswerResult {
+                trade_id: trade(1).to_string(),
+                accepted,
+                state: proto::TradeState::Settled as i32,
+                failure_reason: 0,
+                message: message.to_owned(),
+            })
+        };
+        check(&mut s, down(0, result(true, "")), &[]);
+        check(&mut s, down(0, result(false, "trade already SETTLED")), &[]);
+        let results = &s.trade(&trade(1)).expect("known").results;
+        assert_eq!(results.len(), 2);
+        assert!(results[0].accepted && !results[1].accepted);
+        assert_eq!(results[1].message, "trade already SETTLED");
+        assert_eq!(results[1].state, proto::TradeState::Settled);
+        assert_eq!(s.counters.answer_results_received, 2);
+        // A result the server wants acked (a delivery id) is acked.
+        check(&mut s, down(9, result(false, "")), &["ack 9"]);
+        // A message with no body is acked so it is not redelivered forever.
+        check(
+            &mut s,
+            proto::RelayDown {
+                delivery_id: 10,
+                body: None,
+            },
+            &["ack 10"],
+        );
+    }
+
+    #[test]
+    fn sent_answers_and_acks_are_counted_and_transcribed() {
+        let mut s = state(Policy::BadSignature);
+        let out = s.handle(offer_down(7, trade(1)));
+        for o in &out {
+            match o {
+                Outbound::Ack(_) => s.ack_sent(),
+                Outbound::Answer(a) => s.answer_sent(a),
+            }
+        }
+        assert_eq!((s.counters.acks_sent, s.counters.answers_sent), (1, 1));
+        assert_eq!(
+            s.transcript().pop(),
+            Some(SimEvent::Answered {
+                number: number(),
+                trade_id: trade(1),
+                decision: Decision::Approve,
+                signature_valid: false,
+            })
+        );
+    }
+
+    #[test]
+    fn set_policy_changes_the_next_plan() {
+        let mut s = state(Policy::Approve);
+        s.set_policy(&number(), Policy::Decline).expect("hosted");
+        check(
+            &mut s,
+            offer_down(1, trade(1)),
+            &["ack 1", "answer Decline valid +0ms"],
+        );
+        let stranger = SubscriberNumber::parse("+819099999999").expect("valid");
+        assert_eq!(
+            s.set_policy(&stranger, Policy::Approve),
+            Err(SimError::UnknownHandset(stranger))
+        );
+    }
+
+    #[test]
+    fn every_collection_is_bounded() {
+        let limits = Limits {
+            transcript: 5,
+            trades: 3,
+            results_per_trade: 1,
+            handsets: 1,
+        };
+        let mut s = state_with(Policy::Ignore, limits);
+        for n in 1..=10 {
+            s.handle(offer_down(u64::from(n), trade(n)));
+        }
+        assert_eq!(s.transcript().len(), 5);
+        assert!(s.trade(&trade(1)).is_none(), "oldest trade evicted");
+        assert!(s.trade(&trade(10)).is_some());
+        assert_eq!(s.trades.len(), 3);
+        assert_eq!(s.trade_order.len(), 3);
+
+        let result = relay_down::Body::AnswerResult(proto::AnswerResult {
+            trade_id: trade(10).to_string(),
+            ..proto::AnswerResult::default()
+        });
+        s.handle(down(0, result.clone()));
+        s.handle(down(0, result));
+        assert_eq!(s.trade(&trade(10)).map(|t| t.results.len()), Some(1));
+
+        let other = SubscriberNumber::parse("+819099999999").expect("valid");
+        let handset = Handset::new(SigningKey::from_bytes(&[8u8; 32]), Policy::Approve);
+        assert_eq!(
+            s.add_handset(other, handset).err(),
+            Some(SimError::TooManyHandsets { max: 1 })
+        );
+        // Re-adding a hosted number replaces its key and needs no room.
+        let again = Handset::new(SigningKey::from_bytes(&[9u8; 32]), Policy::Approve);
+        assert!(s.add_handset(number(), again).is_ok());
+    }
+
+    #[test]
+    fn connection_events_track_the_connected_flag() {
+        let mut s = state(Policy::Approve);
+        assert!(!s.connected);
+        assert_eq!(s.relay_connected(), 1);
+        assert!(s.connected);
+        s.relay_lost(1, "server ended the stream".to_owned());
+        assert!(!s.connected);
+        assert_eq!(s.relay_connected(), 2);
+        assert_eq!(s.counters.connections, 2);
+    }
+}

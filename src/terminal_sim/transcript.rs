@@ -1,0 +1,86 @@
+//! What the simulated carrier and its handsets saw and did: the transcript
+//! events ("who saw what" in the demo) and the counters tests assert on.
+
+use crate::domain::{Amount, Currency, Decision, ShopId, SubscriberNumber, TradeId, UnixMs};
+use crate::proto;
+
+/// One thing that happened at the carrier or on a handset. Subscriber
+/// numbers print masked in `Debug`; use `as_str()` where the carrier may
+/// show them in full.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SimEvent {
+    /// A relay stream was opened (`connection` counts from 1).
+    RelayConnected { connection: u64 },
+    /// The relay stream ended; the simulator reconnects.
+    RelayLost { connection: u64, reason: String },
+    /// A handset put an offer on its screen.
+    OfferShown {
+        number: SubscriberNumber,
+        trade_id: TradeId,
+        shop_id: ShopId,
+        shop_name: String,
+        register_label: String,
+        amount: Amount,
+        currency: Currency,
+        description: String,
+        binding_code: String,
+        expires_at: UnixMs,
+    },
+    /// An offer was acknowledged but not shown (unreadable fields, no
+    /// handset for the number, already withdrawn).
+    OfferIgnored {
+        number: Option<SubscriberNumber>,
+        trade_id: String,
+        reason: String,
+    },
+    /// A handset sent an answer. `signature_valid` is false when the policy
+    /// corrupted it on purpose.
+    Answered {
+        number: SubscriberNumber,
+        trade_id: TradeId,
+        decision: Decision,
+        signature_valid: bool,
+    },
+    /// The server took an offer off a handset's screen.
+    Withdrawn {
+        number: Option<SubscriberNumber>,
+        trade_id: TradeId,
+        state: proto::TradeState,
+    },
+    /// The server's verdict on an answer.
+    AnswerResult(AnswerOutcome),
+}
+
+/// The server's verdict on one handset answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnswerOutcome {
+    pub trade_id: TradeId,
+    /// True when the answer moved the trade to a final state.
+    pub accepted: bool,
+    pub state: proto::TradeState,
+    pub failure_reason: proto::FailureReason,
+    /// Why the answer was not taken, when it was not.
+    pub message: String,
+}
+
+/// Running totals since the simulator started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SimCounters {
+    /// Relay streams opened.
+    pub connections: u64,
+    /// Offers received, including duplicates and ignored ones.
+    pub offers_received: u64,
+    /// Offers for a trade a handset had already shown (redeliveries).
+    pub offers_duplicate: u64,
+    /// Offers acknowledged but not shown.
+    pub offers_ignored: u64,
+    /// Withdrawals received, including duplicates.
+    pub withdraws_received: u64,
+    pub answer_results_received: u64,
+    /// Acknowledgements handed to the relay stream.
+    pub acks_sent: u64,
+    /// Answers handed to the relay stream (`AnswerTwice` counts two).
+    pub answers_sent: u64,
+    /// Delayed answers dropped because too many were already waiting.
+    pub answers_dropped: u64,
+}
