@@ -1,10 +1,884 @@
-//! `syncpay demo`: placeholder until the simulator lands.
+//! `syncpay demo`: the whole system in one process — the server on a sled
+//! store in a temporary folder, a simulated carrier with one handset per
+//! buyer, and a scripted shop that runs one trade to each final state —
+//! then a transcript of who saw what, the shop's event stream, the
+//! balances and the ledger check. Exits non-zero if any check fails.
 
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
 use clap::Args;
+use syncpay::client::{connect, with_token, AuthedChannel};
+use syncpay::domain::approval::shop_key_fingerprint;
+use syncpay::domain::{
+    Amount, ApprovalPayload, Currency, Decision, RegisterId, ShopId, SubscriberNumber, TradeId,
+    UnixMs,
+};
+use syncpay::proto::admin_service_client::AdminServiceClient;
+use syncpay::proto::register_service_client::RegisterServiceClient;
+use syncpay::proto::{self, FailureReason, TradeState};
+use syncpay::register::{ChargeRequest, VirtualRegister};
+use syncpay::sync_server::{self, ServerConfig};
+use syncpay::terminal_sim::{CarrierSim, Policy, SimEvent};
+use tonic::transport::Channel;
 
 #[derive(Args)]
 pub struct DemoArgs {}
 
+const SHOP_ID: &str = "acme-books";
+const SHOP_NAME: &str = "Acme Books";
+const REGISTER_LABEL: &str = "Front desk";
+const CARRIER_ID: &str = "demo-mobile";
+const CARRIER_NAME: &str = "Demo Mobile";
+const CURRENCY: &str = "JPY";
+/// Every trade asks for the same price, so the expected balances are easy
+/// to read off the script.
+const PRICE: u64 = 1200;
+/// What each buyer's wallet is topped up with, except the short one.
+const TOP_UP: u64 = 5000;
+/// Less than `PRICE`: the approval must fail for lack of funds.
+const SHORT_TOP_UP: u64 = 500;
+/// The ignored trade's lifetime: the server's minimum is 1 s; 2 s keeps
+/// the demo quick and still leaves the handset time to show the offer.
+const EXPIRING_TTL_SECONDS: u32 = 2;
+/// Bound on every wait for the simulator or the event stream; everything
+/// here happens in one process within milliseconds, so hitting it means
+/// something is wrong, not slow.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// What the shop does with a trade.
+#[derive(Clone, Copy)]
+enum Action {
+    /// Create the trade and wait for its final state.
+    Charge { ttl_seconds: u32 },
+    /// Create the trade, wait until the handset shows it, then cancel.
+    CancelWhenShown,
+}
+
+/// One buyer with one handset, one trade, and the outcome the script
+/// expects.
+struct Scenario {
+    title: &'static str,
+    number: &'static str,
+    policy: Policy,
+    top_up: u64,
+    description: &'static str,
+    action: Action,
+    state: TradeState,
+    failure: FailureReason,
+}
+
+fn scenarios() -> [Scenario; 6] {
+    let charge = Action::Charge { ttl_seconds: 0 };
+    [
+        Scenario {
+            title: "buyer approves",
+            number: "+818010000001",
+            policy: Policy::Approve,
+            top_up: TOP_UP,
+            description: "Two books",
+            action: charge,
+            state: TradeState::Settled,
+            failure: FailureReason::Unspecified,
+        },
+        Scenario {
+            title: "buyer declines",
+            number: "+818010000002",
+            policy: Policy::Decline,
+            top_up: TOP_UP,
+            description: "A cookbook",
+            action: charge,
+            state: TradeState::Declined,
+            failure: FailureReason::Unspecified,
+        },
+        Scenario {
+            title: "buyer ignores the offer",
+            number: "+818010000003",
+            policy: Policy::Ignore,
+            top_up: TOP_UP,
+            description: "A road atlas",
+            action: Action::Charge {
+                ttl_seconds: EXPIRING_TTL_SECONDS,
+            },
+            state: TradeState::Expired,
+            failure: FailureReason::Unspecified,
+        },
+        Scenario {
+            title: "shop cancels while the offer is shown",
+            number: "+818010000004",
+            policy: Policy::Ignore,
+            top_up: TOP_UP,
+            description: "A poster",
+            action: Action::CancelWhenShown,
+            state: TradeState::Cancelled,
+            failure: FailureReason::Unspecified,
+        },
+        Scenario {
+            title: "handset signs badly",
+            number: "+818010000005",
+            policy: Policy::BadSignature,
+            top_up: TOP_UP,
+            description: "A diary",
+            action: charge,
+            state: TradeState::Failed,
+            failure: FailureReason::BadSignature,
+        },
+        Scenario {
+            title: "wallet too short",
+            number: "+818010000006",
+            policy: Policy::Approve,
+            top_up: SHORT_TOP_UP,
+            description: "An encyclopedia",
+            action: charge,
+            state: TradeState::Failed,
+            failure: FailureReason::InsufficientFunds,
+        },
+    ]
+}
+
+/// Prints each check as it is made and remembers the ones that failed, so
+/// the whole transcript prints before the command fails.
+#[derive(Default)]
+struct Checks {
+    passed: usize,
+    failed: Vec<String>,
+}
+
+impl Checks {
+    fn check(&mut self, ok: bool, what: impl Into<String>) -> bool {
+        let what = what.into();
+        if ok {
+            self.passed += 1;
+            println!("    ✓ {what}");
+        } else {
+            println!("    ✗ {what}");
+            self.failed.push(what);
+        }
+        ok
+    }
+
+    /// `what: got` when equal, `what: got, expected want` otherwise.
+    fn equal<T: PartialEq + std::fmt::Display>(&mut self, what: &str, got: T, want: T) -> bool {
+        if got == want {
+            self.check(true, format!("{what}: {got}"))
+        } else {
+            self.check(false, format!("{what}: {got}, expected {want}"))
+        }
+    }
+}
+
 pub async fn run(_args: DemoArgs) -> anyhow::Result<()> {
-    anyhow::bail!("demo not built yet")
+    super::init_logging("warn");
+    // Dropped (and deleted) last, after the server has stopped.
+    let dir = tempfile::tempdir().context("creating a temporary folder")?;
+    let config = ServerConfig::from_data_dir(dir.path()).context("preparing the data folder")?;
+    let admin_token = config.admin_token.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding 127.0.0.1:0")?;
+    let server = sync_server::start(config, listener)
+        .await
+        .context("starting the server")?;
+    println!("syncpay demo");
+    println!(
+        "  server   {} (sled store in a temporary folder, fsync before every acknowledgement)",
+        server.url()
+    );
+
+    let outcome = script(&server.url(), &admin_token).await;
+    let stopped = server.shutdown().await;
+    let checks = outcome?;
+    stopped.context("shutting the server down")?;
+    println!("  server stopped cleanly");
+    drop(dir);
+
+    if checks.failed.is_empty() {
+        println!("\nAll {} checks passed.", checks.passed);
+        Ok(())
+    } else {
+        bail!(
+            "{} of {} checks failed: {}",
+            checks.failed.len(),
+            checks.passed + checks.failed.len(),
+            checks.failed.join("; ")
+        )
+    }
+}
+
+/// Everything between starting and stopping the server. The simulator is
+/// stopped here whatever happens, so the server can stop cleanly after.
+async fn script(url: &str, admin_token: &str) -> anyhow::Result<Checks> {
+    let channel = connect(url).await.context("connecting to the server")?;
+    let mut admin = AdminServiceClient::new(with_token(channel.clone(), admin_token)?);
+    let shop_token = admin
+        .create_shop(proto::CreateShopRequest {
+            shop_id: SHOP_ID.into(),
+            display_name: SHOP_NAME.into(),
+        })
+        .await
+        .context("creating the shop")?
+        .into_inner()
+        .token;
+    let carrier_token = admin
+        .create_carrier(proto::CreateCarrierRequest {
+            carrier_id: CARRIER_ID.into(),
+            display_name: CARRIER_NAME.into(),
+        })
+        .await
+        .context("creating the carrier")?
+        .into_inner()
+        .token;
+    let sim = CarrierSim::start(channel.clone(), &carrier_token)?;
+    let result = with_sim(&channel, &mut admin, &sim, &shop_token).await;
+    let stopped = sim.shutdown().await;
+    let checks = result?;
+    stopped.context("stopping the simulated carrier")?;
+    Ok(checks)
+}
+
+async fn with_sim(
+    channel: &Channel,
+    admin: &mut AdminServiceClient<AuthedChannel>,
+    sim: &CarrierSim,
+    shop_token: &str,
+) -> anyhow::Result<Checks> {
+    let currency = Currency::parse(CURRENCY).map_err(|e| anyhow!("{CURRENCY}: {e}"))?;
+    let shop_id = ShopId::parse(SHOP_ID).map_err(|e| anyhow!("shop id {SHOP_ID}: {e}"))?;
+    let scenarios = scenarios();
+    let mut checks = Checks::default();
+
+    let register = VirtualRegister::open(channel.clone(), shop_token, REGISTER_LABEL)
+        .await
+        .context("opening the register")?;
+    println!(
+        "  shop     {SHOP_ID} \"{SHOP_NAME}\", register {} \"{}\"",
+        register.id(),
+        register.label()
+    );
+    println!(
+        "  carrier  {CARRIER_ID} \"{CARRIER_NAME}\", simulated, with {} handsets",
+        scenarios.len()
+    );
+
+    println!("\nHandsets (numbers masked: only the carrier and the operator know them)");
+    let mut public_keys = HashMap::new();
+    for s in &scenarios {
+        let info = sim
+            .add_handset(s.number, s.policy)
+            .await
+            .with_context(|| format!("adding the handset for {}", masked(s.number)))?;
+        public_keys.insert(s.number, info.public_key);
+        admin
+            .top_up_wallet(proto::TopUpWalletRequest {
+                subscriber_number: s.number.into(),
+                amount_minor: s.top_up,
+                currency: CURRENCY.into(),
+            })
+            .await
+            .with_context(|| format!("topping up {}", masked(s.number)))?;
+        println!(
+            "  {}  policy {:<14} wallet topped up {:>10}",
+            masked(s.number),
+            format!("{:?}", s.policy),
+            currency.format(Amount::new(s.top_up))
+        );
+    }
+    sim.wait_connected(WAIT)
+        .await
+        .context("waiting for the carrier relay to connect")?;
+
+    let mut trades = Vec::with_capacity(scenarios.len());
+    for (i, s) in scenarios.iter().enumerate() {
+        let n = i + 1;
+        println!(
+            "\nTrade {n} of {}: {} — expect {}",
+            scenarios.len(),
+            s.title,
+            outcome_name(s.state as i32, s.failure as i32)
+        );
+        let trade = run_trade(&register, sim, s).await?;
+        let trade_id = TradeId::parse(&trade.trade_id)
+            .map_err(|e| anyhow!("trade id {:?}: {e}", trade.trade_id))?;
+        // The handset's side finishes a moment after the shop's: wait for
+        // the server's verdict on the answer, or for the withdrawal.
+        let handset_final = handset_final_state(sim, s, trade_id).await;
+
+        println!("  shop saw");
+        println!("    trade    {}", trade.trade_id);
+        println!(
+            "    amount   {}",
+            currency.format(Amount::new(trade.amount_minor))
+        );
+        println!("    binding  {}", trade.binding_code);
+        println!(
+            "    outcome  {}",
+            outcome_name(trade.state, trade.failure_reason)
+        );
+        println!("    payer    {}", trade.payer_pseudonym);
+        println!("  handset {} saw", masked(s.number));
+        let events: Vec<SimEvent> = sim
+            .transcript()
+            .into_iter()
+            .filter(|e| is_about(e, trade_id))
+            .collect();
+        for e in &events {
+            println!("    {}", describe(e));
+        }
+        println!("  checks");
+        checks.equal(
+            "final state",
+            state_name(trade.state),
+            state_name(s.state as i32),
+        );
+        checks.equal(
+            "failure reason",
+            reason_name(trade.failure_reason),
+            reason_name(s.failure as i32),
+        );
+        let shown: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                SimEvent::OfferShown {
+                    shop_name,
+                    register_label,
+                    amount,
+                    currency,
+                    binding_code,
+                    ..
+                } => Some((shop_name, register_label, *amount, *currency, binding_code)),
+                _ => None,
+            })
+            .collect();
+        match shown.as_slice() {
+            [(shop_name, register_label, amount, shown_currency, binding_code)] => {
+                checks.check(
+                    *binding_code == &trade.binding_code,
+                    format!(
+                        "binding code: shop {} = handset {}",
+                        trade.binding_code, binding_code
+                    ),
+                );
+                checks.check(
+                    *shop_name == SHOP_NAME
+                        && *register_label == register.label()
+                        && amount.minor() == trade.amount_minor
+                        && shown_currency.code() == trade.currency,
+                    format!(
+                        "handset showed this shop, register and amount: \"{shop_name}\" / \"{register_label}\" / {}",
+                        shown_currency.format(*amount)
+                    ),
+                );
+            }
+            other => {
+                checks.check(
+                    false,
+                    format!(
+                        "handset showed the offer {} times, expected once",
+                        other.len()
+                    ),
+                );
+            }
+        }
+        match handset_final {
+            Some(state) => checks.equal(
+                "handset was told the final state",
+                state_name(state as i32),
+                state_name(trade.state),
+            ),
+            None => checks.check(
+                false,
+                format!(
+                    "handset was told the final state: nothing within {}s",
+                    WAIT.as_secs()
+                ),
+            ),
+        };
+        if s.state == TradeState::Settled {
+            check_receipt(
+                &mut checks,
+                &trade,
+                &shop_id,
+                register.id(),
+                public_keys.get(s.number),
+            );
+        }
+        trades.push(trade);
+    }
+
+    println!("\nWhat the shop can tell about its payers");
+    let numbers: Vec<&str> = scenarios.iter().map(|s| s.number).collect();
+    let pseudonyms: std::collections::BTreeSet<&str> =
+        trades.iter().map(|t| t.payer_pseudonym.as_str()).collect();
+    checks.check(
+        pseudonyms.len() == trades.len() && !pseudonyms.contains(""),
+        format!(
+            "{} distinct payer pseudonyms for {} different buyers",
+            pseudonyms.len(),
+            trades.len()
+        ),
+    );
+
+    let events = read_events(shop_token, channel, &trades, &mut checks).await?;
+    let shop_saw: Vec<&proto::Trade> = trades
+        .iter()
+        .chain(events.iter().filter_map(|e| e.trade.as_ref()))
+        .collect();
+    let leaked = numbers
+        .iter()
+        .filter(|n| {
+            let digits = n.trim_start_matches('+');
+            shop_saw.iter().any(|t| format!("{t:?}").contains(digits))
+        })
+        .count();
+    checks.check(
+        leaked == 0,
+        format!(
+            "no phone number in any of the {} trades and events the shop received ({leaked} found)",
+            shop_saw.len()
+        ),
+    );
+
+    check_balances(admin, &scenarios, currency, &mut checks).await?;
+    verify_ledger(admin, &mut checks).await?;
+    Ok(checks)
+}
+
+/// Runs one scenario's trade and returns it as the shop last saw it.
+async fn run_trade(
+    register: &VirtualRegister,
+    sim: &CarrierSim,
+    s: &Scenario,
+) -> anyhow::Result<proto::Trade> {
+    let mut charge = ChargeRequest::new(s.number, PRICE, CURRENCY, s.description);
+    match s.action {
+        Action::Charge { ttl_seconds } => {
+            charge.ttl_seconds = ttl_seconds;
+            register.charge(charge).await.context("charging")
+        }
+        Action::CancelWhenShown => {
+            let created = register.create(charge).await.context("creating")?;
+            let id = TradeId::parse(&created.trade_id)
+                .map_err(|e| anyhow!("trade id {:?}: {e}", created.trade_id))?;
+            sim.wait_for_offer(id, WAIT)
+                .await
+                .context("waiting for the handset to show the offer")?;
+            register.cancel(id).await.context("cancelling")
+        }
+    }
+}
+
+/// The final state the handset learned: the server's verdict on its answer,
+/// or the withdrawal of the offer when it did not answer.
+async fn handset_final_state(
+    sim: &CarrierSim,
+    s: &Scenario,
+    trade_id: TradeId,
+) -> Option<TradeState> {
+    let answers = match s.policy {
+        Policy::Ignore => false,
+        Policy::Approve
+        | Policy::Decline
+        | Policy::ApproveAfter(_)
+        | Policy::BadSignature
+        | Policy::AnswerTwice => true,
+    };
+    if answers {
+        sim.wait_for_answer_result(trade_id, WAIT)
+            .await
+            .ok()
+            .map(|o| o.state)
+    } else {
+        sim.wait_for_withdraw(trade_id, WAIT).await.ok()
+    }
+}
+
+/// A settled trade carries the handset's signature over exactly what the
+/// shop asked for. The shop cannot tell whose key it is; for the demo the
+/// simulated carrier reveals it, as the operator would in a dispute.
+fn check_receipt(
+    checks: &mut Checks,
+    trade: &proto::Trade,
+    shop: &ShopId,
+    register: RegisterId,
+    public_key: Option<&[u8; 32]>,
+) {
+    let Some(receipt) = &trade.receipt else {
+        checks.check(false, "settled trade carries a signed receipt");
+        return;
+    };
+    let Some(public_key) = public_key else {
+        checks.check(false, "handset key known for the receipt check");
+        return;
+    };
+    let rebuilt = (|| {
+        Some(ApprovalPayload {
+            trade_id: TradeId::parse(&trade.trade_id).ok()?,
+            amount: Amount::new(trade.amount_minor),
+            currency: Currency::parse(&trade.currency).ok()?,
+            shop_id: shop,
+            register_id: register,
+            expires_at: UnixMs(u64::try_from(trade.expires_at_ms).ok()?),
+            decision: Decision::Approve,
+        })
+    })();
+    let Some(payload) = rebuilt else {
+        checks.check(false, "receipt payload can be rebuilt from the trade");
+        return;
+    };
+    let fingerprint = shop_key_fingerprint(shop, public_key);
+    checks.check(
+        receipt.signed_payload == payload.to_bytes()
+            && payload.verify(public_key, &receipt.signature)
+            && receipt.handset_key_fingerprint == fingerprint,
+        format!(
+            "receipt verifies: key fingerprint {}…, signature over this trade, amount, shop, register and expiry",
+            hex(&fingerprint[..6])
+        ),
+    );
+}
+
+/// Reads the shop's `WatchTrades` stream from the start until every trade
+/// has shown its final state, prints it, and checks it.
+async fn read_events(
+    shop_token: &str,
+    channel: &Channel,
+    trades: &[proto::Trade],
+    checks: &mut Checks,
+) -> anyhow::Result<Vec<proto::TradeEvent>> {
+    println!("\nShop event stream (WatchTrades after sequence 0)");
+    let index: HashMap<&str, usize> = trades
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.trade_id.as_str(), i))
+        .collect();
+    let mut client = RegisterServiceClient::new(with_token(channel.clone(), shop_token)?);
+    let mut stream = client
+        .watch_trades(proto::WatchTradesRequest {
+            after_sequence: 0,
+            register_id: String::new(),
+        })
+        .await
+        .context("opening WatchTrades")?
+        .into_inner();
+    let mut events = Vec::new();
+    let mut first_state: Vec<Option<i32>> = vec![None; trades.len()];
+    let mut last_state: Vec<Option<i32>> = vec![None; trades.len()];
+    let mut after_final = 0usize;
+    let mut strangers = 0usize;
+    while last_state
+        .iter()
+        .zip(trades)
+        .any(|(seen, t)| *seen != Some(t.state))
+    {
+        let event = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "event stream: no event within {}s after {} events; not every final state arrived",
+                    WAIT.as_secs(),
+                    events.len()
+                )
+            })?
+            .context("event stream")?
+            .ok_or_else(|| anyhow!("event stream ended after {} events", events.len()))?;
+        let trade = event.trade.as_ref();
+        let n = trade.and_then(|t| index.get(t.trade_id.as_str()).copied());
+        match (trade, n) {
+            (Some(t), Some(n)) => {
+                if last_state[n].is_some_and(is_final_state) {
+                    after_final += 1;
+                }
+                first_state[n].get_or_insert(t.state);
+                last_state[n] = Some(t.state);
+                println!(
+                    "  {:>4}  #{}  {}  {}",
+                    event.sequence,
+                    n + 1,
+                    t.trade_id,
+                    outcome_name(t.state, t.failure_reason)
+                );
+            }
+            (t, _) => {
+                strangers += 1;
+                println!(
+                    "  {:>4}  ??  {}",
+                    event.sequence,
+                    t.map_or("(no trade)", |t| t.trade_id.as_str())
+                );
+            }
+        }
+        events.push(event);
+    }
+    drop(stream);
+    let sequences: Vec<u64> = events.iter().map(|e| e.sequence).collect();
+    let gap_free = sequences.iter().zip(1u64..).all(|(got, want)| *got == want);
+    checks.check(
+        gap_free,
+        format!(
+            "{} events numbered 1..={} without gaps or repeats{}",
+            events.len(),
+            events.len(),
+            if gap_free {
+                String::new()
+            } else {
+                format!(" (got {sequences:?})")
+            }
+        ),
+    );
+    let pending = TradeState::Pending as i32;
+    let not_created = first_state.iter().filter(|s| **s != Some(pending)).count();
+    checks.check(
+        not_created == 0,
+        format!("each trade's first event is PENDING ({not_created} not)"),
+    );
+    checks.check(
+        strangers == 0 && after_final == 0,
+        format!(
+            "every event is one of the six trades and none follows a final state ({strangers} unknown, {after_final} after final)"
+        ),
+    );
+    Ok(events)
+}
+
+async fn check_balances(
+    admin: &mut AdminServiceClient<AuthedChannel>,
+    scenarios: &[Scenario],
+    currency: Currency,
+    checks: &mut Checks,
+) -> anyhow::Result<()> {
+    // What the script implies: every top-up comes out of system funding,
+    // each settled trade moves its price from the wallet to the shop.
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    let mut funding: i64 = 0;
+    let mut shop: i64 = 0;
+    for s in scenarios {
+        let top_up = i64::try_from(s.top_up)?;
+        let paid = if s.state == TradeState::Settled {
+            i64::try_from(PRICE)?
+        } else {
+            0
+        };
+        let wallet = top_up
+            .checked_sub(paid)
+            .ok_or_else(|| anyhow!("wallet arithmetic overflowed"))?;
+        expected.insert(format!("wallet:{}:{CURRENCY}", s.number), wallet);
+        funding = funding
+            .checked_sub(top_up)
+            .ok_or_else(|| anyhow!("funding arithmetic overflowed"))?;
+        shop = shop
+            .checked_add(paid)
+            .ok_or_else(|| anyhow!("shop arithmetic overflowed"))?;
+    }
+    expected.insert(format!("system:funding:{CURRENCY}"), funding);
+    expected.insert(format!("shop:{SHOP_ID}:{CURRENCY}"), shop);
+
+    let accounts = admin
+        .list_accounts(proto::ListAccountsRequest {
+            prefix: String::new(),
+        })
+        .await
+        .context("listing accounts")?
+        .into_inner()
+        .accounts;
+    println!("\nAccount balances (AdminService.ListAccounts; credits − debits)");
+    println!(
+        "  {:<28} {:>12} {:>12} {:>12} {:>12}",
+        "account", "debits", "credits", "balance", "expected"
+    );
+    let fmt = |minor: u64| currency.format(Amount::new(minor));
+    let mut wrong = Vec::new();
+    for a in &accounts {
+        let want = expected.get(&a.name).copied();
+        let ok = want == Some(a.balance_minor) && a.currency == CURRENCY;
+        if !ok {
+            wrong.push(masked_account(&a.name));
+        }
+        println!(
+            "  {:<28} {:>12} {:>12} {:>12} {:>12} {}",
+            masked_account(&a.name),
+            fmt(a.debits_minor),
+            fmt(a.credits_minor),
+            signed(currency, a.balance_minor),
+            want.map_or("(none)".to_owned(), |w| signed(currency, w)),
+            if ok { "✓" } else { "✗" }
+        );
+    }
+    let missing: Vec<String> = expected
+        .keys()
+        .filter(|name| !accounts.iter().any(|a| &a.name == *name))
+        .map(|name| masked_account(name))
+        .collect();
+    checks.check(
+        wrong.is_empty() && missing.is_empty(),
+        format!(
+            "{} accounts, each balance exactly as the script implies{}{}",
+            accounts.len(),
+            if wrong.is_empty() {
+                String::new()
+            } else {
+                format!("; wrong or unexpected: {}", wrong.join(", "))
+            },
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!("; missing: {}", missing.join(", "))
+            }
+        ),
+    );
+    Ok(())
+}
+
+async fn verify_ledger(
+    admin: &mut AdminServiceClient<AuthedChannel>,
+    checks: &mut Checks,
+) -> anyhow::Result<()> {
+    let report = admin
+        .verify_ledger(proto::VerifyLedgerRequest {})
+        .await
+        .context("verifying the ledger")?
+        .into_inner();
+    println!("\nLedger verification (AdminService.VerifyLedger)");
+    println!(
+        "  {} accounts, {} postings, {} trades checked",
+        report.accounts_checked, report.postings_checked, report.trades_checked
+    );
+    for v in &report.violations {
+        println!("  violation: {v}");
+    }
+    checks.check(
+        report.ok && report.violations.is_empty(),
+        format!("ledger verifies ({} violations)", report.violations.len()),
+    );
+    Ok(())
+}
+
+/// True when a transcript event is about the trade.
+fn is_about(e: &SimEvent, trade: TradeId) -> bool {
+    match e {
+        SimEvent::OfferShown { trade_id, .. }
+        | SimEvent::Answered { trade_id, .. }
+        | SimEvent::Withdrawn { trade_id, .. } => *trade_id == trade,
+        SimEvent::AnswerResult(o) => o.trade_id == trade,
+        SimEvent::OfferIgnored { trade_id, .. } => *trade_id == trade.to_string(),
+        SimEvent::RelayConnected { .. } | SimEvent::RelayLost { .. } => false,
+    }
+}
+
+/// One transcript event as a line of the handset's story.
+fn describe(e: &SimEvent) -> String {
+    match e {
+        SimEvent::OfferShown {
+            shop_name,
+            register_label,
+            amount,
+            currency,
+            description,
+            binding_code,
+            ..
+        } => format!(
+            "offer on screen: \"{shop_name}\" / \"{register_label}\"  {}  \"{description}\"  binding {binding_code}",
+            currency.format(*amount)
+        ),
+        SimEvent::OfferIgnored { reason, .. } => format!("offer not shown: {reason}"),
+        SimEvent::Answered {
+            decision,
+            signature_valid,
+            ..
+        } => format!(
+            "buyer pressed {}, signature {}",
+            match decision {
+                Decision::Approve => "APPROVE",
+                Decision::Decline => "DECLINE",
+            },
+            if *signature_valid {
+                "valid"
+            } else {
+                "corrupted (on purpose)"
+            }
+        ),
+        SimEvent::Withdrawn { state, .. } => {
+            format!("offer withdrawn by the server: {}", state_name(*state as i32))
+        }
+        SimEvent::AnswerResult(o) => format!(
+            "server's verdict: {}, {}{}",
+            if o.accepted { "accepted" } else { "not accepted" },
+            outcome_name(o.state as i32, o.failure_reason as i32),
+            if o.message.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", o.message)
+            }
+        ),
+        SimEvent::RelayConnected { connection } => format!("relay connected (#{connection})"),
+        SimEvent::RelayLost { connection, reason } => {
+            format!("relay lost (#{connection}): {reason}")
+        }
+    }
+}
+
+fn is_final_state(state: i32) -> bool {
+    match TradeState::try_from(state) {
+        Ok(
+            TradeState::Settled
+            | TradeState::Declined
+            | TradeState::Expired
+            | TradeState::Cancelled
+            | TradeState::Failed,
+        ) => true,
+        Ok(TradeState::Unspecified | TradeState::Pending | TradeState::Offered) | Err(_) => false,
+    }
+}
+
+fn state_name(state: i32) -> &'static str {
+    TradeState::try_from(state).map_or("(unknown state)", |s| {
+        s.as_str_name().trim_start_matches("TRADE_STATE_")
+    })
+}
+
+fn reason_name(reason: i32) -> &'static str {
+    match FailureReason::try_from(reason) {
+        Ok(FailureReason::Unspecified) => "none",
+        Ok(r) => r.as_str_name().trim_start_matches("FAILURE_REASON_"),
+        Err(_) => "(unknown reason)",
+    }
+}
+
+/// `FAILED (BAD_SIGNATURE)`, or just the state when there is no reason.
+fn outcome_name(state: i32, reason: i32) -> String {
+    match FailureReason::try_from(reason) {
+        Ok(FailureReason::Unspecified) => state_name(state).to_owned(),
+        Ok(_) | Err(_) => format!("{} ({})", state_name(state), reason_name(reason)),
+    }
+}
+
+/// A number as the demo prints it; the scenarios only hold valid numbers.
+fn masked(number: &str) -> String {
+    SubscriberNumber::parse(number).map_or_else(|_| "(invalid number)".to_owned(), |n| n.masked())
+}
+
+/// Account names embed the subscriber's number (`wallet:+81…:JPY`); print
+/// them masked.
+fn masked_account(name: &str) -> String {
+    match name
+        .strip_prefix("wallet:")
+        .and_then(|r| r.rsplit_once(':'))
+    {
+        Some((number, currency)) => format!("wallet:{}:{currency}", masked(number)),
+        None => name.to_owned(),
+    }
+}
+
+/// A signed balance in the currency's units.
+fn signed(currency: Currency, minor: i64) -> String {
+    let text = currency.format(Amount::new(minor.unsigned_abs()));
+    if minor < 0 {
+        format!("-{text}")
+    } else {
+        text
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
