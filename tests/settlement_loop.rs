@@ -244,19 +244,14 @@ async fn every_outcome_with_balances_events_and_a_verified_ledger() {
             .filter(|x| x.trade_id == t.trade_id)
             .map(|x| S::try_from(x.state).unwrap_or(S::Unspecified))
             .collect();
+        // The simulated carrier acknowledges delivery before relaying the
+        // answer, and one relay stream's messages are applied in order.
         assert_eq!(
-            states.first(),
-            Some(&S::Pending),
-            "{}: {states:?}",
+            states,
+            vec![S::Pending, S::Offered, state(t).0],
+            "{}",
             t.trade_id
         );
-        assert_eq!(
-            states.last(),
-            Some(&state(t).0),
-            "{}: {states:?}",
-            t.trade_id
-        );
-        assert!(states.len() <= 3, "{states:?}");
     }
     // No event names the payer; the pseudonym is the same for one payer.
     for e in &seen {

@@ -231,6 +231,15 @@ fn open_db(config: &StoreConfig) -> Result<sled::Db, StoreError> {
     }
 }
 
+/// A queued command whose outcome arrives once its group is durable.
+pub struct PendingWrite(oneshot::Receiver<Result<CommandOutcome, StoreError>>);
+
+impl PendingWrite {
+    pub async fn outcome(self) -> Result<CommandOutcome, StoreError> {
+        self.0.await.map_err(|_| StoreError::Stopped)?
+    }
+}
+
 /// A handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -281,6 +290,14 @@ impl Store {
 
     /// Runs a command through the writer; answers once it is durable.
     pub async fn execute(&self, command: Command) -> Result<CommandOutcome, StoreError> {
+        self.submit(command).await?.outcome().await
+    }
+
+    /// Queues a command for the writer and returns once it is queued.
+    /// Commands are applied in the order they were queued, so a caller can
+    /// keep order (e.g. one relay stream's messages) while awaiting many
+    /// outcomes at once.
+    pub async fn submit(&self, command: Command) -> Result<PendingWrite, StoreError> {
         if self.shared.stopped.load(Ordering::SeqCst) {
             return Err(StoreError::Stopped);
         }
@@ -289,7 +306,7 @@ impl Store {
             .send(writer::WriteRequest { command, reply })
             .await
             .map_err(|_| StoreError::Stopped)?;
-        rx.await.map_err(|_| StoreError::Stopped)?
+        Ok(PendingWrite(rx))
     }
 
     /// True once a sync failed: the store accepts no more writes.

@@ -39,57 +39,69 @@ impl CarrierApi {
 
 type RelayStream = Pin<Box<dyn Stream<Item = Result<proto::RelayDown, Status>> + Send>>;
 
-/// Handles one message from a carrier's relay stream.
-async fn handle_up(
-    engine: &Engine,
-    hub: &RelayHub,
+/// Queues one message from a carrier's relay stream (in arrival order) and
+/// returns the work that finishes it once it is durable.
+async fn begin_up(
+    engine: &Arc<Engine>,
+    hub: &Arc<RelayHub>,
     carrier: &CarrierId,
     message: proto::RelayUp,
-) -> Result<(), ApiError> {
+) -> Result<Pin<Box<dyn std::future::Future<Output = Result<(), ApiError>> + Send>>, ApiError> {
     match message.body {
-        Some(proto::relay_up::Body::Ack(ack)) => engine.ack(carrier, ack.delivery_id).await,
+        Some(proto::relay_up::Body::Ack(ack)) => {
+            Ok(Box::pin(engine.begin_ack(carrier, ack.delivery_id).await?))
+        }
         Some(proto::relay_up::Body::Answer(answer)) => {
             let trade = convert::trade_id("answer.trade_id", &answer.trade_id)?;
             let decision = convert::decision("answer.decision", answer.decision)?;
-            let outcome = engine
-                .answer(carrier, trade, decision, answer.signature)
+            let pending = engine
+                .begin_answer(carrier, trade, decision, answer.signature)
                 .await?;
-            let (accepted, message) = match outcome.rejected {
-                None => (true, String::new()),
-                Some(RejectedAnswer::UnknownTrade) => {
-                    (false, "no such trade for this carrier".to_owned())
-                }
-                Some(RejectedAnswer::AlreadyFinal(s)) => {
-                    (false, format!("trade is already {}", s.name()))
-                }
-                Some(RejectedAnswer::Expired) => (
-                    false,
-                    "the trade expired before the answer arrived".to_owned(),
-                ),
-            };
-            let result = proto::AnswerResult {
-                trade_id: answer.trade_id,
-                accepted,
-                state: outcome
-                    .trade
-                    .as_ref()
-                    .map_or(proto::TradeState::Unspecified, |t| {
-                        convert::state_to_proto(t.state)
-                    }) as i32,
-                failure_reason: convert::failure_to_proto(
-                    outcome.trade.as_ref().and_then(|t| t.failure),
-                ) as i32,
-                message,
-            };
-            let down = proto::RelayDown {
-                delivery_id: 0,
-                body: Some(proto::relay_down::Body::AnswerResult(result)),
-            };
-            hub.send_direct(carrier, down);
-            Ok(())
+            let (hub, carrier) = (hub.clone(), carrier.clone());
+            Ok(Box::pin(async move {
+                let outcome = pending.await?;
+                let (accepted, message) = match outcome.rejected {
+                    None => (true, String::new()),
+                    Some(RejectedAnswer::UnknownTrade) => {
+                        (false, "no such trade for this carrier".to_owned())
+                    }
+                    Some(RejectedAnswer::AlreadyFinal(s)) => {
+                        (false, format!("trade is already {}", s.name()))
+                    }
+                    Some(RejectedAnswer::Expired) => (
+                        false,
+                        "the trade expired before the answer arrived".to_owned(),
+                    ),
+                };
+                let result = proto::AnswerResult {
+                    trade_id: answer.trade_id,
+                    accepted,
+                    state: outcome
+                        .trade
+                        .as_ref()
+                        .map_or(proto::TradeState::Unspecified, |t| {
+                            convert::state_to_proto(t.state)
+                        }) as i32,
+                    failure_reason: convert::failure_to_proto(
+                        outcome.trade.as_ref().and_then(|t| t.failure),
+                    ) as i32,
+                    message,
+                };
+                let down = proto::RelayDown {
+                    delivery_id: 0,
+                    body: Some(proto::relay_down::Body::AnswerResult(result)),
+                };
+                hub.send_direct(&carrier, down);
+                Ok(())
+            }))
         }
         None => Err(ApiError::invalid("body", "must be ack or answer")),
     }
+}
+
+fn log_refused(carrier: &CarrierId, e: ApiError) {
+    let status = Status::from(e);
+    tracing::warn!(carrier = %carrier, code = ?status.code(), message = status.message(), "relay message refused");
 }
 
 #[tonic::async_trait]
@@ -162,14 +174,20 @@ impl CarrierService for CarrierApi {
                 let Ok(permit) = inflight.clone().acquire_owned().await else {
                     break;
                 };
-                let (engine, hub, carrier) = (engine.clone(), hub.clone(), carrier.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = handle_up(&engine, &hub, &carrier, message).await {
-                        let status = Status::from(e);
-                        tracing::warn!(carrier = %carrier, code = ?status.code(), message = status.message(), "relay message refused");
+                // Queue in arrival order here; await the durable outcome in
+                // a task so the stream keeps flowing.
+                match begin_up(&engine, &hub, &carrier, message).await {
+                    Ok(finish) => {
+                        let carrier = carrier.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = finish.await {
+                                log_refused(&carrier, e);
+                            }
+                            drop(permit);
+                        });
                     }
-                    drop(permit);
-                });
+                    Err(e) => log_refused(&carrier, e),
+                }
             }
             hub.detach(&carrier, link);
             tracing::info!(carrier = %carrier, link, "relay disconnected");

@@ -224,32 +224,45 @@ impl Engine {
         }
     }
 
-    /// The carrier acknowledged a delivery.
-    pub async fn ack(&self, carrier: &CarrierId, delivery_id: u64) -> Result<(), ApiError> {
-        match self
+    /// Queues the carrier's acknowledgement of a delivery; the returned
+    /// future resolves once it is durable. Queueing is ordered, so a relay
+    /// stream's messages are applied in the order they arrived.
+    pub async fn begin_ack(
+        &self,
+        carrier: &CarrierId,
+        delivery_id: u64,
+    ) -> Result<impl std::future::Future<Output = Result<(), ApiError>> + Send + 'static, ApiError>
+    {
+        let pending = self
             .store
-            .execute(Command::Ack {
+            .submit(Command::Ack {
                 carrier: carrier.clone(),
                 delivery_id,
                 now: now(),
             })
-            .await?
-        {
-            CommandOutcome::Trade { .. } => Ok(()),
-            other => Err(unexpected(&other)),
-        }
+            .await?;
+        Ok(async move {
+            match pending.outcome().await? {
+                CommandOutcome::Trade { .. } => Ok(()),
+                other => Err(unexpected(&other)),
+            }
+        })
     }
 
-    /// A handset's answer: settles, declines or fails the trade, or is
-    /// refused with the reason (late, unknown, already final).
-    #[instrument(skip_all, fields(trade_id = %trade))]
-    pub async fn answer(
-        &self,
+    /// Queues a handset's answer (ordered like `begin_ack`); the returned
+    /// future resolves once it is durable and its effects are sent: the
+    /// trade settled, declined or failed, or the answer refused with the
+    /// reason (late, unknown, already final).
+    pub async fn begin_answer(
+        self: &Arc<Self>,
         carrier: &CarrierId,
         trade: TradeId,
         decision: Decision,
         signature: Vec<u8>,
-    ) -> Result<AnswerOutcome, ApiError> {
+    ) -> Result<
+        impl std::future::Future<Output = Result<AnswerOutcome, ApiError>> + Send + 'static,
+        ApiError,
+    > {
         let command = Command::Answer {
             carrier: carrier.clone(),
             trade,
@@ -257,20 +270,26 @@ impl Engine {
             signature,
             now: now(),
         };
-        match self.store.execute(command).await? {
-            CommandOutcome::Answer(outcome) => {
-                match (&outcome.rejected, &outcome.trade) {
-                    (None, Some(t)) => {
-                        tracing::info!(state = t.state.name(), failure = ?t.failure, "handset answer taken")
+        let pending = self.store.submit(command).await?;
+        let engine = self.clone();
+        Ok(async move {
+            match pending.outcome().await? {
+                CommandOutcome::Answer(outcome) => {
+                    match (&outcome.rejected, &outcome.trade) {
+                        (None, Some(t)) => tracing::info!(
+                            trade_id = %trade, state = t.state.name(), failure = ?t.failure, "handset answer taken"
+                        ),
+                        (Some(why), _) => {
+                            tracing::info!(trade_id = %trade, rejected = ?why, "handset answer refused")
+                        }
+                        (None, None) => {}
                     }
-                    (Some(why), _) => tracing::info!(rejected = ?why, "handset answer refused"),
-                    (None, None) => {}
+                    engine.settled_effects(outcome.trade.as_ref(), &outcome.deliveries);
+                    Ok(outcome)
                 }
-                self.settled_effects(outcome.trade.as_ref(), &outcome.deliveries);
-                Ok(outcome)
+                other => Err(unexpected(&other)),
             }
-            other => Err(unexpected(&other)),
-        }
+        })
     }
 
     /// Expires every overdue trade (in rounds of `SWEEP_BATCH`); returns how
