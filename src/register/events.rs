@@ -109,6 +109,7 @@ mod tests {
                 register_id: r.to_owned(),
                 ..proto::Trade::default()
             }),
+            ..proto::TradeEvent::default()
         }
     }
 

@@ -282,6 +282,32 @@ impl VirtualRegister {
         Ok(trade)
     }
 
+    /// Refunds `amount_minor` of a settled trade to its payer. With an
+    /// idempotency key a retry returns the original refund.
+    pub async fn refund(
+        &self,
+        trade_id: TradeId,
+        amount_minor: u64,
+        idempotency_key: Option<&str>,
+    ) -> Result<proto::RefundTradeResponse, RegisterError> {
+        let mut client = self.client.clone();
+        let response = unary(client.refund_trade(request(proto::RefundTradeRequest {
+            trade_id: trade_id.to_string(),
+            amount_minor,
+            idempotency_key: idempotency_key.unwrap_or_default().to_owned(),
+        })))
+        .await?;
+        match &response.trade {
+            Some(trade) => check_same_trade(trade, trade_id)?,
+            None => {
+                return Err(RegisterError::Protocol(
+                    "refund answered without the trade".into(),
+                ))
+            }
+        }
+        Ok(response)
+    }
+
     /// Closes the register; the server refuses while trades are open.
     pub async fn close(self) -> Result<proto::Register, RegisterError> {
         let mut client = self.client.clone();

@@ -16,9 +16,9 @@ use crate::domain::{
 };
 
 use super::records::{
-    AccountRecord, CarrierRecord, Delivery, DeliveryBody, EventRecord, Funding, HandsetRecord,
-    IdempotencyRecord, OfferBody, PostingKind, PostingRecord, Principal, Receipt, RegisterRecord,
-    ShopRecord, SubscriberRecord, TradeRecord, TradeRequest,
+    AccountRecord, CarrierRecord, Delivery, DeliveryBody, EventKind, EventRecord, Funding,
+    HandsetRecord, IdempotencyRecord, OfferBody, PostingKind, PostingRecord, Principal, Receipt,
+    RegisterRecord, ShopRecord, SubscriberRecord, TradeRecord, TradeRequest,
 };
 use super::verify::{self, VerifyReport};
 use super::{keys, records, Shared, StoreError, T};
@@ -89,6 +89,14 @@ pub enum Command {
         trade: TradeId,
         now: UnixMs,
     },
+    /// Refunds part of a settled trade to its payer.
+    Refund {
+        shop: ShopId,
+        trade: TradeId,
+        amount: Amount,
+        idempotency_key: Option<String>,
+        now: UnixMs,
+    },
     /// Expires the trade if it is open and its deadline has passed.
     Expire {
         trade: TradeId,
@@ -148,6 +156,13 @@ pub enum CommandOutcome {
         replayed: bool,
     },
     Answer(AnswerOutcome),
+    /// A refund (or the original one, for an idempotent retry).
+    Refund {
+        trade: TradeRecord,
+        refund_id: u64,
+        amount: Amount,
+        replayed: bool,
+    },
     Verified(VerifyReport),
 }
 
@@ -295,6 +310,21 @@ fn run(tx: &Tx, command: &Command, fx: &mut Effects) -> TxResult<CommandOutcome>
             now,
         } => answer(tx, carrier, trade, *decision, signature, *now, fx),
         Command::Cancel { shop, trade, now } => cancel(tx, shop, trade, *now, fx),
+        Command::Refund {
+            shop,
+            trade,
+            amount,
+            idempotency_key,
+            now,
+        } => refund(
+            tx,
+            shop,
+            trade,
+            *amount,
+            idempotency_key.as_deref(),
+            *now,
+            fx,
+        ),
         Command::Expire { trade, now } => expire(tx, trade, *now, fx),
         Command::Verify => abort(StoreError::Corrupt("verify is not a transaction".into())),
     }
@@ -577,7 +607,13 @@ fn close_register(
 }
 
 /// Appends an event for the trade's shop with the next sequence number.
-fn emit(tx: &Tx, trade: &TradeRecord, now: UnixMs, fx: &mut Effects) -> TxResult<()> {
+fn emit(
+    tx: &Tx,
+    trade: &TradeRecord,
+    kind: EventKind,
+    now: UnixMs,
+    fx: &mut Effects,
+) -> TxResult<()> {
     let key = trade.shop.as_str().as_bytes();
     let Some(mut shop) = tx.get::<ShopRecord>(T::Shops, key)? else {
         return abort(StoreError::Corrupt(format!(
@@ -597,6 +633,7 @@ fn emit(tx: &Tx, trade: &TradeRecord, now: UnixMs, fx: &mut Effects) -> TxResult
         &EventRecord {
             seq,
             at: now,
+            kind,
             trade: trade.clone(),
         },
     )?;
@@ -622,12 +659,21 @@ fn create_trade(tx: &Tx, c: &CreateTrade, fx: &mut Effects) -> TxResult<CommandO
         if let Some(prior) =
             tx.get::<IdempotencyRecord>(T::Idempotency, &keys::idempotency(&c.shop, key))?
         {
-            if let Some(field) = prior.request.first_difference(&c.request) {
+            let IdempotencyRecord::Trade {
+                trade: prior_trade,
+                request,
+            } = prior
+            else {
+                return abort(StoreError::Corrupt(
+                    "trade idempotency key holds a refund".into(),
+                ));
+            };
+            if let Some(field) = request.first_difference(&c.request) {
                 return abort(StoreError::AlreadyExists(format!(
                     "{field}: the idempotency key was used for a request with a different {field}"
                 )));
             }
-            let trade = tx.get::<TradeRecord>(T::Trades, prior.trade.as_bytes())?;
+            let trade = tx.get::<TradeRecord>(T::Trades, prior_trade.as_bytes())?;
             return Ok(CommandOutcome::Trade {
                 trade,
                 deliveries: Vec::new(),
@@ -682,6 +728,7 @@ fn create_trade(tx: &Tx, c: &CreateTrade, fx: &mut Effects) -> TxResult<CommandO
         receipt: None,
         idempotency_key: c.idempotency_key.clone(),
         offer_delivery: None,
+        refunded: Amount::ZERO,
     };
     let refusal = match (&subscriber, &handset) {
         (None, _) => Some(FailureReason::PayerUnknown),
@@ -719,13 +766,13 @@ fn create_trade(tx: &Tx, c: &CreateTrade, fx: &mut Effects) -> TxResult<CommandO
     }
     tx.put(T::Trades, trade.id.as_bytes(), &trade)?;
     if let Some(key) = &c.idempotency_key {
-        let record = IdempotencyRecord {
+        let record = IdempotencyRecord::Trade {
             trade: trade.id,
             request: c.request.clone(),
         };
         tx.put(T::Idempotency, &keys::idempotency(&c.shop, key), &record)?;
     }
-    emit(tx, &trade, c.now, fx)?;
+    emit(tx, &trade, EventKind::StateChanged, c.now, fx)?;
     Ok(CommandOutcome::Trade {
         trade: Some(trade),
         deliveries: std::mem::take(&mut fx.deliveries),
@@ -783,7 +830,7 @@ fn finish(
         }
     }
     tx.put(T::Trades, trade.id.as_bytes(), trade)?;
-    emit(tx, trade, now, fx)
+    emit(tx, trade, EventKind::StateChanged, now, fx)
 }
 
 fn ack(
@@ -820,7 +867,7 @@ fn ack(
         Ok(Transition::To(next)) => {
             trade.state = next;
             tx.put(T::Trades, trade.id.as_bytes(), &trade)?;
-            emit(tx, &trade, now, fx)?;
+            emit(tx, &trade, EventKind::StateChanged, now, fx)?;
         }
         Ok(Transition::Unchanged) | Err(_) => tx.put(T::Trades, trade.id.as_bytes(), &trade)?,
     }
@@ -956,6 +1003,118 @@ fn expire(tx: &Tx, trade_id: &TradeId, now: UnixMs, fx: &mut Effects) -> TxResul
     Ok(CommandOutcome::Trade {
         trade: Some(trade),
         deliveries: std::mem::take(&mut fx.deliveries),
+        replayed: false,
+    })
+}
+
+fn refund(
+    tx: &Tx,
+    shop: &ShopId,
+    trade_id: &TradeId,
+    amount: Amount,
+    idempotency_key: Option<&str>,
+    now: UnixMs,
+    fx: &mut Effects,
+) -> TxResult<CommandOutcome> {
+    let idem_key = idempotency_key.map(|k| keys::refund_idempotency(shop, k));
+    if let Some(key) = &idem_key {
+        if let Some(prior) = tx.get::<IdempotencyRecord>(T::Idempotency, key)? {
+            let IdempotencyRecord::Refund {
+                trade: prior_trade,
+                amount: prior_amount,
+                refund_id,
+            } = prior
+            else {
+                return abort(StoreError::Corrupt(
+                    "refund idempotency key holds a trade".into(),
+                ));
+            };
+            let field = if prior_trade != *trade_id {
+                Some("trade_id")
+            } else if prior_amount != amount {
+                Some("amount_minor")
+            } else {
+                None
+            };
+            if let Some(field) = field {
+                return abort(StoreError::AlreadyExists(format!(
+                    "{field}: the idempotency key was used for a refund with a different {field}"
+                )));
+            }
+            let Some(trade) = tx.get::<TradeRecord>(T::Trades, trade_id.as_bytes())? else {
+                return abort(StoreError::Corrupt("refunded trade missing".into()));
+            };
+            return Ok(CommandOutcome::Refund {
+                trade,
+                refund_id,
+                amount,
+                replayed: true,
+            });
+        }
+    }
+    let mut trade = match tx.get::<TradeRecord>(T::Trades, trade_id.as_bytes())? {
+        Some(t) if &t.shop == shop => t,
+        _ => return abort(StoreError::NotFound("trade")),
+    };
+    if trade.state != TradeState::Settled {
+        return abort(StoreError::FailedPrecondition(format!(
+            "trade_id: only a SETTLED trade can be refunded; this one is {}",
+            trade.state.name()
+        )));
+    }
+    let Ok(refunded) = trade.refunded.checked_add(amount) else {
+        return abort(StoreError::FailedPrecondition(
+            "amount_minor: refunds would overflow".into(),
+        ));
+    };
+    if refunded > trade.request.amount {
+        let left = trade
+            .request
+            .amount
+            .checked_sub(trade.refunded)
+            .unwrap_or(Amount::ZERO);
+        return abort(StoreError::FailedPrecondition(format!(
+            "amount_minor: at most {} of this trade is left to refund",
+            left.minor()
+        )));
+    }
+    let payable = AccountName::ShopPayable(trade.shop.clone(), trade.request.currency);
+    let available = tx
+        .get::<AccountRecord>(T::Accounts, &keys::account(&payable))?
+        .map_or(Amount::ZERO, |a| a.balance.available());
+    if available < amount {
+        return abort(StoreError::FailedPrecondition(
+            "amount_minor: the shop's balance does not cover the refund".into(),
+        ));
+    }
+    let wallet = AccountName::Wallet(trade.request.payer.clone(), trade.request.currency);
+    let set = PostingSet::transfer(payable, wallet, amount)
+        .or_else(|e| abort(StoreError::FailedPrecondition(format!("amount_minor: {e}"))))?;
+    let refund_id = post(tx, &set, Some(trade.id), PostingKind::Refund, now)?;
+    trade.refunded = refunded;
+    tx.put(T::Trades, trade.id.as_bytes(), &trade)?;
+    if let Some(key) = &idem_key {
+        tx.put(
+            T::Idempotency,
+            key,
+            &IdempotencyRecord::Refund {
+                trade: trade.id,
+                amount,
+                refund_id,
+            },
+        )?;
+    }
+    emit(
+        tx,
+        &trade,
+        EventKind::Refunded { amount, refund_id },
+        now,
+        fx,
+    )?;
+    Ok(CommandOutcome::Refund {
+        trade,
+        refund_id,
+        amount,
         replayed: false,
     })
 }

@@ -21,7 +21,7 @@ use crate::domain::{
 
 pub use commands::{AnswerOutcome, Command, CommandOutcome, CreateTrade, RejectedAnswer};
 pub use records::{
-    AccountRecord, Delivery, DeliveryBody, EventRecord, Funding, OfferBody, PostingKind,
+    AccountRecord, Delivery, DeliveryBody, EventKind, EventRecord, Funding, OfferBody, PostingKind,
     PostingRecord, Principal, Receipt, RegisterRecord, ShopRecord, TradeRecord, TradeRequest,
 };
 pub use verify::VerifyReport;
@@ -143,6 +143,14 @@ pub(crate) mod keys {
     }
     pub fn idempotency(shop: &ShopId, key: &str) -> Vec<u8> {
         owned(shop.as_str(), key.as_bytes())
+    }
+    /// Refund keys live beside trade keys; 0xff never occurs in a key
+    /// (visible ASCII), so the two namespaces cannot collide.
+    pub fn refund_idempotency(shop: &ShopId, key: &str) -> Vec<u8> {
+        let mut rest = Vec::with_capacity(1 + key.len());
+        rest.push(0xff);
+        rest.extend_from_slice(key.as_bytes());
+        owned(shop.as_str(), &rest)
     }
     pub fn deadline(at: UnixMs, trade: &TradeId) -> Vec<u8> {
         let mut k = Vec::with_capacity(24);

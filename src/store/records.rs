@@ -182,6 +182,8 @@ pub struct TradeRecord {
     pub idempotency_key: Option<String>,
     /// The outbox entry of the offer while it is unacknowledged.
     pub offer_delivery: Option<u64>,
+    /// Sum of refunds; never above the amount.
+    pub refunded: Amount,
 }
 
 /// One durable state change, numbered per shop.
@@ -189,7 +191,14 @@ pub struct TradeRecord {
 pub struct EventRecord {
     pub seq: u64,
     pub at: UnixMs,
+    pub kind: EventKind,
     pub trade: TradeRecord,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    StateChanged,
+    Refunded { amount: Amount, refund_id: u64 },
 }
 
 /// An offer as the handset shows it; a snapshot taken at commit time.
@@ -228,9 +237,18 @@ pub struct Delivery {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct IdempotencyRecord {
-    pub trade: TradeId,
-    pub request: TradeRequest,
+pub enum IdempotencyRecord {
+    /// A CreateTrade key: the trade it made and the request, to compare.
+    Trade {
+        trade: TradeId,
+        request: TradeRequest,
+    },
+    /// A RefundTrade key: the refund it made.
+    Refund {
+        trade: TradeId,
+        amount: Amount,
+        refund_id: u64,
+    },
 }
 
 #[cfg(test)]

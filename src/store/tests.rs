@@ -462,3 +462,91 @@ async fn everything_acknowledged_survives_reopening() {
         2
     );
 }
+
+#[tokio::test]
+async fn refunds_are_partial_bounded_idempotent_and_verified() {
+    let f = fixture().await;
+    f.top_up(5_000).await;
+    let (t, _) = f.create(1_000, None).await.expect("create");
+    let refund = |amount: u64, key: Option<&str>| {
+        let c = Command::Refund {
+            shop: f.shop.clone(),
+            trade: t.id,
+            amount: Amount::new(amount),
+            idempotency_key: key.map(str::to_owned),
+            now: T0,
+        };
+        let store = f.store.clone();
+        async move { store.execute(c).await }
+    };
+    // Not settled yet: refused.
+    assert!(matches!(
+        refund(10, None).await,
+        Err(StoreError::FailedPrecondition(_))
+    ));
+    f.answer(&t, Decision::Approve, f.sign(&t, Decision::Approve), T0)
+        .await;
+
+    let first = refund(300, Some("r1")).await.expect("refund");
+    let CommandOutcome::Refund {
+        refund_id,
+        replayed: false,
+        trade,
+        ..
+    } = first
+    else {
+        panic!("{first:?}")
+    };
+    assert_eq!(trade.refunded, Amount::new(300));
+    // A retry returns the same refund and moves nothing.
+    match refund(300, Some("r1")).await.expect("retry") {
+        CommandOutcome::Refund {
+            refund_id: again,
+            replayed: true,
+            ..
+        } => assert_eq!(again, refund_id),
+        other => panic!("{other:?}"),
+    }
+    match refund(301, Some("r1")).await {
+        Err(StoreError::AlreadyExists(m)) => assert!(m.starts_with("amount_minor"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // The same key string as a trade key does not collide with it.
+    refund(200, None).await.expect("second refund");
+    // 500 left: 501 is refused, 500 is fine, then nothing is left.
+    assert!(matches!(
+        refund(501, None).await,
+        Err(StoreError::FailedPrecondition(_))
+    ));
+    refund(500, None).await.expect("last refund");
+    assert!(matches!(
+        refund(1, None).await,
+        Err(StoreError::FailedPrecondition(_))
+    ));
+
+    let wallet = AccountName::Wallet(f.payer.clone(), jpy());
+    let shop = AccountName::ShopPayable(f.shop.clone(), jpy());
+    assert_eq!(f.net(&wallet).await, 5_000);
+    assert_eq!(f.net(&shop).await, 0);
+    let report = f.store.verify().await.expect("verify");
+    assert!(report.ok(), "{:?}", report.violations);
+    // Events: create, settle, and one per refund.
+    let head = *f
+        .store
+        .event_heads()
+        .subscribe(&f.shop)
+        .expect("head")
+        .borrow();
+    let events = f
+        .store
+        .events_between(&f.shop, 0, head, 100)
+        .expect("events");
+    let refunds: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Refunded { amount, .. } => Some(amount.minor()),
+            EventKind::StateChanged => None,
+        })
+        .collect();
+    assert_eq!(refunds, vec![300, 200, 500]);
+}

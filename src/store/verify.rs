@@ -189,6 +189,14 @@ pub(crate) fn verify(trees: &[sled::Tree]) -> Result<VerifyReport, StoreError> {
                 }
             }
         }
+        if money.refunded != u128::from(t.refunded.minor()) {
+            report.violation(format!(
+                "trade {} records {} refunded but refund postings sum to {}",
+                t.id,
+                t.refunded.minor(),
+                money.refunded
+            ));
+        }
         if money.refunded > money.settled_to_shop {
             report.violation(format!(
                 "trade {} refunded {} of {} settled",

@@ -8,7 +8,9 @@ use crate::domain::{
     TradeId, TradeState,
 };
 use crate::proto;
-use crate::store::{AccountRecord, EventRecord, PostingRecord, RegisterRecord, TradeRecord};
+use crate::store::{
+    AccountRecord, EventKind, EventRecord, PostingRecord, RegisterRecord, TradeRecord,
+};
 
 use super::error::ApiError;
 use super::limits::Limits;
@@ -155,14 +157,24 @@ pub fn trade_for_shop(t: &TradeRecord, secret: &ServerSecret) -> proto::Trade {
             handset_key_fingerprint: r.shop_key_fingerprint.to_vec(),
         }),
         idempotency_key: t.idempotency_key.clone().unwrap_or_default(),
+        refunded_minor: t.refunded.minor(),
     }
 }
 
 pub fn event_for_shop(e: &EventRecord, secret: &ServerSecret) -> proto::TradeEvent {
+    let (kind, refund_minor, refund_id) = match e.kind {
+        EventKind::StateChanged => (proto::EventKind::StateChanged, 0, 0),
+        EventKind::Refunded { amount, refund_id } => {
+            (proto::EventKind::Refunded, amount.minor(), refund_id)
+        }
+    };
     proto::TradeEvent {
         sequence: e.seq,
         at_ms: ms(e.at),
         trade: Some(trade_for_shop(&e.trade, secret)),
+        kind: kind as i32,
+        refund_minor,
+        refund_id,
     }
 }
 

@@ -224,6 +224,41 @@ impl Engine {
         }
     }
 
+    /// Refunds part or all of a settled trade.
+    #[instrument(skip_all, fields(trade_id = %trade))]
+    pub async fn refund(
+        &self,
+        shop: &ShopId,
+        trade: TradeId,
+        amount: Amount,
+        idempotency_key: Option<String>,
+    ) -> Result<(TradeRecord, u64, Amount), ApiError> {
+        let command = Command::Refund {
+            shop: shop.clone(),
+            trade,
+            amount,
+            idempotency_key,
+            now: now(),
+        };
+        match self.store.execute(command).await? {
+            CommandOutcome::Refund {
+                trade,
+                refund_id,
+                amount,
+                replayed,
+            } => {
+                tracing::info!(
+                    refund_id,
+                    amount = amount.minor(),
+                    replayed,
+                    "trade refunded"
+                );
+                Ok((trade, refund_id, amount))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Queues the carrier's acknowledgement of a delivery; the returned
     /// future resolves once it is durable. Queueing is ordered, so a relay
     /// stream's messages are applied in the order they arrived.

@@ -208,6 +208,27 @@ impl RegisterService for RegisterApi {
         Ok(Response::new(self.to_proto(&trade)))
     }
 
+    async fn refund_trade(
+        &self,
+        request: Request<proto::RefundTradeRequest>,
+    ) -> Result<Response<proto::RefundTradeResponse>, Status> {
+        let shop = auth::shop(&request)?;
+        let r = request.get_ref();
+        let id = convert::trade_id("trade_id", &r.trade_id)?;
+        let amount = convert::amount("amount_minor", r.amount_minor, &self.engine.limits)?;
+        let key = convert::idempotency_key(
+            "idempotency_key",
+            &r.idempotency_key,
+            limits::MAX_IDEMPOTENCY_KEY_LEN,
+        )?;
+        let (trade, refund_id, amount) = self.engine.refund(&shop, id, amount, key).await?;
+        Ok(Response::new(proto::RefundTradeResponse {
+            trade: Some(self.to_proto(&trade)),
+            refund_id,
+            amount_minor: amount.minor(),
+        }))
+    }
+
     type WatchTradesStream = EventStream;
 
     async fn watch_trades(
