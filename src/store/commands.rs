@@ -104,6 +104,11 @@ pub enum Command {
     },
     /// Reads everything on the writer thread for a consistent check.
     Verify,
+    /// Reads accounts on the writer thread: one consistent state.
+    ReadAccounts {
+        prefix: String,
+        limit: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -164,6 +169,7 @@ pub enum CommandOutcome {
         replayed: bool,
     },
     Verified(VerifyReport),
+    Accounts(Vec<AccountRecord>),
 }
 
 type TxResult<R> = Result<R, ConflictableTransactionError<StoreError>>;
@@ -235,8 +241,10 @@ pub(crate) fn apply(
     command: &Command,
     heads: &mut Vec<(ShopId, u64)>,
 ) -> Result<CommandOutcome, StoreError> {
-    if let Command::Verify = command {
-        return verify::verify(&shared.trees).map(CommandOutcome::Verified);
+    match command {
+        Command::Verify => return verify::verify(&shared.trees).map(CommandOutcome::Verified),
+        Command::ReadAccounts { prefix, limit } => return read_accounts(shared, prefix, *limit),
+        _ => {}
     }
     let trees: Vec<&sled::Tree> = shared.trees.iter().collect();
     let result = trees.as_slice().transaction(|view| {
@@ -326,7 +334,9 @@ fn run(tx: &Tx, command: &Command, fx: &mut Effects) -> TxResult<CommandOutcome>
             fx,
         ),
         Command::Expire { trade, now } => expire(tx, trade, *now, fx),
-        Command::Verify => abort(StoreError::Corrupt("verify is not a transaction".into())),
+        Command::Verify | Command::ReadAccounts { .. } => {
+            abort(StoreError::Corrupt("reads are not transactions".into()))
+        }
     }
 }
 
@@ -1117,4 +1127,20 @@ fn refund(
         amount,
         replayed: false,
     })
+}
+
+fn read_accounts(
+    shared: &Shared,
+    prefix: &str,
+    limit: usize,
+) -> Result<CommandOutcome, StoreError> {
+    let mut out = Vec::new();
+    for item in shared.trees[T::Accounts as usize]
+        .scan_prefix(prefix.as_bytes())
+        .take(limit)
+    {
+        let (_, v) = item?;
+        out.push(records::decode(&v)?);
+    }
+    Ok(CommandOutcome::Accounts(out))
 }

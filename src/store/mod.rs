@@ -64,6 +64,35 @@ pub enum Durability {
     FlushOnly,
 }
 
+/// Injects a failure into the next sync, to prove that nothing is
+/// acknowledged after a failed fsync. Only tests arm it; the CLI never
+/// creates one.
+#[derive(Debug, Default)]
+pub struct SyncFault {
+    armed: AtomicBool,
+    fired: AtomicU64,
+}
+
+impl SyncFault {
+    /// Makes the next sync fail.
+    pub fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// How many syncs it has failed.
+    pub fn fired(&self) -> u64 {
+        self.fired.load(Ordering::SeqCst)
+    }
+
+    fn take(&self) -> bool {
+        let hit = self.armed.swap(false, Ordering::SeqCst);
+        if hit {
+            self.fired.fetch_add(1, Ordering::SeqCst);
+        }
+        hit
+    }
+}
+
 /// Store settings.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -71,6 +100,8 @@ pub struct StoreConfig {
     pub durability: Durability,
     /// sled's page cache in bytes (its RSS can be a multiple of this).
     pub cache_bytes: u64,
+    /// Test hook: fail a chosen sync.
+    pub sync_fault: Option<Arc<SyncFault>>,
 }
 
 impl StoreConfig {
@@ -79,6 +110,7 @@ impl StoreConfig {
             path: path.as_ref().to_owned(),
             durability: Durability::Fsync,
             cache_bytes: 64 * 1024 * 1024,
+            sync_fault: None,
         }
     }
 }
@@ -277,7 +309,8 @@ impl Store {
             stopped: AtomicBool::new(false),
             heads: EventHeads::default(),
         });
-        let syncer = writer::Syncer::open(&config.path, config.durability)?;
+        let syncer =
+            writer::Syncer::open(&config.path, config.durability, config.sync_fault.clone())?;
         // Whatever recovery found is made durable before anything reads it.
         shared.db.flush()?;
         syncer.sync_now()?;
@@ -473,13 +506,26 @@ impl Store {
         }
     }
 
+    /// Accounts whose name starts with `prefix`, at most `limit`, read on
+    /// the writer thread so that one answer is one consistent state (the
+    /// balances of a page always belong to the same moment).
     pub async fn accounts(
         &self,
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<AccountRecord>, StoreError> {
-        let v = self.scan(T::Accounts, prefix.as_bytes(), limit)?;
-        self.durable(v).await
+        match self
+            .execute(Command::ReadAccounts {
+                prefix: prefix.to_owned(),
+                limit,
+            })
+            .await?
+        {
+            CommandOutcome::Accounts(accounts) => Ok(accounts),
+            _ => Err(StoreError::Corrupt(
+                "writer answered read-accounts with another outcome".into(),
+            )),
+        }
     }
 
     pub async fn account(&self, name: &AccountName) -> Result<Option<AccountRecord>, StoreError> {

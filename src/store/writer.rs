@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::commands::{self, Command, CommandOutcome};
-use super::{Durability, Shared, StoreError, WRITE_QUEUE_DEPTH};
+use super::{Durability, Shared, StoreError, SyncFault, WRITE_QUEUE_DEPTH};
 
 /// Most commands applied before one sync. Bounds the latency a command
 /// can add to the others in its group.
@@ -26,10 +26,15 @@ pub(crate) struct WriteRequest {
 pub(crate) struct Syncer {
     data_file: File,
     durability: Durability,
+    fault: Option<Arc<SyncFault>>,
 }
 
 impl Syncer {
-    pub fn open(dir: &Path, durability: Durability) -> Result<Syncer, StoreError> {
+    pub fn open(
+        dir: &Path,
+        durability: Durability,
+        fault: Option<Arc<SyncFault>>,
+    ) -> Result<Syncer, StoreError> {
         // sled 0.34 keeps its log and pages in `<dir>/db`; `flush` ends in
         // sync_file_range there, which flushes neither the drive cache nor
         // metadata, so the writer follows it with fdatasync on this file.
@@ -42,10 +47,14 @@ impl Syncer {
         Ok(Syncer {
             data_file,
             durability,
+            fault,
         })
     }
 
     pub fn sync_now(&self) -> Result<(), StoreError> {
+        if self.fault.as_ref().is_some_and(|f| f.take()) {
+            return Err(StoreError::Io("fdatasync: injected failure".into()));
+        }
         match self.durability {
             Durability::Fsync => self
                 .data_file

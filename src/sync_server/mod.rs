@@ -28,7 +28,7 @@ use crate::domain::approval::ServerSecret;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::carrier_service_server::CarrierServiceServer;
 use crate::proto::register_service_server::RegisterServiceServer;
-use crate::store::{Durability, Store, StoreConfig, StoreError};
+use crate::store::{Durability, Store, StoreConfig, StoreError, SyncFault};
 
 use self::auth::{interceptor, Authenticator, Party};
 use self::engine::Engine;
@@ -59,6 +59,9 @@ pub struct ServerConfig {
     pub admin_token: String,
     pub secret: ServerSecret,
     pub limits: Limits,
+    /// Test hook: fail a chosen fsync (see `SyncFault`). Always `None` in
+    /// the CLI.
+    pub sync_fault: Option<Arc<SyncFault>>,
 }
 
 impl ServerConfig {
@@ -73,6 +76,7 @@ impl ServerConfig {
             admin_token: secrets::load_or_create_admin_token(&data_dir.join("admin.token"))?,
             secret: secrets::load_or_create_secret(&data_dir.join("server.secret"))?,
             limits: Limits::default(),
+            sync_fault: None,
         })
     }
 }
@@ -121,6 +125,7 @@ pub async fn start(
     let addr = listener.local_addr()?;
     let store_config = StoreConfig {
         durability: config.durability,
+        sync_fault: config.sync_fault.clone(),
         ..StoreConfig::new(&config.store_dir)
     };
     let store = tokio::task::spawn_blocking(move || Store::open(store_config))
