@@ -20,6 +20,9 @@ enum Command {
     /// one process on a temporary store; exits 0 only if every outcome and
     /// the ledger are right.
     Demo(cli::demo::DemoArgs),
+    /// Operator commands against a running server (verify, shops,
+    /// carriers, top-ups, accounts, postings).
+    Admin(cli::admin::AdminArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,6 +41,7 @@ fn main() -> std::process::ExitCode {
         match args.command {
             Command::Serve(a) => cli::serve::run(a).await,
             Command::Demo(a) => cli::demo::run(a).await,
+            Command::Admin(a) => cli::admin::run(a).await,
         }
     });
     match result {

@@ -238,6 +238,18 @@ pub(crate) struct Shared {
     pub durable: watch::Sender<u64>,
     pub stopped: AtomicBool,
     pub heads: EventHeads,
+    /// Declared last: dropped after `db` and `trees`, so its signal means
+    /// sled is closed and its file lock released.
+    closed: CloseSignal,
+}
+
+/// Fires when the last handle of the store is gone.
+struct CloseSignal(watch::Sender<bool>);
+
+impl Drop for CloseSignal {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
 }
 
 /// How long `open` waits for the store's file lock. A previous server in
@@ -308,6 +320,7 @@ impl Store {
             durable,
             stopped: AtomicBool::new(false),
             heads: EventHeads::default(),
+            closed: CloseSignal(watch::Sender::new(false)),
         });
         let syncer =
             writer::Syncer::open(&config.path, config.durability, config.sync_fault.clone())?;
@@ -348,6 +361,12 @@ impl Store {
             .await
             .map_err(|_| StoreError::Stopped)?;
         Ok(PendingWrite(rx))
+    }
+
+    /// Turns true once every handle of this store (and its writer) is gone
+    /// and sled has closed its files.
+    pub fn closed(&self) -> watch::Receiver<bool> {
+        self.shared.closed.0.subscribe()
     }
 
     /// True once a sync failed: the store accepts no more writes.

@@ -81,6 +81,9 @@ impl ServerConfig {
     }
 }
 
+/// How long shutdown waits for in-flight work to let go of the store.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A started server. Dropping it does not stop it; call `shutdown`.
 pub struct RunningServer {
     pub addr: SocketAddr,
@@ -97,7 +100,8 @@ impl RunningServer {
     }
 
     /// Stops accepting, ends streams with UNAVAILABLE, waits for in-flight
-    /// calls (every acknowledged commit is already durable).
+    /// calls (every acknowledged commit is already durable), and returns
+    /// once the store is closed, so the folder can be opened again at once.
     pub async fn shutdown(self) -> Result<(), ServerError> {
         let _ = self.shutdown.send(true);
         let served = self
@@ -107,6 +111,23 @@ impl RunningServer {
         self.sweeper
             .await
             .map_err(|e| ServerError::Join(e.to_string()))?;
+        // Streams and relay tasks let go of the engine as they see the
+        // signal; once ours is the last handle, dropping it closes the store.
+        let mut closed = self.engine.store.closed();
+        let engine = self.engine;
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while Arc::strong_count(&engine) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        drop(engine);
+        if tokio::time::timeout(SHUTDOWN_GRACE, closed.wait_for(|c| *c))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "store still held by a task after shutdown; it closes when that task ends"
+            );
+        }
         served?;
         Ok(())
     }
