@@ -15,18 +15,15 @@ pub struct BearerAuth {
 impl BearerAuth {
     /// Fails if the token is not valid header text.
     pub fn new(token: &str) -> Result<Self, Status> {
-        let header = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| Status::invalid_argument("token: not valid header text"))?;
+        let header =
+            format!("Bearer {token}").parse().map_err(|_| Status::invalid_argument("token: not valid header text"))?;
         Ok(BearerAuth { header })
     }
 }
 
 impl tonic::service::Interceptor for BearerAuth {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.header.clone());
+        request.metadata_mut().insert("authorization", self.header.clone());
         Ok(request)
     }
 }

@@ -14,10 +14,7 @@ fn admin(t: &TestServer, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_syncpay"))
         .arg("admin")
         .args(["--server", &t.server.url()])
-        .args([
-            "--token-file",
-            &t.data_dir.join("admin.token").display().to_string(),
-        ])
+        .args(["--token-file", &t.data_dir.join("admin.token").display().to_string()])
         .args(args)
         .output()
         .expect("run syncpay admin")
@@ -55,12 +52,7 @@ async fn verify_exits_non_zero_and_lists_violations() {
     // Tamper with the wallet's stored totals while the server is down.
     let store_dir = t.config.store_dir.clone();
     let t = {
-        let TestServer {
-            server,
-            data_dir,
-            config,
-            ..
-        } = t;
+        let TestServer { server, data_dir, config, .. } = t;
         server.shutdown().await.expect("shutdown");
         let db = sled::open(&store_dir).expect("open sled");
         let accounts = db.open_tree("accounts").expect("tree");
@@ -68,9 +60,7 @@ async fn verify_exits_non_zero_and_lists_violations() {
         let mut record: AccountRecord =
             records::decode(&accounts.get(key).expect("get").expect("wallet")).expect("decode");
         record.balance.credits = Amount::new(5_000);
-        accounts
-            .insert(key, records::encode(&record).expect("encode"))
-            .expect("insert");
+        accounts.insert(key, records::encode(&record).expect("encode")).expect("insert");
         db.flush().expect("flush");
         drop(accounts);
         drop(db);
@@ -89,17 +79,9 @@ async fn verify_exits_non_zero_and_lists_violations() {
 
     // Unreachable server and missing token file: clear errors, non-zero.
     let out = Command::new(env!("CARGO_BIN_EXE_syncpay"))
-        .args([
-            "admin",
-            "--token-file",
-            "/nonexistent/admin.token",
-            "verify",
-        ])
+        .args(["admin", "--token-file", "/nonexistent/admin.token", "verify"])
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("operator token"),
-        "{out:?}"
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("operator token"), "{out:?}");
 }

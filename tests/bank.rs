@@ -28,28 +28,18 @@ fn number(i: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_read_of_all_balances_sums_to_the_money_put_in() {
-    let seed: u64 = std::env::var("SYNCPAY_BANK_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
+    let seed: u64 = std::env::var("SYNCPAY_BANK_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     eprintln!("bank test seed {seed} (replay with SYNCPAY_BANK_SEED={seed})");
     let t = TestServer::start().await;
     let carrier_token = t.create_carrier("docomo", "Docomo").await;
     let sim = CarrierSim::start(t.channel().await, &carrier_token).expect("sim");
     for i in 0..SUBSCRIBERS {
         // Most approve; a few decline so some trades end without money.
-        let policy = if i % 5 == 4 {
-            Policy::Decline
-        } else {
-            Policy::Approve
-        };
+        let policy = if i % 5 == 4 { Policy::Decline } else { Policy::Approve };
         sim.add_handset(&number(i), policy).await.expect("handset");
-        t.top_up(&number(i), u64::try_from(TOP_UP).expect("positive"), "JPY")
-            .await;
+        t.top_up(&number(i), u64::try_from(TOP_UP).expect("positive"), "JPY").await;
     }
-    sim.wait_connected(Duration::from_secs(15))
-        .await
-        .expect("connected");
+    sim.wait_connected(Duration::from_secs(15)).await.expect("connected");
     let total_in = TOP_UP * i64::try_from(SUBSCRIBERS).expect("small");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -61,9 +51,7 @@ async fn every_read_of_all_balances_sums_to_the_money_put_in() {
         readers.push(tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
                 let accounts = admin
-                    .list_accounts(proto::ListAccountsRequest {
-                        prefix: String::new(),
-                    })
+                    .list_accounts(proto::ListAccountsRequest { prefix: String::new() })
                     .await
                     .expect("read")
                     .into_inner()
@@ -88,15 +76,10 @@ async fn every_read_of_all_balances_sums_to_the_money_put_in() {
     let refunded_total = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
     for s in 0..SHOPS {
-        let token = t
-            .create_shop(&format!("shop{s}"), &format!("Shop {s}"))
-            .await;
+        let token = t.create_shop(&format!("shop{s}"), &format!("Shop {s}")).await;
         for w in 0..WORKERS_PER_SHOP {
-            let register = VirtualRegister::open(t.channel().await, &token, &format!("till {w}"))
-                .await
-                .expect("open");
-            let mut rng =
-                rand::rngs::StdRng::seed_from_u64(seed ^ u64::try_from(s * 16 + w).expect("small"));
+            let register = VirtualRegister::open(t.channel().await, &token, &format!("till {w}")).await.expect("open");
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ u64::try_from(s * 16 + w).expect("small"));
             let (settled_total, refunded_total) = (settled_total.clone(), refunded_total.clone());
             workers.push(tokio::spawn(async move {
                 let mut mine: Vec<(TradeId, u64)> = Vec::new();
@@ -124,10 +107,7 @@ async fn every_read_of_all_balances_sums_to_the_money_put_in() {
                     let payer = number(rng.random_range(0..SUBSCRIBERS));
                     let amount = rng.random_range(1..=2_500u64);
                     let trade = register
-                        .charge(ChargeRequest {
-                            ttl_seconds: 30,
-                            ..ChargeRequest::new(&payer, amount, "JPY", "bank")
-                        })
+                        .charge(ChargeRequest { ttl_seconds: 30, ..ChargeRequest::new(&payer, amount, "JPY", "bank") })
                         .await
                         .expect("charge");
                     if trade.state == S::Settled as i32 {
@@ -146,10 +126,7 @@ async fn every_read_of_all_balances_sums_to_the_money_put_in() {
         r.await.expect("reader");
     }
     let reads = reads.load(Ordering::SeqCst);
-    assert!(
-        reads >= 10,
-        "the readers must actually have read while trades ran ({reads} reads)"
-    );
+    assert!(reads >= 10, "the readers must actually have read while trades ran ({reads} reads)");
     let settled = settled_total.load(Ordering::SeqCst);
     assert!(settled > 0, "some trades must have settled");
     let mut shop_sum = 0;
@@ -157,10 +134,7 @@ async fn every_read_of_all_balances_sums_to_the_money_put_in() {
         shop_sum += t.balance(&format!("shop:shop{s}:JPY")).await;
     }
     let net = i64::try_from(settled - refunded_total.load(Ordering::SeqCst)).expect("fits");
-    assert_eq!(
-        shop_sum, net,
-        "shops hold exactly what settled minus what was refunded"
-    );
+    assert_eq!(shop_sum, net, "shops hold exactly what settled minus what was refunded");
     let report = t.assert_ledger_ok().await;
     eprintln!(
         "bank test: {reads} consistent reads, {} trades checked, {} postings, settled {settled}, refunded {}",

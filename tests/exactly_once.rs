@@ -25,9 +25,7 @@ fn id(t: &proto::Trade) -> TradeId {
 async fn create_trade_retries_return_the_original_even_after_a_restart() {
     let t = TestServer::start().await;
     let shop_token = t.create_shop("acme", "Acme").await;
-    let register = VirtualRegister::open(t.channel().await, &shop_token, "till")
-        .await
-        .expect("open");
+    let register = VirtualRegister::open(t.channel().await, &shop_token, "till").await.expect("open");
     let request = ChargeRequest {
         idempotency_key: Some("order-42".into()),
         ttl_seconds: 60,
@@ -46,60 +44,21 @@ async fn create_trade_retries_return_the_original_even_after_a_restart() {
             assert!(e.to_string().contains(field), "{field}: {e}");
         }
     };
-    check_conflict(
-        ChargeRequest {
-            amount_minor: 901,
-            ..request.clone()
-        },
-        "amount_minor",
-    )
-    .await;
-    check_conflict(
-        ChargeRequest {
-            currency: "USD".into(),
-            ..request.clone()
-        },
-        "currency",
-    )
-    .await;
-    check_conflict(
-        ChargeRequest {
-            description: "shoes".into(),
-            ..request.clone()
-        },
-        "description",
-    )
-    .await;
-    check_conflict(
-        ChargeRequest {
-            payer: "+818020000002".into(),
-            ..request.clone()
-        },
-        "subscriber_number",
-    )
-    .await;
-    check_conflict(
-        ChargeRequest {
-            ttl_seconds: 61,
-            ..request.clone()
-        },
-        "ttl_seconds",
-    )
-    .await;
+    check_conflict(ChargeRequest { amount_minor: 901, ..request.clone() }, "amount_minor").await;
+    check_conflict(ChargeRequest { currency: "USD".into(), ..request.clone() }, "currency").await;
+    check_conflict(ChargeRequest { description: "shoes".into(), ..request.clone() }, "description").await;
+    check_conflict(ChargeRequest { payer: "+818020000002".into(), ..request.clone() }, "subscriber_number").await;
+    check_conflict(ChargeRequest { ttl_seconds: 61, ..request.clone() }, "ttl_seconds").await;
 
     // Keys are per shop: another shop may use the same key freely.
     let other_token = t.create_shop("other", "Other").await;
-    let other = VirtualRegister::open(t.channel().await, &other_token, "till")
-        .await
-        .expect("open");
+    let other = VirtualRegister::open(t.channel().await, &other_token, "till").await.expect("open");
     let theirs = other.create(request.clone()).await.expect("create");
     assert_ne!(theirs.trade_id, first.trade_id);
 
     let register_id = register.id();
     let t = t.restart().await;
-    let register = VirtualRegister::attach(t.channel().await, &shop_token, register_id)
-        .await
-        .expect("attach");
+    let register = VirtualRegister::attach(t.channel().await, &shop_token, register_id).await.expect("attach");
     let after = register.create(request).await.expect("retry after restart");
     assert_eq!(after.trade_id, first.trade_id);
 }
@@ -110,79 +69,43 @@ async fn refunds_are_bounded_idempotent_and_visible() {
     let shop_token = t.create_shop("acme", "Acme").await;
     let carrier_token = t.create_carrier("docomo", "Docomo").await;
     let sim = CarrierSim::start(t.channel().await, &carrier_token).expect("sim");
-    sim.add_handset(PAYER, Policy::Approve)
-        .await
-        .expect("handset");
+    sim.add_handset(PAYER, Policy::Approve).await.expect("handset");
     sim.wait_connected(WAIT).await.expect("connected");
     t.top_up(PAYER, 10_000, "JPY").await;
-    let register = VirtualRegister::open(t.channel().await, &shop_token, "till")
-        .await
-        .expect("open");
+    let register = VirtualRegister::open(t.channel().await, &shop_token, "till").await.expect("open");
     let settled = register
-        .charge(ChargeRequest {
-            ttl_seconds: 60,
-            ..ChargeRequest::new(PAYER, 3_000, "JPY", "coat")
-        })
+        .charge(ChargeRequest { ttl_seconds: 60, ..ChargeRequest::new(PAYER, 3_000, "JPY", "coat") })
         .await
         .expect("charge");
     assert_eq!(settled.state, S::Settled as i32);
 
-    let r1 = register
-        .refund(id(&settled), 1_000, Some("rf-1"))
-        .await
-        .expect("refund");
+    let r1 = register.refund(id(&settled), 1_000, Some("rf-1")).await.expect("refund");
     assert_eq!(r1.trade.as_ref().map(|x| x.refunded_minor), Some(1_000));
-    let retry = register
-        .refund(id(&settled), 1_000, Some("rf-1"))
-        .await
-        .expect("retry");
+    let retry = register.refund(id(&settled), 1_000, Some("rf-1")).await.expect("retry");
     assert_eq!(retry.refund_id, r1.refund_id);
     assert_eq!(retry.trade.as_ref().map(|x| x.refunded_minor), Some(1_000));
-    let conflict = register
-        .refund(id(&settled), 999, Some("rf-1"))
-        .await
-        .expect_err("conflict");
+    let conflict = register.refund(id(&settled), 999, Some("rf-1")).await.expect_err("conflict");
     assert_eq!(conflict.code(), Some(Code::AlreadyExists));
     assert!(conflict.to_string().contains("amount_minor"), "{conflict}");
 
-    let too_much = register
-        .refund(id(&settled), 2_001, None)
-        .await
-        .expect_err("over");
+    let too_much = register.refund(id(&settled), 2_001, None).await.expect_err("over");
     assert_eq!(too_much.code(), Some(Code::FailedPrecondition));
     assert!(too_much.to_string().contains("at most 2000"), "{too_much}");
-    let zero = register
-        .refund(id(&settled), 0, None)
-        .await
-        .expect_err("zero");
+    let zero = register.refund(id(&settled), 0, None).await.expect_err("zero");
     assert_eq!(zero.code(), Some(Code::InvalidArgument));
-    register
-        .refund(id(&settled), 2_000, None)
-        .await
-        .expect("the rest");
+    register.refund(id(&settled), 2_000, None).await.expect("the rest");
     assert_eq!(
-        register
-            .refund(id(&settled), 1, None)
-            .await
-            .expect_err("nothing left")
-            .code(),
+        register.refund(id(&settled), 1, None).await.expect_err("nothing left").code(),
         Some(Code::FailedPrecondition)
     );
 
     // Only settled trades, and only the shop's own.
     let open = register
-        .create(ChargeRequest {
-            ttl_seconds: 60,
-            ..ChargeRequest::new("+818020000009", 10, "JPY", "x")
-        })
+        .create(ChargeRequest { ttl_seconds: 60, ..ChargeRequest::new("+818020000009", 10, "JPY", "x") })
         .await
         .expect("create");
     assert_eq!(
-        register
-            .refund(id(&open), 1, None)
-            .await
-            .expect_err("not settled")
-            .code(),
+        register.refund(id(&open), 1, None).await.expect_err("not settled").code(),
         Some(Code::FailedPrecondition)
     );
     let other_token = t.create_shop("mallory", "Mallory").await;
@@ -205,11 +128,7 @@ async fn refunds_are_bounded_idempotent_and_visible() {
     let mut events = register.watch(0).await.expect("watch");
     let mut refunds = Vec::new();
     while refunds.len() < 2 {
-        let e = tokio::time::timeout(WAIT, events.next())
-            .await
-            .expect("in time")
-            .expect("open")
-            .expect("ok");
+        let e = tokio::time::timeout(WAIT, events.next()).await.expect("in time").expect("open").expect("ok");
         if e.kind == EventKind::Refunded as i32 {
             refunds.push((e.refund_minor, e.trade.map(|x| x.refunded_minor)));
         }

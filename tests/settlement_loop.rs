@@ -37,29 +37,16 @@ async fn world(handsets: &[(&str, Policy, u64)]) -> World {
         }
     }
     sim.wait_connected(WAIT).await.expect("relay connected");
-    let register = VirtualRegister::open(t.channel().await, &shop_token, "till 1")
-        .await
-        .expect("register");
-    World {
-        t,
-        shop_token,
-        sim,
-        register,
-    }
+    let register = VirtualRegister::open(t.channel().await, &shop_token, "till 1").await.expect("register");
+    World { t, shop_token, sim, register }
 }
 
 fn charge(payer: &str, amount: u64, ttl: u32) -> ChargeRequest {
-    ChargeRequest {
-        ttl_seconds: ttl,
-        ..ChargeRequest::new(payer, amount, "JPY", "The Rust Book")
-    }
+    ChargeRequest { ttl_seconds: ttl, ..ChargeRequest::new(payer, amount, "JPY", "The Rust Book") }
 }
 
 fn state(t: &proto::Trade) -> (S, FR) {
-    (
-        S::try_from(t.state).unwrap_or(S::Unspecified),
-        FR::try_from(t.failure_reason).unwrap_or(FR::Unspecified),
-    )
+    (S::try_from(t.state).unwrap_or(S::Unspecified), FR::try_from(t.failure_reason).unwrap_or(FR::Unspecified))
 }
 
 fn trade_id(t: &proto::Trade) -> TradeId {
@@ -85,81 +72,31 @@ async fn every_outcome_with_balances_events_and_a_verified_ledger() {
     ])
     .await;
 
-    let settled = w
-        .register
-        .charge(charge(APPROVER, 1_200, 60))
-        .await
-        .expect("charge");
+    let settled = w.register.charge(charge(APPROVER, 1_200, 60)).await.expect("charge");
     assert_eq!(state(&settled), (S::Settled, FR::Unspecified));
-    let declined = w
-        .register
-        .charge(charge(DECLINER, 1_200, 60))
-        .await
-        .expect("charge");
+    let declined = w.register.charge(charge(DECLINER, 1_200, 60)).await.expect("charge");
     assert_eq!(state(&declined), (S::Declined, FR::Unspecified));
-    let expired = w
-        .register
-        .charge(charge(IGNORER, 1_200, 1))
-        .await
-        .expect("charge");
+    let expired = w.register.charge(charge(IGNORER, 1_200, 1)).await.expect("charge");
     assert_eq!(state(&expired), (S::Expired, FR::Unspecified));
-    let forged = w
-        .register
-        .charge(charge(FORGER, 1_200, 60))
-        .await
-        .expect("charge");
+    let forged = w.register.charge(charge(FORGER, 1_200, 60)).await.expect("charge");
     assert_eq!(state(&forged), (S::Failed, FR::BadSignature));
-    let poor = w
-        .register
-        .charge(charge(POOR, 1_200, 60))
-        .await
-        .expect("charge");
+    let poor = w.register.charge(charge(POOR, 1_200, 60)).await.expect("charge");
     assert_eq!(state(&poor), (S::Failed, FR::InsufficientFunds));
 
-    let pending = w
-        .register
-        .create(charge(CANCELLEE, 1_200, 60))
-        .await
-        .expect("create");
+    let pending = w.register.create(charge(CANCELLEE, 1_200, 60)).await.expect("create");
     assert_eq!(state(&pending).0, S::Pending);
-    w.sim
-        .wait_for_offer(trade_id(&pending), WAIT)
-        .await
-        .expect("offer shown");
+    w.sim.wait_for_offer(trade_id(&pending), WAIT).await.expect("offer shown");
     let cancelled = w.register.cancel(trade_id(&pending)).await.expect("cancel");
     assert_eq!(state(&cancelled), (S::Cancelled, FR::Unspecified));
-    assert_eq!(
-        w.sim
-            .wait_for_withdraw(trade_id(&pending), WAIT)
-            .await
-            .expect("withdraw"),
-        S::Cancelled
-    );
-    assert_eq!(
-        w.sim
-            .wait_for_withdraw(trade_id(&expired), WAIT)
-            .await
-            .expect("withdraw"),
-        S::Expired
-    );
+    assert_eq!(w.sim.wait_for_withdraw(trade_id(&pending), WAIT).await.expect("withdraw"), S::Cancelled);
+    assert_eq!(w.sim.wait_for_withdraw(trade_id(&expired), WAIT).await.expect("withdraw"), S::Expired);
     // Final means final: cancelling again is a wrong-state error.
-    assert_eq!(
-        w.register
-            .cancel(trade_id(&pending))
-            .await
-            .expect_err("final")
-            .code(),
-        Some(Code::FailedPrecondition)
-    );
+    assert_eq!(w.register.cancel(trade_id(&pending)).await.expect_err("final").code(), Some(Code::FailedPrecondition));
 
     // Money moved exactly once, for the one settled trade.
     assert_eq!(w.t.balance(&format!("wallet:{APPROVER}:JPY")).await, 8_800);
     for number in [DECLINER, IGNORER, CANCELLEE, FORGER] {
-        assert_eq!(
-            w.t.balance(&format!("wallet:{number}:JPY")).await,
-            10_000,
-            "{number}"
-        );
+        assert_eq!(w.t.balance(&format!("wallet:{number}:JPY")).await, 10_000, "{number}");
     }
     assert_eq!(w.t.balance(&format!("wallet:{POOR}:JPY")).await, 500);
     assert_eq!(w.t.balance("shop:acme:JPY").await, 1_200);
@@ -168,10 +105,7 @@ async fn every_outcome_with_balances_events_and_a_verified_ledger() {
     assert_eq!(report.trades_checked, 6);
 
     // The shop can prove the buyer approved exactly this trade.
-    let receipt = settled
-        .receipt
-        .as_ref()
-        .expect("receipt with the settlement");
+    let receipt = settled.receipt.as_ref().expect("receipt with the settlement");
     let key = w.sim.handset(APPROVER).expect("handset").public_key;
     let payload = ApprovalPayload {
         trade_id: trade_id(&settled),
@@ -184,10 +118,7 @@ async fn every_outcome_with_balances_events_and_a_verified_ledger() {
     };
     assert_eq!(receipt.signed_payload, payload.to_bytes());
     assert!(payload.verify(&key, &receipt.signature));
-    assert_eq!(
-        receipt.handset_key_fingerprint,
-        shop_key_fingerprint(&ShopId::parse("acme").expect("shop"), &key)
-    );
+    assert_eq!(receipt.handset_key_fingerprint, shop_key_fingerprint(&ShopId::parse("acme").expect("shop"), &key));
     for t in [&declined, &expired, &forged, &poor, &cancelled] {
         assert!(t.receipt.is_none(), "{} carries a receipt", t.trade_id);
     }
@@ -198,12 +129,7 @@ async fn every_outcome_with_balances_events_and_a_verified_ledger() {
         .transcript()
         .into_iter()
         .filter_map(|e| match e {
-            syncpay::terminal_sim::SimEvent::OfferShown {
-                trade_id,
-                binding_code,
-                shop_name,
-                ..
-            } => {
+            syncpay::terminal_sim::SimEvent::OfferShown { trade_id, binding_code, shop_name, .. } => {
                 assert_eq!(shop_name, "Acme Books");
                 (trade_id.to_string() == settled.trade_id).then_some(binding_code)
             }
@@ -218,18 +144,10 @@ async fn every_outcome_with_balances_events_and_a_verified_ledger() {
     let mut seen = Vec::new();
     let mut finished = std::collections::HashSet::new();
     while finished.len() < 6 {
-        let e = tokio::time::timeout(WAIT, events.next())
-            .await
-            .expect("event in time")
-            .expect("open")
-            .expect("ok");
+        let e = tokio::time::timeout(WAIT, events.next()).await.expect("event in time").expect("open").expect("ok");
         let trade = e.trade.as_ref().expect("trade");
         if syncpay::register::is_final(trade) {
-            assert!(
-                finished.insert(trade.trade_id.clone()),
-                "two final events for {}",
-                trade.trade_id
-            );
+            assert!(finished.insert(trade.trade_id.clone()), "two final events for {}", trade.trade_id);
         }
         seen.push(e);
     }
@@ -246,21 +164,13 @@ async fn every_outcome_with_balances_events_and_a_verified_ledger() {
             .collect();
         // The simulated carrier acknowledges delivery before relaying the
         // answer, and one relay stream's messages are applied in order.
-        assert_eq!(
-            states,
-            vec![S::Pending, S::Offered, state(t).0],
-            "{}",
-            t.trade_id
-        );
+        assert_eq!(states, vec![S::Pending, S::Offered, state(t).0], "{}", t.trade_id);
     }
     // No event names the payer; the pseudonym is the same for one payer.
     for e in &seen {
         let trade = e.trade.as_ref().expect("trade");
         assert!(trade.payer_pseudonym.starts_with("pyr_"));
-        assert!(
-            !format!("{e:?}").contains("+8180"),
-            "event leaks a number: {e:?}"
-        );
+        assert!(!format!("{e:?}").contains("+8180"), "event leaks a number: {e:?}");
     }
 
     // Resuming from a cursor gives exactly the rest.
@@ -269,11 +179,7 @@ async fn every_outcome_with_balances_events_and_a_verified_ledger() {
     let mut resumed = w.register.watch(cursor).await.expect("watch");
     let rest = total - 5;
     for i in 0..rest {
-        let e = tokio::time::timeout(WAIT, resumed.next())
-            .await
-            .expect("in time")
-            .expect("open")
-            .expect("ok");
+        let e = tokio::time::timeout(WAIT, resumed.next()).await.expect("in time").expect("open").expect("ok");
         assert_eq!(e.sequence, seen[5 + i].sequence);
         assert_eq!(e.trade, seen[5 + i].trade);
     }
@@ -283,47 +189,22 @@ async fn every_outcome_with_balances_events_and_a_verified_ledger() {
 #[tokio::test]
 async fn an_answer_sent_twice_settles_once() {
     let w = world(&[(APPROVER, Policy::AnswerTwice, 5_000)]).await;
-    let t = w
-        .register
-        .charge(charge(APPROVER, 1_000, 60))
-        .await
-        .expect("charge");
+    let t = w.register.charge(charge(APPROVER, 1_000, 60)).await.expect("charge");
     assert_eq!(state(&t).0, S::Settled);
-    let results = w
-        .sim
-        .wait_for_answer_results(trade_id(&t), 2, WAIT)
-        .await
-        .expect("two results");
+    let results = w.sim.wait_for_answer_results(trade_id(&t), 2, WAIT).await.expect("two results");
     assert!(results[0].accepted);
     assert!(!results[1].accepted);
-    assert!(
-        results[1].message.contains("already SETTLED"),
-        "{}",
-        results[1].message
-    );
+    assert!(results[1].message.contains("already SETTLED"), "{}", results[1].message);
     assert_eq!(w.t.balance(&format!("wallet:{APPROVER}:JPY")).await, 4_000);
     w.t.assert_ledger_ok().await;
 }
 
 #[tokio::test]
 async fn a_late_approval_changes_nothing_and_is_told_why() {
-    let w = world(&[(
-        APPROVER,
-        Policy::ApproveAfter(Duration::from_millis(2_500)),
-        5_000,
-    )])
-    .await;
-    let t = w
-        .register
-        .charge(charge(APPROVER, 1_000, 1))
-        .await
-        .expect("charge");
+    let w = world(&[(APPROVER, Policy::ApproveAfter(Duration::from_millis(2_500)), 5_000)]).await;
+    let t = w.register.charge(charge(APPROVER, 1_000, 1)).await.expect("charge");
     assert_eq!(state(&t).0, S::Expired);
-    let result = w
-        .sim
-        .wait_for_answer_result(trade_id(&t), WAIT)
-        .await
-        .expect("answer result");
+    let result = w.sim.wait_for_answer_result(trade_id(&t), WAIT).await.expect("answer result");
     assert!(!result.accepted);
     assert_eq!(result.state, S::Expired);
     assert_eq!(w.t.balance(&format!("wallet:{APPROVER}:JPY")).await, 5_000);
@@ -355,29 +236,14 @@ async fn offers_wait_for_an_offline_carrier_and_arrive_when_it_connects() {
         .await
         .expect("enroll key");
     t.top_up(APPROVER, 3_000, "JPY").await;
-    let register = VirtualRegister::open(t.channel().await, &shop_token, "till")
-        .await
-        .expect("register");
-    let created = register
-        .create(charge(APPROVER, 700, 60))
-        .await
-        .expect("create");
+    let register = VirtualRegister::open(t.channel().await, &shop_token, "till").await.expect("register");
+    let created = register.create(charge(APPROVER, 700, 60)).await.expect("create");
 
     // Now the carrier connects and gets the offer from the outbox.
     let (up_tx, up_rx) = tokio::sync::mpsc::channel(16);
-    let mut down = carrier
-        .relay(tokio_stream::wrappers::ReceiverStream::new(up_rx))
-        .await
-        .expect("relay")
-        .into_inner();
-    let first = tokio::time::timeout(WAIT, down.next())
-        .await
-        .expect("in time")
-        .expect("open")
-        .expect("ok");
-    let Some(proto::relay_down::Body::Offer(offer)) = first.body else {
-        panic!("expected an offer: {first:?}")
-    };
+    let mut down = carrier.relay(tokio_stream::wrappers::ReceiverStream::new(up_rx)).await.expect("relay").into_inner();
+    let first = tokio::time::timeout(WAIT, down.next()).await.expect("in time").expect("open").expect("ok");
+    let Some(proto::relay_down::Body::Offer(offer)) = first.body else { panic!("expected an offer: {first:?}") };
     assert_eq!(offer.trade_id, created.trade_id);
     assert_eq!(offer.subscriber_number, APPROVER);
     assert_eq!(offer.shop_name, "Acme Books");
@@ -385,24 +251,11 @@ async fn offers_wait_for_an_offline_carrier_and_arrive_when_it_connects() {
     assert_eq!(offer.binding_code, created.binding_code);
     assert_ne!(first.delivery_id, 0);
     let send = |body| proto::RelayUp { body: Some(body) };
-    up_tx
-        .send(send(proto::relay_up::Body::Ack(proto::Ack {
-            delivery_id: first.delivery_id,
-        })))
-        .await
-        .expect("ack");
+    up_tx.send(send(proto::relay_up::Body::Ack(proto::Ack { delivery_id: first.delivery_id }))).await.expect("ack");
     // The ack is processed asynchronously; OFFERED shows in the stream.
     let mut events = register.watch(0).await.expect("watch");
-    let e1 = tokio::time::timeout(WAIT, events.next())
-        .await
-        .expect("in time")
-        .expect("open")
-        .expect("ok");
-    let e2 = tokio::time::timeout(WAIT, events.next())
-        .await
-        .expect("in time")
-        .expect("open")
-        .expect("ok");
+    let e1 = tokio::time::timeout(WAIT, events.next()).await.expect("in time").expect("open").expect("ok");
+    let e2 = tokio::time::timeout(WAIT, events.next()).await.expect("in time").expect("open").expect("ok");
     assert_eq!(state(e1.trade.as_ref().expect("trade")).0, S::Pending);
     assert_eq!(state(e2.trade.as_ref().expect("trade")).0, S::Offered);
 
@@ -424,20 +277,11 @@ async fn offers_wait_for_an_offline_carrier_and_arrive_when_it_connects() {
         })))
         .await
         .expect("answer");
-    let result = tokio::time::timeout(WAIT, down.next())
-        .await
-        .expect("in time")
-        .expect("open")
-        .expect("ok");
-    let Some(proto::relay_down::Body::AnswerResult(r)) = result.body else {
-        panic!("expected a result: {result:?}")
-    };
+    let result = tokio::time::timeout(WAIT, down.next()).await.expect("in time").expect("open").expect("ok");
+    let Some(proto::relay_down::Body::AnswerResult(r)) = result.body else { panic!("expected a result: {result:?}") };
     assert!(r.accepted);
     assert_eq!(r.state, S::Settled as i32);
-    let done = register
-        .await_final(trade_id(&created), WAIT)
-        .await
-        .expect("final");
+    let done = register.await_final(trade_id(&created), WAIT).await.expect("final");
     assert_eq!(state(&done).0, S::Settled);
     assert_eq!(t.balance(&format!("wallet:{APPROVER}:JPY")).await, 2_300);
     t.assert_ledger_ok().await;
@@ -445,39 +289,17 @@ async fn offers_wait_for_an_offline_carrier_and_arrive_when_it_connects() {
 
 #[tokio::test]
 async fn acknowledged_state_survives_a_restart_and_open_trades_still_expire() {
-    let w = world(&[
-        (APPROVER, Policy::Approve, 5_000),
-        (IGNORER, Policy::Ignore, 5_000),
-    ])
-    .await;
-    let settled = w
-        .register
-        .charge(charge(APPROVER, 1_000, 60))
-        .await
-        .expect("charge");
-    let open = w
-        .register
-        .create(charge(IGNORER, 1_000, 2))
-        .await
-        .expect("create");
+    let w = world(&[(APPROVER, Policy::Approve, 5_000), (IGNORER, Policy::Ignore, 5_000)]).await;
+    let settled = w.register.charge(charge(APPROVER, 1_000, 60)).await.expect("charge");
+    let open = w.register.create(charge(IGNORER, 1_000, 2)).await.expect("create");
     let register_id = w.register.id();
-    let World {
-        t, shop_token, sim, ..
-    } = w;
+    let World { t, shop_token, sim, .. } = w;
     sim.shutdown().await.expect("sim stop");
     let t = t.restart().await;
 
-    let register = VirtualRegister::attach(t.channel().await, &shop_token, register_id)
-        .await
-        .expect("attach");
-    assert_eq!(
-        state(&register.get(trade_id(&settled)).await.expect("get")).0,
-        S::Settled
-    );
-    let expired = register
-        .await_final(trade_id(&open), WAIT)
-        .await
-        .expect("expires after restart");
+    let register = VirtualRegister::attach(t.channel().await, &shop_token, register_id).await.expect("attach");
+    assert_eq!(state(&register.get(trade_id(&settled)).await.expect("get")).0, S::Settled);
+    let expired = register.await_final(trade_id(&open), WAIT).await.expect("expires after restart");
     assert_eq!(state(&expired).0, S::Expired);
     assert_eq!(t.balance(&format!("wallet:{APPROVER}:JPY")).await, 4_000);
     assert_eq!(t.balance(&format!("wallet:{IGNORER}:JPY")).await, 5_000);
@@ -485,17 +307,10 @@ async fn acknowledged_state_survives_a_restart_and_open_trades_still_expire() {
     let mut events = register.watch(0).await.expect("watch");
     let mut last = 0;
     loop {
-        let e = tokio::time::timeout(WAIT, events.next())
-            .await
-            .expect("in time")
-            .expect("open")
-            .expect("ok");
+        let e = tokio::time::timeout(WAIT, events.next()).await.expect("in time").expect("open").expect("ok");
         assert_eq!(e.sequence, last + 1);
         last = e.sequence;
-        if e.trade
-            .as_ref()
-            .is_some_and(|x| x.trade_id == open.trade_id && x.state == S::Expired as i32)
-        {
+        if e.trade.as_ref().is_some_and(|x| x.trade_id == open.trade_id && x.state == S::Expired as i32) {
             break;
         }
     }
@@ -505,62 +320,23 @@ async fn acknowledged_state_survives_a_restart_and_open_trades_still_expire() {
 #[tokio::test]
 async fn one_shop_cannot_touch_another_shops_trades() {
     let w = world(&[(IGNORER, Policy::Ignore, 0)]).await;
-    let theirs = w
-        .register
-        .create(charge(IGNORER, 100, 60))
-        .await
-        .expect("create");
+    let theirs = w.register.create(charge(IGNORER, 100, 60)).await.expect("create");
     let other_token = w.t.create_shop("mallory", "Mallory Mart").await;
     let mut other = w.t.shop(&other_token).await;
     let id = theirs.trade_id.clone();
+    assert_eq!(code_of(other.get_trade(proto::GetTradeRequest { trade_id: id.clone() }).await), Code::NotFound);
     assert_eq!(
-        code_of(
-            other
-                .get_trade(proto::GetTradeRequest {
-                    trade_id: id.clone()
-                })
-                .await
-        ),
+        code_of(other.await_trade(proto::AwaitTradeRequest { trade_id: id.clone(), wait_ms: 10 }).await),
         Code::NotFound
     );
-    assert_eq!(
-        code_of(
-            other
-                .await_trade(proto::AwaitTradeRequest {
-                    trade_id: id.clone(),
-                    wait_ms: 10
-                })
-                .await
-        ),
-        Code::NotFound
-    );
-    assert_eq!(
-        code_of(
-            other
-                .cancel_trade(proto::CancelTradeRequest {
-                    trade_id: id.clone()
-                })
-                .await
-        ),
-        Code::NotFound
-    );
+    assert_eq!(code_of(other.cancel_trade(proto::CancelTradeRequest { trade_id: id.clone() }).await), Code::NotFound);
     // The same answer as for a trade that does not exist at all.
     let unknown = TradeId::generate().expect("id").to_string();
-    let a = other
-        .get_trade(proto::GetTradeRequest { trade_id: id })
-        .await
-        .expect_err("not found");
-    let b = other
-        .get_trade(proto::GetTradeRequest { trade_id: unknown })
-        .await
-        .expect_err("not found");
+    let a = other.get_trade(proto::GetTradeRequest { trade_id: id }).await.expect_err("not found");
+    let b = other.get_trade(proto::GetTradeRequest { trade_id: unknown }).await.expect_err("not found");
     assert_eq!((a.code(), a.message()), (b.code(), b.message()));
     // Its registers are not visible either, and its event stream is empty.
-    let listed = other
-        .list_registers(proto::ListRegistersRequest {})
-        .await
-        .expect("list")
-        .into_inner();
+    let listed = other.list_registers(proto::ListRegistersRequest {}).await.expect("list").into_inner();
     assert!(listed.registers.is_empty());
 }
 
@@ -568,37 +344,16 @@ async fn one_shop_cannot_touch_another_shops_trades() {
 async fn registers_open_close_and_refuse_trades_when_closed() {
     let w = world(&[(IGNORER, Policy::Ignore, 0)]).await;
     let mut shop = w.t.shop(&w.shop_token).await;
-    let open = w
-        .register
-        .create(charge(IGNORER, 100, 60))
-        .await
-        .expect("create");
-    let close = proto::CloseRegisterRequest {
-        register_id: w.register.id().to_string(),
-    };
-    let busy = shop
-        .close_register(close.clone())
-        .await
-        .expect_err("open trades");
+    let open = w.register.create(charge(IGNORER, 100, 60)).await.expect("create");
+    let close = proto::CloseRegisterRequest { register_id: w.register.id().to_string() };
+    let busy = shop.close_register(close.clone()).await.expect_err("open trades");
     assert_eq!(busy.code(), Code::FailedPrecondition);
     w.register.cancel(trade_id(&open)).await.expect("cancel");
-    let closed = shop
-        .close_register(close.clone())
-        .await
-        .expect("close")
-        .into_inner();
+    let closed = shop.close_register(close.clone()).await.expect("close").into_inner();
     assert!(!closed.open);
-    let refused = w
-        .register
-        .create(charge(IGNORER, 100, 60))
-        .await
-        .expect_err("closed");
+    let refused = w.register.create(charge(IGNORER, 100, 60)).await.expect_err("closed");
     assert_eq!(refused.code(), Some(Code::FailedPrecondition));
-    let listed = shop
-        .list_registers(proto::ListRegistersRequest {})
-        .await
-        .expect("list")
-        .into_inner();
+    let listed = shop.list_registers(proto::ListRegistersRequest {}).await.expect("list").into_inner();
     assert_eq!(listed.registers.len(), 1);
     assert!(!listed.registers[0].open);
 }

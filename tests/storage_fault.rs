@@ -21,23 +21,15 @@ async fn nothing_is_acknowledged_after_a_failed_fsync() {
     config.sync_fault = Some(fault.clone());
     let t = TestServer::start_with(config.clone(), dir.path().to_owned(), None).await;
     let shop_token = t.create_shop("acme", "Acme").await;
-    let register = VirtualRegister::open(t.channel().await, &shop_token, "till")
-        .await
-        .expect("open");
+    let register = VirtualRegister::open(t.channel().await, &shop_token, "till").await.expect("open");
     let charge = |n: u32| ChargeRequest {
         ttl_seconds: 60,
         ..ChargeRequest::new("+818030000001", 100, "JPY", &format!("item {n}"))
     };
-    let before = register
-        .create(charge(1))
-        .await
-        .expect("acknowledged before the fault");
+    let before = register.create(charge(1)).await.expect("acknowledged before the fault");
 
     fault.arm();
-    let failed = register
-        .create(charge(2))
-        .await
-        .expect_err("must not be acknowledged");
+    let failed = register.create(charge(2)).await.expect_err("must not be acknowledged");
     assert_eq!(failed.code(), Some(Code::Unavailable), "{failed:?}");
     assert_eq!(fault.fired(), 1);
 
@@ -48,18 +40,12 @@ async fn nothing_is_acknowledged_after_a_failed_fsync() {
     }
     let mut admin = t.admin().await;
     let e = admin
-        .create_shop(proto::CreateShopRequest {
-            shop_id: "late".into(),
-            display_name: "Late".into(),
-        })
+        .create_shop(proto::CreateShopRequest { shop_id: "late".into(), display_name: "Late".into() })
         .await
         .expect_err("stopped");
     assert_eq!(e.code(), Code::Unavailable);
     // Reads refuse too: they cannot tell durable from lost.
-    let e = register
-        .get(syncpay::domain::TradeId::parse(&before.trade_id).expect("id"))
-        .await
-        .expect_err("stopped");
+    let e = register.get(syncpay::domain::TradeId::parse(&before.trade_id).expect("id")).await.expect_err("stopped");
     assert_eq!(e.code(), Some(Code::Unavailable));
 
     // A restart (without the fault) recovers; what was acknowledged is there.
@@ -67,13 +53,8 @@ async fn nothing_is_acknowledged_after_a_failed_fsync() {
     let TestServer { server, .. } = t;
     server.shutdown().await.expect("shutdown");
     let t = TestServer::start_with(config, dir.path().to_owned(), None).await;
-    let register = VirtualRegister::attach(t.channel().await, &shop_token, register.id())
-        .await
-        .expect("attach");
-    let got = register
-        .get(syncpay::domain::TradeId::parse(&before.trade_id).expect("id"))
-        .await
-        .expect("present");
+    let register = VirtualRegister::attach(t.channel().await, &shop_token, register.id()).await.expect("attach");
+    let got = register.get(syncpay::domain::TradeId::parse(&before.trade_id).expect("id")).await.expect("present");
     assert_eq!(got.trade_id, before.trade_id);
     assert!(register.create(charge(7)).await.is_ok());
     t.assert_ledger_ok().await;

@@ -41,9 +41,7 @@ impl RelayHub {
         if let Some(old) = old {
             // The old stream's receiver ends when its sender is dropped; tell
             // the carrier why first.
-            let _ = old.tx.try_send(Err(Status::aborted(
-                "replaced by a newer relay stream of this carrier",
-            )));
+            let _ = old.tx.try_send(Err(Status::aborted("replaced by a newer relay stream of this carrier")));
         }
         id
     }
@@ -112,18 +110,11 @@ pub fn to_relay_down(delivery: &Delivery) -> proto::RelayDown {
             expires_at_ms: i64::try_from(o.expires_at.0).unwrap_or(i64::MAX),
             binding_code: o.binding_code.clone(),
         }),
-        DeliveryBody::Withdraw {
-            trade,
-            payer,
-            state,
-        } => proto::relay_down::Body::Withdraw(proto::Withdraw {
+        DeliveryBody::Withdraw { trade, payer, state } => proto::relay_down::Body::Withdraw(proto::Withdraw {
             trade_id: trade.to_string(),
             subscriber_number: payer.as_str().to_owned(),
             state: crate::sync_server::convert::state_to_proto(*state) as i32,
         }),
     };
-    proto::RelayDown {
-        delivery_id: delivery.delivery_id,
-        body: Some(body),
-    }
+    proto::RelayDown { delivery_id: delivery.delivery_id, body: Some(body) }
 }

@@ -11,20 +11,10 @@ use syncpay::proto::{self, admin_service_client::AdminServiceClient};
 #[derive(Args)]
 pub struct AdminArgs {
     /// Server URL.
-    #[arg(
-        long,
-        env = "SYNCPAY_SERVER",
-        default_value = "http://127.0.0.1:7700",
-        global = true
-    )]
+    #[arg(long, env = "SYNCPAY_SERVER", default_value = "http://127.0.0.1:7700", global = true)]
     server: String,
     /// File holding the operator token (written by `serve` into its data folder).
-    #[arg(
-        long,
-        env = "SYNCPAY_ADMIN_TOKEN_FILE",
-        default_value = "syncpay-data/admin.token",
-        global = true
-    )]
+    #[arg(long, env = "SYNCPAY_ADMIN_TOKEN_FILE", default_value = "syncpay-data/admin.token", global = true)]
     token_file: PathBuf,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
@@ -38,21 +28,11 @@ enum AdminCommand {
     /// Check every ledger invariant; exits 1 and lists the violations if any.
     Verify,
     /// Create a shop and print its token (shown once).
-    CreateShop {
-        shop_id: String,
-        display_name: String,
-    },
+    CreateShop { shop_id: String, display_name: String },
     /// Create a carrier and print its token (shown once).
-    CreateCarrier {
-        carrier_id: String,
-        display_name: String,
-    },
+    CreateCarrier { carrier_id: String, display_name: String },
     /// Credit a subscriber's wallet (amount in minor units).
-    TopUp {
-        subscriber_number: String,
-        amount_minor: u64,
-        currency: String,
-    },
+    TopUp { subscriber_number: String, amount_minor: u64, currency: String },
     /// List accounts whose name starts with PREFIX.
     Accounts {
         #[arg(default_value = "")]
@@ -84,22 +64,13 @@ fn js(s: &str) -> String {
 }
 
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let token = std::fs::read_to_string(&args.token_file).with_context(|| {
-        format!(
-            "reading the operator token from {}",
-            args.token_file.display()
-        )
-    })?;
-    let channel = connect(&args.server)
-        .await
-        .with_context(|| format!("connecting to {}", args.server))?;
+    let token = std::fs::read_to_string(&args.token_file)
+        .with_context(|| format!("reading the operator token from {}", args.token_file.display()))?;
+    let channel = connect(&args.server).await.with_context(|| format!("connecting to {}", args.server))?;
     let mut admin = AdminServiceClient::new(with_token(channel, token.trim())?);
     match args.command {
         AdminCommand::Verify => {
-            let r = admin
-                .verify_ledger(proto::VerifyLedgerRequest {})
-                .await?
-                .into_inner();
+            let r = admin.verify_ledger(proto::VerifyLedgerRequest {}).await?.into_inner();
             if args.json {
                 let list: Vec<String> = r.violations.iter().map(|v| js(v)).collect();
                 println!(
@@ -118,78 +89,31 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 for v in &r.violations {
                     println!("violation: {v}");
                 }
-                println!(
-                    "{}",
-                    if r.ok {
-                        "ledger verifies"
-                    } else {
-                        "LEDGER DOES NOT VERIFY"
-                    }
-                );
+                println!("{}", if r.ok { "ledger verifies" } else { "LEDGER DOES NOT VERIFY" });
             }
             if !r.ok {
                 bail!("{} ledger violation(s)", r.violations.len());
             }
         }
-        AdminCommand::CreateShop {
-            shop_id,
-            display_name,
-        } => {
-            let r = admin
-                .create_shop(proto::CreateShopRequest {
-                    shop_id,
-                    display_name,
-                })
-                .await?
-                .into_inner();
+        AdminCommand::CreateShop { shop_id, display_name } => {
+            let r = admin.create_shop(proto::CreateShopRequest { shop_id, display_name }).await?.into_inner();
             if args.json {
-                println!(
-                    "{{\"shop_id\":{},\"token\":{}}}",
-                    js(&r.shop_id),
-                    js(&r.token)
-                );
+                println!("{{\"shop_id\":{},\"token\":{}}}", js(&r.shop_id), js(&r.token));
             } else {
-                println!(
-                    "shop {} created; its token (shown once):\n{}",
-                    r.shop_id, r.token
-                );
+                println!("shop {} created; its token (shown once):\n{}", r.shop_id, r.token);
             }
         }
-        AdminCommand::CreateCarrier {
-            carrier_id,
-            display_name,
-        } => {
-            let r = admin
-                .create_carrier(proto::CreateCarrierRequest {
-                    carrier_id,
-                    display_name,
-                })
-                .await?
-                .into_inner();
+        AdminCommand::CreateCarrier { carrier_id, display_name } => {
+            let r = admin.create_carrier(proto::CreateCarrierRequest { carrier_id, display_name }).await?.into_inner();
             if args.json {
-                println!(
-                    "{{\"carrier_id\":{},\"token\":{}}}",
-                    js(&r.carrier_id),
-                    js(&r.token)
-                );
+                println!("{{\"carrier_id\":{},\"token\":{}}}", js(&r.carrier_id), js(&r.token));
             } else {
-                println!(
-                    "carrier {} created; its token (shown once):\n{}",
-                    r.carrier_id, r.token
-                );
+                println!("carrier {} created; its token (shown once):\n{}", r.carrier_id, r.token);
             }
         }
-        AdminCommand::TopUp {
-            subscriber_number,
-            amount_minor,
-            currency,
-        } => {
+        AdminCommand::TopUp { subscriber_number, amount_minor, currency } => {
             let r = admin
-                .top_up_wallet(proto::TopUpWalletRequest {
-                    subscriber_number,
-                    amount_minor,
-                    currency,
-                })
+                .top_up_wallet(proto::TopUpWalletRequest { subscriber_number, amount_minor, currency })
                 .await?
                 .into_inner();
             let a = r.account.unwrap_or_default();
@@ -201,17 +125,11 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                     r.posting_id
                 );
             } else {
-                println!(
-                    "{} balance {} (posting {})",
-                    a.name, a.balance_minor, r.posting_id
-                );
+                println!("{} balance {} (posting {})", a.name, a.balance_minor, r.posting_id);
             }
         }
         AdminCommand::Accounts { prefix } => {
-            let r = admin
-                .list_accounts(proto::ListAccountsRequest { prefix })
-                .await?
-                .into_inner();
+            let r = admin.list_accounts(proto::ListAccountsRequest { prefix }).await?.into_inner();
             if args.json {
                 let rows: Vec<String> = r
                     .accounts
@@ -229,26 +147,15 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                     .collect();
                 println!("[{}]", rows.join(","));
             } else {
-                println!(
-                    "{:<40} {:>16} {:>16} {:>16}",
-                    "account", "debits", "credits", "balance"
-                );
+                println!("{:<40} {:>16} {:>16} {:>16}", "account", "debits", "credits", "balance");
                 for a in &r.accounts {
-                    println!(
-                        "{:<40} {:>16} {:>16} {:>16}",
-                        a.name, a.debits_minor, a.credits_minor, a.balance_minor
-                    );
+                    println!("{:<40} {:>16} {:>16} {:>16}", a.name, a.debits_minor, a.credits_minor, a.balance_minor);
                 }
             }
         }
         AdminCommand::Postings { after, limit } => {
-            let r = admin
-                .list_postings(proto::ListPostingsRequest {
-                    after_posting_id: after,
-                    limit,
-                })
-                .await?
-                .into_inner();
+            let r =
+                admin.list_postings(proto::ListPostingsRequest { after_posting_id: after, limit }).await?.into_inner();
             if args.json {
                 let rows: Vec<String> = r
                     .postings
@@ -271,13 +178,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 for p in &r.postings {
                     println!(
                         "{:>6} set {:>6} {:<11} {:<40} dr {:>12} cr {:>12} {}",
-                        p.posting_id,
-                        p.set_id,
-                        p.kind,
-                        p.account,
-                        p.debit_minor,
-                        p.credit_minor,
-                        p.trade_id
+                        p.posting_id, p.set_id, p.kind, p.account, p.debit_minor, p.credit_minor, p.trade_id
                     );
                 }
             }

@@ -12,8 +12,7 @@ use clap::Args;
 use syncpay::client::{connect, with_token, AuthedChannel};
 use syncpay::domain::approval::shop_key_fingerprint;
 use syncpay::domain::{
-    Amount, ApprovalPayload, Currency, Decision, RegisterId, ShopId, SubscriberNumber, TradeId,
-    UnixMs,
+    Amount, ApprovalPayload, Currency, Decision, RegisterId, ShopId, SubscriberNumber, TradeId, UnixMs,
 };
 use syncpay::proto::admin_service_client::AdminServiceClient;
 use syncpay::proto::register_service_client::RegisterServiceClient;
@@ -98,9 +97,7 @@ fn scenarios() -> [Scenario; 6] {
             policy: Policy::Ignore,
             top_up: TOP_UP,
             description: "A road atlas",
-            action: Action::Charge {
-                ttl_seconds: EXPIRING_TTL_SECONDS,
-            },
+            action: Action::Charge { ttl_seconds: EXPIRING_TTL_SECONDS },
             state: TradeState::Expired,
             failure: FailureReason::Unspecified,
         },
@@ -174,17 +171,10 @@ pub async fn run(_args: DemoArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("creating a temporary folder")?;
     let config = ServerConfig::from_data_dir(dir.path()).context("preparing the data folder")?;
     let admin_token = config.admin_token.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("binding 127.0.0.1:0")?;
-    let server = sync_server::start(config, listener)
-        .await
-        .context("starting the server")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding 127.0.0.1:0")?;
+    let server = sync_server::start(config, listener).await.context("starting the server")?;
     println!("syncpay demo");
-    println!(
-        "  server   {} (sled store in a temporary folder, fsync before every acknowledgement)",
-        server.url()
-    );
+    println!("  server   {} (sled store in a temporary folder, fsync before every acknowledgement)", server.url());
 
     let outcome = script(&server.url(), &admin_token).await;
     let stopped = server.shutdown().await;
@@ -212,10 +202,7 @@ async fn script(url: &str, admin_token: &str) -> anyhow::Result<Checks> {
     let channel = connect(url).await.context("connecting to the server")?;
     let mut admin = AdminServiceClient::new(with_token(channel.clone(), admin_token)?);
     let shop_token = admin
-        .create_shop(proto::CreateShopRequest {
-            shop_id: SHOP_ID.into(),
-            display_name: SHOP_NAME.into(),
-        })
+        .create_shop(proto::CreateShopRequest { shop_id: SHOP_ID.into(), display_name: SHOP_NAME.into() })
         .await
         .context("creating the shop")?
         .into_inner()
@@ -248,18 +235,10 @@ async fn with_sim(
     let scenarios = scenarios();
     let mut checks = Checks::default();
 
-    let register = VirtualRegister::open(channel.clone(), shop_token, REGISTER_LABEL)
-        .await
-        .context("opening the register")?;
-    println!(
-        "  shop     {SHOP_ID} \"{SHOP_NAME}\", register {} \"{}\"",
-        register.id(),
-        register.label()
-    );
-    println!(
-        "  carrier  {CARRIER_ID} \"{CARRIER_NAME}\", simulated, with {} handsets",
-        scenarios.len()
-    );
+    let register =
+        VirtualRegister::open(channel.clone(), shop_token, REGISTER_LABEL).await.context("opening the register")?;
+    println!("  shop     {SHOP_ID} \"{SHOP_NAME}\", register {} \"{}\"", register.id(), register.label());
+    println!("  carrier  {CARRIER_ID} \"{CARRIER_NAME}\", simulated, with {} handsets", scenarios.len());
 
     println!("\nHandsets (numbers masked: only the carrier and the operator know them)");
     let mut public_keys = HashMap::new();
@@ -284,9 +263,7 @@ async fn with_sim(
             currency.format(Amount::new(s.top_up))
         );
     }
-    sim.wait_connected(WAIT)
-        .await
-        .context("waiting for the carrier relay to connect")?;
+    sim.wait_connected(WAIT).await.context("waiting for the carrier relay to connect")?;
 
     let mut trades = Vec::with_capacity(scenarios.len());
     for (i, s) in scenarios.iter().enumerate() {
@@ -298,55 +275,31 @@ async fn with_sim(
             outcome_name(s.state as i32, s.failure as i32)
         );
         let trade = run_trade(&register, sim, s).await?;
-        let trade_id = TradeId::parse(&trade.trade_id)
-            .map_err(|e| anyhow!("trade id {:?}: {e}", trade.trade_id))?;
+        let trade_id = TradeId::parse(&trade.trade_id).map_err(|e| anyhow!("trade id {:?}: {e}", trade.trade_id))?;
         // The handset's side finishes a moment after the shop's: wait for
         // the server's verdict on the answer, or for the withdrawal.
         let handset_final = handset_final_state(sim, s, trade_id).await;
 
         println!("  shop saw");
         println!("    trade    {}", trade.trade_id);
-        println!(
-            "    amount   {}",
-            currency.format(Amount::new(trade.amount_minor))
-        );
+        println!("    amount   {}", currency.format(Amount::new(trade.amount_minor)));
         println!("    binding  {}", trade.binding_code);
-        println!(
-            "    outcome  {}",
-            outcome_name(trade.state, trade.failure_reason)
-        );
+        println!("    outcome  {}", outcome_name(trade.state, trade.failure_reason));
         println!("    payer    {}", trade.payer_pseudonym);
         println!("  handset {} saw", masked(s.number));
-        let events: Vec<SimEvent> = sim
-            .transcript()
-            .into_iter()
-            .filter(|e| is_about(e, trade_id))
-            .collect();
+        let events: Vec<SimEvent> = sim.transcript().into_iter().filter(|e| is_about(e, trade_id)).collect();
         for e in &events {
             println!("    {}", describe(e));
         }
         println!("  checks");
-        checks.equal(
-            "final state",
-            state_name(trade.state),
-            state_name(s.state as i32),
-        );
-        checks.equal(
-            "failure reason",
-            reason_name(trade.failure_reason),
-            reason_name(s.failure as i32),
-        );
+        checks.equal("final state", state_name(trade.state), state_name(s.state as i32));
+        checks.equal("failure reason", reason_name(trade.failure_reason), reason_name(s.failure as i32));
         let shown: Vec<_> = events
             .iter()
             .filter_map(|e| match e {
-                SimEvent::OfferShown {
-                    shop_name,
-                    register_label,
-                    amount,
-                    currency,
-                    binding_code,
-                    ..
-                } => Some((shop_name, register_label, *amount, *currency, binding_code)),
+                SimEvent::OfferShown { shop_name, register_label, amount, currency, binding_code, .. } => {
+                    Some((shop_name, register_label, *amount, *currency, binding_code))
+                }
                 _ => None,
             })
             .collect();
@@ -354,10 +307,7 @@ async fn with_sim(
             [(shop_name, register_label, amount, shown_currency, binding_code)] => {
                 checks.check(
                     *binding_code == &trade.binding_code,
-                    format!(
-                        "binding code: shop {} = handset {}",
-                        trade.binding_code, binding_code
-                    ),
+                    format!("binding code: shop {} = handset {}", trade.binding_code, binding_code),
                 );
                 checks.check(
                     *shop_name == SHOP_NAME
@@ -371,59 +321,33 @@ async fn with_sim(
                 );
             }
             other => {
-                checks.check(
-                    false,
-                    format!(
-                        "handset showed the offer {} times, expected once",
-                        other.len()
-                    ),
-                );
+                checks.check(false, format!("handset showed the offer {} times, expected once", other.len()));
             }
         }
         match handset_final {
-            Some(state) => checks.equal(
-                "handset was told the final state",
-                state_name(state as i32),
-                state_name(trade.state),
-            ),
-            None => checks.check(
-                false,
-                format!(
-                    "handset was told the final state: nothing within {}s",
-                    WAIT.as_secs()
-                ),
-            ),
+            Some(state) => {
+                checks.equal("handset was told the final state", state_name(state as i32), state_name(trade.state))
+            }
+            None => {
+                checks.check(false, format!("handset was told the final state: nothing within {}s", WAIT.as_secs()))
+            }
         };
         if s.state == TradeState::Settled {
-            check_receipt(
-                &mut checks,
-                &trade,
-                &shop_id,
-                register.id(),
-                public_keys.get(s.number),
-            );
+            check_receipt(&mut checks, &trade, &shop_id, register.id(), public_keys.get(s.number));
         }
         trades.push(trade);
     }
 
     println!("\nWhat the shop can tell about its payers");
     let numbers: Vec<&str> = scenarios.iter().map(|s| s.number).collect();
-    let pseudonyms: std::collections::BTreeSet<&str> =
-        trades.iter().map(|t| t.payer_pseudonym.as_str()).collect();
+    let pseudonyms: std::collections::BTreeSet<&str> = trades.iter().map(|t| t.payer_pseudonym.as_str()).collect();
     checks.check(
         pseudonyms.len() == trades.len() && !pseudonyms.contains(""),
-        format!(
-            "{} distinct payer pseudonyms for {} different buyers",
-            pseudonyms.len(),
-            trades.len()
-        ),
+        format!("{} distinct payer pseudonyms for {} different buyers", pseudonyms.len(), trades.len()),
     );
 
     let events = read_events(shop_token, channel, &trades, &mut checks).await?;
-    let shop_saw: Vec<&proto::Trade> = trades
-        .iter()
-        .chain(events.iter().filter_map(|e| e.trade.as_ref()))
-        .collect();
+    let shop_saw: Vec<&proto::Trade> = trades.iter().chain(events.iter().filter_map(|e| e.trade.as_ref())).collect();
     let leaked = numbers
         .iter()
         .filter(|n| {
@@ -445,11 +369,7 @@ async fn with_sim(
 }
 
 /// Runs one scenario's trade and returns it as the shop last saw it.
-async fn run_trade(
-    register: &VirtualRegister,
-    sim: &CarrierSim,
-    s: &Scenario,
-) -> anyhow::Result<proto::Trade> {
+async fn run_trade(register: &VirtualRegister, sim: &CarrierSim, s: &Scenario) -> anyhow::Result<proto::Trade> {
     let mut charge = ChargeRequest::new(s.number, PRICE, CURRENCY, s.description);
     match s.action {
         Action::Charge { ttl_seconds } => {
@@ -458,11 +378,8 @@ async fn run_trade(
         }
         Action::CancelWhenShown => {
             let created = register.create(charge).await.context("creating")?;
-            let id = TradeId::parse(&created.trade_id)
-                .map_err(|e| anyhow!("trade id {:?}: {e}", created.trade_id))?;
-            sim.wait_for_offer(id, WAIT)
-                .await
-                .context("waiting for the handset to show the offer")?;
+            let id = TradeId::parse(&created.trade_id).map_err(|e| anyhow!("trade id {:?}: {e}", created.trade_id))?;
+            sim.wait_for_offer(id, WAIT).await.context("waiting for the handset to show the offer")?;
             register.cancel(id).await.context("cancelling")
         }
     }
@@ -470,24 +387,15 @@ async fn run_trade(
 
 /// The final state the handset learned: the server's verdict on its answer,
 /// or the withdrawal of the offer when it did not answer.
-async fn handset_final_state(
-    sim: &CarrierSim,
-    s: &Scenario,
-    trade_id: TradeId,
-) -> Option<TradeState> {
+async fn handset_final_state(sim: &CarrierSim, s: &Scenario, trade_id: TradeId) -> Option<TradeState> {
     let answers = match s.policy {
         Policy::Ignore => false,
-        Policy::Approve
-        | Policy::Decline
-        | Policy::ApproveAfter(_)
-        | Policy::BadSignature
-        | Policy::AnswerTwice => true,
+        Policy::Approve | Policy::Decline | Policy::ApproveAfter(_) | Policy::BadSignature | Policy::AnswerTwice => {
+            true
+        }
     };
     if answers {
-        sim.wait_for_answer_result(trade_id, WAIT)
-            .await
-            .ok()
-            .map(|o| o.state)
+        sim.wait_for_answer_result(trade_id, WAIT).await.ok().map(|o| o.state)
     } else {
         sim.wait_for_withdraw(trade_id, WAIT).await.ok()
     }
@@ -547,17 +455,10 @@ async fn read_events(
     checks: &mut Checks,
 ) -> anyhow::Result<Vec<proto::TradeEvent>> {
     println!("\nShop event stream (WatchTrades after sequence 0)");
-    let index: HashMap<&str, usize> = trades
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.trade_id.as_str(), i))
-        .collect();
+    let index: HashMap<&str, usize> = trades.iter().enumerate().map(|(i, t)| (t.trade_id.as_str(), i)).collect();
     let mut client = RegisterServiceClient::new(with_token(channel.clone(), shop_token)?);
     let mut stream = client
-        .watch_trades(proto::WatchTradesRequest {
-            after_sequence: 0,
-            register_id: String::new(),
-        })
+        .watch_trades(proto::WatchTradesRequest { after_sequence: 0, register_id: String::new() })
         .await
         .context("opening WatchTrades")?
         .into_inner();
@@ -566,11 +467,7 @@ async fn read_events(
     let mut last_state: Vec<Option<i32>> = vec![None; trades.len()];
     let mut after_final = 0usize;
     let mut strangers = 0usize;
-    while last_state
-        .iter()
-        .zip(trades)
-        .any(|(seen, t)| *seen != Some(t.state))
-    {
+    while last_state.iter().zip(trades).any(|(seen, t)| *seen != Some(t.state)) {
         let event = tokio::time::timeout(WAIT, stream.message())
             .await
             .map_err(|_| {
@@ -601,11 +498,7 @@ async fn read_events(
             }
             (t, _) => {
                 strangers += 1;
-                println!(
-                    "  {:>4}  ??  {}",
-                    event.sequence,
-                    t.map_or("(no trade)", |t| t.trade_id.as_str())
-                );
+                println!("  {:>4}  ??  {}", event.sequence, t.map_or("(no trade)", |t| t.trade_id.as_str()));
             }
         }
         events.push(event);
@@ -619,19 +512,12 @@ async fn read_events(
             "{} events numbered 1..={} without gaps or repeats{}",
             events.len(),
             events.len(),
-            if gap_free {
-                String::new()
-            } else {
-                format!(" (got {sequences:?})")
-            }
+            if gap_free { String::new() } else { format!(" (got {sequences:?})") }
         ),
     );
     let pending = TradeState::Pending as i32;
     let not_created = first_state.iter().filter(|s| **s != Some(pending)).count();
-    checks.check(
-        not_created == 0,
-        format!("each trade's first event is PENDING ({not_created} not)"),
-    );
+    checks.check(not_created == 0, format!("each trade's first event is PENDING ({not_created} not)"));
     checks.check(
         strangers == 0 && after_final == 0,
         format!(
@@ -654,38 +540,23 @@ async fn check_balances(
     let mut shop: i64 = 0;
     for s in scenarios {
         let top_up = i64::try_from(s.top_up)?;
-        let paid = if s.state == TradeState::Settled {
-            i64::try_from(PRICE)?
-        } else {
-            0
-        };
-        let wallet = top_up
-            .checked_sub(paid)
-            .ok_or_else(|| anyhow!("wallet arithmetic overflowed"))?;
+        let paid = if s.state == TradeState::Settled { i64::try_from(PRICE)? } else { 0 };
+        let wallet = top_up.checked_sub(paid).ok_or_else(|| anyhow!("wallet arithmetic overflowed"))?;
         expected.insert(format!("wallet:{}:{CURRENCY}", s.number), wallet);
-        funding = funding
-            .checked_sub(top_up)
-            .ok_or_else(|| anyhow!("funding arithmetic overflowed"))?;
-        shop = shop
-            .checked_add(paid)
-            .ok_or_else(|| anyhow!("shop arithmetic overflowed"))?;
+        funding = funding.checked_sub(top_up).ok_or_else(|| anyhow!("funding arithmetic overflowed"))?;
+        shop = shop.checked_add(paid).ok_or_else(|| anyhow!("shop arithmetic overflowed"))?;
     }
     expected.insert(format!("system:funding:{CURRENCY}"), funding);
     expected.insert(format!("shop:{SHOP_ID}:{CURRENCY}"), shop);
 
     let accounts = admin
-        .list_accounts(proto::ListAccountsRequest {
-            prefix: String::new(),
-        })
+        .list_accounts(proto::ListAccountsRequest { prefix: String::new() })
         .await
         .context("listing accounts")?
         .into_inner()
         .accounts;
     println!("\nAccount balances (AdminService.ListAccounts; credits − debits)");
-    println!(
-        "  {:<28} {:>12} {:>12} {:>12} {:>12}",
-        "account", "debits", "credits", "balance", "expected"
-    );
+    println!("  {:<28} {:>12} {:>12} {:>12} {:>12}", "account", "debits", "credits", "balance", "expected");
     let fmt = |minor: u64| currency.format(Amount::new(minor));
     let mut wrong = Vec::new();
     for a in &accounts {
@@ -714,30 +585,15 @@ async fn check_balances(
         format!(
             "{} accounts, each balance exactly as the script implies{}{}",
             accounts.len(),
-            if wrong.is_empty() {
-                String::new()
-            } else {
-                format!("; wrong or unexpected: {}", wrong.join(", "))
-            },
-            if missing.is_empty() {
-                String::new()
-            } else {
-                format!("; missing: {}", missing.join(", "))
-            }
+            if wrong.is_empty() { String::new() } else { format!("; wrong or unexpected: {}", wrong.join(", ")) },
+            if missing.is_empty() { String::new() } else { format!("; missing: {}", missing.join(", ")) }
         ),
     );
     Ok(())
 }
 
-async fn verify_ledger(
-    admin: &mut AdminServiceClient<AuthedChannel>,
-    checks: &mut Checks,
-) -> anyhow::Result<()> {
-    let report = admin
-        .verify_ledger(proto::VerifyLedgerRequest {})
-        .await
-        .context("verifying the ledger")?
-        .into_inner();
+async fn verify_ledger(admin: &mut AdminServiceClient<AuthedChannel>, checks: &mut Checks) -> anyhow::Result<()> {
+    let report = admin.verify_ledger(proto::VerifyLedgerRequest {}).await.context("verifying the ledger")?.into_inner();
     println!("\nLedger verification (AdminService.VerifyLedger)");
     println!(
         "  {} accounts, {} postings, {} trades checked",
@@ -768,34 +624,18 @@ fn is_about(e: &SimEvent, trade: TradeId) -> bool {
 /// One transcript event as a line of the handset's story.
 fn describe(e: &SimEvent) -> String {
     match e {
-        SimEvent::OfferShown {
-            shop_name,
-            register_label,
-            amount,
-            currency,
-            description,
-            binding_code,
-            ..
-        } => format!(
+        SimEvent::OfferShown { shop_name, register_label, amount, currency, description, binding_code, .. } => format!(
             "offer on screen: \"{shop_name}\" / \"{register_label}\"  {}  \"{description}\"  binding {binding_code}",
             currency.format(*amount)
         ),
         SimEvent::OfferIgnored { reason, .. } => format!("offer not shown: {reason}"),
-        SimEvent::Answered {
-            decision,
-            signature_valid,
-            ..
-        } => format!(
+        SimEvent::Answered { decision, signature_valid, .. } => format!(
             "buyer pressed {}, signature {}",
             match decision {
                 Decision::Approve => "APPROVE",
                 Decision::Decline => "DECLINE",
             },
-            if *signature_valid {
-                "valid"
-            } else {
-                "corrupted (on purpose)"
-            }
+            if *signature_valid { "valid" } else { "corrupted (on purpose)" }
         ),
         SimEvent::Withdrawn { state, .. } => {
             format!("offer withdrawn by the server: {}", state_name(*state as i32))
@@ -804,11 +644,7 @@ fn describe(e: &SimEvent) -> String {
             "server's verdict: {}, {}{}",
             if o.accepted { "accepted" } else { "not accepted" },
             outcome_name(o.state as i32, o.failure_reason as i32),
-            if o.message.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", o.message)
-            }
+            if o.message.is_empty() { String::new() } else { format!(" ({})", o.message) }
         ),
         SimEvent::RelayConnected { connection } => format!("relay connected (#{connection})"),
         SimEvent::RelayLost { connection, reason } => {
@@ -831,9 +667,7 @@ fn is_final_state(state: i32) -> bool {
 }
 
 fn state_name(state: i32) -> &'static str {
-    TradeState::try_from(state).map_or("(unknown state)", |s| {
-        s.as_str_name().trim_start_matches("TRADE_STATE_")
-    })
+    TradeState::try_from(state).map_or("(unknown state)", |s| s.as_str_name().trim_start_matches("TRADE_STATE_"))
 }
 
 fn reason_name(reason: i32) -> &'static str {
@@ -860,10 +694,7 @@ fn masked(number: &str) -> String {
 /// Account names embed the subscriber's number (`wallet:+81…:JPY`); print
 /// them masked.
 fn masked_account(name: &str) -> String {
-    match name
-        .strip_prefix("wallet:")
-        .and_then(|r| r.rsplit_once(':'))
-    {
+    match name.strip_prefix("wallet:").and_then(|r| r.rsplit_once(':')) {
         Some((number, currency)) => format!("wallet:{}:{currency}", masked(number)),
         None => name.to_owned(),
     }

@@ -43,15 +43,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.durability = match args.durability {
         DurabilityArg::Fsync => Durability::Fsync,
         DurabilityArg::FlushOnly => {
-            tracing::warn!(
-                "durability=flush-only: acknowledged trades can be lost on power failure"
-            );
+            tracing::warn!("durability=flush-only: acknowledged trades can be lost on power failure");
             Durability::FlushOnly
         }
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let server = sync_server::start(config, listener).await?;
     eprintln!(
         "syncpay serving on {} (data {}; operator token in {})",

@@ -49,8 +49,7 @@ impl ApprovalPayload<'_> {
     /// the one variable field (shop id, at most 32 bytes) is length-prefixed.
     pub fn to_bytes(&self) -> Vec<u8> {
         let shop = self.shop_id.as_str().as_bytes();
-        let mut out =
-            Vec::with_capacity(PAYLOAD_TAG.len() + 1 + 16 + 8 + 3 + 1 + shop.len() + 16 + 8 + 1);
+        let mut out = Vec::with_capacity(PAYLOAD_TAG.len() + 1 + 16 + 8 + 3 + 1 + shop.len() + 16 + 8 + 1);
         out.extend_from_slice(PAYLOAD_TAG);
         out.push(PAYLOAD_VERSION);
         out.extend_from_slice(self.trade_id.as_bytes());
@@ -142,10 +141,7 @@ impl ServerSecret {
     /// `pyr_` + 26 characters: stable per (shop, subscriber), unlinkable
     /// across shops without the secret.
     pub fn payer_pseudonym(&self, shop: &ShopId, subscriber: &SubscriberNumber) -> String {
-        let mac = self.mac(
-            b"payer-pseudonym",
-            &[shop.as_str().as_bytes(), subscriber.as_str().as_bytes()],
-        );
+        let mac = self.mac(b"payer-pseudonym", &[shop.as_str().as_bytes(), subscriber.as_str().as_bytes()]);
         let mut first = [0u8; 16];
         first.copy_from_slice(&mac[..16]);
         // Reuse the trade-id text form for a uniform look.
@@ -194,46 +190,20 @@ mod tests {
         assert!(base.verify(&public, &sig));
 
         let variants = [
-            ApprovalPayload {
-                trade_id: TradeId::generate().expect("entropy"),
-                ..base.clone()
-            },
-            ApprovalPayload {
-                amount: Amount::new(1201),
-                ..base.clone()
-            },
-            ApprovalPayload {
-                currency: Currency::parse("USD").expect("known"),
-                ..base.clone()
-            },
-            ApprovalPayload {
-                shop_id: &other_shop,
-                ..base.clone()
-            },
-            ApprovalPayload {
-                register_id: RegisterId::generate().expect("entropy"),
-                ..base.clone()
-            },
-            ApprovalPayload {
-                expires_at: UnixMs(1_700_000_000_001),
-                ..base.clone()
-            },
-            ApprovalPayload {
-                decision: Decision::Decline,
-                ..base.clone()
-            },
+            ApprovalPayload { trade_id: TradeId::generate().expect("entropy"), ..base.clone() },
+            ApprovalPayload { amount: Amount::new(1201), ..base.clone() },
+            ApprovalPayload { currency: Currency::parse("USD").expect("known"), ..base.clone() },
+            ApprovalPayload { shop_id: &other_shop, ..base.clone() },
+            ApprovalPayload { register_id: RegisterId::generate().expect("entropy"), ..base.clone() },
+            ApprovalPayload { expires_at: UnixMs(1_700_000_000_001), ..base.clone() },
+            ApprovalPayload { decision: Decision::Decline, ..base.clone() },
         ];
         for v in &variants {
             assert_ne!(v.to_bytes(), base.to_bytes());
-            assert!(
-                !v.verify(&public, &sig),
-                "{v:?} verified with the base signature"
-            );
+            assert!(!v.verify(&public, &sig), "{v:?} verified with the base signature");
         }
         // Wrong key, truncated and garbage signatures.
-        let other = SigningKey::from_bytes(&[8u8; 32])
-            .verifying_key()
-            .to_bytes();
+        let other = SigningKey::from_bytes(&[8u8; 32]).verifying_key().to_bytes();
         assert!(!base.verify(&other, &sig));
         assert!(!base.verify(&public, &sig[..63]));
         assert!(!base.verify(&public, &[0u8; 64]));
@@ -247,9 +217,7 @@ mod tests {
         let mut identity = [0u8; 32];
         identity[0] = 1;
         assert!(valid_public_key(&identity).is_none());
-        let good = SigningKey::from_bytes(&[9u8; 32])
-            .verifying_key()
-            .to_bytes();
+        let good = SigningKey::from_bytes(&[9u8; 32]).verifying_key().to_bytes();
         assert_eq!(valid_public_key(&good), Some(good));
     }
 

@@ -42,10 +42,7 @@ fn crockford_encode(value: u128) -> String {
 
 fn crockford_value(c: u8) -> Option<u128> {
     let upper = c.to_ascii_uppercase();
-    CROCKFORD
-        .iter()
-        .position(|&a| a == upper)
-        .map(|p| u128::from(u8::try_from(p).unwrap_or(0)))
+    CROCKFORD.iter().position(|&a| a == upper).map(|p| u128::from(u8::try_from(p).unwrap_or(0)))
 }
 
 fn crockford_decode(text: &str) -> Result<u128, IdError> {
@@ -68,9 +65,7 @@ fn crockford_decode(text: &str) -> Result<u128, IdError> {
 
 fn random_u128() -> Result<u128, IdError> {
     let mut buf = [0u8; 16];
-    SysRng
-        .try_fill_bytes(&mut buf)
-        .map_err(|_| IdError::Entropy)?;
+    SysRng.try_fill_bytes(&mut buf).map_err(|_| IdError::Entropy)?;
     Ok(u128::from_be_bytes(buf))
 }
 
@@ -137,9 +132,7 @@ fn valid_slug(text: &str) -> bool {
     !bytes.is_empty()
         && bytes.len() <= MAX_SLUG_LEN
         && bytes[0].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && bytes.iter().all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 macro_rules! slug_id {
@@ -196,10 +189,7 @@ pub struct SubscriberNumber(String);
 
 impl SubscriberNumber {
     pub fn parse(text: &str) -> Result<Self, IdError> {
-        let err = IdError::E164 {
-            min: E164_MIN_DIGITS,
-            max: E164_MAX_DIGITS,
-        };
+        let err = IdError::E164 { min: E164_MIN_DIGITS, max: E164_MAX_DIGITS };
         let digits = text.strip_prefix('+').ok_or(err.clone())?;
         let ok = (E164_MIN_DIGITS..=E164_MAX_DIGITS).contains(&digits.len())
             && digits.bytes().all(|b| b.is_ascii_digit())
@@ -264,16 +254,12 @@ mod tests {
     fn extreme_values_encode() {
         assert_eq!(crockford_encode(0), "0".repeat(26));
         assert_eq!(crockford_encode(u128::MAX), format!("7{}", "Z".repeat(25)));
-        assert_eq!(
-            crockford_decode(&format!("7{}", "Z".repeat(25))),
-            Ok(u128::MAX)
-        );
+        assert_eq!(crockford_decode(&format!("7{}", "Z".repeat(25))), Ok(u128::MAX));
     }
 
     #[test]
     fn malformed_trade_ids_are_refused() {
-        let check =
-            |text: &str, expect: IdError| assert_eq!(TradeId::parse(text), Err(expect), "{text}");
+        let check = |text: &str, expect: IdError| assert_eq!(TradeId::parse(text), Err(expect), "{text}");
         check("", IdError::Prefix("trd_"));
         check("reg_00000000000000000000000000", IdError::Prefix("trd_"));
         check("trd_", IdError::Length(26));
@@ -287,25 +273,11 @@ mod tests {
     #[test]
     fn slugs_and_numbers_are_validated() {
         assert!(ShopId::parse("acme-books_2").is_ok());
-        for bad in [
-            "",
-            "-acme",
-            "Acme",
-            "acme books",
-            "a\u{0}b",
-            &"a".repeat(33),
-        ] {
+        for bad in ["", "-acme", "Acme", "acme books", "a\u{0}b", &"a".repeat(33)] {
             assert!(ShopId::parse(bad).is_err(), "{bad:?}");
         }
         assert!(SubscriberNumber::parse("+818012345678").is_ok());
-        for bad in [
-            "818012345678",
-            "+0812345678",
-            "+1234567",
-            "+1234567890123456",
-            "+81-80123456",
-            "+",
-        ] {
+        for bad in ["818012345678", "+0812345678", "+1234567", "+1234567890123456", "+81-80123456", "+"] {
             assert!(SubscriberNumber::parse(bad).is_err(), "{bad:?}");
         }
     }

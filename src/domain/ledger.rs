@@ -36,9 +36,7 @@ pub enum AccountName {
 impl AccountName {
     pub fn currency(&self) -> Currency {
         match self {
-            AccountName::SystemFunding(c)
-            | AccountName::ShopPayable(_, c)
-            | AccountName::Wallet(_, c) => *c,
+            AccountName::SystemFunding(c) | AccountName::ShopPayable(_, c) | AccountName::Wallet(_, c) => *c,
         }
     }
 
@@ -85,21 +83,12 @@ pub struct Balance {
 }
 
 impl Balance {
-    pub const EMPTY: Balance = Balance {
-        debits: Amount::ZERO,
-        credits: Amount::ZERO,
-    };
+    pub const EMPTY: Balance = Balance { debits: Amount::ZERO, credits: Amount::ZERO };
 
     pub fn post(self, side: Side, amount: Amount) -> Result<Balance, MoneyError> {
         match side {
-            Side::Debit => Ok(Balance {
-                debits: self.debits.checked_add(amount)?,
-                credits: self.credits,
-            }),
-            Side::Credit => Ok(Balance {
-                debits: self.debits,
-                credits: self.credits.checked_add(amount)?,
-            }),
+            Side::Debit => Ok(Balance { debits: self.debits.checked_add(amount)?, credits: self.credits }),
+            Side::Credit => Ok(Balance { debits: self.debits, credits: self.credits.checked_add(amount)? }),
         }
     }
 
@@ -110,9 +99,7 @@ impl Balance {
 
     /// What can still be debited without going below zero.
     pub fn available(self) -> Amount {
-        self.credits
-            .checked_sub(self.debits)
-            .unwrap_or(Amount::ZERO)
+        self.credits.checked_sub(self.debits).unwrap_or(Amount::ZERO)
     }
 }
 
@@ -137,11 +124,7 @@ pub struct PostingSet {
 impl PostingSet {
     pub fn new(legs: Vec<Leg>) -> Result<PostingSet, LedgerError> {
         if !(2..=MAX_LEGS).contains(&legs.len()) {
-            return Err(LedgerError::LegCount {
-                min: 2,
-                max: MAX_LEGS,
-                got: legs.len(),
-            });
+            return Err(LedgerError::LegCount { min: 2, max: MAX_LEGS, got: legs.len() });
         }
         // u128 sums of at most MAX_LEGS u64 values cannot overflow.
         let mut sums: BTreeMap<Currency, (u128, u128)> = BTreeMap::new();
@@ -162,22 +145,10 @@ impl PostingSet {
     }
 
     /// Moves `amount` from `from` (debited) to `to` (credited).
-    pub fn transfer(
-        from: AccountName,
-        to: AccountName,
-        amount: Amount,
-    ) -> Result<PostingSet, LedgerError> {
+    pub fn transfer(from: AccountName, to: AccountName, amount: Amount) -> Result<PostingSet, LedgerError> {
         PostingSet::new(vec![
-            Leg {
-                account: from,
-                side: Side::Debit,
-                amount,
-            },
-            Leg {
-                account: to,
-                side: Side::Credit,
-                amount,
-            },
+            Leg { account: from, side: Side::Debit, amount },
+            Leg { account: to, side: Side::Credit, amount },
         ])
     }
 
@@ -203,54 +174,23 @@ mod tests {
         AccountName::ShopPayable(ShopId::parse("acme").expect("valid"), c)
     }
     fn leg(account: AccountName, side: Side, minor: u64) -> Leg {
-        Leg {
-            account,
-            side,
-            amount: Amount::new(minor),
-        }
+        Leg { account, side, amount: Amount::new(minor) }
     }
 
     #[test]
     fn balanced_sets_are_accepted_and_unbalanced_refused() {
         assert!(PostingSet::transfer(wallet(jpy()), shop(jpy()), Amount::new(500)).is_ok());
-        let check =
-            |legs: Vec<Leg>, expect: LedgerError| assert_eq!(PostingSet::new(legs), Err(expect));
+        let check = |legs: Vec<Leg>, expect: LedgerError| assert_eq!(PostingSet::new(legs), Err(expect));
+        check(vec![], LedgerError::LegCount { min: 2, max: MAX_LEGS, got: 0 });
+        check(vec![leg(wallet(jpy()), Side::Debit, 1)], LedgerError::LegCount { min: 2, max: MAX_LEGS, got: 1 });
         check(
-            vec![],
-            LedgerError::LegCount {
-                min: 2,
-                max: MAX_LEGS,
-                got: 0,
-            },
-        );
-        check(
-            vec![leg(wallet(jpy()), Side::Debit, 1)],
-            LedgerError::LegCount {
-                min: 2,
-                max: MAX_LEGS,
-                got: 1,
-            },
-        );
-        check(
-            vec![
-                leg(wallet(jpy()), Side::Debit, 5),
-                leg(shop(jpy()), Side::Credit, 4),
-            ],
+            vec![leg(wallet(jpy()), Side::Debit, 5), leg(shop(jpy()), Side::Credit, 4)],
             LedgerError::Unbalanced(jpy()),
         );
-        check(
-            vec![
-                leg(wallet(jpy()), Side::Debit, 0),
-                leg(shop(jpy()), Side::Credit, 0),
-            ],
-            LedgerError::ZeroLeg,
-        );
+        check(vec![leg(wallet(jpy()), Side::Debit, 0), leg(shop(jpy()), Side::Credit, 0)], LedgerError::ZeroLeg);
         // Balanced in total but not per currency.
         check(
-            vec![
-                leg(wallet(jpy()), Side::Debit, 5),
-                leg(shop(usd()), Side::Credit, 5),
-            ],
+            vec![leg(wallet(jpy()), Side::Debit, 5), leg(shop(usd()), Side::Credit, 5)],
             LedgerError::Unbalanced(jpy()),
         );
     }
@@ -268,17 +208,10 @@ mod tests {
 
     #[test]
     fn balances_are_checked() {
-        let b = Balance::EMPTY
-            .post(Side::Credit, Amount::new(u64::MAX))
-            .expect("fits");
-        assert_eq!(
-            b.post(Side::Credit, Amount::new(1)),
-            Err(MoneyError::Overflow)
-        );
+        let b = Balance::EMPTY.post(Side::Credit, Amount::new(u64::MAX)).expect("fits");
+        assert_eq!(b.post(Side::Credit, Amount::new(1)), Err(MoneyError::Overflow));
         assert_eq!(b.net(), i128::from(u64::MAX));
-        let d = Balance::EMPTY
-            .post(Side::Debit, Amount::new(7))
-            .expect("fits");
+        let d = Balance::EMPTY.post(Side::Debit, Amount::new(7)).expect("fits");
         assert_eq!(d.net(), -7);
         assert_eq!(d.available(), Amount::ZERO);
     }

@@ -15,9 +15,7 @@ pub use trade::{FailureReason, TradeEvent, TradeState, Transition, TransitionErr
 
 /// Milliseconds since the Unix epoch, UTC. The only time type in the domain;
 /// the clock is read at the edges and passed in.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct UnixMs(pub u64);
 
 impl UnixMs {

@@ -14,9 +14,7 @@ pub enum MoneyError {
 }
 
 /// An amount in the minor units of some currency (cents, yen, fils).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Amount(u64);
 
 impl Amount {
@@ -35,17 +33,11 @@ impl Amount {
     }
 
     pub fn checked_add(self, other: Amount) -> Result<Amount, MoneyError> {
-        self.0
-            .checked_add(other.0)
-            .map(Amount)
-            .ok_or(MoneyError::Overflow)
+        self.0.checked_add(other.0).map(Amount).ok_or(MoneyError::Overflow)
     }
 
     pub fn checked_sub(self, other: Amount) -> Result<Amount, MoneyError> {
-        self.0
-            .checked_sub(other.0)
-            .map(Amount)
-            .ok_or(MoneyError::Underflow)
+        self.0.checked_sub(other.0).map(Amount).ok_or(MoneyError::Underflow)
     }
 }
 
@@ -95,9 +87,7 @@ const CURRENCIES: &[(&str, u8)] = &[
 ];
 
 /// A known ISO 4217 currency.
-#[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Currency([u8; 3]);
 
 impl Currency {
@@ -121,11 +111,7 @@ impl Currency {
 
     /// Digits after the decimal point (JPY 0, USD 2, KWD 3).
     pub fn exponent(&self) -> u8 {
-        CURRENCIES
-            .iter()
-            .find(|(c, _)| c.as_bytes() == self.0)
-            .map(|(_, e)| *e)
-            .unwrap_or(0)
+        CURRENCIES.iter().find(|(c, _)| c.as_bytes() == self.0).map(|(_, e)| *e).unwrap_or(0)
     }
 
     /// "1234.50 USD" — for people, never parsed back.
@@ -136,13 +122,7 @@ impl Currency {
             return format!("{minor} {}", self.code());
         }
         let unit = 10u64.pow(exp);
-        format!(
-            "{}.{:0width$} {}",
-            minor / unit,
-            minor % unit,
-            self.code(),
-            width = usize::try_from(exp).unwrap_or(0)
-        )
+        format!("{}.{:0width$} {}", minor / unit, minor % unit, self.code(), width = usize::try_from(exp).unwrap_or(0))
     }
 }
 
@@ -164,17 +144,12 @@ mod tests {
 
     #[test]
     fn currencies_parse_with_their_exponent() {
-        let check =
-            |code: &str, exp: u8| assert_eq!(Currency::parse(code).map(|c| c.exponent()), Ok(exp));
+        let check = |code: &str, exp: u8| assert_eq!(Currency::parse(code).map(|c| c.exponent()), Ok(exp));
         check("JPY", 0);
         check("USD", 2);
         check("KWD", 3);
         for bad in ["", "usd", "US", "USDD", "XXX", "U\u{0}D", "ÜSD"] {
-            assert_eq!(
-                Currency::parse(bad),
-                Err(MoneyError::UnknownCurrency),
-                "{bad:?}"
-            );
+            assert_eq!(Currency::parse(bad), Err(MoneyError::UnknownCurrency), "{bad:?}");
         }
     }
 
@@ -182,14 +157,8 @@ mod tests {
     fn arithmetic_is_checked() {
         let max = Amount::new(u64::MAX);
         assert_eq!(max.checked_add(Amount::new(1)), Err(MoneyError::Overflow));
-        assert_eq!(
-            Amount::ZERO.checked_sub(Amount::new(1)),
-            Err(MoneyError::Underflow)
-        );
-        assert_eq!(
-            Amount::new(2).checked_add(Amount::new(3)),
-            Ok(Amount::new(5))
-        );
+        assert_eq!(Amount::ZERO.checked_sub(Amount::new(1)), Err(MoneyError::Underflow));
+        assert_eq!(Amount::new(2).checked_add(Amount::new(3)), Ok(Amount::new(5)));
     }
 
     #[test]

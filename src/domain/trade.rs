@@ -117,9 +117,7 @@ pub fn transition(state: TradeState, event: TradeEvent) -> Result<Transition, Tr
         (S::Pending | S::Offered, E::Cancel) => Ok(Transition::To(S::Cancelled)),
         (S::Pending | S::Offered, E::Fail(_)) => Ok(Transition::To(S::Failed)),
         // A late delivery receipt for a finished trade is harmless.
-        (S::Settled | S::Declined | S::Expired | S::Cancelled | S::Failed, E::Delivered) => {
-            Ok(Transition::Unchanged)
-        }
+        (S::Settled | S::Declined | S::Expired | S::Cancelled | S::Failed, E::Delivered) => Ok(Transition::Unchanged),
         (
             S::Settled | S::Declined | S::Expired | S::Cancelled | S::Failed,
             E::Settle | E::Decline | E::Expire | E::Cancel | E::Fail(_),
@@ -133,14 +131,8 @@ mod tests {
     use TradeEvent as E;
     use TradeState as S;
 
-    const EVENTS: [TradeEvent; 6] = [
-        E::Delivered,
-        E::Settle,
-        E::Decline,
-        E::Expire,
-        E::Cancel,
-        E::Fail(FailureReason::InsufficientFunds),
-    ];
+    const EVENTS: [TradeEvent; 6] =
+        [E::Delivered, E::Settle, E::Decline, E::Expire, E::Cancel, E::Fail(FailureReason::InsufficientFunds)];
 
     fn expected(state: TradeState, event: TradeEvent) -> Result<Transition, TransitionError> {
         let to = |s| Ok(Transition::To(s));
@@ -164,11 +156,7 @@ mod tests {
         let mut rows = 0;
         for state in S::ALL {
             for event in EVENTS {
-                assert_eq!(
-                    transition(state, event),
-                    expected(state, event),
-                    "{state:?} + {event:?}"
-                );
+                assert_eq!(transition(state, event), expected(state, event), "{state:?} + {event:?}");
                 rows += 1;
             }
         }

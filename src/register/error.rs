@@ -28,19 +28,14 @@ impl RegisterError {
     pub fn code(&self) -> Option<tonic::Code> {
         match self {
             RegisterError::Rpc { code, .. } => Some(*code),
-            RegisterError::Timeout
-            | RegisterError::UnknownRegister(_)
-            | RegisterError::Protocol(_) => None,
+            RegisterError::Timeout | RegisterError::UnknownRegister(_) | RegisterError::Protocol(_) => None,
         }
     }
 }
 
 impl From<tonic::Status> for RegisterError {
     fn from(status: tonic::Status) -> Self {
-        RegisterError::Rpc {
-            code: status.code(),
-            message: status.message().to_owned(),
-        }
+        RegisterError::Rpc { code: status.code(), message: status.message().to_owned() }
     }
 }
 
@@ -54,10 +49,7 @@ mod tests {
         assert_eq!(err.code(), Some(tonic::Code::InvalidArgument));
         assert_eq!(
             err,
-            RegisterError::Rpc {
-                code: tonic::Code::InvalidArgument,
-                message: "amount_minor: must be > 0".to_owned()
-            }
+            RegisterError::Rpc { code: tonic::Code::InvalidArgument, message: "amount_minor: must be > 0".to_owned() }
         );
         assert!(err.to_string().contains("amount_minor"));
         assert_eq!(RegisterError::Timeout.code(), None);

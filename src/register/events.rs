@@ -25,17 +25,8 @@ pub struct TradeEvents {
 }
 
 impl TradeEvents {
-    pub(super) fn new(
-        inner: Streaming<proto::TradeEvent>,
-        register_id: String,
-        after_sequence: u64,
-    ) -> Self {
-        TradeEvents {
-            inner,
-            register_id,
-            last_sequence: after_sequence,
-            done: false,
-        }
+    pub(super) fn new(inner: Streaming<proto::TradeEvent>, register_id: String, after_sequence: u64) -> Self {
+        TradeEvents { inner, register_id, last_sequence: after_sequence, done: false }
     }
 
     /// The sequence number of the last event handed out (or the starting
@@ -46,23 +37,15 @@ impl TradeEvents {
 }
 
 /// Checks one event against what was seen before; `Err` names the breach.
-fn check_event(
-    event: &proto::TradeEvent,
-    register_id: &str,
-    last_sequence: u64,
-) -> Result<(), String> {
+fn check_event(event: &proto::TradeEvent, register_id: &str, last_sequence: u64) -> Result<(), String> {
     if event.sequence <= last_sequence {
-        return Err(format!(
-            "event sequence {} is not after {}",
-            event.sequence, last_sequence
-        ));
+        return Err(format!("event sequence {} is not after {}", event.sequence, last_sequence));
     }
     match &event.trade {
         None => Err(format!("event {} has no trade", event.sequence)),
-        Some(trade) if trade.register_id != register_id => Err(format!(
-            "event {} is for register {}, not {}",
-            event.sequence, trade.register_id, register_id
-        )),
+        Some(trade) if trade.register_id != register_id => {
+            Err(format!("event {} is for register {}, not {}", event.sequence, trade.register_id, register_id))
+        }
         Some(_) => Ok(()),
     }
 }
@@ -105,10 +88,7 @@ mod tests {
         proto::TradeEvent {
             sequence,
             at_ms: 1,
-            trade: register_id.map(|r| proto::Trade {
-                register_id: r.to_owned(),
-                ..proto::Trade::default()
-            }),
+            trade: register_id.map(|r| proto::Trade { register_id: r.to_owned(), ..proto::Trade::default() }),
             ..proto::TradeEvent::default()
         }
     }
@@ -116,11 +96,7 @@ mod tests {
     #[test]
     fn events_must_be_ours_and_move_forward() {
         let check = |e: proto::TradeEvent, last: u64, ok: bool| {
-            assert_eq!(
-                check_event(&e, "reg_a", last).is_ok(),
-                ok,
-                "{e:?} after {last}"
-            );
+            assert_eq!(check_event(&e, "reg_a", last).is_ok(), ok, "{e:?} after {last}");
         };
         check(event(1, Some("reg_a")), 0, true);
         // Gaps are normal: other registers' events are filtered out.

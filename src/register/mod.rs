@@ -89,9 +89,7 @@ impl ChargeRequest {
             description: self.description.clone(),
             ttl_seconds: self.ttl_seconds,
             idempotency_key: self.idempotency_key.clone().unwrap_or_default(),
-            payer: Some(proto::create_trade_request::Payer::SubscriberNumber(
-                self.payer.clone(),
-            )),
+            payer: Some(proto::create_trade_request::Payer::SubscriberNumber(self.payer.clone())),
         }
     }
 }
@@ -129,10 +127,7 @@ pub struct VirtualRegister {
 /// Leaves the client (and its credential) out.
 impl std::fmt::Debug for VirtualRegister {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VirtualRegister")
-            .field("id", &self.id)
-            .field("label", &self.label)
-            .finish_non_exhaustive()
+        f.debug_struct("VirtualRegister").field("id", &self.id).field("label", &self.label).finish_non_exhaustive()
     }
 }
 
@@ -140,33 +135,21 @@ impl VirtualRegister {
     /// Opens a new register for the shop the token names.
     pub async fn open(channel: Channel, token: &str, label: &str) -> Result<Self, RegisterError> {
         let mut client = RegisterServiceClient::new(with_token(channel, token)?);
-        let register = unary(client.open_register(request(proto::OpenRegisterRequest {
-            label: label.to_owned(),
-        })))
-        .await?;
+        let register =
+            unary(client.open_register(request(proto::OpenRegisterRequest { label: label.to_owned() }))).await?;
         let id = parse_register_id(&register.register_id)?;
         if !register.open {
-            return Err(RegisterError::Protocol(format!(
-                "register {id} was opened but is reported closed"
-            )));
+            return Err(RegisterError::Protocol(format!("register {id} was opened but is reported closed")));
         }
         debug!(register_id = %id, "register opened");
-        Ok(VirtualRegister {
-            client,
-            id,
-            label: register.label,
-        })
+        Ok(VirtualRegister { client, id, label: register.label })
     }
 
     /// Attaches to an existing register of the shop the token names (after
     /// a restart, say). Fails with `UnknownRegister` if the shop has none
     /// with that id. A closed register attaches too, for reading its
     /// trades; the server refuses new trades on it.
-    pub async fn attach(
-        channel: Channel,
-        token: &str,
-        register_id: RegisterId,
-    ) -> Result<Self, RegisterError> {
+    pub async fn attach(channel: Channel, token: &str, register_id: RegisterId) -> Result<Self, RegisterError> {
         let mut client = RegisterServiceClient::new(with_token(channel, token)?);
         let list = unary(client.list_registers(request(proto::ListRegistersRequest {}))).await?;
         let wanted = register_id.to_string();
@@ -175,11 +158,7 @@ impl VirtualRegister {
             .into_iter()
             .find(|r| r.register_id == wanted)
             .ok_or(RegisterError::UnknownRegister(register_id))?;
-        Ok(VirtualRegister {
-            client,
-            id: register_id,
-            label: register.label,
-        })
+        Ok(VirtualRegister { client, id: register_id, label: register.label })
     }
 
     pub fn id(&self) -> RegisterId {
@@ -207,8 +186,7 @@ impl VirtualRegister {
             // An idempotent retry of a trade that has already finished.
             return Ok(trade);
         }
-        self.await_final(trade_id, ttl_of(&trade).saturating_add(SETTLE_MARGIN))
-            .await
+        self.await_final(trade_id, ttl_of(&trade).saturating_add(SETTLE_MARGIN)).await
     }
 
     /// Creates a trade and returns it as stored (PENDING, or as it is now
@@ -223,11 +201,7 @@ impl VirtualRegister {
     /// Long-polls a trade until it is final or `timeout` passes
     /// (`Err(Timeout)`). Timeouts beyond the longest possible trade life
     /// are cut to it.
-    pub async fn await_final(
-        &self,
-        trade_id: TradeId,
-        timeout: Duration,
-    ) -> Result<proto::Trade, RegisterError> {
+    pub async fn await_final(&self, trade_id: TradeId, timeout: Duration) -> Result<proto::Trade, RegisterError> {
         let deadline = Instant::now() + timeout.min(MAX_AWAIT_FINAL);
         loop {
             let started = Instant::now();
@@ -238,10 +212,7 @@ impl VirtualRegister {
             // wait_ms = 0 would mean the server's default, so never send 0.
             let wait = remaining.min(MAX_AWAIT_WAIT).max(Duration::from_millis(1));
             let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
-            let mut req = tonic::Request::new(proto::AwaitTradeRequest {
-                trade_id: trade_id.to_string(),
-                wait_ms,
-            });
+            let mut req = tonic::Request::new(proto::AwaitTradeRequest { trade_id: trade_id.to_string(), wait_ms });
             req.set_timeout(wait + AWAIT_RPC_GRACE);
             let mut client = self.client.clone();
             match tokio::time::timeout(wait + AWAIT_RPC_GRACE, client.await_trade(req)).await {
@@ -263,10 +234,7 @@ impl VirtualRegister {
     /// Reads a trade as it is now.
     pub async fn get(&self, trade_id: TradeId) -> Result<proto::Trade, RegisterError> {
         let mut client = self.client.clone();
-        let trade = unary(client.get_trade(request(proto::GetTradeRequest {
-            trade_id: trade_id.to_string(),
-        })))
-        .await?;
+        let trade = unary(client.get_trade(request(proto::GetTradeRequest { trade_id: trade_id.to_string() }))).await?;
         check_same_trade(&trade, trade_id)?;
         Ok(trade)
     }
@@ -274,10 +242,8 @@ impl VirtualRegister {
     /// Cancels an open trade; `FailedPrecondition` if it is already final.
     pub async fn cancel(&self, trade_id: TradeId) -> Result<proto::Trade, RegisterError> {
         let mut client = self.client.clone();
-        let trade = unary(client.cancel_trade(request(proto::CancelTradeRequest {
-            trade_id: trade_id.to_string(),
-        })))
-        .await?;
+        let trade =
+            unary(client.cancel_trade(request(proto::CancelTradeRequest { trade_id: trade_id.to_string() }))).await?;
         check_same_trade(&trade, trade_id)?;
         Ok(trade)
     }
@@ -299,11 +265,7 @@ impl VirtualRegister {
         .await?;
         match &response.trade {
             Some(trade) => check_same_trade(trade, trade_id)?,
-            None => {
-                return Err(RegisterError::Protocol(
-                    "refund answered without the trade".into(),
-                ))
-            }
+            None => return Err(RegisterError::Protocol("refund answered without the trade".into())),
         }
         Ok(response)
     }
@@ -311,10 +273,9 @@ impl VirtualRegister {
     /// Closes the register; the server refuses while trades are open.
     pub async fn close(self) -> Result<proto::Register, RegisterError> {
         let mut client = self.client.clone();
-        let register = unary(client.close_register(request(proto::CloseRegisterRequest {
-            register_id: self.id.to_string(),
-        })))
-        .await?;
+        let register =
+            unary(client.close_register(request(proto::CloseRegisterRequest { register_id: self.id.to_string() })))
+                .await?;
         if register.register_id != self.id.to_string() || register.open {
             return Err(RegisterError::Protocol(format!(
                 "closing {} answered with register {} (open: {})",
@@ -331,20 +292,13 @@ impl VirtualRegister {
         let register_id = self.id.to_string();
         let opened = tokio::time::timeout(
             UNARY_RPC_TIMEOUT,
-            client.watch_trades(proto::WatchTradesRequest {
-                after_sequence,
-                register_id: register_id.clone(),
-            }),
+            client.watch_trades(proto::WatchTradesRequest { after_sequence, register_id: register_id.clone() }),
         )
         .await;
         match opened {
             Err(_elapsed) => Err(RegisterError::Timeout),
             Ok(Err(status)) => Err(status.into()),
-            Ok(Ok(response)) => Ok(TradeEvents::new(
-                response.into_inner(),
-                register_id,
-                after_sequence,
-            )),
+            Ok(Ok(response)) => Ok(TradeEvents::new(response.into_inner(), register_id, after_sequence)),
         }
     }
 }
@@ -357,9 +311,7 @@ fn request<T>(message: T) -> tonic::Request<T> {
 
 /// Runs one unary call under `UNARY_RPC_TIMEOUT`, whether or not the server
 /// honours the `grpc-timeout` it was sent.
-async fn unary<T>(
-    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<T, RegisterError> {
+async fn unary<T>(call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Result<T, RegisterError> {
     match tokio::time::timeout(UNARY_RPC_TIMEOUT, call).await {
         Err(_elapsed) => Err(RegisterError::Timeout),
         Ok(Err(status)) => Err(status.into()),
@@ -368,8 +320,7 @@ async fn unary<T>(
 }
 
 fn parse_register_id(text: &str) -> Result<RegisterId, RegisterError> {
-    RegisterId::parse(text)
-        .map_err(|e| RegisterError::Protocol(format!("register_id {text:?}: {e}")))
+    RegisterId::parse(text).map_err(|e| RegisterError::Protocol(format!("register_id {text:?}: {e}")))
 }
 
 /// The trade's id, after checking it and the state are well formed.
@@ -377,10 +328,7 @@ fn check_trade(trade: &proto::Trade) -> Result<TradeId, RegisterError> {
     let id = TradeId::parse(&trade.trade_id)
         .map_err(|e| RegisterError::Protocol(format!("trade_id {:?}: {e}", trade.trade_id)))?;
     if trade_state(trade).is_none() {
-        return Err(RegisterError::Protocol(format!(
-            "trade {id} has unknown state {}",
-            trade.state
-        )));
+        return Err(RegisterError::Protocol(format!("trade {id} has unknown state {}", trade.state)));
     }
     Ok(id)
 }
@@ -388,24 +336,16 @@ fn check_trade(trade: &proto::Trade) -> Result<TradeId, RegisterError> {
 fn check_same_trade(trade: &proto::Trade, asked: TradeId) -> Result<(), RegisterError> {
     let got = check_trade(trade)?;
     if got != asked {
-        return Err(RegisterError::Protocol(format!(
-            "asked for trade {asked}, got {got}"
-        )));
+        return Err(RegisterError::Protocol(format!("asked for trade {asked}, got {got}")));
     }
     Ok(())
 }
 
 /// A created trade must be ours and carry exactly what we asked for.
-fn check_created(
-    trade: &proto::Trade,
-    asked: &ChargeRequest,
-    register_id: RegisterId,
-) -> Result<(), RegisterError> {
+fn check_created(trade: &proto::Trade, asked: &ChargeRequest, register_id: RegisterId) -> Result<(), RegisterError> {
     let id = check_trade(trade)?;
     let breach = |what: &str, got: &dyn std::fmt::Display, want: &dyn std::fmt::Display| {
-        Err(RegisterError::Protocol(format!(
-            "created trade {id} has {what} {got}, asked for {want}"
-        )))
+        Err(RegisterError::Protocol(format!("created trade {id} has {what} {got}, asked for {want}")))
     };
     if trade.register_id != register_id.to_string() {
         return breach("register", &trade.register_id, &register_id);
@@ -423,10 +363,7 @@ fn check_created(
 /// (expiry minus creation), so client clock skew does not matter.
 fn ttl_of(trade: &proto::Trade) -> Duration {
     let ms = trade.expires_at_ms.saturating_sub(trade.created_at_ms);
-    u64::try_from(ms)
-        .map(Duration::from_millis)
-        .unwrap_or(Duration::ZERO)
-        .min(MAX_TRADE_TTL)
+    u64::try_from(ms).map(Duration::from_millis).unwrap_or(Duration::ZERO).min(MAX_TRADE_TTL)
 }
 
 #[cfg(test)]
@@ -447,10 +384,7 @@ mod tests {
     }
 
     fn ids() -> (TradeId, RegisterId) {
-        (
-            TradeId::generate().expect("entropy"),
-            RegisterId::generate().expect("entropy"),
-        )
+        (TradeId::generate().expect("entropy"), RegisterId::generate().expect("entropy"))
     }
 
     #[test]
@@ -482,20 +416,11 @@ mod tests {
 
         let other_register = RegisterId::generate().expect("entropy");
         assert!(check_created(&good, &asked, other_register).is_err());
-        let bad_amount = proto::Trade {
-            amount_minor: 1201,
-            ..good.clone()
-        };
+        let bad_amount = proto::Trade { amount_minor: 1201, ..good.clone() };
         assert!(check_created(&bad_amount, &asked, r).is_err());
-        let bad_currency = proto::Trade {
-            currency: "USD".to_owned(),
-            ..good.clone()
-        };
+        let bad_currency = proto::Trade { currency: "USD".to_owned(), ..good.clone() };
         assert!(check_created(&bad_currency, &asked, r).is_err());
-        let bad_id = proto::Trade {
-            trade_id: "trd_nope".to_owned(),
-            ..good.clone()
-        };
+        let bad_id = proto::Trade { trade_id: "trd_nope".to_owned(), ..good.clone() };
         assert!(check_created(&bad_id, &asked, r).is_err());
         assert!(check_same_trade(&good, TradeId::generate().expect("entropy")).is_err());
         assert_eq!(check_same_trade(&good, t), Ok(()));
@@ -511,16 +436,8 @@ mod tests {
         let p = asked.to_proto(r);
         assert_eq!(p.register_id, r.to_string());
         assert_eq!((p.amount_minor, p.currency.as_str()), (1200, "JPY"));
-        assert_eq!(
-            (p.ttl_seconds, p.idempotency_key.as_str()),
-            (30, "order-17")
-        );
-        assert_eq!(
-            p.payer,
-            Some(proto::create_trade_request::Payer::SubscriberNumber(
-                "+818012345678".to_owned()
-            ))
-        );
+        assert_eq!((p.ttl_seconds, p.idempotency_key.as_str()), (30, "order-17"));
+        assert_eq!(p.payer, Some(proto::create_trade_request::Payer::SubscriberNumber("+818012345678".to_owned())));
     }
 
     #[test]
@@ -528,16 +445,9 @@ mod tests {
         let (t, r) = ids();
         let base = trade(t, r, proto::TradeState::Pending);
         assert_eq!(ttl_of(&base), Duration::from_secs(120));
-        let backwards = proto::Trade {
-            expires_at_ms: 0,
-            ..base.clone()
-        };
+        let backwards = proto::Trade { expires_at_ms: 0, ..base.clone() };
         assert_eq!(ttl_of(&backwards), Duration::ZERO);
-        let huge = proto::Trade {
-            created_at_ms: i64::MIN,
-            expires_at_ms: i64::MAX,
-            ..base
-        };
+        let huge = proto::Trade { created_at_ms: i64::MIN, expires_at_ms: i64::MAX, ..base };
         assert_eq!(ttl_of(&huge), MAX_TRADE_TTL);
     }
 }

@@ -15,14 +15,12 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::domain::{
-    AccountName, CarrierId, RegisterId, ShopId, SubscriberNumber, TradeId, UnixMs,
-};
+use crate::domain::{AccountName, CarrierId, RegisterId, ShopId, SubscriberNumber, TradeId, UnixMs};
 
 pub use commands::{AnswerOutcome, Command, CommandOutcome, CreateTrade, RejectedAnswer};
 pub use records::{
-    AccountRecord, Delivery, DeliveryBody, EventKind, EventRecord, Funding, OfferBody, PostingKind,
-    PostingRecord, Principal, Receipt, RegisterRecord, ShopRecord, TradeRecord, TradeRequest,
+    AccountRecord, Delivery, DeliveryBody, EventKind, EventRecord, Funding, OfferBody, PostingKind, PostingRecord,
+    Principal, Receipt, RegisterRecord, ShopRecord, TradeRecord, TradeRequest,
 };
 pub use verify::VerifyReport;
 
@@ -308,10 +306,7 @@ impl Store {
     pub fn open(config: StoreConfig) -> Result<Store, StoreError> {
         std::fs::create_dir_all(&config.path).map_err(|e| StoreError::Io(e.to_string()))?;
         let db = open_db(&config)?;
-        let trees = TREE_NAMES
-            .iter()
-            .map(|n| db.open_tree(n))
-            .collect::<Result<Vec<_>, _>>()?;
+        let trees = TREE_NAMES.iter().map(|n| db.open_tree(n)).collect::<Result<Vec<_>, _>>()?;
         let (durable, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
             db,
@@ -322,17 +317,14 @@ impl Store {
             heads: EventHeads::default(),
             closed: CloseSignal(watch::Sender::new(false)),
         });
-        let syncer =
-            writer::Syncer::open(&config.path, config.durability, config.sync_fault.clone())?;
+        let syncer = writer::Syncer::open(&config.path, config.durability, config.sync_fault.clone())?;
         // Whatever recovery found is made durable before anything reads it.
         shared.db.flush()?;
         syncer.sync_now()?;
         for item in shared.trees[T::Shops as usize].iter() {
             let (_, v) = item?;
             let shop: ShopRecord = records::decode(&v)?;
-            shared
-                .heads
-                .set(&shop.id, shop.next_event_seq.saturating_sub(1));
+            shared.heads.set(&shop.id, shop.next_event_seq.saturating_sub(1));
         }
         let writes = writer::spawn(shared.clone(), syncer)?;
         Ok(Store { shared, writes })
@@ -356,10 +348,7 @@ impl Store {
             return Err(StoreError::Stopped);
         }
         let (reply, rx) = oneshot::channel();
-        self.writes
-            .send(writer::WriteRequest { command, reply })
-            .await
-            .map_err(|_| StoreError::Stopped)?;
+        self.writes.send(writer::WriteRequest { command, reply }).await.map_err(|_| StoreError::Stopped)?;
         Ok(PendingWrite(rx))
     }
 
@@ -393,23 +382,14 @@ impl Store {
         &self.shared.heads
     }
 
-    fn get<R: serde::de::DeserializeOwned>(
-        &self,
-        t: T,
-        key: &[u8],
-    ) -> Result<Option<R>, StoreError> {
+    fn get<R: serde::de::DeserializeOwned>(&self, t: T, key: &[u8]) -> Result<Option<R>, StoreError> {
         match self.tree(t).get(key)? {
             Some(v) => records::decode(&v).map(Some),
             None => Ok(None),
         }
     }
 
-    fn scan<R: serde::de::DeserializeOwned>(
-        &self,
-        t: T,
-        prefix: &[u8],
-        limit: usize,
-    ) -> Result<Vec<R>, StoreError> {
+    fn scan<R: serde::de::DeserializeOwned>(&self, t: T, prefix: &[u8], limit: usize) -> Result<Vec<R>, StoreError> {
         let mut out = Vec::new();
         for item in self.tree(t).scan_prefix(prefix).take(limit) {
             let (_, v) = item?;
@@ -440,11 +420,7 @@ impl Store {
         self.durable(v).await
     }
 
-    pub async fn registers(
-        &self,
-        shop: &ShopId,
-        limit: usize,
-    ) -> Result<Vec<RegisterRecord>, StoreError> {
+    pub async fn registers(&self, shop: &ShopId, limit: usize) -> Result<Vec<RegisterRecord>, StoreError> {
         let v = self.scan(T::Registers, &keys::owned(shop.as_str(), &[]), limit)?;
         self.durable(v).await
     }
@@ -464,11 +440,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
-        for item in self
-            .tree(T::Events)
-            .range(keys::event(shop, start)..=keys::event(shop, head))
-            .take(limit)
-        {
+        for item in self.tree(T::Events).range(keys::event(shop, start)..=keys::event(shop, head)).take(limit) {
             let (_, v) = item?;
             out.push(records::decode(&v)?);
         }
@@ -477,12 +449,7 @@ impl Store {
 
     /// Unacknowledged deliveries for a carrier with ids above `after`,
     /// oldest first, at most `limit`.
-    pub async fn outbox(
-        &self,
-        carrier: &CarrierId,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<Delivery>, StoreError> {
+    pub async fn outbox(&self, carrier: &CarrierId, after: u64, limit: usize) -> Result<Vec<Delivery>, StoreError> {
         let Some(start) = after.checked_add(1) else {
             return Ok(Vec::new());
         };
@@ -502,10 +469,8 @@ impl Store {
         let end = keys::deadline(now, &TradeId::from_bytes([0xff; 16]));
         for item in self.tree(T::Deadlines).range(..=end).take(limit) {
             let (k, _) = item?;
-            let bytes: [u8; 16] = k
-                .get(8..24)
-                .and_then(|s| s.try_into().ok())
-                .ok_or(StoreError::Corrupt("deadline key".into()))?;
+            let bytes: [u8; 16] =
+                k.get(8..24).and_then(|s| s.try_into().ok()).ok_or(StoreError::Corrupt("deadline key".into()))?;
             out.push(TradeId::from_bytes(bytes));
         }
         Ok(out)
@@ -515,10 +480,8 @@ impl Store {
     pub fn next_deadline(&self) -> Result<Option<UnixMs>, StoreError> {
         match self.tree(T::Deadlines).first()? {
             Some((k, _)) => {
-                let bytes: [u8; 8] = k
-                    .get(..8)
-                    .and_then(|s| s.try_into().ok())
-                    .ok_or(StoreError::Corrupt("deadline key".into()))?;
+                let bytes: [u8; 8] =
+                    k.get(..8).and_then(|s| s.try_into().ok()).ok_or(StoreError::Corrupt("deadline key".into()))?;
                 Ok(Some(UnixMs(u64::from_be_bytes(bytes))))
             }
             None => Ok(None),
@@ -528,22 +491,10 @@ impl Store {
     /// Accounts whose name starts with `prefix`, at most `limit`, read on
     /// the writer thread so that one answer is one consistent state (the
     /// balances of a page always belong to the same moment).
-    pub async fn accounts(
-        &self,
-        prefix: &str,
-        limit: usize,
-    ) -> Result<Vec<AccountRecord>, StoreError> {
-        match self
-            .execute(Command::ReadAccounts {
-                prefix: prefix.to_owned(),
-                limit,
-            })
-            .await?
-        {
+    pub async fn accounts(&self, prefix: &str, limit: usize) -> Result<Vec<AccountRecord>, StoreError> {
+        match self.execute(Command::ReadAccounts { prefix: prefix.to_owned(), limit }).await? {
             CommandOutcome::Accounts(accounts) => Ok(accounts),
-            _ => Err(StoreError::Corrupt(
-                "writer answered read-accounts with another outcome".into(),
-            )),
+            _ => Err(StoreError::Corrupt("writer answered read-accounts with another outcome".into())),
         }
     }
 
@@ -552,30 +503,19 @@ impl Store {
         self.durable(v).await
     }
 
-    pub async fn postings(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<PostingRecord>, StoreError> {
+    pub async fn postings(&self, after: u64, limit: usize) -> Result<Vec<PostingRecord>, StoreError> {
         let Some(start) = after.checked_add(1) else {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
-        for item in self
-            .tree(T::Postings)
-            .range(start.to_be_bytes()..)
-            .take(limit)
-        {
+        for item in self.tree(T::Postings).range(start.to_be_bytes()..).take(limit) {
             let (_, v) = item?;
             out.push(records::decode(&v)?);
         }
         self.durable(out).await
     }
 
-    pub async fn subscriber(
-        &self,
-        number: &SubscriberNumber,
-    ) -> Result<Option<records::SubscriberRecord>, StoreError> {
+    pub async fn subscriber(&self, number: &SubscriberNumber) -> Result<Option<records::SubscriberRecord>, StoreError> {
         let v = self.get(T::Subscribers, number.as_str().as_bytes())?;
         self.durable(v).await
     }
@@ -585,9 +525,7 @@ impl Store {
     pub async fn verify(&self) -> Result<VerifyReport, StoreError> {
         match self.execute(Command::Verify).await? {
             CommandOutcome::Verified(report) => Ok(report),
-            _ => Err(StoreError::Corrupt(
-                "writer answered verify with another outcome".into(),
-            )),
+            _ => Err(StoreError::Corrupt("writer answered verify with another outcome".into())),
         }
     }
 }

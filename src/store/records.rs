@@ -5,8 +5,8 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::domain::{
-    AccountName, Amount, Balance, CarrierId, Currency, Decision, FailureReason, RegisterId, ShopId,
-    Side, SubscriberNumber, TradeId, TradeState, UnixMs,
+    AccountName, Amount, Balance, CarrierId, Currency, Decision, FailureReason, RegisterId, ShopId, Side,
+    SubscriberNumber, TradeId, TradeState, UnixMs,
 };
 
 use super::StoreError;
@@ -16,8 +16,7 @@ pub const RECORD_VERSION: u8 = 1;
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     let mut out = vec![RECORD_VERSION];
-    let body =
-        postcard::to_stdvec(value).map_err(|e| StoreError::Corrupt(format!("encode: {e}")))?;
+    let body = postcard::to_stdvec(value).map_err(|e| StoreError::Corrupt(format!("encode: {e}")))?;
     out.extend_from_slice(&body);
     Ok(out)
 }
@@ -220,11 +219,7 @@ pub struct OfferBody {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeliveryBody {
     Offer(OfferBody),
-    Withdraw {
-        trade: TradeId,
-        payer: SubscriberNumber,
-        state: TradeState,
-    },
+    Withdraw { trade: TradeId, payer: SubscriberNumber, state: TradeState },
 }
 
 /// Work for a carrier, written in the same commit as the change that
@@ -239,16 +234,9 @@ pub struct Delivery {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum IdempotencyRecord {
     /// A CreateTrade key: the trade it made and the request, to compare.
-    Trade {
-        trade: TradeId,
-        request: TradeRequest,
-    },
+    Trade { trade: TradeId, request: TradeRequest },
     /// A RefundTrade key: the refund it made.
-    Refund {
-        trade: TradeId,
-        amount: Amount,
-        refund_id: u64,
-    },
+    Refund { trade: TradeId, amount: Amount, refund_id: u64 },
 }
 
 #[cfg(test)]
@@ -267,17 +255,8 @@ mod tests {
         assert_eq!(back.id, rec.id);
         let mut wrong = bytes.clone();
         wrong[0] = 9;
-        assert!(matches!(
-            decode::<CarrierRecord>(&wrong),
-            Err(StoreError::Corrupt(_))
-        ));
-        assert!(matches!(
-            decode::<CarrierRecord>(&[]),
-            Err(StoreError::Corrupt(_))
-        ));
-        assert!(matches!(
-            decode::<CarrierRecord>(&bytes[..3]),
-            Err(StoreError::Corrupt(_))
-        ));
+        assert!(matches!(decode::<CarrierRecord>(&wrong), Err(StoreError::Corrupt(_))));
+        assert!(matches!(decode::<CarrierRecord>(&[]), Err(StoreError::Corrupt(_))));
+        assert!(matches!(decode::<CarrierRecord>(&bytes[..3]), Err(StoreError::Corrupt(_))));
     }
 }

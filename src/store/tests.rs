@@ -42,13 +42,8 @@ async fn fixture() -> Fixture {
         now: T0,
     })
     .await;
-    run(Command::CreateCarrier {
-        id: carrier.clone(),
-        display_name: "Docomo".into(),
-        token_hash: [2; 32],
-        now: T0,
-    })
-    .await;
+    run(Command::CreateCarrier { id: carrier.clone(), display_name: "Docomo".into(), token_hash: [2; 32], now: T0 })
+        .await;
     run(Command::EnrollSubscriber {
         carrier: carrier.clone(),
         number: payer.clone(),
@@ -63,23 +58,9 @@ async fn fixture() -> Fixture {
         now: T0,
     })
     .await;
-    run(Command::OpenRegister {
-        shop: shop.clone(),
-        id: register,
-        label: "till".into(),
-        max_registers: 5,
-        now: T0,
-    })
-    .await;
-    Fixture {
-        _dir: dir,
-        store,
-        shop,
-        carrier,
-        payer,
-        key,
-        register,
-    }
+    run(Command::OpenRegister { shop: shop.clone(), id: register, label: "till".into(), max_registers: 5, now: T0 })
+        .await;
+    Fixture { _dir: dir, store, shop, carrier, payer, key, register }
 }
 
 impl Fixture {
@@ -106,11 +87,7 @@ impl Fixture {
         }
     }
 
-    async fn create(
-        &self,
-        minor: u64,
-        key: Option<&str>,
-    ) -> Result<(TradeRecord, bool), StoreError> {
+    async fn create(&self, minor: u64, key: Option<&str>) -> Result<(TradeRecord, bool), StoreError> {
         let c = CreateTrade {
             shop: self.shop.clone(),
             trade_id: TradeId::generate().expect("id"),
@@ -121,11 +98,7 @@ impl Fixture {
             now: T0,
         };
         match self.store.execute(Command::CreateTrade(c)).await? {
-            CommandOutcome::Trade {
-                trade: Some(t),
-                replayed,
-                ..
-            } => Ok((t, replayed)),
+            CommandOutcome::Trade { trade: Some(t), replayed, .. } => Ok((t, replayed)),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -143,20 +116,8 @@ impl Fixture {
         self.key.sign(&payload.to_bytes()).to_bytes().to_vec()
     }
 
-    async fn answer(
-        &self,
-        t: &TradeRecord,
-        decision: Decision,
-        signature: Vec<u8>,
-        now: UnixMs,
-    ) -> AnswerOutcome {
-        let c = Command::Answer {
-            carrier: self.carrier.clone(),
-            trade: t.id,
-            decision,
-            signature,
-            now,
-        };
+    async fn answer(&self, t: &TradeRecord, decision: Decision, signature: Vec<u8>, now: UnixMs) -> AnswerOutcome {
+        let c = Command::Answer { carrier: self.carrier.clone(), trade: t.id, decision, signature, now };
         match self.store.execute(c).await.expect("answer") {
             CommandOutcome::Answer(a) => a,
             other => panic!("unexpected {other:?}"),
@@ -164,11 +125,7 @@ impl Fixture {
     }
 
     async fn net(&self, name: &AccountName) -> i128 {
-        self.store
-            .account(name)
-            .await
-            .expect("read")
-            .map_or(0, |a| a.balance.net())
+        self.store.account(name).await.expect("read").map_or(0, |a| a.balance.net())
     }
 }
 
@@ -192,10 +149,7 @@ async fn approval_settles_atomically_and_verifies() {
 
     // The same approval again settles nothing.
     let again = f.answer(&trade, Decision::Approve, sig, T0).await;
-    assert_eq!(
-        again.rejected,
-        Some(RejectedAnswer::AlreadyFinal(TradeState::Settled))
-    );
+    assert_eq!(again.rejected, Some(RejectedAnswer::AlreadyFinal(TradeState::Settled)));
     assert_eq!(f.net(&wallet).await, 3_800);
 
     let report = f.store.verify().await.expect("verify");
@@ -211,63 +165,25 @@ async fn refusals_move_no_money() {
     let wallet = AccountName::Wallet(f.payer.clone(), jpy());
 
     let (poor, _) = f.create(1_001, None).await.expect("create");
-    let out = f
-        .answer(
-            &poor,
-            Decision::Approve,
-            f.sign(&poor, Decision::Approve),
-            T0,
-        )
-        .await;
+    let out = f.answer(&poor, Decision::Approve, f.sign(&poor, Decision::Approve), T0).await;
     let t = out.trade.expect("trade");
-    assert_eq!(
-        (t.state, t.failure),
-        (TradeState::Failed, Some(FailureReason::InsufficientFunds))
-    );
+    assert_eq!((t.state, t.failure), (TradeState::Failed, Some(FailureReason::InsufficientFunds)));
 
     let (forged, _) = f.create(10, None).await.expect("create");
     // Signed for a different decision: must not verify as an approval.
-    let out = f
-        .answer(
-            &forged,
-            Decision::Approve,
-            f.sign(&forged, Decision::Decline),
-            T0,
-        )
-        .await;
+    let out = f.answer(&forged, Decision::Approve, f.sign(&forged, Decision::Decline), T0).await;
     let t = out.trade.expect("trade");
-    assert_eq!(
-        (t.state, t.failure),
-        (TradeState::Failed, Some(FailureReason::BadSignature))
-    );
+    assert_eq!((t.state, t.failure), (TradeState::Failed, Some(FailureReason::BadSignature)));
 
     let (declined, _) = f.create(10, None).await.expect("create");
-    let out = f
-        .answer(
-            &declined,
-            Decision::Decline,
-            f.sign(&declined, Decision::Decline),
-            T0,
-        )
-        .await;
+    let out = f.answer(&declined, Decision::Decline, f.sign(&declined, Decision::Decline), T0).await;
     assert_eq!(out.trade.expect("trade").state, TradeState::Declined);
 
     let (late, _) = f.create(10, None).await.expect("create");
-    let out = f
-        .answer(
-            &late,
-            Decision::Approve,
-            f.sign(&late, Decision::Approve),
-            UnixMs(T0.0 + 60_000),
-        )
-        .await;
+    let out = f.answer(&late, Decision::Approve, f.sign(&late, Decision::Approve), UnixMs(T0.0 + 60_000)).await;
     assert_eq!(out.rejected, Some(RejectedAnswer::Expired));
     assert_eq!(out.trade.expect("trade").state, TradeState::Expired);
-    assert_eq!(
-        out.deliveries.len(),
-        1,
-        "a withdrawal is queued for the handset"
-    );
+    assert_eq!(out.deliveries.len(), 1, "a withdrawal is queued for the handset");
 
     assert_eq!(f.net(&wallet).await, 1_000);
     assert!(f.store.verify().await.expect("verify").ok());
@@ -296,59 +212,25 @@ async fn expiry_and_cancel_free_the_register_and_queue_withdrawals() {
     let due = f.store.due(UnixMs(T0.0 + 60_000), 10).expect("due");
     assert_eq!(due.len(), 2);
 
-    match f
-        .store
-        .execute(Command::Expire {
-            trade: a.id,
-            now: UnixMs(T0.0 + 60_000),
-        })
-        .await
-        .expect("expire")
-    {
-        CommandOutcome::Trade {
-            trade: Some(t),
-            deliveries,
-            replayed: false,
-        } => {
+    match f.store.execute(Command::Expire { trade: a.id, now: UnixMs(T0.0 + 60_000) }).await.expect("expire") {
+        CommandOutcome::Trade { trade: Some(t), deliveries, replayed: false } => {
             assert_eq!(t.state, TradeState::Expired);
             assert!(matches!(deliveries[0].body, DeliveryBody::Withdraw { .. }));
         }
         other => panic!("unexpected {other:?}"),
     }
-    match f
-        .store
-        .execute(Command::Cancel {
-            shop: f.shop.clone(),
-            trade: b.id,
-            now: T0,
-        })
-        .await
-        .expect("cancel")
-    {
+    match f.store.execute(Command::Cancel { shop: f.shop.clone(), trade: b.id, now: T0 }).await.expect("cancel") {
         CommandOutcome::Trade { trade: Some(t), .. } => assert_eq!(t.state, TradeState::Cancelled),
         other => panic!("unexpected {other:?}"),
     }
     // Cancelling again is a wrong-state error; another shop sees nothing.
     assert!(matches!(
-        f.store
-            .execute(Command::Cancel {
-                shop: f.shop.clone(),
-                trade: b.id,
-                now: T0
-            })
-            .await,
+        f.store.execute(Command::Cancel { shop: f.shop.clone(), trade: b.id, now: T0 }).await,
         Err(StoreError::FailedPrecondition(_))
     ));
     let other = ShopId::parse("other").expect("id");
     assert_eq!(
-        f.store
-            .execute(Command::Cancel {
-                shop: other,
-                trade: a.id,
-                now: T0
-            })
-            .await
-            .err(),
+        f.store.execute(Command::Cancel { shop: other, trade: a.id, now: T0 }).await.err(),
         Some(StoreError::NotFound("trade"))
     );
     let registers = f.store.registers(&f.shop, 10).await.expect("registers");
@@ -362,29 +244,14 @@ async fn events_are_numbered_per_shop_without_gaps() {
     let f = fixture().await;
     f.top_up(100).await;
     let (t, _) = f.create(10, None).await.expect("create");
-    f.answer(&t, Decision::Approve, f.sign(&t, Decision::Approve), T0)
-        .await;
-    let head = *f
-        .store
-        .event_heads()
-        .subscribe(&f.shop)
-        .expect("head")
-        .borrow();
+    f.answer(&t, Decision::Approve, f.sign(&t, Decision::Approve), T0).await;
+    let head = *f.store.event_heads().subscribe(&f.shop).expect("head").borrow();
     assert_eq!(head, 2);
-    let events = f
-        .store
-        .events_between(&f.shop, 0, head, 100)
-        .expect("events");
+    let events = f.store.events_between(&f.shop, 0, head, 100).expect("events");
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, vec![1, 2]);
     assert_eq!(events[1].trade.state, TradeState::Settled);
-    assert_eq!(
-        f.store
-            .events_between(&f.shop, 1, head, 100)
-            .expect("events")
-            .len(),
-        1
-    );
+    assert_eq!(f.store.events_between(&f.shop, 1, head, 100).expect("events").len(), 1);
 }
 
 #[tokio::test]
@@ -394,38 +261,16 @@ async fn verify_reports_tampering() {
     assert!(f.store.verify().await.expect("verify").ok());
     // Rewrite the wallet's stored totals behind the ledger's back.
     let wallet = AccountName::Wallet(f.payer.clone(), jpy());
-    let mut record = f
-        .store
-        .account(&wallet)
-        .await
-        .expect("read")
-        .expect("exists");
+    let mut record = f.store.account(&wallet).await.expect("read").expect("exists");
     record.balance.credits = Amount::new(2_000);
     f.store
         .tree(T::Accounts)
-        .insert(
-            keys::account(&wallet),
-            records::encode(&record).expect("encode"),
-        )
+        .insert(keys::account(&wallet), records::encode(&record).expect("encode"))
         .expect("insert");
     let report = f.store.verify().await.expect("verify");
     assert!(!report.ok());
-    assert!(
-        report
-            .violations
-            .iter()
-            .any(|v| v.contains("postings sum to")),
-        "{:?}",
-        report.violations
-    );
-    assert!(
-        report
-            .violations
-            .iter()
-            .any(|v| v.contains("do not sum to zero")),
-        "{:?}",
-        report.violations
-    );
+    assert!(report.violations.iter().any(|v| v.contains("postings sum to")), "{:?}", report.violations);
+    assert!(report.violations.iter().any(|v| v.contains("do not sum to zero")), "{:?}", report.violations);
 }
 
 #[tokio::test]
@@ -436,8 +281,7 @@ async fn everything_acknowledged_survives_reopening() {
         let f = fixture().await;
         f.top_up(100).await;
         let (t, _) = f.create(10, None).await.expect("create");
-        f.answer(&t, Decision::Approve, f.sign(&t, Decision::Approve), T0)
-            .await;
+        f.answer(&t, Decision::Approve, f.sign(&t, Decision::Approve), T0).await;
         trade_id = t.id;
         // Move the store's files to a folder that outlives the fixture.
         drop(f.store);
@@ -446,21 +290,10 @@ async fn everything_acknowledged_survives_reopening() {
     // The writer thread ends once its handles are gone; give sled the
     // folder back under a new name and reopen.
     let store = Store::open(StoreConfig::new(dir.path().join("store"))).expect("reopen");
-    let t = store
-        .trade(&trade_id)
-        .await
-        .expect("read")
-        .expect("present");
+    let t = store.trade(&trade_id).await.expect("read").expect("present");
     assert_eq!(t.state, TradeState::Settled);
     assert!(store.verify().await.expect("verify").ok());
-    assert_eq!(
-        *store
-            .event_heads()
-            .subscribe(&t.shop)
-            .expect("head")
-            .borrow(),
-        2
-    );
+    assert_eq!(*store.event_heads().subscribe(&t.shop).expect("head").borrow(), 2);
 }
 
 #[tokio::test]
@@ -480,31 +313,15 @@ async fn refunds_are_partial_bounded_idempotent_and_verified() {
         async move { store.execute(c).await }
     };
     // Not settled yet: refused.
-    assert!(matches!(
-        refund(10, None).await,
-        Err(StoreError::FailedPrecondition(_))
-    ));
-    f.answer(&t, Decision::Approve, f.sign(&t, Decision::Approve), T0)
-        .await;
+    assert!(matches!(refund(10, None).await, Err(StoreError::FailedPrecondition(_))));
+    f.answer(&t, Decision::Approve, f.sign(&t, Decision::Approve), T0).await;
 
     let first = refund(300, Some("r1")).await.expect("refund");
-    let CommandOutcome::Refund {
-        refund_id,
-        replayed: false,
-        trade,
-        ..
-    } = first
-    else {
-        panic!("{first:?}")
-    };
+    let CommandOutcome::Refund { refund_id, replayed: false, trade, .. } = first else { panic!("{first:?}") };
     assert_eq!(trade.refunded, Amount::new(300));
     // A retry returns the same refund and moves nothing.
     match refund(300, Some("r1")).await.expect("retry") {
-        CommandOutcome::Refund {
-            refund_id: again,
-            replayed: true,
-            ..
-        } => assert_eq!(again, refund_id),
+        CommandOutcome::Refund { refund_id: again, replayed: true, .. } => assert_eq!(again, refund_id),
         other => panic!("{other:?}"),
     }
     match refund(301, Some("r1")).await {
@@ -514,15 +331,9 @@ async fn refunds_are_partial_bounded_idempotent_and_verified() {
     // The same key string as a trade key does not collide with it.
     refund(200, None).await.expect("second refund");
     // 500 left: 501 is refused, 500 is fine, then nothing is left.
-    assert!(matches!(
-        refund(501, None).await,
-        Err(StoreError::FailedPrecondition(_))
-    ));
+    assert!(matches!(refund(501, None).await, Err(StoreError::FailedPrecondition(_))));
     refund(500, None).await.expect("last refund");
-    assert!(matches!(
-        refund(1, None).await,
-        Err(StoreError::FailedPrecondition(_))
-    ));
+    assert!(matches!(refund(1, None).await, Err(StoreError::FailedPrecondition(_))));
 
     let wallet = AccountName::Wallet(f.payer.clone(), jpy());
     let shop = AccountName::ShopPayable(f.shop.clone(), jpy());
@@ -531,16 +342,8 @@ async fn refunds_are_partial_bounded_idempotent_and_verified() {
     let report = f.store.verify().await.expect("verify");
     assert!(report.ok(), "{:?}", report.violations);
     // Events: create, settle, and one per refund.
-    let head = *f
-        .store
-        .event_heads()
-        .subscribe(&f.shop)
-        .expect("head")
-        .borrow();
-    let events = f
-        .store
-        .events_between(&f.shop, 0, head, 100)
-        .expect("events");
+    let head = *f.store.event_heads().subscribe(&f.shop).expect("head").borrow();
+    let events = f.store.events_between(&f.shop, 0, head, 100).expect("events");
     let refunds: Vec<u64> = events
         .iter()
         .filter_map(|e| match e.kind {

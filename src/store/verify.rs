@@ -6,9 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::domain::{AccountName, Currency, Side, TradeId, TradeState};
 
-use super::records::{
-    self, AccountRecord, PostingKind, PostingRecord, RegisterRecord, TradeRecord,
-};
+use super::records::{self, AccountRecord, PostingKind, PostingRecord, RegisterRecord, TradeRecord};
 use super::{keys, StoreError, T};
 
 /// At most this many violations are listed; the count is always exact.
@@ -59,11 +57,7 @@ struct TradeMoney {
 }
 
 pub(crate) fn verify(trees: &[sled::Tree]) -> Result<VerifyReport, StoreError> {
-    let tree = |t: T| {
-        trees
-            .get(t as usize)
-            .ok_or(StoreError::Corrupt(format!("tree {t:?} missing")))
-    };
+    let tree = |t: T| trees.get(t as usize).ok_or(StoreError::Corrupt(format!("tree {t:?} missing")));
     let mut report = VerifyReport::default();
 
     // Recompute from postings.
@@ -74,14 +68,8 @@ pub(crate) fn verify(trees: &[sled::Tree]) -> Result<VerifyReport, StoreError> {
         let (_, v) = item?;
         let p: PostingRecord = records::decode(&v)?;
         report.postings_checked += 1;
-        per_account
-            .entry(p.account.clone())
-            .or_default()
-            .add(p.side, p.amount.minor());
-        per_set
-            .entry((p.set_id, p.account.currency()))
-            .or_default()
-            .add(p.side, p.amount.minor());
+        per_account.entry(p.account.clone()).or_default().add(p.side, p.amount.minor());
+        per_set.entry((p.set_id, p.account.currency())).or_default().add(p.side, p.amount.minor());
         if let Some(trade) = p.trade {
             let money = per_trade.entry(trade).or_default();
             match (p.kind, &p.account, p.side) {
@@ -137,9 +125,7 @@ pub(crate) fn verify(trees: &[sled::Tree]) -> Result<VerifyReport, StoreError> {
         }
     }
     for (name, _) in per_account {
-        report.violation(format!(
-            "postings name account {name:?}, which does not exist"
-        ));
+        report.violation(format!("postings name account {name:?}, which does not exist"));
     }
     for (currency, s) in per_currency {
         if s.debits != s.credits {
@@ -181,11 +167,7 @@ pub(crate) fn verify(trees: &[sled::Tree]) -> Result<VerifyReport, StoreError> {
             | TradeState::Cancelled
             | TradeState::Failed => {
                 if !money.settlement_sets.is_empty() {
-                    report.violation(format!(
-                        "trade {} is {} but has settlement postings",
-                        t.id,
-                        t.state.name()
-                    ));
+                    report.violation(format!("trade {} is {} but has settlement postings", t.id, t.state.name()));
                 }
             }
         }
@@ -198,19 +180,14 @@ pub(crate) fn verify(trees: &[sled::Tree]) -> Result<VerifyReport, StoreError> {
             ));
         }
         if money.refunded > money.settled_to_shop {
-            report.violation(format!(
-                "trade {} refunded {} of {} settled",
-                t.id, money.refunded, money.settled_to_shop
-            ));
+            report
+                .violation(format!("trade {} refunded {} of {} settled", t.id, money.refunded, money.settled_to_shop));
         }
         if !t.state.is_final() {
             let key = keys::register(&t.shop, &t.request.register);
             let n = open_per_register.entry(key).or_insert(0);
             *n = n.saturating_add(1);
-            if tree(T::Deadlines)?
-                .get(keys::deadline(t.expires_at, &t.id))?
-                .is_none()
-            {
+            if tree(T::Deadlines)?.get(keys::deadline(t.expires_at, &t.id))?.is_none() {
                 report.violation(format!("open trade {} has no deadline entry", t.id));
             }
         }
@@ -223,17 +200,11 @@ pub(crate) fn verify(trees: &[sled::Tree]) -> Result<VerifyReport, StoreError> {
         let r: RegisterRecord = records::decode(&v)?;
         let counted = open_per_register.remove(k.as_ref()).unwrap_or(0);
         if counted != r.open_trades {
-            report.violation(format!(
-                "register {} counts {} open trades, found {}",
-                r.id, r.open_trades, counted
-            ));
+            report.violation(format!("register {} counts {} open trades, found {}", r.id, r.open_trades, counted));
         }
     }
     if !open_per_register.is_empty() {
-        report.violation(format!(
-            "{} open trades name a missing register",
-            open_per_register.len()
-        ));
+        report.violation(format!("{} open trades name a missing register", open_per_register.len()));
     }
     Ok(report)
 }

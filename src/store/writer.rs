@@ -30,25 +30,14 @@ pub(crate) struct Syncer {
 }
 
 impl Syncer {
-    pub fn open(
-        dir: &Path,
-        durability: Durability,
-        fault: Option<Arc<SyncFault>>,
-    ) -> Result<Syncer, StoreError> {
+    pub fn open(dir: &Path, durability: Durability, fault: Option<Arc<SyncFault>>) -> Result<Syncer, StoreError> {
         // sled 0.34 keeps its log and pages in `<dir>/db`; `flush` ends in
         // sync_file_range there, which flushes neither the drive cache nor
         // metadata, so the writer follows it with fdatasync on this file.
-        let data_file = File::open(dir.join("db"))
-            .map_err(|e| StoreError::Io(format!("open data file: {e}")))?;
+        let data_file = File::open(dir.join("db")).map_err(|e| StoreError::Io(format!("open data file: {e}")))?;
         // The directory entry of a new store must be durable too.
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| StoreError::Io(format!("sync dir: {e}")))?;
-        Ok(Syncer {
-            data_file,
-            durability,
-            fault,
-        })
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::Io(format!("sync dir: {e}")))?;
+        Ok(Syncer { data_file, durability, fault })
     }
 
     pub fn sync_now(&self) -> Result<(), StoreError> {
@@ -56,19 +45,13 @@ impl Syncer {
             return Err(StoreError::Io("fdatasync: injected failure".into()));
         }
         match self.durability {
-            Durability::Fsync => self
-                .data_file
-                .sync_data()
-                .map_err(|e| StoreError::Io(format!("fdatasync: {e}"))),
+            Durability::Fsync => self.data_file.sync_data().map_err(|e| StoreError::Io(format!("fdatasync: {e}"))),
             Durability::FlushOnly => Ok(()),
         }
     }
 }
 
-pub(crate) fn spawn(
-    shared: Arc<Shared>,
-    syncer: Syncer,
-) -> Result<mpsc::Sender<WriteRequest>, StoreError> {
+pub(crate) fn spawn(shared: Arc<Shared>, syncer: Syncer) -> Result<mpsc::Sender<WriteRequest>, StoreError> {
     let (tx, rx) = mpsc::channel(WRITE_QUEUE_DEPTH);
     std::thread::Builder::new()
         .name("syncpay-writer".into())
@@ -97,16 +80,9 @@ fn run(shared: Arc<Shared>, syncer: Syncer, mut rx: mpsc::Receiver<WriteRequest>
         group += 1;
         shared.applying.store(group, Ordering::SeqCst);
         let mut heads = Vec::new();
-        let results: Vec<_> = batch
-            .iter()
-            .map(|req| commands::apply(&shared, &req.command, &mut heads))
-            .collect();
+        let results: Vec<_> = batch.iter().map(|req| commands::apply(&shared, &req.command, &mut heads)).collect();
         let started = std::time::Instant::now();
-        let synced = shared
-            .db
-            .flush()
-            .map_err(StoreError::from)
-            .and_then(|_| syncer.sync_now());
+        let synced = shared.db.flush().map_err(StoreError::from).and_then(|_| syncer.sync_now());
         match synced {
             Ok(()) => {
                 tracing::trace!(

@@ -32,12 +32,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<proto::CreateShopResponse>, Status> {
         let r = request.get_ref();
         let id = convert::shop_id("shop_id", &r.shop_id)?;
-        let display_name = convert::text(
-            "display_name",
-            &r.display_name,
-            limits::MAX_DISPLAY_NAME_CHARS,
-            true,
-        )?;
+        let display_name = convert::text("display_name", &r.display_name, limits::MAX_DISPLAY_NAME_CHARS, true)?;
         let token = new_token("shop")?;
         let command = Command::CreateShop {
             id,
@@ -46,19 +41,10 @@ impl AdminService for AdminApi {
             max_shops: self.engine.limits.max_shops,
             now: now(),
         };
-        match self
-            .engine
-            .store
-            .execute(command)
-            .await
-            .map_err(ApiError::from)?
-        {
+        match self.engine.store.execute(command).await.map_err(ApiError::from)? {
             CommandOutcome::Shop(s) => {
                 tracing::info!(shop = %s.id, "shop created");
-                Ok(Response::new(proto::CreateShopResponse {
-                    shop_id: s.id.to_string(),
-                    token,
-                }))
+                Ok(Response::new(proto::CreateShopResponse { shop_id: s.id.to_string(), token }))
             }
             _ => Err(ApiError::Internal("create shop: unexpected outcome".into()).into()),
         }
@@ -70,32 +56,13 @@ impl AdminService for AdminApi {
     ) -> Result<Response<proto::CreateCarrierResponse>, Status> {
         let r = request.get_ref();
         let id = convert::carrier_id("carrier_id", &r.carrier_id)?;
-        let display_name = convert::text(
-            "display_name",
-            &r.display_name,
-            limits::MAX_DISPLAY_NAME_CHARS,
-            true,
-        )?;
+        let display_name = convert::text("display_name", &r.display_name, limits::MAX_DISPLAY_NAME_CHARS, true)?;
         let token = new_token("carrier")?;
-        let command = Command::CreateCarrier {
-            id,
-            display_name,
-            token_hash: token_hash(&token),
-            now: now(),
-        };
-        match self
-            .engine
-            .store
-            .execute(command)
-            .await
-            .map_err(ApiError::from)?
-        {
+        let command = Command::CreateCarrier { id, display_name, token_hash: token_hash(&token), now: now() };
+        match self.engine.store.execute(command).await.map_err(ApiError::from)? {
             CommandOutcome::Carrier(c) => {
                 tracing::info!(carrier = %c.id, "carrier created");
-                Ok(Response::new(proto::CreateCarrierResponse {
-                    carrier_id: c.id.to_string(),
-                    token,
-                }))
+                Ok(Response::new(proto::CreateCarrierResponse { carrier_id: c.id.to_string(), token }))
             }
             _ => Err(ApiError::Internal("create carrier: unexpected outcome".into()).into()),
         }
@@ -112,19 +79,11 @@ impl AdminService for AdminApi {
         match self
             .engine
             .store
-            .execute(Command::TopUp {
-                number,
-                amount,
-                currency,
-                now: now(),
-            })
+            .execute(Command::TopUp { number, amount, currency, now: now() })
             .await
             .map_err(ApiError::from)?
         {
-            CommandOutcome::TopUp {
-                account,
-                posting_id,
-            } => Ok(Response::new(proto::TopUpWalletResponse {
+            CommandOutcome::TopUp { account, posting_id } => Ok(Response::new(proto::TopUpWalletResponse {
                 account: Some(convert::account_to_proto(&account)),
                 posting_id,
             })),
@@ -137,12 +96,7 @@ impl AdminService for AdminApi {
         request: Request<proto::ListAccountsRequest>,
     ) -> Result<Response<proto::ListAccountsResponse>, Status> {
         let prefix = convert::text("prefix", &request.get_ref().prefix, 128, false)?;
-        let accounts = self
-            .engine
-            .store
-            .accounts(&prefix, limits::MAX_LIST)
-            .await
-            .map_err(ApiError::from)?;
+        let accounts = self.engine.store.accounts(&prefix, limits::MAX_LIST).await.map_err(ApiError::from)?;
         Ok(Response::new(proto::ListAccountsResponse {
             accounts: accounts.iter().map(convert::account_to_proto).collect(),
         }))
@@ -155,16 +109,9 @@ impl AdminService for AdminApi {
         let r = request.get_ref();
         let limit = match r.limit {
             0 => 100,
-            n => usize::try_from(n)
-                .unwrap_or(limits::MAX_LIST)
-                .min(limits::MAX_LIST),
+            n => usize::try_from(n).unwrap_or(limits::MAX_LIST).min(limits::MAX_LIST),
         };
-        let postings = self
-            .engine
-            .store
-            .postings(r.after_posting_id, limit)
-            .await
-            .map_err(ApiError::from)?;
+        let postings = self.engine.store.postings(r.after_posting_id, limit).await.map_err(ApiError::from)?;
         Ok(Response::new(proto::ListPostingsResponse {
             postings: postings.iter().map(convert::posting_to_proto).collect(),
         }))
@@ -176,10 +123,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<proto::VerifyLedgerResponse>, Status> {
         let report = self.engine.store.verify().await.map_err(ApiError::from)?;
         if !report.ok() {
-            tracing::error!(
-                violations = report.violation_count,
-                "ledger verification found violations"
-            );
+            tracing::error!(violations = report.violation_count, "ledger verification found violations");
         }
         Ok(Response::new(proto::VerifyLedgerResponse {
             ok: report.ok(),

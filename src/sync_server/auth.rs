@@ -22,9 +22,7 @@ pub fn token_hash(token: &str) -> [u8; 32] {
 /// A new secret token: a kind prefix and 256 random bits in hex.
 pub fn new_token(kind: &str) -> Result<String, ApiError> {
     let mut bytes = [0u8; 32];
-    SysRng
-        .try_fill_bytes(&mut bytes)
-        .map_err(|e| ApiError::Internal(format!("entropy: {e}")))?;
+    SysRng.try_fill_bytes(&mut bytes).map_err(|e| ApiError::Internal(format!("entropy: {e}")))?;
     let mut out = format!("sp_{kind}_");
     for b in bytes {
         out.push_str(&format!("{b:02x}"));
@@ -51,10 +49,7 @@ const MAX_AUTH_HEADER: usize = 512;
 
 impl Authenticator {
     pub fn new(store: Store, admin_token: &str) -> Self {
-        Authenticator {
-            store,
-            admin_hash: token_hash(admin_token),
-        }
+        Authenticator { store, admin_hash: token_hash(admin_token) }
     }
 
     pub fn authenticate<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
@@ -62,9 +57,7 @@ impl Authenticator {
             .metadata()
             .get("authorization")
             .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <token>"))?;
-        let text = header
-            .to_str()
-            .map_err(|_| Status::unauthenticated("authorization is not text"))?;
+        let text = header.to_str().map_err(|_| Status::unauthenticated("authorization is not text"))?;
         if text.len() > MAX_AUTH_HEADER {
             return Err(Status::unauthenticated("authorization is too long"));
         }
@@ -112,9 +105,7 @@ pub fn interceptor(
 pub fn shop<T>(request: &Request<T>) -> Result<ShopId, Status> {
     match request.extensions().get::<Principal>() {
         Some(Principal::Shop(id)) => Ok(id.clone()),
-        _ => Err(Status::permission_denied(
-            "this service needs a shop credential",
-        )),
+        _ => Err(Status::permission_denied("this service needs a shop credential")),
     }
 }
 
@@ -122,8 +113,6 @@ pub fn shop<T>(request: &Request<T>) -> Result<ShopId, Status> {
 pub fn carrier<T>(request: &Request<T>) -> Result<CarrierId, Status> {
     match request.extensions().get::<Principal>() {
         Some(Principal::Carrier(id)) => Ok(id.clone()),
-        _ => Err(Status::permission_denied(
-            "this service needs a carrier credential",
-        )),
+        _ => Err(Status::permission_denied("this service needs a carrier credential")),
     }
 }

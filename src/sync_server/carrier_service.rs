@@ -29,11 +29,7 @@ pub struct CarrierApi {
 
 impl CarrierApi {
     pub fn new(engine: Arc<Engine>, hub: Arc<RelayHub>, shutdown: watch::Receiver<bool>) -> Self {
-        CarrierApi {
-            engine,
-            hub,
-            shutdown,
-        }
+        CarrierApi { engine, hub, shutdown }
     }
 }
 
@@ -48,30 +44,19 @@ async fn begin_up(
     message: proto::RelayUp,
 ) -> Result<Pin<Box<dyn std::future::Future<Output = Result<(), ApiError>> + Send>>, ApiError> {
     match message.body {
-        Some(proto::relay_up::Body::Ack(ack)) => {
-            Ok(Box::pin(engine.begin_ack(carrier, ack.delivery_id).await?))
-        }
+        Some(proto::relay_up::Body::Ack(ack)) => Ok(Box::pin(engine.begin_ack(carrier, ack.delivery_id).await?)),
         Some(proto::relay_up::Body::Answer(answer)) => {
             let trade = convert::trade_id("answer.trade_id", &answer.trade_id)?;
             let decision = convert::decision("answer.decision", answer.decision)?;
-            let pending = engine
-                .begin_answer(carrier, trade, decision, answer.signature)
-                .await?;
+            let pending = engine.begin_answer(carrier, trade, decision, answer.signature).await?;
             let (hub, carrier) = (hub.clone(), carrier.clone());
             Ok(Box::pin(async move {
                 let outcome = pending.await?;
                 let (accepted, message) = match outcome.rejected {
                     None => (true, String::new()),
-                    Some(RejectedAnswer::UnknownTrade) => {
-                        (false, "no such trade for this carrier".to_owned())
-                    }
-                    Some(RejectedAnswer::AlreadyFinal(s)) => {
-                        (false, format!("trade is already {}", s.name()))
-                    }
-                    Some(RejectedAnswer::Expired) => (
-                        false,
-                        "the trade expired before the answer arrived".to_owned(),
-                    ),
+                    Some(RejectedAnswer::UnknownTrade) => (false, "no such trade for this carrier".to_owned()),
+                    Some(RejectedAnswer::AlreadyFinal(s)) => (false, format!("trade is already {}", s.name())),
+                    Some(RejectedAnswer::Expired) => (false, "the trade expired before the answer arrived".to_owned()),
                 };
                 let result = proto::AnswerResult {
                     trade_id: answer.trade_id,
@@ -79,18 +64,13 @@ async fn begin_up(
                     state: outcome
                         .trade
                         .as_ref()
-                        .map_or(proto::TradeState::Unspecified, |t| {
-                            convert::state_to_proto(t.state)
-                        }) as i32,
-                    failure_reason: convert::failure_to_proto(
-                        outcome.trade.as_ref().and_then(|t| t.failure),
-                    ) as i32,
+                        .map_or(proto::TradeState::Unspecified, |t| convert::state_to_proto(t.state))
+                        as i32,
+                    failure_reason: convert::failure_to_proto(outcome.trade.as_ref().and_then(|t| t.failure)) as i32,
                     message,
                 };
-                let down = proto::RelayDown {
-                    delivery_id: 0,
-                    body: Some(proto::relay_down::Body::AnswerResult(result)),
-                };
+                let down =
+                    proto::RelayDown { delivery_id: 0, body: Some(proto::relay_down::Body::AnswerResult(result)) };
                 hub.send_direct(&carrier, down);
                 Ok(())
             }))
@@ -108,10 +88,7 @@ fn log_refused(carrier: &CarrierId, e: ApiError) {
 impl CarrierService for CarrierApi {
     type RelayStream = RelayStream;
 
-    async fn relay(
-        &self,
-        request: Request<Streaming<proto::RelayUp>>,
-    ) -> Result<Response<Self::RelayStream>, Status> {
+    async fn relay(&self, request: Request<Streaming<proto::RelayUp>>) -> Result<Response<Self::RelayStream>, Status> {
         let carrier = auth::carrier(&request)?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(RELAY_QUEUE_DEPTH);
@@ -128,11 +105,7 @@ impl CarrierService for CarrierApi {
             // replay is paced by the carrier.
             let mut after = 0;
             loop {
-                let page = match replay_engine
-                    .store
-                    .outbox(&replay_carrier, after, limits::MAX_LIST)
-                    .await
-                {
+                let page = match replay_engine.store.outbox(&replay_carrier, after, limits::MAX_LIST).await {
                     Ok(p) => p,
                     Err(e) => {
                         let _ = replay_tx.send(Err(ApiError::from(e).into())).await;
@@ -192,9 +165,7 @@ impl CarrierService for CarrierApi {
             hub.detach(&carrier, link);
             tracing::info!(carrier = %carrier, link, "relay disconnected");
         });
-        Ok(Response::new(
-            Box::pin(ReceiverStream::new(rx)) as RelayStream
-        ))
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as RelayStream))
     }
 
     async fn enroll_subscriber(
@@ -210,19 +181,8 @@ impl CarrierService for CarrierApi {
                 return Err(ApiError::invalid("funding", "must be WALLET").into());
             }
         };
-        let command = Command::EnrollSubscriber {
-            carrier,
-            number,
-            funding,
-            now: now(),
-        };
-        match self
-            .engine
-            .store
-            .execute(command)
-            .await
-            .map_err(ApiError::from)?
-        {
+        let command = Command::EnrollSubscriber { carrier, number, funding, now: now() };
+        match self.engine.store.execute(command).await.map_err(ApiError::from)? {
             CommandOutcome::Subscriber(s) => Ok(Response::new(proto::EnrollSubscriberResponse {
                 subscriber_number: s.number.as_str().to_owned(),
                 funding: proto::Funding::Wallet as i32,
@@ -239,27 +199,13 @@ impl CarrierService for CarrierApi {
         let r = request.get_ref();
         let number = convert::subscriber("subscriber_number", &r.subscriber_number)?;
         let public_key = valid_public_key(&r.public_key).ok_or_else(|| {
-            ApiError::invalid(
-                "public_key",
-                "must be a 32-byte Ed25519 public key (not a weak point)",
-            )
+            ApiError::invalid("public_key", "must be a 32-byte Ed25519 public key (not a weak point)")
         })?;
-        let command = Command::EnrollHandset {
-            carrier,
-            number,
-            public_key,
-            now: now(),
-        };
-        match self
-            .engine
-            .store
-            .execute(command)
-            .await
-            .map_err(ApiError::from)?
-        {
-            CommandOutcome::Handset(h) => Ok(Response::new(proto::EnrollHandsetResponse {
-                key_sha256: key_sha256(&h.public_key).to_vec(),
-            })),
+        let command = Command::EnrollHandset { carrier, number, public_key, now: now() };
+        match self.engine.store.execute(command).await.map_err(ApiError::from)? {
+            CommandOutcome::Handset(h) => {
+                Ok(Response::new(proto::EnrollHandsetResponse { key_sha256: key_sha256(&h.public_key).to_vec() }))
+            }
             _ => Err(ApiError::Internal("enroll handset: unexpected outcome".into()).into()),
         }
     }

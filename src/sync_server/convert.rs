@@ -4,13 +4,10 @@
 
 use crate::domain::approval::ServerSecret;
 use crate::domain::{
-    Amount, CarrierId, Currency, Decision, FailureReason, RegisterId, ShopId, SubscriberNumber,
-    TradeId, TradeState,
+    Amount, CarrierId, Currency, Decision, FailureReason, RegisterId, ShopId, SubscriberNumber, TradeId, TradeState,
 };
 use crate::proto;
-use crate::store::{
-    AccountRecord, EventKind, EventRecord, PostingRecord, RegisterRecord, TradeRecord,
-};
+use crate::store::{AccountRecord, EventKind, EventRecord, PostingRecord, RegisterRecord, TradeRecord};
 
 use super::error::ApiError;
 use super::limits::Limits;
@@ -45,54 +42,33 @@ pub fn amount(field: &'static str, minor: u64, limits: &Limits) -> Result<Amount
         return Err(ApiError::invalid(field, "must be greater than zero"));
     }
     if minor > limits.max_amount_minor {
-        return Err(ApiError::invalid(
-            field,
-            format!("must be at most {}", limits.max_amount_minor),
-        ));
+        return Err(ApiError::invalid(field, format!("must be at most {}", limits.max_amount_minor)));
     }
     Ok(Amount::new(minor))
 }
 
 /// Printable text of bounded length: no control characters, and (when
 /// `required`) not empty or blank.
-pub fn text(
-    field: &'static str,
-    value: &str,
-    max_chars: usize,
-    required: bool,
-) -> Result<String, ApiError> {
+pub fn text(field: &'static str, value: &str, max_chars: usize, required: bool) -> Result<String, ApiError> {
     if required && value.trim().is_empty() {
         return Err(ApiError::invalid(field, "must not be empty"));
     }
     if value.chars().count() > max_chars {
-        return Err(ApiError::invalid(
-            field,
-            format!("must be at most {max_chars} characters"),
-        ));
+        return Err(ApiError::invalid(field, format!("must be at most {max_chars} characters")));
     }
     if value.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            field,
-            "must not contain control characters",
-        ));
+        return Err(ApiError::invalid(field, "must not contain control characters"));
     }
     Ok(value.to_owned())
 }
 
 /// An idempotency key: empty means none; otherwise 1..=64 visible ASCII.
-pub fn idempotency_key(
-    field: &'static str,
-    value: &str,
-    max_len: usize,
-) -> Result<Option<String>, ApiError> {
+pub fn idempotency_key(field: &'static str, value: &str, max_len: usize) -> Result<Option<String>, ApiError> {
     if value.is_empty() {
         return Ok(None);
     }
     if value.len() > max_len || !value.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::invalid(
-            field,
-            format!("must be 1..={max_len} visible ASCII characters"),
-        ));
+        return Err(ApiError::invalid(field, format!("must be 1..={max_len} visible ASCII characters")));
     }
     Ok(Some(value.to_owned()))
 }
@@ -101,9 +77,7 @@ pub fn decision(field: &'static str, value: i32) -> Result<Decision, ApiError> {
     match proto::Decision::try_from(value) {
         Ok(proto::Decision::Approve) => Ok(Decision::Approve),
         Ok(proto::Decision::Decline) => Ok(Decision::Decline),
-        Ok(proto::Decision::Unspecified) | Err(_) => {
-            Err(ApiError::invalid(field, "must be APPROVE or DECLINE"))
-        }
+        Ok(proto::Decision::Unspecified) | Err(_) => Err(ApiError::invalid(field, "must be APPROVE or DECLINE")),
     }
 }
 
@@ -164,9 +138,7 @@ pub fn trade_for_shop(t: &TradeRecord, secret: &ServerSecret) -> proto::Trade {
 pub fn event_for_shop(e: &EventRecord, secret: &ServerSecret) -> proto::TradeEvent {
     let (kind, refund_minor, refund_id) = match e.kind {
         EventKind::StateChanged => (proto::EventKind::StateChanged, 0, 0),
-        EventKind::Refunded { amount, refund_id } => {
-            (proto::EventKind::Refunded, amount.minor(), refund_id)
-        }
+        EventKind::Refunded { amount, refund_id } => (proto::EventKind::Refunded, amount.minor(), refund_id),
     };
     proto::TradeEvent {
         sequence: e.seq,
@@ -196,11 +168,7 @@ pub fn account_to_proto(a: &AccountRecord) -> proto::Account {
         debits_minor: a.balance.debits.minor(),
         credits_minor: a.balance.credits.minor(),
         // Saturates only if a single account held more than 9.2e18 units.
-        balance_minor: i64::try_from(a.balance.net()).unwrap_or(if a.balance.net() < 0 {
-            i64::MIN
-        } else {
-            i64::MAX
-        }),
+        balance_minor: i64::try_from(a.balance.net()).unwrap_or(if a.balance.net() < 0 { i64::MIN } else { i64::MAX }),
     }
 }
 
@@ -251,10 +219,7 @@ mod tests {
     #[test]
     fn idempotency_keys_are_visible_ascii() {
         assert_eq!(idempotency_key("k", "", 64), Ok(None));
-        assert_eq!(
-            idempotency_key("k", "order-1", 64),
-            Ok(Some("order-1".into()))
-        );
+        assert_eq!(idempotency_key("k", "order-1", 64), Ok(Some("order-1".into())));
         assert!(idempotency_key("k", "a b", 64).is_err());
         assert!(idempotency_key("k", &"x".repeat(65), 64).is_err());
         assert!(idempotency_key("k", "é", 64).is_err());

@@ -11,12 +11,9 @@ use tracing::instrument;
 
 use crate::carrier::{CarrierGateway, PushResult};
 use crate::domain::approval::ServerSecret;
-use crate::domain::{
-    Amount, CarrierId, Currency, Decision, RegisterId, ShopId, SubscriberNumber, TradeId, UnixMs,
-};
+use crate::domain::{Amount, CarrierId, Currency, Decision, RegisterId, ShopId, SubscriberNumber, TradeId, UnixMs};
 use crate::store::{
-    AnswerOutcome, Command, CommandOutcome, CreateTrade, Delivery, Store, StoreError, TradeRecord,
-    TradeRequest,
+    AnswerOutcome, Command, CommandOutcome, CreateTrade, Delivery, Store, StoreError, TradeRecord, TradeRequest,
 };
 
 use super::error::ApiError;
@@ -24,9 +21,7 @@ use super::limits::Limits;
 
 /// The wall clock, read only here and passed into the store and domain.
 pub fn now() -> UnixMs {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
     UnixMs(u64::try_from(ms).unwrap_or(u64::MAX))
 }
 
@@ -64,11 +59,7 @@ impl FinalWaiters {
     /// dropping the guard removes the entry when nobody else waits.
     pub fn wait(&self, id: TradeId) -> WaitGuard<'_> {
         let notify = self.lock().entry(id).or_default().clone();
-        WaitGuard {
-            waiters: self,
-            id,
-            notify,
-        }
+        WaitGuard { waiters: self, id, notify }
     }
 
     fn fire(&self, id: TradeId) {
@@ -88,10 +79,7 @@ impl Drop for WaitGuard<'_> {
     fn drop(&mut self) {
         let mut map = self.waiters.lock();
         // The map's handle and ours: nobody else waits.
-        if map
-            .get(&self.id)
-            .is_some_and(|n| Arc::ptr_eq(n, &self.notify) && Arc::strong_count(n) == 2)
-        {
+        if map.get(&self.id).is_some_and(|n| Arc::ptr_eq(n, &self.notify) && Arc::strong_count(n) == 2) {
             map.remove(&self.id);
         }
     }
@@ -111,19 +99,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(
-        store: Store,
-        gateway: Arc<dyn CarrierGateway>,
-        secret: ServerSecret,
-        limits: Limits,
-    ) -> Self {
-        Engine {
-            store,
-            gateway,
-            secret,
-            limits,
-            finals: FinalWaiters::default(),
-        }
+    pub fn new(store: Store, gateway: Arc<dyn CarrierGateway>, secret: ServerSecret, limits: Limits) -> Self {
+        Engine { store, gateway, secret, limits, finals: FinalWaiters::default() }
     }
 
     /// Sends durable deliveries to their carriers. Whatever is not taken
@@ -154,19 +131,11 @@ impl Engine {
     /// Creates a trade; answers once it is durable. Returns the trade and
     /// whether it is an idempotent replay of an earlier one.
     #[instrument(skip_all, fields(shop = %shop))]
-    pub async fn create_trade(
-        &self,
-        shop: &ShopId,
-        t: NewTrade,
-    ) -> Result<(TradeRecord, bool), ApiError> {
+    pub async fn create_trade(&self, shop: &ShopId, t: NewTrade) -> Result<(TradeRecord, bool), ApiError> {
         if t.ttl < self.limits.min_ttl || t.ttl > self.limits.max_ttl {
             return Err(ApiError::invalid(
                 "ttl_seconds",
-                format!(
-                    "must be {}..={} seconds",
-                    self.limits.min_ttl.as_secs(),
-                    self.limits.max_ttl.as_secs()
-                ),
+                format!("must be {}..={} seconds", self.limits.min_ttl.as_secs(), self.limits.max_ttl.as_secs()),
             ));
         }
         let trade_id = TradeId::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -187,11 +156,7 @@ impl Engine {
             now: now(),
         });
         match self.store.execute(command).await? {
-            CommandOutcome::Trade {
-                trade: Some(trade),
-                deliveries,
-                replayed,
-            } => {
+            CommandOutcome::Trade { trade: Some(trade), deliveries, replayed } => {
                 tracing::info!(trade_id = %trade.id, state = trade.state.name(), replayed, "trade created");
                 self.settled_effects(Some(&trade), &deliveries);
                 Ok((trade, replayed))
@@ -202,20 +167,8 @@ impl Engine {
 
     #[instrument(skip_all, fields(trade_id = %trade))]
     pub async fn cancel(&self, shop: &ShopId, trade: TradeId) -> Result<TradeRecord, ApiError> {
-        match self
-            .store
-            .execute(Command::Cancel {
-                shop: shop.clone(),
-                trade,
-                now: now(),
-            })
-            .await?
-        {
-            CommandOutcome::Trade {
-                trade: Some(t),
-                deliveries,
-                ..
-            } => {
+        match self.store.execute(Command::Cancel { shop: shop.clone(), trade, now: now() }).await? {
+            CommandOutcome::Trade { trade: Some(t), deliveries, .. } => {
                 tracing::info!(state = t.state.name(), "trade cancelled");
                 self.settled_effects(Some(&t), &deliveries);
                 Ok(t)
@@ -233,26 +186,10 @@ impl Engine {
         amount: Amount,
         idempotency_key: Option<String>,
     ) -> Result<(TradeRecord, u64, Amount), ApiError> {
-        let command = Command::Refund {
-            shop: shop.clone(),
-            trade,
-            amount,
-            idempotency_key,
-            now: now(),
-        };
+        let command = Command::Refund { shop: shop.clone(), trade, amount, idempotency_key, now: now() };
         match self.store.execute(command).await? {
-            CommandOutcome::Refund {
-                trade,
-                refund_id,
-                amount,
-                replayed,
-            } => {
-                tracing::info!(
-                    refund_id,
-                    amount = amount.minor(),
-                    replayed,
-                    "trade refunded"
-                );
+            CommandOutcome::Refund { trade, refund_id, amount, replayed } => {
+                tracing::info!(refund_id, amount = amount.minor(), replayed, "trade refunded");
                 Ok((trade, refund_id, amount))
             }
             other => Err(unexpected(&other)),
@@ -266,16 +203,8 @@ impl Engine {
         &self,
         carrier: &CarrierId,
         delivery_id: u64,
-    ) -> Result<impl std::future::Future<Output = Result<(), ApiError>> + Send + 'static, ApiError>
-    {
-        let pending = self
-            .store
-            .submit(Command::Ack {
-                carrier: carrier.clone(),
-                delivery_id,
-                now: now(),
-            })
-            .await?;
+    ) -> Result<impl std::future::Future<Output = Result<(), ApiError>> + Send + 'static, ApiError> {
+        let pending = self.store.submit(Command::Ack { carrier: carrier.clone(), delivery_id, now: now() }).await?;
         Ok(async move {
             match pending.outcome().await? {
                 CommandOutcome::Trade { .. } => Ok(()),
@@ -294,17 +223,8 @@ impl Engine {
         trade: TradeId,
         decision: Decision,
         signature: Vec<u8>,
-    ) -> Result<
-        impl std::future::Future<Output = Result<AnswerOutcome, ApiError>> + Send + 'static,
-        ApiError,
-    > {
-        let command = Command::Answer {
-            carrier: carrier.clone(),
-            trade,
-            decision,
-            signature,
-            now: now(),
-        };
+    ) -> Result<impl std::future::Future<Output = Result<AnswerOutcome, ApiError>> + Send + 'static, ApiError> {
+        let command = Command::Answer { carrier: carrier.clone(), trade, decision, signature, now: now() };
         let pending = self.store.submit(command).await?;
         let engine = self.clone();
         Ok(async move {
@@ -336,14 +256,8 @@ impl Engine {
             let due = self.store.due(at, SWEEP_BATCH)?;
             let round = due.len();
             for trade in due {
-                if let CommandOutcome::Trade {
-                    trade: Some(t),
-                    deliveries,
-                    replayed: false,
-                } = self
-                    .store
-                    .execute(Command::Expire { trade, now: at })
-                    .await?
+                if let CommandOutcome::Trade { trade: Some(t), deliveries, replayed: false } =
+                    self.store.execute(Command::Expire { trade, now: at }).await?
                 {
                     tracing::info!(trade_id = %t.id, "trade expired");
                     expired += 1;

@@ -11,10 +11,7 @@ use crate::store::StoreError;
 pub enum ApiError {
     /// The message starts with the field at fault.
     #[error("{field}: {message}")]
-    InvalidArgument {
-        field: &'static str,
-        message: String,
-    },
+    InvalidArgument { field: &'static str, message: String },
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{0}")]
@@ -35,10 +32,7 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn invalid(field: &'static str, message: impl std::fmt::Display) -> ApiError {
-        ApiError::InvalidArgument {
-            field,
-            message: message.to_string(),
-        }
+        ApiError::InvalidArgument { field, message: message.to_string() }
     }
 
     /// Names the field of a malformed id.
@@ -54,9 +48,7 @@ impl From<StoreError> for ApiError {
             StoreError::AlreadyExists(m) => ApiError::AlreadyExists(m),
             StoreError::FailedPrecondition(m) => ApiError::FailedPrecondition(m),
             StoreError::LimitExceeded(m) => ApiError::ResourceExhausted(m),
-            StoreError::Stopped => {
-                ApiError::Unavailable("the store is not accepting writes".into())
-            }
+            StoreError::Stopped => ApiError::Unavailable("the store is not accepting writes".into()),
             StoreError::Corrupt(m) | StoreError::Io(m) => ApiError::Internal(m),
         }
     }
@@ -75,10 +67,7 @@ impl From<ApiError> for Status {
             ApiError::Unavailable(m) => Status::new(Code::Unavailable, m),
             ApiError::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");
-                Status::new(
-                    Code::Internal,
-                    "internal error; the operator's log has the details",
-                )
+                Status::new(Code::Internal, "internal error; the operator's log has the details")
             }
         }
     }

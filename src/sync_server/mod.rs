@@ -104,13 +104,8 @@ impl RunningServer {
     /// once the store is closed, so the folder can be opened again at once.
     pub async fn shutdown(self) -> Result<(), ServerError> {
         let _ = self.shutdown.send(true);
-        let served = self
-            .serve
-            .await
-            .map_err(|e| ServerError::Join(e.to_string()))?;
-        self.sweeper
-            .await
-            .map_err(|e| ServerError::Join(e.to_string()))?;
+        let served = self.serve.await.map_err(|e| ServerError::Join(e.to_string()))?;
+        self.sweeper.await.map_err(|e| ServerError::Join(e.to_string()))?;
         // Streams and relay tasks let go of the engine as they see the
         // signal; once ours is the last handle, dropping it closes the store.
         let mut closed = self.engine.store.closed();
@@ -120,13 +115,8 @@ impl RunningServer {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         drop(engine);
-        if tokio::time::timeout(SHUTDOWN_GRACE, closed.wait_for(|c| *c))
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "store still held by a task after shutdown; it closes when that task ends"
-            );
+        if tokio::time::timeout(SHUTDOWN_GRACE, closed.wait_for(|c| *c)).await.is_err() {
+            tracing::warn!("store still held by a task after shutdown; it closes when that task ends");
         }
         served?;
         Ok(())
@@ -139,10 +129,7 @@ impl RunningServer {
 }
 
 /// Opens the store and serves on `listener` until `shutdown` is called.
-pub async fn start(
-    config: ServerConfig,
-    listener: TcpListener,
-) -> Result<RunningServer, ServerError> {
+pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<RunningServer, ServerError> {
     let addr = listener.local_addr()?;
     let store_config = StoreConfig {
         durability: config.durability,
@@ -153,25 +140,14 @@ pub async fn start(
         .await
         .map_err(|e| ServerError::Join(e.to_string()))??;
     let hub = Arc::new(RelayHub::default());
-    let engine = Arc::new(Engine::new(
-        store.clone(),
-        hub.clone(),
-        config.secret.clone(),
-        config.limits.clone(),
-    ));
+    let engine = Arc::new(Engine::new(store.clone(), hub.clone(), config.secret.clone(), config.limits.clone()));
     let auth = Arc::new(Authenticator::new(store, &config.admin_token));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<RegisterServiceServer<register_service::RegisterApi>>()
-        .await;
-    health
-        .set_serving::<CarrierServiceServer<carrier_service::CarrierApi>>()
-        .await;
-    health
-        .set_serving::<AdminServiceServer<admin_service::AdminApi>>()
-        .await;
+    health.set_serving::<RegisterServiceServer<register_service::RegisterApi>>().await;
+    health.set_serving::<CarrierServiceServer<carrier_service::CarrierApi>>().await;
+    health.set_serving::<AdminServiceServer<admin_service::AdminApi>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -183,17 +159,10 @@ pub async fn start(
         .build_v1alpha()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
 
-    let register = RegisterServiceServer::new(register_service::RegisterApi::new(
-        engine.clone(),
-        shutdown_rx.clone(),
-    ))
-    .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let carrier = CarrierServiceServer::new(carrier_service::CarrierApi::new(
-        engine.clone(),
-        hub,
-        shutdown_rx.clone(),
-    ))
-    .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let register = RegisterServiceServer::new(register_service::RegisterApi::new(engine.clone(), shutdown_rx.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let carrier = CarrierServiceServer::new(carrier_service::CarrierApi::new(engine.clone(), hub, shutdown_rx.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
     let admin = AdminServiceServer::new(admin_service::AdminApi::new(engine.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
 
@@ -201,18 +170,9 @@ pub async fn start(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(InterceptedService::new(
-            register,
-            interceptor(auth.clone(), Party::Shop),
-        ))
-        .add_service(InterceptedService::new(
-            carrier,
-            interceptor(auth.clone(), Party::Carrier),
-        ))
-        .add_service(InterceptedService::new(
-            admin,
-            interceptor(auth, Party::Admin),
-        ));
+        .add_service(InterceptedService::new(register, interceptor(auth.clone(), Party::Shop)))
+        .add_service(InterceptedService::new(carrier, interceptor(auth.clone(), Party::Carrier)))
+        .add_service(InterceptedService::new(admin, interceptor(auth, Party::Admin)));
 
     let sweeper = tokio::spawn(engine.clone().run_sweeper(shutdown_rx.clone()));
     let mut stop = shutdown_rx;
@@ -221,25 +181,13 @@ pub async fn start(
         router
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 engine::stopped(&mut stop).await;
-                health_on_stop
-                    .set_not_serving::<RegisterServiceServer<register_service::RegisterApi>>()
-                    .await;
-                health_on_stop
-                    .set_not_serving::<CarrierServiceServer<carrier_service::CarrierApi>>()
-                    .await;
-                health_on_stop
-                    .set_not_serving::<AdminServiceServer<admin_service::AdminApi>>()
-                    .await;
+                health_on_stop.set_not_serving::<RegisterServiceServer<register_service::RegisterApi>>().await;
+                health_on_stop.set_not_serving::<CarrierServiceServer<carrier_service::CarrierApi>>().await;
+                health_on_stop.set_not_serving::<AdminServiceServer<admin_service::AdminApi>>().await;
                 tracing::info!("shutting down");
             })
             .await
     });
     tracing::info!(%addr, "syncpay serving");
-    Ok(RunningServer {
-        addr,
-        engine,
-        shutdown: shutdown_tx,
-        serve,
-        sweeper,
-    })
+    Ok(RunningServer { addr, engine, shutdown: shutdown_tx, serve, sweeper })
 }

@@ -52,12 +52,7 @@ impl RegisterService for RegisterApi {
         request: Request<proto::OpenRegisterRequest>,
     ) -> Result<Response<proto::Register>, Status> {
         let shop = auth::shop(&request)?;
-        let label = convert::text(
-            "label",
-            &request.get_ref().label,
-            limits::MAX_LABEL_CHARS,
-            true,
-        )?;
+        let label = convert::text("label", &request.get_ref().label, limits::MAX_LABEL_CHARS, true)?;
         let id = RegisterId::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
         let command = Command::OpenRegister {
             shop,
@@ -66,13 +61,7 @@ impl RegisterService for RegisterApi {
             max_registers: self.engine.limits.max_open_registers_per_shop,
             now: now(),
         };
-        match self
-            .engine
-            .store
-            .execute(command)
-            .await
-            .map_err(ApiError::from)?
-        {
+        match self.engine.store.execute(command).await.map_err(ApiError::from)? {
             CommandOutcome::Register(r) => Ok(Response::new(convert::register_to_proto(&r))),
             _ => Err(ApiError::Internal("open register: unexpected outcome".into()).into()),
         }
@@ -87,11 +76,7 @@ impl RegisterService for RegisterApi {
         match self
             .engine
             .store
-            .execute(Command::CloseRegister {
-                shop,
-                id,
-                now: now(),
-            })
+            .execute(Command::CloseRegister { shop, id, now: now() })
             .await
             .map_err(ApiError::from)?
         {
@@ -105,12 +90,7 @@ impl RegisterService for RegisterApi {
         request: Request<proto::ListRegistersRequest>,
     ) -> Result<Response<proto::ListRegistersResponse>, Status> {
         let shop = auth::shop(&request)?;
-        let registers = self
-            .engine
-            .store
-            .registers(&shop, limits::MAX_LIST)
-            .await
-            .map_err(ApiError::from)?;
+        let registers = self.engine.store.registers(&shop, limits::MAX_LIST).await.map_err(ApiError::from)?;
         Ok(Response::new(proto::ListRegistersResponse {
             registers: registers.iter().map(convert::register_to_proto).collect(),
         }))
@@ -126,9 +106,7 @@ impl RegisterService for RegisterApi {
             Some(proto::create_trade_request::Payer::SubscriberNumber(n)) => {
                 convert::subscriber("subscriber_number", n)?
             }
-            None => {
-                return Err(ApiError::invalid("payer", "name the payer (subscriber_number)").into())
-            }
+            None => return Err(ApiError::invalid("payer", "name the payer (subscriber_number)").into()),
         };
         let ttl = match r.ttl_seconds {
             0 => self.engine.limits.default_ttl,
@@ -139,12 +117,7 @@ impl RegisterService for RegisterApi {
             payer,
             amount: convert::amount("amount_minor", r.amount_minor, &self.engine.limits)?,
             currency: convert::currency("currency", &r.currency)?,
-            description: convert::text(
-                "description",
-                &r.description,
-                limits::MAX_DESCRIPTION_CHARS,
-                false,
-            )?,
+            description: convert::text("description", &r.description, limits::MAX_DESCRIPTION_CHARS, false)?,
             ttl,
             idempotency_key: convert::idempotency_key(
                 "idempotency_key",
@@ -156,20 +129,14 @@ impl RegisterService for RegisterApi {
         Ok(Response::new(self.to_proto(&trade)))
     }
 
-    async fn get_trade(
-        &self,
-        request: Request<proto::GetTradeRequest>,
-    ) -> Result<Response<proto::Trade>, Status> {
+    async fn get_trade(&self, request: Request<proto::GetTradeRequest>) -> Result<Response<proto::Trade>, Status> {
         let shop = auth::shop(&request)?;
         let id = convert::trade_id("trade_id", &request.get_ref().trade_id)?;
         let trade = self.own_trade(&shop, &id).await?;
         Ok(Response::new(self.to_proto(&trade)))
     }
 
-    async fn await_trade(
-        &self,
-        request: Request<proto::AwaitTradeRequest>,
-    ) -> Result<Response<proto::Trade>, Status> {
+    async fn await_trade(&self, request: Request<proto::AwaitTradeRequest>) -> Result<Response<proto::Trade>, Status> {
         let shop = auth::shop(&request)?;
         let r = request.get_ref();
         let id = convert::trade_id("trade_id", &r.trade_id)?;
@@ -216,11 +183,7 @@ impl RegisterService for RegisterApi {
         let r = request.get_ref();
         let id = convert::trade_id("trade_id", &r.trade_id)?;
         let amount = convert::amount("amount_minor", r.amount_minor, &self.engine.limits)?;
-        let key = convert::idempotency_key(
-            "idempotency_key",
-            &r.idempotency_key,
-            limits::MAX_IDEMPOTENCY_KEY_LEN,
-        )?;
+        let key = convert::idempotency_key("idempotency_key", &r.idempotency_key, limits::MAX_IDEMPOTENCY_KEY_LEN)?;
         let (trade, refund_id, amount) = self.engine.refund(&shop, id, amount, key).await?;
         Ok(Response::new(proto::RefundTradeResponse {
             trade: Some(self.to_proto(&trade)),
@@ -250,11 +213,9 @@ impl RegisterService for RegisterApi {
         let mut cursor = r.after_sequence;
         let known = *head.borrow();
         if cursor > known {
-            return Err(ApiError::invalid(
-                "after_sequence",
-                format!("is beyond the shop's last event ({known})"),
-            )
-            .into());
+            return Err(
+                ApiError::invalid("after_sequence", format!("is beyond the shop's last event ({known})")).into()
+            );
         }
         let (tx, rx) = mpsc::channel(limits::STREAM_BUFFER);
         let engine = self.engine.clone();
@@ -265,12 +226,7 @@ impl RegisterService for RegisterApi {
                 // Send everything up to the durable head, a page at a time;
                 // the store is the buffer, so a slow client costs nothing.
                 while cursor < durable_head {
-                    let page = match engine.store.events_between(
-                        &shop,
-                        cursor,
-                        durable_head,
-                        limits::MAX_LIST,
-                    ) {
+                    let page = match engine.store.events_between(&shop, cursor, durable_head, limits::MAX_LIST) {
                         Ok(p) => p,
                         Err(e) => {
                             let _ = tx.send(Err(ApiError::from(e).into())).await;
@@ -280,8 +236,7 @@ impl RegisterService for RegisterApi {
                     for event in page {
                         // Gap-free by construction; checked anyway.
                         if Some(event.seq) != cursor.checked_add(1) {
-                            let detail =
-                                format!("event gap for {shop}: after {cursor} came {}", event.seq);
+                            let detail = format!("event gap for {shop}: after {cursor} came {}", event.seq);
                             let _ = tx.send(Err(ApiError::Internal(detail).into())).await;
                             return;
                         }
@@ -289,11 +244,7 @@ impl RegisterService for RegisterApi {
                         if filter.is_some_and(|f| f != event.trade.request.register) {
                             continue;
                         }
-                        if tx
-                            .send(Ok(convert::event_for_shop(&event, &engine.secret)))
-                            .await
-                            .is_err()
-                        {
+                        if tx.send(Ok(convert::event_for_shop(&event, &engine.secret))).await.is_err() {
                             return; // the client left
                         }
                     }
@@ -310,8 +261,6 @@ impl RegisterService for RegisterApi {
                 }
             }
         });
-        Ok(Response::new(
-            Box::pin(ReceiverStream::new(rx)) as EventStream
-        ))
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as EventStream))
     }
 }

@@ -15,10 +15,7 @@ use super::auth::new_token;
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("{path}: {message}")]
     Invalid { path: String, message: &'static str },
     #[error("entropy: {0}")]
@@ -26,10 +23,7 @@ pub enum SecretError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SecretError + '_ {
-    move |source| SecretError::Io {
-        path: path.display().to_string(),
-        source,
-    }
+    move |source| SecretError::Io { path: path.display().to_string(), source }
 }
 
 /// Creates `path` with mode 0600 holding `content`, failing if it exists.
@@ -51,10 +45,7 @@ fn read(path: &Path) -> Result<Option<Vec<u8>>, SecretError> {
         Ok(mut f) => {
             let mut buf = Vec::new();
             // Secrets are small; refuse anything that is not.
-            (&mut f)
-                .take(4096)
-                .read_to_end(&mut buf)
-                .map_err(io(path))?;
+            (&mut f).take(4096).read_to_end(&mut buf).map_err(io(path))?;
             Ok(Some(buf))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -68,16 +59,11 @@ pub fn load_or_create_secret(path: &Path) -> Result<ServerSecret, SecretError> {
         let arr: [u8; 32] = bytes
             .as_slice()
             .try_into()
-            .map_err(|_| SecretError::Invalid {
-                path: path.display().to_string(),
-                message: "must be 32 bytes",
-            })?;
+            .map_err(|_| SecretError::Invalid { path: path.display().to_string(), message: "must be 32 bytes" })?;
         return Ok(ServerSecret::from_bytes(arr));
     }
     let mut bytes = [0u8; 32];
-    SysRng
-        .try_fill_bytes(&mut bytes)
-        .map_err(|e| SecretError::Entropy(e.to_string()))?;
+    SysRng.try_fill_bytes(&mut bytes).map_err(|e| SecretError::Entropy(e.to_string()))?;
     create_private(path, &bytes)?;
     Ok(ServerSecret::from_bytes(bytes))
 }
@@ -85,16 +71,11 @@ pub fn load_or_create_secret(path: &Path) -> Result<ServerSecret, SecretError> {
 /// The operator token at `path`, created if missing.
 pub fn load_or_create_admin_token(path: &Path) -> Result<String, SecretError> {
     if let Some(bytes) = read(path)? {
-        let text = String::from_utf8(bytes).map_err(|_| SecretError::Invalid {
-            path: path.display().to_string(),
-            message: "must be text",
-        })?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| SecretError::Invalid { path: path.display().to_string(), message: "must be text" })?;
         let token = text.trim().to_owned();
         if token.len() < 16 {
-            return Err(SecretError::Invalid {
-                path: path.display().to_string(),
-                message: "token too short",
-            });
+            return Err(SecretError::Invalid { path: path.display().to_string(), message: "token too short" });
         }
         return Ok(token);
     }
@@ -122,9 +103,6 @@ mod tests {
         let spath = dir.path().join("server.secret");
         load_or_create_secret(&spath).expect("create");
         std::fs::write(&spath, b"short").expect("write");
-        assert!(matches!(
-            load_or_create_secret(&spath),
-            Err(SecretError::Invalid { .. })
-        ));
+        assert!(matches!(load_or_create_secret(&spath), Err(SecretError::Invalid { .. })));
     }
 }

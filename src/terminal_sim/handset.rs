@@ -9,8 +9,7 @@ use rand::TryRng;
 use super::policy::{Signing, Step};
 use super::SimError;
 use crate::domain::{
-    Amount, ApprovalPayload, Currency, Decision, RegisterId, ShopId, SubscriberNumber, TradeId,
-    UnixMs,
+    Amount, ApprovalPayload, Currency, Decision, RegisterId, ShopId, SubscriberNumber, TradeId, UnixMs,
 };
 use crate::proto;
 
@@ -36,10 +35,7 @@ impl Handset {
     /// The answer for one planned step: the Ed25519 signature over the
     /// canonical approval bytes of exactly this offer and decision.
     pub fn answer(&self, offer: &ParsedOffer, step: &Step) -> proto::HandsetAnswer {
-        let mut signature = self
-            .key
-            .sign(&offer.payload(step.decision).to_bytes())
-            .to_bytes();
+        let mut signature = self.key.sign(&offer.payload(step.decision).to_bytes()).to_bytes();
         match step.signing {
             Signing::Valid => {}
             // Flipping one bit of R keeps the length and the encoding
@@ -57,9 +53,7 @@ impl Handset {
 /// A fresh key from the operating system's CSPRNG.
 pub fn generate_key() -> Result<SigningKey, SimError> {
     let mut seed = [0u8; 32];
-    SysRng
-        .try_fill_bytes(&mut seed)
-        .map_err(|_| SimError::Entropy)?;
+    SysRng.try_fill_bytes(&mut seed).map_err(|_| SimError::Entropy)?;
     Ok(SigningKey::from_bytes(&seed))
 }
 
@@ -78,14 +72,8 @@ pub struct OfferFieldError {
     pub reason: String,
 }
 
-fn field<T, E: std::fmt::Display>(
-    name: &'static str,
-    parsed: Result<T, E>,
-) -> Result<T, OfferFieldError> {
-    parsed.map_err(|e| OfferFieldError {
-        field: name,
-        reason: e.to_string(),
-    })
+fn field<T, E: std::fmt::Display>(name: &'static str, parsed: Result<T, E>) -> Result<T, OfferFieldError> {
+    parsed.map_err(|e| OfferFieldError { field: name, reason: e.to_string() })
 }
 
 /// An offer as the handset reads it: every field the signature binds is
@@ -109,10 +97,7 @@ impl ParsedOffer {
     pub fn parse(offer: &proto::Offer) -> Result<Self, OfferFieldError> {
         Ok(ParsedOffer {
             trade_id: field("trade_id", TradeId::parse(&offer.trade_id))?,
-            number: field(
-                "subscriber_number",
-                SubscriberNumber::parse(&offer.subscriber_number),
-            )?,
+            number: field("subscriber_number", SubscriberNumber::parse(&offer.subscriber_number))?,
             shop_id: field("shop_id", ShopId::parse(&offer.shop_id))?,
             shop_name: display(&offer.shop_name),
             register_id: field("register_id", RegisterId::parse(&offer.register_id))?,
@@ -166,11 +151,7 @@ pub(super) mod tests {
     }
 
     fn step(decision: Decision, signing: Signing) -> Step {
-        Step {
-            after: std::time::Duration::ZERO,
-            decision,
-            signing,
-        }
+        Step { after: std::time::Duration::ZERO, decision, signing }
     }
 
     #[test]
@@ -190,48 +171,34 @@ pub(super) mod tests {
             expires_at: UnixMs(1_700_000_120_000),
             decision: Decision::Approve,
         };
-        assert_eq!(
-            parsed.payload(Decision::Approve).to_bytes(),
-            expected.to_bytes()
-        );
+        assert_eq!(parsed.payload(Decision::Approve).to_bytes(), expected.to_bytes());
 
         let answer = handset.answer(&parsed, &step(Decision::Approve, Signing::Valid));
         assert_eq!(answer.trade_id, trade.to_string());
         assert_eq!(answer.decision, proto::Decision::Approve as i32);
         // Ed25519 is deterministic: the same key over the same bytes.
-        assert_eq!(
-            answer.signature,
-            key.sign(&expected.to_bytes()).to_bytes().to_vec()
-        );
+        assert_eq!(answer.signature, key.sign(&expected.to_bytes()).to_bytes().to_vec());
         assert!(expected.verify(&handset.public_key(), &answer.signature));
     }
 
     #[test]
     fn a_decline_signs_the_decline_payload() {
         let handset = Handset::new(SigningKey::from_bytes(&[7u8; 32]), Policy::Decline);
-        let parsed = ParsedOffer::parse(&offer(TradeId::from_bytes([9u8; 16]), "+818012345678"))
-            .expect("valid offer");
+        let parsed = ParsedOffer::parse(&offer(TradeId::from_bytes([9u8; 16]), "+818012345678")).expect("valid offer");
         let answer = handset.answer(&parsed, &step(Decision::Decline, Signing::Valid));
         assert_eq!(answer.decision, proto::Decision::Decline as i32);
         let public = handset.public_key();
-        assert!(parsed
-            .payload(Decision::Decline)
-            .verify(&public, &answer.signature));
-        assert!(!parsed
-            .payload(Decision::Approve)
-            .verify(&public, &answer.signature));
+        assert!(parsed.payload(Decision::Decline).verify(&public, &answer.signature));
+        assert!(!parsed.payload(Decision::Approve).verify(&public, &answer.signature));
     }
 
     #[test]
     fn a_corrupted_signature_does_not_verify() {
         let handset = Handset::new(SigningKey::from_bytes(&[7u8; 32]), Policy::BadSignature);
-        let parsed = ParsedOffer::parse(&offer(TradeId::from_bytes([9u8; 16]), "+818012345678"))
-            .expect("valid offer");
+        let parsed = ParsedOffer::parse(&offer(TradeId::from_bytes([9u8; 16]), "+818012345678")).expect("valid offer");
         let answer = handset.answer(&parsed, &step(Decision::Approve, Signing::Corrupted));
         assert_eq!(answer.signature.len(), 64);
-        assert!(!parsed
-            .payload(Decision::Approve)
-            .verify(&handset.public_key(), &answer.signature));
+        assert!(!parsed.payload(Decision::Approve).verify(&handset.public_key(), &answer.signature));
     }
 
     #[test]
@@ -246,63 +213,20 @@ pub(super) mod tests {
     fn malformed_offers_name_the_field() {
         let base = offer(TradeId::from_bytes([9u8; 16]), "+818012345678");
         let check = |o: proto::Offer, field: &str| {
-            assert_eq!(
-                ParsedOffer::parse(&o).map_err(|e| e.field),
-                Err(field),
-                "{o:?}"
-            );
+            assert_eq!(ParsedOffer::parse(&o).map_err(|e| e.field), Err(field), "{o:?}");
         };
-        check(
-            proto::Offer {
-                trade_id: "trd_x".into(),
-                ..base.clone()
-            },
-            "trade_id",
-        );
-        check(
-            proto::Offer {
-                subscriber_number: "0801".into(),
-                ..base.clone()
-            },
-            "subscriber_number",
-        );
-        check(
-            proto::Offer {
-                shop_id: "Acme Books".into(),
-                ..base.clone()
-            },
-            "shop_id",
-        );
-        check(
-            proto::Offer {
-                register_id: "".into(),
-                ..base.clone()
-            },
-            "register_id",
-        );
-        check(
-            proto::Offer {
-                currency: "XXX".into(),
-                ..base.clone()
-            },
-            "currency",
-        );
-        check(
-            proto::Offer {
-                expires_at_ms: -1,
-                ..base.clone()
-            },
-            "expires_at_ms",
-        );
+        check(proto::Offer { trade_id: "trd_x".into(), ..base.clone() }, "trade_id");
+        check(proto::Offer { subscriber_number: "0801".into(), ..base.clone() }, "subscriber_number");
+        check(proto::Offer { shop_id: "Acme Books".into(), ..base.clone() }, "shop_id");
+        check(proto::Offer { register_id: "".into(), ..base.clone() }, "register_id");
+        check(proto::Offer { currency: "XXX".into(), ..base.clone() }, "currency");
+        check(proto::Offer { expires_at_ms: -1, ..base.clone() }, "expires_at_ms");
         assert!(ParsedOffer::parse(&base).is_ok());
     }
 
     #[test]
     fn screen_text_is_bounded() {
-        assert_eq!(
-            display(&"é".repeat(1000)).chars().count(),
-            MAX_DISPLAY_CHARS
-        );
+        assert_eq!(display(&"é".repeat(1000)).chars().count(), MAX_DISPLAY_CHARS);
         assert_eq!(display("Two books"), "Two books");
     }
 }

@@ -75,10 +75,7 @@ pub enum SimError {
 
 impl From<tonic::Status> for SimError {
     fn from(status: tonic::Status) -> Self {
-        SimError::Rpc {
-            code: status.code(),
-            message: status.message().to_owned(),
-        }
+        SimError::Rpc { code: status.code(), message: status.message().to_owned() }
     }
 }
 
@@ -102,9 +99,7 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, SimState> {
         // A panic while holding the lock leaves the state usable (every
         // update is a few field writes), so take it back rather than panic.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn update<R>(&self, change: impl FnOnce(&mut SimState) -> R) -> R {
@@ -118,11 +113,7 @@ impl Shared {
     }
 
     /// Waits until `check` finds what it looks for, or `timeout` passes.
-    async fn wait<T>(
-        &self,
-        timeout: Duration,
-        mut check: impl FnMut(&SimState) -> Option<T>,
-    ) -> Result<T, SimError> {
+    async fn wait<T>(&self, timeout: Duration, mut check: impl FnMut(&SimState) -> Option<T>) -> Result<T, SimError> {
         let mut changes = self.version.subscribe();
         let waiting = async {
             loop {
@@ -137,9 +128,7 @@ impl Shared {
                 let _ = changes.changed().await;
             }
         };
-        tokio::time::timeout(timeout, waiting)
-            .await
-            .map_err(|_| SimError::Timeout)
+        tokio::time::timeout(timeout, waiting).await.map_err(|_| SimError::Timeout)
     }
 }
 
@@ -158,9 +147,7 @@ pub struct CarrierSim {
 
 impl std::fmt::Debug for CarrierSim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CarrierSim")
-            .field("counters", &self.counters())
-            .finish_non_exhaustive()
+        f.debug_struct("CarrierSim").field("counters", &self.counters()).finish_non_exhaustive()
     }
 }
 
@@ -171,19 +158,11 @@ impl CarrierSim {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| SimError::NoRuntime)?;
         let client = CarrierServiceClient::new(with_token(channel, token)?);
         let (version, _) = watch::channel(0u64);
-        let shared = Arc::new(Shared {
-            state: Mutex::new(SimState::new(LIMITS)),
-            version,
-        });
+        let shared = Arc::new(Shared { state: Mutex::new(SimState::new(LIMITS)), version });
         let (stop, stop_rx) = watch::channel(false);
         let relay = relay::Relay::new(Arc::clone(&shared), client.clone(), stop_rx);
         let task = runtime.spawn(relay.run());
-        Ok(CarrierSim {
-            shared,
-            client,
-            stop,
-            task,
-        })
+        Ok(CarrierSim { shared, client, stop, task })
     }
 
     /// Makes a handset for `number`: a fresh Ed25519 key from the OS
@@ -193,27 +172,20 @@ impl CarrierSim {
     pub async fn add_handset(&self, number: &str, policy: Policy) -> Result<HandsetInfo, SimError> {
         let number = SubscriberNumber::parse(number).map_err(SimError::InvalidNumber)?;
         if !self.shared.read(|s| s.has_room_for(&number)) {
-            return Err(SimError::TooManyHandsets {
-                max: LIMITS.handsets,
-            });
+            return Err(SimError::TooManyHandsets { max: LIMITS.handsets });
         }
         let key = generate_key()?;
         let handset = Handset::new(key, policy);
         let public_key = handset.public_key();
 
         let mut client = self.client.clone();
-        let subscriber = unary(
-            client.enroll_subscriber(request(proto::EnrollSubscriberRequest {
-                subscriber_number: number.as_str().to_owned(),
-                funding: proto::Funding::Wallet as i32,
-            })),
-        )
+        let subscriber = unary(client.enroll_subscriber(request(proto::EnrollSubscriberRequest {
+            subscriber_number: number.as_str().to_owned(),
+            funding: proto::Funding::Wallet as i32,
+        })))
         .await?;
         if subscriber.subscriber_number != number.as_str() {
-            return Err(SimError::Protocol(format!(
-                "enrolled {:?} answered for another number",
-                number
-            )));
+            return Err(SimError::Protocol(format!("enrolled {:?} answered for another number", number)));
         }
         let enrolled = unary(client.enroll_handset(request(proto::EnrollHandsetRequest {
             subscriber_number: number.as_str().to_owned(),
@@ -221,13 +193,10 @@ impl CarrierSim {
         })))
         .await?;
         if enrolled.key_sha256 != key_sha256(&public_key) {
-            return Err(SimError::Protocol(
-                "key_sha256 does not match the enrolled key".to_owned(),
-            ));
+            return Err(SimError::Protocol("key_sha256 does not match the enrolled key".to_owned()));
         }
 
-        self.shared
-            .update(|s| s.add_handset(number.clone(), handset))?;
+        self.shared.update(|s| s.add_handset(number.clone(), handset))?;
         info!(number = %number.masked(), ?policy, "handset enrolled");
         Ok(HandsetInfo { number, public_key })
     }
@@ -241,9 +210,7 @@ impl CarrierSim {
     /// The handset hosted for `number`, if any.
     pub fn handset(&self, number: &str) -> Option<HandsetInfo> {
         let number = SubscriberNumber::parse(number).ok()?;
-        let public_key = self
-            .shared
-            .read(|s| s.handset(&number).map(Handset::public_key))?;
+        let public_key = self.shared.read(|s| s.handset(&number).map(Handset::public_key))?;
         Some(HandsetInfo { number, public_key })
     }
 
@@ -263,22 +230,12 @@ impl CarrierSim {
 
     /// Waits until a relay stream is open.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<(), SimError> {
-        self.shared
-            .wait(timeout, |s| s.connected.then_some(()))
-            .await
+        self.shared.wait(timeout, |s| s.connected.then_some(())).await
     }
 
     /// Waits until a handset has shown the trade's offer.
-    pub async fn wait_for_offer(
-        &self,
-        trade_id: TradeId,
-        timeout: Duration,
-    ) -> Result<(), SimError> {
-        self.shared
-            .wait(timeout, |s| {
-                s.trade(&trade_id).filter(|t| t.shown).map(|_| ())
-            })
-            .await
+    pub async fn wait_for_offer(&self, trade_id: TradeId, timeout: Duration) -> Result<(), SimError> {
+        self.shared.wait(timeout, |s| s.trade(&trade_id).filter(|t| t.shown).map(|_| ())).await
     }
 
     /// Waits for the server's verdict on the first answer to the trade.
@@ -301,24 +258,14 @@ impl CarrierSim {
         timeout: Duration,
     ) -> Result<Vec<AnswerOutcome>, SimError> {
         self.shared
-            .wait(timeout, |s| {
-                s.trade(&trade_id)
-                    .filter(|t| t.results.len() >= count)
-                    .map(|t| t.results.clone())
-            })
+            .wait(timeout, |s| s.trade(&trade_id).filter(|t| t.results.len() >= count).map(|t| t.results.clone()))
             .await
     }
 
     /// Waits until the server withdraws the trade's offer; returns the
     /// state the withdrawal gave.
-    pub async fn wait_for_withdraw(
-        &self,
-        trade_id: TradeId,
-        timeout: Duration,
-    ) -> Result<proto::TradeState, SimError> {
-        self.shared
-            .wait(timeout, |s| s.trade(&trade_id).and_then(|t| t.withdrawn))
-            .await
+    pub async fn wait_for_withdraw(&self, trade_id: TradeId, timeout: Duration) -> Result<proto::TradeState, SimError> {
+        self.shared.wait(timeout, |s| s.trade(&trade_id).and_then(|t| t.withdrawn)).await
     }
 
     /// Waits until the counters satisfy `check` (e.g. a redelivered offer
@@ -328,9 +275,7 @@ impl CarrierSim {
         timeout: Duration,
         mut check: impl FnMut(&SimCounters) -> bool,
     ) -> Result<SimCounters, SimError> {
-        self.shared
-            .wait(timeout, |s| check(&s.counters).then_some(s.counters))
-            .await
+        self.shared.wait(timeout, |s| check(&s.counters).then_some(s.counters)).await
     }
 
     /// Stops the relay task (closing the stream) and waits for it.
@@ -347,9 +292,7 @@ fn request<T>(message: T) -> tonic::Request<T> {
     req
 }
 
-async fn unary<T>(
-    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<T, SimError> {
+async fn unary<T>(call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Result<T, SimError> {
     match tokio::time::timeout(UNARY_RPC_TIMEOUT, call).await {
         Err(_elapsed) => Err(SimError::Timeout),
         Ok(Err(status)) => Err(status.into()),
@@ -364,14 +307,10 @@ mod tests {
     /// A channel to a local port nothing listens on: every call fails fast
     /// with `Unavailable`, like a server that is down.
     async fn dead_channel() -> Channel {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         drop(listener);
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .expect("valid url")
-            .connect_lazy()
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("valid url").connect_lazy()
     }
 
     #[test]
@@ -396,23 +335,15 @@ mod tests {
     fn start_needs_a_runtime() {
         let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1");
         // Building a lazy channel needs no runtime; starting the task does.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
         let channel = rt.block_on(async { channel.connect_lazy() });
-        assert_eq!(
-            CarrierSim::start(channel, "t").err(),
-            Some(SimError::NoRuntime)
-        );
+        assert_eq!(CarrierSim::start(channel, "t").err(), Some(SimError::NoRuntime));
     }
 
     #[tokio::test]
     async fn a_down_server_means_retries_not_errors_and_shutdown_is_prompt() {
         let sim = CarrierSim::start(dead_channel().await, "carrier-token").expect("started");
-        assert_eq!(
-            sim.wait_connected(Duration::from_millis(300)).await,
-            Err(SimError::Timeout)
-        );
+        assert_eq!(sim.wait_connected(Duration::from_millis(300)).await, Err(SimError::Timeout));
         assert!(!sim.is_connected());
         assert_eq!(sim.counters().connections, 0);
         tokio::time::timeout(Duration::from_secs(5), sim.shutdown())
@@ -424,29 +355,11 @@ mod tests {
     #[tokio::test]
     async fn enrollment_errors_keep_the_server_code_and_host_nothing() {
         let sim = CarrierSim::start(dead_channel().await, "carrier-token").expect("started");
-        assert!(matches!(
-            sim.add_handset("0801234", Policy::Approve).await,
-            Err(SimError::InvalidNumber(_))
-        ));
-        let err = sim
-            .add_handset("+818012345678", Policy::Approve)
-            .await
-            .err();
-        assert!(
-            matches!(
-                err,
-                Some(SimError::Rpc {
-                    code: tonic::Code::Unavailable,
-                    ..
-                })
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(sim.add_handset("0801234", Policy::Approve).await, Err(SimError::InvalidNumber(_))));
+        let err = sim.add_handset("+818012345678", Policy::Approve).await.err();
+        assert!(matches!(err, Some(SimError::Rpc { code: tonic::Code::Unavailable, .. })), "{err:?}");
         assert_eq!(sim.handset("+818012345678"), None);
-        assert!(matches!(
-            sim.set_policy("+818012345678", Policy::Decline),
-            Err(SimError::UnknownHandset(_))
-        ));
+        assert!(matches!(sim.set_policy("+818012345678", Policy::Decline), Err(SimError::UnknownHandset(_))));
         sim.shutdown().await.expect("clean");
     }
 
@@ -454,11 +367,7 @@ mod tests {
     async fn waiters_wake_on_change_and_time_out_otherwise() {
         let sim = CarrierSim::start(dead_channel().await, "carrier-token").expect("started");
         let trade = TradeId::from_bytes([1u8; 16]);
-        assert_eq!(
-            sim.wait_for_withdraw(trade, Duration::from_millis(20))
-                .await,
-            Err(SimError::Timeout)
-        );
+        assert_eq!(sim.wait_for_withdraw(trade, Duration::from_millis(20)).await, Err(SimError::Timeout));
         let shared = Arc::clone(&sim.shared);
         let writer = tokio::spawn(async move {
             tokio::task::yield_now().await;
@@ -473,15 +382,10 @@ mod tests {
                 })
             })
         });
-        assert_eq!(
-            sim.wait_for_withdraw(trade, Duration::from_secs(5)).await,
-            Ok(proto::TradeState::Expired)
-        );
+        assert_eq!(sim.wait_for_withdraw(trade, Duration::from_secs(5)).await, Ok(proto::TradeState::Expired));
         writer.await.expect("writer");
-        let counters = sim
-            .wait_for_counters(Duration::from_secs(5), |c| c.withdraws_received == 1)
-            .await
-            .expect("counted");
+        let counters =
+            sim.wait_for_counters(Duration::from_secs(5), |c| c.withdraws_received == 1).await.expect("counted");
         assert_eq!(counters.withdraws_received, 1);
         sim.shutdown().await.expect("clean");
     }

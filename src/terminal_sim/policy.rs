@@ -59,25 +59,14 @@ pub const MAX_ANSWERS_PER_OFFER: usize = 2;
 impl Policy {
     /// The plan for one offer under this policy.
     pub fn plan(self) -> Plan {
-        let now = |decision, signing| Step {
-            after: Duration::ZERO,
-            decision,
-            signing,
-        };
+        let now = |decision, signing| Step { after: Duration::ZERO, decision, signing };
         let answers = match self {
             Policy::Approve => vec![now(Decision::Approve, Signing::Valid)],
             Policy::Decline => vec![now(Decision::Decline, Signing::Valid)],
             Policy::Ignore => Vec::new(),
-            Policy::ApproveAfter(after) => vec![Step {
-                after,
-                decision: Decision::Approve,
-                signing: Signing::Valid,
-            }],
+            Policy::ApproveAfter(after) => vec![Step { after, decision: Decision::Approve, signing: Signing::Valid }],
             Policy::BadSignature => vec![now(Decision::Approve, Signing::Corrupted)],
-            Policy::AnswerTwice => vec![
-                now(Decision::Approve, Signing::Valid),
-                now(Decision::Approve, Signing::Valid),
-            ],
+            Policy::AnswerTwice => vec![now(Decision::Approve, Signing::Valid), now(Decision::Approve, Signing::Valid)],
         };
         debug_assert!(answers.len() <= MAX_ANSWERS_PER_OFFER);
         Plan { answers }
@@ -95,13 +84,7 @@ mod tests {
                 .plan()
                 .answers
                 .iter()
-                .map(|s| {
-                    (
-                        u64::try_from(s.after.as_millis()).unwrap_or(u64::MAX),
-                        s.decision,
-                        s.signing,
-                    )
-                })
+                .map(|s| (u64::try_from(s.after.as_millis()).unwrap_or(u64::MAX), s.decision, s.signing))
                 .collect();
             assert_eq!(got, expect, "{policy:?}");
         };
@@ -110,14 +93,8 @@ mod tests {
         check(Policy::Approve, &[(0, Approve, Valid)]);
         check(Policy::Decline, &[(0, Decline, Valid)]);
         check(Policy::Ignore, &[]);
-        check(
-            Policy::ApproveAfter(Duration::from_millis(1500)),
-            &[(1500, Approve, Valid)],
-        );
+        check(Policy::ApproveAfter(Duration::from_millis(1500)), &[(1500, Approve, Valid)]);
         check(Policy::BadSignature, &[(0, Approve, Corrupted)]);
-        check(
-            Policy::AnswerTwice,
-            &[(0, Approve, Valid), (0, Approve, Valid)],
-        );
+        check(Policy::AnswerTwice, &[(0, Approve, Valid), (0, Approve, Valid)]);
     }
 }

@@ -112,13 +112,7 @@ impl Relay {
         client: CarrierServiceClient<AuthedChannel>,
         stop: watch::Receiver<bool>,
     ) -> Self {
-        Relay {
-            shared,
-            client,
-            stop,
-            scheduled: BinaryHeap::new(),
-            next_seq: 0,
-        }
+        Relay { shared, client, stop, scheduled: BinaryHeap::new(), next_seq: 0 }
     }
 
     pub(super) async fn run(mut self) {
@@ -227,11 +221,7 @@ impl Relay {
         }
         let due = now + answer.after.min(MAX_ANSWER_DELAY);
         self.next_seq += 1;
-        self.scheduled.push(Reverse(Scheduled {
-            due,
-            seq: self.next_seq,
-            answer,
-        }));
+        self.scheduled.push(Reverse(Scheduled { due, seq: self.next_seq, answer }));
     }
 
     /// Sends every answer that is due. One that cannot be sent stays
@@ -253,11 +243,7 @@ impl Relay {
         Ok(())
     }
 
-    async fn push(
-        &mut self,
-        tx: &mpsc::Sender<proto::RelayUp>,
-        message: proto::RelayUp,
-    ) -> Result<(), End> {
+    async fn push(&mut self, tx: &mpsc::Sender<proto::RelayUp>, message: proto::RelayUp) -> Result<(), End> {
         tokio::select! {
             biased;
             _ = stop_requested(&mut self.stop) => Err(End::Shutdown),

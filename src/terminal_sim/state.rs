@@ -31,12 +31,7 @@ pub struct Limits {
     pub handsets: usize,
 }
 
-pub const LIMITS: Limits = Limits {
-    transcript: 10_000,
-    trades: 100_000,
-    results_per_trade: 8,
-    handsets: 100_000,
-};
+pub const LIMITS: Limits = Limits { transcript: 10_000, trades: 100_000, results_per_trade: 8, handsets: 100_000 };
 
 /// What the simulator knows about one trade.
 #[derive(Debug, Clone, Default)]
@@ -67,9 +62,7 @@ pub enum Outbound {
 }
 
 pub fn ack(delivery_id: u64) -> proto::RelayUp {
-    proto::RelayUp {
-        body: Some(relay_up::Body::Ack(proto::Ack { delivery_id })),
-    }
+    proto::RelayUp { body: Some(relay_up::Body::Ack(proto::Ack { delivery_id })) }
 }
 
 pub struct SimState {
@@ -102,30 +95,17 @@ impl SimState {
     }
 
     /// Adds a handset or replaces the one the number had (a new key).
-    pub fn add_handset(
-        &mut self,
-        number: SubscriberNumber,
-        handset: Handset,
-    ) -> Result<(), SimError> {
+    pub fn add_handset(&mut self, number: SubscriberNumber, handset: Handset) -> Result<(), SimError> {
         if !self.has_room_for(&number) {
-            return Err(SimError::TooManyHandsets {
-                max: self.limits.handsets,
-            });
+            return Err(SimError::TooManyHandsets { max: self.limits.handsets });
         }
         self.handsets.insert(number, handset);
         debug_assert!(self.handsets.len() <= self.limits.handsets);
         Ok(())
     }
 
-    pub fn set_policy(
-        &mut self,
-        number: &SubscriberNumber,
-        policy: Policy,
-    ) -> Result<(), SimError> {
-        let handset = self
-            .handsets
-            .get_mut(number)
-            .ok_or_else(|| SimError::UnknownHandset(number.clone()))?;
+    pub fn set_policy(&mut self, number: &SubscriberNumber, policy: Policy) -> Result<(), SimError> {
+        let handset = self.handsets.get_mut(number).ok_or_else(|| SimError::UnknownHandset(number.clone()))?;
         handset.policy = policy;
         Ok(())
     }
@@ -164,10 +144,7 @@ impl SimState {
                 self.on_withdraw(&withdraw);
             }
             Some(relay_down::Body::AnswerResult(result)) => self.on_answer_result(&result),
-            None => warn!(
-                delivery_id = down.delivery_id,
-                "relay message with no body (newer server?)"
-            ),
+            None => warn!(delivery_id = down.delivery_id, "relay message with no body (newer server?)"),
         }
         out
     }
@@ -193,22 +170,14 @@ impl SimState {
                 return Vec::new();
             }
             Some(seen) if seen.withdrawn.is_some() => {
-                self.ignore_offer(
-                    Some(number),
-                    &offer.trade_id,
-                    "already withdrawn".to_owned(),
-                );
+                self.ignore_offer(Some(number), &offer.trade_id, "already withdrawn".to_owned());
                 return Vec::new();
             }
             Some(_) | None => {}
         }
         let Some(handset) = self.handsets.get(&number) else {
             warn!(trade_id = %id, number = %number.masked(), "offer for a number with no handset");
-            self.ignore_offer(
-                Some(number),
-                &offer.trade_id,
-                "no handset for this number".to_owned(),
-            );
+            self.ignore_offer(Some(number), &offer.trade_id, "no handset for this number".to_owned());
             return Vec::new();
         };
         let answers: Vec<PendingAnswer> = handset
@@ -222,9 +191,7 @@ impl SimState {
                 trade_id: id,
                 decision: step.decision,
                 signature_valid: step.signing == Signing::Valid,
-                message: proto::RelayUp {
-                    body: Some(relay_up::Body::Answer(handset.answer(&parsed, step))),
-                },
+                message: proto::RelayUp { body: Some(relay_up::Body::Answer(handset.answer(&parsed, step))) },
             })
             .collect();
         let seen = self.trade_entry(id);
@@ -248,11 +215,7 @@ impl SimState {
 
     fn ignore_offer(&mut self, number: Option<SubscriberNumber>, trade_id: &str, reason: String) {
         self.counters.offers_ignored += 1;
-        self.record(SimEvent::OfferIgnored {
-            number,
-            trade_id: display(trade_id),
-            reason,
-        });
+        self.record(SimEvent::OfferIgnored { number, trade_id: display(trade_id), reason });
     }
 
     fn on_withdraw(&mut self, withdraw: &proto::Withdraw) {
@@ -262,8 +225,7 @@ impl SimState {
             return;
         };
         let number = SubscriberNumber::parse(&withdraw.subscriber_number).ok();
-        let state =
-            proto::TradeState::try_from(withdraw.state).unwrap_or(proto::TradeState::Unspecified);
+        let state = proto::TradeState::try_from(withdraw.state).unwrap_or(proto::TradeState::Unspecified);
         let seen = self.trade_entry(id);
         if seen.withdrawn.is_some() {
             debug!(trade_id = %id, "duplicate withdrawal");
@@ -275,11 +237,7 @@ impl SimState {
         }
         let number = seen.number.clone();
         debug!(trade_id = %id, state = state.as_str_name(), "offer withdrawn");
-        self.record(SimEvent::Withdrawn {
-            number,
-            trade_id: id,
-            state,
-        });
+        self.record(SimEvent::Withdrawn { number, trade_id: id, state });
     }
 
     fn on_answer_result(&mut self, result: &proto::AnswerResult) {
@@ -291,8 +249,7 @@ impl SimState {
         let outcome = AnswerOutcome {
             trade_id: id,
             accepted: result.accepted,
-            state: proto::TradeState::try_from(result.state)
-                .unwrap_or(proto::TradeState::Unspecified),
+            state: proto::TradeState::try_from(result.state).unwrap_or(proto::TradeState::Unspecified),
             failure_reason: proto::FailureReason::try_from(result.failure_reason)
                 .unwrap_or(proto::FailureReason::Unspecified),
             message: display(&result.message),
@@ -390,10 +347,7 @@ mod tests {
     }
 
     fn down(delivery_id: u64, body: relay_down::Body) -> proto::RelayDown {
-        proto::RelayDown {
-            delivery_id,
-            body: Some(body),
-        }
+        proto::RelayDown { delivery_id, body: Some(body) }
     }
 
     fn offer_down(delivery_id: u64, trade: TradeId) -> proto::RelayDown {
@@ -416,9 +370,7 @@ mod tests {
                     };
                     let parsed = ParsedOffer::parse(&offer(a.trade_id, NUMBER)).expect("valid");
                     let public = state.handset(&a.number).expect("hosted").public_key();
-                    let verifies = parsed
-                        .payload(a.decision)
-                        .verify(&public, &answer.signature);
+                    let verifies = parsed.payload(a.decision).verify(&public, &answer.signature);
                     assert_eq!(verifies, a.signature_valid, "{a:?}");
                     assert_eq!(answer.trade_id, a.trade_id.to_string());
                     format!(
@@ -443,22 +395,9 @@ mod tests {
             (Policy::Approve, &["ack 7", "answer Approve valid +0ms"]),
             (Policy::Decline, &["ack 7", "answer Decline valid +0ms"]),
             (Policy::Ignore, &["ack 7"]),
-            (
-                Policy::ApproveAfter(Duration::from_millis(250)),
-                &["ack 7", "answer Approve valid +250ms"],
-            ),
-            (
-                Policy::BadSignature,
-                &["ack 7", "answer Approve corrupt +0ms"],
-            ),
-            (
-                Policy::AnswerTwice,
-                &[
-                    "ack 7",
-                    "answer Approve valid +0ms",
-                    "answer Approve valid +0ms",
-                ],
-            ),
+            (Policy::ApproveAfter(Duration::from_millis(250)), &["ack 7", "answer Approve valid +250ms"]),
+            (Policy::BadSignature, &["ack 7", "answer Approve corrupt +0ms"]),
+            (Policy::AnswerTwice, &["ack 7", "answer Approve valid +0ms", "answer Approve valid +0ms"]),
         ];
         for (policy, expect) in cases {
             let mut s = state(policy);
@@ -486,21 +425,13 @@ mod tests {
     #[test]
     fn a_redelivered_offer_is_acked_again_but_shown_and_answered_once() {
         let mut s = state(Policy::Approve);
-        check(
-            &mut s,
-            offer_down(7, trade(1)),
-            &["ack 7", "answer Approve valid +0ms"],
-        );
+        check(&mut s, offer_down(7, trade(1)), &["ack 7", "answer Approve valid +0ms"]);
         check(&mut s, offer_down(7, trade(1)), &["ack 7"]);
         // A redelivery may carry a new delivery id after a reconnect.
         check(&mut s, offer_down(12, trade(1)), &["ack 12"]);
         assert_eq!(s.counters.offers_received, 3);
         assert_eq!(s.counters.offers_duplicate, 2);
-        let shown = s
-            .transcript()
-            .iter()
-            .filter(|e| matches!(e, SimEvent::OfferShown { .. }))
-            .count();
+        let shown = s.transcript().iter().filter(|e| matches!(e, SimEvent::OfferShown { .. })).count();
         assert_eq!(shown, 1);
     }
 
@@ -511,11 +442,7 @@ mod tests {
         bad.currency = "XXX".to_owned();
         check(&mut s, down(3, relay_down::Body::Offer(bad)), &["ack 3"]);
         let stranger = offer(trade(2), "+819099999999");
-        check(
-            &mut s,
-            down(4, relay_down::Body::Offer(stranger)),
-            &["ack 4"],
-        );
+        check(&mut s, down(4, relay_down::Body::Offer(stranger)), &["ack 4"]);
         assert_eq!(s.counters.offers_ignored, 2);
         let reasons: Vec<_> = s
             .transcript()
@@ -551,15 +478,9 @@ mod tests {
             panic!("no OfferShown in {:?}", s.transcript());
         };
         assert_eq!((n, trade_id), (number(), trade(1)));
-        assert_eq!(
-            (shop_name.as_str(), register_label.as_str()),
-            ("Acme Books", "Front desk")
-        );
+        assert_eq!((shop_name.as_str(), register_label.as_str()), ("Acme Books", "Front desk"));
         assert_eq!(currency.format(amount), "1200 JPY");
-        assert_eq!(
-            (description.as_str(), binding_code.as_str()),
-            ("Two books", "042917")
-        );
+        assert_eq!((description.as_str(), binding_code.as_str()), ("Two books", "042917"));
     }
 
     #[test]
@@ -575,16 +496,9 @@ mod tests {
         check(&mut s, down(5, withdraw(trade(1))), &["ack 5"]);
         check(&mut s, down(5, withdraw(trade(1))), &["ack 5"]);
         assert_eq!(s.counters.withdraws_received, 2);
-        let withdrawn = s
-            .transcript()
-            .iter()
-            .filter(|e| matches!(e, SimEvent::Withdrawn { .. }))
-            .count();
+        let withdrawn = s.transcript().iter().filter(|e| matches!(e, SimEvent::Withdrawn { .. })).count();
         assert_eq!(withdrawn, 1);
-        assert_eq!(
-            s.trade(&trade(1)).and_then(|t| t.withdrawn),
-            Some(proto::TradeState::Cancelled)
-        );
+        assert_eq!(s.trade(&trade(1)).and_then(|t| t.withdrawn), Some(proto::TradeState::Cancelled));
         // The offer arrives after its withdrawal (reordered): not shown.
         check(&mut s, offer_down(4, trade(1)), &["ack 4"]);
         assert_eq!(s.counters.offers_ignored, 1);
@@ -614,14 +528,7 @@ mod tests {
         // A result the server wants acked (a delivery id) is acked.
         check(&mut s, down(9, result(false, "")), &["ack 9"]);
         // A message with no body is acked so it is not redelivered forever.
-        check(
-            &mut s,
-            proto::RelayDown {
-                delivery_id: 10,
-                body: None,
-            },
-            &["ack 10"],
-        );
+        check(&mut s, proto::RelayDown { delivery_id: 10, body: None }, &["ack 10"]);
     }
 
     #[test]
@@ -650,26 +557,14 @@ mod tests {
     fn set_policy_changes_the_next_plan() {
         let mut s = state(Policy::Approve);
         s.set_policy(&number(), Policy::Decline).expect("hosted");
-        check(
-            &mut s,
-            offer_down(1, trade(1)),
-            &["ack 1", "answer Decline valid +0ms"],
-        );
+        check(&mut s, offer_down(1, trade(1)), &["ack 1", "answer Decline valid +0ms"]);
         let stranger = SubscriberNumber::parse("+819099999999").expect("valid");
-        assert_eq!(
-            s.set_policy(&stranger, Policy::Approve),
-            Err(SimError::UnknownHandset(stranger))
-        );
+        assert_eq!(s.set_policy(&stranger, Policy::Approve), Err(SimError::UnknownHandset(stranger)));
     }
 
     #[test]
     fn every_collection_is_bounded() {
-        let limits = Limits {
-            transcript: 5,
-            trades: 3,
-            results_per_trade: 1,
-            handsets: 1,
-        };
+        let limits = Limits { transcript: 5, trades: 3, results_per_trade: 1, handsets: 1 };
         let mut s = state_with(Policy::Ignore, limits);
         for n in 1..=10 {
             s.handle(offer_down(u64::from(n), trade(n)));
@@ -690,10 +585,7 @@ mod tests {
 
         let other = SubscriberNumber::parse("+819099999999").expect("valid");
         let handset = Handset::new(SigningKey::from_bytes(&[8u8; 32]), Policy::Approve);
-        assert_eq!(
-            s.add_handset(other, handset).err(),
-            Some(SimError::TooManyHandsets { max: 1 })
-        );
+        assert_eq!(s.add_handset(other, handset).err(), Some(SimError::TooManyHandsets { max: 1 }));
         // Re-adding a hosted number replaces its key and needs no room.
         let again = Handset::new(SigningKey::from_bytes(&[9u8; 32]), Policy::Approve);
         assert!(s.add_handset(number(), again).is_ok());

@@ -28,25 +28,12 @@ pub enum SimEvent {
     },
     /// An offer was acknowledged but not shown (unreadable fields, no
     /// handset for the number, already withdrawn).
-    OfferIgnored {
-        number: Option<SubscriberNumber>,
-        trade_id: String,
-        reason: String,
-    },
+    OfferIgnored { number: Option<SubscriberNumber>, trade_id: String, reason: String },
     /// A handset sent an answer. `signature_valid` is false when the policy
     /// corrupted it on purpose.
-    Answered {
-        number: SubscriberNumber,
-        trade_id: TradeId,
-        decision: Decision,
-        signature_valid: bool,
-    },
+    Answered { number: SubscriberNumber, trade_id: TradeId, decision: Decision, signature_valid: bool },
     /// The server took an offer off a handset's screen.
-    Withdrawn {
-        number: Option<SubscriberNumber>,
-        trade_id: TradeId,
-        state: proto::TradeState,
-    },
+    Withdrawn { number: Option<SubscriberNumber>, trade_id: TradeId, state: proto::TradeState },
     /// The server's verdict on an answer.
     AnswerResult(AnswerOutcome),
 }

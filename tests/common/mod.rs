@@ -30,39 +30,21 @@ impl TestServer {
         Self::start_with(config, data_dir, Some(dir)).await
     }
 
-    pub async fn start_with(
-        config: ServerConfig,
-        data_dir: PathBuf,
-        dir: Option<tempfile::TempDir>,
-    ) -> TestServer {
+    pub async fn start_with(config: ServerConfig, data_dir: PathBuf, dir: Option<tempfile::TempDir>) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let server = sync_server::start(config.clone(), listener)
-            .await
-            .expect("start");
-        TestServer {
-            server,
-            data_dir,
-            config,
-            _dir: dir,
-        }
+        let server = sync_server::start(config.clone(), listener).await.expect("start");
+        TestServer { server, data_dir, config, _dir: dir }
     }
 
     /// Stops the server cleanly and starts a new one on the same store.
     pub async fn restart(self) -> TestServer {
-        let TestServer {
-            server,
-            data_dir,
-            config,
-            _dir,
-        } = self;
+        let TestServer { server, data_dir, config, _dir } = self;
         server.shutdown().await.expect("shutdown");
         Self::start_with(config, data_dir, _dir).await
     }
 
     pub async fn channel(&self) -> Channel {
-        syncpay::client::connect(&self.server.url())
-            .await
-            .expect("connect")
+        syncpay::client::connect(&self.server.url()).await.expect("connect")
     }
 
     pub async fn authed(&self, token: &str) -> AuthedChannel {
@@ -85,10 +67,7 @@ impl TestServer {
     pub async fn create_shop(&self, id: &str, name: &str) -> String {
         self.admin()
             .await
-            .create_shop(proto::CreateShopRequest {
-                shop_id: id.into(),
-                display_name: name.into(),
-            })
+            .create_shop(proto::CreateShopRequest { shop_id: id.into(), display_name: name.into() })
             .await
             .expect("create shop")
             .into_inner()
@@ -99,10 +78,7 @@ impl TestServer {
     pub async fn create_carrier(&self, id: &str, name: &str) -> String {
         self.admin()
             .await
-            .create_carrier(proto::CreateCarrierRequest {
-                carrier_id: id.into(),
-                display_name: name.into(),
-            })
+            .create_carrier(proto::CreateCarrierRequest { carrier_id: id.into(), display_name: name.into() })
             .await
             .expect("create carrier")
             .into_inner()
@@ -126,28 +102,18 @@ impl TestServer {
         let accounts = self
             .admin()
             .await
-            .list_accounts(proto::ListAccountsRequest {
-                prefix: name.into(),
-            })
+            .list_accounts(proto::ListAccountsRequest { prefix: name.into() })
             .await
             .expect("accounts")
             .into_inner()
             .accounts;
-        accounts
-            .iter()
-            .find(|a| a.name == name)
-            .map_or(0, |a| a.balance_minor)
+        accounts.iter().find(|a| a.name == name).map_or(0, |a| a.balance_minor)
     }
 
     /// Asserts the ledger verifies and returns the report.
     pub async fn assert_ledger_ok(&self) -> proto::VerifyLedgerResponse {
-        let report = self
-            .admin()
-            .await
-            .verify_ledger(proto::VerifyLedgerRequest {})
-            .await
-            .expect("verify")
-            .into_inner();
+        let report =
+            self.admin().await.verify_ledger(proto::VerifyLedgerRequest {}).await.expect("verify").into_inner();
         assert!(report.ok, "ledger violations: {:#?}", report.violations);
         report
     }
