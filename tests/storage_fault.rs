@@ -48,6 +48,27 @@ async fn nothing_is_acknowledged_after_a_failed_fsync() {
     let e = register.get(syncpay::domain::TradeId::parse(&before.trade_id).expect("id")).await.expect_err("stopped");
     assert_eq!(e.code(), Some(Code::Unavailable));
 
+    // Health says so, for every service and the server as a whole.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(t.channel().await);
+    for service in ["syncpay.v1.RegisterService", "syncpay.v1.AdminService", ""] {
+        let mut updates = health
+            .watch(tonic_health::pb::HealthCheckRequest { service: service.into() })
+            .await
+            .expect("health watch")
+            .into_inner();
+        let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while let Some(update) = updates.message().await.expect("health update") {
+                if update.status == not_serving {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(seen, Ok(true), "{service:?} never reported NOT_SERVING");
+    }
+
     // A restart (without the fault) recovers; what was acknowledged is there.
     config.sync_fault = None;
     let TestServer { server, .. } = t;

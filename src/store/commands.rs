@@ -11,14 +11,14 @@ use sled::Transactional;
 use crate::domain::approval::{shop_key_fingerprint, ApprovalPayload};
 use crate::domain::trade::transition;
 use crate::domain::{
-    AccountName, Amount, Balance, CarrierId, Currency, Decision, FailureReason, PostingSet,
-    RegisterId, ShopId, SubscriberNumber, TradeEvent, TradeId, TradeState, Transition, UnixMs,
+    AccountName, Amount, Balance, CarrierId, Currency, Decision, FailureReason, PostingSet, RegisterId, ShopId,
+    SubscriberNumber, TradeEvent, TradeId, TradeState, Transition, UnixMs,
 };
 
 use super::records::{
-    AccountRecord, CarrierRecord, Delivery, DeliveryBody, EventKind, EventRecord, Funding,
-    HandsetRecord, IdempotencyRecord, OfferBody, PostingKind, PostingRecord, Principal, Receipt,
-    RegisterRecord, ShopRecord, SubscriberRecord, TradeRecord, TradeRequest,
+    AccountRecord, CarrierRecord, Delivery, DeliveryBody, EventKind, EventRecord, Funding, HandsetRecord,
+    IdempotencyRecord, OfferBody, PostingKind, PostingRecord, Principal, Receipt, RegisterRecord, ShopRecord,
+    SubscriberRecord, TradeRecord, TradeRequest,
 };
 use super::verify::{self, VerifyReport};
 use super::{keys, records, Shared, StoreError, T};
@@ -185,9 +185,7 @@ impl Tx<'_> {
     fn tree(&self, t: T) -> TxResult<&TransactionalTree> {
         match self.0.get(t as usize) {
             Some(tree) => Ok(tree),
-            None => abort(StoreError::Corrupt(format!(
-                "tree {t:?} missing from transaction"
-            ))),
+            None => abort(StoreError::Corrupt(format!("tree {t:?} missing from transaction"))),
         }
     }
 
@@ -265,74 +263,32 @@ pub(crate) fn apply(
 
 fn run(tx: &Tx, command: &Command, fx: &mut Effects) -> TxResult<CommandOutcome> {
     match command {
-        Command::CreateShop {
-            id,
-            display_name,
-            token_hash,
-            max_shops,
-            now,
-        } => create_shop(tx, id, display_name, token_hash, *max_shops, *now, fx),
-        Command::CreateCarrier {
-            id,
-            display_name,
-            token_hash,
-            now,
-        } => create_carrier(tx, id, display_name, token_hash, *now),
-        Command::EnrollSubscriber {
-            carrier,
-            number,
-            funding,
-            now,
-        } => enroll_subscriber(tx, carrier, number, *funding, *now),
-        Command::EnrollHandset {
-            carrier,
-            number,
-            public_key,
-            now,
-        } => enroll_handset(tx, carrier, number, public_key, *now),
-        Command::TopUp {
-            number,
-            amount,
-            currency,
-            now,
-        } => top_up(tx, number, *amount, *currency, *now),
-        Command::OpenRegister {
-            shop,
-            id,
-            label,
-            max_registers,
-            now,
-        } => open_register(tx, shop, id, label, *max_registers, *now),
+        Command::CreateShop { id, display_name, token_hash, max_shops, now } => {
+            create_shop(tx, id, display_name, token_hash, *max_shops, *now, fx)
+        }
+        Command::CreateCarrier { id, display_name, token_hash, now } => {
+            create_carrier(tx, id, display_name, token_hash, *now)
+        }
+        Command::EnrollSubscriber { carrier, number, funding, now } => {
+            enroll_subscriber(tx, carrier, number, *funding, *now)
+        }
+        Command::EnrollHandset { carrier, number, public_key, now } => {
+            enroll_handset(tx, carrier, number, public_key, *now)
+        }
+        Command::TopUp { number, amount, currency, now } => top_up(tx, number, *amount, *currency, *now),
+        Command::OpenRegister { shop, id, label, max_registers, now } => {
+            open_register(tx, shop, id, label, *max_registers, *now)
+        }
         Command::CloseRegister { shop, id, now } => close_register(tx, shop, id, *now),
         Command::CreateTrade(c) => create_trade(tx, c, fx),
-        Command::Ack {
-            carrier,
-            delivery_id,
-            now,
-        } => ack(tx, carrier, *delivery_id, *now, fx),
-        Command::Answer {
-            carrier,
-            trade,
-            decision,
-            signature,
-            now,
-        } => answer(tx, carrier, trade, *decision, signature, *now, fx),
+        Command::Ack { carrier, delivery_id, now } => ack(tx, carrier, *delivery_id, *now, fx),
+        Command::Answer { carrier, trade, decision, signature, now } => {
+            answer(tx, carrier, trade, *decision, signature, *now, fx)
+        }
         Command::Cancel { shop, trade, now } => cancel(tx, shop, trade, *now, fx),
-        Command::Refund {
-            shop,
-            trade,
-            amount,
-            idempotency_key,
-            now,
-        } => refund(
-            tx,
-            shop,
-            trade,
-            *amount,
-            idempotency_key.as_deref(),
-            *now,
-            fx,
-        ),
+        Command::Refund { shop, trade, amount, idempotency_key, now } => {
+            refund(tx, shop, trade, *amount, idempotency_key.as_deref(), *now, fx)
+        }
         Command::Expire { trade, now } => expire(tx, trade, *now, fx),
         Command::Verify | Command::ReadAccounts { .. } => {
             abort(StoreError::Corrupt("reads are not transactions".into()))
@@ -351,22 +307,13 @@ fn create_shop(
 ) -> TxResult<CommandOutcome> {
     let key = id.as_str().as_bytes();
     if tx.get::<ShopRecord>(T::Shops, key)?.is_some() {
-        return abort(StoreError::AlreadyExists(format!(
-            "shop_id: shop {id} already exists"
-        )));
+        return abort(StoreError::AlreadyExists(format!("shop_id: shop {id} already exists")));
     }
     let count = tx.next(b"shops")?;
     if count > u64::from(max_shops) {
-        return abort(StoreError::LimitExceeded(format!(
-            "at most {max_shops} shops"
-        )));
+        return abort(StoreError::LimitExceeded(format!("at most {max_shops} shops")));
     }
-    let shop = ShopRecord {
-        id: id.clone(),
-        display_name: display_name.to_owned(),
-        next_event_seq: 1,
-        created_at: now,
-    };
+    let shop = ShopRecord { id: id.clone(), display_name: display_name.to_owned(), next_event_seq: 1, created_at: now };
     tx.put(T::Shops, key, &shop)?;
     tx.put(T::Credentials, token_hash, &Principal::Shop(id.clone()))?;
     fx.heads.push((id.clone(), 0));
@@ -382,15 +329,9 @@ fn create_carrier(
 ) -> TxResult<CommandOutcome> {
     let key = id.as_str().as_bytes();
     if tx.get::<CarrierRecord>(T::Carriers, key)?.is_some() {
-        return abort(StoreError::AlreadyExists(format!(
-            "carrier_id: carrier {id} already exists"
-        )));
+        return abort(StoreError::AlreadyExists(format!("carrier_id: carrier {id} already exists")));
     }
-    let carrier = CarrierRecord {
-        id: id.clone(),
-        display_name: display_name.to_owned(),
-        created_at: now,
-    };
+    let carrier = CarrierRecord { id: id.clone(), display_name: display_name.to_owned(), created_at: now };
     tx.put(T::Carriers, key, &carrier)?;
     tx.put(T::Credentials, token_hash, &Principal::Carrier(id.clone()))?;
     Ok(CommandOutcome::Carrier(carrier))
@@ -411,23 +352,14 @@ fn enroll_subscriber(
             ));
         }
     }
-    let record = SubscriberRecord {
-        number: number.clone(),
-        carrier: carrier.clone(),
-        funding,
-        enrolled_at: now,
-    };
+    let record = SubscriberRecord { number: number.clone(), carrier: carrier.clone(), funding, enrolled_at: now };
     tx.put(T::Subscribers, key, &record)?;
     Ok(CommandOutcome::Subscriber(record))
 }
 
 /// The subscriber, if it belongs to `carrier`; otherwise NOT_FOUND, so a
 /// carrier learns nothing about other carriers' subscribers.
-fn own_subscriber(
-    tx: &Tx,
-    carrier: &CarrierId,
-    number: &SubscriberNumber,
-) -> TxResult<SubscriberRecord> {
+fn own_subscriber(tx: &Tx, carrier: &CarrierId, number: &SubscriberNumber) -> TxResult<SubscriberRecord> {
     match tx.get::<SubscriberRecord>(T::Subscribers, number.as_str().as_bytes())? {
         Some(s) if &s.carrier == carrier => Ok(s),
         _ => abort(StoreError::NotFound("subscriber")),
@@ -442,11 +374,7 @@ fn enroll_handset(
     now: UnixMs,
 ) -> TxResult<CommandOutcome> {
     own_subscriber(tx, carrier, number)?;
-    let record = HandsetRecord {
-        number: number.clone(),
-        public_key: *public_key,
-        enrolled_at: now,
-    };
+    let record = HandsetRecord { number: number.clone(), public_key: *public_key, enrolled_at: now };
     tx.put(T::Handsets, number.as_str().as_bytes(), &record)?;
     Ok(CommandOutcome::Handset(record))
 }
@@ -470,37 +398,22 @@ fn top_up(
     let first = post(tx, &set, None, PostingKind::TopUp, now)?;
     let account = tx
         .get::<AccountRecord>(T::Accounts, &keys::account(&wallet))?
-        .map_or_else(
-            || abort(StoreError::Corrupt("wallet missing after posting".into())),
-            Ok,
-        )?;
-    Ok(CommandOutcome::TopUp {
-        account,
-        posting_id: first,
-    })
+        .map_or_else(|| abort(StoreError::Corrupt("wallet missing after posting".into())), Ok)?;
+    Ok(CommandOutcome::TopUp { account, posting_id: first })
 }
 
 /// Writes a balanced posting set: account totals and immutable posting
 /// records. Refuses (aborting the whole transaction) if a total would
 /// overflow or a never-negative account would go below zero. Returns the
 /// first posting id.
-fn post(
-    tx: &Tx,
-    set: &PostingSet,
-    trade: Option<TradeId>,
-    kind: PostingKind,
-    now: UnixMs,
-) -> TxResult<u64> {
+fn post(tx: &Tx, set: &PostingSet, trade: Option<TradeId>, kind: PostingKind, now: UnixMs) -> TxResult<u64> {
     let set_id = tx.next(b"posting_set")?;
     let mut first = None;
     for leg in set.legs() {
         let key = keys::account(&leg.account);
         let mut account = tx
             .get::<AccountRecord>(T::Accounts, &key)?
-            .unwrap_or(AccountRecord {
-                name: leg.account.clone(),
-                balance: Balance::EMPTY,
-            });
+            .unwrap_or(AccountRecord { name: leg.account.clone(), balance: Balance::EMPTY });
         account.balance = match account.balance.post(leg.side, leg.amount) {
             Ok(b) => b,
             Err(_) => {
@@ -511,10 +424,7 @@ fn post(
             }
         };
         if account.name.must_not_go_negative() && account.balance.credits < account.balance.debits {
-            return abort(StoreError::FailedPrecondition(format!(
-                "account {:?} would go below zero",
-                leg.account
-            )));
+            return abort(StoreError::FailedPrecondition(format!("account {:?} would go below zero", leg.account)));
         }
         tx.put(T::Accounts, &key, &account)?;
         let posting_id = tx.next(b"posting")?;
@@ -531,10 +441,7 @@ fn post(
         };
         tx.put(T::Postings, &posting_id.to_be_bytes(), &record)?;
     }
-    first.map_or_else(
-        || abort(StoreError::Corrupt("empty posting set".into())),
-        Ok,
-    )
+    first.map_or_else(|| abort(StoreError::Corrupt("empty posting set".into())), Ok)
 }
 
 fn open_register(
@@ -547,9 +454,7 @@ fn open_register(
 ) -> TxResult<CommandOutcome> {
     let open_count = registers_open(tx, shop)?;
     if open_count >= max_registers {
-        return abort(StoreError::LimitExceeded(format!(
-            "at most {max_registers} open registers per shop"
-        )));
+        return abort(StoreError::LimitExceeded(format!("at most {max_registers} open registers per shop")));
     }
     let key = keys::register(shop, id);
     if tx.get::<RegisterRecord>(T::Registers, &key)?.is_some() {
@@ -587,20 +492,13 @@ fn set_registers_open(tx: &Tx, shop: &ShopId, n: u32) -> TxResult<()> {
     Ok(())
 }
 
-fn close_register(
-    tx: &Tx,
-    shop: &ShopId,
-    id: &RegisterId,
-    now: UnixMs,
-) -> TxResult<CommandOutcome> {
+fn close_register(tx: &Tx, shop: &ShopId, id: &RegisterId, now: UnixMs) -> TxResult<CommandOutcome> {
     let key = keys::register(shop, id);
     let Some(mut record) = tx.get::<RegisterRecord>(T::Registers, &key)? else {
         return abort(StoreError::NotFound("register"));
     };
     if !record.open {
-        return abort(StoreError::FailedPrecondition(
-            "register_id: the register is already closed".into(),
-        ));
+        return abort(StoreError::FailedPrecondition("register_id: the register is already closed".into()));
     }
     if record.open_trades > 0 {
         return abort(StoreError::FailedPrecondition(format!(
@@ -617,19 +515,10 @@ fn close_register(
 }
 
 /// Appends an event for the trade's shop with the next sequence number.
-fn emit(
-    tx: &Tx,
-    trade: &TradeRecord,
-    kind: EventKind,
-    now: UnixMs,
-    fx: &mut Effects,
-) -> TxResult<()> {
+fn emit(tx: &Tx, trade: &TradeRecord, kind: EventKind, now: UnixMs, fx: &mut Effects) -> TxResult<()> {
     let key = trade.shop.as_str().as_bytes();
     let Some(mut shop) = tx.get::<ShopRecord>(T::Shops, key)? else {
-        return abort(StoreError::Corrupt(format!(
-            "trade {} names a missing shop",
-            trade.id
-        )));
+        return abort(StoreError::Corrupt(format!("trade {} names a missing shop", trade.id)));
     };
     let seq = shop.next_event_seq;
     let Some(next) = seq.checked_add(1) else {
@@ -637,16 +526,7 @@ fn emit(
     };
     shop.next_event_seq = next;
     tx.put(T::Shops, key, &shop)?;
-    tx.put(
-        T::Events,
-        &keys::event(&trade.shop, seq),
-        &EventRecord {
-            seq,
-            at: now,
-            kind,
-            trade: trade.clone(),
-        },
-    )?;
+    tx.put(T::Events, &keys::event(&trade.shop, seq), &EventRecord { seq, at: now, kind, trade: trade.clone() })?;
     fx.heads.push((trade.shop.clone(), seq));
     Ok(())
 }
@@ -654,11 +534,7 @@ fn emit(
 /// Queues a delivery to a carrier in the outbox.
 fn enqueue(tx: &Tx, carrier: &CarrierId, body: DeliveryBody, fx: &mut Effects) -> TxResult<u64> {
     let delivery_id = tx.next(b"delivery")?;
-    let delivery = Delivery {
-        delivery_id,
-        carrier: carrier.clone(),
-        body,
-    };
+    let delivery = Delivery { delivery_id, carrier: carrier.clone(), body };
     tx.put(T::Outbox, &keys::outbox(carrier, delivery_id), &delivery)?;
     fx.deliveries.push(delivery);
     Ok(delivery_id)
@@ -666,17 +542,9 @@ fn enqueue(tx: &Tx, carrier: &CarrierId, body: DeliveryBody, fx: &mut Effects) -
 
 fn create_trade(tx: &Tx, c: &CreateTrade, fx: &mut Effects) -> TxResult<CommandOutcome> {
     if let Some(key) = &c.idempotency_key {
-        if let Some(prior) =
-            tx.get::<IdempotencyRecord>(T::Idempotency, &keys::idempotency(&c.shop, key))?
-        {
-            let IdempotencyRecord::Trade {
-                trade: prior_trade,
-                request,
-            } = prior
-            else {
-                return abort(StoreError::Corrupt(
-                    "trade idempotency key holds a refund".into(),
-                ));
+        if let Some(prior) = tx.get::<IdempotencyRecord>(T::Idempotency, &keys::idempotency(&c.shop, key))? {
+            let IdempotencyRecord::Trade { trade: prior_trade, request } = prior else {
+                return abort(StoreError::Corrupt("trade idempotency key holds a refund".into()));
             };
             if let Some(field) = request.first_difference(&c.request) {
                 return abort(StoreError::AlreadyExists(format!(
@@ -684,11 +552,7 @@ fn create_trade(tx: &Tx, c: &CreateTrade, fx: &mut Effects) -> TxResult<CommandO
                 )));
             }
             let trade = tx.get::<TradeRecord>(T::Trades, prior_trade.as_bytes())?;
-            return Ok(CommandOutcome::Trade {
-                trade,
-                deliveries: Vec::new(),
-                replayed: true,
-            });
+            return Ok(CommandOutcome::Trade { trade, deliveries: Vec::new(), replayed: true });
         }
     }
     let Some(shop) = tx.get::<ShopRecord>(T::Shops, c.shop.as_str().as_bytes())? else {
@@ -699,9 +563,7 @@ fn create_trade(tx: &Tx, c: &CreateTrade, fx: &mut Effects) -> TxResult<CommandO
         return abort(StoreError::NotFound("register"));
     };
     if !register.open {
-        return abort(StoreError::FailedPrecondition(
-            "register_id: the register is closed".into(),
-        ));
+        return abort(StoreError::FailedPrecondition("register_id: the register is closed".into()));
     }
     if register.open_trades >= c.max_open_per_register {
         return abort(StoreError::LimitExceeded(format!(
@@ -709,19 +571,13 @@ fn create_trade(tx: &Tx, c: &CreateTrade, fx: &mut Effects) -> TxResult<CommandO
             c.max_open_per_register
         )));
     }
-    if tx
-        .get::<TradeRecord>(T::Trades, c.trade_id.as_bytes())?
-        .is_some()
-    {
+    if tx.get::<TradeRecord>(T::Trades, c.trade_id.as_bytes())?.is_some() {
         return abort(StoreError::Corrupt("trade id collision".into()));
     }
     let Some(expires_at) = c.now.checked_add_ms(c.request.ttl_ms) else {
-        return abort(StoreError::FailedPrecondition(
-            "ttl_seconds: deadline overflows".into(),
-        ));
+        return abort(StoreError::FailedPrecondition("ttl_seconds: deadline overflows".into()));
     };
-    let subscriber =
-        tx.get::<SubscriberRecord>(T::Subscribers, c.request.payer.as_str().as_bytes())?;
+    let subscriber = tx.get::<SubscriberRecord>(T::Subscribers, c.request.payer.as_str().as_bytes())?;
     let handset = tx.get::<HandsetRecord>(T::Handsets, c.request.payer.as_str().as_bytes())?;
     let mut trade = TradeRecord {
         id: c.trade_id,
@@ -776,18 +632,11 @@ fn create_trade(tx: &Tx, c: &CreateTrade, fx: &mut Effects) -> TxResult<CommandO
     }
     tx.put(T::Trades, trade.id.as_bytes(), &trade)?;
     if let Some(key) = &c.idempotency_key {
-        let record = IdempotencyRecord::Trade {
-            trade: trade.id,
-            request: c.request.clone(),
-        };
+        let record = IdempotencyRecord::Trade { trade: trade.id, request: c.request.clone() };
         tx.put(T::Idempotency, &keys::idempotency(&c.shop, key), &record)?;
     }
     emit(tx, &trade, EventKind::StateChanged, c.now, fx)?;
-    Ok(CommandOutcome::Trade {
-        trade: Some(trade),
-        deliveries: std::mem::take(&mut fx.deliveries),
-        replayed: false,
-    })
+    Ok(CommandOutcome::Trade { trade: Some(trade), deliveries: std::mem::take(&mut fx.deliveries), replayed: false })
 }
 
 /// Moves an open trade to a final state and does everything that goes with
@@ -803,11 +652,7 @@ fn finish(
 ) -> TxResult<()> {
     let next = match transition(trade.state, event) {
         Ok(Transition::To(s)) if s.is_final() => s,
-        Ok(_) => {
-            return abort(StoreError::Corrupt(format!(
-                "{event:?} is not a final transition"
-            )))
-        }
+        Ok(_) => return abort(StoreError::Corrupt(format!("{event:?} is not a final transition"))),
         Err(e) => return abort(StoreError::FailedPrecondition(format!("trade_id: {e}"))),
     };
     trade.state = next;
@@ -819,9 +664,7 @@ fn finish(
     let register_key = keys::register(&trade.shop, &trade.request.register);
     if let Some(mut register) = tx.get::<RegisterRecord>(T::Registers, &register_key)? {
         let Some(n) = register.open_trades.checked_sub(1) else {
-            return abort(StoreError::Corrupt(
-                "register open-trade count below zero".into(),
-            ));
+            return abort(StoreError::Corrupt("register open-trade count below zero".into()));
         };
         register.open_trades = n;
         tx.put(T::Registers, &register_key, &register)?;
@@ -831,11 +674,7 @@ fn finish(
             tx.del(T::Outbox, &keys::outbox(&carrier, delivery_id))?;
         }
         if withdraw {
-            let body = DeliveryBody::Withdraw {
-                trade: trade.id,
-                payer: trade.request.payer.clone(),
-                state: next,
-            };
+            let body = DeliveryBody::Withdraw { trade: trade.id, payer: trade.request.payer.clone(), state: next };
             enqueue(tx, &carrier, body, fx)?;
         }
     }
@@ -843,34 +682,18 @@ fn finish(
     emit(tx, trade, EventKind::StateChanged, now, fx)
 }
 
-fn ack(
-    tx: &Tx,
-    carrier: &CarrierId,
-    delivery_id: u64,
-    now: UnixMs,
-    fx: &mut Effects,
-) -> TxResult<CommandOutcome> {
+fn ack(tx: &Tx, carrier: &CarrierId, delivery_id: u64, now: UnixMs, fx: &mut Effects) -> TxResult<CommandOutcome> {
     let key = keys::outbox(carrier, delivery_id);
     let Some(delivery) = tx.get::<Delivery>(T::Outbox, &key)? else {
         // Already acknowledged (or never ours): acknowledgements repeat.
-        return Ok(CommandOutcome::Trade {
-            trade: None,
-            deliveries: Vec::new(),
-            replayed: true,
-        });
+        return Ok(CommandOutcome::Trade { trade: None, deliveries: Vec::new(), replayed: true });
     };
     tx.del(T::Outbox, &key)?;
     let DeliveryBody::Offer(offer) = delivery.body else {
-        return Ok(CommandOutcome::Trade {
-            trade: None,
-            deliveries: Vec::new(),
-            replayed: false,
-        });
+        return Ok(CommandOutcome::Trade { trade: None, deliveries: Vec::new(), replayed: false });
     };
     let Some(mut trade) = tx.get::<TradeRecord>(T::Trades, offer.trade.as_bytes())? else {
-        return abort(StoreError::Corrupt(
-            "outbox offer for a missing trade".into(),
-        ));
+        return abort(StoreError::Corrupt("outbox offer for a missing trade".into()));
     };
     trade.offer_delivery = None;
     match transition(trade.state, TradeEvent::Delivered) {
@@ -881,11 +704,7 @@ fn ack(
         }
         Ok(Transition::Unchanged) | Err(_) => tx.put(T::Trades, trade.id.as_bytes(), &trade)?,
     }
-    Ok(CommandOutcome::Trade {
-        trade: Some(trade),
-        deliveries: Vec::new(),
-        replayed: false,
-    })
+    Ok(CommandOutcome::Trade { trade: Some(trade), deliveries: Vec::new(), replayed: false })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -929,9 +748,7 @@ fn answer(
     };
     let event = match &handset {
         None => TradeEvent::Fail(FailureReason::NoHandset),
-        Some(h) if !payload.verify(&h.public_key, signature) => {
-            TradeEvent::Fail(FailureReason::BadSignature)
-        }
+        Some(h) if !payload.verify(&h.public_key, signature) => TradeEvent::Fail(FailureReason::BadSignature),
         Some(_) if decision == Decision::Decline => TradeEvent::Decline,
         Some(h) => {
             let wallet = AccountName::Wallet(trade.request.payer.clone(), trade.request.currency);
@@ -965,56 +782,30 @@ fn answer(
     }))
 }
 
-fn cancel(
-    tx: &Tx,
-    shop: &ShopId,
-    trade_id: &TradeId,
-    now: UnixMs,
-    fx: &mut Effects,
-) -> TxResult<CommandOutcome> {
+fn cancel(tx: &Tx, shop: &ShopId, trade_id: &TradeId, now: UnixMs, fx: &mut Effects) -> TxResult<CommandOutcome> {
     let mut trade = match tx.get::<TradeRecord>(T::Trades, trade_id.as_bytes())? {
         Some(t) if &t.shop == shop => t,
         // Another shop's trade is indistinguishable from no trade.
         _ => return abort(StoreError::NotFound("trade")),
     };
     finish(tx, &mut trade, TradeEvent::Cancel, true, now, fx)?;
-    Ok(CommandOutcome::Trade {
-        trade: Some(trade),
-        deliveries: std::mem::take(&mut fx.deliveries),
-        replayed: false,
-    })
+    Ok(CommandOutcome::Trade { trade: Some(trade), deliveries: std::mem::take(&mut fx.deliveries), replayed: false })
 }
 
 fn expire(tx: &Tx, trade_id: &TradeId, now: UnixMs, fx: &mut Effects) -> TxResult<CommandOutcome> {
     let Some(mut trade) = tx.get::<TradeRecord>(T::Trades, trade_id.as_bytes())? else {
-        return Ok(CommandOutcome::Trade {
-            trade: None,
-            deliveries: Vec::new(),
-            replayed: false,
-        });
+        return Ok(CommandOutcome::Trade { trade: None, deliveries: Vec::new(), replayed: false });
     };
     if trade.state.is_final() {
         // A stale deadline entry (should not exist): remove it.
         tx.del(T::Deadlines, &keys::deadline(trade.expires_at, &trade.id))?;
-        return Ok(CommandOutcome::Trade {
-            trade: Some(trade),
-            deliveries: Vec::new(),
-            replayed: true,
-        });
+        return Ok(CommandOutcome::Trade { trade: Some(trade), deliveries: Vec::new(), replayed: true });
     }
     if now < trade.expires_at {
-        return Ok(CommandOutcome::Trade {
-            trade: Some(trade),
-            deliveries: Vec::new(),
-            replayed: true,
-        });
+        return Ok(CommandOutcome::Trade { trade: Some(trade), deliveries: Vec::new(), replayed: true });
     }
     finish(tx, &mut trade, TradeEvent::Expire, true, now, fx)?;
-    Ok(CommandOutcome::Trade {
-        trade: Some(trade),
-        deliveries: std::mem::take(&mut fx.deliveries),
-        replayed: false,
-    })
+    Ok(CommandOutcome::Trade { trade: Some(trade), deliveries: std::mem::take(&mut fx.deliveries), replayed: false })
 }
 
 fn refund(
@@ -1029,15 +820,8 @@ fn refund(
     let idem_key = idempotency_key.map(|k| keys::refund_idempotency(shop, k));
     if let Some(key) = &idem_key {
         if let Some(prior) = tx.get::<IdempotencyRecord>(T::Idempotency, key)? {
-            let IdempotencyRecord::Refund {
-                trade: prior_trade,
-                amount: prior_amount,
-                refund_id,
-            } = prior
-            else {
-                return abort(StoreError::Corrupt(
-                    "refund idempotency key holds a trade".into(),
-                ));
+            let IdempotencyRecord::Refund { trade: prior_trade, amount: prior_amount, refund_id } = prior else {
+                return abort(StoreError::Corrupt("refund idempotency key holds a trade".into()));
             };
             let field = if prior_trade != *trade_id {
                 Some("trade_id")
@@ -1054,12 +838,7 @@ fn refund(
             let Some(trade) = tx.get::<TradeRecord>(T::Trades, trade_id.as_bytes())? else {
                 return abort(StoreError::Corrupt("refunded trade missing".into()));
             };
-            return Ok(CommandOutcome::Refund {
-                trade,
-                refund_id,
-                amount,
-                replayed: true,
-            });
+            return Ok(CommandOutcome::Refund { trade, refund_id, amount, replayed: true });
         }
     }
     let mut trade = match tx.get::<TradeRecord>(T::Trades, trade_id.as_bytes())? {
@@ -1073,25 +852,18 @@ fn refund(
         )));
     }
     let Ok(refunded) = trade.refunded.checked_add(amount) else {
-        return abort(StoreError::FailedPrecondition(
-            "amount_minor: refunds would overflow".into(),
-        ));
+        return abort(StoreError::FailedPrecondition("amount_minor: refunds would overflow".into()));
     };
     if refunded > trade.request.amount {
-        let left = trade
-            .request
-            .amount
-            .checked_sub(trade.refunded)
-            .unwrap_or(Amount::ZERO);
+        let left = trade.request.amount.checked_sub(trade.refunded).unwrap_or(Amount::ZERO);
         return abort(StoreError::FailedPrecondition(format!(
             "amount_minor: at most {} of this trade is left to refund",
             left.minor()
         )));
     }
     let payable = AccountName::ShopPayable(trade.shop.clone(), trade.request.currency);
-    let available = tx
-        .get::<AccountRecord>(T::Accounts, &keys::account(&payable))?
-        .map_or(Amount::ZERO, |a| a.balance.available());
+    let available =
+        tx.get::<AccountRecord>(T::Accounts, &keys::account(&payable))?.map_or(Amount::ZERO, |a| a.balance.available());
     if available < amount {
         return abort(StoreError::FailedPrecondition(
             "amount_minor: the shop's balance does not cover the refund".into(),
@@ -1104,41 +876,15 @@ fn refund(
     trade.refunded = refunded;
     tx.put(T::Trades, trade.id.as_bytes(), &trade)?;
     if let Some(key) = &idem_key {
-        tx.put(
-            T::Idempotency,
-            key,
-            &IdempotencyRecord::Refund {
-                trade: trade.id,
-                amount,
-                refund_id,
-            },
-        )?;
+        tx.put(T::Idempotency, key, &IdempotencyRecord::Refund { trade: trade.id, amount, refund_id })?;
     }
-    emit(
-        tx,
-        &trade,
-        EventKind::Refunded { amount, refund_id },
-        now,
-        fx,
-    )?;
-    Ok(CommandOutcome::Refund {
-        trade,
-        refund_id,
-        amount,
-        replayed: false,
-    })
+    emit(tx, &trade, EventKind::Refunded { amount, refund_id }, now, fx)?;
+    Ok(CommandOutcome::Refund { trade, refund_id, amount, replayed: false })
 }
 
-fn read_accounts(
-    shared: &Shared,
-    prefix: &str,
-    limit: usize,
-) -> Result<CommandOutcome, StoreError> {
+fn read_accounts(shared: &Shared, prefix: &str, limit: usize) -> Result<CommandOutcome, StoreError> {
     let mut out = Vec::new();
-    for item in shared.trees[T::Accounts as usize]
-        .scan_prefix(prefix.as_bytes())
-        .take(limit)
-    {
+    for item in shared.trees[T::Accounts as usize].scan_prefix(prefix.as_bytes()).take(limit) {
         let (_, v) = item?;
         out.push(records::decode(&v)?);
     }

@@ -358,6 +358,16 @@ impl Store {
         self.shared.closed.0.subscribe()
     }
 
+    /// Resolves once the store has stopped accepting writes (a sync failed).
+    pub async fn wait_stopped(&self) {
+        let mut rx = self.shared.durable.subscribe();
+        while !self.is_stopped() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// True once a sync failed: the store accepts no more writes.
     pub fn is_stopped(&self) -> bool {
         self.shared.stopped.load(Ordering::SeqCst)

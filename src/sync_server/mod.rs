@@ -175,19 +175,37 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Runnin
         .add_service(InterceptedService::new(admin, interceptor(auth, Party::Admin)));
 
     let sweeper = tokio::spawn(engine.clone().run_sweeper(shutdown_rx.clone()));
+    // A store that stopped accepting writes makes every service unhealthy,
+    // so load balancers and operators see it at once.
+    let (health_on_failure, store_for_health, mut stop_watch) =
+        (health.clone(), engine.store.clone(), shutdown_rx.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = store_for_health.wait_stopped() => {
+                tracing::error!("store stopped accepting writes; reporting NOT_SERVING");
+                set_all_not_serving(&health_on_failure).await;
+            }
+            _ = engine::stopped(&mut stop_watch) => {}
+        }
+    });
     let mut stop = shutdown_rx;
     let health_on_stop = health.clone();
     let serve = tokio::spawn(async move {
         router
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 engine::stopped(&mut stop).await;
-                health_on_stop.set_not_serving::<RegisterServiceServer<register_service::RegisterApi>>().await;
-                health_on_stop.set_not_serving::<CarrierServiceServer<carrier_service::CarrierApi>>().await;
-                health_on_stop.set_not_serving::<AdminServiceServer<admin_service::AdminApi>>().await;
+                set_all_not_serving(&health_on_stop).await;
                 tracing::info!("shutting down");
             })
             .await
     });
     tracing::info!(%addr, "syncpay serving");
     Ok(RunningServer { addr, engine, shutdown: shutdown_tx, serve, sweeper })
+}
+
+async fn set_all_not_serving(health: &tonic_health::server::HealthReporter) {
+    health.set_not_serving::<RegisterServiceServer<register_service::RegisterApi>>().await;
+    health.set_not_serving::<CarrierServiceServer<carrier_service::CarrierApi>>().await;
+    health.set_not_serving::<AdminServiceServer<admin_service::AdminApi>>().await;
+    health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
 }
