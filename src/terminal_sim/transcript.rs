@@ -83,4 +83,38 @@ pub struct SimCounters {
     pub answers_sent: u64,
     /// Delayed answers dropped because too many were already waiting.
     pub answers_dropped: u64,
+    /// Answers sent again because their offer was redelivered (with
+    /// `SimConfig::reanswer_on_redelivery`); also counted in `answers_sent`.
+    pub answers_resent: u64,
+    /// What the fault layer did to acks going up.
+    pub ack_faults: FaultCounters,
+    /// What the fault layer did to answers going up.
+    pub answer_faults: FaultCounters,
+    /// What the fault layer did to messages coming down.
+    pub down_faults: FaultCounters,
+    /// Relay streams cut on purpose (by a fault or `CarrierSim::disconnect`).
+    pub disconnects: u64,
+    /// Messages lost because the stream broke while they were in flight
+    /// (delayed or held by the fault layer, or the message it broke on).
+    pub lost_in_flight: u64,
+}
+
+/// What the fault layer did to one kind of message. A message can be
+/// duplicated and then each copy delayed or held, so these overlap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultCounters {
+    pub dropped: u64,
+    pub duplicated: u64,
+    pub delayed: u64,
+    /// Held back for reordering.
+    pub held: u64,
+    /// Would have been delayed, but the lane was full: sent at once.
+    pub over_cap: u64,
+}
+
+impl FaultCounters {
+    /// Faults that changed what or when the other side received.
+    pub fn total(&self) -> u64 {
+        self.dropped + self.duplicated + self.delayed + self.held
+    }
 }
