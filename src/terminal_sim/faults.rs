@@ -24,11 +24,8 @@ use super::transcript::FaultCounters;
 /// delayed while this many wait goes at once (counted in `over_cap`), so a
 /// long run with delays cannot pile up memory.
 pub const MAX_DELAYED_PER_LANE: usize = 1024;
-/// A message held back for reordering waits at most this long for a later
-/// one to overtake it; then it goes anyway.
-pub const MAX_HOLD: Duration = Duration::from_millis(500);
-/// Longest delay a fault can add; longer `max_delay`s are cut to it. Above
-/// the 15-minute longest trade TTL is pointless for a network fault.
+/// Longest a fault can hold a message back (`max_delay`, `max_hold`);
+/// longer settings are cut to it, so nothing waits in a lane for long.
 pub const MAX_FAULT_DELAY: Duration = Duration::from_secs(60);
 
 /// A probability in thousandths. Integers, not floats, so a configuration
@@ -71,7 +68,8 @@ pub struct MessageFaults {
     pub duplicate: Chance,
     /// Arrives after a random pause of up to [`Faults::max_delay`].
     pub delay: Chance,
-    /// Held back until the next message has gone (or [`MAX_HOLD`] passed).
+    /// Held back until the next message has gone (or
+    /// [`Faults::max_hold`] passed).
     pub reorder: Chance,
 }
 
@@ -119,6 +117,9 @@ pub struct Faults {
     pub down: MessageFaults,
     /// Longest delay a delayed message gets (at most [`MAX_FAULT_DELAY`]).
     pub max_delay: Duration,
+    /// How long a message held back for reordering waits for a later one
+    /// to overtake it before it goes anyway (at most [`MAX_FAULT_DELAY`]).
+    pub max_hold: Duration,
     /// Chance, at each message in either direction, that the relay stream
     /// breaks just before it: that message and everything still in flight
     /// (delayed or held) is lost.
@@ -131,6 +132,7 @@ impl Faults {
         answers: MessageFaults::NONE,
         down: MessageFaults::NONE,
         max_delay: Duration::ZERO,
+        max_hold: Duration::ZERO,
         disconnect: Chance::NEVER,
     };
 
@@ -227,7 +229,8 @@ impl Injector {
                     }
                 }
             } else if held {
-                match lane.hold(copy, now + MAX_HOLD) {
+                let until = now + self.faults.max_hold.min(MAX_FAULT_DELAY);
+                match lane.hold(copy, until) {
                     None => counters.held += 1,
                     // One is held already: this one overtakes it, which is
                     // a reordering too.
@@ -289,7 +292,7 @@ impl<T> Default for Lane<T> {
 
 impl<T> Lane<T> {
     /// Messages whose time has come, in order: delayed ones that are due,
-    /// and a held one that waited [`MAX_HOLD`] for nobody.
+    /// and a held one that waited `max_hold` for nobody.
     pub fn due(&mut self, now: Instant) -> Vec<T> {
         let mut out = Vec::new();
         while self.delayed.peek().is_some_and(|Reverse(t)| t.due <= now) {
@@ -380,11 +383,14 @@ mod tests {
         faults
     }
 
+    const HOLD: Duration = Duration::from_millis(500);
+
     fn injector(kind: MessageFaults, max_delay: Duration, seed: u64) -> Injector {
         Injector::new(
             Faults {
                 acks: kind,
                 max_delay,
+                max_hold: HOLD,
                 ..Faults::NONE
             },
             seed,
@@ -502,9 +508,9 @@ mod tests {
         assert!(net
             .pass(&mut lane, 'e', &reorder, true, now, &mut counters)
             .is_empty());
-        assert_eq!(lane.next_due(), Some(now + MAX_HOLD));
+        assert_eq!(lane.next_due(), Some(now + HOLD));
         assert!(lane.due(now).is_empty());
-        assert_eq!(lane.due(now + MAX_HOLD), ['e']);
+        assert_eq!(lane.due(now + HOLD), ['e']);
         assert_eq!(lane.in_flight(), 0);
     }
 
@@ -535,6 +541,7 @@ mod tests {
                 Faults {
                     acks: kind,
                     max_delay: Duration::from_millis(300),
+                    max_hold: Duration::from_millis(100),
                     disconnect: chance(50),
                     ..Faults::NONE
                 },

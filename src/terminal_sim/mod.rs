@@ -35,9 +35,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tracing::info;
 
-pub use faults::{
-    Chance, Faults, MessageFaults, SimConfig, MAX_DELAYED_PER_LANE, MAX_FAULT_DELAY, MAX_HOLD,
-};
+pub use faults::{Chance, Faults, MessageFaults, SimConfig, MAX_DELAYED_PER_LANE, MAX_FAULT_DELAY};
 pub use policy::{Plan, Policy, Signing, Step, MAX_ANSWERS_PER_OFFER};
 pub use transcript::{AnswerOutcome, FaultCounters, SimCounters, SimEvent};
 
@@ -366,6 +364,18 @@ impl CarrierSim {
     ) -> Result<proto::TradeState, SimError> {
         self.shared
             .wait(timeout, |s| s.trade(&trade_id).and_then(|t| t.withdrawn))
+            .await
+    }
+
+    /// Waits until the transcript holds an event `check` accepts (among
+    /// the last 10 000) and returns the first such event.
+    pub async fn wait_for_event(
+        &self,
+        timeout: Duration,
+        mut check: impl FnMut(&SimEvent) -> bool,
+    ) -> Result<SimEvent, SimError> {
+        self.shared
+            .wait(timeout, |s| s.find_event(&mut check))
             .await
     }
 

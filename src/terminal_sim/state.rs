@@ -150,6 +150,11 @@ impl SimState {
         self.transcript.iter().cloned().collect()
     }
 
+    /// The first event in the transcript that `check` accepts.
+    pub fn find_event(&self, mut check: impl FnMut(&SimEvent) -> bool) -> Option<SimEvent> {
+        self.transcript.iter().find(|e| check(e)).cloned()
+    }
+
     /// Handles one message from the server and says what to send back:
     /// an ack for every message that carries a delivery id, and the
     /// answers the handset's policy plans for a newly shown offer.
@@ -208,8 +213,10 @@ impl SimState {
                 } else {
                     Vec::new()
                 };
+                let resent = u64::try_from(again.len()).unwrap_or(u64::MAX);
                 self.counters.offers_duplicate += 1;
-                self.counters.answers_resent += u64::try_from(again.len()).unwrap_or(u64::MAX);
+                self.counters.answers_resent += resent;
+                self.counters.answers_planned += resent;
                 debug!(trade_id = %id, number = %number.masked(), resent = again.len(), "duplicate offer");
                 return again;
             }
@@ -249,6 +256,7 @@ impl SimState {
                 resend: false,
             })
             .collect();
+        self.counters.answers_planned += u64::try_from(answers.len()).unwrap_or(u64::MAX);
         let seen = self.trade_entry(id);
         seen.shown = true;
         seen.number = Some(number.clone());
@@ -574,6 +582,8 @@ mod tests {
         assert_eq!(messages(&s.handle(offer_down(9, trade(1)))).len(), 2);
         assert_eq!(s.counters.answers_resent, 4);
         assert_eq!(s.counters.answers_sent, 4);
+        // The third delivery's two answers are planned but not sent yet.
+        assert_eq!(s.counters.answers_planned, 6);
 
         // Nothing sent yet (a delayed answer still waits): nothing to resend.
         let mut s = state(Policy::ApproveAfter(Duration::from_secs(5)));

@@ -77,9 +77,14 @@ pub struct SimCounters {
     /// Withdrawals received, including duplicates.
     pub withdraws_received: u64,
     pub answer_results_received: u64,
-    /// Acknowledgements handed to the relay stream.
+    /// Acknowledgements sent into the network (the fault layer may still
+    /// lose them).
     pub acks_sent: u64,
-    /// Answers handed to the relay stream (`AnswerTwice` counts two).
+    /// Answers the handsets planned (resends included). While some wait
+    /// for their time, this is ahead of `answers_sent + answers_dropped`.
+    pub answers_planned: u64,
+    /// Answers the handsets sent into the network (`AnswerTwice` counts
+    /// two); the fault layer may still lose them.
     pub answers_sent: u64,
     /// Delayed answers dropped because too many were already waiting.
     pub answers_dropped: u64,
