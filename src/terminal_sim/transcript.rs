@@ -99,8 +99,10 @@ pub struct SimCounters {
     pub down_faults: FaultCounters,
     /// Relay streams cut on purpose (by a fault or `CarrierSim::disconnect`).
     pub disconnects: u64,
-    /// Messages lost because the stream broke while they were in flight
-    /// (delayed or held by the fault layer, or the message it broke on).
+    /// Messages the fault layer lost because the stream broke while they
+    /// were in flight (delayed or held, or the message it broke on). Not
+    /// counted: what the gRPC transport had buffered in either direction,
+    /// which a break loses too, as a real one would.
     pub lost_in_flight: u64,
 }
 
