@@ -402,11 +402,12 @@ impl Relay {
     }
 
     /// Queues an answer that was sent but could not leave, for the next
-    /// stream. Bounded like `schedule`: a full queue drops it, counted.
+    /// stream. Bounded like `schedule`: with the queue full it is lost (it
+    /// already counts as sent, so it counts as lost in flight).
     fn requeue(&mut self, now: Instant, answer: PendingAnswer) {
         if self.scheduled.len() >= MAX_SCHEDULED_ANSWERS {
-            warn!(trade_id = %answer.trade_id, max = MAX_SCHEDULED_ANSWERS, "too many delayed answers; dropped");
-            self.shared.update(|s| s.answer_dropped());
+            warn!(trade_id = %answer.trade_id, max = MAX_SCHEDULED_ANSWERS, "too many delayed answers; a sent one is lost");
+            self.shared.update(|s| s.counters.lost_in_flight += 1);
             return;
         }
         self.push_scheduled(now, answer, true);
