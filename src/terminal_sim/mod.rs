@@ -2,7 +2,10 @@
 //! demo and the benchmark. It enrolls handsets over gRPC, keeps the
 //! carrier's relay stream open, shows each offer once on the addressed
 //! handset, answers according to the handset's [`Policy`], and keeps a
-//! bounded transcript of who saw and did what.
+//! bounded transcript of who saw and did what. Between it and the server
+//! sits an optional fault layer ([`SimConfig`], [`Faults`]) that drops,
+//! duplicates, delays and reorders messages and cuts the stream, from a
+//! seed so a failing run can be replayed.
 //!
 //! ```no_run
 //! # async fn demo(channel: tonic::transport::Channel) -> Result<(), syncpay::terminal_sim::SimError> {
@@ -16,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+mod faults;
 mod handset;
 mod policy;
 mod relay;
@@ -31,8 +35,9 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tracing::info;
 
+pub use faults::{Chance, Faults, MessageFaults, SimConfig, MAX_DELAYED_PER_LANE, MAX_FAULT_DELAY};
 pub use policy::{Plan, Policy, Signing, Step, MAX_ANSWERS_PER_OFFER};
-pub use transcript::{AnswerOutcome, SimCounters, SimEvent};
+pub use transcript::{AnswerOutcome, FaultCounters, SimCounters, SimEvent};
 
 use crate::client::{with_token, AuthedChannel};
 use crate::domain::approval::key_sha256;
@@ -141,7 +146,10 @@ impl Shared {
 pub struct CarrierSim {
     shared: Arc<Shared>,
     client: CarrierServiceClient<AuthedChannel>,
+    config: SimConfig,
     stop: watch::Sender<bool>,
+    /// Bumped to cut the open relay stream.
+    cut: watch::Sender<u64>,
     task: JoinHandle<()>,
 }
 
@@ -152,17 +160,43 @@ impl std::fmt::Debug for CarrierSim {
 }
 
 impl CarrierSim {
-    /// Starts the relay task for the carrier the token names. Returns at
-    /// once; use [`CarrierSim::wait_connected`] before expecting offers.
+    /// Starts the relay task for the carrier the token names, over a
+    /// perfect network. Returns at once; use [`CarrierSim::wait_connected`]
+    /// before expecting offers.
     pub fn start(channel: Channel, token: &str) -> Result<CarrierSim, SimError> {
+        Self::start_with(channel, token, SimConfig::default())
+    }
+
+    /// Like [`CarrierSim::start`], with faults between the carrier and the
+    /// server and the other behaviours of `config`. The seed is logged.
+    pub fn start_with(channel: Channel, token: &str, config: SimConfig) -> Result<CarrierSim, SimError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| SimError::NoRuntime)?;
         let client = CarrierServiceClient::new(with_token(channel, token)?);
         let (version, _) = watch::channel(0u64);
-        let shared = Arc::new(Shared { state: Mutex::new(SimState::new(LIMITS)), version });
+        let mut state = SimState::new(LIMITS);
+        state.reanswer_on_redelivery = config.reanswer_on_redelivery;
+        let shared = Arc::new(Shared { state: Mutex::new(state), version });
         let (stop, stop_rx) = watch::channel(false);
-        let relay = relay::Relay::new(Arc::clone(&shared), client.clone(), stop_rx);
+        let (cut, cut_rx) = watch::channel(0u64);
+        if !config.faults.is_none() {
+            info!(seed = config.seed, faults = ?config.faults, "carrier faults on");
+        }
+        let relay = relay::Relay::new(Arc::clone(&shared), client.clone(), stop_rx, cut_rx, &config);
         let task = runtime.spawn(relay.run());
-        Ok(CarrierSim { shared, client, stop, task })
+        Ok(CarrierSim { shared, client, config, stop, cut, task })
+    }
+
+    /// What this simulator was started with (the seed, to replay a run).
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
+    /// Cuts the open relay stream now, as a network fault would: what is
+    /// in flight is lost and the relay reconnects (the server then
+    /// redelivers what it has no ack for). Does nothing while no stream
+    /// is open.
+    pub fn disconnect(&self) {
+        self.cut.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Makes a handset for `number`: a fresh Ed25519 key from the OS
@@ -266,6 +300,16 @@ impl CarrierSim {
     /// state the withdrawal gave.
     pub async fn wait_for_withdraw(&self, trade_id: TradeId, timeout: Duration) -> Result<proto::TradeState, SimError> {
         self.shared.wait(timeout, |s| s.trade(&trade_id).and_then(|t| t.withdrawn)).await
+    }
+
+    /// Waits until the transcript holds an event `check` accepts (among
+    /// the last 10 000) and returns the first such event.
+    pub async fn wait_for_event(
+        &self,
+        timeout: Duration,
+        mut check: impl FnMut(&SimEvent) -> bool,
+    ) -> Result<SimEvent, SimError> {
+        self.shared.wait(timeout, |s| s.find_event(&mut check)).await
     }
 
     /// Waits until the counters satisfy `check` (e.g. a redelivered offer

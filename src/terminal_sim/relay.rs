@@ -1,6 +1,7 @@
 //! The relay task: keeps one `CarrierService.Relay` stream open, feeds each
 //! message from the server to the simulator state, and sends the acks and
-//! (possibly delayed) answers back. Reconnects with bounded backoff until
+//! (possibly delayed) answers back, all through the fault layer (a perfect
+//! network unless configured). Reconnects with bounded backoff until
 //! shutdown.
 
 use std::cmp::{Ordering, Reverse};
@@ -15,7 +16,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::Streaming;
 use tracing::{debug, info, warn};
 
+use super::faults::{Injector, Lane, SimConfig};
 use super::state::{ack, Outbound, PendingAnswer};
+use super::transcript::FaultCounters;
 use super::Shared;
 use crate::client::AuthedChannel;
 use crate::proto;
@@ -44,6 +47,9 @@ struct Scheduled {
     due: Instant,
     seq: u64,
     answer: PendingAnswer,
+    /// Already counted and transcribed: it was sent once, but the stream
+    /// closed before it could leave, so it waits for the next stream.
+    recorded: bool,
 }
 
 impl PartialEq for Scheduled {
@@ -70,23 +76,51 @@ impl Ord for Scheduled {
 enum End {
     Shutdown,
     Lost(String),
+    /// Cut on purpose (a fault, or `CarrierSim::disconnect`): the server
+    /// is fine, so reconnect without backing off.
+    Cut(&'static str),
 }
 
 /// What woke the serve loop. The message is boxed: a `Status` is large
 /// and the other wake-ups carry nothing.
 enum Wake {
     Stop,
+    Cut,
     Due,
     Down(Box<Result<Option<proto::RelayDown>, tonic::Status>>),
+}
+
+/// A message going up, kept typed so the fault layer can treat acks and
+/// answers differently and a failed send can tell them apart.
+#[derive(Clone)]
+enum Up {
+    Ack(u64),
+    Answer(PendingAnswer),
+}
+
+impl Up {
+    fn message(&self) -> proto::RelayUp {
+        match self {
+            Up::Ack(delivery_id) => ack(*delivery_id),
+            Up::Answer(answer) => answer.message.clone(),
+        }
+    }
 }
 
 pub(super) struct Relay {
     shared: Arc<Shared>,
     client: CarrierServiceClient<AuthedChannel>,
     stop: watch::Receiver<bool>,
+    /// Bumped by `CarrierSim::disconnect`; a change cuts the open stream.
+    cut: watch::Receiver<u64>,
     /// Answers not yet sent, earliest first. They survive reconnects.
     scheduled: BinaryHeap<Reverse<Scheduled>>,
     next_seq: u64,
+    /// The network: its fault decisions and what it holds in each
+    /// direction. What it holds belongs to one stream and is lost with it.
+    net: Injector,
+    up: Lane<Up>,
+    down: Lane<proto::RelayDown>,
 }
 
 /// Resolves once shutdown is asked for, or the handle is gone.
@@ -102,6 +136,18 @@ async fn sleep_until_due(due: Option<Instant>) {
     }
 }
 
+/// Resolves when a disconnect is asked for; never if the handle is gone
+/// (then `stop_requested` ends the task).
+async fn cut_requested(cut: &mut watch::Receiver<u64>) {
+    if cut.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn earliest(times: [Option<Instant>; 3]) -> Option<Instant> {
+    times.into_iter().flatten().min()
+}
+
 fn describe(status: &tonic::Status) -> String {
     format!("{:?}: {}", status.code(), status.message())
 }
@@ -111,32 +157,51 @@ impl Relay {
         shared: Arc<Shared>,
         client: CarrierServiceClient<AuthedChannel>,
         stop: watch::Receiver<bool>,
+        cut: watch::Receiver<u64>,
+        config: &SimConfig,
     ) -> Self {
-        Relay { shared, client, stop, scheduled: BinaryHeap::new(), next_seq: 0 }
+        Relay {
+            shared,
+            client,
+            stop,
+            cut,
+            scheduled: BinaryHeap::new(),
+            next_seq: 0,
+            net: Injector::new(config.faults, config.seed),
+            up: Lane::default(),
+            down: Lane::default(),
+        }
     }
 
     pub(super) async fn run(mut self) {
         let mut backoff = INITIAL_BACKOFF;
         loop {
             let started = Instant::now();
-            match self.connect_and_serve().await {
+            let pause = match self.connect_and_serve().await {
                 End::Shutdown => {
                     debug!("relay stopped");
                     return;
+                }
+                End::Cut(reason) => {
+                    info!(reason, "relay stream cut; reconnecting");
+                    backoff = INITIAL_BACKOFF;
+                    INITIAL_BACKOFF
                 }
                 End::Lost(reason) => {
                     if started.elapsed() >= STABLE_CONNECTION {
                         backoff = INITIAL_BACKOFF;
                     }
                     warn!(%reason, ?backoff, "relay stream lost; reconnecting");
+                    let pause = backoff;
+                    backoff = backoff.saturating_mul(2).min(MAX_BACKOFF);
+                    pause
                 }
-            }
+            };
             tokio::select! {
                 biased;
                 _ = stop_requested(&mut self.stop) => return,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
-            backoff = backoff.saturating_mul(2).min(MAX_BACKOFF);
         }
     }
 
@@ -154,6 +219,8 @@ impl Relay {
             Ok(Err(status)) => return End::Lost(describe(&status)),
             Ok(Ok(response)) => response.into_inner(),
         };
+        // Only disconnects asked for from now on cut this stream.
+        self.cut.borrow_and_update();
         let connection = self.shared.update(|s| s.relay_connected());
         info!(connection, "relay connected");
         let end = match self.serve(&tx, &mut inbound).await {
@@ -163,9 +230,25 @@ impl Relay {
         let reason = match &end {
             End::Shutdown => "shut down".to_owned(),
             End::Lost(reason) => reason.clone(),
+            End::Cut(reason) => (*reason).to_owned(),
         };
-        self.shared.update(|s| s.relay_lost(connection, reason));
+        // What the network held for this stream goes down with it.
+        let lost = self.up.clear() + self.down.clear();
+        self.shared.update(|s| {
+            s.counters.lost_in_flight += u64::try_from(lost).unwrap_or(u64::MAX);
+            s.relay_lost(connection, reason);
+        });
         end
+    }
+
+    /// Breaks the stream on purpose; `message_lost` counts the message it
+    /// broke on.
+    fn cut(&mut self, reason: &'static str, message_lost: bool) -> End {
+        self.shared.update(|s| {
+            s.counters.disconnects += 1;
+            s.counters.lost_in_flight += u64::from(message_lost);
+        });
+        End::Cut(reason)
     }
 
     async fn serve(
@@ -174,17 +257,20 @@ impl Relay {
         inbound: &mut Streaming<proto::RelayDown>,
     ) -> Result<Infallible, End> {
         loop {
-            self.send_due(tx).await?;
-            let next_due = self.scheduled.peek().map(|Reverse(s)| s.due);
+            self.release_due(tx).await?;
+            let next_due =
+                earliest([self.scheduled.peek().map(|Reverse(s)| s.due), self.up.next_due(), self.down.next_due()]);
             let wake = tokio::select! {
                 biased;
                 _ = stop_requested(&mut self.stop) => Wake::Stop,
+                _ = cut_requested(&mut self.cut) => Wake::Cut,
                 message = inbound.message() => Wake::Down(Box::new(message)),
                 _ = sleep_until_due(next_due) => Wake::Due,
             };
             let message = match wake {
                 Wake::Stop => return Err(End::Shutdown),
-                // Due answers go out at the top of the loop.
+                Wake::Cut => return Err(self.cut("disconnect requested", false)),
+                // Due messages go out at the top of the loop.
                 Wake::Due => continue,
                 Wake::Down(message) => *message,
             };
@@ -193,24 +279,94 @@ impl Relay {
                 Ok(None) => return Err(End::Lost("server ended the stream".to_owned())),
                 Ok(Some(down)) => down,
             };
-            let now = Instant::now();
-            let outbound = self.shared.update(|s| s.handle(down));
-            // Schedule the answers before sending anything: the offer now
-            // counts as shown, so if this stream dies while acking, a
-            // redelivery will not plan them again. They still leave after
-            // the ack, at the top of the loop.
-            let mut acks = Vec::new();
-            for item in outbound {
-                match item {
-                    Outbound::Ack(delivery_id) => acks.push(delivery_id),
-                    Outbound::Answer(answer) => self.schedule(now, answer),
-                }
+            if self.net.cut() {
+                return Err(self.cut("fault injection", true));
             }
-            for delivery_id in acks {
-                self.push(tx, ack(delivery_id)).await?;
-                self.shared.update(|s| s.ack_sent());
+            // Only deliveries are promised at least once; see `Faults::down`.
+            let may_duplicate = down.delivery_id != 0;
+            let kind = self.net.faults().down;
+            let now = Instant::now();
+            let (net, lane) = (&mut self.net, &mut self.down);
+            let arrived =
+                self.shared.update(|s| net.pass(lane, down, &kind, may_duplicate, now, &mut s.counters.down_faults));
+            for down in arrived {
+                self.handle_down(tx, down).await?;
             }
         }
+    }
+
+    /// Sends whatever is due: messages the network delayed or held, in
+    /// both directions, then the handsets' answers whose time has come.
+    async fn release_due(&mut self, tx: &mpsc::Sender<proto::RelayUp>) -> Result<(), End> {
+        let now = Instant::now();
+        for down in self.down.due(now) {
+            self.handle_down(tx, down).await?;
+        }
+        let up = self.up.due(now);
+        self.push_all(tx, up).await?;
+        self.send_due(tx).await
+    }
+
+    /// The carrier's handling of one message that reached it.
+    async fn handle_down(&mut self, tx: &mpsc::Sender<proto::RelayUp>, down: proto::RelayDown) -> Result<(), End> {
+        let now = Instant::now();
+        let outbound = self.shared.update(|s| s.handle(down));
+        // Schedule the answers before sending anything: the offer now
+        // counts as shown, so if this stream dies while acking, a
+        // redelivery will not plan them again. They still leave after the
+        // ack, at the top of the loop.
+        let mut acks = Vec::new();
+        for item in outbound {
+            match item {
+                Outbound::Ack(delivery_id) => acks.push(delivery_id),
+                Outbound::Answer(answer) => self.schedule(now, answer),
+            }
+        }
+        for delivery_id in acks {
+            self.shared.update(|s| s.ack_sent());
+            self.send_up(tx, Up::Ack(delivery_id)).await?;
+        }
+        Ok(())
+    }
+
+    /// Hands one message to the network going up.
+    async fn send_up(&mut self, tx: &mpsc::Sender<proto::RelayUp>, up: Up) -> Result<(), End> {
+        if self.net.cut() {
+            return Err(self.cut("fault injection", true));
+        }
+        let faults = *self.net.faults();
+        let (kind, is_ack) = match &up {
+            Up::Ack(_) => (faults.acks, true),
+            Up::Answer(_) => (faults.answers, false),
+        };
+        let now = Instant::now();
+        let (net, lane) = (&mut self.net, &mut self.up);
+        let out = self.shared.update(|s| {
+            let counters: &mut FaultCounters =
+                if is_ack { &mut s.counters.ack_faults } else { &mut s.counters.answer_faults };
+            net.pass(lane, up, &kind, true, now, counters)
+        });
+        self.push_all(tx, out).await
+    }
+
+    /// Puts messages on the stream in order. If the stream has closed, the
+    /// answers among the rest wait for the next stream (a handset's answer
+    /// that never left is not lost); acks do not, as the server redelivers
+    /// what it has no ack for.
+    async fn push_all(&mut self, tx: &mpsc::Sender<proto::RelayUp>, items: Vec<Up>) -> Result<(), End> {
+        let mut items = items.into_iter();
+        while let Some(item) = items.next() {
+            if let Err(end) = self.push(tx, item.message()).await {
+                let now = Instant::now();
+                for left in std::iter::once(item).chain(items) {
+                    if let Up::Answer(answer) = left {
+                        self.requeue(now, answer);
+                    }
+                }
+                return Err(end);
+            }
+        }
+        Ok(())
     }
 
     fn schedule(&mut self, now: Instant, answer: PendingAnswer) {
@@ -220,25 +376,38 @@ impl Relay {
             return;
         }
         let due = now + answer.after.min(MAX_ANSWER_DELAY);
-        self.next_seq += 1;
-        self.scheduled.push(Reverse(Scheduled { due, seq: self.next_seq, answer }));
+        self.push_scheduled(due, answer, false);
     }
 
-    /// Sends every answer that is due. One that cannot be sent stays
-    /// queued for the next stream.
+    /// Queues an answer that was sent but could not leave, for the next
+    /// stream. Bounded like `schedule`: with the queue full it is lost (it
+    /// already counts as sent, so it counts as lost in flight).
+    fn requeue(&mut self, now: Instant, answer: PendingAnswer) {
+        if self.scheduled.len() >= MAX_SCHEDULED_ANSWERS {
+            warn!(trade_id = %answer.trade_id, max = MAX_SCHEDULED_ANSWERS, "too many delayed answers; a sent one is lost");
+            self.shared.update(|s| s.counters.lost_in_flight += 1);
+            return;
+        }
+        self.push_scheduled(now, answer, true);
+    }
+
+    fn push_scheduled(&mut self, due: Instant, answer: PendingAnswer, recorded: bool) {
+        self.next_seq += 1;
+        self.scheduled.push(Reverse(Scheduled { due, seq: self.next_seq, answer, recorded }));
+    }
+
+    /// Sends every answer that is due into the network. One that cannot
+    /// leave because the stream closed stays queued for the next stream.
     async fn send_due(&mut self, tx: &mpsc::Sender<proto::RelayUp>) -> Result<(), End> {
         let now = Instant::now();
         while self.scheduled.peek().is_some_and(|Reverse(s)| s.due <= now) {
             let Some(Reverse(item)) = self.scheduled.pop() else {
                 break;
             };
-            match self.push(tx, item.answer.message.clone()).await {
-                Ok(()) => self.shared.update(|s| s.answer_sent(&item.answer)),
-                Err(end) => {
-                    self.scheduled.push(Reverse(item));
-                    return Err(end);
-                }
+            if !item.recorded {
+                self.shared.update(|s| s.answer_sent(&item.answer));
             }
+            self.send_up(tx, Up::Answer(item.answer)).await?;
         }
         Ok(())
     }
@@ -268,7 +437,9 @@ mod tests {
                 decision: Decision::Approve,
                 signature_valid: true,
                 message: proto::RelayUp::default(),
+                resend: false,
             },
+            recorded: false,
         })
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tracing::{debug, warn};
 
 use super::handset::{display, Handset, ParsedOffer};
-use super::policy::Signing;
+use super::policy::{Signing, MAX_ANSWERS_PER_OFFER};
 use super::transcript::{AnswerOutcome, SimCounters, SimEvent};
 use super::{Policy, SimError};
 use crate::domain::{Decision, SubscriberNumber, TradeId};
@@ -41,6 +41,9 @@ pub struct TradeSeen {
     pub shown: bool,
     pub withdrawn: Option<proto::TradeState>,
     pub results: Vec<AnswerOutcome>,
+    /// The answers sent for it, kept (at most `MAX_ANSWERS_PER_OFFER`)
+    /// only when the simulator re-answers redelivered offers.
+    pub sent: Vec<PendingAnswer>,
 }
 
 /// An answer a handset has decided to send, `after` the offer was shown.
@@ -52,6 +55,8 @@ pub struct PendingAnswer {
     pub decision: Decision,
     pub signature_valid: bool,
     pub message: proto::RelayUp,
+    /// A repeat of an answer already sent, for a redelivered offer.
+    pub resend: bool,
 }
 
 /// What the relay task must send in reply to one message.
@@ -74,6 +79,8 @@ pub struct SimState {
     transcript: VecDeque<SimEvent>,
     pub counters: SimCounters,
     pub connected: bool,
+    /// Answer a redelivered offer again with the answers sent before.
+    pub reanswer_on_redelivery: bool,
 }
 
 impl SimState {
@@ -86,6 +93,7 @@ impl SimState {
             transcript: VecDeque::new(),
             counters: SimCounters::default(),
             connected: false,
+            reanswer_on_redelivery: false,
         }
     }
 
@@ -120,6 +128,11 @@ impl SimState {
 
     pub fn transcript(&self) -> Vec<SimEvent> {
         self.transcript.iter().cloned().collect()
+    }
+
+    /// The first event in the transcript that `check` accepts.
+    pub fn find_event(&self, mut check: impl FnMut(&SimEvent) -> bool) -> Option<SimEvent> {
+        self.transcript.iter().find(|e| check(e)).cloned()
     }
 
     /// Handles one message from the server and says what to send back:
@@ -165,9 +178,20 @@ impl SimState {
         match self.trades.get(&id) {
             Some(seen) if seen.shown => {
                 // At-least-once delivery: acked again above, shown once.
+                let again = if self.reanswer_on_redelivery && seen.withdrawn.is_none() {
+                    seen.sent
+                        .iter()
+                        .map(|a| PendingAnswer { after: Duration::ZERO, resend: true, ..a.clone() })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let resent = u64::try_from(again.len()).unwrap_or(u64::MAX);
                 self.counters.offers_duplicate += 1;
-                debug!(trade_id = %id, number = %number.masked(), "duplicate offer");
-                return Vec::new();
+                self.counters.answers_resent += resent;
+                self.counters.answers_planned += resent;
+                debug!(trade_id = %id, number = %number.masked(), resent = again.len(), "duplicate offer");
+                return again;
             }
             Some(seen) if seen.withdrawn.is_some() => {
                 self.ignore_offer(Some(number), &offer.trade_id, "already withdrawn".to_owned());
@@ -192,8 +216,10 @@ impl SimState {
                 decision: step.decision,
                 signature_valid: step.signing == Signing::Valid,
                 message: proto::RelayUp { body: Some(relay_up::Body::Answer(handset.answer(&parsed, step))) },
+                resend: false,
             })
             .collect();
+        self.counters.answers_planned += u64::try_from(answers.len()).unwrap_or(u64::MAX);
         let seen = self.trade_entry(id);
         seen.shown = true;
         seen.number = Some(number.clone());
@@ -269,6 +295,12 @@ impl SimState {
 
     pub fn answer_sent(&mut self, answer: &PendingAnswer) {
         self.counters.answers_sent += 1;
+        if self.reanswer_on_redelivery && !answer.resend {
+            let seen = self.trade_entry(answer.trade_id);
+            if seen.sent.len() < MAX_ANSWERS_PER_OFFER {
+                seen.sent.push(answer.clone());
+            }
+        }
         debug!(trade_id = %answer.trade_id, number = %answer.number.masked(), decision = ?answer.decision, "answer sent");
         self.record(SimEvent::Answered {
             number: answer.number.clone(),
@@ -433,6 +465,79 @@ mod tests {
         assert_eq!(s.counters.offers_duplicate, 2);
         let shown = s.transcript().iter().filter(|e| matches!(e, SimEvent::OfferShown { .. })).count();
         assert_eq!(shown, 1);
+    }
+
+    #[test]
+    fn with_reanswer_a_redelivered_offer_gets_the_sent_answers_again() {
+        let send_all = |s: &mut SimState, out: &[Outbound]| {
+            for o in out {
+                match o {
+                    Outbound::Ack(_) => s.ack_sent(),
+                    Outbound::Answer(a) => s.answer_sent(a),
+                }
+            }
+        };
+        let mut s = state(Policy::AnswerTwice);
+        s.reanswer_on_redelivery = true;
+        let first = s.handle(offer_down(7, trade(1)));
+        send_all(&mut s, &first);
+        let again = s.handle(offer_down(9, trade(1)));
+        assert_eq!(summary(&s, &again), ["ack 9", "answer Approve valid +0ms", "answer Approve valid +0ms"]);
+        let messages = |out: &[Outbound]| -> Vec<proto::RelayUp> {
+            out.iter()
+                .filter_map(|o| match o {
+                    Outbound::Answer(a) => Some(a.message.clone()),
+                    Outbound::Ack(_) => None,
+                })
+                .collect()
+        };
+        assert_eq!(messages(&again), messages(&first));
+        assert!(again.iter().all(|o| match o {
+            Outbound::Answer(a) => a.resend,
+            Outbound::Ack(_) => true,
+        }));
+        // Resent answers are not stored again, so a third delivery resends
+        // the same two, not four.
+        send_all(&mut s, &again);
+        assert_eq!(messages(&s.handle(offer_down(9, trade(1)))).len(), 2);
+        assert_eq!(s.counters.answers_resent, 4);
+        assert_eq!(s.counters.answers_sent, 4);
+        // The third delivery's two answers are planned but not sent yet.
+        assert_eq!(s.counters.answers_planned, 6);
+
+        // Nothing sent yet (a delayed answer still waits): nothing to resend.
+        let mut s = state(Policy::ApproveAfter(Duration::from_secs(5)));
+        s.reanswer_on_redelivery = true;
+        s.handle(offer_down(1, trade(2)));
+        check(&mut s, offer_down(1, trade(2)), &["ack 1"]);
+        // Once withdrawn, a stray copy of the offer is not answered again.
+        let mut s = state(Policy::Approve);
+        s.reanswer_on_redelivery = true;
+        let out = s.handle(offer_down(1, trade(3)));
+        send_all(&mut s, &out);
+        s.handle(down(
+            2,
+            relay_down::Body::Withdraw(proto::Withdraw {
+                trade_id: trade(3).to_string(),
+                subscriber_number: NUMBER.to_owned(),
+                state: proto::TradeState::Expired as i32,
+            }),
+        ));
+        check(&mut s, offer_down(1, trade(3)), &["ack 1"]);
+    }
+
+    #[test]
+    fn without_reanswer_a_redelivered_offer_is_only_acked() {
+        let mut s = state(Policy::Approve);
+        let out = s.handle(offer_down(1, trade(1)));
+        for o in &out {
+            if let Outbound::Answer(a) = o {
+                s.answer_sent(a);
+            }
+        }
+        assert!(s.trade(&trade(1)).is_some_and(|t| t.sent.is_empty()));
+        check(&mut s, offer_down(1, trade(1)), &["ack 1"]);
+        assert_eq!(s.counters.answers_resent, 0);
     }
 
     #[test]

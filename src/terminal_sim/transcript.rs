@@ -64,10 +64,51 @@ pub struct SimCounters {
     /// Withdrawals received, including duplicates.
     pub withdraws_received: u64,
     pub answer_results_received: u64,
-    /// Acknowledgements handed to the relay stream.
+    /// Acknowledgements sent into the network (the fault layer may still
+    /// lose them).
     pub acks_sent: u64,
-    /// Answers handed to the relay stream (`AnswerTwice` counts two).
+    /// Answers the handsets planned (resends included). While some wait
+    /// for their time, this is ahead of `answers_sent + answers_dropped`.
+    pub answers_planned: u64,
+    /// Answers the handsets sent into the network (`AnswerTwice` counts
+    /// two); the fault layer may still lose them.
     pub answers_sent: u64,
     /// Delayed answers dropped because too many were already waiting.
     pub answers_dropped: u64,
+    /// Answers sent again because their offer was redelivered (with
+    /// `SimConfig::reanswer_on_redelivery`); also counted in `answers_sent`.
+    pub answers_resent: u64,
+    /// What the fault layer did to acks going up.
+    pub ack_faults: FaultCounters,
+    /// What the fault layer did to answers going up.
+    pub answer_faults: FaultCounters,
+    /// What the fault layer did to messages coming down.
+    pub down_faults: FaultCounters,
+    /// Relay streams cut on purpose (by a fault or `CarrierSim::disconnect`).
+    pub disconnects: u64,
+    /// Messages the fault layer lost because the stream broke while they
+    /// were in flight (delayed or held, or the message it broke on). Not
+    /// counted: what the gRPC transport had buffered in either direction,
+    /// which a break loses too, as a real one would.
+    pub lost_in_flight: u64,
+}
+
+/// What the fault layer did to one kind of message. A message can be
+/// duplicated and then each copy delayed or held, so these overlap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultCounters {
+    pub dropped: u64,
+    pub duplicated: u64,
+    pub delayed: u64,
+    /// Held back for reordering.
+    pub held: u64,
+    /// Would have been delayed, but the lane was full: sent at once.
+    pub over_cap: u64,
+}
+
+impl FaultCounters {
+    /// Faults that changed what or when the other side received.
+    pub fn total(&self) -> u64 {
+        self.dropped + self.duplicated + self.delayed + self.held
+    }
 }
