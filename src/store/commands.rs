@@ -170,6 +170,12 @@ pub enum CommandOutcome {
     },
     Verified(VerifyReport),
     Accounts(Vec<AccountRecord>),
+    /// The command came after the trade's deadline: the trade was expired
+    /// instead (committed, with its withdrawal) and the command refused.
+    TooLate {
+        trade: TradeRecord,
+        deliveries: Vec<Delivery>,
+    },
 }
 
 type TxResult<R> = Result<R, ConflictableTransactionError<StoreError>>;
@@ -788,6 +794,13 @@ fn cancel(tx: &Tx, shop: &ShopId, trade_id: &TradeId, now: UnixMs, fx: &mut Effe
         // Another shop's trade is indistinguishable from no trade.
         _ => return abort(StoreError::NotFound("trade")),
     };
+    if !trade.state.is_final() && now >= trade.expires_at {
+        // The deadline passed before the sweeper got to it: the trade is
+        // EXPIRED, not cancelled. Commit the expiry (an abort would roll it
+        // back) and let the caller answer that it was too late.
+        finish(tx, &mut trade, TradeEvent::Expire, true, now, fx)?;
+        return Ok(CommandOutcome::TooLate { trade, deliveries: std::mem::take(&mut fx.deliveries) });
+    }
     finish(tx, &mut trade, TradeEvent::Cancel, true, now, fx)?;
     Ok(CommandOutcome::Trade { trade: Some(trade), deliveries: std::mem::take(&mut fx.deliveries), replayed: false })
 }

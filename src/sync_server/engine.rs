@@ -25,8 +25,10 @@ pub fn now() -> UnixMs {
     UnixMs(u64::try_from(ms).unwrap_or(u64::MAX))
 }
 
-/// How often the sweeper looks for overdue trades. Expiry is at most this
-/// late (plus one commit).
+/// How often the sweeper looks for overdue trades. An expiry lands this
+/// long after the deadline at most, plus the time the writer needs for the
+/// commands queued ahead of it. Answers are held to the deadline exactly
+/// regardless: an answer or cancel after it expires the trade itself.
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 /// Trades expired per sweep round, so one round never holds the writer long.
 pub const SWEEP_BATCH: usize = 256;
@@ -173,6 +175,11 @@ impl Engine {
                 self.settled_effects(Some(&t), &deliveries);
                 Ok(t)
             }
+            CommandOutcome::TooLate { trade: t, deliveries } => {
+                tracing::info!("cancel came after the deadline; trade expired");
+                self.settled_effects(Some(&t), &deliveries);
+                Err(ApiError::FailedPrecondition("trade_id: trade is already EXPIRED".into()))
+            }
             other => Err(unexpected(&other)),
         }
     }
@@ -255,10 +262,14 @@ impl Engine {
             let at = now();
             let due = self.store.due(at, SWEEP_BATCH)?;
             let round = due.len();
+            // Queue the whole round, then await it: the expiries share
+            // group commits instead of waiting for one fsync each.
+            let mut pending = Vec::with_capacity(round);
             for trade in due {
-                if let CommandOutcome::Trade { trade: Some(t), deliveries, replayed: false } =
-                    self.store.execute(Command::Expire { trade, now: at }).await?
-                {
+                pending.push(self.store.submit(Command::Expire { trade, now: at }).await?);
+            }
+            for write in pending {
+                if let CommandOutcome::Trade { trade: Some(t), deliveries, replayed: false } = write.outcome().await? {
                     tracing::info!(trade_id = %t.id, "trade expired");
                     expired += 1;
                     self.settled_effects(Some(&t), &deliveries);
