@@ -41,3 +41,32 @@ pub async fn connect(url: &str) -> Result<Channel, tonic::transport::Error> {
 pub fn with_token(channel: Channel, token: &str) -> Result<AuthedChannel, Status> {
     Ok(InterceptedService::new(channel, BearerAuth::new(token)?))
 }
+
+/// Why a bounded unary call failed.
+#[derive(Debug)]
+pub enum CallError {
+    /// No answer within the local time limit.
+    Timeout,
+    /// The server answered with an error.
+    Status(Status),
+}
+
+/// A request that tells the server its deadline (`grpc-timeout`).
+pub fn request_with_timeout<T>(message: T, timeout: std::time::Duration) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+/// Runs one unary call under `timeout`, whether or not the server honours
+/// the `grpc-timeout` it was sent.
+pub async fn call_with_timeout<T>(
+    timeout: std::time::Duration,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, CallError> {
+    match tokio::time::timeout(timeout, call).await {
+        Err(_elapsed) => Err(CallError::Timeout),
+        Ok(Err(status)) => Err(CallError::Status(status)),
+        Ok(Ok(response)) => Ok(response.into_inner()),
+    }
+}

@@ -331,16 +331,14 @@ impl CarrierSim {
 }
 
 fn request<T>(message: T) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(message);
-    req.set_timeout(UNARY_RPC_TIMEOUT);
-    req
+    crate::client::request_with_timeout(message, UNARY_RPC_TIMEOUT)
 }
 
 async fn unary<T>(call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Result<T, SimError> {
-    match tokio::time::timeout(UNARY_RPC_TIMEOUT, call).await {
-        Err(_elapsed) => Err(SimError::Timeout),
-        Ok(Err(status)) => Err(status.into()),
-        Ok(Ok(response)) => Ok(response.into_inner()),
+    match crate::client::call_with_timeout(UNARY_RPC_TIMEOUT, call).await {
+        Ok(v) => Ok(v),
+        Err(crate::client::CallError::Timeout) => Err(SimError::Timeout),
+        Err(crate::client::CallError::Status(status)) => Err(status.into()),
     }
 }
 
