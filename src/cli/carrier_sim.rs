@@ -61,9 +61,11 @@ fn parse_policy(text: &str) -> Result<Policy, String> {
         "answer-twice" => Policy::AnswerTwice,
         other => match other.strip_prefix("approve-after-").map(str::parse::<u64>) {
             Some(Ok(ms)) => Policy::ApproveAfter(Duration::from_millis(ms)),
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "policy {other:?}: expected approve, decline, ignore, bad-signature, answer-twice or approve-after-MS"
-            )),
+            ))
+            }
         },
     })
 }

@@ -21,7 +21,8 @@ pub const OPEN_TRADES: &str = "syncpay_open_trades";
 pub const REFUNDS: &str = "syncpay_refunds_total";
 /// Open relay streams (connected carriers).
 pub const RELAY_CONNECTIONS: &str = "syncpay_relay_connections";
-/// Messages waiting in a carrier's relay queue, labelled `carrier`.
+/// Messages waiting in a carrier's relay queue as seen by the last push to
+/// it, labelled `carrier` (a sample, not a live count).
 pub const RELAY_QUEUE_DEPTH: &str = "syncpay_relay_queue_depth";
 /// Carriers disconnected because their relay queue was full.
 pub const RELAY_QUEUE_FULL: &str = "syncpay_relay_queue_full_total";
@@ -51,7 +52,7 @@ pub fn describe() {
     describe_gauge!(OPEN_TRADES, "Trades that are PENDING or OFFERED");
     describe_counter!(REFUNDS, "Refunds written (idempotent replays not counted)");
     describe_gauge!(RELAY_CONNECTIONS, "Open carrier relay streams");
-    describe_gauge!(RELAY_QUEUE_DEPTH, "Messages waiting in a carrier's relay queue");
+    describe_gauge!(RELAY_QUEUE_DEPTH, "Messages waiting in a carrier's relay queue, sampled at each push");
     describe_counter!(RELAY_QUEUE_FULL, "Carriers disconnected because their relay queue was full");
     describe_counter!(RATE_LIMIT_REJECTIONS, "Requests refused by a rate limit, by limit");
     describe_histogram!(STORE_SYNC_SECONDS, Unit::Seconds, "sled flush + fdatasync per group commit");
