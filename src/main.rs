@@ -1,5 +1,8 @@
 //! The `syncpay` command: `serve` runs the server, `demo` runs the whole
-//! system in one process and prints a transcript.
+//! system in one process and prints a transcript, `shop`, `carrier-sim` and
+//! `admin` are the clients of the three parties. Exit codes are listed in
+//! `cli/mod.rs` (0 ok, 1 negative answer, 2 usage/config, 3 unavailable,
+//! 4 refused).
 
 mod cli;
 
@@ -23,6 +26,12 @@ enum Command {
     /// Operator commands against a running server (verify, shops,
     /// carriers, top-ups, accounts, postings).
     Admin(cli::admin::AdminArgs),
+    /// Shop commands against a running server: registers, charge, status,
+    /// await, cancel, refund, watch.
+    Shop(cli::shop::ShopArgs),
+    /// A simulated carrier relay with N handsets against a running server,
+    /// until Ctrl-C or SIGTERM.
+    CarrierSim(cli::carrier_sim::CarrierSimArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,13 +48,15 @@ fn main() -> std::process::ExitCode {
             Command::Serve(a) => cli::serve::run(a).await,
             Command::Demo(a) => cli::demo::run(a).await,
             Command::Admin(a) => cli::admin::run(a).await,
+            Command::Shop(a) => cli::shop::run(a).await,
+            Command::CarrierSim(a) => cli::carrier_sim::run(a).await,
         }
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("syncpay: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(cli::exit_code(&e))
         }
     }
 }

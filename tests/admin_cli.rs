@@ -82,6 +82,7 @@ async fn verify_exits_non_zero_and_lists_violations() {
         .args(["admin", "--token-file", "/nonexistent/admin.token", "verify"])
         .output()
         .expect("run");
-    assert_eq!(out.status.code(), Some(1));
+    // Exit 2: a usage problem (see the exit codes in src/cli/mod.rs).
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("operator token"), "{out:?}");
 }

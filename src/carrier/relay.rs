@@ -13,6 +13,7 @@ use super::{CarrierGateway, PushResult};
 use crate::domain::CarrierId;
 use crate::proto;
 use crate::store::{Delivery, DeliveryBody};
+use crate::sync_server::metrics;
 
 /// Messages waiting for one carrier's stream. A carrier that falls this far
 /// behind is disconnected and catches up from the outbox on reconnect.
@@ -66,13 +67,17 @@ impl RelayHub {
             return PushResult::NotConnected;
         };
         match link.tx.try_send(Ok(message)) {
-            Ok(()) => PushResult::Queued,
+            Ok(()) => {
+                metrics::relay_queue_depth(carrier.as_str(), RELAY_QUEUE_DEPTH.saturating_sub(link.tx.capacity()));
+                PushResult::Queued
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 links.remove(carrier);
                 PushResult::NotConnected
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(carrier = %carrier, depth = RELAY_QUEUE_DEPTH, "relay queue full; disconnecting");
+                metrics::relay_queue_full(carrier.as_str());
                 links.remove(carrier);
                 PushResult::Dropped
             }

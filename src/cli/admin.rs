@@ -1,12 +1,14 @@
 //! `syncpay admin …`: the operator's commands against a running server.
-//! Output is for people by default and JSON with `--json`.
+//! Output is for people by default and JSON with `--json` (one object or
+//! array per command on stdout). Exit codes: see `cli/mod.rs`.
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use syncpay::client::{connect, with_token};
+use serde_json::json;
 use syncpay::proto::{self, admin_service_client::AdminServiceClient};
+
+use super::{authed, print_json, read_token, Exit};
 
 #[derive(Args)]
 pub struct AdminArgs {
@@ -16,6 +18,10 @@ pub struct AdminArgs {
     /// File holding the operator token (written by `serve` into its data folder).
     #[arg(long, env = "SYNCPAY_ADMIN_TOKEN_FILE", default_value = "syncpay-data/admin.token", global = true)]
     token_file: PathBuf,
+    /// The operator token itself, instead of a file (environment only, so it
+    /// stays out of the process list).
+    #[arg(skip = std::env::var("SYNCPAY_ADMIN_TOKEN").ok())]
+    token: Option<String>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -47,40 +53,20 @@ enum AdminCommand {
     },
 }
 
-/// A JSON string literal (the output has no other escaping needs).
-fn js(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let token = std::fs::read_to_string(&args.token_file)
-        .with_context(|| format!("reading the operator token from {}", args.token_file.display()))?;
-    let channel = connect(&args.server).await.with_context(|| format!("connecting to {}", args.server))?;
-    let mut admin = AdminServiceClient::new(with_token(channel, token.trim())?);
+    let token = read_token(args.token.as_deref(), Some(&args.token_file), "operator")?;
+    let mut admin = AdminServiceClient::new(authed(&args.server, &token).await?);
     match args.command {
         AdminCommand::Verify => {
             let r = admin.verify_ledger(proto::VerifyLedgerRequest {}).await?.into_inner();
             if args.json {
-                let list: Vec<String> = r.violations.iter().map(|v| js(v)).collect();
-                println!(
-                    "{{\"ok\":{},\"accounts_checked\":{},\"postings_checked\":{},\"trades_checked\":{},\"violations\":[{}]}}",
-                    r.ok,
-                    r.accounts_checked,
-                    r.postings_checked,
-                    r.trades_checked,
-                    list.join(",")
-                );
+                print_json(&json!({
+                    "ok": r.ok,
+                    "accounts_checked": r.accounts_checked,
+                    "postings_checked": r.postings_checked,
+                    "trades_checked": r.trades_checked,
+                    "violations": r.violations,
+                }));
             } else {
                 println!(
                     "checked {} accounts, {} postings, {} trades",
@@ -92,13 +78,13 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 println!("{}", if r.ok { "ledger verifies" } else { "LEDGER DOES NOT VERIFY" });
             }
             if !r.ok {
-                bail!("{} ledger violation(s)", r.violations.len());
+                return Err(Exit::negative(format!("{} ledger violation(s)", r.violations.len())));
             }
         }
         AdminCommand::CreateShop { shop_id, display_name } => {
             let r = admin.create_shop(proto::CreateShopRequest { shop_id, display_name }).await?.into_inner();
             if args.json {
-                println!("{{\"shop_id\":{},\"token\":{}}}", js(&r.shop_id), js(&r.token));
+                print_json(&json!({"shop_id": r.shop_id, "token": r.token}));
             } else {
                 println!("shop {} created; its token (shown once):\n{}", r.shop_id, r.token);
             }
@@ -106,7 +92,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::CreateCarrier { carrier_id, display_name } => {
             let r = admin.create_carrier(proto::CreateCarrierRequest { carrier_id, display_name }).await?.into_inner();
             if args.json {
-                println!("{{\"carrier_id\":{},\"token\":{}}}", js(&r.carrier_id), js(&r.token));
+                print_json(&json!({"carrier_id": r.carrier_id, "token": r.token}));
             } else {
                 println!("carrier {} created; its token (shown once):\n{}", r.carrier_id, r.token);
             }
@@ -118,12 +104,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 .into_inner();
             let a = r.account.unwrap_or_default();
             if args.json {
-                println!(
-                    "{{\"account\":{},\"balance_minor\":{},\"posting_id\":{}}}",
-                    js(&a.name),
-                    a.balance_minor,
-                    r.posting_id
-                );
+                print_json(&json!({"account": a.name, "balance_minor": a.balance_minor, "posting_id": r.posting_id}));
             } else {
                 println!("{} balance {} (posting {})", a.name, a.balance_minor, r.posting_id);
             }
@@ -131,21 +112,20 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Accounts { prefix } => {
             let r = admin.list_accounts(proto::ListAccountsRequest { prefix }).await?.into_inner();
             if args.json {
-                let rows: Vec<String> = r
+                let rows: Vec<_> = r
                     .accounts
                     .iter()
                     .map(|a| {
-                        format!(
-                            "{{\"name\":{},\"currency\":{},\"debits_minor\":{},\"credits_minor\":{},\"balance_minor\":{}}}",
-                            js(&a.name),
-                            js(&a.currency),
-                            a.debits_minor,
-                            a.credits_minor,
-                            a.balance_minor
-                        )
+                        json!({
+                            "name": a.name,
+                            "currency": a.currency,
+                            "debits_minor": a.debits_minor,
+                            "credits_minor": a.credits_minor,
+                            "balance_minor": a.balance_minor,
+                        })
                     })
                     .collect();
-                println!("[{}]", rows.join(","));
+                print_json(&serde_json::Value::Array(rows));
             } else {
                 println!("{:<40} {:>16} {:>16} {:>16}", "account", "debits", "credits", "balance");
                 for a in &r.accounts {
@@ -157,23 +137,24 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             let r =
                 admin.list_postings(proto::ListPostingsRequest { after_posting_id: after, limit }).await?.into_inner();
             if args.json {
-                let rows: Vec<String> = r
+                let rows: Vec<_> = r
                     .postings
                     .iter()
                     .map(|p| {
-                        format!(
-                            "{{\"posting_id\":{},\"set_id\":{},\"account\":{},\"debit_minor\":{},\"credit_minor\":{},\"trade_id\":{},\"kind\":{}}}",
-                            p.posting_id,
-                            p.set_id,
-                            js(&p.account),
-                            p.debit_minor,
-                            p.credit_minor,
-                            js(&p.trade_id),
-                            js(&p.kind)
-                        )
+                        json!({
+                            "posting_id": p.posting_id,
+                            "set_id": p.set_id,
+                            "account": p.account,
+                            "currency": p.currency,
+                            "debit_minor": p.debit_minor,
+                            "credit_minor": p.credit_minor,
+                            "trade_id": p.trade_id,
+                            "kind": p.kind,
+                            "at_ms": p.at_ms,
+                        })
                     })
                     .collect();
-                println!("[{}]", rows.join(","));
+                print_json(&serde_json::Value::Array(rows));
             } else {
                 for p in &r.postings {
                     println!(

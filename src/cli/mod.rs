@@ -1,12 +1,154 @@
-//! One file per command.
+//! One file per command, plus what they share: logging, exit codes,
+//! credentials and client connections.
+//!
+//! Exit codes (the same for every command):
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success (`shop charge`/`await`: the trade SETTLED) |
+//! | 1 | the command ran but the answer is "no": the ledger does not verify, the trade ended other than SETTLED, or is still open when `await` gave up |
+//! | 2 | usage or configuration error: bad flags, an invalid config (`serve --check-config`), an unreadable token file |
+//! | 3 | the server could not be reached or is unavailable (connect failed, UNAVAILABLE, deadline exceeded) |
+//! | 4 | the server refused the request (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, ALREADY_EXISTS, RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED, …) |
 
 pub mod admin;
+pub mod carrier_sim;
 pub mod demo;
+pub mod metrics_http;
 pub mod serve;
+pub mod serve_config;
+pub mod shop;
 
-/// Logs go to stderr; `RUST_LOG` overrides the default level.
+use std::path::Path;
+
+use anyhow::Context;
+use syncpay::client::{connect, with_token, AuthedChannel};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum LogFormat {
+    /// One readable line per event (ANSI colours only on a terminal).
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Logs go to stderr. `filter` is a tracing filter directive such as
+/// `info` or `info,syncpay=debug` (already validated by the caller).
+pub fn init_logging_with(format: LogFormat, filter: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
+    };
+}
+
+/// For the client commands: `RUST_LOG` overrides the default level.
 pub fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| default.to_owned());
+    init_logging_with(LogFormat::Human, &filter);
+}
+
+/// An error that chooses its exit code. Anything else maps through
+/// [`exit_code`].
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Exit {
+    /// Exit 1: the command ran and the answer is "no".
+    pub fn negative(message: impl Into<String>) -> anyhow::Error {
+        Exit { code: EXIT_NEGATIVE, message: message.into() }.into()
+    }
+
+    /// Exit 2: usage or configuration.
+    pub fn usage(message: impl Into<String>) -> anyhow::Error {
+        Exit { code: EXIT_USAGE, message: message.into() }.into()
+    }
+}
+
+pub const EXIT_NEGATIVE: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_UNAVAILABLE: u8 = 3;
+pub const EXIT_REFUSED: u8 = 4;
+
+/// The exit code for an error: an [`Exit`] anywhere in the chain chooses
+/// it; gRPC statuses and transport errors map by kind; anything else is 1.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    for cause in error.chain() {
+        if let Some(exit) = cause.downcast_ref::<Exit>() {
+            return exit.code;
+        }
+        if let Some(status) = cause.downcast_ref::<tonic::Status>() {
+            return status_exit_code(status.code());
+        }
+        if let Some(e) = cause.downcast_ref::<syncpay::register::RegisterError>() {
+            return match e.code() {
+                Some(code) => status_exit_code(code),
+                None => match e {
+                    syncpay::register::RegisterError::Timeout => EXIT_UNAVAILABLE,
+                    _ => EXIT_NEGATIVE,
+                },
+            };
+        }
+        if cause.downcast_ref::<tonic::transport::Error>().is_some() {
+            return EXIT_UNAVAILABLE;
+        }
+    }
+    EXIT_NEGATIVE
+}
+
+fn status_exit_code(code: tonic::Code) -> u8 {
+    use tonic::Code;
+    match code {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => EXIT_UNAVAILABLE,
+        Code::Ok
+        | Code::Unknown
+        | Code::InvalidArgument
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::PermissionDenied
+        | Code::ResourceExhausted
+        | Code::FailedPrecondition
+        | Code::OutOfRange
+        | Code::Unimplemented
+        | Code::Internal
+        | Code::DataLoss
+        | Code::Unauthenticated => EXIT_REFUSED,
+    }
+}
+
+/// Reads a credential: the token itself from `direct` (an environment
+/// variable) if set, else the first line of `file`. Exit 2 when neither
+/// gives a token.
+pub fn read_token(direct: Option<&str>, file: Option<&Path>, what: &str) -> anyhow::Result<String> {
+    if let Some(token) = direct.map(str::trim).filter(|t| !t.is_empty()) {
+        return Ok(token.to_owned());
+    }
+    let Some(file) = file else {
+        return Err(Exit::usage(format!("no {what} token: pass --token-file or set the environment variable")));
+    };
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Exit::usage(format!("reading the {what} token from {}: {e}", file.display())))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(Exit::usage(format!("{} holds no {what} token", file.display())));
+    }
+    Ok(token.to_owned())
+}
+
+/// Connects to `server` with a bearer token.
+pub async fn authed(server: &str, token: &str) -> anyhow::Result<AuthedChannel> {
+    let channel = connect(server).await.with_context(|| format!("connecting to {server}"))?;
+    Ok(with_token(channel, token)?)
+}
+
+/// Prints one JSON value on a line of its own.
+pub fn print_json(value: &serde_json::Value) {
+    println!("{value}");
 }

@@ -1,85 +1,160 @@
 //! `syncpay serve`: the server on a data folder, until SIGTERM or Ctrl-C.
+//! Configuration comes from defaults, a TOML file, the environment and
+//! flags (see `serve_config` and `syncpay.example.toml`).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
-use clap::{Args, ValueEnum};
+use anyhow::Context;
+use clap::Args;
 use syncpay::store::Durability;
 use syncpay::sync_server::{self, ServerConfig};
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum DurabilityArg {
-    /// fdatasync after every group commit, before any acknowledgement.
-    Fsync,
-    /// No fsync: survives a process crash, not a power cut. For benchmarks
-    /// and throwaway stores only.
-    FlushOnly,
-}
+use super::serve_config::{self, Flags, ServeConfig};
+use super::Exit;
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Address to listen on. Without TLS only loopback addresses are allowed.
-    #[arg(long, env = "SYNCPAY_LISTEN", default_value = "127.0.0.1:7700")]
-    listen: SocketAddr,
-    /// Data folder: the store, the operator token (admin.token) and the
-    /// server secret (server.secret), created on first start.
-    #[arg(long, env = "SYNCPAY_DATA_DIR", default_value = "syncpay-data")]
-    data_dir: PathBuf,
-    #[arg(long, env = "SYNCPAY_DURABILITY", value_enum, default_value = "fsync")]
-    durability: DurabilityArg,
+    /// TOML config file (see syncpay.example.toml). Also SYNCPAY_CONFIG.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Check the configuration and exit: 0 and every setting with its
+    /// origin when it is valid, 2 and every problem when not.
+    #[arg(long)]
+    check_config: bool,
+    /// gRPC listen address [default 127.0.0.1:7700; env SYNCPAY_LISTEN].
+    /// Without TLS only loopback addresses are allowed.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Data folder: the store, admin.token and server.secret
+    /// [default syncpay-data; env SYNCPAY_DATA_DIR].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<String>,
+    /// fsync | flush-only [default fsync; env SYNCPAY_DURABILITY].
+    #[arg(long, value_name = "MODE")]
+    durability: Option<String>,
+    /// human | json [default human; env SYNCPAY_LOG_FORMAT].
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+    /// A tracing filter, e.g. info or info,syncpay=debug
+    /// [default info; env SYNCPAY_LOG_LEVEL].
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Prometheus endpoint address, or "off"
+    /// [default 127.0.0.1:9700; env SYNCPAY_METRICS_LISTEN].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
+    /// Any setting as KEY=VALUE, e.g. limits.max_ttl_seconds=300 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+}
+
+impl ServeArgs {
+    fn flags(&self) -> Flags {
+        let mut values = Vec::new();
+        let mut add = |flag: &'static str, v: &Option<String>| {
+            if let Some(v) = v {
+                values.push((flag, v.clone()));
+            }
+        };
+        add("--listen", &self.listen);
+        add("--data-dir", &self.data_dir);
+        add("--durability", &self.durability);
+        add("--log-format", &self.log_format);
+        add("--log-level", &self.log_level);
+        add("--metrics-listen", &self.metrics_listen);
+        Flags { config: self.config.clone(), values, sets: self.sets.clone() }
+    }
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    super::init_logging("info");
-    if !args.listen.ip().is_loopback() {
-        bail!(
-            "refusing to serve plaintext on {}: without TLS syncpay listens only on loopback (127.0.0.1 or ::1)",
-            args.listen
-        );
-    }
-    let mut config = ServerConfig::from_data_dir(&args.data_dir)
-        .with_context(|| format!("preparing data folder {}", args.data_dir.display()))?;
-    config.durability = match args.durability {
-        DurabilityArg::Fsync => Durability::Fsync,
-        DurabilityArg::FlushOnly => {
-            tracing::warn!("durability=flush-only: acknowledged trades can be lost on power failure");
-            Durability::FlushOnly
+    let config = match serve_config::load(&args.flags(), &|name| std::env::var(name).ok()) {
+        Ok(config) => config,
+        Err(problems) => {
+            let mut text = format!("the configuration has {} problem(s):", problems.len());
+            for p in &problems {
+                text.push_str("\n  - ");
+                text.push_str(p);
+            }
+            return Err(Exit::usage(text));
         }
     };
+    if args.check_config {
+        println!("configuration is valid:");
+        let width = config.effective.iter().map(|(k, v, _)| k.len() + v.len() + 3).max().unwrap_or(0);
+        for (key, value, origin) in &config.effective {
+            println!("  {:<width$}  # {origin}", format!("{key} = {value}"));
+        }
+        return Ok(());
+    }
+    serve(config).await
+}
+
+async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    super::init_logging_with(config.log_format, &config.log_level);
+    let mut server_config = ServerConfig::from_data_dir(&config.data_dir)
+        .with_context(|| format!("preparing data folder {}", config.data_dir.display()))?;
+    server_config.durability = config.durability;
+    server_config.limits = config.limits.clone();
+    if config.durability == Durability::FlushOnly {
+        tracing::warn!("durability=flush-only: acknowledged trades can be lost on power failure");
+    }
+
+    let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
+    let mut metrics_task = None;
+    if let Some(addr) = config.metrics_listen {
+        let handle = super::metrics_http::install()?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics listener {addr}"))?;
+        let bound = listener.local_addr()?;
+        metrics_task = Some(tokio::spawn(super::metrics_http::serve(listener, handle, metrics_stopped)));
+        tracing::info!(%bound, "metrics endpoint");
+        eprintln!("syncpay metrics on http://{bound}/metrics");
+    }
+
     let listener =
-        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-    let server = sync_server::start(config, listener).await?;
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let server = sync_server::start(server_config, listener).await?;
+    // Tests and scripts read this line for the bound address (port 0).
     eprintln!(
         "syncpay serving on {} (data {}; operator token in {})",
         server.url(),
-        args.data_dir.display(),
-        args.data_dir.join("admin.token").display()
+        config.data_dir.display(),
+        config.data_dir.join("admin.token").display()
     );
-    wait_for_signal().await;
+    let signal = wait_for_signal().await;
+    tracing::info!(signal, "stopping: no new connections; in-flight calls finish, streams end with UNAVAILABLE");
     server.shutdown().await?;
+    let _ = stop_metrics.send(true);
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    tracing::info!("stopped cleanly; every acknowledged change is on disk");
     eprintln!("syncpay stopped cleanly");
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGTERM or Ctrl-C (SIGINT); returns which.
+pub async fn wait_for_signal() -> &'static str {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         match signal(SignalKind::terminate()) {
             Ok(mut term) => {
                 tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => "SIGTERM",
+                    _ = tokio::signal::ctrl_c() => "SIGINT",
                 }
             }
             Err(_) => {
                 let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
             }
         }
     }
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
     }
 }

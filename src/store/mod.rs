@@ -24,6 +24,19 @@ pub use records::{
 };
 pub use verify::VerifyReport;
 
+/// Names of the metrics the writer records through the `metrics` facade
+/// (the store knows no exporter; without one they cost nothing).
+pub mod metric_names {
+    /// Seconds one group commit spends in sled flush + fdatasync.
+    pub const SYNC_SECONDS: &str = "syncpay_store_sync_seconds";
+    /// Commands made durable by one group commit.
+    pub const GROUP_SIZE: &str = "syncpay_store_group_size";
+    /// Write requests still queued after the writer took a group.
+    pub const QUEUE_DEPTH: &str = "syncpay_store_write_queue_depth";
+    /// Failed syncs (each one stops the store).
+    pub const SYNC_FAILURES: &str = "syncpay_store_sync_failures_total";
+}
+
 /// Errors of the store layer. Rejections carry what the caller did wrong;
 /// `Corrupt`, `Io` and `Stopped` are the server's problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -484,6 +497,12 @@ impl Store {
             out.push(TradeId::from_bytes(bytes));
         }
         Ok(out)
+    }
+
+    /// How many trades are open (each open trade has one deadline entry).
+    /// Walks the deadline tree: for start-up, not for the hot path.
+    pub fn open_trade_count(&self) -> usize {
+        self.tree(T::Deadlines).len()
     }
 
     /// The earliest deadline of any open trade.

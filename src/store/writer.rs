@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::commands::{self, Command, CommandOutcome};
+use super::metric_names;
 use super::{Durability, Shared, StoreError, SyncFault, WRITE_QUEUE_DEPTH};
 
 /// Most commands applied before one sync. Bounds the latency a command
@@ -77,6 +78,7 @@ fn run(shared: Arc<Shared>, syncer: Syncer, mut rx: mpsc::Receiver<WriteRequest>
             }
             continue;
         }
+        metrics::gauge!(metric_names::QUEUE_DEPTH).set(u32::try_from(rx.len()).map_or(f64::from(u32::MAX), f64::from));
         group += 1;
         shared.applying.store(group, Ordering::SeqCst);
         let mut heads = Vec::new();
@@ -85,6 +87,9 @@ fn run(shared: Arc<Shared>, syncer: Syncer, mut rx: mpsc::Receiver<WriteRequest>
         let synced = shared.db.flush().map_err(StoreError::from).and_then(|_| syncer.sync_now());
         match synced {
             Ok(()) => {
+                metrics::histogram!(metric_names::SYNC_SECONDS).record(started.elapsed().as_secs_f64());
+                metrics::histogram!(metric_names::GROUP_SIZE)
+                    .record(u32::try_from(batch.len()).map_or(f64::from(u32::MAX), f64::from));
                 tracing::trace!(
                     group,
                     commands = batch.len(),
@@ -103,6 +108,7 @@ fn run(shared: Arc<Shared>, syncer: Syncer, mut rx: mpsc::Receiver<WriteRequest>
             Err(e) => {
                 // Fail-stop: nothing in this group, nor anything after it, is
                 // acknowledged; readers waiting on durability get `Stopped`.
+                metrics::counter!(metric_names::SYNC_FAILURES).increment(1);
                 tracing::error!(error = %e, group, "sync failed; the store stops accepting writes");
                 shared.stopped.store(true, Ordering::SeqCst);
                 shared.durable.send_modify(|_| {});

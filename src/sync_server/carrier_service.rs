@@ -20,6 +20,7 @@ use super::convert;
 use super::engine::{now, stopped, Engine};
 use super::error::ApiError;
 use super::limits;
+use super::metrics;
 
 pub struct CarrierApi {
     engine: Arc<Engine>,
@@ -96,6 +97,7 @@ impl CarrierService for CarrierApi {
         // replay's read is pushed live, so nothing falls between the two.
         let link = self.hub.attach(&carrier, tx.clone());
         tracing::info!(carrier = %carrier, link, "relay connected");
+        metrics::relay_connected(true);
 
         let replay_engine = self.engine.clone();
         let replay_carrier = carrier.clone();
@@ -163,6 +165,7 @@ impl CarrierService for CarrierApi {
                 }
             }
             hub.detach(&carrier, link);
+            metrics::relay_connected(false);
             tracing::info!(carrier = %carrier, link, "relay disconnected");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as RelayStream))

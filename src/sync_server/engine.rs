@@ -7,17 +7,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{watch, Notify};
-use tracing::instrument;
+use tracing::{instrument, Instrument};
 
 use crate::carrier::{CarrierGateway, PushResult};
 use crate::domain::approval::ServerSecret;
 use crate::domain::{Amount, CarrierId, Currency, Decision, RegisterId, ShopId, SubscriberNumber, TradeId, UnixMs};
 use crate::store::{
-    AnswerOutcome, Command, CommandOutcome, CreateTrade, Delivery, Store, StoreError, TradeRecord, TradeRequest,
+    AnswerOutcome, Command, CommandOutcome, CreateTrade, Delivery, RejectedAnswer, Store, StoreError, TradeRecord,
+    TradeRequest,
 };
 
 use super::error::ApiError;
 use super::limits::Limits;
+use super::metrics;
 
 /// The wall clock, read only here and passed into the store and domain.
 pub fn now() -> UnixMs {
@@ -132,7 +134,7 @@ impl Engine {
 
     /// Creates a trade; answers once it is durable. Returns the trade and
     /// whether it is an idempotent replay of an earlier one.
-    #[instrument(skip_all, fields(shop = %shop))]
+    #[instrument(skip_all, fields(shop = %shop, trade_id = tracing::field::Empty))]
     pub async fn create_trade(&self, shop: &ShopId, t: NewTrade) -> Result<(TradeRecord, bool), ApiError> {
         if t.ttl < self.limits.min_ttl || t.ttl > self.limits.max_ttl {
             return Err(ApiError::invalid(
@@ -141,6 +143,7 @@ impl Engine {
             ));
         }
         let trade_id = TradeId::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
+        tracing::Span::current().record("trade_id", tracing::field::display(trade_id));
         let command = Command::CreateTrade(CreateTrade {
             shop: shop.clone(),
             trade_id,
@@ -159,7 +162,13 @@ impl Engine {
         });
         match self.store.execute(command).await? {
             CommandOutcome::Trade { trade: Some(trade), deliveries, replayed } => {
-                tracing::info!(trade_id = %trade.id, state = trade.state.name(), replayed, "trade created");
+                if replayed {
+                    // The span names the id we generated; the replay is another.
+                    tracing::info!(original_trade_id = %trade.id, state = trade.state.name(), "idempotent replay");
+                } else {
+                    metrics::trade_created();
+                    tracing::info!(state = trade.state.name(), "trade created");
+                }
                 self.settled_effects(Some(&trade), &deliveries);
                 Ok((trade, replayed))
             }
@@ -170,12 +179,16 @@ impl Engine {
     #[instrument(skip_all, fields(trade_id = %trade))]
     pub async fn cancel(&self, shop: &ShopId, trade: TradeId) -> Result<TradeRecord, ApiError> {
         match self.store.execute(Command::Cancel { shop: shop.clone(), trade, now: now() }).await? {
-            CommandOutcome::Trade { trade: Some(t), deliveries, .. } => {
-                tracing::info!(state = t.state.name(), "trade cancelled");
+            CommandOutcome::Trade { trade: Some(t), deliveries, replayed } => {
+                if !replayed && t.state.is_final() {
+                    metrics::trade_finished(&t);
+                }
+                tracing::info!(state = t.state.name(), replayed, "trade cancelled");
                 self.settled_effects(Some(&t), &deliveries);
                 Ok(t)
             }
             CommandOutcome::TooLate { trade: t, deliveries } => {
+                metrics::trade_finished(&t);
                 tracing::info!("cancel came after the deadline; trade expired");
                 self.settled_effects(Some(&t), &deliveries);
                 Err(ApiError::FailedPrecondition("trade_id: trade is already EXPIRED".into()))
@@ -196,6 +209,9 @@ impl Engine {
         let command = Command::Refund { shop: shop.clone(), trade, amount, idempotency_key, now: now() };
         match self.store.execute(command).await? {
             CommandOutcome::Refund { trade, refund_id, amount, replayed } => {
+                if !replayed {
+                    metrics::refunded();
+                }
                 tracing::info!(refund_id, amount = amount.minor(), replayed, "trade refunded");
                 Ok((trade, refund_id, amount))
             }
@@ -234,16 +250,23 @@ impl Engine {
         let command = Command::Answer { carrier: carrier.clone(), trade, decision, signature, now: now() };
         let pending = self.store.submit(command).await?;
         let engine = self.clone();
+        // The settlement path: everything logged until the outcome is sent
+        // carries the trade id.
+        let span = tracing::info_span!("answer", trade_id = %trade, carrier = %carrier, ?decision);
         Ok(async move {
             match pending.outcome().await? {
                 CommandOutcome::Answer(outcome) => {
                     match (&outcome.rejected, &outcome.trade) {
-                        (None, Some(t)) => tracing::info!(
-                            trade_id = %trade, state = t.state.name(), failure = ?t.failure, "handset answer taken"
-                        ),
-                        (Some(why), _) => {
-                            tracing::info!(trade_id = %trade, rejected = ?why, "handset answer refused")
+                        (None, Some(t)) => {
+                            metrics::trade_finished(t);
+                            tracing::info!(state = t.state.name(), failure = ?t.failure, "handset answer taken")
                         }
+                        (Some(RejectedAnswer::Expired), Some(t)) => {
+                            // This commit expired the trade.
+                            metrics::trade_finished(t);
+                            tracing::info!(rejected = "expired", "handset answer came after the deadline")
+                        }
+                        (Some(why), _) => tracing::info!(rejected = ?why, "handset answer refused"),
                         (None, None) => {}
                     }
                     engine.settled_effects(outcome.trade.as_ref(), &outcome.deliveries);
@@ -251,7 +274,8 @@ impl Engine {
                 }
                 other => Err(unexpected(&other)),
             }
-        })
+        }
+        .instrument(span))
     }
 
     /// Expires every overdue trade (in rounds of `SWEEP_BATCH`); returns how
@@ -270,6 +294,7 @@ impl Engine {
             }
             for write in pending {
                 if let CommandOutcome::Trade { trade: Some(t), deliveries, replayed: false } = write.outcome().await? {
+                    metrics::trade_finished(&t);
                     tracing::info!(trade_id = %t.id, "trade expired");
                     expired += 1;
                     self.settled_effects(Some(&t), &deliveries);

@@ -9,6 +9,7 @@ pub mod convert;
 pub mod engine;
 pub mod error;
 pub mod limits;
+pub mod metrics;
 pub mod register_service;
 pub mod secrets;
 
@@ -104,7 +105,18 @@ impl RunningServer {
     /// once the store is closed, so the folder can be opened again at once.
     pub async fn shutdown(self) -> Result<(), ServerError> {
         let _ = self.shutdown.send(true);
-        let served = self.serve.await.map_err(|e| ServerError::Join(e.to_string()))?;
+        // In-flight calls finish; streams see the signal and end. A stream
+        // that does not (a health Watch, say) must not hold the process
+        // forever: after the grace period its connection is dropped.
+        let mut serve = self.serve;
+        let served = match tokio::time::timeout(SHUTDOWN_GRACE, &mut serve).await {
+            Ok(joined) => joined.map_err(|e| ServerError::Join(e.to_string()))?,
+            Err(_) => {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; closing them");
+                serve.abort();
+                Ok(())
+            }
+        };
         self.sweeper.await.map_err(|e| ServerError::Join(e.to_string()))?;
         // Streams and relay tasks let go of the engine as they see the
         // signal; once ours is the last handle, dropping it closes the store.
@@ -139,6 +151,7 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Runnin
     let store = tokio::task::spawn_blocking(move || Store::open(store_config))
         .await
         .map_err(|e| ServerError::Join(e.to_string()))??;
+    metrics::set_open_trades(store.open_trade_count());
     let hub = Arc::new(RelayHub::default());
     let engine = Arc::new(Engine::new(store.clone(), hub.clone(), config.secret.clone(), config.limits.clone()));
     let auth = Arc::new(Authenticator::new(store, &config.admin_token));

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod binary;
+
 use std::path::PathBuf;
 
 use syncpay::client::{with_token, AuthedChannel};

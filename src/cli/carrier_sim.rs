@@ -1,0 +1,276 @@
+//! `syncpay carrier-sim`: a simulated carrier relay (`terminal_sim`) with N
+//! handsets against any server, until Ctrl-C or SIGTERM. Enrolls the
+//! handsets, keeps the relay stream open, answers offers by policy and
+//! prints what happens. The carrier knows its subscribers' numbers, so they
+//! are printed in full here (and only here).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::json;
+use syncpay::client::connect;
+use syncpay::domain::SubscriberNumber;
+use syncpay::proto;
+use syncpay::terminal_sim::{CarrierSim, Policy, SimCounters, SimEvent};
+
+use super::{print_json, read_token, Exit};
+
+#[derive(Args)]
+pub struct CarrierSimArgs {
+    /// Server URL.
+    #[arg(long, env = "SYNCPAY_SERVER", default_value = "http://127.0.0.1:7700")]
+    server: String,
+    /// File holding the carrier's token (from `syncpay admin create-carrier`).
+    #[arg(long, env = "SYNCPAY_CARRIER_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// The token itself, read from SYNCPAY_CARRIER_TOKEN (environment only).
+    #[arg(skip = std::env::var("SYNCPAY_CARRIER_TOKEN").ok())]
+    token: Option<String>,
+    /// How many handsets to host, numbered up from --first-number.
+    #[arg(long, default_value_t = 3)]
+    handsets: u32,
+    /// The first handset's E.164 number.
+    #[arg(long, default_value = "+819000000001")]
+    first_number: String,
+    /// How every handset answers: approve, decline, ignore, bad-signature,
+    /// answer-twice or approve-after-MS (e.g. approve-after-1500).
+    #[arg(long, default_value = "approve")]
+    policy: String,
+    /// A handset with its own policy, NUMBER=POLICY (repeatable; added to,
+    /// or overriding, the numbered ones).
+    #[arg(long = "handset", value_name = "NUMBER=POLICY")]
+    extra: Vec<String>,
+    /// Print events as JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Most handsets one simulator hosts from the command line.
+const MAX_HANDSETS: u32 = 1000;
+/// How long to wait for the first relay connection before giving up.
+const CONNECT_WAIT: Duration = Duration::from_secs(30);
+
+fn parse_policy(text: &str) -> Result<Policy, String> {
+    Ok(match text {
+        "approve" => Policy::Approve,
+        "decline" => Policy::Decline,
+        "ignore" => Policy::Ignore,
+        "bad-signature" => Policy::BadSignature,
+        "answer-twice" => Policy::AnswerTwice,
+        other => match other.strip_prefix("approve-after-").map(str::parse::<u64>) {
+            Some(Ok(ms)) => Policy::ApproveAfter(Duration::from_millis(ms)),
+            _ => {
+                return Err(format!(
+                "policy {other:?}: expected approve, decline, ignore, bad-signature, answer-twice or approve-after-MS"
+            ))
+            }
+        },
+    })
+}
+
+/// `+819000000001`, 3 → the first three numbers counting up.
+fn numbers(first: &str, count: u32) -> Result<Vec<String>, String> {
+    let first = SubscriberNumber::parse(first).map_err(|e| format!("--first-number: {e}"))?;
+    let digits = &first.as_str()[1..];
+    let start: u64 = digits.parse().map_err(|_| "--first-number: not digits".to_owned())?;
+    (0..u64::from(count))
+        .map(|i| {
+            let n = start.checked_add(i).ok_or("--first-number: too large")?;
+            let text = format!("+{n:0width$}", width = digits.len());
+            SubscriberNumber::parse(&text).map(|_| text).map_err(|e| format!("handset {i}: {e}"))
+        })
+        .collect()
+}
+
+pub async fn run(args: CarrierSimArgs) -> anyhow::Result<()> {
+    super::init_logging("warn");
+    let token = read_token(args.token.as_deref(), args.token_file.as_deref(), "carrier")?;
+    if args.handsets > MAX_HANDSETS {
+        return Err(Exit::usage(format!("--handsets: at most {MAX_HANDSETS}")));
+    }
+    let policy = parse_policy(&args.policy).map_err(Exit::usage)?;
+    let mut plan: Vec<(String, Policy)> =
+        numbers(&args.first_number, args.handsets).map_err(Exit::usage)?.into_iter().map(|n| (n, policy)).collect();
+    for extra in &args.extra {
+        let (number, p) =
+            extra.split_once('=').ok_or_else(|| Exit::usage(format!("--handset {extra:?}: expected NUMBER=POLICY")))?;
+        let p = parse_policy(p).map_err(Exit::usage)?;
+        match plan.iter_mut().find(|(n, _)| n == number) {
+            Some(entry) => entry.1 = p,
+            None => plan.push((number.to_owned(), p)),
+        }
+    }
+
+    let channel = connect(&args.server).await.with_context(|| format!("connecting to {}", args.server))?;
+    let sim = CarrierSim::start(channel, &token)?;
+    for (number, policy) in &plan {
+        sim.add_handset(number, *policy).await.with_context(|| format!("enrolling handset {number}"))?;
+    }
+    sim.wait_connected(CONNECT_WAIT).await.context("waiting for the relay stream")?;
+    if args.json {
+        let handsets: Vec<_> = plan.iter().map(|(n, p)| json!({"number": n, "policy": format!("{p:?}")})).collect();
+        print_json(&json!({"event": "ready", "server": args.server, "handsets": handsets}));
+    } else {
+        println!("carrier-sim ready: relay connected to {}, {} handsets", args.server, plan.len());
+        for (n, p) in &plan {
+            println!("  {n}  {p:?}");
+        }
+        println!("(Ctrl-C to stop)");
+    }
+
+    let signal = super::serve::wait_for_signal();
+    tokio::pin!(signal);
+    let mut last_counters = sim.counters();
+    let mut last_event: Option<SimEvent> = None;
+    loop {
+        let changed = tokio::select! {
+            c = sim.wait_for_counters(Duration::from_secs(3600), |c| *c != last_counters) => c,
+            _ = &mut signal => break,
+        };
+        if let Ok(c) = changed {
+            last_counters = c;
+        }
+        let transcript = sim.transcript();
+        let start = last_event.as_ref().and_then(|l| transcript.iter().rposition(|e| e == l)).map_or(0, |i| i + 1);
+        for event in &transcript[start..] {
+            print_event(event, args.json);
+        }
+        if let Some(last) = transcript.last() {
+            last_event = Some(last.clone());
+        }
+    }
+    let counters = sim.counters();
+    sim.shutdown().await?;
+    print_summary(&counters, args.json);
+    Ok(())
+}
+
+fn state(s: proto::TradeState) -> &'static str {
+    s.as_str_name().strip_prefix("TRADE_STATE_").unwrap_or("UNKNOWN")
+}
+
+fn print_event(e: &SimEvent, json: bool) {
+    let (kind, text, value) = match e {
+        SimEvent::RelayConnected { connection } => {
+            ("relay_connected", format!("relay connected (connection {connection})"), json!({"connection": connection}))
+        }
+        SimEvent::RelayLost { connection, reason } => (
+            "relay_lost",
+            format!("relay lost (connection {connection}): {reason}; reconnecting"),
+            json!({"connection": connection, "reason": reason}),
+        ),
+        SimEvent::OfferShown {
+            number,
+            trade_id,
+            shop_name,
+            register_label,
+            amount,
+            currency,
+            description,
+            binding_code,
+            ..
+        } => (
+            "offer_shown",
+            format!(
+                "{} shows {trade_id}: {shop_name} / {register_label}: {} \"{description}\" code {binding_code}",
+                number.as_str(),
+                currency.format(*amount)
+            ),
+            json!({
+                "number": number.as_str(),
+                "trade_id": trade_id.to_string(),
+                "shop_name": shop_name,
+                "register_label": register_label,
+                "amount_minor": amount.minor(),
+                "currency": currency.code(),
+                "description": description,
+                "binding_code": binding_code,
+            }),
+        ),
+        SimEvent::OfferIgnored { number, trade_id, reason } => (
+            "offer_ignored",
+            format!("offer {trade_id} not shown: {reason}"),
+            json!({"number": number.as_ref().map(|n| n.as_str().to_owned()), "trade_id": trade_id, "reason": reason}),
+        ),
+        SimEvent::Answered { number, trade_id, decision, signature_valid } => (
+            "answered",
+            format!(
+                "{} answers {trade_id}: {decision:?}{}",
+                number.as_str(),
+                if *signature_valid { "" } else { " (corrupted signature)" }
+            ),
+            json!({
+                "number": number.as_str(),
+                "trade_id": trade_id.to_string(),
+                "decision": format!("{decision:?}"),
+                "signature_valid": signature_valid,
+            }),
+        ),
+        SimEvent::Withdrawn { number, trade_id, state: s } => (
+            "withdrawn",
+            format!("offer {trade_id} withdrawn ({})", state(*s)),
+            json!({
+                "number": number.as_ref().map(|n| n.as_str().to_owned()),
+                "trade_id": trade_id.to_string(),
+                "state": state(*s),
+            }),
+        ),
+        SimEvent::AnswerResult(r) => (
+            "answer_result",
+            format!(
+                "server: {} {}{}",
+                r.trade_id,
+                state(r.state),
+                if r.accepted { String::new() } else { format!(" (answer not taken: {})", r.message) }
+            ),
+            json!({
+                "trade_id": r.trade_id.to_string(),
+                "accepted": r.accepted,
+                "state": state(r.state),
+                "message": r.message,
+            }),
+        ),
+    };
+    if json {
+        let mut value = value;
+        if let Some(map) = value.as_object_mut() {
+            map.insert("event".to_owned(), json!(kind));
+        }
+        print_json(&value);
+    } else {
+        println!("{text}");
+    }
+}
+
+fn print_summary(c: &SimCounters, json: bool) {
+    if json {
+        print_json(&json!({
+            "event": "stopped",
+            "connections": c.connections,
+            "offers_received": c.offers_received,
+            "answers_sent": c.answers_sent,
+            "answer_results_received": c.answer_results_received,
+        }));
+    } else {
+        println!(
+            "carrier-sim stopped: {} connection(s), {} offers, {} answers sent, {} results",
+            c.connections, c.offers_received, c.answers_sent, c.answer_results_received
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_and_numbers_parse() {
+        assert_eq!(parse_policy("approve"), Ok(Policy::Approve));
+        assert_eq!(parse_policy("approve-after-1500"), Ok(Policy::ApproveAfter(Duration::from_millis(1500))));
+        assert!(parse_policy("maybe").is_err());
+        assert_eq!(numbers("+819000000009", 2), Ok(vec!["+819000000009".to_owned(), "+819000000010".to_owned()]));
+        assert!(numbers("0900", 1).is_err());
+    }
+}

@@ -1,0 +1,575 @@
+//! `serve`'s configuration: built-in defaults, then a TOML file, then
+//! environment variables, then flags, each overriding the one before
+//! (layered with figment). Every setting is one row of [`SETTINGS`]: its key
+//! in the file, its environment variable and its flag. Validation looks at
+//! every setting and reports every problem at once, each with where the
+//! value came from.
+//!
+//! Sections: top level (listen, data_dir, durability), `[log]`,
+//! `[metrics]`, `[limits]`. A new section (TLS, say) is new rows in
+//! `SETTINGS`, a field in [`ServeConfig`] and its checks in `resolve`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use figment::providers::{Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use syncpay::store::Durability;
+use syncpay::sync_server::limits::{self, Limits};
+
+use super::LogFormat;
+
+/// One configurable setting.
+pub struct Setting {
+    /// Key in the TOML file (`section.name` inside a section).
+    pub key: &'static str,
+    /// Environment variable.
+    pub env: &'static str,
+    /// Dedicated flag, if any (every key can also be set with `--set`).
+    pub flag: Option<&'static str>,
+    /// The built-in default, as it would be written in the file.
+    pub default: &'static str,
+}
+
+/// Every setting `serve` knows. Keys not listed here are errors in a
+/// config file (typos must not pass silently).
+pub const SETTINGS: &[Setting] = &[
+    Setting { key: "listen", env: "SYNCPAY_LISTEN", flag: Some("--listen"), default: "\"127.0.0.1:7700\"" },
+    Setting { key: "data_dir", env: "SYNCPAY_DATA_DIR", flag: Some("--data-dir"), default: "\"syncpay-data\"" },
+    Setting { key: "durability", env: "SYNCPAY_DURABILITY", flag: Some("--durability"), default: "\"fsync\"" },
+    Setting { key: "log.format", env: "SYNCPAY_LOG_FORMAT", flag: Some("--log-format"), default: "\"human\"" },
+    Setting { key: "log.level", env: "SYNCPAY_LOG_LEVEL", flag: Some("--log-level"), default: "\"info\"" },
+    Setting {
+        key: "metrics.listen",
+        env: "SYNCPAY_METRICS_LISTEN",
+        flag: Some("--metrics-listen"),
+        default: "\"127.0.0.1:9700\"",
+    },
+    Setting {
+        key: "limits.max_amount_minor",
+        env: "SYNCPAY_LIMITS_MAX_AMOUNT_MINOR",
+        flag: None,
+        default: "1000000000000",
+    },
+    Setting {
+        key: "limits.max_open_trades_per_register",
+        env: "SYNCPAY_LIMITS_MAX_OPEN_TRADES_PER_REGISTER",
+        flag: None,
+        default: "10000",
+    },
+    Setting {
+        key: "limits.max_open_registers_per_shop",
+        env: "SYNCPAY_LIMITS_MAX_OPEN_REGISTERS_PER_SHOP",
+        flag: None,
+        default: "1000",
+    },
+    Setting { key: "limits.max_shops", env: "SYNCPAY_LIMITS_MAX_SHOPS", flag: None, default: "1000000" },
+    Setting { key: "limits.min_ttl_seconds", env: "SYNCPAY_LIMITS_MIN_TTL_SECONDS", flag: None, default: "1" },
+    Setting {
+        key: "limits.default_ttl_seconds",
+        env: "SYNCPAY_LIMITS_DEFAULT_TTL_SECONDS",
+        flag: None,
+        default: "120",
+    },
+    Setting { key: "limits.max_ttl_seconds", env: "SYNCPAY_LIMITS_MAX_TTL_SECONDS", flag: None, default: "900" },
+];
+
+/// The environment variable naming the config file.
+pub const CONFIG_ENV: &str = "SYNCPAY_CONFIG";
+
+/// What the command line said about configuration (flags are text here so
+/// that a bad flag value is reported with every other problem).
+#[derive(Debug, Default, Clone)]
+pub struct Flags {
+    pub config: Option<PathBuf>,
+    /// (flag, value) for the dedicated flags, e.g. ("--listen", "127.0.0.1:0").
+    pub values: Vec<(&'static str, String)>,
+    /// `--set key=value`, in order.
+    pub sets: Vec<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    pub log_format: LogFormat,
+    /// A tracing filter directive, e.g. `info` or `info,syncpay=debug`.
+    pub log_level: String,
+    /// `None` when metrics are off.
+    pub metrics_listen: Option<SocketAddr>,
+    pub limits: Limits,
+    /// Every setting as `(key, value, where it came from)`, for
+    /// `--check-config`.
+    pub effective: Vec<(String, String, String)>,
+}
+
+/// One layer of values (defaults, environment or flags) as a figment
+/// provider whose metadata names each value's origin.
+struct Layer {
+    name: &'static str,
+    /// (key, origin, value).
+    entries: Vec<(String, String, Value)>,
+}
+
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        let origins: Arc<HashMap<String, String>> =
+            Arc::new(self.entries.iter().map(|(k, origin, _)| (k.clone(), origin.clone())).collect());
+        Metadata::named(self.name).interpolater(move |_profile: &Profile, keys: &[&str]| {
+            let key = keys.join(".");
+            origins.get(&key).cloned().unwrap_or(key)
+        })
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut root = Dict::new();
+        for (key, _, value) in &self.entries {
+            insert(&mut root, key, value.clone());
+        }
+        Ok(Profile::Default.collect(root))
+    }
+}
+
+/// Inserts `value` at a dotted key, creating sections as needed.
+fn insert(dict: &mut Dict, key: &str, value: Value) {
+    match key.split_once('.') {
+        None => {
+            dict.insert(key.to_owned(), value);
+        }
+        Some((section, rest)) => {
+            let entry = dict.entry(section.to_owned()).or_insert_with(|| Value::from(Dict::new()));
+            if let Value::Dict(_, inner) = entry {
+                insert(inner, rest, value);
+            } else {
+                *entry = Value::from(Dict::new());
+                if let Value::Dict(_, inner) = entry {
+                    insert(inner, rest, value);
+                }
+            }
+        }
+    }
+}
+
+fn parse_value(text: &str) -> Value {
+    text.parse::<Value>().unwrap_or_else(|never| match never {})
+}
+
+fn defaults() -> Layer {
+    Layer {
+        name: "default",
+        entries: SETTINGS.iter().map(|s| (s.key.to_owned(), "built-in default".to_owned(), default_value(s))).collect(),
+    }
+}
+
+fn default_value(s: &Setting) -> Value {
+    // Defaults are written as TOML values; strings are quoted.
+    match s.default.strip_prefix('"').and_then(|d| d.strip_suffix('"')) {
+        Some(text) => Value::from(text.to_owned()),
+        None => parse_value(s.default),
+    }
+}
+
+fn environment(env: &dyn Fn(&str) -> Option<String>) -> Layer {
+    let entries = SETTINGS
+        .iter()
+        .filter_map(|s| {
+            env(s.env).map(|v| (s.key.to_owned(), format!("environment variable {}", s.env), parse_value(&v)))
+        })
+        .collect();
+    Layer { name: "environment", entries }
+}
+
+fn flags(flags: &Flags, problems: &mut Vec<String>) -> Layer {
+    let mut entries = Vec::new();
+    for (flag, value) in &flags.values {
+        match SETTINGS.iter().find(|s| s.flag == Some(*flag)) {
+            Some(s) => entries.push((s.key.to_owned(), format!("flag {flag}"), parse_value(value))),
+            None => problems.push(format!("flag {flag}: not a configuration flag")),
+        }
+    }
+    for set in &flags.sets {
+        match set.split_once('=') {
+            Some((key, value)) if SETTINGS.iter().any(|s| s.key == key.trim()) => {
+                let key = key.trim();
+                entries.push((key.to_owned(), format!("flag --set {key}"), parse_value(value.trim())));
+            }
+            Some((key, _)) => problems.push(format!("flag --set {key}: unknown setting (known: {})", known_keys())),
+            None => problems.push(format!("flag --set {set:?}: expected KEY=VALUE")),
+        }
+    }
+    Layer { name: "flags", entries }
+}
+
+fn known_keys() -> String {
+    SETTINGS.iter().map(|s| s.key).collect::<Vec<_>>().join(", ")
+}
+
+/// Loads and validates the configuration; `Err` lists every problem.
+/// `env` reads an environment variable (injected so tests need not touch
+/// the process environment).
+pub fn load(cli: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<ServeConfig, Vec<String>> {
+    let mut problems = Vec::new();
+    let config_path = cli.config.clone().or_else(|| env(CONFIG_ENV).filter(|p| !p.is_empty()).map(PathBuf::from));
+    let flag_layer = flags(cli, &mut problems);
+    let env_layer = environment(env);
+
+    let mut figment = Figment::new().merge(defaults());
+    if let Some(path) = &config_path {
+        match file_problem(path) {
+            Some(problem) => problems.push(problem),
+            None => {
+                let with_file = figment.clone().merge(Toml::file_exact(path));
+                // A file that does not parse is one problem; the rest is
+                // still checked without it.
+                match with_file.extract::<Dict>() {
+                    Ok(dict) => {
+                        unknown_keys(&dict, "", path, &mut problems);
+                        figment = with_file;
+                    }
+                    Err(e) => problems.push(format!("config file {}: {e}", path.display())),
+                }
+            }
+        }
+    }
+    let figment = figment.merge(env_layer).merge(flag_layer);
+    match resolve(&figment, config_path.as_deref(), &mut problems) {
+        Some(config) if problems.is_empty() => Ok(config),
+        _ => Err(problems),
+    }
+}
+
+fn file_problem(path: &Path) -> Option<String> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => None,
+        Ok(_) => Some(format!("config file {}: not a file", path.display())),
+        Err(e) => Some(format!("config file {}: {e}", path.display())),
+    }
+}
+
+/// Reports keys in the file that no setting has.
+fn unknown_keys(dict: &Dict, prefix: &str, path: &Path, problems: &mut Vec<String>) {
+    for (name, value) in dict {
+        let key = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+        let is_section = SETTINGS.iter().any(|s| s.key.starts_with(&format!("{key}.")));
+        match value {
+            Value::Dict(_, inner) if is_section => unknown_keys(inner, &key, path, problems),
+            _ if SETTINGS.iter().any(|s| s.key == key) => {}
+            _ => problems.push(format!("{key} (config file {}): unknown setting", path.display())),
+        }
+    }
+}
+
+/// Where a key's value came from, for messages.
+fn origin(figment: &Figment, key: &str, config_path: Option<&Path>) -> String {
+    match figment.find_metadata(key) {
+        Some(md) if md.source.is_some() => {
+            format!("config file {}", config_path.map_or_else(|| "?".to_owned(), |p| p.display().to_string()))
+        }
+        Some(md) => {
+            let parts: Vec<&str> = key.split('.').collect();
+            md.interpolate(&Profile::Default, &parts)
+        }
+        None => "unknown".to_owned(),
+    }
+}
+
+/// Reads each setting, collecting problems; returns the config when every
+/// setting could be read (range problems may still have been added).
+fn resolve(figment: &Figment, config_path: Option<&Path>, problems: &mut Vec<String>) -> Option<ServeConfig> {
+    let mut effective = Vec::new();
+    let mut get = |key: &str, problems: &mut Vec<String>| -> Option<(Value, String)> {
+        let from = origin(figment, key, config_path);
+        match figment.find_value(key) {
+            Ok(v) => {
+                effective.push((key.to_owned(), display(&v), from.clone()));
+                Some((v, from))
+            }
+            Err(e) => {
+                problems.push(format!("{key}: {e}"));
+                None
+            }
+        }
+    };
+    let mut check = |key: &str, problems: &mut Vec<String>, parse: &dyn Fn(&Value) -> Result<(), String>| {
+        if let Some((v, from)) = get(key, problems) {
+            if let Err(why) = parse(&v) {
+                problems.push(format!("{key} = {} ({from}): {why}", display(&v)));
+            }
+        }
+    };
+
+    // Each setting is parsed into a slot; a failed parse leaves it empty.
+    let listen = std::cell::Cell::new(None::<SocketAddr>);
+    let data_dir = std::cell::RefCell::new(None::<PathBuf>);
+    let durability = std::cell::Cell::new(None::<Durability>);
+    let log_format = std::cell::Cell::new(None::<LogFormat>);
+    let log_level = std::cell::RefCell::new(None::<String>);
+    let metrics = std::cell::Cell::new(None::<Option<SocketAddr>>);
+    let numbers = std::cell::RefCell::new(BTreeMap::<&'static str, u64>::new());
+
+    check("listen", problems, &|v| {
+        let addr = socket_addr(v)?;
+        if !addr.ip().is_loopback() {
+            return Err("without TLS syncpay listens only on loopback (127.0.0.1 or ::1)".into());
+        }
+        listen.set(Some(addr));
+        Ok(())
+    });
+    check("data_dir", problems, &|v| {
+        let text = string(v)?;
+        if text.trim().is_empty() {
+            return Err("must name a folder".into());
+        }
+        let path = PathBuf::from(text);
+        if path.exists() && !path.is_dir() {
+            return Err("exists and is not a folder".into());
+        }
+        *data_dir.borrow_mut() = Some(path);
+        Ok(())
+    });
+    check("durability", problems, &|v| {
+        durability.set(Some(match string(v)?.as_str() {
+            "fsync" => Durability::Fsync,
+            "flush-only" => Durability::FlushOnly,
+            _ => return Err("must be \"fsync\" or \"flush-only\"".into()),
+        }));
+        Ok(())
+    });
+    check("log.format", problems, &|v| {
+        log_format.set(Some(match string(v)?.as_str() {
+            "human" => LogFormat::Human,
+            "json" => LogFormat::Json,
+            _ => return Err("must be \"human\" or \"json\"".into()),
+        }));
+        Ok(())
+    });
+    check("log.level", problems, &|v| {
+        let text = string(v)?;
+        tracing_subscriber::EnvFilter::try_new(&text).map_err(|e| format!("not a log filter ({e})"))?;
+        *log_level.borrow_mut() = Some(text);
+        Ok(())
+    });
+    check("metrics.listen", problems, &|v| {
+        if matches!(v, Value::String(_, s) if s == "off") {
+            metrics.set(Some(None));
+            return Ok(());
+        }
+        metrics.set(Some(Some(socket_addr(v).map_err(|e| format!("{e}, or \"off\""))?)));
+        Ok(())
+    });
+    let bounds: [(&'static str, u64, u64); 7] = [
+        ("limits.max_amount_minor", 1, limits::MAX_AMOUNT_MINOR),
+        ("limits.max_open_trades_per_register", 1, u64::from(limits::MAX_OPEN_TRADES_PER_REGISTER)),
+        ("limits.max_open_registers_per_shop", 1, u64::from(limits::MAX_OPEN_REGISTERS_PER_SHOP)),
+        ("limits.max_shops", 1, u64::from(limits::MAX_SHOPS)),
+        ("limits.min_ttl_seconds", limits::MIN_TTL.as_secs(), limits::MAX_TTL.as_secs()),
+        ("limits.default_ttl_seconds", limits::MIN_TTL.as_secs(), limits::MAX_TTL.as_secs()),
+        ("limits.max_ttl_seconds", limits::MIN_TTL.as_secs(), limits::MAX_TTL.as_secs()),
+    ];
+    for (key, min, max) in bounds {
+        check(key, problems, &|v| {
+            let n = number(v)?;
+            if n < min || n > max {
+                return Err(format!("must be {min}..={max}"));
+            }
+            numbers.borrow_mut().insert(key, n);
+            Ok(())
+        });
+    }
+
+    // Relations between settings, checked when both sides are readable.
+    let numbers = numbers.into_inner();
+    let ttl = |k: &str| numbers.get(k).copied();
+    if let (Some(min), Some(default), Some(max)) =
+        (ttl("limits.min_ttl_seconds"), ttl("limits.default_ttl_seconds"), ttl("limits.max_ttl_seconds"))
+    {
+        if !(min <= default && default <= max) {
+            problems.push(format!(
+                "limits: min_ttl_seconds ({min}) <= default_ttl_seconds ({default}) <= max_ttl_seconds ({max}) does not hold"
+            ));
+        }
+    }
+    if let (Some(listen), Some(Some(metrics))) = (listen.get(), metrics.get()) {
+        if listen.port() != 0 && listen == metrics {
+            problems.push(format!("metrics.listen: {metrics} is the gRPC listen address; use another port"));
+        }
+    }
+
+    let u32_of = |k: &str| ttl(k).and_then(|n| u32::try_from(n).ok());
+    let limits = Limits {
+        max_amount_minor: ttl("limits.max_amount_minor")?,
+        max_open_trades_per_register: u32_of("limits.max_open_trades_per_register")?,
+        max_open_registers_per_shop: u32_of("limits.max_open_registers_per_shop")?,
+        max_shops: u32_of("limits.max_shops")?,
+        default_ttl: Duration::from_secs(ttl("limits.default_ttl_seconds")?),
+        min_ttl: Duration::from_secs(ttl("limits.min_ttl_seconds")?),
+        max_ttl: Duration::from_secs(ttl("limits.max_ttl_seconds")?),
+    };
+    let data_dir = data_dir.into_inner()?;
+    let log_level = log_level.into_inner()?;
+    Some(ServeConfig {
+        listen: listen.get()?,
+        data_dir,
+        durability: durability.get()?,
+        log_format: log_format.get()?,
+        log_level,
+        metrics_listen: metrics.get()?,
+        limits,
+        effective,
+    })
+}
+
+fn display(v: &Value) -> String {
+    match v {
+        Value::String(_, s) => format!("{s:?}"),
+        Value::Num(_, n) => n
+            .to_i128()
+            .or_else(|| n.to_u128().and_then(|u| i128::try_from(u).ok()))
+            .map_or_else(|| format!("{n:?}"), |n| n.to_string()),
+        Value::Bool(_, b) => b.to_string(),
+        other => format!("{:?}", other.to_actual()),
+    }
+}
+
+fn string(v: &Value) -> Result<String, String> {
+    match v {
+        Value::String(_, s) => Ok(s.clone()),
+        other => Err(format!("must be a string, not {}", other.to_actual())),
+    }
+}
+
+fn socket_addr(v: &Value) -> Result<SocketAddr, String> {
+    string(v)?.parse::<SocketAddr>().map_err(|_| "must be an address like 127.0.0.1:7700".to_owned())
+}
+
+fn number(v: &Value) -> Result<u64, String> {
+    match v {
+        Value::Num(_, n) => n
+            .to_u128()
+            .and_then(|n| u64::try_from(n).ok())
+            .or_else(|| n.to_i128().and_then(|n| u64::try_from(n).ok()))
+            .ok_or_else(|| "must be a whole number >= 0".to_owned()),
+        Value::String(_, s) => s.trim().parse::<u64>().map_err(|_| "must be a whole number".to_owned()),
+        other => Err(format!("must be a whole number, not {}", other.to_actual())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(
+        file: Option<&str>,
+        env: &[(&str, &str)],
+        flags_in: &[(&'static str, &str)],
+    ) -> Result<ServeConfig, Vec<String>> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("syncpay.toml");
+        let config = file.map(|text| {
+            std::fs::write(&path, text).expect("write");
+            path.clone()
+        });
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let cli =
+            Flags { config, values: flags_in.iter().map(|(f, v)| (*f, (*v).to_owned())).collect(), sets: Vec::new() };
+        load(&cli, &|k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_a_single_loopback_machine() {
+        let c = check(None, &[], &[]).expect("defaults are valid");
+        assert_eq!(c.listen, "127.0.0.1:7700".parse().expect("addr"));
+        assert_eq!(c.data_dir, PathBuf::from("syncpay-data"));
+        assert_eq!(c.durability, Durability::Fsync);
+        assert_eq!(c.log_format, LogFormat::Human);
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9700".parse().expect("addr")));
+        assert_eq!(c.limits.default_ttl, limits::DEFAULT_TTL);
+        assert_eq!(c.limits.max_ttl, limits::MAX_TTL);
+        assert_eq!(c.limits.max_amount_minor, limits::MAX_AMOUNT_MINOR);
+    }
+
+    #[test]
+    fn flags_override_env_override_file() {
+        let file = "listen = \"127.0.0.1:1001\"\ndata_dir = \"from-file\"\ndurability = \"flush-only\"\n[limits]\nmax_ttl_seconds = 600\n";
+        let env = [("SYNCPAY_LISTEN", "127.0.0.1:1002"), ("SYNCPAY_DATA_DIR", "from-env")];
+        let c = check(Some(file), &env, &[("--listen", "127.0.0.1:1003")]).expect("valid");
+        assert_eq!(c.listen.port(), 1003);
+        assert_eq!(c.data_dir, PathBuf::from("from-env"));
+        assert_eq!(c.durability, Durability::FlushOnly);
+        assert_eq!(c.limits.max_ttl, Duration::from_secs(600));
+        let from = |k: &str| c.effective.iter().find(|(key, _, _)| key == k).map(|(_, _, o)| o.clone());
+        assert_eq!(from("listen").as_deref(), Some("flag --listen"));
+        assert_eq!(from("data_dir").as_deref(), Some("environment variable SYNCPAY_DATA_DIR"));
+        assert!(from("durability").is_some_and(|o| o.starts_with("config file")), "{:?}", from("durability"));
+        assert_eq!(from("log.level").as_deref(), Some("built-in default"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let file = "listen = \"0.0.0.0:7700\"\nlistne = 1\n[limits]\nmin_ttl_seconds = 60\ndefault_ttl_seconds = 30\nmax_ttl_seconds = 1200\n[log]\nformat = \"xml\"\n";
+        let env = [("SYNCPAY_DURABILITY", "sometimes"), ("SYNCPAY_LIMITS_MAX_SHOPS", "many")];
+        let problems = check(Some(file), &env, &[("--metrics-listen", "nowhere")]).expect_err("invalid");
+        let text = problems.join("\n");
+        for needle in [
+            "listen = \"0.0.0.0:7700\"",
+            "listne",
+            "limits.max_ttl_seconds = 1200",
+            "log.format = \"xml\"",
+            "durability = \"sometimes\" (environment variable SYNCPAY_DURABILITY)",
+            "limits.max_shops",
+            "metrics.listen = \"nowhere\" (flag --metrics-listen)",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        assert!(problems.len() >= 7, "{text}");
+        // The TTL relation is checked when all three are in range.
+        let file = "[limits]\nmin_ttl_seconds = 60\ndefault_ttl_seconds = 30\n";
+        let problems = check(Some(file), &[], &[]).expect_err("invalid");
+        assert!(
+            problems.iter().any(|p| p.contains("min_ttl_seconds (60) <= default_ttl_seconds (30)")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_broken_or_missing_file_is_one_problem_among_others() {
+        let problems = check(Some("listen = "), &[("SYNCPAY_LOG_FORMAT", "yaml")], &[]).expect_err("invalid");
+        assert!(problems.iter().any(|p| p.starts_with("config file")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("log.format")), "{problems:?}");
+        let cli = Flags { config: Some(PathBuf::from("/nonexistent/syncpay.toml")), ..Flags::default() };
+        let problems = load(&cli, &|_| None).expect_err("missing file");
+        assert!(problems[0].contains("/nonexistent/syncpay.toml"), "{problems:?}");
+    }
+
+    #[test]
+    fn set_reaches_any_key_and_metrics_can_be_off() {
+        let cli = Flags {
+            sets: vec!["limits.max_amount_minor=5000".into(), "metrics.listen=off".into(), "nope=1".into()],
+            ..Flags::default()
+        };
+        let problems = load(&cli, &|_| None).expect_err("unknown key");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let cli = Flags { sets: cli.sets[..2].to_vec(), ..Flags::default() };
+        let c = load(&cli, &|_| None).expect("valid");
+        assert_eq!(c.limits.max_amount_minor, 5000);
+        assert_eq!(c.metrics_listen, None);
+    }
+
+    #[test]
+    fn the_example_config_is_valid_and_names_every_setting() {
+        let text = include_str!("../../syncpay.example.toml");
+        let c = check(Some(text), &[], &[]).expect("the example is valid");
+        assert_eq!(c.listen.port(), 7700);
+        for s in SETTINGS {
+            let name = s.key.rsplit('.').next().unwrap_or(s.key);
+            assert!(text.contains(&format!("{name} =")), "example lacks {}", s.key);
+            assert!(text.contains(s.env), "example lacks {}", s.env);
+        }
+    }
+}
