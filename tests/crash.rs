@@ -43,9 +43,10 @@ use syncpay::proto::register_service_client::RegisterServiceClient;
 use syncpay::proto::{self, EventKind, FailureReason as FR, TradeState as S};
 use syncpay::register::{ChargeRequest, RegisterError, VirtualRegister};
 use syncpay::terminal_sim::{CarrierSim, Policy};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
+use tonic::transport::channel::Change;
+use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
 /// Kill cycles of the default run; `SYNCPAY_CRASH_CYCLES` overrides.
@@ -330,6 +331,8 @@ struct Record {
     cursors: Vec<u64>,
     /// Trades acknowledged since they were last checked after a restart.
     dirty: BTreeSet<String>,
+    /// Each trade's state events in the final history, by trade id.
+    history: HashMap<String, Vec<S>>,
     violations: Vec<String>,
     stats: Stats,
 }
@@ -343,6 +346,8 @@ struct Stats {
     acks_checked: u64,
     /// Requests in flight when the server was killed.
     answers_lost: u64,
+    /// Trades PENDING on the server right after a restart.
+    pending_at_restart: u64,
 }
 
 impl Record {
@@ -388,6 +393,16 @@ impl Record {
             return;
         };
         let mut found = Vec::new();
+        if t.amount_minor != rec.request.amount_minor || t.currency != rec.request.currency {
+            found.push(format!(
+                "{source}: trade {} is for {} {}, asked {} {}",
+                t.trade_id,
+                t.amount_minor,
+                t.currency,
+                rec.request.amount_minor,
+                rec.request.currency
+            ));
+        }
         if t.idempotency_key != key {
             found.push(format!(
                 "{source}: trade {} came back with key {:?}, asked with {key:?}",
@@ -463,6 +478,12 @@ impl Record {
             return;
         };
         let key = trade.idempotency_key.clone();
+        if self.trades.get(&key).is_some_and(|r| r.shop != shop) {
+            self.violations.push(format!(
+                "shop {shop}: event {} is about another shop's trade {}",
+                e.sequence, trade.trade_id
+            ));
+        }
         self.observe(&key, &trade, &format!("event {}/{}", shop, e.sequence));
         if e.kind == EventKind::Refunded as i32 {
             self.refund_seen(&key, e.refund_id, e.refund_minor, "event");
@@ -536,6 +557,23 @@ impl Record {
         self.stats.acks_checked += rec.acks;
         self.violations.extend(found);
         self.observe(key, t, when);
+    }
+
+    fn history_has(&self, trade_id: &str, state: S) -> bool {
+        self.history
+            .get(trade_id)
+            .is_some_and(|states| states.contains(&state))
+    }
+
+    /// What was acknowledged about a trade, for messages.
+    fn describe(&self, key: &str) -> String {
+        match self.trades.get(key) {
+            None => "never".to_owned(),
+            Some(r) => format!(
+                "{:?} (final {:?}, refunded {}, {} acknowledgements)",
+                r.state, r.final_state, r.refunded, r.acks
+            ),
+        }
     }
 
     /// Lost CreateTrade answers, to retry with the same request.
@@ -816,12 +854,18 @@ impl Session {
         }
     }
 
-    /// Restarts the server on the store and recovers: see
-    /// [`recover_and_check`].
-    async fn restart(ctx: &Ctx, data_dir: &Path, admin_token: &str, when: &str) -> Session {
+    /// Restarts the server on the store and recovers (see
+    /// [`recover_and_check`]); also returns the trades still PENDING, whose
+    /// offers the server must send once a carrier connects.
+    async fn restart(
+        ctx: &Ctx,
+        data_dir: &Path,
+        admin_token: &str,
+        when: &str,
+    ) -> (Session, Vec<TradeId>) {
         let session = Session::connect(ctx, ServerProcess::start(data_dir).await).await;
-        recover_and_check(ctx, &session, admin_token, when).await;
-        session
+        let pending = recover_and_check(ctx, &session, admin_token, when).await;
+        (session, pending)
     }
 }
 
@@ -832,34 +876,50 @@ fn admin_client(
     AdminServiceClient::new(with_token(channel.clone(), token).expect("token"))
 }
 
-/// Starts a simulated carrier and enrolls every handset with a new key.
-/// The enrollments run concurrently; their tasks are returned so a kill
-/// during enrollment is survived.
-fn start_carrier(
-    ctx: &Arc<Ctx>,
-    channel: Channel,
-    carrier_token: &str,
-) -> (Arc<CarrierSim>, JoinSet<()>) {
-    let sim = Arc::new(CarrierSim::start(channel, carrier_token).expect("carrier sim"));
-    let mut enrolling = JoinSet::new();
-    for i in 0..ctx.handsets.len() {
-        let (ctx, sim) = (ctx.clone(), sim.clone());
-        enrolling.spawn(async move {
-            let h = &ctx.handsets[i];
-            if let Err(e) = sim.add_handset(&h.number, h.role.policy()).await {
-                if !ctx.killed() {
-                    ctx.record().violation(format!("enroll handset {i}: {e}"));
-                }
-            }
-        });
+/// The simulated carrier, kept for the whole run like a real carrier's
+/// relay: its handsets keep their keys, and it reconnects to each new
+/// server by itself. Its channel balances over at most one endpoint, the
+/// running server's, which the test swaps at each restart; while there is
+/// none, calls wait.
+struct Carrier {
+    sim: CarrierSim,
+    endpoints: mpsc::Sender<Change<u32, Endpoint>>,
+}
+
+impl Carrier {
+    fn start(token: &str) -> Carrier {
+        let (channel, endpoints) = Channel::balance_channel(4);
+        let sim = CarrierSim::start(channel, token).expect("carrier sim");
+        Carrier { sim, endpoints }
     }
-    (sim, enrolling)
+
+    /// Points the carrier at server number `n`.
+    async fn attach(&self, n: u32, server: &ServerProcess) {
+        let endpoint = Endpoint::from_shared(server.url.clone()).expect("server url");
+        self.endpoints
+            .send(Change::Insert(n, endpoint))
+            .await
+            .expect("carrier channel");
+    }
+
+    async fn detach(&self, n: u32) {
+        self.endpoints
+            .send(Change::Remove(n))
+            .await
+            .expect("carrier channel");
+    }
 }
 
 /// After a restart: retries every request whose answer was lost, with its
 /// idempotency key, then reads back every trade acknowledged since the
 /// last check (and every open one) and compares, and verifies the ledger.
-async fn recover_and_check(ctx: &Ctx, session: &Session, admin_token: &str, when: &str) {
+/// Returns the trades the server still has PENDING.
+async fn recover_and_check(
+    ctx: &Ctx,
+    session: &Session,
+    admin_token: &str,
+    when: &str,
+) -> Vec<TradeId> {
     let creates = ctx.record().unanswered_creates();
     for (key, shop, request) in creates {
         match session.registers[shop].create(request).await {
@@ -893,12 +953,22 @@ async fn recover_and_check(ctx: &Ctx, session: &Session, admin_token: &str, when
         }
     }
     let to_check = ctx.record().to_check();
+    let mut pending = Vec::new();
     for (key, shop, id) in to_check {
         match session.registers[shop].get(id).await {
-            Ok(t) => ctx.record().check(&key, &t, when),
-            Err(e) => ctx
-                .record()
-                .violation(format!("{when}: GetTrade {id} (key {key}): {e}")),
+            Ok(t) => {
+                if state_of(&t) == S::Pending {
+                    pending.push(id);
+                }
+                ctx.record().check(&key, &t, when);
+            }
+            Err(e) => {
+                let mut record = ctx.record();
+                let acknowledged = record.describe(&key);
+                record.violation(format!(
+                    "{when}: trade {id} (key {key}) was acknowledged {acknowledged}; GetTrade: {e}"
+                ));
+            }
         }
     }
     ctx.record().dirty.clear();
@@ -913,7 +983,10 @@ async fn recover_and_check(ctx: &Ctx, session: &Session, admin_token: &str, when
             report.violations
         ));
     }
-    ctx.record().assert_clean(ctx.seed, when);
+    let mut record = ctx.record();
+    record.stats.pending_at_restart += u64::try_from(pending.len()).expect("fits");
+    record.assert_clean(ctx.seed, when);
+    pending
 }
 
 /// Waits for every task, bounded; a task still running means a client
@@ -933,14 +1006,14 @@ async fn join_all(ctx: &Ctx, mut tasks: JoinSet<()>, what: &str) {
     }
 }
 
-/// Creates shops, registers, a carrier, handsets and wallet top-ups.
-/// Returns the operator and carrier tokens and the shops; the top-ups are
-/// returned per handset.
+/// Creates shops with a register each, the carrier with its handsets
+/// (attached to server 0) and the wallet top-ups. Returns the operator
+/// token, the carrier and the shops.
 async fn setup(
     server: &ServerProcess,
     data_dir: &Path,
     handsets: &[Handset],
-) -> (String, String, Vec<Shop>) {
+) -> (String, Carrier, Vec<Shop>) {
     let admin_token = std::fs::read_to_string(data_dir.join("admin.token"))
         .expect("admin.token")
         .trim()
@@ -978,11 +1051,12 @@ async fn setup(
         .expect("create carrier")
         .into_inner()
         .token;
-    // Enroll the subscribers once so they can be topped up; each cycle's
-    // simulator enrolls them again with new keys.
-    let sim = CarrierSim::start(channel.clone(), &carrier_token).expect("sim");
+    let carrier = Carrier::start(&carrier_token);
+    carrier.attach(0, server).await;
     for h in handsets {
-        sim.add_handset(&h.number, h.role.policy())
+        carrier
+            .sim
+            .add_handset(&h.number, h.role.policy())
             .await
             .expect("enroll");
         admin
@@ -994,8 +1068,7 @@ async fn setup(
             .await
             .expect("top up");
     }
-    sim.shutdown().await.expect("sim stop");
-    (admin_token, carrier_token, shops)
+    (admin_token, carrier, shops)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1019,7 +1092,7 @@ async fn nothing_acknowledged_is_lost_and_nothing_happens_twice_across_kill_9() 
     }
 
     let first = ServerProcess::start(&data_dir).await;
-    let (admin_token, carrier_token, shops) = setup(&first, &data_dir, &handsets).await;
+    let (admin_token, carrier, shops) = setup(&first, &data_dir, &handsets).await;
     let ctx = Arc::new(Ctx {
         seed,
         handsets,
@@ -1030,36 +1103,36 @@ async fn nothing_acknowledged_is_lost_and_nothing_happens_twice_across_kill_9() 
     let mut server = Some(first);
 
     for cycle in 1..=cycles {
+        // Server 0 runs the first cycle; server n is the n-th restart.
+        let n = cycle - 1;
         let session = match server.take() {
             Some(running) => Session::connect(&ctx, running).await,
             None => {
-                Session::restart(&ctx, &data_dir, &admin_token, &format!("restart {cycle}")).await
+                let when = format!("restart {n}");
+                let (session, _pending) =
+                    Session::restart(&ctx, &data_dir, &admin_token, &when).await;
+                carrier.attach(n, &session.server).await;
+                session
             }
         };
         ctx.killed.store(false, Ordering::SeqCst);
-        let (sim, enrolling) = start_carrier(&ctx, session.channel.clone(), &carrier_token);
+        let kill_after = rng.random_range(KILL_AFTER_MS);
+        let kill_at = tokio::time::Instant::now() + Duration::from_millis(kill_after);
         let mut load = JoinSet::new();
         for shop in 0..SHOPS {
             load.spawn(watch_loop(ctx.clone(), session.channel.clone(), shop));
             for w in 0..WORKERS_PER_SHOP {
+                let register = session.registers[shop].clone();
                 let tag = format!("c{cycle}-s{shop}-w{w}");
-                let worker_seed = rng.random::<u64>();
-                load.spawn(shop_loop(
-                    ctx.clone(),
-                    session.registers[shop].clone(),
-                    shop,
-                    tag,
-                    worker_seed,
-                ));
+                let seed = rng.random();
+                load.spawn(shop_loop(ctx.clone(), register, shop, tag, seed));
             }
         }
-        let kill_after = rng.random_range(KILL_AFTER_MS);
-        tokio::time::sleep(Duration::from_millis(kill_after)).await;
+        tokio::time::sleep_until(kill_at).await;
         ctx.killed.store(true, Ordering::SeqCst);
         session.server.kill();
+        carrier.detach(n).await;
         join_all(&ctx, load, "load").await;
-        join_all(&ctx, enrolling, "enrollment").await;
-        drop(sim);
         let mut record = ctx.record();
         let lost = record.unanswered_creates().len() + record.unanswered_refunds().len();
         record.stats.answers_lost += u64::try_from(lost).expect("fits");
@@ -1072,16 +1145,26 @@ async fn nothing_acknowledged_is_lost_and_nothing_happens_twice_across_kill_9() 
         record.assert_clean(seed, &format!("cycle {cycle}"));
     }
 
-    // The last restart: recover, let every open trade reach its end.
-    let session = Session::restart(&ctx, &data_dir, &admin_token, "final restart").await;
+    // The last restart: recover, reconnect the carrier, and let every open
+    // trade reach its end.
+    let (session, pending) = Session::restart(&ctx, &data_dir, &admin_token, "final restart").await;
     ctx.killed.store(false, Ordering::SeqCst);
-    let (sim, mut enrolling) = start_carrier(&ctx, session.channel.clone(), &carrier_token);
-    while enrolling.join_next().await.is_some() {}
+    carrier.attach(cycles, &session.server).await;
     wait_until_all_final(&ctx, &session).await;
     ctx.record().assert_clean(seed, "final wait");
     check_history(&ctx, &session, &admin_token).await;
-    let counters = sim.counters();
-    drop(sim);
+    // Offers the crash kept from the carrier are sent after the restart:
+    // the trade was OFFERED then, or it ended first and the carrier got the
+    // withdrawal.
+    for id in pending {
+        let offered = ctx.record().history_has(&id.to_string(), S::Offered);
+        if !offered && carrier.sim.wait_for_withdraw(id, EVENT_WAIT).await.is_err() {
+            ctx.record().violation(format!(
+                "trade {id} was PENDING at the final restart; its offer never reached the carrier"
+            ));
+        }
+    }
+    let counters = carrier.sim.counters();
 
     let record = ctx.record();
     record.assert_clean(seed, "final checks");
@@ -1098,7 +1181,7 @@ async fn nothing_acknowledged_is_lost_and_nothing_happens_twice_across_kill_9() 
     let events: usize = record.events.iter().map(BTreeMap::len).sum();
     eprintln!(
         "crash test passed: seed {seed}, {cycles} kills, {} trades {outcomes:?}, {} refunds, \
-         {events} events delivered live, {:?}, last carrier {counters:?}, {:.1} s",
+         {events} events delivered live, {:?}, carrier {counters:?}, {:.1} s",
         record.trades.len(),
         record.refunds.len(),
         record.stats,
@@ -1142,21 +1225,7 @@ async fn check_history(ctx: &Ctx, session: &Session, admin_token: &str) {
     for shop in 0..SHOPS {
         check_events(ctx, session, shop).await;
     }
-    let mut record = ctx.record();
-    let mut found = Vec::new();
-    for (key, rec) in &record.trades {
-        let id = rec.id.as_deref().unwrap_or("?");
-        let role = ctx.handsets[rec.payer].role;
-        match rec.final_state {
-            None => found.push(format!("trade {id} (key {key}) is not final")),
-            Some((s, r)) if !role.allows(s, r) => {
-                found.push(format!("trade {id} of a {role:?} payer ended {s:?}/{r:?}"))
-            }
-            Some(_) => {}
-        }
-    }
-    record.violations.extend(found);
-    drop(record);
+    check_outcomes(ctx);
     check_postings_and_balances(ctx, session, admin_token).await;
     let report = admin_client(&session.channel, admin_token)
         .verify_ledger(proto::VerifyLedgerRequest {})
@@ -1174,6 +1243,24 @@ async fn check_history(ctx: &Ctx, session: &Session, admin_token: &str) {
             report.trades_checked
         ));
     }
+}
+
+/// Every trade is final, in a state its payer's handset policy allows.
+fn check_outcomes(ctx: &Ctx) {
+    let mut record = ctx.record();
+    let mut found = Vec::new();
+    for (key, rec) in &record.trades {
+        let id = rec.id.as_deref().unwrap_or("?");
+        let role = ctx.handsets[rec.payer].role;
+        match rec.final_state {
+            None => found.push(format!("trade {id} (key {key}) is not final")),
+            Some((s, r)) if !role.allows(s, r) => {
+                found.push(format!("trade {id} of a {role:?} payer ended {s:?}/{r:?}"))
+            }
+            Some(_) => {}
+        }
+    }
+    record.violations.extend(found);
 }
 
 /// Reads a shop's events from 0 until every trade has its final event and
@@ -1279,6 +1366,7 @@ async fn check_events(ctx: &Ctx, session: &Session, shop: usize) {
     }
     // Per trade: PENDING first, never backwards, one final, refunds after
     // SETTLED summing to refunded_minor, and the same as acknowledged.
+    let mut history = HashMap::new();
     let mut by_trade: BTreeMap<&str, Vec<&proto::TradeEvent>> = BTreeMap::new();
     for e in &all {
         if let Some(t) = &e.trade {
@@ -1298,6 +1386,7 @@ async fn check_events(ctx: &Ctx, session: &Session, shop: usize) {
             .filter(|e| e.kind == EventKind::StateChanged as i32)
             .filter_map(|e| e.trade.as_ref().map(state_of))
             .collect();
+        history.insert(id.to_string(), states.clone());
         let finals = states.iter().filter(|s| is_final(**s)).count();
         let ordered = states.windows(2).all(|w| rank(w[0]) < rank(w[1]));
         if states.first() != Some(&S::Pending) || !ordered || finals != 1 {
@@ -1328,6 +1417,7 @@ async fn check_events(ctx: &Ctx, session: &Session, shop: usize) {
             ));
         }
     }
+    record.history.extend(history);
     record.violations.extend(found);
 }
 
@@ -1397,7 +1487,7 @@ async fn check_postings_and_balances(ctx: &Ctx, session: &Session, admin_token: 
         ));
     }
     let mut wallets = vec![i128::from(TOP_UP); ctx.handsets.len()];
-    let mut payables = vec![0i128; SHOPS];
+    let mut payables = [0i128; SHOPS];
     for rec in record.trades.values() {
         let Some(id) = rec.id.clone() else { continue };
         let settled = rec.final_state.map(|f| f.0) == Some(S::Settled);
