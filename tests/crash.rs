@@ -70,6 +70,13 @@ const ANSWERED_TTL_S: RangeInclusive<u32> = 2..=6;
 const IGNORED_TTL_S: RangeInclusive<u32> = 1..=3;
 /// The server is killed this many milliseconds after the load starts.
 const KILL_AFTER_MS: Range<u64> = 100..3_000;
+/// Before one restart in this many, the server is also killed while it
+/// recovers (first expiry sweep, outbox replay to the carrier), this many
+/// milliseconds after it reports serving.
+const RECOVERY_KILL_ODDS: u32 = 4;
+const RECOVERY_KILL_MS: Range<u64> = 0..300;
+/// Answered creates (and as many refunds) sent again after each restart.
+const REPLAYS_PER_RESTART: usize = 10;
 /// How long a shop waits before cancelling a trade it just created.
 const CANCEL_AFTER_MS: Range<u64> = 0..300;
 /// Beyond a trade's TTL: the sweeper's delay and a busy debug build.
@@ -342,12 +349,17 @@ struct Stats {
     acknowledgements: u64,
     creates_retried: u64,
     refunds_retried: u64,
+    /// Requests whose answers arrived, sent again after a restart.
+    creates_replayed: u64,
+    refunds_replayed: u64,
     trade_checks: u64,
     acks_checked: u64,
     /// Requests in flight when the server was killed.
     answers_lost: u64,
     /// Trades PENDING on the server right after a restart.
     pending_at_restart: u64,
+    /// Kills while the server was recovering, with no shop connected.
+    recovery_kills: u64,
 }
 
 impl Record {
@@ -574,6 +586,43 @@ impl Record {
                 r.state, r.final_state, r.refunded, r.acks
             ),
         }
+    }
+
+    /// Up to `n` answered CreateTrade requests and `n` answered refunds of
+    /// trades acknowledged since the last check, spread over them.
+    #[allow(clippy::type_complexity)]
+    fn answered_sample(
+        &self,
+        n: usize,
+    ) -> (
+        Vec<(String, usize, ChargeRequest)>,
+        Vec<(String, usize, TradeId, u64, u64)>,
+    ) {
+        let recent: Vec<&String> = self
+            .dirty
+            .iter()
+            .filter(|k| self.trades.get(*k).is_some_and(|r| r.answered))
+            .collect();
+        let step = recent.len().div_ceil(n).max(1);
+        let creates = recent
+            .iter()
+            .step_by(step)
+            .map(|k| {
+                let r = &self.trades[*k];
+                ((*k).clone(), r.shop, r.request.clone())
+            })
+            .collect();
+        let answered: Vec<(String, usize, TradeId, u64, u64)> = recent
+            .iter()
+            .flat_map(|k| self.trades[*k].refund_keys.iter())
+            .filter_map(|rk| {
+                let r = self.refunds.get(rk)?;
+                Some((rk.clone(), r.shop, r.trade_id, r.amount, r.answer?))
+            })
+            .collect();
+        let step = answered.len().div_ceil(n).max(1);
+        let refunds = answered.into_iter().step_by(step).collect();
+        (creates, refunds)
     }
 
     /// Lost CreateTrade answers, to retry with the same request.
@@ -910,6 +959,50 @@ impl Carrier {
     }
 }
 
+/// Sends again, with the same key, some requests of the last cycle whose
+/// answers did arrive, as a shop that gave up waiting would: each must
+/// return the original trade or refund, and change nothing.
+async fn replay_answered(ctx: &Ctx, session: &Session, when: &str) {
+    let (creates, refunds) = ctx.record().answered_sample(REPLAYS_PER_RESTART);
+    for (key, shop, request) in creates {
+        match session.registers[shop].create(request).await {
+            Ok(t) => {
+                let mut record = ctx.record();
+                record.stats.creates_replayed += 1;
+                record.observe(&key, &t, &format!("{when}: CreateTrade replayed"));
+            }
+            Err(e) => ctx
+                .record()
+                .violation(format!("{when}: replaying CreateTrade {key}: {e}")),
+        }
+    }
+    for (rkey, shop, trade, amount, refund_id) in refunds {
+        match session.registers[shop]
+            .refund(trade, amount, Some(&rkey))
+            .await
+        {
+            Ok(r) => {
+                let mut record = ctx.record();
+                record.stats.refunds_replayed += 1;
+                if r.refund_id != refund_id || r.amount_minor != amount {
+                    record.violation(format!(
+                        "{when}: replayed refund {rkey} of {trade} answered refund {} of {}, \
+                         originally refund {refund_id} of {amount}",
+                        r.refund_id, r.amount_minor
+                    ));
+                }
+                let key = record.refunds[&rkey].trade_key.clone();
+                if let Some(t) = &r.trade {
+                    record.observe(&key, t, &format!("{when}: RefundTrade replayed"));
+                }
+            }
+            Err(e) => ctx
+                .record()
+                .violation(format!("{when}: replaying RefundTrade {rkey}: {e}")),
+        }
+    }
+}
+
 /// After a restart: retries every request whose answer was lost, with its
 /// idempotency key, then reads back every trade acknowledged since the
 /// last check (and every open one) and compares, and verifies the ledger.
@@ -920,6 +1013,7 @@ async fn recover_and_check(
     admin_token: &str,
     when: &str,
 ) -> Vec<TradeId> {
+    replay_answered(ctx, session, when).await;
     let creates = ctx.record().unanswered_creates();
     for (key, shop, request) in creates {
         match session.registers[shop].create(request).await {
@@ -1102,16 +1196,18 @@ async fn nothing_acknowledged_is_lost_and_nothing_happens_twice_across_kill_9() 
     });
     let mut server = Some(first);
 
+    // Numbers the server processes, for the carrier's endpoint set.
+    let mut generation = 0;
     for cycle in 1..=cycles {
-        // Server 0 runs the first cycle; server n is the n-th restart.
-        let n = cycle - 1;
         let session = match server.take() {
             Some(running) => Session::connect(&ctx, running).await,
             None => {
-                let when = format!("restart {n}");
+                kill_in_recovery(&ctx, &mut rng, &data_dir, &carrier, &mut generation).await;
+                generation += 1;
+                let when = format!("restart {generation}");
                 let (session, _pending) =
                     Session::restart(&ctx, &data_dir, &admin_token, &when).await;
-                carrier.attach(n, &session.server).await;
+                carrier.attach(generation, &session.server).await;
                 session
             }
         };
@@ -1131,25 +1227,28 @@ async fn nothing_acknowledged_is_lost_and_nothing_happens_twice_across_kill_9() 
         tokio::time::sleep_until(kill_at).await;
         ctx.killed.store(true, Ordering::SeqCst);
         session.server.kill();
-        carrier.detach(n).await;
+        carrier.detach(generation).await;
         join_all(&ctx, load, "load").await;
         let mut record = ctx.record();
         let lost = record.unanswered_creates().len() + record.unanswered_refunds().len();
         record.stats.answers_lost += u64::try_from(lost).expect("fits");
         eprintln!(
             "cycle {cycle}: killed after {kill_after} ms with {lost} answers in flight; \
-             {} trades, {} acknowledgements so far",
+             {} trades, {} acknowledgements so far ({:.1} s)",
             record.trades.len(),
-            record.stats.acknowledgements
+            record.stats.acknowledgements,
+            started.elapsed().as_secs_f64()
         );
         record.assert_clean(seed, &format!("cycle {cycle}"));
     }
 
     // The last restart: recover, reconnect the carrier, and let every open
     // trade reach its end.
+    kill_in_recovery(&ctx, &mut rng, &data_dir, &carrier, &mut generation).await;
+    generation += 1;
     let (session, pending) = Session::restart(&ctx, &data_dir, &admin_token, "final restart").await;
     ctx.killed.store(false, Ordering::SeqCst);
-    carrier.attach(cycles, &session.server).await;
+    carrier.attach(generation, &session.server).await;
     wait_until_all_final(&ctx, &session).await;
     ctx.record().assert_clean(seed, "final wait");
     check_history(&ctx, &session, &admin_token).await;
@@ -1180,13 +1279,41 @@ async fn nothing_acknowledged_is_lost_and_nothing_happens_twice_across_kill_9() 
     }
     let events: usize = record.events.iter().map(BTreeMap::len).sum();
     eprintln!(
-        "crash test passed: seed {seed}, {cycles} kills, {} trades {outcomes:?}, {} refunds, \
+        "crash test passed: seed {seed}, {cycles} kill cycles + {} kills in recovery, \
+         {} trades {outcomes:?}, {} refunds, \
          {events} events delivered live, {:?}, carrier {counters:?}, {:.1} s",
+        record.stats.recovery_kills,
         record.trades.len(),
         record.refunds.len(),
         record.stats,
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Sometimes (see `RECOVERY_KILL_ODDS`) starts the server, attaches the
+/// carrier and kills the server again moments later, while it is still
+/// recovering. No shop is connected; the next restart checks everything.
+async fn kill_in_recovery(
+    ctx: &Ctx,
+    rng: &mut StdRng,
+    data_dir: &Path,
+    carrier: &Carrier,
+    generation: &mut u32,
+) {
+    // Both drawn every time, so a replay makes the same later choices.
+    let odds = rng.random_range(0..RECOVERY_KILL_ODDS);
+    let after = rng.random_range(RECOVERY_KILL_MS);
+    if odds != 0 {
+        return;
+    }
+    *generation += 1;
+    let server = ServerProcess::start(data_dir).await;
+    carrier.attach(*generation, &server).await;
+    tokio::time::sleep(Duration::from_millis(after)).await;
+    server.kill();
+    carrier.detach(*generation).await;
+    ctx.record().stats.recovery_kills += 1;
+    eprintln!("killed server {generation} {after} ms into its recovery");
 }
 
 /// Long-polls every trade that is not known final until it is.
