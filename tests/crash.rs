@@ -4,21 +4,27 @@
 //! restarted and checked against every acknowledgement the clients got.
 //!
 //! Each cycle starts the server (`--listen 127.0.0.1:0`; the bound address
-//! comes from its "serving on" line), connects a fresh `CarrierSim` that
-//! re-enrolls every handset, lets several shops create, await, cancel and
-//! refund trades while watching their event streams, records every answer,
-//! and kills the server after a random delay. After each restart the test
-//! first retries every request whose answer was lost (same idempotency key),
-//! then checks that every acknowledged state change is still there and the
-//! ledger verifies. After the last cycle it waits until every trade is
-//! final and checks the whole history: per-shop events gap-free from 1 and
-//! identical to those delivered live, each trade's final state allowed by
-//! its payer's handset policy, exactly one settlement posting set per
+//! comes from its "serving on" line), lets several shops create, await,
+//! cancel and refund trades while watching their event streams, records
+//! every answer and event, and kills the server after a random delay. One
+//! simulated carrier (`CarrierSim`, mostly approving handsets, some
+//! declining or ignoring, one answering twice) lives through the whole run
+//! and reconnects to each new server, as a real relay would. Sometimes the
+//! server is also killed moments into its recovery.
+//!
+//! After each restart the test retries every request whose answer was lost
+//! and replays some whose answer arrived (same idempotency key: the
+//! original must come back), then checks that every acknowledged state
+//! change is still there and the ledger verifies. After the last cycle it
+//! waits until every trade is final and checks the whole history: per-shop
+//! events gap-free from 1 and identical to those delivered live, offers
+//! pending at the restart sent to the carrier, each final state allowed by
+//! the payer's handset policy, exactly one settlement posting set per
 //! settled trade (none otherwise), exactly the acknowledged refunds, every
 //! balance, and `VerifyLedger`.
 //!
-//! The run prints its seed. The seed fixes every random choice (operation,
-//! payer, amount, TTL, kill delay), not thread timing. Replay or soak:
+//! The run prints its seed. The seed fixes the random choices (operations,
+//! payers, amounts, TTLs, kill delays), not thread timing. Replay, or soak:
 //!
 //! ```text
 //! SYNCPAY_CRASH_SEED=1234 cargo test --test crash -- --nocapture
