@@ -1439,17 +1439,15 @@ async fn check_events(ctx: &Ctx, session: &Session, shop: usize) {
     let token = &ctx.shops[shop].token;
     let mut client =
         RegisterServiceClient::new(with_token(session.channel.clone(), token).expect("token"));
-    // Per trade: (refund events expected, final state) from the record.
-    let mut missing: HashMap<String, (usize, S)> = {
+    // Per final trade: the events still to come that end its story (the
+    // final state change and one per refund).
+    let mut missing: HashMap<String, usize> = {
         let record = ctx.record();
         record
             .trades
             .values()
-            .filter(|r| r.shop == shop)
-            .filter_map(|r| {
-                let (s, _) = r.final_state?;
-                Some((r.id.clone()?, (r.refund_ids.len() + 1, s)))
-            })
+            .filter(|r| r.shop == shop && r.final_state.is_some())
+            .filter_map(|r| Some((r.id.clone()?, r.refund_ids.len() + 1)))
             .collect()
     };
     let mut stream = client
@@ -1478,7 +1476,7 @@ async fn check_events(ctx: &Ctx, session: &Session, shop: usize) {
         let s = state_of(&trade);
         let counts = e.kind == EventKind::Refunded as i32 || is_final(s);
         if counts {
-            if let Some((left, _)) = missing.get_mut(&trade.trade_id) {
+            if let Some(left) = missing.get_mut(&trade.trade_id) {
                 *left -= 1;
                 if *left == 0 {
                     missing.remove(&trade.trade_id);
