@@ -61,12 +61,8 @@ const SHOPS: usize = 3;
 /// Concurrent trade loops per shop, all on the shop's one register.
 const WORKERS_PER_SHOP: usize = 3;
 /// Handsets per policy: mostly approvers.
-const ROLES: [(Role, usize); 4] = [
-    (Role::Approver, 12),
-    (Role::DoubleApprover, 1),
-    (Role::Decliner, 2),
-    (Role::Ignorer, 2),
-];
+const ROLES: [(Role, usize); 4] =
+    [(Role::Approver, 12), (Role::DoubleApprover, 1), (Role::Decliner, 2), (Role::Ignorer, 2)];
 const TOP_UP: u64 = 1_000_000;
 const CURRENCY: &str = "JPY";
 const AMOUNT: RangeInclusive<u64> = 100..=5_000;
@@ -107,11 +103,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn env_u64(name: &str) -> Option<u64> {
     let text = std::env::var(name).ok()?;
-    Some(
-        text.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={text:?} is not a number")),
-    )
+    Some(text.trim().parse().unwrap_or_else(|_| panic!("{name}={text:?} is not a number")))
 }
 
 // ---------------------------------------------------------------------------
@@ -147,37 +139,23 @@ impl ServerProcess {
         let drained = log.clone();
         std::thread::spawn(move || drain(stderr, ready, &drained));
         // The guard exists before the wait, so a failed start is killed too.
-        let mut server = ServerProcess {
-            child,
-            url: String::new(),
-            log,
-        };
+        let mut server = ServerProcess { child, url: String::new(), log };
         match tokio::time::timeout(START_TIMEOUT, serving_on).await {
             Ok(Ok(url)) => server.url = url,
-            Ok(Err(_)) => panic!(
-                "syncpay serve ended without serving:\n{}",
-                server.log_tail()
-            ),
-            Err(_) => panic!(
-                "syncpay serve did not report its address within {START_TIMEOUT:?}:\n{}",
-                server.log_tail()
-            ),
+            Ok(Err(_)) => panic!("syncpay serve ended without serving:\n{}", server.log_tail()),
+            Err(_) => {
+                panic!("syncpay serve did not report its address within {START_TIMEOUT:?}:\n{}", server.log_tail())
+            }
         }
         server
     }
 
     async fn channel(&self) -> Channel {
-        syncpay::client::connect(&self.url)
-            .await
-            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.url))
+        syncpay::client::connect(&self.url).await.unwrap_or_else(|e| panic!("connect to {}: {e}", self.url))
     }
 
     fn log_tail(&self) -> String {
-        lock(&self.log)
-            .iter()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
+        lock(&self.log).iter().cloned().collect::<Vec<_>>().join("\n")
     }
 
     /// SIGKILL: no shutdown, no flush, no goodbye.
@@ -193,11 +171,7 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!(
-                "--- last lines of syncpay serve ({}) ---\n{}",
-                self.url,
-                self.log_tail()
-            );
+            eprintln!("--- last lines of syncpay serve ({}) ---\n{}", self.url, self.log_tail());
         }
     }
 }
@@ -374,11 +348,7 @@ struct Stats {
 
 impl Record {
     fn new(shops: usize) -> Record {
-        Record {
-            events: vec![BTreeMap::new(); shops],
-            cursors: vec![0; shops],
-            ..Record::default()
-        }
+        Record { events: vec![BTreeMap::new(); shops], cursors: vec![0; shops], ..Record::default() }
     }
 
     fn violation(&mut self, text: String) {
@@ -399,30 +369,21 @@ impl Record {
             refund_keys: Vec::new(),
             acks: 0,
         };
-        assert!(
-            self.trades.insert(key.to_owned(), fresh).is_none(),
-            "key {key} reused"
-        );
+        assert!(self.trades.insert(key.to_owned(), fresh).is_none(), "key {key} reused");
     }
 
     /// Takes in one acknowledged view of a trade (an answer or an event).
     fn observe(&mut self, key: &str, t: &proto::Trade, source: &str) {
         let Some(rec) = self.trades.get_mut(key) else {
-            self.violations.push(format!(
-                "{source}: trade {} has idempotency key {key:?}, which no request used",
-                t.trade_id
-            ));
+            self.violations
+                .push(format!("{source}: trade {} has idempotency key {key:?}, which no request used", t.trade_id));
             return;
         };
         let mut found = Vec::new();
         if t.amount_minor != rec.request.amount_minor || t.currency != rec.request.currency {
             found.push(format!(
                 "{source}: trade {} is for {} {}, asked {} {}",
-                t.trade_id,
-                t.amount_minor,
-                t.currency,
-                rec.request.amount_minor,
-                rec.request.currency
+                t.trade_id, t.amount_minor, t.currency, rec.request.amount_minor, rec.request.currency
             ));
         }
         if t.idempotency_key != key {
@@ -436,10 +397,9 @@ impl Record {
                 rec.id = Some(t.trade_id.clone());
                 self.ids.insert(t.trade_id.clone(), key.to_owned());
             }
-            Some(id) if *id != t.trade_id => found.push(format!(
-                "{source}: key {key:?} names trade {}, earlier {id}: created twice",
-                t.trade_id
-            )),
+            Some(id) if *id != t.trade_id => {
+                found.push(format!("{source}: key {key:?} names trade {}, earlier {id}: created twice", t.trade_id))
+            }
             Some(_) => {}
         }
         let state = state_of(t);
@@ -458,10 +418,7 @@ impl Record {
             }
         }
         if t.refunded_minor > t.amount_minor {
-            found.push(format!(
-                "{source}: trade {} refunded {} of {}",
-                t.trade_id, t.refunded_minor, t.amount_minor
-            ));
+            found.push(format!("{source}: trade {} refunded {} of {}", t.trade_id, t.refunded_minor, t.amount_minor));
         }
         rec.refunded = rec.refunded.max(t.refunded_minor);
         rec.acks += 1;
@@ -478,9 +435,7 @@ impl Record {
         if let Some(before) = rec.refund_ids.insert(refund_id, amount) {
             if before != amount {
                 let id = rec.id.clone().unwrap_or_default();
-                self.violations.push(format!(
-                    "{source}: refund {refund_id} of {id} is {amount}, was {before}"
-                ));
+                self.violations.push(format!("{source}: refund {refund_id} of {id} is {amount}, was {before}"));
             }
         }
     }
@@ -488,23 +443,17 @@ impl Record {
     fn event(&mut self, shop: usize, e: proto::TradeEvent) {
         let expected = self.cursors[shop] + 1;
         if e.sequence != expected {
-            self.violations.push(format!(
-                "shop {shop}: event {} delivered where {expected} was due",
-                e.sequence
-            ));
+            self.violations.push(format!("shop {shop}: event {} delivered where {expected} was due", e.sequence));
         }
         self.cursors[shop] = self.cursors[shop].max(e.sequence);
         let Some(trade) = e.trade.clone() else {
-            self.violations
-                .push(format!("shop {shop}: event {} has no trade", e.sequence));
+            self.violations.push(format!("shop {shop}: event {} has no trade", e.sequence));
             return;
         };
         let key = trade.idempotency_key.clone();
         if self.trades.get(&key).is_some_and(|r| r.shop != shop) {
-            self.violations.push(format!(
-                "shop {shop}: event {} is about another shop's trade {}",
-                e.sequence, trade.trade_id
-            ));
+            self.violations
+                .push(format!("shop {shop}: event {} is about another shop's trade {}", e.sequence, trade.trade_id));
         }
         self.observe(&key, &trade, &format!("event {}/{}", shop, e.sequence));
         if e.kind == EventKind::Refunded as i32 {
@@ -520,10 +469,7 @@ impl Record {
         refund.answer = Some(r.refund_id);
         let (key, amount) = (refund.trade_key.clone(), refund.amount);
         if r.amount_minor != amount {
-            self.violations.push(format!(
-                "refund {rkey}: asked {amount}, answered {}",
-                r.amount_minor
-            ));
+            self.violations.push(format!("refund {rkey}: asked {amount}, answered {}", r.amount_minor));
         }
         if let Some(t) = &r.trade {
             self.observe(&key, t, "RefundTrade");
@@ -541,24 +487,15 @@ impl Record {
         let state = state_of(t);
         let mut found = Vec::new();
         if rank(state) < rank(rec.state) {
-            found.push(format!(
-                "{when}: trade {id} is {state:?}, was acknowledged {:?}",
-                rec.state
-            ));
+            found.push(format!("{when}: trade {id} is {state:?}, was acknowledged {:?}", rec.state));
         }
         if let Some(f) = rec.final_state {
             if (state, reason_of(t)) != f {
-                found.push(format!(
-                    "{when}: trade {id} is {:?}, was acknowledged final {f:?}",
-                    (state, reason_of(t))
-                ));
+                found.push(format!("{when}: trade {id} is {:?}, was acknowledged final {f:?}", (state, reason_of(t))));
             }
         }
         if t.refunded_minor < rec.refunded {
-            found.push(format!(
-                "{when}: trade {id} refunded {}, acknowledged {}",
-                t.refunded_minor, rec.refunded
-            ));
+            found.push(format!("{when}: trade {id} refunded {}, acknowledged {}", t.refunded_minor, rec.refunded));
         }
         // Every refund attempt has its answer by now (lost ones were
         // retried), so the trade shows exactly their sum.
@@ -582,9 +519,7 @@ impl Record {
     }
 
     fn history_has(&self, trade_id: &str, state: S) -> bool {
-        self.history
-            .get(trade_id)
-            .is_some_and(|states| states.contains(&state))
+        self.history.get(trade_id).is_some_and(|states| states.contains(&state))
     }
 
     /// What was acknowledged about a trade, for messages.
@@ -604,15 +539,9 @@ impl Record {
     fn answered_sample(
         &self,
         n: usize,
-    ) -> (
-        Vec<(String, usize, ChargeRequest)>,
-        Vec<(String, usize, TradeId, u64, u64)>,
-    ) {
-        let recent: Vec<&String> = self
-            .dirty
-            .iter()
-            .filter(|k| self.trades.get(*k).is_some_and(|r| r.answered))
-            .collect();
+    ) -> (Vec<(String, usize, ChargeRequest)>, Vec<(String, usize, TradeId, u64, u64)>) {
+        let recent: Vec<&String> =
+            self.dirty.iter().filter(|k| self.trades.get(*k).is_some_and(|r| r.answered)).collect();
         let step = recent.len().div_ceil(n).max(1);
         let creates = recent
             .iter()
@@ -637,11 +566,7 @@ impl Record {
 
     /// Lost CreateTrade answers, to retry with the same request.
     fn unanswered_creates(&self) -> Vec<(String, usize, ChargeRequest)> {
-        self.trades
-            .iter()
-            .filter(|(_, r)| !r.answered)
-            .map(|(k, r)| (k.clone(), r.shop, r.request.clone()))
-            .collect()
+        self.trades.iter().filter(|(_, r)| !r.answered).map(|(k, r)| (k.clone(), r.shop, r.request.clone())).collect()
     }
 
     /// Lost RefundTrade answers, to retry with the same request.
@@ -669,12 +594,7 @@ impl Record {
         if self.violations.is_empty() {
             return;
         }
-        let shown: Vec<&str> = self
-            .violations
-            .iter()
-            .take(SHOWN_VIOLATIONS)
-            .map(String::as_str)
-            .collect();
+        let shown: Vec<&str> = self.violations.iter().take(SHOWN_VIOLATIONS).map(String::as_str).collect();
         panic!(
             "seed {seed}, {when}: {} violation(s):\n  {}\n(replay: SYNCPAY_CRASH_SEED={seed})",
             self.violations.len(),
@@ -710,15 +630,12 @@ impl Ctx {
     /// answer broke the contract); before it, it is a finding.
     fn failed(&self, what: &str, e: &RegisterError) {
         if matches!(e, RegisterError::Protocol(_)) || !self.killed() {
-            self.record()
-                .violation(format!("{what}: {e} (killed: {})", self.killed()));
+            self.record().violation(format!("{what}: {e} (killed: {})", self.killed()));
         }
     }
 
     fn payers(&self, role: Role) -> Vec<usize> {
-        (0..self.handsets.len())
-            .filter(|&i| self.handsets[i].role == role)
-            .collect()
+        (0..self.handsets.len()).filter(|&i| self.handsets[i].role == role).collect()
     }
 }
 
@@ -775,11 +692,7 @@ async fn shop_loop(ctx: Arc<Ctx>, register: VirtualRegister, shop: usize, tag: S
         };
         let id = match TradeId::parse(&created.trade_id) {
             Ok(id) => id,
-            Err(e) => {
-                return ctx
-                    .record()
-                    .violation(format!("CreateTrade answered trade id {e}"))
-            }
+            Err(e) => return ctx.record().violation(format!("CreateTrade answered trade id {e}")),
         };
         {
             let mut record = ctx.record();
@@ -796,8 +709,7 @@ async fn shop_loop(ctx: Arc<Ctx>, register: VirtualRegister, shop: usize, tag: S
                 match register.cancel(id).await {
                     Ok(t) => {
                         if state_of(&t) != S::Cancelled {
-                            ctx.record()
-                                .violation(format!("CancelTrade {id} answered {:?}", state_of(&t)));
+                            ctx.record().violation(format!("CancelTrade {id} answered {:?}", state_of(&t)));
                         }
                         ctx.record().observe(&key, &t, "CancelTrade");
                     }
@@ -825,13 +737,7 @@ async fn shop_loop(ctx: Arc<Ctx>, register: VirtualRegister, shop: usize, tag: S
                             let mut record = ctx.record();
                             record.refunds.insert(
                                 rkey.clone(),
-                                RefundRec {
-                                    trade_key: key.clone(),
-                                    trade_id: id,
-                                    shop,
-                                    amount: part,
-                                    answer: None,
-                                },
+                                RefundRec { trade_key: key.clone(), trade_id: id, shop, amount: part, answer: None },
                             );
                             if let Some(rec) = record.trades.get_mut(&key) {
                                 rec.refund_keys.push(rkey.clone());
@@ -853,28 +759,18 @@ async fn watch_loop(ctx: Arc<Ctx>, channel: Channel, shop: usize) {
     let token = &ctx.shops[shop].token;
     let mut client = RegisterServiceClient::new(with_token(channel, token).expect("token"));
     let after = ctx.record().cursors[shop];
-    let opened = client
-        .watch_trades(proto::WatchTradesRequest {
-            after_sequence: after,
-            register_id: String::new(),
-        })
-        .await;
+    let opened =
+        client.watch_trades(proto::WatchTradesRequest { after_sequence: after, register_id: String::new() }).await;
     let mut stream = match opened {
         Ok(s) => s.into_inner(),
-        Err(status) => {
-            return ctx.failed(
-                &format!("WatchTrades after {after}"),
-                &RegisterError::from(status),
-            )
-        }
+        Err(status) => return ctx.failed(&format!("WatchTrades after {after}"), &RegisterError::from(status)),
     };
     loop {
         match stream.message().await {
             Ok(Some(e)) => ctx.record().event(shop, e),
             Ok(None) => {
                 if !ctx.killed() {
-                    ctx.record()
-                        .violation(format!("shop {shop}: event stream ended"));
+                    ctx.record().violation(format!("shop {shop}: event stream ended"));
                 }
                 return;
             }
@@ -901,37 +797,23 @@ impl Session {
         let mut registers = Vec::new();
         for shop in &ctx.shops {
             registers.push(
-                VirtualRegister::attach(channel.clone(), &shop.token, shop.register)
-                    .await
-                    .expect("attach register"),
+                VirtualRegister::attach(channel.clone(), &shop.token, shop.register).await.expect("attach register"),
             );
         }
-        Session {
-            server,
-            channel,
-            registers,
-        }
+        Session { server, channel, registers }
     }
 
     /// Restarts the server on the store and recovers (see
     /// [`recover_and_check`]); also returns the trades still PENDING, whose
     /// offers the server must send once a carrier connects.
-    async fn restart(
-        ctx: &Arc<Ctx>,
-        data_dir: &Path,
-        admin_token: &str,
-        when: &str,
-    ) -> (Session, Vec<TradeId>) {
+    async fn restart(ctx: &Arc<Ctx>, data_dir: &Path, admin_token: &str, when: &str) -> (Session, Vec<TradeId>) {
         let session = Session::connect(ctx, ServerProcess::start(data_dir).await).await;
         let pending = recover_and_check(ctx, &session, admin_token, when).await;
         (session, pending)
     }
 }
 
-fn admin_client(
-    channel: &Channel,
-    token: &str,
-) -> AdminServiceClient<syncpay::client::AuthedChannel> {
+fn admin_client(channel: &Channel, token: &str) -> AdminServiceClient<syncpay::client::AuthedChannel> {
     AdminServiceClient::new(with_token(channel.clone(), token).expect("token"))
 }
 
@@ -955,17 +837,11 @@ impl Carrier {
     /// Points the carrier at server number `n`.
     async fn attach(&self, n: u32, server: &ServerProcess) {
         let endpoint = Endpoint::from_shared(server.url.clone()).expect("server url");
-        self.endpoints
-            .send(Change::Insert(n, endpoint))
-            .await
-            .expect("carrier channel");
+        self.endpoints.send(Change::Insert(n, endpoint)).await.expect("carrier channel");
     }
 
     async fn detach(&self, n: u32) {
-        self.endpoints
-            .send(Change::Remove(n))
-            .await
-            .expect("carrier channel");
+        self.endpoints.send(Change::Remove(n)).await.expect("carrier channel");
     }
 }
 
@@ -981,16 +857,11 @@ async fn replay_answered(ctx: &Ctx, session: &Session, when: &str) {
                 record.stats.creates_replayed += 1;
                 record.observe(&key, &t, &format!("{when}: CreateTrade replayed"));
             }
-            Err(e) => ctx
-                .record()
-                .violation(format!("{when}: replaying CreateTrade {key}: {e}")),
+            Err(e) => ctx.record().violation(format!("{when}: replaying CreateTrade {key}: {e}")),
         }
     }
     for (rkey, shop, trade, amount, refund_id) in refunds {
-        match session.registers[shop]
-            .refund(trade, amount, Some(&rkey))
-            .await
-        {
+        match session.registers[shop].refund(trade, amount, Some(&rkey)).await {
             Ok(r) => {
                 let mut record = ctx.record();
                 record.stats.refunds_replayed += 1;
@@ -1006,9 +877,7 @@ async fn replay_answered(ctx: &Ctx, session: &Session, when: &str) {
                     record.observe(&key, t, &format!("{when}: RefundTrade replayed"));
                 }
             }
-            Err(e) => ctx
-                .record()
-                .violation(format!("{when}: replaying RefundTrade {rkey}: {e}")),
+            Err(e) => ctx.record().violation(format!("{when}: replaying RefundTrade {rkey}: {e}")),
         }
     }
 }
@@ -1017,12 +886,7 @@ async fn replay_answered(ctx: &Ctx, session: &Session, when: &str) {
 /// idempotency key, then reads back every trade acknowledged since the
 /// last check (and every open one) and compares, and verifies the ledger.
 /// Returns the trades the server still has PENDING.
-async fn recover_and_check(
-    ctx: &Arc<Ctx>,
-    session: &Session,
-    admin_token: &str,
-    when: &str,
-) -> Vec<TradeId> {
+async fn recover_and_check(ctx: &Arc<Ctx>, session: &Session, admin_token: &str, when: &str) -> Vec<TradeId> {
     replay_answered(ctx, session, when).await;
     let creates = ctx.record().unanswered_creates();
     for (key, shop, request) in creates {
@@ -1035,25 +899,18 @@ async fn recover_and_check(
                 record.stats.creates_retried += 1;
                 record.observe(&key, &t, &format!("{when}: CreateTrade retried"));
             }
-            Err(e) => ctx
-                .record()
-                .violation(format!("{when}: retrying CreateTrade {key}: {e}")),
+            Err(e) => ctx.record().violation(format!("{when}: retrying CreateTrade {key}: {e}")),
         }
     }
     let refunds = ctx.record().unanswered_refunds();
     for (rkey, shop, trade, amount) in refunds {
-        match session.registers[shop]
-            .refund(trade, amount, Some(&rkey))
-            .await
-        {
+        match session.registers[shop].refund(trade, amount, Some(&rkey)).await {
             Ok(r) => {
                 let mut record = ctx.record();
                 record.stats.refunds_retried += 1;
                 record.refund_answered(&rkey, &r);
             }
-            Err(e) => ctx
-                .record()
-                .violation(format!("{when}: retrying RefundTrade {rkey}: {e}")),
+            Err(e) => ctx.record().violation(format!("{when}: retrying RefundTrade {rkey}: {e}")),
         }
     }
     // Read back in several lanes: after a restart the server expires
@@ -1062,12 +919,7 @@ async fn recover_and_check(
     let to_check = ctx.record().to_check();
     let mut lanes = JoinSet::new();
     for lane in 0..CHECK_LANES {
-        let mine: Vec<_> = to_check
-            .iter()
-            .skip(lane)
-            .step_by(CHECK_LANES)
-            .cloned()
-            .collect();
+        let mine: Vec<_> = to_check.iter().skip(lane).step_by(CHECK_LANES).cloned().collect();
         let (ctx, registers, when) = (ctx.clone(), session.registers.clone(), when.to_owned());
         lanes.spawn(async move {
             let mut pending = Vec::new();
@@ -1103,10 +955,7 @@ async fn recover_and_check(
         .expect("VerifyLedger")
         .into_inner();
     if !report.ok {
-        ctx.record().violation(format!(
-            "{when}: ledger violations: {:?}",
-            report.violations
-        ));
+        ctx.record().violation(format!("{when}: ledger violations: {:?}", report.violations));
     }
     let mut record = ctx.record();
     record.stats.pending_at_restart += u64::try_from(pending.len()).expect("fits");
@@ -1125,47 +974,28 @@ async fn join_all(ctx: &Ctx, mut tasks: JoinSet<()>, what: &str) {
         }
     };
     if tokio::time::timeout(WIND_DOWN, all).await.is_err() {
-        ctx.record().violation(format!(
-            "{what} tasks still running {WIND_DOWN:?} after the kill"
-        ));
+        ctx.record().violation(format!("{what} tasks still running {WIND_DOWN:?} after the kill"));
     }
 }
 
 /// Creates shops with a register each, the carrier with its handsets
 /// (attached to server 0) and the wallet top-ups. Returns the operator
 /// token, the carrier and the shops.
-async fn setup(
-    server: &ServerProcess,
-    data_dir: &Path,
-    handsets: &[Handset],
-) -> (String, Carrier, Vec<Shop>) {
-    let admin_token = std::fs::read_to_string(data_dir.join("admin.token"))
-        .expect("admin.token")
-        .trim()
-        .to_owned();
+async fn setup(server: &ServerProcess, data_dir: &Path, handsets: &[Handset]) -> (String, Carrier, Vec<Shop>) {
+    let admin_token = std::fs::read_to_string(data_dir.join("admin.token")).expect("admin.token").trim().to_owned();
     let channel = server.channel().await;
     let mut admin = admin_client(&channel, &admin_token);
     let mut shops = Vec::new();
     for i in 0..SHOPS {
         let id = format!("shop-{i}");
         let token = admin
-            .create_shop(proto::CreateShopRequest {
-                shop_id: id.clone(),
-                display_name: format!("Shop {i}"),
-            })
+            .create_shop(proto::CreateShopRequest { shop_id: id.clone(), display_name: format!("Shop {i}") })
             .await
             .expect("create shop")
             .into_inner()
             .token;
-        let register = VirtualRegister::open(channel.clone(), &token, "till")
-            .await
-            .expect("open register")
-            .id();
-        shops.push(Shop {
-            id,
-            token,
-            register,
-        });
+        let register = VirtualRegister::open(channel.clone(), &token, "till").await.expect("open register").id();
+        shops.push(Shop { id, token, register });
     }
     let carrier_token = admin
         .create_carrier(proto::CreateCarrierRequest {
@@ -1179,11 +1009,7 @@ async fn setup(
     let carrier = Carrier::start(&carrier_token);
     carrier.attach(0, server).await;
     for h in handsets {
-        carrier
-            .sim
-            .add_handset(&h.number, h.role.policy())
-            .await
-            .expect("enroll");
+        carrier.sim.add_handset(&h.number, h.role.policy()).await.expect("enroll");
         admin
             .top_up_wallet(proto::TopUpWalletRequest {
                 subscriber_number: h.number.clone(),
@@ -1200,9 +1026,8 @@ async fn setup(
 async fn nothing_acknowledged_is_lost_and_nothing_happens_twice_across_kill_9() {
     let started = Instant::now();
     let seed = env_u64("SYNCPAY_CRASH_SEED").unwrap_or_else(rand::random);
-    let cycles = env_u64("SYNCPAY_CRASH_CYCLES").map_or(DEFAULT_CYCLES, |n| {
-        u32::try_from(n).expect("SYNCPAY_CRASH_CYCLES fits u32")
-    });
+    let cycles = env_u64("SYNCPAY_CRASH_CYCLES")
+        .map_or(DEFAULT_CYCLES, |n| u32::try_from(n).expect("SYNCPAY_CRASH_CYCLES fits u32"));
     eprintln!("crash test: seed {seed}, {cycles} kill cycles (SYNCPAY_CRASH_SEED={seed} replays)");
     let mut rng = StdRng::seed_from_u64(seed);
 
@@ -1218,13 +1043,8 @@ async fn nothing_acknowledged_is_lost_and_nothing_happens_twice_across_kill_9() 
 
     let first = ServerProcess::start(&data_dir).await;
     let (admin_token, carrier, shops) = setup(&first, &data_dir, &handsets).await;
-    let ctx = Arc::new(Ctx {
-        seed,
-        handsets,
-        shops,
-        record: Mutex::new(Record::new(SHOPS)),
-        killed: AtomicBool::new(false),
-    });
+    let ctx =
+        Arc::new(Ctx { seed, handsets, shops, record: Mutex::new(Record::new(SHOPS)), killed: AtomicBool::new(false) });
     let mut server = Some(first);
 
     // Numbers the server processes, for the carrier's endpoint set.
@@ -1236,8 +1056,7 @@ async fn nothing_acknowledged_is_lost_and_nothing_happens_twice_across_kill_9() 
                 kill_in_recovery(&ctx, &mut rng, &data_dir, &carrier, &mut generation).await;
                 generation += 1;
                 let when = format!("restart {generation}");
-                let (session, _pending) =
-                    Session::restart(&ctx, &data_dir, &admin_token, &when).await;
+                let (session, _pending) = Session::restart(&ctx, &data_dir, &admin_token, &when).await;
                 carrier.attach(generation, &session.server).await;
                 session
             }
@@ -1291,10 +1110,7 @@ async fn nothing_acknowledged_is_lost_and_nothing_happens_twice_across_kill_9() 
     for id in pending {
         let (offered, final_state) = {
             let record = ctx.record();
-            let final_state = record
-                .ids
-                .get(&id.to_string())
-                .and_then(|k| record.trades[k].final_state);
+            let final_state = record.ids.get(&id.to_string()).and_then(|k| record.trades[k].final_state);
             (record.history_has(&id.to_string(), S::Offered), final_state)
         };
         let answered = matches!(final_state, Some((S::Settled | S::Declined | S::Failed, _)));
@@ -1335,13 +1151,7 @@ async fn nothing_acknowledged_is_lost_and_nothing_happens_twice_across_kill_9() 
 /// Sometimes (see `RECOVERY_KILL_ODDS`) starts the server, attaches the
 /// carrier and kills the server again moments later, while it is still
 /// recovering. No shop is connected; the next restart checks everything.
-async fn kill_in_recovery(
-    ctx: &Ctx,
-    rng: &mut StdRng,
-    data_dir: &Path,
-    carrier: &Carrier,
-    generation: &mut u32,
-) {
+async fn kill_in_recovery(ctx: &Ctx, rng: &mut StdRng, data_dir: &Path, carrier: &Carrier, generation: &mut u32) {
     // Both drawn every time, so a replay makes the same later choices.
     let odds = rng.random_range(0..RECOVERY_KILL_ODDS);
     let after = rng.random_range(RECOVERY_KILL_MS);
@@ -1379,9 +1189,7 @@ async fn wait_until_all_final(ctx: &Arc<Ctx>, session: &Session) {
             let wait = Duration::from_secs(u64::from(ttl)) + FINAL_MARGIN;
             match register.await_final(id, wait).await {
                 Ok(t) => ctx.record().observe(&key, &t, "final AwaitTrade"),
-                Err(e) => ctx
-                    .record()
-                    .violation(format!("trade {id} (key {key}) never became final: {e}")),
+                Err(e) => ctx.record().violation(format!("trade {id} (key {key}) never became final: {e}")),
             }
         });
     }
@@ -1407,10 +1215,7 @@ async fn check_history(ctx: &Ctx, session: &Session, admin_token: &str) {
     }
     let trades = u64::try_from(record.trades.len()).expect("fits");
     if report.trades_checked != trades {
-        record.violation(format!(
-            "VerifyLedger checked {} trades; the shops know {trades}",
-            report.trades_checked
-        ));
+        record.violation(format!("VerifyLedger checked {} trades; the shops know {trades}", report.trades_checked));
     }
 }
 
@@ -1437,8 +1242,7 @@ fn check_outcomes(ctx: &Ctx) {
 /// delivered live.
 async fn check_events(ctx: &Ctx, session: &Session, shop: usize) {
     let token = &ctx.shops[shop].token;
-    let mut client =
-        RegisterServiceClient::new(with_token(session.channel.clone(), token).expect("token"));
+    let mut client = RegisterServiceClient::new(with_token(session.channel.clone(), token).expect("token"));
     // Per final trade: the events still to come that end its story (the
     // final state change and one per refund).
     let mut missing: HashMap<String, usize> = {
@@ -1451,10 +1255,7 @@ async fn check_events(ctx: &Ctx, session: &Session, shop: usize) {
             .collect()
     };
     let mut stream = client
-        .watch_trades(proto::WatchTradesRequest {
-            after_sequence: 0,
-            register_id: String::new(),
-        })
+        .watch_trades(proto::WatchTradesRequest { after_sequence: 0, register_id: String::new() })
         .await
         .expect("WatchTrades from 0")
         .into_inner();
@@ -1488,13 +1289,7 @@ async fn check_events(ctx: &Ctx, session: &Session, shop: usize) {
     drop(stream);
     let n = u64::try_from(all.len()).expect("fits");
     // Nothing beyond: the server refuses to resume past its last event.
-    match client
-        .watch_trades(proto::WatchTradesRequest {
-            after_sequence: n + 1,
-            register_id: String::new(),
-        })
-        .await
-    {
+    match client.watch_trades(proto::WatchTradesRequest { after_sequence: n + 1, register_id: String::new() }).await {
         Err(status) if status.code() == Code::InvalidArgument => {}
         other => found.push(format!(
             "shop {shop}: resuming after {} (past the {n} events of known trades) gave {:?}",
@@ -1506,28 +1301,21 @@ async fn check_events(ctx: &Ctx, session: &Session, shop: usize) {
     let mut record = ctx.record();
     for (i, e) in (1..).zip(&all) {
         if e.sequence != i {
-            found.push(format!(
-                "shop {shop}: event {i} from 0 has sequence {}",
-                e.sequence
-            ));
+            found.push(format!("shop {shop}: event {i} from 0 has sequence {}", e.sequence));
             break;
         }
     }
     let live = &record.events[shop];
     if let Some((&last, _)) = live.last_key_value() {
         if last > n {
-            found.push(format!(
-                "shop {shop}: event {last} was delivered live, the history has {n}"
-            ));
+            found.push(format!("shop {shop}: event {last} was delivered live, the history has {n}"));
         }
     }
     for (seq, seen) in live {
         let index = usize::try_from(*seq).expect("fits") - 1;
         match all.get(index) {
             Some(now) if now == seen => {}
-            Some(now) => found.push(format!(
-                "shop {shop}: event {seq} delivered live as {seen:?}, now {now:?}"
-            )),
+            Some(now) => found.push(format!("shop {shop}: event {seq} delivered live as {seen:?}, now {now:?}")),
             None => {}
         }
     }
@@ -1543,9 +1331,7 @@ async fn check_events(ctx: &Ctx, session: &Session, shop: usize) {
     }
     for (id, events) in &by_trade {
         let Some(key) = record.ids.get(*id) else {
-            found.push(format!(
-                "shop {shop}: events for trade {id}, which no shop acknowledged"
-            ));
+            found.push(format!("shop {shop}: events for trade {id}, which no shop acknowledged"));
             continue;
         };
         let rec = &record.trades[key];
@@ -1557,10 +1343,7 @@ async fn check_events(ctx: &Ctx, session: &Session, shop: usize) {
         // Without a crash the carrier acknowledges an offer before the
         // handset's answer; an answer planned before a crash and sent on
         // reconnecting can settle a trade that is still PENDING.
-        if matches!(
-            states.as_slice(),
-            [S::Pending, S::Settled | S::Declined | S::Failed]
-        ) {
+        if matches!(states.as_slice(), [S::Pending, S::Settled | S::Declined | S::Failed]) {
             answered_while_pending += 1;
         }
         history.insert(id.to_string(), states.clone());
@@ -1570,11 +1353,7 @@ async fn check_events(ctx: &Ctx, session: &Session, shop: usize) {
             found.push(format!("trade {id}: state events {states:?}"));
         }
         if rec.final_state.map(|f| f.0) != states.last().copied() {
-            found.push(format!(
-                "trade {id}: last state event {:?}, acknowledged {:?}",
-                states.last(),
-                rec.final_state
-            ));
+            found.push(format!("trade {id}: last state event {:?}, acknowledged {:?}", states.last(), rec.final_state));
         }
         let refunds: Vec<(u64, u64)> = events
             .iter()
@@ -1589,9 +1368,7 @@ async fn check_events(ctx: &Ctx, session: &Session, shop: usize) {
             .collect();
         let in_events: BTreeMap<u64, u64> = refunds.iter().copied().collect();
         if in_events != answered || refunds.len() != answered.len() {
-            found.push(format!(
-                "trade {id}: refund events {refunds:?}, answered refunds {answered:?}"
-            ));
+            found.push(format!("trade {id}: refund events {refunds:?}, answered refunds {answered:?}"));
         }
     }
     record.stats.answered_while_pending += answered_while_pending;
@@ -1607,20 +1384,14 @@ async fn check_postings_and_balances(ctx: &Ctx, session: &Session, admin_token: 
     let mut after = 0;
     loop {
         let page = admin
-            .list_postings(proto::ListPostingsRequest {
-                after_posting_id: after,
-                limit: 1000,
-            })
+            .list_postings(proto::ListPostingsRequest { after_posting_id: after, limit: 1000 })
             .await
             .expect("ListPostings")
             .into_inner()
             .postings;
         let Some(last) = page.last() else { break };
         if last.posting_id <= after {
-            panic!(
-                "ListPostings after {after} went back to {}",
-                last.posting_id
-            );
+            panic!("ListPostings after {after} went back to {}", last.posting_id);
         }
         after = last.posting_id;
         postings.extend(page);
@@ -1633,78 +1404,41 @@ async fn check_postings_and_balances(ctx: &Ctx, session: &Session, admin_token: 
             top_up_sets.insert(p.set_id);
             continue;
         }
-        let first = sets
-            .entry((p.trade_id.clone(), p.kind.clone()))
-            .or_default()
-            .entry(p.set_id)
-            .or_insert(p.posting_id);
+        let first =
+            sets.entry((p.trade_id.clone(), p.kind.clone())).or_default().entry(p.set_id).or_insert(p.posting_id);
         *first = (*first).min(p.posting_id);
     }
     let accounts = admin
-        .list_accounts(proto::ListAccountsRequest {
-            prefix: String::new(),
-        })
+        .list_accounts(proto::ListAccountsRequest { prefix: String::new() })
         .await
         .expect("ListAccounts")
         .into_inner()
         .accounts;
-    let balance = |name: &str| {
-        accounts
-            .iter()
-            .find(|a| a.name == name)
-            .map_or(0, |a| a.balance_minor)
-    };
+    let balance = |name: &str| accounts.iter().find(|a| a.name == name).map_or(0, |a| a.balance_minor);
 
     let mut record = ctx.record();
     let mut found = Vec::new();
     if top_up_sets.len() != ctx.handsets.len() {
-        found.push(format!(
-            "{} top-up posting sets for {} top-ups",
-            top_up_sets.len(),
-            ctx.handsets.len()
-        ));
+        found.push(format!("{} top-up posting sets for {} top-ups", top_up_sets.len(), ctx.handsets.len()));
     }
     let mut wallets = vec![i128::from(TOP_UP); ctx.handsets.len()];
     let mut payables = [0i128; SHOPS];
     for rec in record.trades.values() {
         let Some(id) = rec.id.clone() else { continue };
         let settled = rec.final_state.map(|f| f.0) == Some(S::Settled);
-        let settlements = sets
-            .remove(&(id.clone(), "SETTLEMENT".to_owned()))
-            .unwrap_or_default();
+        let settlements = sets.remove(&(id.clone(), "SETTLEMENT".to_owned())).unwrap_or_default();
         if settlements.len() != usize::from(settled) {
-            found.push(format!(
-                "trade {id} ({:?}) has {} settlement posting sets",
-                rec.final_state,
-                settlements.len()
-            ));
+            found.push(format!("trade {id} ({:?}) has {} settlement posting sets", rec.final_state, settlements.len()));
         }
-        let refund_sets: BTreeSet<u64> = sets
-            .remove(&(id.clone(), "REFUND".to_owned()))
-            .unwrap_or_default()
-            .into_values()
-            .collect();
-        let answered: BTreeSet<u64> = rec
-            .refund_keys
-            .iter()
-            .filter_map(|k| record.refunds.get(k)?.answer)
-            .collect();
+        let refund_sets: BTreeSet<u64> =
+            sets.remove(&(id.clone(), "REFUND".to_owned())).unwrap_or_default().into_values().collect();
+        let answered: BTreeSet<u64> = rec.refund_keys.iter().filter_map(|k| record.refunds.get(k)?.answer).collect();
         if refund_sets != answered {
-            found.push(format!(
-                "trade {id}: refund posting sets {refund_sets:?}, answered refunds {answered:?}"
-            ));
+            found.push(format!("trade {id}: refund posting sets {refund_sets:?}, answered refunds {answered:?}"));
         }
-        let refunded: u64 = rec
-            .refund_keys
-            .iter()
-            .filter_map(|k| record.refunds.get(k))
-            .map(|r| r.amount)
-            .sum();
+        let refunded: u64 = rec.refund_keys.iter().filter_map(|k| record.refunds.get(k)).map(|r| r.amount).sum();
         if refunded != rec.refunded {
-            found.push(format!(
-                "trade {id}: refunds asked sum to {refunded}, trade shows {}",
-                rec.refunded
-            ));
+            found.push(format!("trade {id}: refunds asked sum to {refunded}, trade shows {}", rec.refunded));
         }
         if settled {
             let net = i128::from(rec.request.amount_minor) - i128::from(refunded);
@@ -1713,39 +1447,24 @@ async fn check_postings_and_balances(ctx: &Ctx, session: &Session, admin_token: 
         }
     }
     for ((trade, kind), left) in &sets {
-        found.push(format!(
-            "{} {kind} posting sets for trade {trade:?}, which no shop acknowledged",
-            left.len()
-        ));
+        found.push(format!("{} {kind} posting sets for trade {trade:?}, which no shop acknowledged", left.len()));
     }
     for (i, h) in ctx.handsets.iter().enumerate() {
         let name = format!("wallet:{}:{CURRENCY}", h.number);
         if i128::from(balance(&name)) != wallets[i] {
-            found.push(format!(
-                "{name} is {}, expected {}",
-                balance(&name),
-                wallets[i]
-            ));
+            found.push(format!("{name} is {}, expected {}", balance(&name), wallets[i]));
         }
     }
     for (i, shop) in ctx.shops.iter().enumerate() {
         let name = format!("shop:{}:{CURRENCY}", shop.id);
         if i128::from(balance(&name)) != payables[i] {
-            found.push(format!(
-                "{name} is {}, expected {}",
-                balance(&name),
-                payables[i]
-            ));
+            found.push(format!("{name} is {}, expected {}", balance(&name), payables[i]));
         }
     }
     let funding = format!("system:funding:{CURRENCY}");
     let topped = i128::from(TOP_UP) * i128::try_from(ctx.handsets.len()).expect("fits");
     if i128::from(balance(&funding)) != -topped {
-        found.push(format!(
-            "{funding} is {}, expected {}",
-            balance(&funding),
-            -topped
-        ));
+        found.push(format!("{funding} is {}, expected {}", balance(&funding), -topped));
     }
     record.violations.extend(found);
 }
