@@ -37,6 +37,7 @@ async fn verify_exits_non_zero_and_lists_violations() {
         .enroll_subscriber(syncpay::proto::EnrollSubscriberRequest {
             subscriber_number: "+818050000001".into(),
             funding: syncpay::proto::Funding::Wallet as i32,
+            ..Default::default()
         })
         .await
         .expect("enroll");

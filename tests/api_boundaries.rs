@@ -26,6 +26,7 @@ async fn each_service_admits_only_its_own_party() {
     let enroll = proto::EnrollSubscriberRequest {
         subscriber_number: "+818012345678".into(),
         funding: proto::Funding::Wallet as i32,
+        ..Default::default()
     };
     assert_eq!(code_of(shop_as_carrier.enroll_subscriber(enroll.clone()).await), Code::PermissionDenied);
     let mut carrier_as_shop = t.shop(&carrier_token).await;

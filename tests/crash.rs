@@ -1001,6 +1001,7 @@ async fn setup(server: &ServerProcess, data_dir: &Path, handsets: &[Handset]) ->
         .create_carrier(proto::CreateCarrierRequest {
             carrier_id: "crashnet".into(),
             display_name: "Crash Mobile".into(),
+            ..Default::default()
         })
         .await
         .expect("create carrier")

@@ -39,7 +39,11 @@ async fn sigterm_finishes_in_flight_work_and_exits_zero() {
         .into_inner()
         .token;
     let carrier_token = admin
-        .create_carrier(proto::CreateCarrierRequest { carrier_id: "docomo".into(), display_name: "Docomo".into() })
+        .create_carrier(proto::CreateCarrierRequest {
+            carrier_id: "docomo".into(),
+            display_name: "Docomo".into(),
+            ..Default::default()
+        })
         .await
         .expect("carrier")
         .into_inner()

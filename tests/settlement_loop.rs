@@ -225,6 +225,7 @@ async fn offers_wait_for_an_offline_carrier_and_arrive_when_it_connects() {
         .enroll_subscriber(proto::EnrollSubscriberRequest {
             subscriber_number: APPROVER.into(),
             funding: proto::Funding::Wallet as i32,
+            ..Default::default()
         })
         .await
         .expect("enroll");

@@ -182,7 +182,15 @@ async fn real() -> Real {
     };
     run(Command::CreateShop { id: shop.clone(), display_name: "S".into(), token_hash: [1; 32], max_shops: 9, now: t0 })
         .await;
-    run(Command::CreateCarrier { id: carrier.clone(), display_name: "C".into(), token_hash: [2; 32], now: t0 }).await;
+    run(Command::CreateCarrier {
+        id: carrier.clone(),
+        display_name: "C".into(),
+        token_hash: [2; 32],
+        prefixes: Vec::new(),
+        fee_bps: 0,
+        now: t0,
+    })
+    .await;
     run(Command::OpenRegister { shop: shop.clone(), id: register, label: "r".into(), max_registers: 9, now: t0 }).await;
     let mut keys = Vec::new();
     for sub in 0..3 {

@@ -211,6 +211,7 @@ async fn script(url: &str, admin_token: &str) -> anyhow::Result<Checks> {
         .create_carrier(proto::CreateCarrierRequest {
             carrier_id: CARRIER_ID.into(),
             display_name: CARRIER_NAME.into(),
+            ..Default::default()
         })
         .await
         .context("creating the carrier")?

@@ -410,6 +410,7 @@ fn resolve(figment: &Figment, config_path: Option<&Path>, problems: &mut Vec<Str
         default_ttl: Duration::from_secs(ttl("limits.default_ttl_seconds")?),
         min_ttl: Duration::from_secs(ttl("limits.min_ttl_seconds")?),
         max_ttl: Duration::from_secs(ttl("limits.max_ttl_seconds")?),
+        lease_retention: limits::LEASE_RETENTION,
     };
     let data_dir = data_dir.into_inner()?;
     let log_level = log_level.into_inner()?;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::ids::{ShopId, SubscriberNumber};
+use super::ids::{CarrierId, ShopId, SubscriberNumber};
 use super::money::{Amount, Currency, MoneyError};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,12 +31,22 @@ pub enum AccountName {
     ShopPayable(ShopId, Currency),
     /// A subscriber's prepaid wallet; never below zero.
     Wallet(SubscriberNumber, Currency),
+    /// A carrier-billed subscriber's bill at their carrier: debited by
+    /// charges, so a negative balance is what the subscriber owes. Bounded
+    /// per month by the subscriber's spending cap, not by zero.
+    CarrierBill(CarrierId, SubscriberNumber, Currency),
+    /// What the carrier earned in fees on carrier-billed charges.
+    CarrierFees(CarrierId, Currency),
 }
 
 impl AccountName {
     pub fn currency(&self) -> Currency {
         match self {
-            AccountName::SystemFunding(c) | AccountName::ShopPayable(_, c) | AccountName::Wallet(_, c) => *c,
+            AccountName::SystemFunding(c)
+            | AccountName::ShopPayable(_, c)
+            | AccountName::Wallet(_, c)
+            | AccountName::CarrierBill(_, _, c)
+            | AccountName::CarrierFees(_, c) => *c,
         }
     }
 
@@ -44,7 +54,10 @@ impl AccountName {
     pub fn must_not_go_negative(&self) -> bool {
         match self {
             AccountName::Wallet(..) => true,
-            AccountName::SystemFunding(_) | AccountName::ShopPayable(..) => false,
+            AccountName::SystemFunding(_)
+            | AccountName::ShopPayable(..)
+            | AccountName::CarrierBill(..)
+            | AccountName::CarrierFees(..) => false,
         }
     }
 
@@ -54,6 +67,8 @@ impl AccountName {
             AccountName::SystemFunding(c) => format!("system:funding:{c}"),
             AccountName::ShopPayable(s, c) => format!("shop:{s}:{c}"),
             AccountName::Wallet(n, c) => format!("wallet:{}:{c}", n.as_str()),
+            AccountName::CarrierBill(carrier, n, c) => format!("bill:{carrier}:{}:{c}", n.as_str()),
+            AccountName::CarrierFees(carrier, c) => format!("carrier:{carrier}:fees:{c}"),
         }
     }
 }
@@ -63,6 +78,7 @@ impl fmt::Debug for AccountName {
         match self {
             // Masked: Debug output may reach logs.
             AccountName::Wallet(n, c) => write!(f, "wallet:{n:?}:{c}"),
+            AccountName::CarrierBill(carrier, n, c) => write!(f, "bill:{carrier}:{n:?}:{c}"),
             other => f.write_str(&other.key()),
         }
     }

@@ -5,12 +5,14 @@ pub mod approval;
 pub mod ids;
 pub mod ledger;
 pub mod money;
+pub mod network;
 pub mod trade;
 
 pub use approval::{ApprovalPayload, BindingCode, Decision, ServerSecret};
 pub use ids::{CarrierId, IdError, RegisterId, ShopId, SubscriberNumber, TradeId};
 pub use ledger::{AccountName, Balance, LedgerError, Leg, PostingSet, Side};
 pub use money::{Amount, Currency, MoneyError};
+pub use network::{carrier_fee, IpKey, IpPrefix, Month, NetworkError, PortRange};
 pub use trade::{FailureReason, TradeEvent, TradeState, Transition, TransitionError};
 
 /// Milliseconds since the Unix epoch, UTC. The only time type in the domain;

@@ -11,15 +11,16 @@ use sled::Transactional;
 use crate::domain::approval::{shop_key_fingerprint, ApprovalPayload};
 use crate::domain::trade::transition;
 use crate::domain::{
-    AccountName, Amount, Balance, CarrierId, Currency, Decision, FailureReason, PostingSet, RegisterId, ShopId,
-    SubscriberNumber, TradeEvent, TradeId, TradeState, Transition, UnixMs,
+    AccountName, Amount, Balance, CarrierId, Currency, Decision, FailureReason, IpPrefix, Leg, PostingSet,
+    RegisterId, ShopId, Side, SubscriberNumber, TradeEvent, TradeId, TradeState, Transition, UnixMs,
 };
 
 use super::records::{
     AccountRecord, CarrierRecord, Delivery, DeliveryBody, EventKind, EventRecord, Funding, HandsetRecord,
-    IdempotencyRecord, OfferBody, PostingKind, PostingRecord, Principal, Receipt, RegisterRecord, ShopRecord,
-    SubscriberRecord, TradeRecord, TradeRequest,
+    IdempotencyRecord, NetworkTradeRequest, OfferBody, PayoutEntry, PostingKind, PostingRecord, Principal, Receipt,
+    RegisterRecord, ShopRecord, SubscriberRecord, TradeRecord, TradeRequest,
 };
+use super::network::{self, LeaseReport, Resolution};
 use super::verify::{self, VerifyReport};
 use super::{keys, records, Shared, StoreError, T};
 
@@ -37,7 +38,32 @@ pub enum Command {
         id: CarrierId,
         display_name: String,
         token_hash: [u8; 32],
+        /// Checked against other carriers' prefixes before the transaction.
+        prefixes: Vec<IpPrefix>,
+        fee_bps: u32,
         now: UnixMs,
+    },
+    AddPrefixes {
+        carrier: CarrierId,
+        prefixes: Vec<IpPrefix>,
+    },
+    ReportLeases {
+        carrier: CarrierId,
+        starts: Vec<LeaseReport>,
+        stops: Vec<LeaseReport>,
+    },
+    /// The carrier accepts (or revokes) a shop.
+    SetAcceptance {
+        carrier: CarrierId,
+        shop: ShopId,
+        accept: bool,
+    },
+    /// A trade whose payer is named by network identity; resolved on the
+    /// writer thread just before the transaction.
+    CreateTradeByNetwork(NetworkTrade),
+    /// Lease records chosen by `Store::prune_leases`.
+    DeleteLeases {
+        keys: Vec<Vec<u8>>,
     },
     EnrollSubscriber {
         carrier: CarrierId,
@@ -122,6 +148,17 @@ pub struct CreateTrade {
     pub now: UnixMs,
 }
 
+#[derive(Debug, Clone)]
+pub struct NetworkTrade {
+    pub shop: ShopId,
+    pub trade_id: TradeId,
+    pub request: NetworkTradeRequest,
+    pub idempotency_key: Option<String>,
+    pub binding_code: String,
+    pub max_open_per_register: u32,
+    pub now: UnixMs,
+}
+
 /// Why a handset answer changed nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectedAnswer {
@@ -145,6 +182,16 @@ pub struct AnswerOutcome {
 pub enum CommandOutcome {
     Shop(ShopRecord),
     Carrier(CarrierRecord),
+    /// Every prefix of the carrier after the change.
+    Prefixes(Vec<IpPrefix>),
+    Leases {
+        starts: u32,
+        stops: u32,
+    },
+    Acceptance {
+        accepted: bool,
+    },
+    Done,
     Subscriber(SubscriberRecord),
     Handset(HandsetRecord),
     TopUp {
@@ -178,37 +225,37 @@ pub enum CommandOutcome {
     },
 }
 
-type TxResult<R> = Result<R, ConflictableTransactionError<StoreError>>;
+pub(super) type TxResult<R> = Result<R, ConflictableTransactionError<StoreError>>;
 
-fn abort<R>(e: StoreError) -> TxResult<R> {
+pub(super) fn abort<R>(e: StoreError) -> TxResult<R> {
     Err(ConflictableTransactionError::Abort(e))
 }
 
 /// Typed access to the transaction's view of every tree.
-struct Tx<'a>(&'a [TransactionalTree]);
+pub(super) struct Tx<'a>(&'a [TransactionalTree]);
 
 impl Tx<'_> {
-    fn tree(&self, t: T) -> TxResult<&TransactionalTree> {
+    pub(super) fn tree(&self, t: T) -> TxResult<&TransactionalTree> {
         match self.0.get(t as usize) {
             Some(tree) => Ok(tree),
             None => abort(StoreError::Corrupt(format!("tree {t:?} missing from transaction"))),
         }
     }
 
-    fn get<R: DeserializeOwned>(&self, t: T, key: &[u8]) -> TxResult<Option<R>> {
+    pub(super) fn get<R: DeserializeOwned>(&self, t: T, key: &[u8]) -> TxResult<Option<R>> {
         match self.tree(t)?.get(key)? {
             Some(v) => records::decode(&v).map(Some).or_else(abort),
             None => Ok(None),
         }
     }
 
-    fn put<R: Serialize>(&self, t: T, key: &[u8], value: &R) -> TxResult<()> {
+    pub(super) fn put<R: Serialize>(&self, t: T, key: &[u8], value: &R) -> TxResult<()> {
         let bytes = records::encode(value).or_else(abort)?;
         self.tree(t)?.insert(key, bytes)?;
         Ok(())
     }
 
-    fn del(&self, t: T, key: &[u8]) -> TxResult<()> {
+    pub(super) fn del(&self, t: T, key: &[u8]) -> TxResult<()> {
         self.tree(t)?.remove(key)?;
         Ok(())
     }
@@ -250,11 +297,21 @@ pub(crate) fn apply(
         Command::ReadAccounts { prefix, limit } => return read_accounts(shared, prefix, *limit),
         _ => {}
     }
+    // What needs a range scan runs here, on the writer thread, before the
+    // transaction (which cannot scan); nothing else writes meanwhile.
+    let resolution = match command {
+        Command::CreateCarrier { id, prefixes, .. } | Command::AddPrefixes { carrier: id, prefixes } => {
+            network::check_overlaps(shared, id, prefixes)?;
+            None
+        }
+        Command::CreateTradeByNetwork(n) => Some(network::resolve(shared, &n.shop, &n.request.identity)?),
+        _ => None,
+    };
     let trees: Vec<&sled::Tree> = shared.trees.iter().collect();
     let result = trees.as_slice().transaction(|view| {
         let tx = Tx(view.as_slice());
         let mut fx = Effects::default();
-        let outcome = run(&tx, command, &mut fx)?;
+        let outcome = run(&tx, command, resolution.as_ref(), &mut fx)?;
         Ok((outcome, fx))
     });
     match result {
@@ -267,13 +324,38 @@ pub(crate) fn apply(
     }
 }
 
-fn run(tx: &Tx, command: &Command, fx: &mut Effects) -> TxResult<CommandOutcome> {
+fn run(tx: &Tx, command: &Command, resolution: Option<&Resolution>, fx: &mut Effects) -> TxResult<CommandOutcome> {
     match command {
         Command::CreateShop { id, display_name, token_hash, max_shops, now } => {
             create_shop(tx, id, display_name, token_hash, *max_shops, *now, fx)
         }
-        Command::CreateCarrier { id, display_name, token_hash, now } => {
-            create_carrier(tx, id, display_name, token_hash, *now)
+        Command::CreateCarrier { id, display_name, token_hash, prefixes, fee_bps, now } => {
+            let outcome = create_carrier(tx, id, display_name, token_hash, *now)?;
+            network::put_prefixes(tx, id, prefixes)?;
+            network::put_terms(tx, id, *fee_bps)?;
+            Ok(outcome)
+        }
+        Command::AddPrefixes { carrier, prefixes } => {
+            if tx.get::<CarrierRecord>(T::Carriers, carrier.as_str().as_bytes())?.is_none() {
+                return abort(StoreError::NotFound("carrier"));
+            }
+            network::put_prefixes(tx, carrier, prefixes)?;
+            Ok(CommandOutcome::Prefixes(prefixes.clone()))
+        }
+        Command::ReportLeases { carrier, starts, stops } => {
+            let (starts, stops) = network::report_leases(tx, carrier, starts, stops)?;
+            Ok(CommandOutcome::Leases { starts, stops })
+        }
+        Command::SetAcceptance { carrier, shop, accept } => {
+            network::set_acceptance(tx, carrier, shop, *accept)?;
+            Ok(CommandOutcome::Acceptance { accepted: *accept })
+        }
+        Command::CreateTradeByNetwork(n) => create_trade_by_network(tx, n, resolution, fx),
+        Command::DeleteLeases { keys } => {
+            for k in keys {
+                tx.del(T::Leases, k)?;
+            }
+            Ok(CommandOutcome::Done)
         }
         Command::EnrollSubscriber { carrier, number, funding, now } => {
             enroll_subscriber(tx, carrier, number, *funding, *now)
@@ -395,13 +477,18 @@ fn top_up(
     match tx.get::<SubscriberRecord>(T::Subscribers, number.as_str().as_bytes())? {
         Some(s) => match s.funding {
             Funding::Wallet => {}
+            Funding::CarrierBill { .. } => {
+                return abort(StoreError::FailedPrecondition(
+                    "subscriber_number: the subscriber is carrier-billed and has no wallet".into(),
+                ))
+            }
         },
         None => return abort(StoreError::NotFound("subscriber")),
     }
     let wallet = AccountName::Wallet(number.clone(), currency);
     let set = PostingSet::transfer(AccountName::SystemFunding(currency), wallet.clone(), amount)
         .or_else(|e| abort(StoreError::FailedPrecondition(format!("amount_minor: {e}"))))?;
-    let first = post(tx, &set, None, PostingKind::TopUp, now)?;
+    let (_, first) = post(tx, &set, None, PostingKind::TopUp, now)?;
     let account = tx
         .get::<AccountRecord>(T::Accounts, &keys::account(&wallet))?
         .map_or_else(|| abort(StoreError::Corrupt("wallet missing after posting".into())), Ok)?;
@@ -411,8 +498,8 @@ fn top_up(
 /// Writes a balanced posting set: account totals and immutable posting
 /// records. Refuses (aborting the whole transaction) if a total would
 /// overflow or a never-negative account would go below zero. Returns the
-/// first posting id.
-fn post(tx: &Tx, set: &PostingSet, trade: Option<TradeId>, kind: PostingKind, now: UnixMs) -> TxResult<u64> {
+/// set id and the first posting id.
+fn post(tx: &Tx, set: &PostingSet, trade: Option<TradeId>, kind: PostingKind, now: UnixMs) -> TxResult<(u64, u64)> {
     let set_id = tx.next(b"posting_set")?;
     let mut first = None;
     for leg in set.legs() {
@@ -447,7 +534,10 @@ fn post(tx: &Tx, set: &PostingSet, trade: Option<TradeId>, kind: PostingKind, no
         };
         tx.put(T::Postings, &posting_id.to_be_bytes(), &record)?;
     }
-    first.map_or_else(|| abort(StoreError::Corrupt("empty posting set".into())), Ok)
+    match first {
+        Some(first) => Ok((set_id, first)),
+        None => abort(StoreError::Corrupt("empty posting set".into())),
+    }
 }
 
 fn open_register(
@@ -549,8 +639,17 @@ fn enqueue(tx: &Tx, carrier: &CarrierId, body: DeliveryBody, fx: &mut Effects) -
 fn create_trade(tx: &Tx, c: &CreateTrade, fx: &mut Effects) -> TxResult<CommandOutcome> {
     if let Some(key) = &c.idempotency_key {
         if let Some(prior) = tx.get::<IdempotencyRecord>(T::Idempotency, &keys::idempotency(&c.shop, key))? {
-            let IdempotencyRecord::Trade { trade: prior_trade, request } = prior else {
-                return abort(StoreError::Corrupt("trade idempotency key holds a refund".into()));
+            let (prior_trade, request) = match prior {
+                IdempotencyRecord::Trade { trade, request } => (trade, request),
+                IdempotencyRecord::NetworkTrade { .. } => {
+                    return abort(StoreError::AlreadyExists(
+                        "subscriber_number: the idempotency key was used for a request naming the payer by network identity"
+                            .into(),
+                    ))
+                }
+                IdempotencyRecord::Refund { .. } => {
+                    return abort(StoreError::Corrupt("trade idempotency key holds a refund".into()))
+                }
             };
             if let Some(field) = request.first_difference(&c.request) {
                 return abort(StoreError::AlreadyExists(format!(
@@ -561,6 +660,88 @@ fn create_trade(tx: &Tx, c: &CreateTrade, fx: &mut Effects) -> TxResult<CommandO
             return Ok(CommandOutcome::Trade { trade, deliveries: Vec::new(), replayed: true });
         }
     }
+    let trade = open_trade(tx, c, fx)?;
+    if let Some(key) = &c.idempotency_key {
+        let record = IdempotencyRecord::Trade { trade: trade.id, request: c.request.clone() };
+        tx.put(T::Idempotency, &keys::idempotency(&c.shop, key), &record)?;
+    }
+    Ok(CommandOutcome::Trade { trade: Some(trade), deliveries: std::mem::take(&mut fx.deliveries), replayed: false })
+}
+
+/// A trade whose payer is a network identity: replays an idempotent retry
+/// (compared as the shop sent it), refuses an unaccepted shop or a miss
+/// with FAILED_PRECONDITION, otherwise opens the trade for the resolved
+/// subscriber exactly as for a number.
+fn create_trade_by_network(
+    tx: &Tx,
+    n: &NetworkTrade,
+    resolution: Option<&Resolution>,
+    fx: &mut Effects,
+) -> TxResult<CommandOutcome> {
+    let idem_key = n.idempotency_key.as_ref().map(|k| keys::idempotency(&n.shop, k));
+    if let Some(key) = &idem_key {
+        if let Some(prior) = tx.get::<IdempotencyRecord>(T::Idempotency, key)? {
+            let (prior_trade, request) = match prior {
+                IdempotencyRecord::NetworkTrade { trade, request } => (trade, request),
+                IdempotencyRecord::Trade { .. } => {
+                    return abort(StoreError::AlreadyExists(
+                        "network_identity: the idempotency key was used for a request naming the payer by number"
+                            .into(),
+                    ))
+                }
+                IdempotencyRecord::Refund { .. } => {
+                    return abort(StoreError::Corrupt("trade idempotency key holds a refund".into()))
+                }
+            };
+            if let Some(field) = request.first_difference(&n.request) {
+                return abort(StoreError::AlreadyExists(format!(
+                    "{field}: the idempotency key was used for a request with a different {field}"
+                )));
+            }
+            let trade = tx.get::<TradeRecord>(T::Trades, prior_trade.as_bytes())?;
+            return Ok(CommandOutcome::Trade { trade, deliveries: Vec::new(), replayed: true });
+        }
+    }
+    let subscriber = match resolution {
+        Some(Resolution::Found { subscriber, .. }) => subscriber.clone(),
+        Some(Resolution::NotAccepted) => {
+            return abort(StoreError::FailedPrecondition(
+                "network_identity: the payer's carrier has not accepted this shop".into(),
+            ))
+        }
+        Some(Resolution::Miss) => {
+            return abort(StoreError::FailedPrecondition(
+                "network_identity: no carrier subscriber can be found for this address at that time".into(),
+            ))
+        }
+        None => return abort(StoreError::Corrupt("network trade without a resolution".into())),
+    };
+    let c = CreateTrade {
+        shop: n.shop.clone(),
+        trade_id: n.trade_id,
+        request: TradeRequest {
+            register: n.request.register,
+            payer: subscriber,
+            amount: n.request.amount,
+            currency: n.request.currency,
+            description: n.request.description.clone(),
+            ttl_ms: n.request.ttl_ms,
+        },
+        idempotency_key: n.idempotency_key.clone(),
+        binding_code: n.binding_code.clone(),
+        max_open_per_register: n.max_open_per_register,
+        now: n.now,
+    };
+    let trade = open_trade(tx, &c, fx)?;
+    if let Some(key) = &idem_key {
+        tx.put(T::Idempotency, key, &IdempotencyRecord::NetworkTrade { trade: trade.id, request: n.request.clone() })?;
+    }
+    Ok(CommandOutcome::Trade { trade: Some(trade), deliveries: std::mem::take(&mut fx.deliveries), replayed: false })
+}
+
+/// Checks the register and payer and writes a new trade: PENDING with its
+/// offer queued, or FAILED at once when nothing could ever answer it.
+fn open_trade(tx: &Tx, c: &CreateTrade, fx: &mut Effects) -> TxResult<TradeRecord> {
     let Some(shop) = tx.get::<ShopRecord>(T::Shops, c.shop.as_str().as_bytes())? else {
         return abort(StoreError::NotFound("shop"));
     };
@@ -604,6 +785,12 @@ fn create_trade(tx: &Tx, c: &CreateTrade, fx: &mut Effects) -> TxResult<CommandO
     };
     let refusal = match (&subscriber, &handset) {
         (None, _) => Some(FailureReason::PayerUnknown),
+        // Carrier billing puts the charge on the carrier's books: only a
+        // shop the carrier accepted may charge its bill, however it names
+        // the payer.
+        (Some(s), _) if matches!(s.funding, Funding::CarrierBill { .. }) && !network::accepted(tx, &s.carrier, &c.shop)? => {
+            Some(FailureReason::CarrierRefusedShop)
+        }
         (Some(_), None) => Some(FailureReason::NoHandset),
         (Some(_), Some(_)) => None,
     };
@@ -637,12 +824,8 @@ fn create_trade(tx: &Tx, c: &CreateTrade, fx: &mut Effects) -> TxResult<CommandO
         (None, None) => return abort(StoreError::Corrupt("payer check inconsistent".into())),
     }
     tx.put(T::Trades, trade.id.as_bytes(), &trade)?;
-    if let Some(key) = &c.idempotency_key {
-        let record = IdempotencyRecord::Trade { trade: trade.id, request: c.request.clone() };
-        tx.put(T::Idempotency, &keys::idempotency(&c.shop, key), &record)?;
-    }
     emit(tx, &trade, EventKind::StateChanged, c.now, fx)?;
-    Ok(CommandOutcome::Trade { trade: Some(trade), deliveries: std::mem::take(&mut fx.deliveries), replayed: false })
+    Ok(trade)
 }
 
 /// Moves an open trade to a final state and does everything that goes with
@@ -757,23 +940,24 @@ fn answer(
         Some(h) if !payload.verify(&h.public_key, signature) => TradeEvent::Fail(FailureReason::BadSignature),
         Some(_) if decision == Decision::Decline => TradeEvent::Decline,
         Some(h) => {
-            let wallet = AccountName::Wallet(trade.request.payer.clone(), trade.request.currency);
-            let available = tx
-                .get::<AccountRecord>(T::Accounts, &keys::account(&wallet))?
-                .map_or(Amount::ZERO, |a| a.balance.available());
-            if available < trade.request.amount {
-                TradeEvent::Fail(FailureReason::InsufficientFunds)
-            } else {
-                let shop = AccountName::ShopPayable(trade.shop.clone(), trade.request.currency);
-                let set = PostingSet::transfer(wallet, shop, trade.request.amount)
-                    .or_else(|e| abort(StoreError::Corrupt(format!("settlement postings: {e}"))))?;
-                post(tx, &set, Some(trade.id), PostingKind::Settlement, now)?;
-                trade.receipt = Some(Receipt {
-                    signed_payload: payload.to_bytes(),
-                    signature: signature.to_vec(),
-                    shop_key_fingerprint: shop_key_fingerprint(&trade.shop, &h.public_key),
-                });
-                TradeEvent::Settle
+            let subscriber = tx.get::<SubscriberRecord>(T::Subscribers, trade.request.payer.as_str().as_bytes())?;
+            let settled = match subscriber.map(|s| s.funding) {
+                None => Err(FailureReason::PayerUnknown),
+                Some(Funding::Wallet) => settle_from_wallet(tx, &trade, now)?,
+                Some(Funding::CarrierBill { currency, monthly_cap }) => {
+                    settle_to_bill(tx, &trade, currency, monthly_cap, now)?
+                }
+            };
+            match settled {
+                Err(reason) => TradeEvent::Fail(reason),
+                Ok(()) => {
+                    trade.receipt = Some(Receipt {
+                        signed_payload: payload.to_bytes(),
+                        signature: signature.to_vec(),
+                        shop_key_fingerprint: shop_key_fingerprint(&trade.shop, &h.public_key),
+                    });
+                    TradeEvent::Settle
+                }
             }
         }
     };
@@ -786,6 +970,72 @@ fn answer(
         rejected: None,
         deliveries: std::mem::take(&mut fx.deliveries),
     }))
+}
+
+/// Settles from the payer's prepaid wallet (never below zero).
+fn settle_from_wallet(tx: &Tx, trade: &TradeRecord, now: UnixMs) -> TxResult<Result<(), FailureReason>> {
+    let wallet = AccountName::Wallet(trade.request.payer.clone(), trade.request.currency);
+    let available =
+        tx.get::<AccountRecord>(T::Accounts, &keys::account(&wallet))?.map_or(Amount::ZERO, |a| a.balance.available());
+    if available < trade.request.amount {
+        return Ok(Err(FailureReason::InsufficientFunds));
+    }
+    let shop = AccountName::ShopPayable(trade.shop.clone(), trade.request.currency);
+    let set = PostingSet::transfer(wallet, shop, trade.request.amount)
+        .or_else(|e| abort(StoreError::Corrupt(format!("settlement postings: {e}"))))?;
+    let (set_id, _) = post(tx, &set, Some(trade.id), PostingKind::Settlement, now)?;
+    let entry = PayoutEntry::Settlement {
+        trade: trade.id,
+        carrier: None,
+        currency: trade.request.currency,
+        gross: trade.request.amount,
+        fee: Amount::ZERO,
+    };
+    network::record_payout(tx, &trade.shop, now, set_id, &entry)?;
+    Ok(Ok(()))
+}
+
+/// Settles onto the payer's carrier bill: the carrier must (still) accept
+/// the shop and the charge must fit the month's cap. One posting set:
+/// debit the bill the amount, credit the shop the amount less the fee,
+/// credit the carrier's fee account the fee (legs of zero are left out).
+fn settle_to_bill(
+    tx: &Tx,
+    trade: &TradeRecord,
+    bill_currency: Currency,
+    cap: Amount,
+    now: UnixMs,
+) -> TxResult<Result<(), FailureReason>> {
+    let Some(carrier) = trade.carrier.as_ref() else {
+        return abort(StoreError::Corrupt("a carrier-billed trade without a carrier".into()));
+    };
+    if !network::accepted(tx, carrier, &trade.shop)? {
+        return Ok(Err(FailureReason::CarrierRefusedShop));
+    }
+    let (amount, currency) = (trade.request.amount, trade.request.currency);
+    let payer = &trade.request.payer;
+    let Some(plan) = network::plan_charge(tx, carrier, payer, bill_currency, cap, amount, currency, now)? else {
+        return Ok(Err(FailureReason::SpendingCap));
+    };
+    let Ok(to_shop) = amount.checked_sub(plan.fee) else {
+        return abort(StoreError::Corrupt("fee above the amount".into()));
+    };
+    let mut legs = vec![Leg { account: plan.bill.clone(), side: Side::Debit, amount }];
+    if !to_shop.is_zero() {
+        legs.push(Leg { account: AccountName::ShopPayable(trade.shop.clone(), currency), side: Side::Credit, amount: to_shop });
+    }
+    if !plan.fee.is_zero() {
+        legs.push(Leg { account: AccountName::CarrierFees(carrier.clone(), currency), side: Side::Credit, amount: plan.fee });
+    }
+    let set = PostingSet::new(legs).or_else(|e| abort(StoreError::Corrupt(format!("settlement postings: {e}"))))?;
+    let (set_id, _) = post(tx, &set, Some(trade.id), PostingKind::Settlement, now)?;
+    let Some(shop) = tx.get::<ShopRecord>(T::Shops, trade.shop.as_str().as_bytes())? else {
+        return abort(StoreError::Corrupt("settled trade of a missing shop".into()));
+    };
+    network::record_charge(tx, &plan, carrier, payer, trade.id, set_id, &trade.shop, &shop.display_name, amount, currency, now)?;
+    let entry = PayoutEntry::Settlement { trade: trade.id, carrier: Some(carrier.clone()), currency, gross: amount, fee: plan.fee };
+    network::record_payout(tx, &trade.shop, now, set_id, &entry)?;
+    Ok(Ok(()))
 }
 
 fn cancel(tx: &Tx, shop: &ShopId, trade_id: &TradeId, now: UnixMs, fx: &mut Effects) -> TxResult<CommandOutcome> {
@@ -882,10 +1132,25 @@ fn refund(
             "amount_minor: the shop's balance does not cover the refund".into(),
         ));
     }
-    let wallet = AccountName::Wallet(trade.request.payer.clone(), trade.request.currency);
-    let set = PostingSet::transfer(payable, wallet, amount)
+    // A carrier-billed charge is refunded to the bill (freeing the cap of
+    // the charge's month); the carrier keeps its fee, as card processors
+    // do, so the shop returns the full refund from its own balance.
+    let bill = network::bill_line_of(tx, &trade.id)?;
+    let (payer_account, carrier) = match (&bill, &trade.carrier) {
+        (Some(_), Some(carrier)) => {
+            (AccountName::CarrierBill(carrier.clone(), trade.request.payer.clone(), trade.request.currency), Some(carrier.clone()))
+        }
+        (Some(_), None) => return abort(StoreError::Corrupt("a billed trade without a carrier".into())),
+        (None, _) => (AccountName::Wallet(trade.request.payer.clone(), trade.request.currency), None),
+    };
+    let set = PostingSet::transfer(payable, payer_account, amount)
         .or_else(|e| abort(StoreError::FailedPrecondition(format!("amount_minor: {e}"))))?;
-    let refund_id = post(tx, &set, Some(trade.id), PostingKind::Refund, now)?;
+    let (set_id, refund_id) = post(tx, &set, Some(trade.id), PostingKind::Refund, now)?;
+    if let (Some((line_key, line)), Some(carrier)) = (bill, &carrier) {
+        network::record_bill_refund(tx, carrier, &trade.request.payer, &line_key, line, amount)?;
+    }
+    let entry = PayoutEntry::Refund { trade: trade.id, carrier, currency: trade.request.currency, amount };
+    network::record_payout(tx, &trade.shop, now, set_id, &entry)?;
     trade.refunded = refunded;
     tx.put(T::Trades, trade.id.as_bytes(), &trade)?;
     if let Some(key) = &idem_key {

@@ -5,8 +5,8 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::domain::{
-    AccountName, Amount, Balance, CarrierId, Currency, Decision, FailureReason, RegisterId, ShopId, Side,
-    SubscriberNumber, TradeId, TradeState, UnixMs,
+    AccountName, Amount, Balance, CarrierId, Currency, Decision, FailureReason, IpKey, IpPrefix, PortRange,
+    RegisterId, ShopId, Side, SubscriberNumber, TradeId, TradeState, UnixMs,
 };
 
 use super::StoreError;
@@ -58,6 +58,10 @@ pub struct CarrierRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Funding {
     Wallet,
+    /// Direct carrier billing within a monthly cap in one currency.
+    /// (Appended after `Wallet`: postcard numbers variants, so records
+    /// written before it still decode.)
+    CarrierBill { currency: Currency, monthly_cap: Amount },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -237,6 +241,121 @@ pub enum IdempotencyRecord {
     Trade { trade: TradeId, request: TradeRequest },
     /// A RefundTrade key: the refund it made.
     Refund { trade: TradeId, amount: Amount, refund_id: u64 },
+    /// A CreateTrade key whose payer was a network identity: the request
+    /// as the shop sent it (never the resolved subscriber, so a retry's
+    /// conflict message cannot reveal who was resolved).
+    NetworkTrade { trade: TradeId, request: NetworkTradeRequest },
+}
+
+/// A payer named by network identity, as validated at the edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkIdentity {
+    pub ip: IpKey,
+    /// `None` when the shop saw no port.
+    pub port: Option<u16>,
+    pub observed_at: UnixMs,
+}
+
+/// A CreateTrade whose payer is a network identity, kept to compare
+/// idempotent retries field by field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkTradeRequest {
+    pub register: RegisterId,
+    pub identity: NetworkIdentity,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub description: String,
+    pub ttl_ms: u64,
+}
+
+impl NetworkTradeRequest {
+    /// The first field in which `other` differs, for the conflict message.
+    pub fn first_difference(&self, other: &NetworkTradeRequest) -> Option<&'static str> {
+        if self.register != other.register {
+            Some("register_id")
+        } else if self.identity.ip != other.identity.ip {
+            Some("network_identity.ip")
+        } else if self.identity.port != other.identity.port {
+            Some("network_identity.port")
+        } else if self.identity.observed_at != other.identity.observed_at {
+            Some("network_identity.observed_at_ms")
+        } else if self.amount != other.amount {
+            Some("amount_minor")
+        } else if self.currency != other.currency {
+            Some("currency")
+        } else if self.description != other.description {
+            Some("description")
+        } else if self.ttl_ms != other.ttl_ms {
+            Some("ttl_seconds")
+        } else {
+            None
+        }
+    }
+}
+
+/// One of a carrier's IP prefixes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrefixRecord {
+    pub carrier: CarrierId,
+    pub prefix: IpPrefix,
+}
+
+/// A carrier's billing terms.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct CarrierTerms {
+    /// Fee on carrier-billed charges in basis points (0..=10 000).
+    pub fee_bps: u32,
+}
+
+/// What a lease record says from its instant on, for its port range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseMark {
+    /// The subscriber holds the address (port range) from here.
+    Start { carrier: CarrierId, subscriber: SubscriberNumber },
+    /// Nobody holds it from here.
+    Stop { carrier: CarrierId },
+}
+
+/// One lease start or stop. The key holds address, instant, first port and
+/// kind; the value the rest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    pub ports: PortRange,
+    pub mark: LeaseMark,
+}
+
+/// A subscriber's cap use in one month and currency. `cap` is the cap in
+/// force at the last change, so lowering a cap later does not make an
+/// earlier month look violated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapUsage {
+    pub cap: Amount,
+    /// Charges settled in the month minus refunds of those charges.
+    pub used: Amount,
+}
+
+/// One charge on a carrier bill, filed under the month it settled in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BillLine {
+    pub trade: TradeId,
+    pub set_id: u64,
+    pub shop: ShopId,
+    pub shop_name: String,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub fee: Amount,
+    pub fee_bps: u32,
+    pub settled_at: UnixMs,
+    pub refunded: Amount,
+}
+
+/// What moved on a shop's payable account, for payout reports; written in
+/// the same commit as the postings it describes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PayoutEntry {
+    /// `carrier` is the billing carrier; `None` for a wallet payment.
+    Settlement { trade: TradeId, carrier: Option<CarrierId>, currency: Currency, gross: Amount, fee: Amount },
+    Refund { trade: TradeId, carrier: Option<CarrierId>, currency: Currency, amount: Amount },
 }
 
 #[cfg(test)]

@@ -42,7 +42,14 @@ async fn fixture() -> Fixture {
         now: T0,
     })
     .await;
-    run(Command::CreateCarrier { id: carrier.clone(), display_name: "Docomo".into(), token_hash: [2; 32], now: T0 })
+    run(Command::CreateCarrier {
+        id: carrier.clone(),
+        display_name: "Docomo".into(),
+        token_hash: [2; 32],
+        prefixes: Vec::new(),
+        fee_bps: 0,
+        now: T0,
+    })
         .await;
     run(Command::EnrollSubscriber {
         carrier: carrier.clone(),

@@ -4,9 +4,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::domain::{AccountName, Currency, Side, TradeId, TradeState};
+use crate::domain::{carrier_fee, AccountName, Currency, Month, Side, TradeId, TradeState};
 
-use super::records::{self, AccountRecord, PostingKind, PostingRecord, RegisterRecord, TradeRecord};
+use super::records::{self, AccountRecord, BillLine, CapUsage, PostingKind, PostingRecord, RegisterRecord, TradeRecord};
 use super::{keys, StoreError, T};
 
 /// At most this many violations are listed; the count is always exact.
@@ -52,7 +52,11 @@ impl Sums {
 #[derive(Default)]
 struct TradeMoney {
     settlement_sets: Vec<u64>,
+    /// Debited from the payer (wallet or carrier bill) by the settlement.
+    settled_from_payer: u128,
     settled_to_shop: u128,
+    fees: u128,
+    billed: bool,
     refunded: u128,
 }
 
@@ -73,11 +77,18 @@ pub(crate) fn verify(trees: &[sled::Tree]) -> Result<VerifyReport, StoreError> {
         if let Some(trade) = p.trade {
             let money = per_trade.entry(trade).or_default();
             match (p.kind, &p.account, p.side) {
-                (PostingKind::Settlement, AccountName::ShopPayable(..), Side::Credit) => {
-                    money.settled_to_shop += u128::from(p.amount.minor());
+                (PostingKind::Settlement, AccountName::Wallet(..) | AccountName::CarrierBill(..), Side::Debit) => {
+                    money.settled_from_payer += u128::from(p.amount.minor());
+                    money.billed |= matches!(p.account, AccountName::CarrierBill(..));
                     if !money.settlement_sets.contains(&p.set_id) {
                         money.settlement_sets.push(p.set_id);
                     }
+                }
+                (PostingKind::Settlement, AccountName::ShopPayable(..), Side::Credit) => {
+                    money.settled_to_shop += u128::from(p.amount.minor());
+                }
+                (PostingKind::Settlement, AccountName::CarrierFees(..), Side::Credit) => {
+                    money.fees += u128::from(p.amount.minor());
                 }
                 (PostingKind::Refund, AccountName::ShopPayable(..), Side::Debit) => {
                     money.refunded += u128::from(p.amount.minor());
@@ -136,6 +147,72 @@ pub(crate) fn verify(trees: &[sled::Tree]) -> Result<VerifyReport, StoreError> {
         }
     }
 
+    // Carrier bills: each line against its trade's postings and fee rule;
+    // per bill and month, the lines against the recorded cap use, which
+    // never exceeds the cap; per bill account, the lines against the balance.
+    let mut lines: HashMap<TradeId, BillLine> = HashMap::new();
+    let mut per_month: BTreeMap<Vec<u8>, u128> = BTreeMap::new();
+    let mut per_bill: BTreeMap<AccountName, u128> = BTreeMap::new();
+    for item in tree(T::Network)?.scan_prefix(b"B") {
+        let (_, v) = item?;
+        let line: BillLine = records::decode(&v)?;
+        let Some(trade) = tree(T::Trades)?.get(line.trade.as_bytes())? else {
+            report.violation(format!("bill line names trade {}, which does not exist", line.trade));
+            continue;
+        };
+        let trade: TradeRecord = records::decode(&trade)?;
+        let Some(carrier) = trade.carrier.clone() else {
+            report.violation(format!("bill line of trade {} whose trade has no carrier", line.trade));
+            continue;
+        };
+        if line.fee != carrier_fee(line.amount, line.fee_bps) {
+            report.violation(format!(
+                "trade {}: fee {} is not floor({} x {} bps)",
+                line.trade,
+                line.fee.minor(),
+                line.amount.minor(),
+                line.fee_bps
+            ));
+        }
+        let owed = u128::from(line.amount.minor()).saturating_sub(u128::from(line.refunded.minor()));
+        let month_key = keys::net::cap_usage(&carrier, &trade.request.payer, line.currency, Month::of(line.settled_at));
+        *per_month.entry(month_key).or_default() += owed;
+        *per_bill.entry(AccountName::CarrierBill(carrier, trade.request.payer.clone(), line.currency)).or_default() +=
+            owed;
+        lines.insert(line.trade, line);
+    }
+    for item in tree(T::Network)?.scan_prefix(b"U") {
+        let (k, v) = item?;
+        let usage: CapUsage = records::decode(&v)?;
+        let counted = per_month.remove(k.as_ref()).unwrap_or(0);
+        if counted != u128::from(usage.used.minor()) {
+            report.violation(format!(
+                "a carrier bill month records {} used but its lines sum to {counted}",
+                usage.used.minor()
+            ));
+        }
+        if usage.used > usage.cap {
+            report.violation(format!(
+                "a carrier bill month is above its cap: {} used of {}",
+                usage.used.minor(),
+                usage.cap.minor()
+            ));
+        }
+    }
+    if !per_month.is_empty() {
+        report.violation(format!("{} carrier bill months have lines but no cap use", per_month.len()));
+    }
+    for (bill, owed) in per_bill {
+        let balance = tree(T::Accounts)?
+            .get(keys::account(&bill))?
+            .map(|v| records::decode::<AccountRecord>(&v))
+            .transpose()?
+            .map_or(0, |a| -a.balance.net());
+        if i128::try_from(owed).ok() != Some(balance) {
+            report.violation(format!("{bill:?}: lines say {owed} owed but the balance says {balance}"));
+        }
+    }
+
     // Trades against their postings, and registers against their trades.
     let mut open_per_register: HashMap<Vec<u8>, u32> = HashMap::new();
     for item in tree(T::Trades)?.iter() {
@@ -153,11 +230,32 @@ pub(crate) fn verify(trees: &[sled::Tree]) -> Result<VerifyReport, StoreError> {
                         money.settlement_sets.len()
                     ));
                 }
-                if money.settled_to_shop != amount {
+                if money.settled_from_payer != amount {
                     report.violation(format!(
-                        "trade {} settled {} but postings credit the shop {}",
-                        t.id, amount, money.settled_to_shop
+                        "trade {} settled {} but postings debit the payer {}",
+                        t.id, amount, money.settled_from_payer
                     ));
+                }
+                if money.settled_to_shop + money.fees != amount {
+                    report.violation(format!(
+                        "trade {} settled {} but postings credit the shop {} and fees {}",
+                        t.id, amount, money.settled_to_shop, money.fees
+                    ));
+                }
+                match lines.remove(&t.id) {
+                    Some(line) => {
+                        if !money.billed
+                            || u128::from(line.amount.minor()) != amount
+                            || u128::from(line.fee.minor()) != money.fees
+                            || line.refunded != t.refunded
+                        {
+                            report.violation(format!("trade {}: its bill line disagrees with its postings", t.id));
+                        }
+                    }
+                    None if money.billed || money.fees != 0 => {
+                        report.violation(format!("carrier-billed trade {} has no bill line", t.id));
+                    }
+                    None => {}
                 }
             }
             TradeState::Pending
@@ -179,9 +277,11 @@ pub(crate) fn verify(trees: &[sled::Tree]) -> Result<VerifyReport, StoreError> {
                 money.refunded
             ));
         }
-        if money.refunded > money.settled_to_shop {
-            report
-                .violation(format!("trade {} refunded {} of {} settled", t.id, money.refunded, money.settled_to_shop));
+        if money.refunded > money.settled_from_payer {
+            report.violation(format!(
+                "trade {} refunded {} of {} settled",
+                t.id, money.refunded, money.settled_from_payer
+            ));
         }
         if !t.state.is_final() {
             let key = keys::register(&t.shop, &t.request.register);
@@ -194,6 +294,9 @@ pub(crate) fn verify(trees: &[sled::Tree]) -> Result<VerifyReport, StoreError> {
     }
     for (trade, _) in per_trade {
         report.violation(format!("postings name trade {trade}, which does not exist"));
+    }
+    for (trade, _) in lines {
+        report.violation(format!("trade {trade} has a bill line but is not settled"));
     }
     for item in tree(T::Registers)?.iter() {
         let (k, v) = item?;

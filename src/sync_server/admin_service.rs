@@ -57,8 +57,19 @@ impl AdminService for AdminApi {
         let r = request.get_ref();
         let id = convert::carrier_id("carrier_id", &r.carrier_id)?;
         let display_name = convert::text("display_name", &r.display_name, limits::MAX_DISPLAY_NAME_CHARS, true)?;
+        let prefixes = convert::prefixes(&r.ip_prefixes, limits::MAX_PREFIXES_PER_CALL)?;
+        if r.fee_bps > crate::domain::network::MAX_FEE_BPS {
+            return Err(ApiError::invalid("fee_bps", "must be 0..=10000 (basis points)").into());
+        }
         let token = new_token("carrier")?;
-        let command = Command::CreateCarrier { id, display_name, token_hash: token_hash(&token), now: now() };
+        let command = Command::CreateCarrier {
+            id,
+            display_name,
+            token_hash: token_hash(&token),
+            prefixes,
+            fee_bps: r.fee_bps,
+            now: now(),
+        };
         match self.engine.store.execute(command).await.map_err(ApiError::from)? {
             CommandOutcome::Carrier(c) => {
                 tracing::info!(carrier = %c.id, "carrier created");
@@ -132,5 +143,40 @@ impl AdminService for AdminApi {
             postings_checked: report.postings_checked,
             trades_checked: report.trades_checked,
         }))
+    }
+
+    async fn add_carrier_prefixes(
+        &self,
+        request: Request<proto::AddCarrierPrefixesRequest>,
+    ) -> Result<Response<proto::AddCarrierPrefixesResponse>, Status> {
+        let r = request.get_ref();
+        let carrier = convert::carrier_id("carrier_id", &r.carrier_id)?;
+        let prefixes = convert::prefixes(&r.ip_prefixes, limits::MAX_PREFIXES_PER_CALL)?;
+        match self.engine.store.execute(Command::AddPrefixes { carrier, prefixes }).await.map_err(ApiError::from)? {
+            CommandOutcome::Prefixes(p) => Ok(Response::new(proto::AddCarrierPrefixesResponse {
+                ip_prefixes: p.iter().map(ToString::to_string).collect(),
+            })),
+            _ => Err(ApiError::Internal("add prefixes: unexpected outcome".into()).into()),
+        }
+    }
+
+    async fn get_statement(
+        &self,
+        request: Request<proto::GetStatementRequest>,
+    ) -> Result<Response<proto::Statement>, Status> {
+        let r = request.get_ref();
+        let carrier = convert::carrier_id("carrier_id", &r.carrier_id)?;
+        let number = convert::subscriber("subscriber_number", &r.subscriber_number)?;
+        let month = convert::month("month", &r.month)?;
+        let data = self.engine.store.statement(&carrier, &number, month).await.map_err(ApiError::from)?;
+        Ok(Response::new(convert::statement_to_proto(&data, month)))
+    }
+
+    async fn prune_leases(
+        &self,
+        _request: Request<proto::PruneLeasesRequest>,
+    ) -> Result<Response<proto::PruneLeasesResponse>, Status> {
+        let deleted = self.engine.prune_leases().await.map_err(ApiError::from)?;
+        Ok(Response::new(proto::PruneLeasesResponse { deleted }))
     }
 }

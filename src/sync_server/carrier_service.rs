@@ -180,15 +180,28 @@ impl CarrierService for CarrierApi {
         let number = convert::subscriber("subscriber_number", &r.subscriber_number)?;
         let funding = match proto::Funding::try_from(r.funding) {
             Ok(proto::Funding::Wallet) => Funding::Wallet,
+            Ok(proto::Funding::CarrierBill) => Funding::CarrierBill {
+                currency: convert::currency("bill_currency", &r.bill_currency)?,
+                monthly_cap: convert::amount("monthly_cap_minor", r.monthly_cap_minor, &self.engine.limits)?,
+            },
             Ok(proto::Funding::Unspecified) | Err(_) => {
-                return Err(ApiError::invalid("funding", "must be WALLET").into());
+                return Err(ApiError::invalid("funding", "must be WALLET or CARRIER_BILL").into());
             }
         };
         let command = Command::EnrollSubscriber { carrier, number, funding, now: now() };
         match self.engine.store.execute(command).await.map_err(ApiError::from)? {
-            CommandOutcome::Subscriber(s) => Ok(Response::new(proto::EnrollSubscriberResponse {
-                subscriber_number: s.number.as_str().to_owned(),
-                funding: proto::Funding::Wallet as i32,
+            CommandOutcome::Subscriber(s) => Ok(Response::new(match s.funding {
+                Funding::Wallet => proto::EnrollSubscriberResponse {
+                    subscriber_number: s.number.as_str().to_owned(),
+                    funding: proto::Funding::Wallet as i32,
+                    ..Default::default()
+                },
+                Funding::CarrierBill { currency, monthly_cap } => proto::EnrollSubscriberResponse {
+                    subscriber_number: s.number.as_str().to_owned(),
+                    funding: proto::Funding::CarrierBill as i32,
+                    bill_currency: currency.code().to_owned(),
+                    monthly_cap_minor: monthly_cap.minor(),
+                },
             })),
             _ => Err(ApiError::Internal("enroll subscriber: unexpected outcome".into()).into()),
         }
@@ -210,6 +223,69 @@ impl CarrierService for CarrierApi {
                 Ok(Response::new(proto::EnrollHandsetResponse { key_sha256: key_sha256(&h.public_key).to_vec() }))
             }
             _ => Err(ApiError::Internal("enroll handset: unexpected outcome".into()).into()),
+        }
+    }
+
+    async fn report_leases(
+        &self,
+        request: Request<proto::ReportLeasesRequest>,
+    ) -> Result<Response<proto::ReportLeasesResponse>, Status> {
+        let carrier = auth::carrier(&request)?;
+        let (starts, stops) = convert::lease_batch(request.get_ref(), limits::MAX_LEASE_BATCH)?;
+        match self.engine.store.execute(Command::ReportLeases { carrier, starts, stops }).await.map_err(ApiError::from)? {
+            CommandOutcome::Leases { starts, stops } => {
+                Ok(Response::new(proto::ReportLeasesResponse { starts_recorded: starts, stops_recorded: stops }))
+            }
+            _ => Err(ApiError::Internal("report leases: unexpected outcome".into()).into()),
+        }
+    }
+
+    async fn accept_shop(
+        &self,
+        request: Request<proto::AcceptShopRequest>,
+    ) -> Result<Response<proto::AcceptShopResponse>, Status> {
+        let carrier = auth::carrier(&request)?;
+        let shop = convert::shop_id("shop_id", &request.get_ref().shop_id)?;
+        self.set_acceptance(carrier, shop, true).await
+    }
+
+    async fn revoke_shop(
+        &self,
+        request: Request<proto::RevokeShopRequest>,
+    ) -> Result<Response<proto::AcceptShopResponse>, Status> {
+        let carrier = auth::carrier(&request)?;
+        let shop = convert::shop_id("shop_id", &request.get_ref().shop_id)?;
+        self.set_acceptance(carrier, shop, false).await
+    }
+
+    async fn get_statement(
+        &self,
+        request: Request<proto::GetStatementRequest>,
+    ) -> Result<Response<proto::Statement>, Status> {
+        let carrier = auth::carrier(&request)?;
+        let r = request.get_ref();
+        let number = convert::subscriber("subscriber_number", &r.subscriber_number)?;
+        let month = convert::month("month", &r.month)?;
+        let data = self.engine.store.statement(&carrier, &number, month).await.map_err(ApiError::from)?;
+        Ok(Response::new(convert::statement_to_proto(&data, month)))
+    }
+}
+
+impl CarrierApi {
+    async fn set_acceptance(
+        &self,
+        carrier: CarrierId,
+        shop: crate::domain::ShopId,
+        accept: bool,
+    ) -> Result<Response<proto::AcceptShopResponse>, Status> {
+        let shop_id = shop.to_string();
+        let command = Command::SetAcceptance { carrier: carrier.clone(), shop, accept };
+        match self.engine.store.execute(command).await.map_err(ApiError::from)? {
+            CommandOutcome::Acceptance { accepted } => {
+                tracing::info!(carrier = %carrier, shop = %shop_id, accepted, "shop acceptance set");
+                Ok(Response::new(proto::AcceptShopResponse { shop_id, accepted }))
+            }
+            _ => Err(ApiError::Internal("set acceptance: unexpected outcome".into()).into()),
         }
     }
 }

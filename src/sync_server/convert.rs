@@ -4,10 +4,14 @@
 
 use crate::domain::approval::ServerSecret;
 use crate::domain::{
-    Amount, CarrierId, Currency, Decision, FailureReason, RegisterId, ShopId, SubscriberNumber, TradeId, TradeState,
+    Amount, CarrierId, Currency, Decision, FailureReason, IpKey, IpPrefix, Month, PortRange, RegisterId, ShopId,
+    SubscriberNumber, TradeId, TradeState, UnixMs,
 };
 use crate::proto;
-use crate::store::{AccountRecord, EventKind, EventRecord, PostingRecord, RegisterRecord, TradeRecord};
+use crate::store::{
+    AccountRecord, EventKind, EventRecord, LeaseReport, NetworkIdentity, PostingRecord, RegisterRecord,
+    StatementData, TradeRecord,
+};
 
 use super::error::ApiError;
 use super::limits::Limits;
@@ -71,6 +75,115 @@ pub fn idempotency_key(field: &'static str, value: &str, max_len: usize) -> Resu
         return Err(ApiError::invalid(field, format!("must be 1..={max_len} visible ASCII characters")));
     }
     Ok(Some(value.to_owned()))
+}
+
+/// A time on the wire: non-negative milliseconds since the epoch.
+pub fn unix_ms(field: &'static str, value: i64) -> Result<UnixMs, ApiError> {
+    u64::try_from(value).map(UnixMs).map_err(|_| ApiError::invalid(field, "must not be negative"))
+}
+
+pub fn network_identity(n: &proto::NetworkIdentity) -> Result<NetworkIdentity, ApiError> {
+    let ip = IpKey::parse(&n.ip).map_err(|e| ApiError::invalid("network_identity.ip", e))?;
+    let port = match n.port {
+        0 => None,
+        p => Some(u16::try_from(p).map_err(|_| ApiError::invalid("network_identity.port", "must be 0..=65535"))?),
+    };
+    let observed_at = unix_ms("network_identity.observed_at_ms", n.observed_at_ms)?;
+    if observed_at.0 == 0 {
+        return Err(ApiError::invalid("network_identity.observed_at_ms", "is required"));
+    }
+    Ok(NetworkIdentity { ip, port, observed_at })
+}
+
+/// CIDR prefixes; the field name is reported with the index at fault.
+pub fn prefixes(list: &[String], max: usize) -> Result<Vec<IpPrefix>, ApiError> {
+    if list.len() > max {
+        return Err(ApiError::invalid("ip_prefixes", format!("at most {max} per call")));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, text)| {
+            IpPrefix::parse(text).map_err(|e| ApiError::InvalidArgument {
+                field: "ip_prefixes",
+                message: format!("[{i}] {text:?} {e}"),
+            })
+        })
+        .collect()
+}
+
+/// A port block: both 0 means the whole address.
+fn ports(lo: u32, hi: u32) -> Result<PortRange, String> {
+    if lo == 0 && hi == 0 {
+        return Ok(PortRange::ALL);
+    }
+    let (Ok(lo), Ok(hi)) = (u16::try_from(lo), u16::try_from(hi)) else {
+        return Err("port_lo and port_hi must be 0..=65535".into());
+    };
+    PortRange::new(lo, hi).map_err(|e| e.to_string())
+}
+
+/// A ReportLeases batch; errors name the entry (`starts[2].ip: …`).
+pub fn lease_batch(
+    r: &proto::ReportLeasesRequest,
+    max: usize,
+) -> Result<(Vec<LeaseReport>, Vec<LeaseReport>), ApiError> {
+    if r.starts.len().saturating_add(r.stops.len()) > max {
+        return Err(ApiError::invalid("starts", format!("at most {max} starts and stops per call")));
+    }
+    let bad = |what: String| ApiError::InvalidArgument { field: "lease", message: what };
+    let mut starts = Vec::with_capacity(r.starts.len());
+    for (index, s) in r.starts.iter().enumerate() {
+        let ip = IpKey::parse(&s.ip).map_err(|e| bad(format!("starts[{index}].ip {e}")))?;
+        let ports = ports(s.port_lo, s.port_hi).map_err(|e| bad(format!("starts[{index}].port_lo: {e}")))?;
+        let number = SubscriberNumber::parse(&s.subscriber_number)
+            .map_err(|e| bad(format!("starts[{index}].subscriber_number: {e}")))?;
+        let at = u64::try_from(s.start_ms).map_err(|_| bad(format!("starts[{index}].start_ms: must not be negative")))?;
+        starts.push(LeaseReport { ip, ports, at: UnixMs(at), subscriber: Some(number), index });
+    }
+    let mut stops = Vec::with_capacity(r.stops.len());
+    for (index, s) in r.stops.iter().enumerate() {
+        let ip = IpKey::parse(&s.ip).map_err(|e| bad(format!("stops[{index}].ip {e}")))?;
+        let ports = ports(s.port_lo, s.port_hi).map_err(|e| bad(format!("stops[{index}].port_lo: {e}")))?;
+        let at = u64::try_from(s.end_ms).map_err(|_| bad(format!("stops[{index}].end_ms: must not be negative")))?;
+        stops.push(LeaseReport { ip, ports, at: UnixMs(at), subscriber: None, index });
+    }
+    Ok((starts, stops))
+}
+
+pub fn month(field: &'static str, text: &str) -> Result<Month, ApiError> {
+    Month::parse(text).ok_or_else(|| ApiError::invalid(field, "must be YYYY-MM"))
+}
+
+/// A statement for the carrier (or the operator): the subscriber's own
+/// bill, shop names included.
+pub fn statement_to_proto(s: &StatementData, month: Month) -> proto::Statement {
+    let (currency, cap) = match &s.subscriber.funding {
+        crate::store::Funding::CarrierBill { currency, monthly_cap } => (currency.code().to_owned(), monthly_cap.minor()),
+        crate::store::Funding::Wallet => (String::new(), 0),
+    };
+    let mut out = proto::Statement {
+        subscriber_number: s.subscriber.number.as_str().to_owned(),
+        month: month.to_string(),
+        currency,
+        monthly_cap_minor: cap,
+        ..Default::default()
+    };
+    for l in &s.lines {
+        out.charged_minor = out.charged_minor.saturating_add(l.amount.minor());
+        out.refunded_minor = out.refunded_minor.saturating_add(l.refunded.minor());
+        out.fee_minor = out.fee_minor.saturating_add(l.fee.minor());
+        out.lines.push(proto::BillLine {
+            trade_id: l.trade.to_string(),
+            shop_id: l.shop.to_string(),
+            shop_name: l.shop_name.clone(),
+            amount_minor: l.amount.minor(),
+            refunded_minor: l.refunded.minor(),
+            settled_at_ms: ms(l.settled_at),
+            fee_minor: l.fee.minor(),
+        });
+    }
+    out.total_minor = out.charged_minor.saturating_sub(out.refunded_minor);
+    out
 }
 
 pub fn decision(field: &'static str, value: i32) -> Result<Decision, ApiError> {

@@ -13,8 +13,8 @@ use crate::carrier::{CarrierGateway, PushResult};
 use crate::domain::approval::ServerSecret;
 use crate::domain::{Amount, CarrierId, Currency, Decision, RegisterId, ShopId, SubscriberNumber, TradeId, UnixMs};
 use crate::store::{
-    AnswerOutcome, Command, CommandOutcome, CreateTrade, Delivery, RejectedAnswer, Store, StoreError, TradeRecord,
-    TradeRequest,
+    AnswerOutcome, Command, CommandOutcome, CreateTrade, Delivery, NetworkIdentity, NetworkTrade, NetworkTradeRequest,
+    RejectedAnswer, Store, StoreError, TradeRecord, TradeRequest,
 };
 
 use super::error::ApiError;
@@ -35,11 +35,18 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 /// Trades expired per sweep round, so one round never holds the writer long.
 pub const SWEEP_BATCH: usize = 256;
 
+/// How a CreateTrade names its payer.
+#[derive(Debug, Clone)]
+pub enum Payer {
+    Number(SubscriberNumber),
+    Network(NetworkIdentity),
+}
+
 /// A validated CreateTrade.
 #[derive(Debug, Clone)]
 pub struct NewTrade {
     pub register: RegisterId,
-    pub payer: SubscriberNumber,
+    pub payer: Payer,
     pub amount: Amount,
     pub currency: Currency,
     pub description: String,
@@ -144,22 +151,47 @@ impl Engine {
         }
         let trade_id = TradeId::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
         tracing::Span::current().record("trade_id", tracing::field::display(trade_id));
-        let command = Command::CreateTrade(CreateTrade {
-            shop: shop.clone(),
-            trade_id,
-            request: TradeRequest {
-                register: t.register,
-                payer: t.payer,
-                amount: t.amount,
-                currency: t.currency,
-                description: t.description,
-                ttl_ms: u64::try_from(t.ttl.as_millis()).unwrap_or(u64::MAX),
-            },
-            idempotency_key: t.idempotency_key,
-            binding_code: self.secret.binding_code(trade_id).to_string(),
-            max_open_per_register: self.limits.max_open_trades_per_register,
-            now: now(),
-        });
+        let at = now();
+        let ttl_ms = u64::try_from(t.ttl.as_millis()).unwrap_or(u64::MAX);
+        let binding_code = self.secret.binding_code(trade_id).to_string();
+        let max_open_per_register = self.limits.max_open_trades_per_register;
+        let command = match t.payer {
+            Payer::Number(payer) => Command::CreateTrade(CreateTrade {
+                shop: shop.clone(),
+                trade_id,
+                request: TradeRequest {
+                    register: t.register,
+                    payer,
+                    amount: t.amount,
+                    currency: t.currency,
+                    description: t.description,
+                    ttl_ms,
+                },
+                idempotency_key: t.idempotency_key,
+                binding_code,
+                max_open_per_register,
+                now: at,
+            }),
+            Payer::Network(identity) => {
+                self.check_observed_at(identity.observed_at, at)?;
+                Command::CreateTradeByNetwork(NetworkTrade {
+                    shop: shop.clone(),
+                    trade_id,
+                    request: NetworkTradeRequest {
+                        register: t.register,
+                        identity,
+                        amount: t.amount,
+                        currency: t.currency,
+                        description: t.description,
+                        ttl_ms,
+                    },
+                    idempotency_key: t.idempotency_key,
+                    binding_code,
+                    max_open_per_register,
+                    now: at,
+                })
+            }
+        };
         match self.store.execute(command).await? {
             CommandOutcome::Trade { trade: Some(trade), deliveries, replayed } => {
                 if replayed {
@@ -174,6 +206,31 @@ impl Engine {
             }
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// A network identity must be observed no later than a small clock skew
+    /// ahead of now, and no earlier than the lease retention allows.
+    fn check_observed_at(&self, observed: UnixMs, now: UnixMs) -> Result<(), ApiError> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        if observed.0 > now.0.saturating_add(ms(super::limits::MAX_OBSERVED_SKEW)) {
+            return Err(ApiError::invalid("network_identity.observed_at_ms", "is in the future"));
+        }
+        if observed.0 < now.0.saturating_sub(ms(self.limits.lease_retention)) {
+            return Err(ApiError::invalid(
+                "network_identity.observed_at_ms",
+                format!("is older than the lease retention ({} days)", self.limits.lease_retention.as_secs() / 86_400),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Prunes lease records older than the retention that later records
+    /// supersede; returns how many were deleted.
+    pub async fn prune_leases(&self) -> Result<u64, StoreError> {
+        let retention = u64::try_from(self.limits.lease_retention.as_millis()).unwrap_or(u64::MAX);
+        let deleted = self.store.prune_leases(UnixMs(now().0.saturating_sub(retention))).await?;
+        tracing::info!(deleted, "lease records pruned");
+        Ok(deleted)
     }
 
     #[instrument(skip_all, fields(trade_id = %trade))]
@@ -309,9 +366,16 @@ impl Engine {
     /// Runs the expiry sweeper until `shutdown` turns true. Overdue trades
     /// left by a crash expire on the first round.
     pub async fn run_sweeper(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut last_prune = std::time::Instant::now();
         loop {
             if let Err(e) = self.expire_due().await {
                 tracing::error!(error = %e, "expiry sweep failed");
+            }
+            if last_prune.elapsed() >= super::limits::LEASE_PRUNE_INTERVAL {
+                last_prune = std::time::Instant::now();
+                if let Err(e) = self.prune_leases().await {
+                    tracing::error!(error = %e, "lease pruning failed");
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(SWEEP_INTERVAL) => {}

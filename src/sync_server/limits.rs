@@ -37,6 +37,19 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 pub const MAX_RELAY_INFLIGHT: usize = 1024;
 /// Page sizes for listing and replay.
 pub const MAX_LIST: usize = 1000;
+/// Lease starts plus stops in one ReportLeases call: one transaction, a
+/// bounded time on the writer.
+pub const MAX_LEASE_BATCH: usize = 1000;
+/// Prefixes in one CreateCarrier/AddCarrierPrefixes call.
+pub const MAX_PREFIXES_PER_CALL: usize = 1000;
+/// How far ahead of the server's clock a shop's `observed_at_ms` may be
+/// (clock skew between the shop and the server).
+pub const MAX_OBSERVED_SKEW: Duration = Duration::from_secs(5 * 60);
+/// How long lease records are kept (and so how old a network identity may
+/// be): 90 days, a common retention for carrier session records.
+pub const LEASE_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+/// How often superseded lease records older than the retention are pruned.
+pub const LEASE_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -47,6 +60,7 @@ pub struct Limits {
     pub default_ttl: Duration,
     pub min_ttl: Duration,
     pub max_ttl: Duration,
+    pub lease_retention: Duration,
 }
 
 impl Default for Limits {
@@ -59,6 +73,7 @@ impl Default for Limits {
             default_ttl: DEFAULT_TTL,
             min_ttl: MIN_TTL,
             max_ttl: MAX_TTL,
+            lease_retention: LEASE_RETENTION,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `RegisterService`: what shops call. Every trade lookup is scoped to the
 //! calling shop; another shop's trade is NOT_FOUND, exactly like no trade.
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,11 +13,11 @@ use tonic::{Request, Response, Status};
 
 use crate::domain::{RegisterId, ShopId, TradeId};
 use crate::proto::{self, register_service_server::RegisterService};
-use crate::store::{Command, CommandOutcome, TradeRecord};
+use crate::store::{Command, CommandOutcome, PayoutEntry, TradeRecord};
 
 use super::auth;
 use super::convert;
-use super::engine::{now, stopped, Engine, NewTrade};
+use super::engine::{now, stopped, Engine, NewTrade, Payer};
 use super::error::ApiError;
 use super::limits;
 
@@ -104,9 +105,16 @@ impl RegisterService for RegisterApi {
         let r = request.get_ref();
         let payer = match &r.payer {
             Some(proto::create_trade_request::Payer::SubscriberNumber(n)) => {
-                convert::subscriber("subscriber_number", n)?
+                Payer::Number(convert::subscriber("subscriber_number", n)?)
             }
-            None => return Err(ApiError::invalid("payer", "name the payer (subscriber_number)").into()),
+            Some(proto::create_trade_request::Payer::NetworkIdentity(n)) => {
+                Payer::Network(convert::network_identity(n)?)
+            }
+            None => {
+                return Err(
+                    ApiError::invalid("payer", "name the payer (subscriber_number or network_identity)").into()
+                )
+            }
         };
         let ttl = match r.ttl_seconds {
             0 => self.engine.limits.default_ttl,
@@ -194,6 +202,21 @@ impl RegisterService for RegisterApi {
 
     type WatchTradesStream = EventStream;
 
+    async fn get_payout_report(
+        &self,
+        request: Request<proto::GetPayoutReportRequest>,
+    ) -> Result<Response<proto::PayoutReport>, Status> {
+        let shop = auth::shop(&request)?;
+        let r = request.get_ref();
+        let from = convert::unix_ms("from_ms", r.from_ms)?;
+        let to = convert::unix_ms("to_ms", r.to_ms)?;
+        if to <= from {
+            return Err(ApiError::invalid("to_ms", "must be after from_ms").into());
+        }
+        let entries = self.engine.store.payout_entries(&shop, from, to).await.map_err(ApiError::from)?;
+        Ok(Response::new(payout_report(&entries, r.from_ms, r.to_ms)))
+    }
+
     async fn watch_trades(
         &self,
         request: Request<proto::WatchTradesRequest>,
@@ -262,5 +285,78 @@ impl RegisterService for RegisterApi {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as EventStream))
+    }
+}
+
+#[derive(Default)]
+struct PayoutSums {
+    gross: u128,
+    fee: u128,
+    refunded: u128,
+    settlements: u64,
+}
+
+impl PayoutSums {
+    fn net(&self) -> i64 {
+        let net = i128::try_from(self.gross).unwrap_or(i128::MAX)
+            - i128::try_from(self.fee).unwrap_or(i128::MAX)
+            - i128::try_from(self.refunded).unwrap_or(i128::MAX);
+        i64::try_from(net).unwrap_or(if net < 0 { i64::MIN } else { i64::MAX })
+    }
+}
+
+fn sat(v: u128) -> u64 {
+    u64::try_from(v).unwrap_or(u64::MAX)
+}
+
+/// Sums payout entries per (carrier, currency) and, for wallet payments,
+/// per currency. Sums are u128: a period of entries cannot overflow them.
+fn payout_report(entries: &[PayoutEntry], from_ms: i64, to_ms: i64) -> proto::PayoutReport {
+    let mut carriers: BTreeMap<(String, String), PayoutSums> = BTreeMap::new();
+    let mut wallet: BTreeMap<String, PayoutSums> = BTreeMap::new();
+    for e in entries {
+        let (carrier, currency) = match e {
+            PayoutEntry::Settlement { carrier, currency, .. } | PayoutEntry::Refund { carrier, currency, .. } => {
+                (carrier, currency.code().to_owned())
+            }
+        };
+        let sums = match carrier {
+            Some(c) => carriers.entry((c.to_string(), currency)).or_default(),
+            None => wallet.entry(currency).or_default(),
+        };
+        match e {
+            PayoutEntry::Settlement { gross, fee, .. } => {
+                sums.gross += u128::from(gross.minor());
+                sums.fee += u128::from(fee.minor());
+                sums.settlements = sums.settlements.saturating_add(1);
+            }
+            PayoutEntry::Refund { amount, .. } => sums.refunded += u128::from(amount.minor()),
+        }
+    }
+    proto::PayoutReport {
+        from_ms,
+        to_ms,
+        carriers: carriers
+            .into_iter()
+            .map(|((carrier_id, currency), s)| proto::CarrierPayout {
+                carrier_id,
+                currency,
+                gross_minor: sat(s.gross),
+                fee_minor: sat(s.fee),
+                refunded_minor: sat(s.refunded),
+                net_minor: s.net(),
+                settlements: s.settlements,
+            })
+            .collect(),
+        wallet: wallet
+            .into_iter()
+            .map(|(currency, s)| proto::WalletPayout {
+                currency,
+                gross_minor: sat(s.gross),
+                refunded_minor: sat(s.refunded),
+                net_minor: s.net(),
+                settlements: s.settlements,
+            })
+            .collect(),
     }
 }

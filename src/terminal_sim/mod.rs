@@ -216,6 +216,7 @@ impl CarrierSim {
         let subscriber = unary(client.enroll_subscriber(request(proto::EnrollSubscriberRequest {
             subscriber_number: number.as_str().to_owned(),
             funding: proto::Funding::Wallet as i32,
+            ..Default::default()
         })))
         .await?;
         if subscriber.subscriber_number != number.as_str() {

@@ -80,7 +80,11 @@ impl TestServer {
     pub async fn create_carrier(&self, id: &str, name: &str) -> String {
         self.admin()
             .await
-            .create_carrier(proto::CreateCarrierRequest { carrier_id: id.into(), display_name: name.into() })
+            .create_carrier(proto::CreateCarrierRequest {
+                carrier_id: id.into(),
+                display_name: name.into(),
+                ..Default::default()
+            })
             .await
             .expect("create carrier")
             .into_inner()
