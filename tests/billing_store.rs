@@ -1,0 +1,458 @@
+//! Network identity and carrier billing on the store itself, where the test
+//! chooses every instant: lease resolution across reassignments, CGNAT port
+//! blocks, IPv6, out-of-order and repeated reports, pruning; and a month of
+//! mixed carrier-billed and wallet trades across month boundaries whose
+//! caps, statements and payout entries must equal the ledger.
+//!
+//! `SYNCPAY_LEASE_BENCH=1 cargo test --release --test billing_store -- --nocapture lease_lookup_bench`
+//! times lookups over a million lease records (skipped otherwise).
+
+use ed25519_dalek::{Signer, SigningKey};
+use syncpay::domain::approval::ApprovalPayload;
+use syncpay::domain::{
+    Amount, CarrierId, Currency, Decision, FailureReason, IpKey, IpPrefix, Month, PortRange, RegisterId, ShopId,
+    SubscriberNumber, TradeId, TradeState, UnixMs,
+};
+use syncpay::store::{
+    Command, CommandOutcome, CreateTrade, Durability, Funding, LeaseReport, PayoutEntry, Store, StoreConfig,
+    StoreError, TradeRecord, TradeRequest,
+};
+
+/// 2026-01-31T23:59:59.000Z, one second before February.
+const JAN_END: u64 = 1_769_903_999_000;
+const FEB_START: u64 = JAN_END + 1_000;
+const TTL_MS: u64 = 60_000;
+
+fn jpy() -> Currency {
+    Currency::parse("JPY").expect("known")
+}
+fn ip(text: &str) -> IpKey {
+    IpKey::parse(text).expect("ip")
+}
+fn num(text: &str) -> SubscriberNumber {
+    SubscriberNumber::parse(text).expect("number")
+}
+
+const BILLED: &str = "+818030000001";
+const BILLED2: &str = "+818030000002";
+const WALLET: &str = "+818030000003";
+
+struct World {
+    _dir: tempfile::TempDir,
+    store: Store,
+    shop: ShopId,
+    carrier: CarrierId,
+    register: RegisterId,
+    keys: Vec<(SubscriberNumber, SigningKey)>,
+}
+
+async fn world(durability: Durability) -> World {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = StoreConfig::new(dir.path());
+    config.durability = durability;
+    let store = Store::open(config).expect("open");
+    let shop = ShopId::parse("acme").expect("shop");
+    let carrier = CarrierId::parse("docomo").expect("carrier");
+    let register = RegisterId::generate().expect("id");
+    let t0 = UnixMs(JAN_END - 86_400_000);
+    let run = |c| {
+        let s = store.clone();
+        async move { s.execute(c).await.expect("setup") }
+    };
+    run(Command::CreateShop {
+        id: shop.clone(),
+        display_name: "Acme Books".into(),
+        token_hash: [1; 32],
+        max_shops: 9,
+        now: t0,
+    })
+    .await;
+    run(Command::CreateCarrier {
+        id: carrier.clone(),
+        display_name: "Docomo".into(),
+        token_hash: [2; 32],
+        prefixes: vec![
+            IpPrefix::parse("198.51.100.0/24").expect("p"),
+            IpPrefix::parse("10.0.0.0/8").expect("p"),
+            IpPrefix::parse("2001:db8:1::/48").expect("p"),
+        ],
+        fee_bps: 250,
+        now: t0,
+    })
+    .await;
+    run(Command::OpenRegister { shop: shop.clone(), id: register, label: "r".into(), max_registers: 9, now: t0 })
+        .await;
+    run(Command::SetAcceptance { carrier: carrier.clone(), shop: shop.clone(), accept: true }).await;
+    let mut keys = Vec::new();
+    for (i, (n, funding)) in [
+        (BILLED, Funding::CarrierBill { currency: jpy(), monthly_cap: Amount::new(10_000) }),
+        (BILLED2, Funding::CarrierBill { currency: jpy(), monthly_cap: Amount::new(3_000) }),
+        (WALLET, Funding::Wallet),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        run(Command::EnrollSubscriber { carrier: carrier.clone(), number: num(n), funding, now: t0 }).await;
+        let key = SigningKey::from_bytes(&[u8::try_from(i).expect("small") + 7; 32]);
+        run(Command::EnrollHandset {
+            carrier: carrier.clone(),
+            number: num(n),
+            public_key: key.verifying_key().to_bytes(),
+            now: t0,
+        })
+        .await;
+        keys.push((num(n), key));
+    }
+    run(Command::TopUp { number: num(WALLET), amount: Amount::new(50_000), currency: jpy(), now: t0 }).await;
+    World { _dir: dir, store, shop, carrier, register, keys }
+}
+
+fn start(addr: &str, lo: u16, hi: u16, who: &str, at: u64) -> LeaseReport {
+    LeaseReport {
+        ip: ip(addr),
+        ports: PortRange::new(lo, hi).expect("ports"),
+        at: UnixMs(at),
+        subscriber: Some(num(who)),
+        index: 0,
+    }
+}
+
+fn stop(addr: &str, lo: u16, hi: u16, at: u64) -> LeaseReport {
+    LeaseReport { ip: ip(addr), ports: PortRange::new(lo, hi).expect("ports"), at: UnixMs(at), subscriber: None, index: 0 }
+}
+
+impl World {
+    async fn report(&self, starts: Vec<LeaseReport>, stops: Vec<LeaseReport>) -> Result<CommandOutcome, StoreError> {
+        self.store.execute(Command::ReportLeases { carrier: self.carrier.clone(), starts, stops }).await
+    }
+
+    fn who(&self, addr: &str, port: Option<u16>, at: u64) -> Option<String> {
+        self.store
+            .lease_holder(ip(addr), port, UnixMs(at))
+            .expect("lookup")
+            .map(|(c, n)| {
+                assert_eq!(c, self.carrier);
+                n.as_str().to_owned()
+            })
+    }
+
+    /// Creates a trade by number at `at` and answers it (approve) at `at`.
+    async fn settle(&self, payer: &str, amount: u64, at: u64) -> TradeRecord {
+        let trade_id = TradeId::generate().expect("id");
+        let request = TradeRequest {
+            register: self.register,
+            payer: num(payer),
+            amount: Amount::new(amount),
+            currency: jpy(),
+            description: String::new(),
+            ttl_ms: TTL_MS,
+        };
+        let created = self
+            .store
+            .execute(Command::CreateTrade(CreateTrade {
+                shop: self.shop.clone(),
+                trade_id,
+                request,
+                idempotency_key: None,
+                binding_code: "000000".into(),
+                max_open_per_register: 100,
+                now: UnixMs(at),
+            }))
+            .await
+            .expect("create");
+        let CommandOutcome::Trade { trade: Some(trade), .. } = created else { panic!("no trade") };
+        assert_eq!(trade.state, TradeState::Pending, "{trade:?}");
+        let key = &self.keys.iter().find(|(n, _)| n.as_str() == payer).expect("key").1;
+        let payload = ApprovalPayload {
+            trade_id,
+            amount: Amount::new(amount),
+            currency: jpy(),
+            shop_id: &self.shop,
+            register_id: self.register,
+            expires_at: trade.expires_at,
+            decision: Decision::Approve,
+        };
+        let signature = key.sign(&payload.to_bytes()).to_bytes().to_vec();
+        let answered = self
+            .store
+            .execute(Command::Answer {
+                carrier: self.carrier.clone(),
+                trade: trade_id,
+                decision: Decision::Approve,
+                signature,
+                now: UnixMs(at),
+            })
+            .await
+            .expect("answer");
+        let CommandOutcome::Answer(outcome) = answered else { panic!("not an answer") };
+        outcome.trade.expect("trade")
+    }
+
+    async fn refund(&self, trade: &TradeRecord, amount: u64, at: u64) {
+        self.store
+            .execute(Command::Refund {
+                shop: self.shop.clone(),
+                trade: trade.id,
+                amount: Amount::new(amount),
+                idempotency_key: None,
+                now: UnixMs(at),
+            })
+            .await
+            .expect("refund");
+    }
+
+    async fn net(&self, name: &str) -> i128 {
+        self.store.accounts(name, 10).await.expect("accounts").iter().find(|a| a.name.key() == name).map_or(0, |a| a.balance.net())
+    }
+}
+
+#[tokio::test]
+async fn leases_answer_who_held_an_address_and_port_at_an_instant() {
+    let w = world(Durability::FlushOnly).await;
+    let (a, b, c) = (BILLED, BILLED2, WALLET);
+    // An address reassigned many times: A, nobody, B, then A again without
+    // a stop (a later start supersedes).
+    let mut starts = vec![start("198.51.100.7", 0, 65535, a, 1_000), start("198.51.100.7", 0, 65535, b, 3_000)];
+    starts.push(start("198.51.100.7", 0, 65535, a, 5_000));
+    for i in 0..50u64 {
+        // Many reassignments later on, alternating holders.
+        starts.push(start("198.51.100.7", 0, 65535, if i % 2 == 0 { b } else { c }, 10_000 + i * 100));
+    }
+    w.report(starts, vec![stop("198.51.100.7", 0, 65535, 2_000)]).await.expect("report");
+    let check = |addr: &str, port: Option<u16>, at: u64, expect: Option<&str>| {
+        assert_eq!(w.who(addr, port, at).as_deref(), expect, "{addr} port {port:?} at {at}");
+    };
+    check("198.51.100.7", None, 999, None);
+    check("198.51.100.7", None, 1_000, Some(a));
+    check("198.51.100.7", Some(443), 1_999, Some(a));
+    check("198.51.100.7", None, 2_000, None); // [start, end)
+    check("198.51.100.7", None, 3_500, Some(b));
+    check("198.51.100.7", None, 9_999, Some(a));
+    check("198.51.100.7", None, 10_000, Some(b));
+    check("198.51.100.7", None, 10_150, Some(c));
+    check("198.51.100.7", None, 99_999, Some(c));
+
+    // CGNAT: two port blocks on one address at once, one block reassigned.
+    w.report(
+        vec![
+            start("10.1.2.3", 1024, 2047, a, 1_000),
+            start("10.1.2.3", 2048, 3071, b, 1_000),
+            start("10.1.2.3", 1024, 2047, c, 4_000),
+        ],
+        vec![stop("10.1.2.3", 2048, 3071, 6_000)],
+    )
+    .await
+    .expect("report");
+    check("10.1.2.3", Some(1500), 2_000, Some(a));
+    check("10.1.2.3", Some(2048), 2_000, Some(b));
+    check("10.1.2.3", Some(1500), 4_000, Some(c));
+    check("10.1.2.3", Some(3071), 5_999, Some(b));
+    check("10.1.2.3", Some(3071), 6_000, None);
+    check("10.1.2.3", Some(4000), 5_000, None); // outside every block
+    check("10.1.2.3", None, 5_000, None); // the address alone names nobody
+
+    // IPv6, and an IPv4 address written IPv4-mapped is the same key.
+    w.report(vec![start("2001:db8:1::42", 0, 65535, b, 1_000), start("2001:db8:1::43", 0, 65535, a, 1_000)], vec![])
+        .await
+        .expect("report");
+    check("2001:db8:1::42", Some(5), 1_500, Some(b));
+    check("2001:db8:1::43", None, 1_500, Some(a));
+    check("2001:db8:1::44", None, 1_500, None);
+    check("::ffff:198.51.100.7", None, 3_500, Some(b));
+
+    // Out of order: the stop arrives before its start; then the same batch
+    // twice (idempotent); a stop that matches nothing changes nothing.
+    w.report(vec![], vec![stop("198.51.100.20", 0, 65535, 6_000)]).await.expect("stop first");
+    check("198.51.100.20", None, 5_000, None);
+    let late = || vec![start("198.51.100.20", 0, 65535, a, 4_000)];
+    w.report(late(), vec![]).await.expect("late start");
+    w.report(late(), vec![]).await.expect("repeat");
+    w.report(vec![], vec![stop("198.51.100.21", 0, 65535, 1)]).await.expect("stray stop");
+    check("198.51.100.20", None, 5_000, Some(a));
+    check("198.51.100.20", None, 6_000, None);
+
+    // A carrier reports only inside its prefixes, for its own subscribers.
+    let refused = w.report(vec![start("192.0.2.1", 0, 65535, a, 1)], vec![]).await;
+    assert!(matches!(&refused, Err(StoreError::FailedPrecondition(m)) if m.starts_with("starts[0].ip")), "{refused:?}");
+    let stranger = w.report(vec![start("198.51.100.9", 0, 65535, "+819099999999", 1)], vec![]).await;
+    assert!(
+        matches!(&stranger, Err(StoreError::FailedPrecondition(m)) if m.starts_with("starts[0].subscriber_number")),
+        "{stranger:?}"
+    );
+
+    // Pruning keeps every answer at or after the cutoff and drops the rest.
+    let before = w.store.lease_count();
+    let deleted = w.store.prune_leases(UnixMs(10_000)).await.expect("prune");
+    assert!(deleted > 0 && w.store.lease_count() == before - usize::try_from(deleted).expect("fits"));
+    check("198.51.100.7", None, 10_000, Some(b));
+    check("198.51.100.7", None, 10_150, Some(c));
+    check("10.1.2.3", Some(1500), 10_000, Some(c));
+    check("10.1.2.3", Some(3071), 10_000, None);
+    check("2001:db8:1::42", None, 10_000, Some(b));
+    check("198.51.100.20", None, 10_000, None);
+    assert_eq!(w.store.prune_leases(UnixMs(10_000)).await.expect("again"), 0);
+    assert!(w.store.verify().await.expect("verify").ok());
+}
+
+#[tokio::test]
+async fn a_month_of_bills_caps_statements_and_payouts_equals_the_ledger() {
+    let w = world(Durability::FlushOnly).await;
+    let jan = Month::of(UnixMs(JAN_END));
+    let feb = Month::of(UnixMs(FEB_START));
+    assert_eq!((jan.to_string().as_str(), feb.to_string().as_str()), ("2026-01", "2026-02"));
+
+    // January: 6 000 + 3 999 fit the 10 000 cap; 2 more do not.
+    let t1 = w.settle(BILLED, 6_000, JAN_END - 10_000).await;
+    let t2 = w.settle(BILLED, 3_999, JAN_END - 5_000).await;
+    let over = w.settle(BILLED, 2, JAN_END - 4_000).await;
+    assert_eq!((t1.state, t2.state), (TradeState::Settled, TradeState::Settled));
+    assert_eq!((over.state, over.failure), (TradeState::Failed, Some(FailureReason::SpendingCap)));
+    let w1 = w.settle(WALLET, 700, JAN_END - 3_000).await;
+    assert_eq!(w1.state, TradeState::Settled);
+    // The last second of January still counts against January.
+    let edge = w.settle(BILLED, 1, JAN_END).await;
+    assert_eq!(edge.state, TradeState::Settled);
+    // February has its own cap.
+    let t3 = w.settle(BILLED, 9_000, FEB_START).await;
+    assert_eq!(t3.state, TradeState::Settled);
+    // A February refund of a January charge frees January's cap, not
+    // February's: 2 000 more still does not fit February.
+    w.refund(&t1, 2_500, FEB_START + 1_000).await;
+    let feb_over = w.settle(BILLED, 2_000, FEB_START + 2_000).await;
+    assert_eq!(feb_over.failure, Some(FailureReason::SpendingCap));
+    w.refund(&t3, 1_000, FEB_START + 3_000).await;
+    let t4 = w.settle(BILLED, 2_000, FEB_START + 4_000).await;
+    assert_eq!(t4.state, TradeState::Settled);
+    w.refund(&w1, 100, FEB_START + 5_000).await;
+    // Another subscriber, another cap; a foreign currency has no cap.
+    let t5 = w.settle(BILLED2, 3_000, FEB_START + 6_000).await;
+    assert_eq!(t5.state, TradeState::Settled);
+
+    // Statements: lines, refunds and totals per month of the charge.
+    let jan_bill = w.store.statement(&w.carrier, &num(BILLED), jan).await.expect("jan");
+    let amounts: Vec<(u64, u64)> = jan_bill.lines.iter().map(|l| (l.amount.minor(), l.refunded.minor())).collect();
+    assert_eq!(amounts, vec![(6_000, 2_500), (3_999, 0), (1, 0)]);
+    assert_eq!(jan_bill.usage.map(|u| u.used.minor()), Some(6_000 - 2_500 + 3_999 + 1));
+    assert!(jan_bill.lines.iter().all(|l| l.shop_name == "Acme Books"));
+    let fees: Vec<u64> = jan_bill.lines.iter().map(|l| l.fee.minor()).collect();
+    assert_eq!(fees, vec![150, 99, 0]); // floor(2.5%): 99.975 → 99, 0.025 → 0
+    let feb_bill = w.store.statement(&w.carrier, &num(BILLED), feb).await.expect("feb");
+    let feb_total: u64 = feb_bill.lines.iter().map(|l| l.amount.minor() - l.refunded.minor()).sum();
+    assert_eq!(feb_total, 9_000 - 1_000 + 2_000);
+    assert_eq!(feb_bill.usage.map(|u| u.used.minor()), Some(feb_total));
+    let jan_total: u64 = jan_bill.lines.iter().map(|l| l.amount.minor() - l.refunded.minor()).sum();
+    // Across months the statements sum to what the bill account owes.
+    assert_eq!(-w.net(&format!("bill:docomo:{BILLED}:JPY")).await, i128::from(jan_total + feb_total));
+    assert!(matches!(
+        w.store.statement(&w.carrier, &num(WALLET), jan).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // Payout entries per period equal the shop's payable postings in it.
+    for (from, to) in [(0, FEB_START), (FEB_START, u64::MAX / 2), (JAN_END, FEB_START + 3_500), (0, u64::MAX / 2)] {
+        let entries = w.store.payout_entries(&w.shop, UnixMs(from), UnixMs(to)).await.expect("entries");
+        let mut net: i128 = 0;
+        for e in &entries {
+            net += match e {
+                PayoutEntry::Settlement { gross, fee, .. } => i128::from(gross.minor()) - i128::from(fee.minor()),
+                PayoutEntry::Refund { amount, .. } => -i128::from(amount.minor()),
+            };
+        }
+        let mut from_postings: i128 = 0;
+        for p in w.store.postings(0, 10_000).await.expect("postings") {
+            if p.account.key() == "shop:acme:JPY" && (from..to).contains(&p.at.0) {
+                from_postings += match p.side {
+                    syncpay::domain::Side::Credit => i128::from(p.amount.minor()),
+                    syncpay::domain::Side::Debit => -i128::from(p.amount.minor()),
+                };
+            }
+        }
+        assert_eq!(net, from_postings, "period {from}..{to}");
+    }
+    let fees = w.net("carrier:docomo:fees:JPY").await;
+    assert_eq!(fees, 150 + 99 + 225 + 50 + 75);
+    let report = w.store.verify().await.expect("verify");
+    assert!(report.ok(), "{:#?}", report.violations);
+}
+
+/// Lease lookups over a million records against a plain point read of the
+/// same tree, in the same run. Opt in: `SYNCPAY_LEASE_BENCH=1` (use
+/// `--release`; a debug build is ~10× slower throughout).
+#[tokio::test]
+async fn lease_lookup_bench() {
+    if std::env::var_os("SYNCPAY_LEASE_BENCH").is_none() {
+        return;
+    }
+    let total: u64 = std::env::var("SYNCPAY_LEASE_COUNT").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let w = world(Durability::FlushOnly).await;
+    let subs = [BILLED, BILLED2, WALLET];
+    // 10.0.0.0/8: 62 500 addresses, each with 16 records: 8 whole-address
+    // reassignments, then 4 CGNAT blocks reassigned twice.
+    let per_addr = 16u64;
+    let addrs = total / per_addr;
+    let addr = |i: u64| format!("10.{}.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
+    let started = std::time::Instant::now();
+    let mut batch = Vec::new();
+    let mut pending = Vec::new();
+    for i in 0..addrs {
+        let a = addr(i);
+        for r in 0..8u64 {
+            batch.push(start(&a, 0, 65535, subs[usize::try_from((i + r) % 3).expect("small")], 1_000 + r * 1_000));
+        }
+        for r in 0..8u64 {
+            let block = u16::try_from(r % 4).expect("small") * 1024 + 1024;
+            batch.push(start(&a, block, block + 1023, subs[usize::try_from(r % 3).expect("small")], 10_000 + r * 1_000));
+        }
+        if batch.len() >= 1000 {
+            let command = Command::ReportLeases { carrier: w.carrier.clone(), starts: std::mem::take(&mut batch), stops: vec![] };
+            pending.push(w.store.submit(command).await.expect("submit"));
+            if pending.len() >= 16 {
+                for p in pending.drain(..) {
+                    p.outcome().await.expect("report");
+                }
+            }
+        }
+    }
+    let command = Command::ReportLeases { carrier: w.carrier.clone(), starts: batch, stops: vec![] };
+    pending.push(w.store.submit(command).await.expect("submit"));
+    for p in pending {
+        p.outcome().await.expect("report");
+    }
+    let loaded = started.elapsed();
+    let records = w.store.lease_count();
+    let lookups = 200_000u64;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let keys: Vec<(IpKey, u16, u64)> = (0..lookups)
+        .map(|_| {
+            let r = next();
+            (ip(&addr(r % addrs)), u16::try_from(1024 + (r >> 20) % 4096).expect("port"), (r >> 32) % 20_000)
+        })
+        .collect();
+    let t = std::time::Instant::now();
+    let mut found = 0u64;
+    for (a, port, at) in &keys {
+        found += u64::from(w.store.lease_holder(*a, Some(*port), UnixMs(*at)).expect("lookup").is_some());
+    }
+    let lookup = t.elapsed();
+    let t = std::time::Instant::now();
+    let mut hits = 0u64;
+    for (a, _, at) in &keys {
+        hits += u64::from(w.store.lease_point_read(*a, UnixMs(*at), 0).expect("get"));
+    }
+    let get = t.elapsed();
+    let per = |d: std::time::Duration| d.as_nanos() / u128::from(lookups);
+    println!(
+        "lease bench: {records} records loaded in {loaded:.1?}; {lookups} lookups: {} ns each ({found} found); \
+         plain sled get: {} ns each ({hits} hits); ratio {:.2}",
+        per(lookup),
+        per(get),
+        lookup.as_secs_f64() / get.as_secs_f64()
+    );
+    assert!(records >= usize::try_from(total).expect("fits") * 99 / 100);
+}
