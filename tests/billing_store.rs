@@ -80,8 +80,7 @@ async fn world(durability: Durability) -> World {
         now: t0,
     })
     .await;
-    run(Command::OpenRegister { shop: shop.clone(), id: register, label: "r".into(), max_registers: 9, now: t0 })
-        .await;
+    run(Command::OpenRegister { shop: shop.clone(), id: register, label: "r".into(), max_registers: 9, now: t0 }).await;
     run(Command::SetAcceptance { carrier: carrier.clone(), shop: shop.clone(), accept: true }).await;
     let mut keys = Vec::new();
     for (i, (n, funding)) in [
@@ -118,7 +117,13 @@ fn start(addr: &str, lo: u16, hi: u16, who: &str, at: u64) -> LeaseReport {
 }
 
 fn stop(addr: &str, lo: u16, hi: u16, at: u64) -> LeaseReport {
-    LeaseReport { ip: ip(addr), ports: PortRange::new(lo, hi).expect("ports"), at: UnixMs(at), subscriber: None, index: 0 }
+    LeaseReport {
+        ip: ip(addr),
+        ports: PortRange::new(lo, hi).expect("ports"),
+        at: UnixMs(at),
+        subscriber: None,
+        index: 0,
+    }
 }
 
 impl World {
@@ -127,13 +132,10 @@ impl World {
     }
 
     fn who(&self, addr: &str, port: Option<u16>, at: u64) -> Option<String> {
-        self.store
-            .lease_holder(ip(addr), port, UnixMs(at))
-            .expect("lookup")
-            .map(|(c, n)| {
-                assert_eq!(c, self.carrier);
-                n.as_str().to_owned()
-            })
+        self.store.lease_holder(ip(addr), port, UnixMs(at)).expect("lookup").map(|(c, n)| {
+            assert_eq!(c, self.carrier);
+            n.as_str().to_owned()
+        })
     }
 
     /// Creates a trade by number at `at` and answers it (approve) at `at`.
@@ -202,7 +204,13 @@ impl World {
     }
 
     async fn net(&self, name: &str) -> i128 {
-        self.store.accounts(name, 10).await.expect("accounts").iter().find(|a| a.name.key() == name).map_or(0, |a| a.balance.net())
+        self.store
+            .accounts(name, 10)
+            .await
+            .expect("accounts")
+            .iter()
+            .find(|a| a.name.key() == name)
+            .map_or(0, |a| a.balance.net())
     }
 }
 
@@ -343,10 +351,7 @@ async fn a_month_of_bills_caps_statements_and_payouts_equals_the_ledger() {
     let jan_total: u64 = jan_bill.lines.iter().map(|l| l.amount.minor() - l.refunded.minor()).sum();
     // Across months the statements sum to what the bill account owes.
     assert_eq!(-w.net(&format!("bill:docomo:{BILLED}:JPY")).await, i128::from(jan_total + feb_total));
-    assert!(matches!(
-        w.store.statement(&w.carrier, &num(WALLET), jan).await,
-        Err(StoreError::NotFound(_))
-    ));
+    assert!(matches!(w.store.statement(&w.carrier, &num(WALLET), jan).await, Err(StoreError::NotFound(_))));
 
     // Payout entries per period equal the shop's payable postings in it.
     for (from, to) in [(0, FEB_START), (FEB_START, u64::MAX / 2), (JAN_END, FEB_START + 3_500), (0, u64::MAX / 2)] {
@@ -401,10 +406,17 @@ async fn lease_lookup_bench() {
         }
         for r in 0..8u64 {
             let block = u16::try_from(r % 4).expect("small") * 1024 + 1024;
-            batch.push(start(&a, block, block + 1023, subs[usize::try_from(r % 3).expect("small")], 10_000 + r * 1_000));
+            batch.push(start(
+                &a,
+                block,
+                block + 1023,
+                subs[usize::try_from(r % 3).expect("small")],
+                10_000 + r * 1_000,
+            ));
         }
         if batch.len() >= 1000 {
-            let command = Command::ReportLeases { carrier: w.carrier.clone(), starts: std::mem::take(&mut batch), stops: vec![] };
+            let command =
+                Command::ReportLeases { carrier: w.carrier.clone(), starts: std::mem::take(&mut batch), stops: vec![] };
             pending.push(w.store.submit(command).await.expect("submit"));
             if pending.len() >= 16 {
                 for p in pending.drain(..) {

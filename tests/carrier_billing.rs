@@ -178,11 +178,12 @@ async fn prefixes_are_validated_and_carriers_never_overlap() {
         let mut admin = admin.clone();
         async move { admin.add_carrier_prefixes(request).await }
     };
-    let check = |r: Result<tonic::Response<proto::AddCarrierPrefixesResponse>, tonic::Status>, code: Code, text: &str| {
-        let s = r.expect_err("refused");
-        assert_eq!(s.code(), code, "{s:?}");
-        assert!(s.message().starts_with(text), "{s:?}");
-    };
+    let check =
+        |r: Result<tonic::Response<proto::AddCarrierPrefixesResponse>, tonic::Status>, code: Code, text: &str| {
+            let s = r.expect_err("refused");
+            assert_eq!(s.code(), code, "{s:?}");
+            assert!(s.message().starts_with(text), "{s:?}");
+        };
     check(add(&["203.0.114.0/24", "198.51.100.128/25"], "kddi").await, Code::FailedPrecondition, "ip_prefixes[1]");
     check(add(&["198.51.0.0/16"], "kddi").await, Code::FailedPrecondition, "ip_prefixes[0]");
     check(add(&["2001:db8::/32"], "kddi").await, Code::FailedPrecondition, "ip_prefixes[0]");
@@ -205,7 +206,8 @@ async fn prefixes_are_validated_and_carriers_never_overlap() {
     // A carrier reports leases only inside its prefixes and for its own
     // subscribers; the whole batch is refused, naming the entry.
     let mut carrier = w.carrier.clone();
-    let outside = proto::ReportLeasesRequest { starts: vec![lease("203.0.113.5", (0, 0), ALICE, w.base)], stops: vec![] };
+    let outside =
+        proto::ReportLeasesRequest { starts: vec![lease("203.0.113.5", (0, 0), ALICE, w.base)], stops: vec![] };
     let s = carrier.report_leases(outside).await.expect_err("outside");
     assert_eq!(s.code(), Code::FailedPrecondition);
     assert!(s.message().starts_with("starts[0].ip"), "{s:?}");
@@ -342,13 +344,17 @@ async fn network_identity_resolves_the_payer_and_the_shop_learns_nothing() {
     bytes.push(report.encode_to_vec());
     let forbidden: Vec<Vec<u8>> = [ALICE, BOB, CAROL]
         .iter()
-        .flat_map(|n| [n.as_bytes().to_vec(), n[3..].as_bytes().to_vec()])
+        .flat_map(|n| [n.as_bytes().to_vec(), n.as_bytes()[3..].to_vec()])
         .chain(["198.51.100", "2001:db8"].iter().map(|s| s.as_bytes().to_vec()))
         .chain([vec![198u8, 51, 100, 7], vec![198, 51, 100, 9]])
         .collect();
     for blob in &bytes {
         for f in &forbidden {
-            assert!(!blob.windows(f.len()).any(|win| win == f.as_slice()), "the shop saw {:?}", String::from_utf8_lossy(f));
+            assert!(
+                !blob.windows(f.len()).any(|win| win == f.as_slice()),
+                "the shop saw {:?}",
+                String::from_utf8_lossy(f)
+            );
         }
     }
     w.t.assert_ledger_ok().await;
@@ -364,7 +370,8 @@ async fn caps_refunds_acceptance_statements_and_payouts_reconcile() {
     let over = w.pay(by_number(&reg, 5_000, "JPY", ALICE)).await;
     assert_eq!(state(&over), (S::Failed, FR::SpendingCap));
     // A refund frees cap in the month of the charge.
-    let refund = proto::RefundTradeRequest { trade_id: first.trade_id.clone(), amount_minor: 2_000, ..Default::default() };
+    let refund =
+        proto::RefundTradeRequest { trade_id: first.trade_id.clone(), amount_minor: 2_000, ..Default::default() };
     w.shop.refund_trade(refund).await.expect("refund");
     let fits = w.pay(by_number(&reg, 5_000, "JPY", ALICE)).await;
     assert_eq!(state(&fits), (S::Settled, FR::Unspecified));
@@ -389,7 +396,11 @@ async fn caps_refunds_acceptance_statements_and_payouts_reconcile() {
     // The statement: lines, refunds, totals, fees; equal to the bill account.
     let statement = w
         .carrier
-        .get_statement(proto::GetStatementRequest { subscriber_number: ALICE.into(), month: month.clone(), ..Default::default() })
+        .get_statement(proto::GetStatementRequest {
+            subscriber_number: ALICE.into(),
+            month: month.clone(),
+            ..Default::default()
+        })
         .await
         .expect("statement")
         .into_inner();
@@ -399,20 +410,22 @@ async fn caps_refunds_acceptance_statements_and_payouts_reconcile() {
     assert_eq!((statement.charged_minor, statement.refunded_minor, statement.total_minor), (11_000, 2_000, 9_000));
     assert_eq!((statement.fee_minor, statement.monthly_cap_minor, statement.currency.as_str()), (275, 10_000, "JPY"));
     assert_eq!(statement.lines[0].trade_id, first.trade_id);
-    assert_eq!(i64::try_from(statement.total_minor).expect("fits"), -w.t.balance(&format!("bill:docomo:{ALICE}:JPY")).await);
+    assert_eq!(
+        i64::try_from(statement.total_minor).expect("fits"),
+        -w.t.balance(&format!("bill:docomo:{ALICE}:JPY")).await
+    );
     // The operator sees the same; another carrier's subscriber is NOT_FOUND.
-    let admin_view = w
-        .t
-        .admin()
-        .await
-        .get_statement(proto::GetStatementRequest {
-            subscriber_number: ALICE.into(),
-            month: month.clone(),
-            carrier_id: "docomo".into(),
-        })
-        .await
-        .expect("admin statement")
-        .into_inner();
+    let admin_view =
+        w.t.admin()
+            .await
+            .get_statement(proto::GetStatementRequest {
+                subscriber_number: ALICE.into(),
+                month: month.clone(),
+                carrier_id: "docomo".into(),
+            })
+            .await
+            .expect("admin statement")
+            .into_inner();
     assert_eq!(admin_view, statement);
     let wallet_statement = w
         .carrier

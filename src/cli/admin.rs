@@ -90,7 +90,10 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             }
         }
         AdminCommand::CreateCarrier { carrier_id, display_name } => {
-            let r = admin.create_carrier(proto::CreateCarrierRequest { carrier_id, display_name, ..Default::default() }).await?.into_inner();
+            let r = admin
+                .create_carrier(proto::CreateCarrierRequest { carrier_id, display_name, ..Default::default() })
+                .await?
+                .into_inner();
             if args.json {
                 print_json(&json!({"carrier_id": r.carrier_id, "token": r.token}));
             } else {

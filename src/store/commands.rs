@@ -11,16 +11,16 @@ use sled::Transactional;
 use crate::domain::approval::{shop_key_fingerprint, ApprovalPayload};
 use crate::domain::trade::transition;
 use crate::domain::{
-    AccountName, Amount, Balance, CarrierId, Currency, Decision, FailureReason, IpPrefix, Leg, PostingSet,
-    RegisterId, ShopId, Side, SubscriberNumber, TradeEvent, TradeId, TradeState, Transition, UnixMs,
+    AccountName, Amount, Balance, CarrierId, Currency, Decision, FailureReason, IpPrefix, Leg, PostingSet, RegisterId,
+    ShopId, Side, SubscriberNumber, TradeEvent, TradeId, TradeState, Transition, UnixMs,
 };
 
+use super::network::{self, LeaseReport, Resolution};
 use super::records::{
     AccountRecord, CarrierRecord, Delivery, DeliveryBody, EventKind, EventRecord, Funding, HandsetRecord,
     IdempotencyRecord, NetworkTradeRequest, OfferBody, PayoutEntry, PostingKind, PostingRecord, Principal, Receipt,
     RegisterRecord, ShopRecord, SubscriberRecord, TradeRecord, TradeRequest,
 };
-use super::network::{self, LeaseReport, Resolution};
 use super::verify::{self, VerifyReport};
 use super::{keys, records, Shared, StoreError, T};
 
@@ -788,7 +788,9 @@ fn open_trade(tx: &Tx, c: &CreateTrade, fx: &mut Effects) -> TxResult<TradeRecor
         // Carrier billing puts the charge on the carrier's books: only a
         // shop the carrier accepted may charge its bill, however it names
         // the payer.
-        (Some(s), _) if matches!(s.funding, Funding::CarrierBill { .. }) && !network::accepted(tx, &s.carrier, &c.shop)? => {
+        (Some(s), _)
+            if matches!(s.funding, Funding::CarrierBill { .. }) && !network::accepted(tx, &s.carrier, &c.shop)? =>
+        {
             Some(FailureReason::CarrierRefusedShop)
         }
         (Some(_), None) => Some(FailureReason::NoHandset),
@@ -1022,18 +1024,44 @@ fn settle_to_bill(
     };
     let mut legs = vec![Leg { account: plan.bill.clone(), side: Side::Debit, amount }];
     if !to_shop.is_zero() {
-        legs.push(Leg { account: AccountName::ShopPayable(trade.shop.clone(), currency), side: Side::Credit, amount: to_shop });
+        legs.push(Leg {
+            account: AccountName::ShopPayable(trade.shop.clone(), currency),
+            side: Side::Credit,
+            amount: to_shop,
+        });
     }
     if !plan.fee.is_zero() {
-        legs.push(Leg { account: AccountName::CarrierFees(carrier.clone(), currency), side: Side::Credit, amount: plan.fee });
+        legs.push(Leg {
+            account: AccountName::CarrierFees(carrier.clone(), currency),
+            side: Side::Credit,
+            amount: plan.fee,
+        });
     }
     let set = PostingSet::new(legs).or_else(|e| abort(StoreError::Corrupt(format!("settlement postings: {e}"))))?;
     let (set_id, _) = post(tx, &set, Some(trade.id), PostingKind::Settlement, now)?;
     let Some(shop) = tx.get::<ShopRecord>(T::Shops, trade.shop.as_str().as_bytes())? else {
         return abort(StoreError::Corrupt("settled trade of a missing shop".into()));
     };
-    network::record_charge(tx, &plan, carrier, payer, trade.id, set_id, &trade.shop, &shop.display_name, amount, currency, now)?;
-    let entry = PayoutEntry::Settlement { trade: trade.id, carrier: Some(carrier.clone()), currency, gross: amount, fee: plan.fee };
+    network::record_charge(
+        tx,
+        &plan,
+        carrier,
+        payer,
+        trade.id,
+        set_id,
+        &trade.shop,
+        &shop.display_name,
+        amount,
+        currency,
+        now,
+    )?;
+    let entry = PayoutEntry::Settlement {
+        trade: trade.id,
+        carrier: Some(carrier.clone()),
+        currency,
+        gross: amount,
+        fee: plan.fee,
+    };
     network::record_payout(tx, &trade.shop, now, set_id, &entry)?;
     Ok(Ok(()))
 }
@@ -1137,9 +1165,10 @@ fn refund(
     // do, so the shop returns the full refund from its own balance.
     let bill = network::bill_line_of(tx, &trade.id)?;
     let (payer_account, carrier) = match (&bill, &trade.carrier) {
-        (Some(_), Some(carrier)) => {
-            (AccountName::CarrierBill(carrier.clone(), trade.request.payer.clone(), trade.request.currency), Some(carrier.clone()))
-        }
+        (Some(_), Some(carrier)) => (
+            AccountName::CarrierBill(carrier.clone(), trade.request.payer.clone(), trade.request.currency),
+            Some(carrier.clone()),
+        ),
         (Some(_), None) => return abort(StoreError::Corrupt("a billed trade without a carrier".into())),
         (None, _) => (AccountName::Wallet(trade.request.payer.clone(), trade.request.currency), None),
     };

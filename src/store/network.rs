@@ -43,7 +43,10 @@ pub struct LeaseReport {
 /// What a network identity resolved to, or why it did not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolution {
-    Found { carrier: CarrierId, subscriber: SubscriberNumber },
+    Found {
+        carrier: CarrierId,
+        subscriber: SubscriberNumber,
+    },
     /// The address is in a carrier's range but that carrier has not
     /// accepted the shop.
     NotAccepted,
@@ -417,7 +420,12 @@ impl Store {
     }
 
     /// The shop's payout entries committed in `[from, to)`.
-    pub async fn payout_entries(&self, shop: &ShopId, from: UnixMs, to: UnixMs) -> Result<Vec<PayoutEntry>, StoreError> {
+    pub async fn payout_entries(
+        &self,
+        shop: &ShopId,
+        from: UnixMs,
+        to: UnixMs,
+    ) -> Result<Vec<PayoutEntry>, StoreError> {
         let mut out = Vec::new();
         let range = keys::net::payout(shop, from, 0)..keys::net::payout(shop, to, 0);
         for item in self.tree(T::Network).range(range) {

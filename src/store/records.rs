@@ -5,8 +5,8 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::domain::{
-    AccountName, Amount, Balance, CarrierId, Currency, Decision, FailureReason, IpKey, IpPrefix, PortRange,
-    RegisterId, ShopId, Side, SubscriberNumber, TradeId, TradeState, UnixMs,
+    AccountName, Amount, Balance, CarrierId, Currency, Decision, FailureReason, IpKey, IpPrefix, PortRange, RegisterId,
+    ShopId, Side, SubscriberNumber, TradeId, TradeState, UnixMs,
 };
 
 use super::StoreError;
@@ -61,7 +61,10 @@ pub enum Funding {
     /// Direct carrier billing within a monthly cap in one currency.
     /// (Appended after `Wallet`: postcard numbers variants, so records
     /// written before it still decode.)
-    CarrierBill { currency: Currency, monthly_cap: Amount },
+    CarrierBill {
+        currency: Currency,
+        monthly_cap: Amount,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -354,8 +357,19 @@ pub struct BillLine {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PayoutEntry {
     /// `carrier` is the billing carrier; `None` for a wallet payment.
-    Settlement { trade: TradeId, carrier: Option<CarrierId>, currency: Currency, gross: Amount, fee: Amount },
-    Refund { trade: TradeId, carrier: Option<CarrierId>, currency: Currency, amount: Amount },
+    Settlement {
+        trade: TradeId,
+        carrier: Option<CarrierId>,
+        currency: Currency,
+        gross: Amount,
+        fee: Amount,
+    },
+    Refund {
+        trade: TradeId,
+        carrier: Option<CarrierId>,
+        currency: Currency,
+        amount: Amount,
+    },
 }
 
 #[cfg(test)]

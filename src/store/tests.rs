@@ -50,7 +50,7 @@ async fn fixture() -> Fixture {
         fee_bps: 0,
         now: T0,
     })
-        .await;
+    .await;
     run(Command::EnrollSubscriber {
         carrier: carrier.clone(),
         number: payer.clone(),

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::domain::{carrier_fee, AccountName, Currency, Month, Side, TradeId, TradeState};
 
-use super::records::{self, AccountRecord, BillLine, CapUsage, PostingKind, PostingRecord, RegisterRecord, TradeRecord};
+use super::records::{
+    self, AccountRecord, BillLine, CapUsage, PostingKind, PostingRecord, RegisterRecord, TradeRecord,
+};
 use super::{keys, StoreError, T};
 
 /// At most this many violations are listed; the count is always exact.
@@ -243,15 +245,15 @@ pub(crate) fn verify(trees: &[sled::Tree]) -> Result<VerifyReport, StoreError> {
                     ));
                 }
                 match lines.remove(&t.id) {
-                    Some(line) => {
+                    Some(line)
                         if !money.billed
                             || u128::from(line.amount.minor()) != amount
                             || u128::from(line.fee.minor()) != money.fees
-                            || line.refunded != t.refunded
-                        {
-                            report.violation(format!("trade {}: its bill line disagrees with its postings", t.id));
-                        }
+                            || line.refunded != t.refunded =>
+                    {
+                        report.violation(format!("trade {}: its bill line disagrees with its postings", t.id));
                     }
+                    Some(_) => {}
                     None if money.billed || money.fees != 0 => {
                         report.violation(format!("carrier-billed trade {} has no bill line", t.id));
                     }

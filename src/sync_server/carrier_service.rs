@@ -232,7 +232,13 @@ impl CarrierService for CarrierApi {
     ) -> Result<Response<proto::ReportLeasesResponse>, Status> {
         let carrier = auth::carrier(&request)?;
         let (starts, stops) = convert::lease_batch(request.get_ref(), limits::MAX_LEASE_BATCH)?;
-        match self.engine.store.execute(Command::ReportLeases { carrier, starts, stops }).await.map_err(ApiError::from)? {
+        match self
+            .engine
+            .store
+            .execute(Command::ReportLeases { carrier, starts, stops })
+            .await
+            .map_err(ApiError::from)?
+        {
             CommandOutcome::Leases { starts, stops } => {
                 Ok(Response::new(proto::ReportLeasesResponse { starts_recorded: starts, stops_recorded: stops }))
             }

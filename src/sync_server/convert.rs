@@ -9,8 +9,8 @@ use crate::domain::{
 };
 use crate::proto;
 use crate::store::{
-    AccountRecord, EventKind, EventRecord, LeaseReport, NetworkIdentity, PostingRecord, RegisterRecord,
-    StatementData, TradeRecord,
+    AccountRecord, EventKind, EventRecord, LeaseReport, NetworkIdentity, PostingRecord, RegisterRecord, StatementData,
+    TradeRecord,
 };
 
 use super::error::ApiError;
@@ -103,10 +103,8 @@ pub fn prefixes(list: &[String], max: usize) -> Result<Vec<IpPrefix>, ApiError> 
     list.iter()
         .enumerate()
         .map(|(i, text)| {
-            IpPrefix::parse(text).map_err(|e| ApiError::InvalidArgument {
-                field: "ip_prefixes",
-                message: format!("[{i}] {text:?} {e}"),
-            })
+            IpPrefix::parse(text)
+                .map_err(|e| ApiError::InvalidArgument { field: "ip_prefixes", message: format!("[{i}] {text:?} {e}") })
         })
         .collect()
 }
@@ -137,7 +135,8 @@ pub fn lease_batch(
         let ports = ports(s.port_lo, s.port_hi).map_err(|e| bad(format!("starts[{index}].port_lo: {e}")))?;
         let number = SubscriberNumber::parse(&s.subscriber_number)
             .map_err(|e| bad(format!("starts[{index}].subscriber_number: {e}")))?;
-        let at = u64::try_from(s.start_ms).map_err(|_| bad(format!("starts[{index}].start_ms: must not be negative")))?;
+        let at =
+            u64::try_from(s.start_ms).map_err(|_| bad(format!("starts[{index}].start_ms: must not be negative")))?;
         starts.push(LeaseReport { ip, ports, at: UnixMs(at), subscriber: Some(number), index });
     }
     let mut stops = Vec::with_capacity(r.stops.len());
@@ -158,7 +157,9 @@ pub fn month(field: &'static str, text: &str) -> Result<Month, ApiError> {
 /// bill, shop names included.
 pub fn statement_to_proto(s: &StatementData, month: Month) -> proto::Statement {
     let (currency, cap) = match &s.subscriber.funding {
-        crate::store::Funding::CarrierBill { currency, monthly_cap } => (currency.code().to_owned(), monthly_cap.minor()),
+        crate::store::Funding::CarrierBill { currency, monthly_cap } => {
+            (currency.code().to_owned(), monthly_cap.minor())
+        }
         crate::store::Funding::Wallet => (String::new(), 0),
     };
     let mut out = proto::Statement {

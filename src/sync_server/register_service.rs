@@ -111,9 +111,7 @@ impl RegisterService for RegisterApi {
                 Payer::Network(convert::network_identity(n)?)
             }
             None => {
-                return Err(
-                    ApiError::invalid("payer", "name the payer (subscriber_number or network_identity)").into()
-                )
+                return Err(ApiError::invalid("payer", "name the payer (subscriber_number or network_identity)").into())
             }
         };
         let ttl = match r.ttl_seconds {
