@@ -45,6 +45,17 @@ const EXPIRING_TTL_SECONDS: u32 = 2;
 /// here happens in one process within milliseconds, so hitting it means
 /// something is wrong, not slow.
 const WAIT: Duration = Duration::from_secs(10);
+/// The carrier-billed buyer of the network-identity trade.
+const BILLED_NUMBER: &str = "+819000000077";
+/// The carrier's address range, and the CGNAT address and port block it
+/// leases to the billed buyer; the shop sees a connection from `PORT`.
+const CARRIER_PREFIX: &str = "198.51.100.0/24";
+const BILLED_IP: &str = "198.51.100.23";
+const BILLED_PORTS: (u32, u32) = (1024, 2047);
+const BILLED_PORT: u32 = 1500;
+/// The carrier's fee (2.5%) and the buyer's monthly cap.
+const FEE_BPS: u32 = 250;
+const MONTHLY_CAP: u64 = 10_000;
 
 /// What the shop does with a trade.
 #[derive(Clone, Copy)]
@@ -211,14 +222,15 @@ async fn script(url: &str, admin_token: &str) -> anyhow::Result<Checks> {
         .create_carrier(proto::CreateCarrierRequest {
             carrier_id: CARRIER_ID.into(),
             display_name: CARRIER_NAME.into(),
-            ..Default::default()
+            ip_prefixes: vec![CARRIER_PREFIX.into()],
+            fee_bps: FEE_BPS,
         })
         .await
         .context("creating the carrier")?
         .into_inner()
         .token;
     let sim = CarrierSim::start(channel.clone(), &carrier_token)?;
-    let result = with_sim(&channel, &mut admin, &sim, &shop_token).await;
+    let result = with_sim(&channel, &mut admin, &sim, &shop_token, &carrier_token).await;
     let stopped = sim.shutdown().await;
     let checks = result?;
     stopped.context("stopping the simulated carrier")?;
@@ -230,6 +242,7 @@ async fn with_sim(
     admin: &mut AdminServiceClient<AuthedChannel>,
     sim: &CarrierSim,
     shop_token: &str,
+    carrier_token: &str,
 ) -> anyhow::Result<Checks> {
     let currency = Currency::parse(CURRENCY).map_err(|e| anyhow!("{CURRENCY}: {e}"))?;
     let shop_id = ShopId::parse(SHOP_ID).map_err(|e| anyhow!("shop id {SHOP_ID}: {e}"))?;
@@ -364,9 +377,110 @@ async fn with_sim(
         ),
     );
 
-    check_balances(admin, &scenarios, currency, &mut checks).await?;
+    let billed = network_billing(channel, sim, shop_token, carrier_token, &register, &mut checks).await?;
+    check_balances(admin, &scenarios, billed, currency, &mut checks).await?;
     verify_ledger(admin, &mut checks).await?;
     Ok(checks)
+}
+
+/// The network-identity flow: the carrier leases a CGNAT port block to a
+/// carrier-billed buyer and accepts the shop; the shop names the payer only
+/// by the address and port it saw; the charge lands on the buyer's phone
+/// bill less nothing, the shop gets the price less the carrier's fee.
+/// Returns the settled trade, if it settled.
+async fn network_billing(
+    channel: &Channel,
+    sim: &CarrierSim,
+    shop_token: &str,
+    carrier_token: &str,
+    register: &VirtualRegister,
+    checks: &mut Checks,
+) -> anyhow::Result<Option<proto::Trade>> {
+    use syncpay::proto::carrier_service_client::CarrierServiceClient;
+    println!("\nTrade 7: carrier billing, the payer named by network identity — expect SETTLED on the phone bill");
+    let mut carrier = CarrierServiceClient::new(with_token(channel.clone(), carrier_token)?);
+    sim.add_handset(BILLED_NUMBER, Policy::Approve).await.context("adding the billed handset")?;
+    carrier
+        .enroll_subscriber(proto::EnrollSubscriberRequest {
+            subscriber_number: BILLED_NUMBER.into(),
+            funding: proto::Funding::CarrierBill as i32,
+            bill_currency: CURRENCY.into(),
+            monthly_cap_minor: MONTHLY_CAP,
+        })
+        .await
+        .context("enrolling the carrier-billed buyer")?;
+    carrier.accept_shop(proto::AcceptShopRequest { shop_id: SHOP_ID.into() }).await.context("accepting the shop")?;
+    let now = i64::try_from(sync_server::engine::now().0)?;
+    carrier
+        .report_leases(proto::ReportLeasesRequest {
+            starts: vec![proto::LeaseStart {
+                ip: BILLED_IP.into(),
+                port_lo: BILLED_PORTS.0,
+                port_hi: BILLED_PORTS.1,
+                subscriber_number: BILLED_NUMBER.into(),
+                start_ms: now - 60_000,
+            }],
+            stops: vec![],
+        })
+        .await
+        .context("reporting the lease")?;
+    println!(
+        "  carrier  {CARRIER_ID}: prefix {CARRIER_PREFIX}, fee {FEE_BPS} bps; leased {BILLED_IP} ports {}-{} to {} (cap {})",
+        BILLED_PORTS.0,
+        BILLED_PORTS.1,
+        masked(BILLED_NUMBER),
+        MONTHLY_CAP
+    );
+    let mut shop = RegisterServiceClient::new(with_token(channel.clone(), shop_token)?);
+    let created = shop
+        .create_trade(proto::CreateTradeRequest {
+            register_id: register.id().to_string(),
+            amount_minor: PRICE,
+            currency: CURRENCY.into(),
+            description: "An e-book, paid on the phone bill".into(),
+            payer: Some(proto::create_trade_request::Payer::NetworkIdentity(proto::NetworkIdentity {
+                ip: BILLED_IP.into(),
+                port: BILLED_PORT,
+                observed_at_ms: now,
+            })),
+            ..Default::default()
+        })
+        .await
+        .context("creating the network-identity trade")?
+        .into_inner();
+    let trade_id = TradeId::parse(&created.trade_id).map_err(|e| anyhow!("trade id: {e}"))?;
+    let trade = register.await_final(trade_id, WAIT).await.context("waiting for the trade")?;
+    println!("  shop named the payer as {BILLED_IP} port {BILLED_PORT} and saw");
+    println!("    trade    {}", trade.trade_id);
+    println!("    outcome  {}", outcome_name(trade.state, trade.failure_reason));
+    println!("    payer    {}", trade.payer_pseudonym);
+    let statement = carrier
+        .get_statement(proto::GetStatementRequest {
+            subscriber_number: BILLED_NUMBER.into(),
+            month: syncpay::domain::Month::of(UnixMs(u64::try_from(now)?)).to_string(),
+            ..Default::default()
+        })
+        .await
+        .context("reading the statement")?
+        .into_inner();
+    println!("  carrier's statement for {} ({})", masked(BILLED_NUMBER), statement.month);
+    for l in &statement.lines {
+        println!("    {}  {:<12} {:>8}  fee {:>4}", l.trade_id, l.shop_name, l.amount_minor, l.fee_minor);
+    }
+    println!("    total {} of cap {}", statement.total_minor, statement.monthly_cap_minor);
+    println!("  checks");
+    checks.equal("final state", state_name(trade.state), state_name(TradeState::Settled as i32));
+    let text = format!("{trade:?}");
+    checks.check(
+        !text.contains(BILLED_NUMBER.trim_start_matches('+')) && !text.contains(BILLED_IP),
+        "the shop's trade names neither the number nor the address",
+    );
+    checks.equal("statement total", statement.total_minor, PRICE);
+    checks.check(
+        statement.lines.len() == 1 && statement.lines[0].trade_id == trade.trade_id,
+        "the statement lists this trade",
+    );
+    Ok((trade.state == TradeState::Settled as i32).then_some(trade))
 }
 
 /// Runs one scenario's trade and returns it as the shop last saw it.
@@ -531,6 +645,7 @@ async fn read_events(
 async fn check_balances(
     admin: &mut AdminServiceClient<AuthedChannel>,
     scenarios: &[Scenario],
+    billed: Option<proto::Trade>,
     currency: Currency,
     checks: &mut Checks,
 ) -> anyhow::Result<()> {
@@ -546,6 +661,14 @@ async fn check_balances(
         expected.insert(format!("wallet:{}:{CURRENCY}", s.number), wallet);
         funding = funding.checked_sub(top_up).ok_or_else(|| anyhow!("funding arithmetic overflowed"))?;
         shop = shop.checked_add(paid).ok_or_else(|| anyhow!("shop arithmetic overflowed"))?;
+    }
+    if billed.is_some() {
+        // The phone bill owes the price; the carrier keeps its fee.
+        let fee = i64::try_from(syncpay::domain::carrier_fee(Amount::new(PRICE), FEE_BPS).minor())?;
+        let price = i64::try_from(PRICE)?;
+        expected.insert(format!("bill:{CARRIER_ID}:{BILLED_NUMBER}:{CURRENCY}"), -price);
+        expected.insert(format!("carrier:{CARRIER_ID}:fees:{CURRENCY}"), fee);
+        shop = shop.checked_add(price - fee).ok_or_else(|| anyhow!("shop arithmetic overflowed"))?;
     }
     expected.insert(format!("system:funding:{CURRENCY}"), funding);
     expected.insert(format!("shop:{SHOP_ID}:{CURRENCY}"), shop);
@@ -695,6 +818,11 @@ fn masked(number: &str) -> String {
 /// Account names embed the subscriber's number (`wallet:+81…:JPY`); print
 /// them masked.
 fn masked_account(name: &str) -> String {
+    if let Some((carrier, rest)) = name.strip_prefix("bill:").and_then(|r| r.split_once(':')) {
+        if let Some((number, currency)) = rest.rsplit_once(':') {
+            return format!("bill:{carrier}:{}:{currency}", masked(number));
+        }
+    }
     match name.strip_prefix("wallet:").and_then(|r| r.rsplit_once(':')) {
         Some((number, currency)) => format!("wallet:{}:{currency}", masked(number)),
         None => name.to_owned(),
