@@ -36,7 +36,21 @@ enum AdminCommand {
     /// Create a shop and print its token (shown once).
     CreateShop { shop_id: String, display_name: String },
     /// Create a carrier and print its token (shown once).
-    CreateCarrier { carrier_id: String, display_name: String },
+    CreateCarrier {
+        carrier_id: String,
+        display_name: String,
+        /// An IPv4/IPv6 CIDR prefix the carrier leases to subscribers
+        /// (repeatable).
+        #[arg(long = "prefix")]
+        prefixes: Vec<String>,
+        /// The carrier's fee on carrier-billed charges, in basis points.
+        #[arg(long, default_value_t = 0)]
+        fee_bps: u32,
+    },
+    /// Add IP prefixes to a carrier.
+    AddPrefixes { carrier_id: String, prefixes: Vec<String> },
+    /// Print a carrier-billed subscriber's statement for a month (YYYY-MM).
+    Statement { carrier_id: String, subscriber_number: String, month: String },
     /// Credit a subscriber's wallet (amount in minor units).
     TopUp { subscriber_number: String, amount_minor: u64, currency: String },
     /// List accounts whose name starts with PREFIX.
@@ -89,9 +103,30 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 println!("shop {} created; its token (shown once):\n{}", r.shop_id, r.token);
             }
         }
-        AdminCommand::CreateCarrier { carrier_id, display_name } => {
+        AdminCommand::AddPrefixes { carrier_id, prefixes } => {
             let r = admin
-                .create_carrier(proto::CreateCarrierRequest { carrier_id, display_name, ..Default::default() })
+                .add_carrier_prefixes(proto::AddCarrierPrefixesRequest { carrier_id, ip_prefixes: prefixes })
+                .await?
+                .into_inner();
+            if args.json {
+                print_json(&json!({"ip_prefixes": r.ip_prefixes}));
+            } else {
+                println!("added {}", r.ip_prefixes.join(", "));
+            }
+        }
+        AdminCommand::Statement { carrier_id, subscriber_number, month } => {
+            let request = proto::GetStatementRequest { subscriber_number, month, carrier_id };
+            let s = admin.get_statement(request).await?.into_inner();
+            print_statement(&s, args.json);
+        }
+        AdminCommand::CreateCarrier { carrier_id, display_name, prefixes, fee_bps } => {
+            let r = admin
+                .create_carrier(proto::CreateCarrierRequest {
+                    carrier_id,
+                    display_name,
+                    ip_prefixes: prefixes,
+                    fee_bps,
+                })
                 .await?
                 .into_inner();
             if args.json {
@@ -169,4 +204,43 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A statement as a table, or as one JSON object.
+pub fn print_statement(s: &proto::Statement, json_out: bool) {
+    if json_out {
+        let lines: Vec<_> = s
+            .lines
+            .iter()
+            .map(|l| {
+                json!({
+                    "trade_id": l.trade_id,
+                    "shop_id": l.shop_id,
+                    "shop_name": l.shop_name,
+                    "amount_minor": l.amount_minor,
+                    "refunded_minor": l.refunded_minor,
+                    "fee_minor": l.fee_minor,
+                    "settled_at_ms": l.settled_at_ms,
+                })
+            })
+            .collect();
+        print_json(&json!({
+            "subscriber_number": s.subscriber_number,
+            "month": s.month,
+            "currency": s.currency,
+            "monthly_cap_minor": s.monthly_cap_minor,
+            "lines": lines,
+            "charged_minor": s.charged_minor,
+            "refunded_minor": s.refunded_minor,
+            "total_minor": s.total_minor,
+            "fee_minor": s.fee_minor,
+        }));
+        return;
+    }
+    println!("statement {} {} ({}, cap {})", s.subscriber_number, s.month, s.currency, s.monthly_cap_minor);
+    println!("  {:<30} {:<24} {:>12} {:>12}", "trade", "shop", "amount", "refunded");
+    for l in &s.lines {
+        println!("  {:<30} {:<24} {:>12} {:>12}", l.trade_id, l.shop_name, l.amount_minor, l.refunded_minor);
+    }
+    println!("  charged {}  refunded {}  total {}", s.charged_minor, s.refunded_minor, s.total_minor);
 }

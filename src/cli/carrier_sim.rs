@@ -42,9 +42,44 @@ pub struct CarrierSimArgs {
     /// or overriding, the numbered ones).
     #[arg(long = "handset", value_name = "NUMBER=POLICY")]
     extra: Vec<String>,
+    /// Enroll a handset for direct carrier billing with a monthly cap,
+    /// NUMBER=CURRENCY:CAP_MINOR (repeatable), e.g. +819000000001=JPY:10000.
+    #[arg(long = "billed", value_name = "NUMBER=CURRENCY:CAP")]
+    billed: Vec<String>,
+    /// Report a lease starting now: IP=NUMBER or IP:LO-HI=NUMBER for a
+    /// CGNAT port block (repeatable).
+    #[arg(long = "lease", value_name = "IP[:LO-HI]=NUMBER")]
+    leases: Vec<String>,
+    /// Accept a shop (lets it name this carrier's payers by network
+    /// identity and charge carrier bills; repeatable).
+    #[arg(long = "accept", value_name = "SHOP_ID")]
+    accept: Vec<String>,
     /// Print events as JSON lines instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// `198.51.100.7=+81…` or `198.51.100.7:1024-2047=+81…` (IPv6 with a port
+/// block in brackets: `[2001:db8::1]:1024-2047=+81…`).
+fn parse_lease(text: &str, now: i64) -> Result<proto::LeaseStart, String> {
+    let (addr, number) =
+        text.rsplit_once('=').ok_or_else(|| format!("--lease {text:?}: expected IP[:LO-HI]=NUMBER"))?;
+    let (ip, ports) = match addr.strip_prefix('[').and_then(|r| r.split_once("]:")) {
+        Some((ip, ports)) => (ip, Some(ports)),
+        None => match addr.rsplit_once(':') {
+            Some((ip, ports)) if !ip.contains(':') => (ip, Some(ports)),
+            _ => (addr, None),
+        },
+    };
+    let (port_lo, port_hi) = match ports {
+        None => (0, 0),
+        Some(p) => {
+            let (lo, hi) = p.split_once('-').ok_or_else(|| format!("--lease {text:?}: ports as LO-HI"))?;
+            let parse = |v: &str| v.parse::<u32>().map_err(|_| format!("--lease {text:?}: port {v:?}"));
+            (parse(lo)?, parse(hi)?)
+        }
+    };
+    Ok(proto::LeaseStart { ip: ip.into(), port_lo, port_hi, subscriber_number: number.into(), start_ms: now })
 }
 
 /// Most handsets one simulator hosts from the command line.
@@ -109,6 +144,7 @@ pub async fn run(args: CarrierSimArgs) -> anyhow::Result<()> {
         sim.add_handset(number, *policy).await.with_context(|| format!("enrolling handset {number}"))?;
     }
     sim.wait_connected(CONNECT_WAIT).await.context("waiting for the relay stream")?;
+    network_setup(&args, &token).await?;
     if args.json {
         let handsets: Vec<_> = plan.iter().map(|(n, p)| json!({"number": n, "policy": format!("{p:?}")})).collect();
         print_json(&json!({"event": "ready", "server": args.server, "handsets": handsets}));
@@ -272,5 +308,62 @@ mod tests {
         assert!(parse_policy("maybe").is_err());
         assert_eq!(numbers("+819000000009", 2), Ok(vec!["+819000000009".to_owned(), "+819000000010".to_owned()]));
         assert!(numbers("0900", 1).is_err());
+    }
+}
+
+/// Carrier billing and network identity from the command line: billed
+/// enrollments, shop acceptances, then one ReportLeases batch.
+async fn network_setup(args: &CarrierSimArgs, token: &str) -> anyhow::Result<()> {
+    if args.billed.is_empty() && args.leases.is_empty() && args.accept.is_empty() {
+        return Ok(());
+    }
+    let mut carrier =
+        proto::carrier_service_client::CarrierServiceClient::new(super::authed(&args.server, token).await?);
+    for b in &args.billed {
+        let (number, terms) =
+            b.split_once('=').ok_or_else(|| Exit::usage(format!("--billed {b:?}: NUMBER=CURRENCY:CAP")))?;
+        let (currency, cap) =
+            terms.split_once(':').ok_or_else(|| Exit::usage(format!("--billed {b:?}: NUMBER=CURRENCY:CAP")))?;
+        let cap: u64 = cap.parse().map_err(|_| Exit::usage(format!("--billed {b:?}: cap in minor units")))?;
+        carrier
+            .enroll_subscriber(proto::EnrollSubscriberRequest {
+                subscriber_number: number.into(),
+                funding: proto::Funding::CarrierBill as i32,
+                bill_currency: currency.into(),
+                monthly_cap_minor: cap,
+            })
+            .await?;
+    }
+    for shop in &args.accept {
+        carrier.accept_shop(proto::AcceptShopRequest { shop_id: shop.clone() }).await?;
+    }
+    if !args.leases.is_empty() {
+        let now = i64::try_from(syncpay::sync_server::engine::now().0)?;
+        let starts =
+            args.leases.iter().map(|l| parse_lease(l, now)).collect::<Result<Vec<_>, _>>().map_err(Exit::usage)?;
+        let r = carrier.report_leases(proto::ReportLeasesRequest { starts, stops: vec![] }).await?.into_inner();
+        if !args.json {
+            println!("reported {} leases", r.starts_recorded);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use super::parse_lease;
+
+    #[test]
+    fn lease_flags_parse() {
+        let l = parse_lease("198.51.100.7=+819000000001", 5).expect("whole");
+        assert_eq!((l.ip.as_str(), l.port_lo, l.port_hi, l.start_ms), ("198.51.100.7", 0, 0, 5));
+        let l = parse_lease("198.51.100.7:1024-2047=+819000000001", 5).expect("block");
+        assert_eq!((l.port_lo, l.port_hi), (1024, 2047));
+        let l = parse_lease("2001:db8::1=+819000000001", 5).expect("v6");
+        assert_eq!((l.ip.as_str(), l.port_lo), ("2001:db8::1", 0));
+        let l = parse_lease("[2001:db8::1]:10-20=+819000000001", 5).expect("v6 block");
+        assert_eq!((l.ip.as_str(), l.port_lo, l.port_hi), ("2001:db8::1", 10, 20));
+        assert!(parse_lease("198.51.100.7", 5).is_err());
+        assert!(parse_lease("198.51.100.7:x-2=+8190", 5).is_err());
     }
 }
