@@ -23,10 +23,14 @@ enum Command {
     /// Operator commands against a running server (verify, shops,
     /// carriers, top-ups, accounts, postings).
     Admin(cli::admin::AdminArgs),
+    /// Development PKI: a CA, the server certificate and client
+    /// certificates for the operator, shops and carriers (no OpenSSL needed).
+    Pki(cli::pki::PkiArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    syncpay::client::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -39,6 +43,7 @@ fn main() -> std::process::ExitCode {
             Command::Serve(a) => cli::serve::run(a).await,
             Command::Demo(a) => cli::demo::run(a).await,
             Command::Admin(a) => cli::admin::run(a).await,
+            Command::Pki(a) => cli::pki::run(a),
         }
     });
     match result {

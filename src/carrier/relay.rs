@@ -3,8 +3,10 @@
 //! that runs when a carrier connects.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -23,21 +25,46 @@ pub type RelaySender = mpsc::Sender<Result<proto::RelayDown, Status>>;
 struct Link {
     id: u64,
     tx: RelaySender,
+    /// Set when the queue overflowed, so the stream ends RESOURCE_EXHAUSTED.
+    overflowed: Arc<AtomicBool>,
 }
 
 /// The live relay links, at most one per carrier.
-#[derive(Default)]
 pub struct RelayHub {
     links: Mutex<HashMap<CarrierId, Link>>,
     next_link: AtomicU64,
+    depth: usize,
+}
+
+impl Default for RelayHub {
+    fn default() -> Self {
+        RelayHub::new(RELAY_QUEUE_DEPTH)
+    }
+}
+
+/// The status a relay stream ends with when its queue overflowed.
+pub fn queue_overflow(depth: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "relay queue depth: more than {depth} messages waited for this carrier; reconnect to resume from the outbox"
+    ))
 }
 
 impl RelayHub {
+    /// A hub whose carriers may each have `depth` messages waiting.
+    pub fn new(depth: usize) -> Self {
+        RelayHub { links: Mutex::new(HashMap::new()), next_link: AtomicU64::new(0), depth: depth.max(1) }
+    }
+
+    /// The queue depth for a new relay stream's channel.
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+
     /// Registers a carrier's new stream, replacing (and so ending) any
     /// earlier one. Returns the link id for `detach`.
-    pub fn attach(&self, carrier: &CarrierId, tx: RelaySender) -> u64 {
+    pub fn attach(&self, carrier: &CarrierId, tx: RelaySender, overflowed: Arc<AtomicBool>) -> u64 {
         let id = self.next_link.fetch_add(1, Ordering::Relaxed);
-        let old = self.lock().insert(carrier.clone(), Link { id, tx });
+        let old = self.lock().insert(carrier.clone(), Link { id, tx, overflowed });
         if let Some(old) = old {
             // The old stream's receiver ends when its sender is dropped; tell
             // the carrier why first.
@@ -72,8 +99,10 @@ impl RelayHub {
                 PushResult::NotConnected
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(carrier = %carrier, depth = RELAY_QUEUE_DEPTH, "relay queue full; disconnecting");
-                links.remove(carrier);
+                tracing::warn!(carrier = %carrier, depth = self.depth, "relay queue full; disconnecting");
+                if let Some(link) = links.remove(carrier) {
+                    link.overflowed.store(true, Ordering::Release);
+                }
                 PushResult::Dropped
             }
         }
@@ -91,6 +120,42 @@ impl CarrierGateway for RelayHub {
 
     fn is_connected(&self, carrier: &CarrierId) -> bool {
         self.lock().contains_key(carrier)
+    }
+}
+
+/// A relay stream's outgoing side: what the queue holds, then, if the hub
+/// dropped the link because the queue overflowed, `RESOURCE_EXHAUSTED`
+/// naming the limit (instead of a silent end).
+pub struct RelayDownStream {
+    rx: mpsc::Receiver<Result<proto::RelayDown, Status>>,
+    overflowed: Arc<AtomicBool>,
+    depth: usize,
+    done: bool,
+}
+
+impl RelayDownStream {
+    pub fn new(rx: mpsc::Receiver<Result<proto::RelayDown, Status>>, overflowed: Arc<AtomicBool>, depth: usize) -> Self {
+        RelayDownStream { rx, overflowed, depth, done: false }
+    }
+}
+
+impl futures_core::Stream for RelayDownStream {
+    type Item = Result<proto::RelayDown, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(None) => {
+                self.done = true;
+                if self.overflowed.load(Ordering::Acquire) {
+                    return Poll::Ready(Some(Err(queue_overflow(self.depth))));
+                }
+                Poll::Ready(None)
+            }
+            other => other,
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use syncpay::client::{connect, with_token};
+use syncpay::client::{connect, connect_tls, with_token, ClientTls};
 use syncpay::proto::{self, admin_service_client::AdminServiceClient};
 
 #[derive(Args)]
@@ -19,6 +19,16 @@ pub struct AdminArgs {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Mutual TLS: the CA that issued the server's certificate (PEM). With
+    /// --tls-cert and --tls-key (the operator's certificate, e.g.
+    /// `admin.pem`/`admin.key` from `syncpay pki init`) the token file is
+    /// not used.
+    #[arg(long, env = "SYNCPAY_TLS_CA", global = true, requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    #[arg(long, env = "SYNCPAY_TLS_CLIENT_CERT", global = true, requires = "tls_ca")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, env = "SYNCPAY_TLS_CLIENT_KEY", global = true, requires = "tls_ca")]
+    tls_key: Option<PathBuf>,
     #[command(subcommand)]
     command: AdminCommand,
 }
@@ -64,10 +74,22 @@ fn js(s: &str) -> String {
 }
 
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let token = std::fs::read_to_string(&args.token_file)
-        .with_context(|| format!("reading the operator token from {}", args.token_file.display()))?;
-    let channel = connect(&args.server).await.with_context(|| format!("connecting to {}", args.server))?;
-    let mut admin = AdminServiceClient::new(with_token(channel, token.trim())?);
+    let (channel, token) = match (&args.tls_ca, &args.tls_cert, &args.tls_key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            let tls = ClientTls::from_files(ca, cert, key)?;
+            let channel =
+                connect_tls(&args.server, &tls).await.with_context(|| format!("connecting to {}", args.server))?;
+            // The certificate is the credential.
+            (channel, String::new())
+        }
+        _ => {
+            let token = std::fs::read_to_string(&args.token_file)
+                .with_context(|| format!("reading the operator token from {}", args.token_file.display()))?;
+            let channel = connect(&args.server).await.with_context(|| format!("connecting to {}", args.server))?;
+            (channel, token.trim().to_owned())
+        }
+    };
+    let mut admin = AdminServiceClient::new(with_token(channel, &token)?);
     match args.command {
         AdminCommand::Verify => {
             let r = admin.verify_ledger(proto::VerifyLedgerRequest {}).await?.into_inner();

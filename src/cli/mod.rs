@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod demo;
+pub mod pki;
 pub mod serve;
 
 /// Logs go to stderr; `RUST_LOG` overrides the default level.

@@ -15,6 +15,8 @@ use super::UnixMs;
 /// new version byte; old signatures never verify under a new layout.
 const PAYLOAD_TAG: &[u8] = b"syncpay/approval";
 const PAYLOAD_VERSION: u8 = 1;
+/// An Ed25519 signature's length; anything else is refused at the edge.
+pub const ED25519_SIGNATURE_LEN: usize = 64;
 
 /// The buyer's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -18,6 +18,7 @@ use crate::store::{
 
 use super::error::ApiError;
 use super::limits::Limits;
+use super::rate_limit::{RateLimits, StreamSlots, EVICT_INTERVAL, WATCH_STREAMS};
 
 /// The wall clock, read only here and passed into the store and domain.
 pub fn now() -> UnixMs {
@@ -98,11 +99,15 @@ pub struct Engine {
     pub secret: ServerSecret,
     pub limits: Limits,
     pub finals: FinalWaiters,
+    pub rates: RateLimits,
+    pub watch_slots: Arc<StreamSlots<ShopId>>,
 }
 
 impl Engine {
     pub fn new(store: Store, gateway: Arc<dyn CarrierGateway>, secret: ServerSecret, limits: Limits) -> Self {
-        Engine { store, gateway, secret, limits, finals: FinalWaiters::default() }
+        let rates = RateLimits::new(&limits);
+        let watch_slots = StreamSlots::new(WATCH_STREAMS, limits.max_watch_streams_per_shop);
+        Engine { store, gateway, secret, limits, finals: FinalWaiters::default(), rates, watch_slots }
     }
 
     /// Sends durable deliveries to their carriers. Whatever is not taken
@@ -140,6 +145,10 @@ impl Engine {
                 format!("must be {}..={} seconds", self.limits.min_ttl.as_secs(), self.limits.max_ttl.as_secs()),
             ));
         }
+        // The shop's own rate first, so a shop over its limit spends none
+        // of the buyer's. Counted per request, retries included.
+        self.rates.shop_trades.check(shop)?;
+        self.rates.subscriber_offers.check(&t.payer)?;
         let trade_id = TradeId::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
         let command = Command::CreateTrade(CreateTrade {
             shop: shop.clone(),
@@ -284,9 +293,14 @@ impl Engine {
     /// Runs the expiry sweeper until `shutdown` turns true. Overdue trades
     /// left by a crash expire on the first round.
     pub async fn run_sweeper(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut evicted_at = tokio::time::Instant::now();
         loop {
             if let Err(e) = self.expire_due().await {
                 tracing::error!(error = %e, "expiry sweep failed");
+            }
+            if evicted_at.elapsed() >= EVICT_INTERVAL {
+                self.rates.evict_idle();
+                evicted_at = tokio::time::Instant::now();
             }
             tokio::select! {
                 _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
