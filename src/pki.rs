@@ -160,8 +160,7 @@ impl Ca {
     }
 
     fn issue(&self, stem: &str, mut params: CertificateParams, days: i64) -> Result<CertFiles, PkiError> {
-        let files =
-            CertFiles { cert: self.dir.join(format!("{stem}.pem")), key: self.dir.join(format!("{stem}.key")) };
+        let files = CertFiles { cert: self.dir.join(format!("{stem}.pem")), key: self.dir.join(format!("{stem}.key")) };
         for path in [&files.cert, &files.key] {
             if path.exists() {
                 return Err(file_error(path, "exists already; remove it to issue a new one"));

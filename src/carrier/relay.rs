@@ -134,7 +134,11 @@ pub struct RelayDownStream {
 }
 
 impl RelayDownStream {
-    pub fn new(rx: mpsc::Receiver<Result<proto::RelayDown, Status>>, overflowed: Arc<AtomicBool>, depth: usize) -> Self {
+    pub fn new(
+        rx: mpsc::Receiver<Result<proto::RelayDown, Status>>,
+        overflowed: Arc<AtomicBool>,
+        depth: usize,
+    ) -> Self {
         RelayDownStream { rx, overflowed, depth, done: false }
     }
 }

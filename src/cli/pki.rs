@@ -63,7 +63,10 @@ pub fn run(args: PkiArgs) -> anyhow::Result<()> {
         PkiCommand::Init { server_names, shops, carriers } => {
             let options = InitOptions {
                 server_names,
-                shops: shops.iter().map(|s| ShopId::parse(s).with_context(|| format!("--shop {s}"))).collect::<Result<_, _>>()?,
+                shops: shops
+                    .iter()
+                    .map(|s| ShopId::parse(s).with_context(|| format!("--shop {s}")))
+                    .collect::<Result<_, _>>()?,
                 carriers: carriers
                     .iter()
                     .map(|c| CarrierId::parse(c).with_context(|| format!("--carrier {c}")))

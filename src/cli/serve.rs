@@ -86,7 +86,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         server.url(),
         args.data_dir.display(),
         args.data_dir.join("admin.token").display(),
-        if tls_on { "mutual TLS: callers are known by their client certificates" } else { "plaintext with bearer tokens" }
+        if tls_on {
+            "mutual TLS: callers are known by their client certificates"
+        } else {
+            "plaintext with bearer tokens"
+        }
     );
     wait_for_signal(&server).await;
     server.shutdown().await?;

@@ -102,12 +102,8 @@ impl<B> LimitedBody<B> {
                         self.framing = Framing::Prefix { got };
                         continue;
                     }
-                    let len = u64::from(u32::from_be_bytes([
-                        self.prefix[1],
-                        self.prefix[2],
-                        self.prefix[3],
-                        self.prefix[4],
-                    ]));
+                    let len =
+                        u64::from(u32::from_be_bytes([self.prefix[1], self.prefix[2], self.prefix[3], self.prefix[4]]));
                     if len > u64::try_from(self.max).unwrap_or(u64::MAX) {
                         return Err(too_large(self.max, len));
                     }

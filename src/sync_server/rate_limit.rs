@@ -65,7 +65,12 @@ pub struct KeyedLimit<K: Hash + Eq + Clone> {
 
 impl<K: Hash + Eq + Clone> KeyedLimit<K> {
     pub fn new(name: &'static str, rate: Rate) -> Self {
-        KeyedLimit { name, rate, limiter: rate.quota().map(DefaultKeyedRateLimiter::dashmap), clock: DefaultClock::default() }
+        KeyedLimit {
+            name,
+            rate,
+            limiter: rate.quota().map(DefaultKeyedRateLimiter::dashmap),
+            clock: DefaultClock::default(),
+        }
     }
 
     /// Counts one event for `key`, or refuses it.

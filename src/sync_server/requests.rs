@@ -80,7 +80,11 @@ pub fn create_trade(r: &proto::CreateTradeRequest, limits: &Limits) -> Result<Ne
         currency: convert::currency("currency", &r.currency)?,
         description: convert::text("description", &r.description, limits::MAX_DESCRIPTION_CHARS, false)?,
         ttl: ttl("ttl_seconds", r.ttl_seconds, limits)?,
-        idempotency_key: convert::idempotency_key("idempotency_key", &r.idempotency_key, limits::MAX_IDEMPOTENCY_KEY_LEN)?,
+        idempotency_key: convert::idempotency_key(
+            "idempotency_key",
+            &r.idempotency_key,
+            limits::MAX_IDEMPOTENCY_KEY_LEN,
+        )?,
     })
 }
 
@@ -115,7 +119,11 @@ pub fn refund_trade(r: &proto::RefundTradeRequest, limits: &Limits) -> Result<Re
     Ok(Refund {
         trade: convert::trade_id("trade_id", &r.trade_id)?,
         amount: convert::amount("amount_minor", r.amount_minor, limits)?,
-        idempotency_key: convert::idempotency_key("idempotency_key", &r.idempotency_key, limits::MAX_IDEMPOTENCY_KEY_LEN)?,
+        idempotency_key: convert::idempotency_key(
+            "idempotency_key",
+            &r.idempotency_key,
+            limits::MAX_IDEMPOTENCY_KEY_LEN,
+        )?,
     })
 }
 
@@ -188,7 +196,10 @@ pub fn create_carrier(r: &proto::CreateCarrierRequest) -> Result<(CarrierId, Str
     Ok((id, name))
 }
 
-pub fn top_up(r: &proto::TopUpWalletRequest, limits: &Limits) -> Result<(SubscriberNumber, Amount, Currency), ApiError> {
+pub fn top_up(
+    r: &proto::TopUpWalletRequest,
+    limits: &Limits,
+) -> Result<(SubscriberNumber, Amount, Currency), ApiError> {
     Ok((
         convert::subscriber("subscriber_number", &r.subscriber_number)?,
         convert::amount("amount_minor", r.amount_minor, limits)?,
