@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod manual_carrier;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
