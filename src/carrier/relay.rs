@@ -73,6 +73,17 @@ impl RelayHub {
         id
     }
 
+    /// Ends the link (if it is still the current one) with `status` as the
+    /// stream's last message, e.g. why the carrier's uplink was refused.
+    pub fn end(&self, carrier: &CarrierId, link: u64, status: Status) {
+        let mut links = self.lock();
+        if links.get(carrier).is_some_and(|l| l.id == link) {
+            if let Some(l) = links.remove(carrier) {
+                let _ = l.tx.try_send(Err(status));
+            }
+        }
+    }
+
     /// Removes the link if it is still the current one.
     pub fn detach(&self, carrier: &CarrierId, link: u64) {
         let mut links = self.lock();
@@ -186,4 +197,44 @@ pub fn to_relay_down(delivery: &Delivery) -> proto::RelayDown {
         }),
     };
     proto::RelayDown { delivery_id: delivery.delivery_id, body: Some(body) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{TradeId, UnixMs};
+    use crate::store::DeliveryBody;
+    use tokio_stream::StreamExt;
+
+    fn withdraw(carrier: &CarrierId, id: u64) -> Delivery {
+        Delivery {
+            delivery_id: id,
+            carrier: carrier.clone(),
+            body: DeliveryBody::Withdraw {
+                trade: TradeId::from_bytes([1; 16]),
+                payer: crate::domain::SubscriberNumber::parse("+818012345678").expect("valid"),
+                state: crate::domain::TradeState::Cancelled,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_relay_queue_ends_the_stream_resource_exhausted_naming_the_limit() {
+        let _ = UnixMs(0);
+        let hub = RelayHub::new(2);
+        let carrier = CarrierId::parse("docomo").expect("valid");
+        let (tx, rx) = mpsc::channel(hub.depth());
+        let overflowed = Arc::new(AtomicBool::new(false));
+        hub.attach(&carrier, tx, overflowed.clone());
+        assert_eq!(hub.push(&withdraw(&carrier, 1)), PushResult::Queued);
+        assert_eq!(hub.push(&withdraw(&carrier, 2)), PushResult::Queued);
+        assert_eq!(hub.push(&withdraw(&carrier, 3)), PushResult::Dropped);
+        assert!(!hub.is_connected(&carrier));
+        let items: Vec<_> = RelayDownStream::new(rx, overflowed, 2).collect().await;
+        assert_eq!(items.len(), 3);
+        assert!(items[..2].iter().all(|i| i.is_ok()));
+        let status = items[2].as_ref().expect_err("ends with the limit");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(status.message().starts_with("relay queue depth: more than 2 messages"), "{}", status.message());
+    }
 }

@@ -164,6 +164,9 @@ impl CarrierService for CarrierApi {
                     Ok(None) => break,
                     Err(status) => {
                         tracing::info!(carrier = %carrier, code = ?status.code(), "relay stream ended");
+                        // Tell the carrier why (an oversized or malformed
+                        // message, say) instead of ending silently.
+                        hub.end(&carrier, link, status);
                         break;
                     }
                 };

@@ -45,10 +45,15 @@ impl Rate {
 
 impl std::fmt::Display for Rate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count = self.count;
+        if self.per.subsec_nanos() != 0 {
+            return write!(f, "{count} per {} ms", self.per.as_millis());
+        }
         match self.per.as_secs() {
-            1 if self.per.subsec_nanos() == 0 => write!(f, "{} per second", self.count),
-            60 if self.per.subsec_nanos() == 0 => write!(f, "{} per minute", self.count),
-            _ => write!(f, "{} per {} ms", self.count, self.per.as_millis()),
+            1 => write!(f, "{count} per second"),
+            60 => write!(f, "{count} per minute"),
+            3600 => write!(f, "{count} per hour"),
+            s => write!(f, "{count} per {s} s"),
         }
     }
 }

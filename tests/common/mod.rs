@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod manual_carrier;
+pub mod raw;
 
 use std::path::PathBuf;
 use std::time::Duration;
