@@ -67,7 +67,7 @@ async fn traffic(
         let trade = register.charge(ChargeRequest::new(number, 1200, "JPY", "tea")).await.expect("charge");
         if trade.state == syncpay::proto::TradeState::Settled as i32 {
             let id = syncpay::domain::TradeId::parse(&trade.trade_id).expect("id");
-            register.refund(id, 200, Some("refund-1".into())).await.expect("refund");
+            register.refund(id, 200, Some("refund-1")).await.expect("refund");
         }
     }
     // An unknown payer and a malformed one, refused.
