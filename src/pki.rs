@@ -13,7 +13,7 @@
 //! | `admin.pem`, `admin.key` | the operator (`syncpay://admin`) |
 //! | `shop-<id>.pem`, `shop-<id>.key` | a shop (`syncpay://shop/<id>`) |
 //! | `carrier-<id>.pem`, `carrier-<id>.key` | a carrier (`syncpay://carrier/<id>`) |
-//! | `crl.pem` | the CA's revocation list (`revoke` writes it) |
+//! | `crl.pem`, `revoked.txt` | the CA's revocation list and the serials in it (`revoke` writes both) |
 //!
 //! Existing files are never overwritten: issuing a name twice fails.
 
