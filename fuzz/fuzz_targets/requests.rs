@@ -23,7 +23,10 @@ fn refused(e: ApiError) {
     }
 }
 
-fn check<M: Message + Default + PartialEq + std::fmt::Debug, T>(bytes: &[u8], validate: impl Fn(&M) -> Result<T, ApiError>) {
+fn check<M: Message + Default + PartialEq + std::fmt::Debug, T>(
+    bytes: &[u8],
+    validate: impl Fn(&M) -> Result<T, ApiError>,
+) {
     let Ok(message) = M::decode(bytes) else { return };
     if let Err(e) = validate(&message) {
         refused(e);
