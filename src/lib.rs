@@ -8,14 +8,20 @@
 //! - [`sync_server`]: gRPC services, trade orchestration, expiry, event
 //!   fan-out; `sync_server::start(config, listener)`.
 //! - [`carrier`]: the carrier-gateway trait and the relay-stream gateway.
-//! - [`client`]: connecting and authenticating gRPC clients.
+//! - [`client`]: connecting (plaintext or mutual TLS) and authenticating
+//!   gRPC clients.
+//! - [`codec`]: the prost codec that reports malformed requests as
+//!   `INVALID_ARGUMENT`.
+//! - [`pki`]: the development PKI (CA, server and client certificates).
 //! - [`proto`]: the generated `syncpay.v1` gRPC types.
 //! - [`register`]: the virtual register, the shop-side client library.
 //! - [`terminal_sim`]: a simulated carrier relay hosting simulated handsets.
 
 pub mod carrier;
 pub mod client;
+pub mod codec;
 pub mod domain;
+pub mod pki;
 pub mod proto;
 pub mod register;
 pub mod store;

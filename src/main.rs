@@ -32,10 +32,14 @@ enum Command {
     /// A simulated carrier relay with N handsets against a running server,
     /// until Ctrl-C or SIGTERM.
     CarrierSim(cli::carrier_sim::CarrierSimArgs),
+    /// Development PKI: a CA, the server certificate and client
+    /// certificates for the operator, shops and carriers (no OpenSSL needed).
+    Pki(cli::pki::PkiArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    syncpay::client::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -50,6 +54,7 @@ fn main() -> std::process::ExitCode {
             Command::Admin(a) => cli::admin::run(a).await,
             Command::Shop(a) => cli::shop::run(a).await,
             Command::CarrierSim(a) => cli::carrier_sim::run(a).await,
+            Command::Pki(a) => cli::pki::run(a),
         }
     });
     match result {

@@ -3,8 +3,10 @@
 //! that runs when a carrier connects.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -24,27 +26,63 @@ pub type RelaySender = mpsc::Sender<Result<proto::RelayDown, Status>>;
 struct Link {
     id: u64,
     tx: RelaySender,
+    /// Set when the queue overflowed, so the stream ends RESOURCE_EXHAUSTED.
+    overflowed: Arc<AtomicBool>,
 }
 
 /// The live relay links, at most one per carrier.
-#[derive(Default)]
 pub struct RelayHub {
     links: Mutex<HashMap<CarrierId, Link>>,
     next_link: AtomicU64,
+    depth: usize,
+}
+
+impl Default for RelayHub {
+    fn default() -> Self {
+        RelayHub::new(RELAY_QUEUE_DEPTH)
+    }
+}
+
+/// The status a relay stream ends with when its queue overflowed.
+pub fn queue_overflow(depth: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "relay queue depth: more than {depth} messages waited for this carrier; reconnect to resume from the outbox"
+    ))
 }
 
 impl RelayHub {
+    /// A hub whose carriers may each have `depth` messages waiting.
+    pub fn new(depth: usize) -> Self {
+        RelayHub { links: Mutex::new(HashMap::new()), next_link: AtomicU64::new(0), depth: depth.max(1) }
+    }
+
+    /// The queue depth for a new relay stream's channel.
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+
     /// Registers a carrier's new stream, replacing (and so ending) any
     /// earlier one. Returns the link id for `detach`.
-    pub fn attach(&self, carrier: &CarrierId, tx: RelaySender) -> u64 {
+    pub fn attach(&self, carrier: &CarrierId, tx: RelaySender, overflowed: Arc<AtomicBool>) -> u64 {
         let id = self.next_link.fetch_add(1, Ordering::Relaxed);
-        let old = self.lock().insert(carrier.clone(), Link { id, tx });
+        let old = self.lock().insert(carrier.clone(), Link { id, tx, overflowed });
         if let Some(old) = old {
             // The old stream's receiver ends when its sender is dropped; tell
             // the carrier why first.
             let _ = old.tx.try_send(Err(Status::aborted("replaced by a newer relay stream of this carrier")));
         }
         id
+    }
+
+    /// Ends the link (if it is still the current one) with `status` as the
+    /// stream's last message, e.g. why the carrier's uplink was refused.
+    pub fn end(&self, carrier: &CarrierId, link: u64, status: Status) {
+        let mut links = self.lock();
+        if links.get(carrier).is_some_and(|l| l.id == link) {
+            if let Some(l) = links.remove(carrier) {
+                let _ = l.tx.try_send(Err(status));
+            }
+        }
     }
 
     /// Removes the link if it is still the current one.
@@ -76,9 +114,11 @@ impl RelayHub {
                 PushResult::NotConnected
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(carrier = %carrier, depth = RELAY_QUEUE_DEPTH, "relay queue full; disconnecting");
+                tracing::warn!(carrier = %carrier, depth = self.depth, "relay queue full; disconnecting");
                 metrics::relay_queue_full(carrier.as_str());
-                links.remove(carrier);
+                if let Some(link) = links.remove(carrier) {
+                    link.overflowed.store(true, Ordering::Release);
+                }
                 PushResult::Dropped
             }
         }
@@ -96,6 +136,46 @@ impl CarrierGateway for RelayHub {
 
     fn is_connected(&self, carrier: &CarrierId) -> bool {
         self.lock().contains_key(carrier)
+    }
+}
+
+/// A relay stream's outgoing side: what the queue holds, then, if the hub
+/// dropped the link because the queue overflowed, `RESOURCE_EXHAUSTED`
+/// naming the limit (instead of a silent end).
+pub struct RelayDownStream {
+    rx: mpsc::Receiver<Result<proto::RelayDown, Status>>,
+    overflowed: Arc<AtomicBool>,
+    depth: usize,
+    done: bool,
+}
+
+impl RelayDownStream {
+    pub fn new(
+        rx: mpsc::Receiver<Result<proto::RelayDown, Status>>,
+        overflowed: Arc<AtomicBool>,
+        depth: usize,
+    ) -> Self {
+        RelayDownStream { rx, overflowed, depth, done: false }
+    }
+}
+
+impl futures_core::Stream for RelayDownStream {
+    type Item = Result<proto::RelayDown, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(None) => {
+                self.done = true;
+                if self.overflowed.load(Ordering::Acquire) {
+                    return Poll::Ready(Some(Err(queue_overflow(self.depth))));
+                }
+                Poll::Ready(None)
+            }
+            other => other,
+        }
     }
 }
 
@@ -122,4 +202,44 @@ pub fn to_relay_down(delivery: &Delivery) -> proto::RelayDown {
         }),
     };
     proto::RelayDown { delivery_id: delivery.delivery_id, body: Some(body) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{TradeId, UnixMs};
+    use crate::store::DeliveryBody;
+    use tokio_stream::StreamExt;
+
+    fn withdraw(carrier: &CarrierId, id: u64) -> Delivery {
+        Delivery {
+            delivery_id: id,
+            carrier: carrier.clone(),
+            body: DeliveryBody::Withdraw {
+                trade: TradeId::from_bytes([1; 16]),
+                payer: crate::domain::SubscriberNumber::parse("+818012345678").expect("valid"),
+                state: crate::domain::TradeState::Cancelled,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_relay_queue_ends_the_stream_resource_exhausted_naming_the_limit() {
+        let _ = UnixMs(0);
+        let hub = RelayHub::new(2);
+        let carrier = CarrierId::parse("docomo").expect("valid");
+        let (tx, rx) = mpsc::channel(hub.depth());
+        let overflowed = Arc::new(AtomicBool::new(false));
+        hub.attach(&carrier, tx, overflowed.clone());
+        assert_eq!(hub.push(&withdraw(&carrier, 1)), PushResult::Queued);
+        assert_eq!(hub.push(&withdraw(&carrier, 2)), PushResult::Queued);
+        assert_eq!(hub.push(&withdraw(&carrier, 3)), PushResult::Dropped);
+        assert!(!hub.is_connected(&carrier));
+        let items: Vec<_> = RelayDownStream::new(rx, overflowed, 2).collect().await;
+        assert_eq!(items.len(), 3);
+        assert!(items[..2].iter().all(|i| i.is_ok()));
+        let status = items[2].as_ref().expect_err("ends with the limit");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(status.message().starts_with("relay queue depth: more than 2 messages"), "{}", status.message());
+    }
 }

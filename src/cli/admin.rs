@@ -4,8 +4,10 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::json;
+use syncpay::client::{connect_tls, with_token, ClientTls};
 use syncpay::proto::{self, admin_service_client::AdminServiceClient};
 
 use super::{authed, print_json, read_token, Exit};
@@ -25,6 +27,16 @@ pub struct AdminArgs {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Mutual TLS: the CA that issued the server's certificate (PEM). With
+    /// --tls-cert and --tls-key (the operator's certificate, e.g.
+    /// `admin.pem`/`admin.key` from `syncpay pki init`) the token file is
+    /// not used.
+    #[arg(long, env = "SYNCPAY_TLS_CA", global = true, requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    #[arg(long, env = "SYNCPAY_TLS_CLIENT_CERT", global = true, requires = "tls_ca")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, env = "SYNCPAY_TLS_CLIENT_KEY", global = true, requires = "tls_ca")]
+    tls_key: Option<PathBuf>,
     #[command(subcommand)]
     command: AdminCommand,
 }
@@ -68,8 +80,20 @@ enum AdminCommand {
 }
 
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let token = read_token(args.token.as_deref(), Some(&args.token_file), "operator")?;
-    let mut admin = AdminServiceClient::new(authed(&args.server, &token).await?);
+    let channel = match (&args.tls_ca, &args.tls_cert, &args.tls_key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            let tls = ClientTls::from_files(ca, cert, key)?;
+            let channel =
+                connect_tls(&args.server, &tls).await.with_context(|| format!("connecting to {}", args.server))?;
+            // The certificate is the credential: no token is sent.
+            with_token(channel, "")?
+        }
+        _ => {
+            let token = read_token(args.token.as_deref(), Some(&args.token_file), "operator")?;
+            authed(&args.server, &token).await?
+        }
+    };
+    let mut admin = AdminServiceClient::new(channel);
     match args.command {
         AdminCommand::Verify => {
             let r = admin.verify_ledger(proto::VerifyLedgerRequest {}).await?.into_inner();

@@ -15,6 +15,7 @@ pub mod admin;
 pub mod carrier_sim;
 pub mod demo;
 pub mod metrics_http;
+pub mod pki;
 pub mod serve;
 pub mod serve_config;
 pub mod shop;

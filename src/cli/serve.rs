@@ -43,6 +43,24 @@ pub struct ServeArgs {
     /// [default 127.0.0.1:9700; env SYNCPAY_METRICS_LISTEN].
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// Server certificate chain (PEM) [env SYNCPAY_TLS_CERT]. With
+    /// --tls-key and --client-ca the server speaks mutual TLS, callers are
+    /// known by their client certificates, and any address may be used.
+    /// SIGHUP reloads every TLS file. `syncpay pki init` makes a
+    /// development set.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<String>,
+    /// The server's private key (PEM, mode 0600) [env SYNCPAY_TLS_KEY].
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<String>,
+    /// CA certificate(s) that issue client certificates (PEM)
+    /// [env SYNCPAY_CLIENT_CA].
+    #[arg(long, value_name = "FILE")]
+    client_ca: Option<String>,
+    /// Revocation list(s) of that CA (PEM), e.g. from `syncpay pki revoke`
+    /// [env SYNCPAY_CLIENT_CRL].
+    #[arg(long, value_name = "FILE")]
+    client_crl: Option<String>,
     /// Any setting as KEY=VALUE, e.g. limits.max_ttl_seconds=300 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
@@ -62,6 +80,10 @@ impl ServeArgs {
         add("--log-format", &self.log_format);
         add("--log-level", &self.log_level);
         add("--metrics-listen", &self.metrics_listen);
+        add("--tls-cert", &self.tls_cert);
+        add("--tls-key", &self.tls_key);
+        add("--client-ca", &self.client_ca);
+        add("--client-crl", &self.client_crl);
         Flags { config: self.config.clone(), values, sets: self.sets.clone() }
     }
 }
@@ -95,6 +117,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("preparing data folder {}", config.data_dir.display()))?;
     server_config.durability = config.durability;
     server_config.limits = config.limits.clone();
+    server_config.tls = config.tls.clone();
     if config.durability == Durability::FlushOnly {
         tracing::warn!("durability=flush-only: acknowledged trades can be lost on power failure");
     }
@@ -117,12 +140,17 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let server = sync_server::start(server_config, listener).await?;
     // Tests and scripts read this line for the bound address (port 0).
     eprintln!(
-        "syncpay serving on {} (data {}; operator token in {})",
+        "syncpay serving on {} (data {}; operator token in {}; {})",
         server.url(),
         config.data_dir.display(),
-        config.data_dir.join("admin.token").display()
+        config.data_dir.join("admin.token").display(),
+        if config.tls.is_some() {
+            "mutual TLS: callers are known by their client certificates"
+        } else {
+            "plaintext with bearer tokens, loopback only"
+        }
     );
-    let signal = wait_for_signal().await;
+    let signal = wait_for_stop(&server).await;
     tracing::info!(signal, "stopping: no new connections; in-flight calls finish, streams end with UNAVAILABLE");
     server.shutdown().await?;
     let _ = stop_metrics.send(true);
@@ -154,6 +182,37 @@ pub async fn wait_for_signal() -> &'static str {
     }
     #[cfg(not(unix))]
     {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+}
+
+/// Like `wait_for_signal`, and on SIGHUP reloads the server's TLS files (a
+/// failed reload keeps the old ones and is logged).
+async fn wait_for_stop(server: &sync_server::RunningServer) -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
+            (Ok(mut term), Ok(mut hup)) => loop {
+                tokio::select! {
+                    _ = term.recv() => return "SIGTERM",
+                    _ = tokio::signal::ctrl_c() => return "SIGINT",
+                    _ = hup.recv() => match server.reload_tls() {
+                        Ok(()) => tracing::info!("SIGHUP: TLS files reloaded"),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; the old certificates stay"),
+                    },
+                }
+            },
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = server;
         let _ = tokio::signal::ctrl_c().await;
         "Ctrl-C"
     }

@@ -20,6 +20,11 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use syncpay::store::Durability;
 use syncpay::sync_server::limits::{self, Limits};
+use syncpay::sync_server::rate_limit::Rate;
+use syncpay::sync_server::tls::TlsFiles;
+
+/// The largest configurable rate (per second or per minute).
+const MAX_RATE_SETTING: u64 = 1_000_000;
 
 use super::LogFormat;
 
@@ -49,6 +54,10 @@ pub const SETTINGS: &[Setting] = &[
         flag: Some("--metrics-listen"),
         default: "\"127.0.0.1:9700\"",
     },
+    Setting { key: "tls.cert", env: "SYNCPAY_TLS_CERT", flag: Some("--tls-cert"), default: "\"\"" },
+    Setting { key: "tls.key", env: "SYNCPAY_TLS_KEY", flag: Some("--tls-key"), default: "\"\"" },
+    Setting { key: "tls.client_ca", env: "SYNCPAY_CLIENT_CA", flag: Some("--client-ca"), default: "\"\"" },
+    Setting { key: "tls.client_crl", env: "SYNCPAY_CLIENT_CRL", flag: Some("--client-crl"), default: "\"\"" },
     Setting {
         key: "limits.max_amount_minor",
         env: "SYNCPAY_LIMITS_MAX_AMOUNT_MINOR",
@@ -76,6 +85,18 @@ pub const SETTINGS: &[Setting] = &[
         default: "120",
     },
     Setting { key: "limits.max_ttl_seconds", env: "SYNCPAY_LIMITS_MAX_TTL_SECONDS", flag: None, default: "900" },
+    Setting {
+        key: "limits.shop_trades_per_second",
+        env: "SYNCPAY_LIMITS_SHOP_TRADES_PER_SECOND",
+        flag: None,
+        default: "50",
+    },
+    Setting {
+        key: "limits.subscriber_offers_per_minute",
+        env: "SYNCPAY_LIMITS_SUBSCRIBER_OFFERS_PER_MINUTE",
+        flag: None,
+        default: "5",
+    },
 ];
 
 /// The environment variable naming the config file.
@@ -104,6 +125,8 @@ pub struct ServeConfig {
     /// `None` when metrics are off.
     pub metrics_listen: Option<SocketAddr>,
     pub limits: Limits,
+    /// Mutual TLS, when `tls.cert`, `tls.key` and `tls.client_ca` are set.
+    pub tls: Option<TlsFiles>,
     /// Every setting as `(key, value, where it came from)`, for
     /// `--check-config`.
     pub effective: Vec<(String, String, String)>,
@@ -313,10 +336,52 @@ fn resolve(figment: &Figment, config_path: Option<&Path>, problems: &mut Vec<Str
     let metrics = std::cell::Cell::new(None::<Option<SocketAddr>>);
     let numbers = std::cell::RefCell::new(BTreeMap::<&'static str, u64>::new());
 
+    // TLS first: it decides which listen addresses are allowed.
+    let tls_paths = std::cell::RefCell::new(BTreeMap::<&'static str, PathBuf>::new());
+    for key in ["tls.cert", "tls.key", "tls.client_ca", "tls.client_crl"] {
+        check(key, problems, &|v| {
+            let text = string(v)?;
+            if text.is_empty() {
+                return Ok(());
+            }
+            let path = PathBuf::from(text);
+            if !path.is_file() {
+                return Err("no such file".into());
+            }
+            tls_paths.borrow_mut().insert(key, path);
+            Ok(())
+        });
+    }
+    let tls = {
+        let mut paths = tls_paths.borrow_mut();
+        let (cert, key, ca, crl) = (
+            paths.remove("tls.cert"),
+            paths.remove("tls.key"),
+            paths.remove("tls.client_ca"),
+            paths.remove("tls.client_crl"),
+        );
+        match (cert, key, ca) {
+            (Some(cert), Some(key), Some(client_ca)) => Some(TlsFiles { cert, key, client_ca, client_crl: crl }),
+            (None, None, None) => {
+                if crl.is_some() {
+                    problems.push("tls.client_crl: needs tls.cert, tls.key and tls.client_ca".into());
+                }
+                None
+            }
+            _ => {
+                problems
+                    .push("tls: tls.cert, tls.key and tls.client_ca go together (mutual TLS needs all three)".into());
+                None
+            }
+        }
+    };
+    let tls_on = tls.is_some() || problems.iter().any(|p| p.starts_with("tls"));
     check("listen", problems, &|v| {
         let addr = socket_addr(v)?;
-        if !addr.ip().is_loopback() {
-            return Err("without TLS syncpay listens only on loopback (127.0.0.1 or ::1)".into());
+        if !tls_on && !addr.ip().is_loopback() {
+            return Err("without TLS syncpay listens only on loopback (127.0.0.1 or ::1); set tls.cert, \
+                        tls.key and tls.client_ca (`syncpay pki init` makes a development set)"
+                .into());
         }
         listen.set(Some(addr));
         Ok(())
@@ -363,7 +428,7 @@ fn resolve(figment: &Figment, config_path: Option<&Path>, problems: &mut Vec<Str
         metrics.set(Some(Some(socket_addr(v).map_err(|e| format!("{e}, or \"off\""))?)));
         Ok(())
     });
-    let bounds: [(&'static str, u64, u64); 7] = [
+    let bounds: [(&'static str, u64, u64); 9] = [
         ("limits.max_amount_minor", 1, limits::MAX_AMOUNT_MINOR),
         ("limits.max_open_trades_per_register", 1, u64::from(limits::MAX_OPEN_TRADES_PER_REGISTER)),
         ("limits.max_open_registers_per_shop", 1, u64::from(limits::MAX_OPEN_REGISTERS_PER_SHOP)),
@@ -371,6 +436,9 @@ fn resolve(figment: &Figment, config_path: Option<&Path>, problems: &mut Vec<Str
         ("limits.min_ttl_seconds", limits::MIN_TTL.as_secs(), limits::MAX_TTL.as_secs()),
         ("limits.default_ttl_seconds", limits::MIN_TTL.as_secs(), limits::MAX_TTL.as_secs()),
         ("limits.max_ttl_seconds", limits::MIN_TTL.as_secs(), limits::MAX_TTL.as_secs()),
+        // Rates may be raised (a busy shop, a benchmark) or turned off with 0.
+        ("limits.shop_trades_per_second", 0, MAX_RATE_SETTING),
+        ("limits.subscriber_offers_per_minute", 0, MAX_RATE_SETTING),
     ];
     for (key, min, max) in bounds {
         check(key, problems, &|v| {
@@ -410,7 +478,9 @@ fn resolve(figment: &Figment, config_path: Option<&Path>, problems: &mut Vec<Str
         default_ttl: Duration::from_secs(ttl("limits.default_ttl_seconds")?),
         min_ttl: Duration::from_secs(ttl("limits.min_ttl_seconds")?),
         max_ttl: Duration::from_secs(ttl("limits.max_ttl_seconds")?),
-        lease_retention: limits::LEASE_RETENTION,
+        shop_trades: Rate::new(u32_of("limits.shop_trades_per_second")?, Duration::from_secs(1)),
+        subscriber_offers: Rate::new(u32_of("limits.subscriber_offers_per_minute")?, Duration::from_secs(60)),
+        ..Limits::default()
     };
     let data_dir = data_dir.into_inner()?;
     let log_level = log_level.into_inner()?;
@@ -422,6 +492,7 @@ fn resolve(figment: &Figment, config_path: Option<&Path>, problems: &mut Vec<Str
         log_level,
         metrics_listen: metrics.get()?,
         limits,
+        tls,
         effective,
     })
 }

@@ -15,6 +15,8 @@ use super::UnixMs;
 /// new version byte; old signatures never verify under a new layout.
 const PAYLOAD_TAG: &[u8] = b"syncpay/approval";
 const PAYLOAD_VERSION: u8 = 1;
+/// An Ed25519 signature's length; anything else is refused at the edge.
+pub const ED25519_SIGNATURE_LEN: usize = 64;
 
 /// The buyer's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -76,11 +78,14 @@ impl ApprovalPayload<'_> {
     }
 }
 
-/// Checks a public key is a usable Ed25519 point (not weak or malformed).
+/// Checks a public key is a usable Ed25519 point: 32 bytes, on the curve,
+/// not of small order (weak), and canonically encoded (so one key has one
+/// encoding, and one fingerprint).
 pub fn valid_public_key(bytes: &[u8]) -> Option<[u8; 32]> {
     let arr: [u8; 32] = bytes.try_into().ok()?;
     let key = VerifyingKey::from_bytes(&arr).ok()?;
-    (!key.is_weak()).then_some(arr)
+    let canonical = key.to_edwards().compress().to_bytes() == arr;
+    (canonical && !key.is_weak()).then_some(arr)
 }
 
 /// SHA-256 of a public key, for the carrier's records.
@@ -217,6 +222,9 @@ mod tests {
         let mut identity = [0u8; 32];
         identity[0] = 1;
         assert!(valid_public_key(&identity).is_none());
+        // y = 2^255 - 1 is 18 mod p: on the curve, but not canonical.
+        assert!(valid_public_key(&[0xff; 32]).is_none());
+        assert!(valid_public_key(&[0u8; 32]).is_none());
         let good = SigningKey::from_bytes(&[9u8; 32]).verifying_key().to_bytes();
         assert_eq!(valid_public_key(&good), Some(good));
     }

@@ -509,6 +509,22 @@ impl Store {
         self.get(T::Credentials, token_hash)
     }
 
+    /// Whether the shop or carrier a certificate names exists (the operator
+    /// always does).
+    pub fn party_exists(&self, principal: &Principal) -> Result<bool, StoreError> {
+        let (t, key) = match principal {
+            Principal::Admin => return Ok(true),
+            Principal::Shop(id) => (T::Shops, id.as_str()),
+            Principal::Carrier(id) => (T::Carriers, id.as_str()),
+        };
+        Ok(self.tree(t).contains_key(key.as_bytes())?)
+    }
+
+    /// Whether `shop` has a register `id` (open or closed).
+    pub fn has_register(&self, shop: &ShopId, id: &RegisterId) -> Result<bool, StoreError> {
+        Ok(self.tree(T::Registers).contains_key(keys::register(shop, id))?)
+    }
+
     /// Reads first, then waits until what was read is durable: a reader
     /// never reports a state that a crash could take back.
     async fn durable<R>(&self, value: R) -> Result<R, StoreError> {

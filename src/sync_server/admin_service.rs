@@ -13,6 +13,7 @@ use super::convert;
 use super::engine::{now, Engine};
 use super::error::ApiError;
 use super::limits;
+use super::requests;
 
 pub struct AdminApi {
     engine: Arc<Engine>,
@@ -30,9 +31,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::CreateShopRequest>,
     ) -> Result<Response<proto::CreateShopResponse>, Status> {
-        let r = request.get_ref();
-        let id = convert::shop_id("shop_id", &r.shop_id)?;
-        let display_name = convert::text("display_name", &r.display_name, limits::MAX_DISPLAY_NAME_CHARS, true)?;
+        let (id, display_name) = requests::create_shop(request.get_ref())?;
         let token = new_token("shop")?;
         let command = Command::CreateShop {
             id,
@@ -54,22 +53,10 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::CreateCarrierRequest>,
     ) -> Result<Response<proto::CreateCarrierResponse>, Status> {
-        let r = request.get_ref();
-        let id = convert::carrier_id("carrier_id", &r.carrier_id)?;
-        let display_name = convert::text("display_name", &r.display_name, limits::MAX_DISPLAY_NAME_CHARS, true)?;
-        let prefixes = convert::prefixes(&r.ip_prefixes, limits::MAX_PREFIXES_PER_CALL)?;
-        if r.fee_bps > crate::domain::network::MAX_FEE_BPS {
-            return Err(ApiError::invalid("fee_bps", "must be 0..=10000 (basis points)").into());
-        }
+        let requests::NewCarrier { id, display_name, prefixes, fee_bps } = requests::create_carrier(request.get_ref())?;
         let token = new_token("carrier")?;
-        let command = Command::CreateCarrier {
-            id,
-            display_name,
-            token_hash: token_hash(&token),
-            prefixes,
-            fee_bps: r.fee_bps,
-            now: now(),
-        };
+        let command =
+            Command::CreateCarrier { id, display_name, token_hash: token_hash(&token), prefixes, fee_bps, now: now() };
         match self.engine.store.execute(command).await.map_err(ApiError::from)? {
             CommandOutcome::Carrier(c) => {
                 tracing::info!(carrier = %c.id, "carrier created");
@@ -83,10 +70,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::TopUpWalletRequest>,
     ) -> Result<Response<proto::TopUpWalletResponse>, Status> {
-        let r = request.get_ref();
-        let number = convert::subscriber("subscriber_number", &r.subscriber_number)?;
-        let amount = convert::amount("amount_minor", r.amount_minor, &self.engine.limits)?;
-        let currency = convert::currency("currency", &r.currency)?;
+        let (number, amount, currency) = requests::top_up(request.get_ref(), &self.engine.limits)?;
         match self
             .engine
             .store
@@ -106,7 +90,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::ListAccountsRequest>,
     ) -> Result<Response<proto::ListAccountsResponse>, Status> {
-        let prefix = convert::text("prefix", &request.get_ref().prefix, 128, false)?;
+        let prefix = requests::list_accounts(request.get_ref())?;
         let accounts = self.engine.store.accounts(&prefix, limits::MAX_LIST).await.map_err(ApiError::from)?;
         Ok(Response::new(proto::ListAccountsResponse {
             accounts: accounts.iter().map(convert::account_to_proto).collect(),
@@ -117,12 +101,8 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::ListPostingsRequest>,
     ) -> Result<Response<proto::ListPostingsResponse>, Status> {
-        let r = request.get_ref();
-        let limit = match r.limit {
-            0 => 100,
-            n => usize::try_from(n).unwrap_or(limits::MAX_LIST).min(limits::MAX_LIST),
-        };
-        let postings = self.engine.store.postings(r.after_posting_id, limit).await.map_err(ApiError::from)?;
+        let (after, limit) = requests::list_postings(request.get_ref())?;
+        let postings = self.engine.store.postings(after, limit).await.map_err(ApiError::from)?;
         Ok(Response::new(proto::ListPostingsResponse {
             postings: postings.iter().map(convert::posting_to_proto).collect(),
         }))

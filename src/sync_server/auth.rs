@@ -1,7 +1,15 @@
-//! Authentication: every request carries `authorization: Bearer <token>`;
-//! the token names one principal (operator, shop or carrier). Only token
-//! hashes are stored. Each service admits one kind of principal and puts it
-//! into the request's extensions for the handlers.
+//! Authentication. Two modes, fixed when the server starts:
+//!
+//! - **Certificates** (the server has TLS): the verified client
+//!   certificate names the principal (see `tls.rs`); the named shop or
+//!   carrier must exist. Any `authorization` header is ignored, so a bearer
+//!   token can never stand in for, or override, a certificate's identity.
+//! - **Tokens** (plaintext, loopback only, for development and the demo):
+//!   every request carries `authorization: Bearer <token>`; the token names
+//!   one principal. Only token hashes are stored.
+//!
+//! Each service admits one kind of principal and puts it into the
+//! request's extensions for the handlers.
 
 use std::sync::Arc;
 
@@ -14,6 +22,7 @@ use crate::domain::{CarrierId, ShopId};
 use crate::store::{Principal, Store};
 
 use super::error::ApiError;
+use super::tls::principal_from_cert;
 
 pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
@@ -38,9 +47,19 @@ pub enum Party {
     Carrier,
 }
 
+/// How callers prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// The TLS client certificate is the credential.
+    Certificates,
+    /// A bearer token is the credential (plaintext development mode).
+    Tokens,
+}
+
 pub struct Authenticator {
     store: Store,
     admin_hash: [u8; 32],
+    mode: AuthMode,
 }
 
 /// Longest authorization header considered; anything longer is refused
@@ -48,11 +67,31 @@ pub struct Authenticator {
 const MAX_AUTH_HEADER: usize = 512;
 
 impl Authenticator {
-    pub fn new(store: Store, admin_token: &str) -> Self {
-        Authenticator { store, admin_hash: token_hash(admin_token) }
+    pub fn new(store: Store, admin_token: &str, mode: AuthMode) -> Self {
+        Authenticator { store, admin_hash: token_hash(admin_token), mode }
     }
 
     pub fn authenticate<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        match self.mode {
+            AuthMode::Certificates => self.by_certificate(request),
+            AuthMode::Tokens => self.by_token(request),
+        }
+    }
+
+    fn by_certificate<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        // rustls has verified the chain to the client CA (and the CRL)
+        // during the handshake; here we only read the name.
+        let certs = request.peer_certs().ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        let leaf = certs.first().ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        let principal = principal_from_cert(leaf).map_err(|e| Status::unauthenticated(e.to_string()))?;
+        match self.store.party_exists(&principal) {
+            Ok(true) => Ok(principal),
+            Ok(false) => Err(Status::unauthenticated("the client certificate names no known shop or carrier")),
+            Err(e) => Err(ApiError::from(e).into()),
+        }
+    }
+
+    fn by_token<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
         let header = request
             .metadata()
             .get("authorization")

@@ -2,15 +2,15 @@
 //! A carrier acts only on its own subscribers and its own deliveries.
 
 use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use futures_core::Stream;
 use tokio::sync::{mpsc, watch, Semaphore};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::carrier::relay::{to_relay_down, RelayHub, RELAY_QUEUE_DEPTH};
-use crate::domain::approval::{key_sha256, valid_public_key};
+use crate::carrier::relay::{to_relay_down, RelayDownStream, RelayHub};
+use crate::domain::approval::key_sha256;
 use crate::domain::CarrierId;
 use crate::proto::{self, carrier_service_server::CarrierService};
 use crate::store::{Command, CommandOutcome, Funding, RejectedAnswer};
@@ -21,6 +21,7 @@ use super::engine::{now, stopped, Engine};
 use super::error::ApiError;
 use super::limits;
 use super::metrics;
+use super::requests::{self, Uplink};
 
 pub struct CarrierApi {
     engine: Arc<Engine>,
@@ -44,12 +45,33 @@ async fn begin_up(
     carrier: &CarrierId,
     message: proto::RelayUp,
 ) -> Result<Pin<Box<dyn std::future::Future<Output = Result<(), ApiError>> + Send>>, ApiError> {
-    match message.body {
-        Some(proto::relay_up::Body::Ack(ack)) => Ok(Box::pin(engine.begin_ack(carrier, ack.delivery_id).await?)),
-        Some(proto::relay_up::Body::Answer(answer)) => {
-            let trade = convert::trade_id("answer.trade_id", &answer.trade_id)?;
-            let decision = convert::decision("answer.decision", answer.decision)?;
-            let pending = engine.begin_answer(carrier, trade, decision, answer.signature).await?;
+    let uplink = match requests::relay_up(&message) {
+        Ok(u) => u,
+        Err(e) => {
+            // A malformed answer is answered, naming the field, so the
+            // carrier can tell its handset; the trade is untouched.
+            if let Some(proto::relay_up::Body::Answer(answer)) = &message.body {
+                let result = proto::AnswerResult {
+                    trade_id: answer.trade_id.chars().take(limits::MAX_ECHOED_ID_CHARS).collect(),
+                    accepted: false,
+                    state: proto::TradeState::Unspecified as i32,
+                    failure_reason: proto::FailureReason::Unspecified as i32,
+                    message: e.to_string(),
+                };
+                let down =
+                    proto::RelayDown { delivery_id: 0, body: Some(proto::relay_down::Body::AnswerResult(result)) };
+                hub.send_direct(carrier, down);
+            }
+            return Err(e);
+        }
+    };
+    match uplink {
+        Uplink::Ack { delivery_id } => Ok(Box::pin(engine.begin_ack(carrier, delivery_id).await?)),
+        Uplink::Answer { trade, decision, signature } => {
+            let Some(proto::relay_up::Body::Answer(answer)) = message.body else {
+                return Err(ApiError::Internal("relay answer lost its body".into()));
+            };
+            let pending = engine.begin_answer(carrier, trade, decision, signature.to_vec()).await?;
             let (hub, carrier) = (hub.clone(), carrier.clone());
             Ok(Box::pin(async move {
                 let outcome = pending.await?;
@@ -76,7 +98,6 @@ async fn begin_up(
                 Ok(())
             }))
         }
-        None => Err(ApiError::invalid("body", "must be ack or answer")),
     }
 }
 
@@ -92,10 +113,12 @@ impl CarrierService for CarrierApi {
     async fn relay(&self, request: Request<Streaming<proto::RelayUp>>) -> Result<Response<Self::RelayStream>, Status> {
         let carrier = auth::carrier(&request)?;
         let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(RELAY_QUEUE_DEPTH);
+        let depth = self.hub.depth();
+        let (tx, rx) = mpsc::channel(depth);
+        let overflowed = Arc::new(AtomicBool::new(false));
         // Attach first, then replay the outbox: anything committed after the
         // replay's read is pushed live, so nothing falls between the two.
-        let link = self.hub.attach(&carrier, tx.clone());
+        let link = self.hub.attach(&carrier, tx.clone(), overflowed.clone());
         tracing::info!(carrier = %carrier, link, "relay connected");
         metrics::relay_connected(true);
 
@@ -143,6 +166,9 @@ impl CarrierService for CarrierApi {
                     Ok(None) => break,
                     Err(status) => {
                         tracing::info!(carrier = %carrier, code = ?status.code(), "relay stream ended");
+                        // Tell the carrier why (an oversized or malformed
+                        // message, say) instead of ending silently.
+                        hub.end(&carrier, link, status);
                         break;
                     }
                 };
@@ -168,7 +194,7 @@ impl CarrierService for CarrierApi {
             metrics::relay_connected(false);
             tracing::info!(carrier = %carrier, link, "relay disconnected");
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as RelayStream))
+        Ok(Response::new(Box::pin(RelayDownStream::new(rx, overflowed, depth)) as RelayStream))
     }
 
     async fn enroll_subscriber(
@@ -176,18 +202,7 @@ impl CarrierService for CarrierApi {
         request: Request<proto::EnrollSubscriberRequest>,
     ) -> Result<Response<proto::EnrollSubscriberResponse>, Status> {
         let carrier = auth::carrier(&request)?;
-        let r = request.get_ref();
-        let number = convert::subscriber("subscriber_number", &r.subscriber_number)?;
-        let funding = match proto::Funding::try_from(r.funding) {
-            Ok(proto::Funding::Wallet) => Funding::Wallet,
-            Ok(proto::Funding::CarrierBill) => Funding::CarrierBill {
-                currency: convert::currency("bill_currency", &r.bill_currency)?,
-                monthly_cap: convert::amount("monthly_cap_minor", r.monthly_cap_minor, &self.engine.limits)?,
-            },
-            Ok(proto::Funding::Unspecified) | Err(_) => {
-                return Err(ApiError::invalid("funding", "must be WALLET or CARRIER_BILL").into());
-            }
-        };
+        let (number, funding) = requests::enroll_subscriber(request.get_ref(), &self.engine.limits)?;
         let command = Command::EnrollSubscriber { carrier, number, funding, now: now() };
         match self.engine.store.execute(command).await.map_err(ApiError::from)? {
             CommandOutcome::Subscriber(s) => Ok(Response::new(match s.funding {
@@ -212,11 +227,7 @@ impl CarrierService for CarrierApi {
         request: Request<proto::EnrollHandsetRequest>,
     ) -> Result<Response<proto::EnrollHandsetResponse>, Status> {
         let carrier = auth::carrier(&request)?;
-        let r = request.get_ref();
-        let number = convert::subscriber("subscriber_number", &r.subscriber_number)?;
-        let public_key = valid_public_key(&r.public_key).ok_or_else(|| {
-            ApiError::invalid("public_key", "must be a 32-byte Ed25519 public key (not a weak point)")
-        })?;
+        let (number, public_key) = requests::enroll_handset(request.get_ref())?;
         let command = Command::EnrollHandset { carrier, number, public_key, now: now() };
         match self.engine.store.execute(command).await.map_err(ApiError::from)? {
             CommandOutcome::Handset(h) => {

@@ -60,10 +60,17 @@ pub fn text(field: &'static str, value: &str, max_chars: usize, required: bool) 
     if value.chars().count() > max_chars {
         return Err(ApiError::invalid(field, format!("must be at most {max_chars} characters")));
     }
-    if value.chars().any(char::is_control) {
-        return Err(ApiError::invalid(field, "must not contain control characters"));
+    if value.chars().any(|c| c.is_control() || is_invisible_format(c)) {
+        return Err(ApiError::invalid(field, "must not contain control or invisible formatting characters"));
     }
     Ok(value.to_owned())
+}
+
+/// Invisible characters that change how text around them is shown:
+/// zero-width characters, bidirectional overrides and isolates (which can
+/// make "100" read as "001" on a handset) and the byte-order mark.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// An idempotency key: empty means none; otherwise 1..=64 visible ASCII.
@@ -318,6 +325,9 @@ mod tests {
         check("abcdef", false);
         check("a\nb", false);
         check("a\u{7f}", false);
+        check("1\u{202E}00", false);
+        check("a\u{200B}b", false);
+        check("\u{FEFF}ab", false);
         assert!(text("description", "", 5, false).is_ok());
     }
 

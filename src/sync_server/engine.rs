@@ -20,6 +20,7 @@ use crate::store::{
 use super::error::ApiError;
 use super::limits::Limits;
 use super::metrics;
+use super::rate_limit::{RateLimits, StreamSlots, EVICT_INTERVAL, WATCH_STREAMS};
 
 /// The wall clock, read only here and passed into the store and domain.
 pub fn now() -> UnixMs {
@@ -107,11 +108,15 @@ pub struct Engine {
     pub secret: ServerSecret,
     pub limits: Limits,
     pub finals: FinalWaiters,
+    pub rates: RateLimits,
+    pub watch_slots: Arc<StreamSlots<ShopId>>,
 }
 
 impl Engine {
     pub fn new(store: Store, gateway: Arc<dyn CarrierGateway>, secret: ServerSecret, limits: Limits) -> Self {
-        Engine { store, gateway, secret, limits, finals: FinalWaiters::default() }
+        let rates = RateLimits::new(&limits);
+        let watch_slots = StreamSlots::new(WATCH_STREAMS, limits.max_watch_streams_per_shop);
+        Engine { store, gateway, secret, limits, finals: FinalWaiters::default(), rates, watch_slots }
     }
 
     /// Sends durable deliveries to their carriers. Whatever is not taken
@@ -148,6 +153,19 @@ impl Engine {
                 "ttl_seconds",
                 format!("must be {}..={} seconds", self.limits.min_ttl.as_secs(), self.limits.max_ttl.as_secs()),
             ));
+        }
+        // The shop's own rate first, so a shop over its limit spends none
+        // of the buyer's. Counted per request, retries included.
+        self.rates.shop_trades.check(shop)?;
+        // The buyer's rate, however the shop names them. A network identity
+        // counts only when it resolves for this shop, so the limiter tells
+        // an unaccepted shop nothing about who holds an address.
+        let limited = match &t.payer {
+            Payer::Number(number) => Some(number.clone()),
+            Payer::Network(id) => self.store.resolve_for_limits(shop, id)?,
+        };
+        if let Some(subscriber) = &limited {
+            self.rates.subscriber_offers.check(subscriber)?;
         }
         let trade_id = TradeId::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
         tracing::Span::current().record("trade_id", tracing::field::display(trade_id));
@@ -367,6 +385,7 @@ impl Engine {
     /// left by a crash expire on the first round.
     pub async fn run_sweeper(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut last_prune = std::time::Instant::now();
+        let mut evicted_at = tokio::time::Instant::now();
         loop {
             if let Err(e) = self.expire_due().await {
                 tracing::error!(error = %e, "expiry sweep failed");
@@ -376,6 +395,10 @@ impl Engine {
                 if let Err(e) = self.prune_leases().await {
                     tracing::error!(error = %e, "lease pruning failed");
                 }
+            }
+            if evicted_at.elapsed() >= EVICT_INTERVAL {
+                self.rates.evict_idle();
+                evicted_at = tokio::time::Instant::now();
             }
             tokio::select! {
                 _ = tokio::time::sleep(SWEEP_INTERVAL) => {}

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use super::rate_limit::Rate;
+
 /// 10^12 minor units: far above any mail-order basket in any currency,
 /// far below where totals of many trades could approach u64::MAX.
 pub const MAX_AMOUNT_MINOR: u64 = 1_000_000_000_000;
@@ -31,10 +33,25 @@ pub const MAX_AWAIT: Duration = Duration::from_secs(60);
 /// client; the stream reads from the store, so a slow client costs no
 /// memory beyond this.
 pub const STREAM_BUFFER: usize = 256;
-/// Largest request message; every real request is far smaller.
+/// Largest request message; every real request is far smaller. Checked on
+/// the gRPC framing before decoding (`message_limit.rs`).
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// A busy web shop creates a few trades a second; fifty a second per shop
+/// is far above that and still bounds what one shop's bug or key costs.
+pub const SHOP_TRADES: Rate = Rate::new(50, Duration::from_secs(1));
+/// A buyer approves a handful of purchases a minute at most. More pushes
+/// than this are spam or an attempt to wear the buyer down until they tap
+/// "approve" (approval fatigue).
+pub const SUBSCRIBER_OFFERS: Rate = Rate::new(5, Duration::from_secs(60));
+/// WatchTrades streams one shop may hold open at once; each costs a task
+/// and a `STREAM_BUFFER`.
+pub const MAX_WATCH_STREAMS_PER_SHOP: usize = 32;
+/// HTTP/2 streams (calls) in flight on one connection.
+pub const MAX_CONCURRENT_STREAMS_PER_CONNECTION: u32 = 256;
 /// Uplink messages from one relay stream processed at once.
 pub const MAX_RELAY_INFLIGHT: usize = 1024;
+/// Characters of a caller's malformed id echoed back to it.
+pub const MAX_ECHOED_ID_CHARS: usize = 64;
 /// Page sizes for listing and replay.
 pub const MAX_LIST: usize = 1000;
 /// Lease starts plus stops in one ReportLeases call: one transaction, a
@@ -61,6 +78,20 @@ pub struct Limits {
     pub min_ttl: Duration,
     pub max_ttl: Duration,
     pub lease_retention: Duration,
+    /// Largest request message, in bytes.
+    pub max_request_bytes: usize,
+    /// Trades one shop may create (a zero count: no limit).
+    pub shop_trades: Rate,
+    /// Trades (and so offers) naming one subscriber, across all shops.
+    pub subscriber_offers: Rate,
+    /// Messages waiting for one carrier's relay stream; more and the
+    /// stream ends RESOURCE_EXHAUSTED (the carrier reconnects and catches
+    /// up from the outbox).
+    pub relay_queue_depth: usize,
+    /// Events buffered per WatchTrades stream (backpressure, never loss:
+    /// the store is the buffer).
+    pub stream_buffer: usize,
+    pub max_watch_streams_per_shop: usize,
 }
 
 impl Default for Limits {
@@ -74,6 +105,12 @@ impl Default for Limits {
             min_ttl: MIN_TTL,
             max_ttl: MAX_TTL,
             lease_retention: LEASE_RETENTION,
+            max_request_bytes: MAX_REQUEST_BYTES,
+            shop_trades: SHOP_TRADES,
+            subscriber_offers: SUBSCRIBER_OFFERS,
+            relay_queue_depth: crate::carrier::relay::RELAY_QUEUE_DEPTH,
+            stream_buffer: STREAM_BUFFER,
+            max_watch_streams_per_shop: MAX_WATCH_STREAMS_PER_SHOP,
         }
     }
 }

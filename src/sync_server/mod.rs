@@ -1,6 +1,9 @@
 //! The server: gRPC services, trade orchestration, expiry and event
 //! fan-out, assembled over a store and a carrier gateway. The caller binds
 //! the listener, so tests use `127.0.0.1:0` and never wait for readiness.
+//! With `ServerConfig::tls` the server speaks mutual TLS and callers are
+//! known by their client certificates; without it, plaintext with bearer
+//! tokens (for loopback development only: `syncpay serve` enforces that).
 
 pub mod admin_service;
 pub mod auth;
@@ -9,9 +12,13 @@ pub mod convert;
 pub mod engine;
 pub mod error;
 pub mod limits;
+pub mod message_limit;
 pub mod metrics;
+pub mod rate_limit;
 pub mod register_service;
+pub mod requests;
 pub mod secrets;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,9 +38,11 @@ use crate::proto::carrier_service_server::CarrierServiceServer;
 use crate::proto::register_service_server::RegisterServiceServer;
 use crate::store::{Durability, Store, StoreConfig, StoreError, SyncFault};
 
-use self::auth::{interceptor, Authenticator, Party};
+use self::auth::{interceptor, AuthMode, Authenticator, Party};
 use self::engine::Engine;
-use self::limits::{Limits, MAX_REQUEST_BYTES};
+use self::limits::{Limits, MAX_CONCURRENT_STREAMS_PER_CONNECTION};
+use self::message_limit::MessageLimitLayer;
+use self::tls::{ReloadableTls, TlsError, TlsFiles};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -49,6 +58,10 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error("server task: {0}")]
     Join(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("TLS is not configured on this server")]
+    NoTls,
 }
 
 /// Everything the server needs besides its listener.
@@ -60,6 +73,9 @@ pub struct ServerConfig {
     pub admin_token: String,
     pub secret: ServerSecret,
     pub limits: Limits,
+    /// Mutual TLS: when set, callers are identified by their client
+    /// certificates and bearer tokens are ignored.
+    pub tls: Option<TlsFiles>,
     /// Test hook: fail a chosen fsync (see `SyncFault`). Always `None` in
     /// the CLI.
     pub sync_fault: Option<Arc<SyncFault>>,
@@ -77,6 +93,7 @@ impl ServerConfig {
             admin_token: secrets::load_or_create_admin_token(&data_dir.join("admin.token"))?,
             secret: secrets::load_or_create_secret(&data_dir.join("server.secret"))?,
             limits: Limits::default(),
+            tls: None,
             sync_fault: None,
         })
     }
@@ -92,12 +109,22 @@ pub struct RunningServer {
     shutdown: watch::Sender<bool>,
     serve: JoinHandle<Result<(), tonic::transport::Error>>,
     sweeper: JoinHandle<()>,
+    tls: Option<Arc<ReloadableTls>>,
 }
 
 impl RunningServer {
-    /// `http://<addr>` for clients.
+    /// `http://<addr>`, or `https://<addr>` with TLS, for clients.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Reads the TLS files again (certificate, key, client CA, CRL); new
+    /// connections use them, open ones keep theirs. On an error the old
+    /// configuration stays in force.
+    pub fn reload_tls(&self) -> Result<(), ServerError> {
+        self.tls.as_ref().ok_or(ServerError::NoTls)?.reload()?;
+        Ok(())
     }
 
     /// Stops accepting, ends streams with UNAVAILABLE, waits for in-flight
@@ -143,6 +170,11 @@ impl RunningServer {
 /// Opens the store and serves on `listener` until `shutdown` is called.
 pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<RunningServer, ServerError> {
     let addr = listener.local_addr()?;
+    // Load TLS first: a bad certificate should fail before the store opens.
+    let tls = match &config.tls {
+        Some(files) => Some(Arc::new(ReloadableTls::load(files.clone())?)),
+        None => None,
+    };
     let store_config = StoreConfig {
         durability: config.durability,
         sync_fault: config.sync_fault.clone(),
@@ -152,9 +184,10 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Runnin
         .await
         .map_err(|e| ServerError::Join(e.to_string()))??;
     metrics::set_open_trades(store.open_trade_count());
-    let hub = Arc::new(RelayHub::default());
+    let hub = Arc::new(RelayHub::new(config.limits.relay_queue_depth));
     let engine = Arc::new(Engine::new(store.clone(), hub.clone(), config.secret.clone(), config.limits.clone()));
-    let auth = Arc::new(Authenticator::new(store, &config.admin_token));
+    let mode = if tls.is_some() { AuthMode::Certificates } else { AuthMode::Tokens };
+    let auth = Arc::new(Authenticator::new(store, &config.admin_token, mode));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -172,14 +205,19 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Runnin
         .build_v1alpha()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
 
+    // `MessageLimitLayer` refuses an oversized message first, naming the
+    // limit; tonic's own limit stays as a backstop.
+    let max_request = config.limits.max_request_bytes;
     let register = RegisterServiceServer::new(register_service::RegisterApi::new(engine.clone(), shutdown_rx.clone()))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
+        .max_decoding_message_size(max_request);
     let carrier = CarrierServiceServer::new(carrier_service::CarrierApi::new(engine.clone(), hub, shutdown_rx.clone()))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let admin = AdminServiceServer::new(admin_service::AdminApi::new(engine.clone()))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
+        .max_decoding_message_size(max_request);
+    let admin =
+        AdminServiceServer::new(admin_service::AdminApi::new(engine.clone())).max_decoding_message_size(max_request);
 
     let router = Server::builder()
+        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS_PER_CONNECTION))
+        .layer(MessageLimitLayer::new(max_request))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -201,19 +239,25 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Runnin
             _ = engine::stopped(&mut stop_watch) => {}
         }
     });
-    let mut stop = shutdown_rx;
+    let mut stop = shutdown_rx.clone();
     let health_on_stop = health.clone();
-    let serve = tokio::spawn(async move {
-        router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                engine::stopped(&mut stop).await;
-                set_all_not_serving(&health_on_stop).await;
-                tracing::info!("shutting down");
-            })
-            .await
-    });
-    tracing::info!(%addr, "syncpay serving");
-    Ok(RunningServer { addr, engine, shutdown: shutdown_tx, serve, sweeper })
+    let signal = async move {
+        engine::stopped(&mut stop).await;
+        set_all_not_serving(&health_on_stop).await;
+        tracing::info!("shutting down");
+    };
+    let serve = match &tls {
+        Some(tls) => {
+            let incoming = tls::incoming(listener, tls.clone(), shutdown_rx);
+            tokio::spawn(async move { router.serve_with_incoming_shutdown(incoming, signal).await })
+        }
+        None => {
+            let incoming = TcpListenerStream::new(listener);
+            tokio::spawn(async move { router.serve_with_incoming_shutdown(incoming, signal).await })
+        }
+    };
+    tracing::info!(%addr, tls = tls.is_some(), "syncpay serving");
+    Ok(RunningServer { addr, engine, shutdown: shutdown_tx, serve, sweeper, tls })
 }
 
 async fn set_all_not_serving(health: &tonic_health::server::HealthReporter) {

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_core::Stream;
 use tokio::sync::{mpsc, watch};
@@ -17,9 +16,10 @@ use crate::store::{Command, CommandOutcome, PayoutEntry, TradeRecord};
 
 use super::auth;
 use super::convert;
-use super::engine::{now, stopped, Engine, NewTrade, Payer};
+use super::engine::{now, stopped, Engine};
 use super::error::ApiError;
 use super::limits;
+use super::requests;
 
 pub struct RegisterApi {
     engine: Arc<Engine>,
@@ -53,7 +53,7 @@ impl RegisterService for RegisterApi {
         request: Request<proto::OpenRegisterRequest>,
     ) -> Result<Response<proto::Register>, Status> {
         let shop = auth::shop(&request)?;
-        let label = convert::text("label", &request.get_ref().label, limits::MAX_LABEL_CHARS, true)?;
+        let label = requests::open_register(request.get_ref())?;
         let id = RegisterId::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
         let command = Command::OpenRegister {
             shop,
@@ -73,7 +73,7 @@ impl RegisterService for RegisterApi {
         request: Request<proto::CloseRegisterRequest>,
     ) -> Result<Response<proto::Register>, Status> {
         let shop = auth::shop(&request)?;
-        let id = convert::register_id("register_id", &request.get_ref().register_id)?;
+        let id = requests::close_register(request.get_ref())?;
         match self
             .engine
             .store
@@ -102,54 +102,21 @@ impl RegisterService for RegisterApi {
         request: Request<proto::CreateTradeRequest>,
     ) -> Result<Response<proto::Trade>, Status> {
         let shop = auth::shop(&request)?;
-        let r = request.get_ref();
-        let payer = match &r.payer {
-            Some(proto::create_trade_request::Payer::SubscriberNumber(n)) => {
-                Payer::Number(convert::subscriber("subscriber_number", n)?)
-            }
-            Some(proto::create_trade_request::Payer::NetworkIdentity(n)) => {
-                Payer::Network(convert::network_identity(n)?)
-            }
-            None => {
-                return Err(ApiError::invalid("payer", "name the payer (subscriber_number or network_identity)").into())
-            }
-        };
-        let ttl = match r.ttl_seconds {
-            0 => self.engine.limits.default_ttl,
-            s => Duration::from_secs(u64::from(s)),
-        };
-        let new = NewTrade {
-            register: convert::register_id("register_id", &r.register_id)?,
-            payer,
-            amount: convert::amount("amount_minor", r.amount_minor, &self.engine.limits)?,
-            currency: convert::currency("currency", &r.currency)?,
-            description: convert::text("description", &r.description, limits::MAX_DESCRIPTION_CHARS, false)?,
-            ttl,
-            idempotency_key: convert::idempotency_key(
-                "idempotency_key",
-                &r.idempotency_key,
-                limits::MAX_IDEMPOTENCY_KEY_LEN,
-            )?,
-        };
+        let new = requests::create_trade(request.get_ref(), &self.engine.limits)?;
         let (trade, _replayed) = self.engine.create_trade(&shop, new).await?;
         Ok(Response::new(self.to_proto(&trade)))
     }
 
     async fn get_trade(&self, request: Request<proto::GetTradeRequest>) -> Result<Response<proto::Trade>, Status> {
         let shop = auth::shop(&request)?;
-        let id = convert::trade_id("trade_id", &request.get_ref().trade_id)?;
+        let id = requests::get_trade(request.get_ref())?;
         let trade = self.own_trade(&shop, &id).await?;
         Ok(Response::new(self.to_proto(&trade)))
     }
 
     async fn await_trade(&self, request: Request<proto::AwaitTradeRequest>) -> Result<Response<proto::Trade>, Status> {
         let shop = auth::shop(&request)?;
-        let r = request.get_ref();
-        let id = convert::trade_id("trade_id", &r.trade_id)?;
-        let wait = match r.wait_ms {
-            0 => limits::DEFAULT_AWAIT,
-            ms => Duration::from_millis(u64::from(ms)).min(limits::MAX_AWAIT),
-        };
+        let (id, wait) = requests::await_trade(request.get_ref())?;
         let deadline = tokio::time::Instant::now() + wait;
         let mut shutdown = self.shutdown.clone();
         loop {
@@ -176,7 +143,7 @@ impl RegisterService for RegisterApi {
         request: Request<proto::CancelTradeRequest>,
     ) -> Result<Response<proto::Trade>, Status> {
         let shop = auth::shop(&request)?;
-        let id = convert::trade_id("trade_id", &request.get_ref().trade_id)?;
+        let id = requests::cancel_trade(request.get_ref())?;
         let trade = self.engine.cancel(&shop, id).await?;
         Ok(Response::new(self.to_proto(&trade)))
     }
@@ -186,11 +153,9 @@ impl RegisterService for RegisterApi {
         request: Request<proto::RefundTradeRequest>,
     ) -> Result<Response<proto::RefundTradeResponse>, Status> {
         let shop = auth::shop(&request)?;
-        let r = request.get_ref();
-        let id = convert::trade_id("trade_id", &r.trade_id)?;
-        let amount = convert::amount("amount_minor", r.amount_minor, &self.engine.limits)?;
-        let key = convert::idempotency_key("idempotency_key", &r.idempotency_key, limits::MAX_IDEMPOTENCY_KEY_LEN)?;
-        let (trade, refund_id, amount) = self.engine.refund(&shop, id, amount, key).await?;
+        let refund = requests::refund_trade(request.get_ref(), &self.engine.limits)?;
+        let (trade, refund_id, amount) =
+            self.engine.refund(&shop, refund.trade, refund.amount, refund.idempotency_key).await?;
         Ok(Response::new(proto::RefundTradeResponse {
             trade: Some(self.to_proto(&trade)),
             refund_id,
@@ -220,28 +185,34 @@ impl RegisterService for RegisterApi {
         request: Request<proto::WatchTradesRequest>,
     ) -> Result<Response<Self::WatchTradesStream>, Status> {
         let shop = auth::shop(&request)?;
-        let r = request.get_ref();
-        let filter = match r.register_id.as_str() {
-            "" => None,
-            text => Some(convert::register_id("register_id", text)?),
-        };
+        let watch = requests::watch_trades(request.get_ref())?;
+        let filter = watch.register;
+        if let Some(register) = filter {
+            // Another shop's register is NOT_FOUND, exactly like none.
+            if !self.engine.store.has_register(&shop, &register).map_err(ApiError::from)? {
+                return Err(ApiError::NotFound("register").into());
+            }
+        }
+        let slot = self.engine.watch_slots.acquire(&shop)?;
         let mut head = self
             .engine
             .store
             .event_heads()
             .subscribe(&shop)
             .ok_or_else(|| ApiError::Internal(format!("no event head for shop {shop}")))?;
-        let mut cursor = r.after_sequence;
+        let mut cursor = watch.after_sequence;
         let known = *head.borrow();
         if cursor > known {
             return Err(
                 ApiError::invalid("after_sequence", format!("is beyond the shop's last event ({known})")).into()
             );
         }
-        let (tx, rx) = mpsc::channel(limits::STREAM_BUFFER);
+        let (tx, rx) = mpsc::channel(self.engine.limits.stream_buffer.max(1));
         let engine = self.engine.clone();
         let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
+            // Held for as long as the stream runs.
+            let _slot = slot;
             loop {
                 let durable_head = *head.borrow_and_update();
                 // Send everything up to the durable head, a page at a time;

@@ -120,7 +120,21 @@ pub struct Serve {
 impl Serve {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Serve {
         let dir = data_dir.display().to_string();
-        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--data-dir", &dir];
+        // Rate limits off, as in the in-process harness: functional tests
+        // reuse a few buyers quickly; tests/limits.rs tests the limits.
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &dir,
+            "--set",
+            "limits.subscriber_offers_per_minute=0",
+            "--set",
+            "limits.shop_trades_per_second=0",
+        ];
         args.extend_from_slice(extra);
         let process = Running::spawn(&args, "stderr");
         let metrics_url =

@@ -1,11 +1,25 @@
 //! Test harness: a real server on 127.0.0.1:0 over a real sled store in a
-//! temporary folder, and real gRPC clients.
+//! temporary folder, and real gRPC clients. `start` serves plaintext with
+//! bearer tokens (the loopback development mode); `start_tls` generates a
+//! development PKI into the folder and serves mutual TLS, every client
+//! known by its certificate.
 
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod manual_carrier;
+pub mod raw;
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use syncpay::client::{connect_tls, ClientTls};
+use syncpay::domain::{CarrierId, ShopId};
+use syncpay::pki::{Ca, InitOptions, PkiFiles};
+use syncpay::store::Principal;
+use syncpay::sync_server::limits::Limits;
+use syncpay::sync_server::rate_limit::Rate;
+use syncpay::sync_server::tls::TlsFiles;
 
 use syncpay::client::{with_token, AuthedChannel};
 use syncpay::proto::admin_service_client::AdminServiceClient;
@@ -20,29 +34,96 @@ pub struct TestServer {
     pub server: RunningServer,
     pub data_dir: PathBuf,
     pub config: ServerConfig,
+    /// The development PKI, when the server speaks TLS.
+    pub pki: Option<PkiFiles>,
     // Kept so the folder lives as long as the server.
     _dir: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
+    /// Plaintext with bearer tokens; rate limits off (functional tests
+    /// create many trades per buyer; `tests/limits.rs` tests the limits).
     pub async fn start() -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path().to_owned();
-        let config = ServerConfig::from_data_dir(&data_dir).expect("config");
+        let mut config = ServerConfig::from_data_dir(&data_dir).expect("config");
+        config.limits = functional_limits();
         Self::start_with(config, data_dir, Some(dir)).await
     }
 
     pub async fn start_with(config: ServerConfig, data_dir: PathBuf, dir: Option<tempfile::TempDir>) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let server = sync_server::start(config.clone(), listener).await.expect("start");
-        TestServer { server, data_dir, config, _dir: dir }
+        TestServer { server, data_dir, config, pki: None, _dir: dir }
+    }
+
+    /// Mutual TLS with a fresh development PKI (in the data folder's
+    /// `pki/`) holding certificates for the operator and for `shops` and
+    /// `carriers`, which are created on the server too.
+    pub async fn start_tls(shops: &[&str], carriers: &[&str], limits: Limits) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().to_owned();
+        let pki = make_pki(&data_dir.join("pki"), shops, carriers);
+        let mut config = ServerConfig::from_data_dir(&data_dir).expect("config");
+        config.limits = limits;
+        config.tls = Some(TlsFiles {
+            cert: pki.server.cert.clone(),
+            key: pki.server.key.clone(),
+            client_ca: pki.ca_cert.clone(),
+            client_crl: None,
+        });
+        let mut t = Self::start_with(config, data_dir, Some(dir)).await;
+        t.pki = Some(pki);
+        for shop in shops {
+            t.create_shop(shop, &format!("Shop {shop}")).await;
+        }
+        for carrier in carriers {
+            t.create_carrier(carrier, &format!("Carrier {carrier}")).await;
+        }
+        t
     }
 
     /// Stops the server cleanly and starts a new one on the same store.
     pub async fn restart(self) -> TestServer {
-        let TestServer { server, data_dir, config, _dir } = self;
+        let TestServer { server, data_dir, config, pki, _dir } = self;
         server.shutdown().await.expect("shutdown");
-        Self::start_with(config, data_dir, _dir).await
+        let mut t = Self::start_with(config, data_dir, _dir).await;
+        t.pki = pki;
+        t
+    }
+
+    fn pki(&self) -> &PkiFiles {
+        self.pki.as_ref().expect("this server has no PKI (use start_tls)")
+    }
+
+    /// The client TLS material of a principal from the server's PKI
+    /// (issued on first use if `start_tls` did not).
+    pub fn client_tls(&self, who: &Principal) -> ClientTls {
+        let pki = self.pki();
+        let stem = syncpay::pki::file_stem(who);
+        let cert = pki.dir.join(format!("{stem}.pem"));
+        if !cert.exists() {
+            Ca::load(&pki.dir).expect("ca").issue_client(who, 30).expect("issue");
+        }
+        ClientTls::from_files(&pki.ca_cert, &cert, pki.dir.join(format!("{stem}.key"))).expect("client files")
+    }
+
+    /// A TLS channel authenticated as `who`.
+    pub async fn tls_channel(&self, who: &Principal) -> Channel {
+        connect_tls(&self.server.url(), &self.client_tls(who)).await.expect("connect tls")
+    }
+
+    /// A TLS channel wrapped for the generated clients (no bearer token).
+    pub async fn as_principal(&self, who: &Principal) -> AuthedChannel {
+        with_token(self.tls_channel(who).await, "").expect("no token")
+    }
+
+    pub async fn as_shop(&self, id: &str) -> RegisterServiceClient<AuthedChannel> {
+        RegisterServiceClient::new(self.as_principal(&shop(id)).await)
+    }
+
+    pub async fn as_carrier(&self, id: &str) -> CarrierServiceClient<AuthedChannel> {
+        CarrierServiceClient::new(self.as_principal(&carrier(id)).await)
     }
 
     pub async fn channel(&self) -> Channel {
@@ -53,7 +134,11 @@ impl TestServer {
         with_token(self.channel().await, token).expect("token")
     }
 
+    /// The operator: by certificate on a TLS server, by token otherwise.
     pub async fn admin(&self) -> AdminServiceClient<AuthedChannel> {
+        if self.pki.is_some() {
+            return AdminServiceClient::new(self.as_principal(&Principal::Admin).await);
+        }
         AdminServiceClient::new(self.authed(&self.config.admin_token).await)
     }
 
@@ -122,6 +207,33 @@ impl TestServer {
             self.admin().await.verify_ledger(proto::VerifyLedgerRequest {}).await.expect("verify").into_inner();
         assert!(report.ok, "ledger violations: {:#?}", report.violations);
         report
+    }
+}
+
+pub fn shop(id: &str) -> Principal {
+    Principal::Shop(ShopId::parse(id).expect("shop id"))
+}
+
+pub fn carrier(id: &str) -> Principal {
+    Principal::Carrier(CarrierId::parse(id).expect("carrier id"))
+}
+
+/// A development PKI in `dir` for the operator, `shops` and `carriers`.
+pub fn make_pki(dir: &std::path::Path, shops: &[&str], carriers: &[&str]) -> PkiFiles {
+    let options = InitOptions {
+        server_names: Vec::new(),
+        shops: shops.iter().map(|s| ShopId::parse(s).expect("shop id")).collect(),
+        carriers: carriers.iter().map(|c| CarrierId::parse(c).expect("carrier id")).collect(),
+    };
+    syncpay::pki::init(dir, &options).expect("pki")
+}
+
+/// Server limits with the rate limits off.
+pub fn functional_limits() -> Limits {
+    Limits {
+        shop_trades: Rate::new(0, Duration::from_secs(1)),
+        subscriber_offers: Rate::new(0, Duration::from_secs(60)),
+        ..Limits::default()
     }
 }
 

@@ -1,0 +1,310 @@
+//! Every request message validated in one place, one pure function per
+//! RPC: wire message in, validated domain values out, or
+//! `INVALID_ARGUMENT` naming the field at fault. The handlers call these
+//! first and act only on what they return; the fuzz target (`fuzz/`) feeds
+//! them arbitrary decoded messages. Nothing here reads the store or the
+//! clock, so "well-formed" is decided identically everywhere.
+
+use std::time::Duration;
+
+use crate::domain::approval::valid_public_key;
+use crate::domain::{Amount, Currency, Decision, RegisterId, ShopId, SubscriberNumber, TradeId};
+use crate::domain::{CarrierId, ED25519_SIGNATURE_LEN};
+use crate::proto;
+use crate::store::Funding;
+
+use super::convert;
+use super::engine::{NewTrade, Payer};
+use super::error::ApiError;
+use super::limits::{self, Limits};
+use crate::domain::network::IpPrefix;
+
+/// Every field name an `INVALID_ARGUMENT` from this module may start with.
+pub const FIELDS: &[&str] = &[
+    "label",
+    "register_id",
+    "amount_minor",
+    "currency",
+    "description",
+    "ttl_seconds",
+    "idempotency_key",
+    "payer",
+    "subscriber_number",
+    "trade_id",
+    "wait_ms",
+    "after_sequence",
+    "body",
+    "answer.trade_id",
+    "answer.decision",
+    "answer.signature",
+    "funding",
+    "public_key",
+    "shop_id",
+    "carrier_id",
+    "display_name",
+    "prefix",
+    "limit",
+    "network_identity.ip",
+    "network_identity.port",
+    "network_identity.observed_at_ms",
+    "bill_currency",
+    "monthly_cap_minor",
+    "ip_prefixes",
+    "fee_bps",
+];
+
+pub fn open_register(r: &proto::OpenRegisterRequest) -> Result<String, ApiError> {
+    convert::text("label", &r.label, limits::MAX_LABEL_CHARS, true)
+}
+
+pub fn close_register(r: &proto::CloseRegisterRequest) -> Result<RegisterId, ApiError> {
+    convert::register_id("register_id", &r.register_id)
+}
+
+/// A trade's lifetime: 0 means the default; otherwise within the limits.
+pub fn ttl(field: &'static str, seconds: u32, limits: &Limits) -> Result<Duration, ApiError> {
+    let ttl = match seconds {
+        0 => limits.default_ttl,
+        s => Duration::from_secs(u64::from(s)),
+    };
+    if ttl < limits.min_ttl || ttl > limits.max_ttl {
+        return Err(ApiError::invalid(
+            field,
+            format!("must be {}..={} seconds (0 for the default)", limits.min_ttl.as_secs(), limits.max_ttl.as_secs()),
+        ));
+    }
+    Ok(ttl)
+}
+
+pub fn create_trade(r: &proto::CreateTradeRequest, limits: &Limits) -> Result<NewTrade, ApiError> {
+    let payer = match &r.payer {
+        Some(proto::create_trade_request::Payer::SubscriberNumber(n)) => {
+            Payer::Number(convert::subscriber("subscriber_number", n)?)
+        }
+        Some(proto::create_trade_request::Payer::NetworkIdentity(n)) => Payer::Network(convert::network_identity(n)?),
+        None => return Err(ApiError::invalid("payer", "name the payer (subscriber_number or network_identity)")),
+    };
+    Ok(NewTrade {
+        register: convert::register_id("register_id", &r.register_id)?,
+        payer,
+        amount: convert::amount("amount_minor", r.amount_minor, limits)?,
+        currency: convert::currency("currency", &r.currency)?,
+        description: convert::text("description", &r.description, limits::MAX_DESCRIPTION_CHARS, false)?,
+        ttl: ttl("ttl_seconds", r.ttl_seconds, limits)?,
+        idempotency_key: convert::idempotency_key(
+            "idempotency_key",
+            &r.idempotency_key,
+            limits::MAX_IDEMPOTENCY_KEY_LEN,
+        )?,
+    })
+}
+
+pub fn get_trade(r: &proto::GetTradeRequest) -> Result<TradeId, ApiError> {
+    convert::trade_id("trade_id", &r.trade_id)
+}
+
+/// The trade and how long to wait: 0 means the default; more than the
+/// maximum is clamped to it (a long poll may always end early).
+pub fn await_trade(r: &proto::AwaitTradeRequest) -> Result<(TradeId, Duration), ApiError> {
+    let id = convert::trade_id("trade_id", &r.trade_id)?;
+    let wait = match r.wait_ms {
+        0 => limits::DEFAULT_AWAIT,
+        ms => Duration::from_millis(u64::from(ms)).min(limits::MAX_AWAIT),
+    };
+    Ok((id, wait))
+}
+
+pub fn cancel_trade(r: &proto::CancelTradeRequest) -> Result<TradeId, ApiError> {
+    convert::trade_id("trade_id", &r.trade_id)
+}
+
+/// A validated RefundTrade.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refund {
+    pub trade: TradeId,
+    pub amount: Amount,
+    pub idempotency_key: Option<String>,
+}
+
+pub fn refund_trade(r: &proto::RefundTradeRequest, limits: &Limits) -> Result<Refund, ApiError> {
+    Ok(Refund {
+        trade: convert::trade_id("trade_id", &r.trade_id)?,
+        amount: convert::amount("amount_minor", r.amount_minor, limits)?,
+        idempotency_key: convert::idempotency_key(
+            "idempotency_key",
+            &r.idempotency_key,
+            limits::MAX_IDEMPOTENCY_KEY_LEN,
+        )?,
+    })
+}
+
+/// A validated WatchTrades (the cursor is checked against the shop's head
+/// by the handler).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watch {
+    pub after_sequence: u64,
+    pub register: Option<RegisterId>,
+}
+
+pub fn watch_trades(r: &proto::WatchTradesRequest) -> Result<Watch, ApiError> {
+    let register = match r.register_id.as_str() {
+        "" => None,
+        text => Some(convert::register_id("register_id", text)?),
+    };
+    Ok(Watch { after_sequence: r.after_sequence, register })
+}
+
+/// One validated message from a carrier's relay stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Uplink {
+    Ack { delivery_id: u64 },
+    Answer { trade: TradeId, decision: Decision, signature: [u8; ED25519_SIGNATURE_LEN] },
+}
+
+pub fn relay_up(m: &proto::RelayUp) -> Result<Uplink, ApiError> {
+    match &m.body {
+        Some(proto::relay_up::Body::Ack(ack)) => Ok(Uplink::Ack { delivery_id: ack.delivery_id }),
+        Some(proto::relay_up::Body::Answer(answer)) => {
+            let trade = convert::trade_id("answer.trade_id", &answer.trade_id)?;
+            let decision = convert::decision("answer.decision", answer.decision)?;
+            let signature = answer.signature.as_slice().try_into().map_err(|_| {
+                ApiError::invalid(
+                    "answer.signature",
+                    format!("must be {ED25519_SIGNATURE_LEN} bytes (an Ed25519 signature)"),
+                )
+            })?;
+            Ok(Uplink::Answer { trade, decision, signature })
+        }
+        None => Err(ApiError::invalid("body", "must be ack or answer")),
+    }
+}
+
+pub fn enroll_subscriber(
+    r: &proto::EnrollSubscriberRequest,
+    limits: &Limits,
+) -> Result<(SubscriberNumber, Funding), ApiError> {
+    let number = convert::subscriber("subscriber_number", &r.subscriber_number)?;
+    let funding = match proto::Funding::try_from(r.funding) {
+        Ok(proto::Funding::Wallet) => Funding::Wallet,
+        Ok(proto::Funding::CarrierBill) => Funding::CarrierBill {
+            currency: convert::currency("bill_currency", &r.bill_currency)?,
+            monthly_cap: convert::amount("monthly_cap_minor", r.monthly_cap_minor, limits)?,
+        },
+        Ok(proto::Funding::Unspecified) | Err(_) => {
+            return Err(ApiError::invalid("funding", "must be WALLET or CARRIER_BILL"))
+        }
+    };
+    Ok((number, funding))
+}
+
+pub fn enroll_handset(r: &proto::EnrollHandsetRequest) -> Result<(SubscriberNumber, [u8; 32]), ApiError> {
+    let number = convert::subscriber("subscriber_number", &r.subscriber_number)?;
+    let key = valid_public_key(&r.public_key)
+        .ok_or_else(|| ApiError::invalid("public_key", "must be a 32-byte Ed25519 public key (not a weak point)"))?;
+    Ok((number, key))
+}
+
+pub fn create_shop(r: &proto::CreateShopRequest) -> Result<(ShopId, String), ApiError> {
+    let id = convert::shop_id("shop_id", &r.shop_id)?;
+    let name = convert::text("display_name", &r.display_name, limits::MAX_DISPLAY_NAME_CHARS, true)?;
+    Ok((id, name))
+}
+
+/// A validated CreateCarrier: id, display name, leased prefixes, fee.
+pub struct NewCarrier {
+    pub id: CarrierId,
+    pub display_name: String,
+    pub prefixes: Vec<IpPrefix>,
+    pub fee_bps: u32,
+}
+
+pub fn create_carrier(r: &proto::CreateCarrierRequest) -> Result<NewCarrier, ApiError> {
+    let id = convert::carrier_id("carrier_id", &r.carrier_id)?;
+    let display_name = convert::text("display_name", &r.display_name, limits::MAX_DISPLAY_NAME_CHARS, true)?;
+    let prefixes = convert::prefixes(&r.ip_prefixes, limits::MAX_PREFIXES_PER_CALL)?;
+    if r.fee_bps > crate::domain::network::MAX_FEE_BPS {
+        return Err(ApiError::invalid("fee_bps", "must be 0..=10000 (basis points)"));
+    }
+    Ok(NewCarrier { id, display_name, prefixes, fee_bps: r.fee_bps })
+}
+
+pub fn top_up(
+    r: &proto::TopUpWalletRequest,
+    limits: &Limits,
+) -> Result<(SubscriberNumber, Amount, Currency), ApiError> {
+    Ok((
+        convert::subscriber("subscriber_number", &r.subscriber_number)?,
+        convert::amount("amount_minor", r.amount_minor, limits)?,
+        convert::currency("currency", &r.currency)?,
+    ))
+}
+
+/// Longest account-name prefix worth asking for (names are shorter).
+pub const MAX_PREFIX_CHARS: usize = 128;
+
+pub fn list_accounts(r: &proto::ListAccountsRequest) -> Result<String, ApiError> {
+    convert::text("prefix", &r.prefix, MAX_PREFIX_CHARS, false)
+}
+
+/// The cursor and page size: 0 means 100; more than the maximum is clamped.
+pub fn list_postings(r: &proto::ListPostingsRequest) -> Result<(u64, usize), ApiError> {
+    let limit = match r.limit {
+        0 => 100,
+        n => usize::try_from(n).unwrap_or(limits::MAX_LIST).min(limits::MAX_LIST),
+    };
+    Ok((r.after_posting_id, limit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(e: ApiError) -> &'static str {
+        match e {
+            ApiError::InvalidArgument { field, .. } => field,
+            other => panic!("not INVALID_ARGUMENT: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn relay_answers_need_a_well_formed_id_decision_and_64_byte_signature() {
+        let answer = |trade_id: &str, decision: i32, signature: Vec<u8>| proto::RelayUp {
+            body: Some(proto::relay_up::Body::Answer(proto::HandsetAnswer {
+                trade_id: trade_id.into(),
+                decision,
+                signature,
+            })),
+        };
+        let id = TradeId::from_bytes([1; 16]).to_string();
+        assert!(relay_up(&answer(&id, 1, vec![0; 64])).is_ok());
+        for (m, field) in [
+            (answer("trd_x", 1, vec![0; 64]), "answer.trade_id"),
+            (answer(&id, 0, vec![0; 64]), "answer.decision"),
+            (answer(&id, 7, vec![0; 64]), "answer.decision"),
+            (answer(&id, 1, vec![]), "answer.signature"),
+            (answer(&id, 1, vec![0; 63]), "answer.signature"),
+            (answer(&id, 1, vec![0; 65]), "answer.signature"),
+            (proto::RelayUp { body: None }, "body"),
+        ] {
+            assert_eq!(field_of(relay_up(&m).expect_err("refused")), field);
+        }
+    }
+
+    #[test]
+    fn ttls_outside_the_range_name_the_field() {
+        let limits = Limits::default();
+        assert_eq!(ttl("ttl_seconds", 0, &limits), Ok(limits.default_ttl));
+        assert_eq!(ttl("ttl_seconds", 1, &limits), Ok(Duration::from_secs(1)));
+        assert_eq!(ttl("ttl_seconds", 900, &limits), Ok(Duration::from_secs(900)));
+        for bad in [901, u32::MAX] {
+            assert_eq!(field_of(ttl("ttl_seconds", bad, &limits).expect_err("refused")), "ttl_seconds");
+        }
+    }
+
+    #[test]
+    fn every_field_named_is_listed() {
+        for f in ["answer.signature", "public_key", "ttl_seconds", "prefix"] {
+            assert!(FIELDS.contains(&f));
+        }
+    }
+}
