@@ -410,6 +410,30 @@ fn encode(a: &Arbitrary) -> Vec<u8> {
         }
         "ListAccounts" => proto::ListAccountsRequest { prefix: t0 }.encode_to_vec(),
         "ListPostings" => proto::ListPostingsRequest { after_posting_id: n0, limit: a.small }.encode_to_vec(),
+        "GetPayoutReport" => proto::GetPayoutReportRequest {
+            from_ms: i64::from(a.signed),
+            to_ms: i64::try_from(n0 % (1 << 62)).unwrap_or(0),
+        }
+        .encode_to_vec(),
+        "ReportLeases" => proto::ReportLeasesRequest {
+            starts: vec![proto::LeaseStart {
+                ip: t0,
+                port_lo: a.small % 70_000,
+                port_hi: a.small % 90_000,
+                subscriber_number: t1,
+                start_ms: i64::from(a.signed),
+            }],
+            stops: vec![proto::LeaseStop { ip: t2, port_lo: a.small, port_hi: 0, end_ms: -1 }],
+        }
+        .encode_to_vec(),
+        "AcceptShop" => proto::AcceptShopRequest { shop_id: t0 }.encode_to_vec(),
+        "RevokeShop" => proto::RevokeShopRequest { shop_id: t0 }.encode_to_vec(),
+        "GetStatement" => {
+            proto::GetStatementRequest { carrier_id: t0, subscriber_number: t1, month: t2 }.encode_to_vec()
+        }
+        "AddCarrierPrefixes" => {
+            proto::AddCarrierPrefixesRequest { carrier_id: t0, ip_prefixes: vec![t1, t2] }.encode_to_vec()
+        }
         _ => proto::VerifyLedgerRequest {}.encode_to_vec(),
     }
 }

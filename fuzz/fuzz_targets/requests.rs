@@ -38,7 +38,7 @@ fn check<M: Message + Default + PartialEq + std::fmt::Debug, T>(
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, bytes)) = data.split_first() else { return };
     let limits = Limits::default();
-    match selector % 18 {
+    match selector % 24 {
         0 => check::<proto::OpenRegisterRequest, _>(bytes, requests::open_register),
         1 => check::<proto::CloseRegisterRequest, _>(bytes, requests::close_register),
         2 => check::<proto::CreateTradeRequest, _>(bytes, |m| requests::create_trade(m, &limits)),
@@ -48,14 +48,20 @@ fuzz_target!(|data: &[u8]| {
         6 => check::<proto::RefundTradeRequest, _>(bytes, |m| requests::refund_trade(m, &limits)),
         7 => check::<proto::WatchTradesRequest, _>(bytes, requests::watch_trades),
         8 => check::<proto::RelayUp, _>(bytes, requests::relay_up),
-        9 => check::<proto::EnrollSubscriberRequest, _>(bytes, requests::enroll_subscriber),
+        9 => check::<proto::EnrollSubscriberRequest, _>(bytes, |m| requests::enroll_subscriber(m, &limits)),
         10 => check::<proto::EnrollHandsetRequest, _>(bytes, requests::enroll_handset),
         11 => check::<proto::CreateShopRequest, _>(bytes, requests::create_shop),
         12 => check::<proto::CreateCarrierRequest, _>(bytes, requests::create_carrier),
         13 => check::<proto::TopUpWalletRequest, _>(bytes, |m| requests::top_up(m, &limits)),
         14 => check::<proto::ListAccountsRequest, _>(bytes, requests::list_accounts),
         15 => check::<proto::ListPostingsRequest, _>(bytes, requests::list_postings),
-        16 => {
+        16 => check::<proto::ReportLeasesRequest, _>(bytes, requests::report_leases),
+        17 => check::<proto::AcceptShopRequest, _>(bytes, |m| requests::shop_acceptance(&m.shop_id)),
+        18 => check::<proto::GetStatementRequest, _>(bytes, requests::admin_statement),
+        19 => check::<proto::GetPayoutReportRequest, _>(bytes, requests::payout_report),
+        20 => check::<proto::AddCarrierPrefixesRequest, _>(bytes, requests::add_carrier_prefixes),
+        21 => check::<proto::CreateCarrierRequest, _>(bytes, requests::create_carrier),
+        22 => {
             let _ = tls::principal_from_cert(bytes);
         }
         _ => {

@@ -129,9 +129,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::AddCarrierPrefixesRequest>,
     ) -> Result<Response<proto::AddCarrierPrefixesResponse>, Status> {
-        let r = request.get_ref();
-        let carrier = convert::carrier_id("carrier_id", &r.carrier_id)?;
-        let prefixes = convert::prefixes(&r.ip_prefixes, limits::MAX_PREFIXES_PER_CALL)?;
+        let (carrier, prefixes) = requests::add_carrier_prefixes(request.get_ref())?;
         match self.engine.store.execute(Command::AddPrefixes { carrier, prefixes }).await.map_err(ApiError::from)? {
             CommandOutcome::Prefixes(p) => Ok(Response::new(proto::AddCarrierPrefixesResponse {
                 ip_prefixes: p.iter().map(ToString::to_string).collect(),
@@ -144,10 +142,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::GetStatementRequest>,
     ) -> Result<Response<proto::Statement>, Status> {
-        let r = request.get_ref();
-        let carrier = convert::carrier_id("carrier_id", &r.carrier_id)?;
-        let number = convert::subscriber("subscriber_number", &r.subscriber_number)?;
-        let month = convert::month("month", &r.month)?;
+        let (carrier, number, month) = requests::admin_statement(request.get_ref())?;
         let data = self.engine.store.statement(&carrier, &number, month).await.map_err(ApiError::from)?;
         Ok(Response::new(convert::statement_to_proto(&data, month)))
     }

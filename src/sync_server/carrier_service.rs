@@ -242,7 +242,7 @@ impl CarrierService for CarrierApi {
         request: Request<proto::ReportLeasesRequest>,
     ) -> Result<Response<proto::ReportLeasesResponse>, Status> {
         let carrier = auth::carrier(&request)?;
-        let (starts, stops) = convert::lease_batch(request.get_ref(), limits::MAX_LEASE_BATCH)?;
+        let (starts, stops) = requests::report_leases(request.get_ref())?;
         match self
             .engine
             .store
@@ -262,7 +262,7 @@ impl CarrierService for CarrierApi {
         request: Request<proto::AcceptShopRequest>,
     ) -> Result<Response<proto::AcceptShopResponse>, Status> {
         let carrier = auth::carrier(&request)?;
-        let shop = convert::shop_id("shop_id", &request.get_ref().shop_id)?;
+        let shop = requests::shop_acceptance(&request.get_ref().shop_id)?;
         self.set_acceptance(carrier, shop, true).await
     }
 
@@ -271,7 +271,7 @@ impl CarrierService for CarrierApi {
         request: Request<proto::RevokeShopRequest>,
     ) -> Result<Response<proto::AcceptShopResponse>, Status> {
         let carrier = auth::carrier(&request)?;
-        let shop = convert::shop_id("shop_id", &request.get_ref().shop_id)?;
+        let shop = requests::shop_acceptance(&request.get_ref().shop_id)?;
         self.set_acceptance(carrier, shop, false).await
     }
 
@@ -280,9 +280,7 @@ impl CarrierService for CarrierApi {
         request: Request<proto::GetStatementRequest>,
     ) -> Result<Response<proto::Statement>, Status> {
         let carrier = auth::carrier(&request)?;
-        let r = request.get_ref();
-        let number = convert::subscriber("subscriber_number", &r.subscriber_number)?;
-        let month = convert::month("month", &r.month)?;
+        let (number, month) = requests::carrier_statement(request.get_ref())?;
         let data = self.engine.store.statement(&carrier, &number, month).await.map_err(ApiError::from)?;
         Ok(Response::new(convert::statement_to_proto(&data, month)))
     }

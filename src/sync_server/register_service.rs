@@ -171,11 +171,7 @@ impl RegisterService for RegisterApi {
     ) -> Result<Response<proto::PayoutReport>, Status> {
         let shop = auth::shop(&request)?;
         let r = request.get_ref();
-        let from = convert::unix_ms("from_ms", r.from_ms)?;
-        let to = convert::unix_ms("to_ms", r.to_ms)?;
-        if to <= from {
-            return Err(ApiError::invalid("to_ms", "must be after from_ms").into());
-        }
+        let (from, to) = requests::payout_report(r)?;
         let entries = self.engine.store.payout_entries(&shop, from, to).await.map_err(ApiError::from)?;
         Ok(Response::new(payout_report(&entries, r.from_ms, r.to_ms)))
     }

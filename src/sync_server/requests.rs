@@ -11,13 +11,14 @@ use crate::domain::approval::valid_public_key;
 use crate::domain::{Amount, Currency, Decision, RegisterId, ShopId, SubscriberNumber, TradeId};
 use crate::domain::{CarrierId, ED25519_SIGNATURE_LEN};
 use crate::proto;
-use crate::store::Funding;
+use crate::store::{Funding, LeaseReport};
 
 use super::convert;
 use super::engine::{NewTrade, Payer};
 use super::error::ApiError;
 use super::limits::{self, Limits};
-use crate::domain::network::IpPrefix;
+use crate::domain::network::{IpPrefix, Month};
+use crate::domain::UnixMs;
 
 /// Every field name an `INVALID_ARGUMENT` from this module may start with.
 pub const FIELDS: &[&str] = &[
@@ -51,6 +52,11 @@ pub const FIELDS: &[&str] = &[
     "monthly_cap_minor",
     "ip_prefixes",
     "fee_bps",
+    "starts",
+    "lease",
+    "month",
+    "from_ms",
+    "to_ms",
 ];
 
 pub fn open_register(r: &proto::OpenRegisterRequest) -> Result<String, ApiError> {
@@ -253,6 +259,45 @@ pub fn list_postings(r: &proto::ListPostingsRequest) -> Result<(u64, usize), Api
         n => usize::try_from(n).unwrap_or(limits::MAX_LIST).min(limits::MAX_LIST),
     };
     Ok((r.after_posting_id, limit))
+}
+
+// Carrier billing and network identity.
+
+pub fn report_leases(r: &proto::ReportLeasesRequest) -> Result<(Vec<LeaseReport>, Vec<LeaseReport>), ApiError> {
+    convert::lease_batch(r, limits::MAX_LEASE_BATCH)
+}
+
+pub fn shop_acceptance(shop_id: &str) -> Result<ShopId, ApiError> {
+    convert::shop_id("shop_id", shop_id)
+}
+
+/// A carrier's statement request: its subscriber and the month.
+pub fn carrier_statement(r: &proto::GetStatementRequest) -> Result<(SubscriberNumber, Month), ApiError> {
+    Ok((convert::subscriber("subscriber_number", &r.subscriber_number)?, convert::month("month", &r.month)?))
+}
+
+/// The operator's statement request: any carrier's subscriber and month.
+pub fn admin_statement(r: &proto::GetStatementRequest) -> Result<(CarrierId, SubscriberNumber, Month), ApiError> {
+    let carrier = convert::carrier_id("carrier_id", &r.carrier_id)?;
+    let (number, month) = carrier_statement(r)?;
+    Ok((carrier, number, month))
+}
+
+/// A payout period: `from_ms < to_ms`.
+pub fn payout_report(r: &proto::GetPayoutReportRequest) -> Result<(UnixMs, UnixMs), ApiError> {
+    let from = convert::unix_ms("from_ms", r.from_ms)?;
+    let to = convert::unix_ms("to_ms", r.to_ms)?;
+    if to <= from {
+        return Err(ApiError::invalid("to_ms", "must be after from_ms"));
+    }
+    Ok((from, to))
+}
+
+pub fn add_carrier_prefixes(r: &proto::AddCarrierPrefixesRequest) -> Result<(CarrierId, Vec<IpPrefix>), ApiError> {
+    Ok((
+        convert::carrier_id("carrier_id", &r.carrier_id)?,
+        convert::prefixes(&r.ip_prefixes, limits::MAX_PREFIXES_PER_CALL)?,
+    ))
 }
 
 #[cfg(test)]

@@ -67,6 +67,13 @@ pub const UNARY_METHODS: &[&str] = &[
     "/syncpay.v1.AdminService/ListAccounts",
     "/syncpay.v1.AdminService/ListPostings",
     "/syncpay.v1.AdminService/VerifyLedger",
+    "/syncpay.v1.RegisterService/GetPayoutReport",
+    "/syncpay.v1.CarrierService/ReportLeases",
+    "/syncpay.v1.CarrierService/AcceptShop",
+    "/syncpay.v1.CarrierService/RevokeShop",
+    "/syncpay.v1.CarrierService/GetStatement",
+    "/syncpay.v1.AdminService/AddCarrierPrefixes",
+    "/syncpay.v1.AdminService/GetStatement",
 ];
 
 /// One unary call with `body` as the request message's bytes.
