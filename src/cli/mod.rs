@@ -159,14 +159,14 @@ pub struct Connect {
     /// Mutual TLS: the CA that issued the server's certificate (PEM), e.g.
     /// `ca.pem` from `syncpay pki init`. With --tls-cert and --tls-key no
     /// token is read.
-    #[arg(long, env = "SYNCPAY_TLS_CA", global = true, requires_all = ["tls_cert", "tls_key"])]
+    #[arg(long, env = "SYNCPAY_TLS_CA", global = true)]
     pub tls_ca: Option<PathBuf>,
     /// Mutual TLS: this client's certificate (PEM), e.g. `admin.pem`,
     /// `shop-acme.pem` or `carrier-docomo.pem`.
-    #[arg(long, env = "SYNCPAY_TLS_CLIENT_CERT", global = true, requires = "tls_ca")]
+    #[arg(long, env = "SYNCPAY_TLS_CLIENT_CERT", global = true)]
     pub tls_cert: Option<PathBuf>,
     /// Mutual TLS: the key of --tls-cert (PEM).
-    #[arg(long, env = "SYNCPAY_TLS_CLIENT_KEY", global = true, requires = "tls_ca")]
+    #[arg(long, env = "SYNCPAY_TLS_CLIENT_KEY", global = true)]
     pub tls_key: Option<PathBuf>,
 }
 
@@ -177,11 +177,23 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7700";
 pub const DEFAULT_TLS_SERVER: &str = "https://localhost:7700";
 
 impl Connect {
-    /// The three TLS files, when all are given.
-    fn tls_files(&self) -> Option<(&Path, &Path, &Path)> {
+    /// The three TLS files, when all are given. (Checked here rather than
+    /// with clap's `requires`, which misjudges global flags given partly
+    /// through the environment and partly before a subcommand.)
+    fn tls_files(&self) -> anyhow::Result<Option<(&Path, &Path, &Path)>> {
         match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
-            (Some(ca), Some(cert), Some(key)) => Some((ca, cert, key)),
-            _ => None,
+            (Some(ca), Some(cert), Some(key)) => Ok(Some((ca, cert, key))),
+            (None, None, None) => Ok(None),
+            (ca, cert, key) => {
+                let missing: Vec<_> = [(ca, "--tls-ca"), (cert, "--tls-cert"), (key, "--tls-key")]
+                    .into_iter()
+                    .filter_map(|(v, name)| v.is_none().then_some(name))
+                    .collect();
+                Err(Exit::usage(format!(
+                    "mutual TLS needs --tls-ca, --tls-cert and --tls-key; missing {}",
+                    missing.join(", ")
+                )))
+            }
         }
     }
 
@@ -189,7 +201,7 @@ impl Connect {
     pub fn url(&self) -> &str {
         match &self.server {
             Some(url) => url,
-            None if self.tls_files().is_some() => DEFAULT_TLS_SERVER,
+            None if self.tls_cert.is_some() || self.tls_key.is_some() => DEFAULT_TLS_SERVER,
             None => DEFAULT_SERVER,
         }
     }
@@ -220,7 +232,7 @@ pub async fn connection(
 ) -> anyhow::Result<Connection> {
     let url = connect.url();
     let context = || format!("connecting to {url}");
-    if let Some((ca, cert, key)) = connect.tls_files() {
+    if let Some((ca, cert, key)) = connect.tls_files()? {
         if !url.starts_with("https://") {
             return Err(Exit::usage(format!("--server {url}: with --tls-* the URL must start with https://")));
         }
