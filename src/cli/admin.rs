@@ -4,20 +4,18 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::json;
-use syncpay::client::{connect_tls, with_token, ClientTls};
 use syncpay::proto::{self, admin_service_client::AdminServiceClient};
 
-use super::{authed, print_json, read_token, Exit};
+use super::{channel, print_json, read_token, Connect, Exit};
 
 #[derive(Args)]
 pub struct AdminArgs {
-    /// Server URL.
-    #[arg(long, env = "SYNCPAY_SERVER", default_value = "http://127.0.0.1:7700", global = true)]
-    server: String,
-    /// File holding the operator token (written by `serve` into its data folder).
+    #[command(flatten)]
+    connect: Connect,
+    /// File holding the operator token (written by `serve` into its data
+    /// folder); not used with --tls-*.
     #[arg(long, env = "SYNCPAY_ADMIN_TOKEN_FILE", default_value = "syncpay-data/admin.token", global = true)]
     token_file: PathBuf,
     /// The operator token itself, instead of a file (environment only, so it
@@ -27,16 +25,6 @@ pub struct AdminArgs {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
-    /// Mutual TLS: the CA that issued the server's certificate (PEM). With
-    /// --tls-cert and --tls-key (the operator's certificate, e.g.
-    /// `admin.pem`/`admin.key` from `syncpay pki init`) the token file is
-    /// not used.
-    #[arg(long, env = "SYNCPAY_TLS_CA", global = true, requires_all = ["tls_cert", "tls_key"])]
-    tls_ca: Option<PathBuf>,
-    #[arg(long, env = "SYNCPAY_TLS_CLIENT_CERT", global = true, requires = "tls_ca")]
-    tls_cert: Option<PathBuf>,
-    #[arg(long, env = "SYNCPAY_TLS_CLIENT_KEY", global = true, requires = "tls_ca")]
-    tls_key: Option<PathBuf>,
     #[command(subcommand)]
     command: AdminCommand,
 }
@@ -80,19 +68,10 @@ enum AdminCommand {
 }
 
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let channel = match (&args.tls_ca, &args.tls_cert, &args.tls_key) {
-        (Some(ca), Some(cert), Some(key)) => {
-            let tls = ClientTls::from_files(ca, cert, key)?;
-            let channel =
-                connect_tls(&args.server, &tls).await.with_context(|| format!("connecting to {}", args.server))?;
-            // The certificate is the credential: no token is sent.
-            with_token(channel, "")?
-        }
-        _ => {
-            let token = read_token(args.token.as_deref(), Some(&args.token_file), "operator")?;
-            authed(&args.server, &token).await?
-        }
-    };
+    // Over mutual TLS the operator's certificate is the credential and the
+    // token file is not read.
+    let channel =
+        channel(&args.connect, || read_token(args.token.as_deref(), Some(&args.token_file), "operator")).await?;
     let mut admin = AdminServiceClient::new(channel);
     match args.command {
         AdminCommand::Verify => {

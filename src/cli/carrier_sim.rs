@@ -10,19 +10,18 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use serde_json::json;
-use syncpay::client::connect;
 use syncpay::domain::SubscriberNumber;
 use syncpay::proto;
 use syncpay::terminal_sim::{CarrierSim, Policy, SimCounters, SimEvent};
 
-use super::{print_json, read_token, Exit};
+use super::{connection, print_json, read_token, Connect, Connection, Exit};
 
 #[derive(Args)]
 pub struct CarrierSimArgs {
-    /// Server URL.
-    #[arg(long, env = "SYNCPAY_SERVER", default_value = "http://127.0.0.1:7700")]
-    server: String,
-    /// File holding the carrier's token (from `syncpay admin create-carrier`).
+    #[command(flatten)]
+    connect: Connect,
+    /// File holding the carrier's token (from `syncpay admin
+    /// create-carrier`); not used with --tls-*.
     #[arg(long, env = "SYNCPAY_CARRIER_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// The token itself, read from SYNCPAY_CARRIER_TOKEN (environment only).
@@ -121,7 +120,6 @@ fn numbers(first: &str, count: u32) -> Result<Vec<String>, String> {
 
 pub async fn run(args: CarrierSimArgs) -> anyhow::Result<()> {
     super::init_logging("warn");
-    let token = read_token(args.token.as_deref(), args.token_file.as_deref(), "carrier")?;
     if args.handsets > MAX_HANDSETS {
         return Err(Exit::usage(format!("--handsets: at most {MAX_HANDSETS}")));
     }
@@ -138,18 +136,21 @@ pub async fn run(args: CarrierSimArgs) -> anyhow::Result<()> {
         }
     }
 
-    let channel = connect(&args.server).await.with_context(|| format!("connecting to {}", args.server))?;
-    let sim = CarrierSim::start(channel, &token)?;
+    // Over mutual TLS the carrier's certificate is the credential: no token.
+    let conn =
+        connection(&args.connect, || read_token(args.token.as_deref(), args.token_file.as_deref(), "carrier")).await?;
+    let server = args.connect.url();
+    let sim = CarrierSim::start(conn.channel.clone(), &conn.token)?;
     for (number, policy) in &plan {
         sim.add_handset(number, *policy).await.with_context(|| format!("enrolling handset {number}"))?;
     }
     sim.wait_connected(CONNECT_WAIT).await.context("waiting for the relay stream")?;
-    network_setup(&args, &token).await?;
+    network_setup(&args, &conn).await?;
     if args.json {
         let handsets: Vec<_> = plan.iter().map(|(n, p)| json!({"number": n, "policy": format!("{p:?}")})).collect();
-        print_json(&json!({"event": "ready", "server": args.server, "handsets": handsets}));
+        print_json(&json!({"event": "ready", "server": server, "handsets": handsets}));
     } else {
-        println!("carrier-sim ready: relay connected to {}, {} handsets", args.server, plan.len());
+        println!("carrier-sim ready: relay connected to {}, {} handsets", server, plan.len());
         for (n, p) in &plan {
             println!("  {n}  {p:?}");
         }
@@ -313,12 +314,11 @@ mod tests {
 
 /// Carrier billing and network identity from the command line: billed
 /// enrollments, shop acceptances, then one ReportLeases batch.
-async fn network_setup(args: &CarrierSimArgs, token: &str) -> anyhow::Result<()> {
+async fn network_setup(args: &CarrierSimArgs, conn: &Connection) -> anyhow::Result<()> {
     if args.billed.is_empty() && args.leases.is_empty() && args.accept.is_empty() {
         return Ok(());
     }
-    let mut carrier =
-        proto::carrier_service_client::CarrierServiceClient::new(super::authed(&args.server, token).await?);
+    let mut carrier = proto::carrier_service_client::CarrierServiceClient::new(conn.authed()?);
     for b in &args.billed {
         let (number, terms) =
             b.split_once('=').ok_or_else(|| Exit::usage(format!("--billed {b:?}: NUMBER=CURRENCY:CAP")))?;

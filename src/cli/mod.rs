@@ -20,10 +20,12 @@ pub mod serve;
 pub mod serve_config;
 pub mod shop;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use syncpay::client::{connect, with_token, AuthedChannel};
+use clap::Args;
+use syncpay::client::{connect as connect_plain, connect_tls, with_token, AuthedChannel, ClientTls};
+use tonic::transport::Channel;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -143,10 +145,117 @@ pub fn read_token(direct: Option<&str>, file: Option<&Path>, what: &str) -> anyh
     Ok(token.to_owned())
 }
 
-/// Connects to `server` with a bearer token.
-pub async fn authed(server: &str, token: &str) -> anyhow::Result<AuthedChannel> {
-    let channel = connect(server).await.with_context(|| format!("connecting to {server}"))?;
-    Ok(with_token(channel, token)?)
+/// Where a client command connects and how it proves who it is: shared by
+/// `admin`, `shop` and `carrier-sim`. With `--tls-ca`, `--tls-cert` and
+/// `--tls-key` the connection is mutual TLS and the client certificate is
+/// the credential (no token is read or sent); otherwise the command's
+/// bearer token is used over plaintext.
+#[derive(Args, Debug, Clone)]
+pub struct Connect {
+    /// Server URL [default: http://127.0.0.1:7700, or https://localhost:7700
+    /// with --tls-*].
+    #[arg(long, env = "SYNCPAY_SERVER", global = true)]
+    pub server: Option<String>,
+    /// Mutual TLS: the CA that issued the server's certificate (PEM), e.g.
+    /// `ca.pem` from `syncpay pki init`. With --tls-cert and --tls-key no
+    /// token is read.
+    #[arg(long, env = "SYNCPAY_TLS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// Mutual TLS: this client's certificate (PEM), e.g. `admin.pem`,
+    /// `shop-acme.pem` or `carrier-docomo.pem`.
+    #[arg(long, env = "SYNCPAY_TLS_CLIENT_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// Mutual TLS: the key of --tls-cert (PEM).
+    #[arg(long, env = "SYNCPAY_TLS_CLIENT_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The server URL when none is given.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7700";
+/// The server URL when none is given and TLS is (the development server
+/// certificate names `localhost`).
+pub const DEFAULT_TLS_SERVER: &str = "https://localhost:7700";
+
+impl Connect {
+    /// The three TLS files, when all are given. (Checked here rather than
+    /// with clap's `requires`, which misjudges global flags given partly
+    /// through the environment and partly before a subcommand.)
+    fn tls_files(&self) -> anyhow::Result<Option<(&Path, &Path, &Path)>> {
+        match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            (Some(ca), Some(cert), Some(key)) => Ok(Some((ca, cert, key))),
+            (None, None, None) => Ok(None),
+            (ca, cert, key) => {
+                let missing: Vec<_> = [(ca, "--tls-ca"), (cert, "--tls-cert"), (key, "--tls-key")]
+                    .into_iter()
+                    .filter_map(|(v, name)| v.is_none().then_some(name))
+                    .collect();
+                Err(Exit::usage(format!(
+                    "mutual TLS needs --tls-ca, --tls-cert and --tls-key; missing {}",
+                    missing.join(", ")
+                )))
+            }
+        }
+    }
+
+    /// The URL to connect to: `--server`, else the default for the mode.
+    pub fn url(&self) -> &str {
+        match &self.server {
+            Some(url) => url,
+            None if self.tls_cert.is_some() || self.tls_key.is_some() => DEFAULT_TLS_SERVER,
+            None => DEFAULT_SERVER,
+        }
+    }
+}
+
+/// A connected channel and the bearer token to send on it (empty over TLS,
+/// where the client certificate is the credential). For the library types
+/// that take both: `VirtualRegister::attach`, `CarrierSim::start`.
+pub struct Connection {
+    pub channel: Channel,
+    pub token: String,
+}
+
+impl Connection {
+    /// The channel with its credential, for a generated client.
+    pub fn authed(&self) -> anyhow::Result<AuthedChannel> {
+        Ok(with_token(self.channel.clone(), &self.token)?)
+    }
+}
+
+/// Connects as `connect` says: mutual TLS when the three files are given
+/// (`token` is then not called), else plaintext with the token `token`
+/// reads. Exit 2 for an unreadable file or a TLS/URL mismatch, 3 when the
+/// server cannot be reached.
+pub async fn connection(
+    connect: &Connect,
+    token: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<Connection> {
+    let url = connect.url();
+    let context = || format!("connecting to {url}");
+    if let Some((ca, cert, key)) = connect.tls_files()? {
+        if !url.starts_with("https://") {
+            return Err(Exit::usage(format!("--server {url}: with --tls-* the URL must start with https://")));
+        }
+        let tls = ClientTls::from_files(ca, cert, key).map_err(|e| Exit::usage(format!("reading TLS files: {e}")))?;
+        let channel = connect_tls(url, &tls).await.with_context(context)?;
+        return Ok(Connection { channel, token: String::new() });
+    }
+    if url.starts_with("https://") {
+        return Err(Exit::usage(format!(
+            "--server {url}: an https:// server needs --tls-ca, --tls-cert and --tls-key"
+        )));
+    }
+    let token = token()?;
+    let channel = connect_plain(url).await.with_context(context)?;
+    Ok(Connection { channel, token })
+}
+
+/// [`connection`] as one channel with its credential, for generated clients.
+pub async fn channel(
+    connect: &Connect,
+    token: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<AuthedChannel> {
+    connection(connect, token).await?.authed()
 }
 
 /// Prints one JSON value on a line of its own.

@@ -6,22 +6,20 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::json;
-use syncpay::client::connect;
 use syncpay::domain::{Amount, Currency, RegisterId, TradeId};
 use syncpay::proto::{self, register_service_client::RegisterServiceClient};
 use syncpay::register::{is_final, ChargeRequest, VirtualRegister};
 
-use super::{authed, print_json, read_token, Exit};
+use super::{connection, print_json, read_token, Connect, Exit};
 
 #[derive(Args)]
 pub struct ShopArgs {
-    /// Server URL.
-    #[arg(long, env = "SYNCPAY_SERVER", default_value = "http://127.0.0.1:7700", global = true)]
-    server: String,
-    /// File holding the shop's token (from `syncpay admin create-shop`).
+    #[command(flatten)]
+    connect: Connect,
+    /// File holding the shop's token (from `syncpay admin create-shop`);
+    /// not used with --tls-*.
     #[arg(long, env = "SYNCPAY_SHOP_TOKEN_FILE", global = true)]
     token_file: Option<PathBuf>,
     /// The token itself, read from SYNCPAY_SHOP_TOKEN (environment only, so
@@ -112,21 +110,23 @@ const WATCH_BACKOFF_START: Duration = Duration::from_millis(200);
 const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 pub async fn run(args: ShopArgs) -> anyhow::Result<()> {
-    let token = read_token(args.token.as_deref(), args.token_file.as_deref(), "shop")?;
+    // Over mutual TLS the shop's certificate is the credential: no token.
+    let conn =
+        connection(&args.connect, || read_token(args.token.as_deref(), args.token_file.as_deref(), "shop")).await?;
     let json = args.json;
     match args.command {
         ShopCommand::Open { label } => {
-            let mut client = RegisterServiceClient::new(authed(&args.server, &token).await?);
+            let mut client = RegisterServiceClient::new(conn.authed()?);
             let r = client.open_register(proto::OpenRegisterRequest { label }).await?.into_inner();
             output_register(&r, json);
         }
         ShopCommand::Close { register_id } => {
-            let mut client = RegisterServiceClient::new(authed(&args.server, &token).await?);
+            let mut client = RegisterServiceClient::new(conn.authed()?);
             let r = client.close_register(proto::CloseRegisterRequest { register_id }).await?.into_inner();
             output_register(&r, json);
         }
         ShopCommand::Registers => {
-            let mut client = RegisterServiceClient::new(authed(&args.server, &token).await?);
+            let mut client = RegisterServiceClient::new(conn.authed()?);
             let list = client.list_registers(proto::ListRegistersRequest {}).await?.into_inner().registers;
             if json {
                 print_json(&serde_json::Value::Array(list.iter().map(register_json).collect()));
@@ -140,8 +140,7 @@ pub async fn run(args: ShopArgs) -> anyhow::Result<()> {
         ShopCommand::Charge { register, payer, amount_minor, currency, description, ttl, idempotency_key, no_wait } => {
             let register_id =
                 RegisterId::parse(&register).map_err(|e| Exit::usage(format!("--register {register:?}: {e}")))?;
-            let channel = connect(&args.server).await.with_context(|| format!("connecting to {}", args.server))?;
-            let register = VirtualRegister::attach(channel, &token, register_id).await?;
+            let register = VirtualRegister::attach(conn.channel.clone(), &conn.token, register_id).await?;
             let request = ChargeRequest {
                 ttl_seconds: ttl,
                 idempotency_key,
@@ -167,13 +166,13 @@ pub async fn run(args: ShopArgs) -> anyhow::Result<()> {
             settled_or_exit(&trade)?;
         }
         ShopCommand::Status { trade_id } => {
-            let mut client = RegisterServiceClient::new(authed(&args.server, &token).await?);
+            let mut client = RegisterServiceClient::new(conn.authed()?);
             let t = client.get_trade(proto::GetTradeRequest { trade_id }).await?.into_inner();
             output_trade(&t, json);
         }
         ShopCommand::Await { trade_id, timeout } => {
             let id = TradeId::parse(&trade_id).map_err(|e| Exit::usage(format!("trade id {trade_id:?}: {e}")))?;
-            let mut client = RegisterServiceClient::new(authed(&args.server, &token).await?);
+            let mut client = RegisterServiceClient::new(conn.authed()?);
             let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
             let trade = loop {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -191,12 +190,12 @@ pub async fn run(args: ShopArgs) -> anyhow::Result<()> {
             settled_or_exit(&trade)?;
         }
         ShopCommand::Cancel { trade_id } => {
-            let mut client = RegisterServiceClient::new(authed(&args.server, &token).await?);
+            let mut client = RegisterServiceClient::new(conn.authed()?);
             let t = client.cancel_trade(proto::CancelTradeRequest { trade_id }).await?.into_inner();
             output_trade(&t, json);
         }
         ShopCommand::Refund { trade_id, amount_minor, idempotency_key } => {
-            let mut client = RegisterServiceClient::new(authed(&args.server, &token).await?);
+            let mut client = RegisterServiceClient::new(conn.authed()?);
             let r = client
                 .refund_trade(proto::RefundTradeRequest {
                     trade_id,
@@ -224,8 +223,7 @@ pub async fn run(args: ShopArgs) -> anyhow::Result<()> {
             }
         }
         ShopCommand::Watch { after, register, count } => {
-            let channel = authed(&args.server, &token).await?;
-            watch(RegisterServiceClient::new(channel), after, register.unwrap_or_default(), count, json).await?;
+            watch(RegisterServiceClient::new(conn.authed()?), after, register.unwrap_or_default(), count, json).await?;
         }
     }
     Ok(())
