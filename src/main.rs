@@ -32,6 +32,9 @@ enum Command {
     /// A simulated carrier relay with N handsets against a running server,
     /// until Ctrl-C or SIGTERM.
     CarrierSim(cli::carrier_sim::CarrierSimArgs),
+    /// Load generator: settled trades per second, create→settled latency,
+    /// server CPU, memory and disk per trade, against the transport ceiling.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -50,6 +53,7 @@ fn main() -> std::process::ExitCode {
             Command::Admin(a) => cli::admin::run(a).await,
             Command::Shop(a) => cli::shop::run(a).await,
             Command::CarrierSim(a) => cli::carrier_sim::run(a).await,
+            Command::Bench(a) => cli::bench::run(a).await,
         }
     });
     match result {
