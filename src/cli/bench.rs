@@ -516,7 +516,8 @@ fn number(i: usize) -> String {
 }
 
 async fn measure(name: &'static str, target: &Target, setup: Setup, load: &Load) -> anyhow::Result<Measured> {
-    eprintln!("bench: {name}: setting up {} on {}", load.shops, target.url);
+    let pid = target.pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+    eprintln!("bench: {name}: setting up {} shop(s) on {} (server pid {pid})", load.shops, target.url);
     let admin_channel = connect(&target.url).await.with_context(|| format!("connecting to {}", target.url))?;
     let (shop_tokens, carrier_token) = match &setup {
         Setup::Syncpay { admin_token } => {
