@@ -82,7 +82,8 @@ fn run(shared: Arc<Shared>, syncer: Syncer, mut rx: mpsc::Receiver<WriteRequest>
         group += 1;
         shared.applying.store(group, Ordering::SeqCst);
         let mut heads = Vec::new();
-        let results: Vec<_> = batch.iter().map(|req| commands::apply(&shared, &req.command, &mut heads)).collect();
+        let group_commands: Vec<&Command> = batch.iter().map(|req| &req.command).collect();
+        let results = commands::apply_group(&shared, &group_commands, &mut heads);
         let started = std::time::Instant::now();
         let synced = shared.db.flush().map_err(StoreError::from).and_then(|_| syncer.sync_now());
         match synced {
