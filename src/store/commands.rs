@@ -1,4 +1,5 @@
-//! Write commands. Each runs as one sled transaction over the fixed trees;
+//! Write commands. Each runs inside one sled transaction over the fixed
+//! trees (a write group shares one, see [`apply_group`]);
 //! the closure may re-run, so it only reads and writes the transaction's
 //! view and decides with pure domain functions. Outgoing work (offers,
 //! withdrawals) is written to the outbox in the same transaction and

@@ -1,5 +1,6 @@
-//! The single writer: takes commands from a bounded queue, applies each as
-//! one sled transaction, then makes the whole group durable (sled flush +
+//! The single writer: takes commands from a bounded queue, applies a group
+//! of them as one sled transaction (or each alone if one of them fails),
+//! then makes the whole group durable (sled flush +
 //! fdatasync of the data file) before answering any of them. One fsync per
 //! group, not per commit. A failed sync stops all further writes.
 
