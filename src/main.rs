@@ -35,6 +35,9 @@ enum Command {
     /// Development PKI: a CA, the server certificate and client
     /// certificates for the operator, shops and carriers (no OpenSSL needed).
     Pki(cli::pki::PkiArgs),
+    /// Load generator: settled trades per second, create→settled latency,
+    /// server CPU, memory and disk per trade, against the transport ceiling.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -55,6 +58,7 @@ fn main() -> std::process::ExitCode {
             Command::Shop(a) => cli::shop::run(a).await,
             Command::CarrierSim(a) => cli::carrier_sim::run(a).await,
             Command::Pki(a) => cli::pki::run(a),
+            Command::Bench(a) => cli::bench::run(a).await,
         }
     });
     match result {

@@ -1,5 +1,6 @@
-//! The single writer: takes commands from a bounded queue, applies each as
-//! one sled transaction, then makes the whole group durable (sled flush +
+//! The single writer: takes commands from a bounded queue, applies a group
+//! of them as one sled transaction (or each alone if one of them fails),
+//! then makes the whole group durable (sled flush +
 //! fdatasync of the data file) before answering any of them. One fsync per
 //! group, not per commit. A failed sync stops all further writes.
 
@@ -82,7 +83,8 @@ fn run(shared: Arc<Shared>, syncer: Syncer, mut rx: mpsc::Receiver<WriteRequest>
         group += 1;
         shared.applying.store(group, Ordering::SeqCst);
         let mut heads = Vec::new();
-        let results: Vec<_> = batch.iter().map(|req| commands::apply(&shared, &req.command, &mut heads)).collect();
+        let group_commands: Vec<&Command> = batch.iter().map(|req| &req.command).collect();
+        let results = commands::apply_group(&shared, &group_commands, &mut heads);
         let started = std::time::Instant::now();
         let synced = shared.db.flush().map_err(StoreError::from).and_then(|_| syncer.sync_now());
         match synced {
