@@ -157,17 +157,28 @@ impl TradeRequest {
             Some("register_id")
         } else if self.payer != other.payer {
             Some("subscriber_number")
-        } else if self.amount != other.amount {
-            Some("amount_minor")
-        } else if self.currency != other.currency {
-            Some("currency")
-        } else if self.description != other.description {
-            Some("description")
-        } else if self.ttl_ms != other.ttl_ms {
-            Some("ttl_seconds")
         } else {
-            None
+            common_difference(
+                (self.amount, self.currency, &self.description, self.ttl_ms),
+                (other.amount, other.currency, &other.description, other.ttl_ms),
+            )
         }
+    }
+}
+
+/// The fields every kind of trade request has, compared in the order a
+/// conflict message names them: amount, currency, description, ttl.
+fn common_difference(a: (Amount, Currency, &str, u64), b: (Amount, Currency, &str, u64)) -> Option<&'static str> {
+    if a.0 != b.0 {
+        Some("amount_minor")
+    } else if a.1 != b.1 {
+        Some("currency")
+    } else if a.2 != b.2 {
+        Some("description")
+    } else if a.3 != b.3 {
+        Some("ttl_seconds")
+    } else {
+        None
     }
 }
 
@@ -282,16 +293,11 @@ impl NetworkTradeRequest {
             Some("network_identity.port")
         } else if self.identity.observed_at != other.identity.observed_at {
             Some("network_identity.observed_at_ms")
-        } else if self.amount != other.amount {
-            Some("amount_minor")
-        } else if self.currency != other.currency {
-            Some("currency")
-        } else if self.description != other.description {
-            Some("description")
-        } else if self.ttl_ms != other.ttl_ms {
-            Some("ttl_seconds")
         } else {
-            None
+            common_difference(
+                (self.amount, self.currency, &self.description, self.ttl_ms),
+                (other.amount, other.currency, &other.description, other.ttl_ms),
+            )
         }
     }
 }
