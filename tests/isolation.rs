@@ -39,21 +39,7 @@ async fn world() -> TestServer {
     let t = TestServer::start_tls(&["acme", "bobs"], &["docomo", "kddi"], functional_limits()).await;
     let mut docomo = t.as_carrier("docomo").await;
     for (number, seed) in [(PAYER, 1u8), (OTHER_PAYER, 2u8)] {
-        docomo
-            .enroll_subscriber(proto::EnrollSubscriberRequest {
-                subscriber_number: number.into(),
-                funding: proto::Funding::Wallet as i32,
-                ..Default::default()
-            })
-            .await
-            .expect("enroll");
-        docomo
-            .enroll_handset(proto::EnrollHandsetRequest {
-                subscriber_number: number.into(),
-                public_key: key(seed).verifying_key().to_bytes().to_vec(),
-            })
-            .await
-            .expect("handset");
+        common::enroll_with_key(&mut docomo, number, &key(seed)).await;
         t.top_up(number, 100_000, "JPY").await;
     }
     t

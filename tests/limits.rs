@@ -146,21 +146,7 @@ async fn open_trades_per_register_and_open_registers_per_shop_are_limited() {
     // The payer needs a handset for a trade to stay open.
     t.create_carrier("docomo", "Docomo").await;
     let mut carrier = t.as_carrier("docomo").await;
-    carrier
-        .enroll_subscriber(proto::EnrollSubscriberRequest {
-            subscriber_number: PAYER.into(),
-            funding: proto::Funding::Wallet as i32,
-            ..Default::default()
-        })
-        .await
-        .expect("enroll");
-    carrier
-        .enroll_handset(proto::EnrollHandsetRequest {
-            subscriber_number: PAYER.into(),
-            public_key: ed25519_dalek::SigningKey::from_bytes(&[3; 32]).verifying_key().to_bytes().to_vec(),
-        })
-        .await
-        .expect("handset");
+    common::enroll_with_key(&mut carrier, PAYER, &ed25519_dalek::SigningKey::from_bytes(&[3; 32])).await;
     let reg = register(&t, "acme").await;
     let mut acme = t.as_shop("acme").await;
     exhausted(

@@ -221,21 +221,7 @@ async fn offers_wait_for_an_offline_carrier_and_arrive_when_it_connects() {
     let carrier_token = t.create_carrier("docomo", "Docomo").await;
     let mut carrier = t.carrier(&carrier_token).await;
     let key = SigningKey::from_bytes(&[7u8; 32]);
-    carrier
-        .enroll_subscriber(proto::EnrollSubscriberRequest {
-            subscriber_number: APPROVER.into(),
-            funding: proto::Funding::Wallet as i32,
-            ..Default::default()
-        })
-        .await
-        .expect("enroll");
-    carrier
-        .enroll_handset(proto::EnrollHandsetRequest {
-            subscriber_number: APPROVER.into(),
-            public_key: key.verifying_key().to_bytes().to_vec(),
-        })
-        .await
-        .expect("enroll key");
+    common::enroll_with_key(&mut carrier, APPROVER, &key).await;
     t.top_up(APPROVER, 3_000, "JPY").await;
     let register = VirtualRegister::open(t.channel().await, &shop_token, "till").await.expect("register");
     let created = register.create(charge(APPROVER, 700, 60)).await.expect("create");

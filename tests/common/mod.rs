@@ -243,3 +243,27 @@ pub fn code_of<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> tonic::Code {
         Err(s) => s.code(),
     }
 }
+
+/// Enrolls a wallet subscriber and a handset key the test itself holds, as
+/// a carrier without the simulator would (the test then signs answers).
+pub async fn enroll_with_key(
+    carrier: &mut CarrierServiceClient<AuthedChannel>,
+    number: &str,
+    key: &ed25519_dalek::SigningKey,
+) {
+    carrier
+        .enroll_subscriber(proto::EnrollSubscriberRequest {
+            subscriber_number: number.into(),
+            funding: proto::Funding::Wallet as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("enroll subscriber");
+    carrier
+        .enroll_handset(proto::EnrollHandsetRequest {
+            subscriber_number: number.into(),
+            public_key: key.verifying_key().to_bytes().to_vec(),
+        })
+        .await
+        .expect("enroll handset");
+}
