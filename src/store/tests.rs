@@ -360,3 +360,30 @@ async fn refunds_are_partial_bounded_idempotent_and_verified() {
         .collect();
     assert_eq!(refunds, vec![300, 200, 500]);
 }
+
+#[tokio::test]
+async fn a_failing_command_in_a_write_group_fails_alone() {
+    let f = fixture().await;
+    // Queue a burst without awaiting, so the writer takes many commands per
+    // group: good top-ups interleaved with cancels of trades that do not
+    // exist (which abort their transaction).
+    let mut pending = Vec::new();
+    for i in 0..64u64 {
+        let command = if i % 2 == 0 {
+            Command::TopUp { number: f.payer.clone(), amount: Amount::new(10), currency: jpy(), now: T0 }
+        } else {
+            Command::Cancel { shop: f.shop.clone(), trade: TradeId::generate().expect("id"), now: T0 }
+        };
+        pending.push(f.store.submit(command).await.expect("queued"));
+    }
+    for (i, write) in pending.into_iter().enumerate() {
+        match (i % 2, write.outcome().await) {
+            (0, Ok(CommandOutcome::TopUp { .. })) => {}
+            (1, Err(StoreError::NotFound("trade"))) => {}
+            (_, other) => panic!("command {i}: {other:?}"),
+        }
+    }
+    // Each of the 32 good ones applied exactly once.
+    assert_eq!(f.net(&AccountName::Wallet(f.payer.clone(), jpy())).await, 320);
+    assert!(f.store.verify().await.expect("verify").ok());
+}
