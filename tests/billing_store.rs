@@ -183,6 +183,7 @@ impl World {
                 decision: Decision::Approve,
                 signature,
                 now: UnixMs(at),
+                checked: None,
             })
             .await
             .expect("answer");

@@ -337,7 +337,17 @@ async fn step(r: &Real, m: &mut Model, op: &Op, now: u64) -> (Seen, Seen) {
             if !valid {
                 signature[5] ^= 0x40;
             }
-            let c = Command::Answer { carrier: r.carrier.clone(), trade: x.id, decision, signature, now: UnixMs(at) };
+            // The server checks the signature before queueing (the writer
+            // reuses the verdict); the model's answers take that path.
+            let checked = r.store.check_answer(&r.carrier, &x.id, decision, &signature);
+            let c = Command::Answer {
+                carrier: r.carrier.clone(),
+                trade: x.id,
+                decision,
+                signature,
+                now: UnixMs(at),
+                checked,
+            };
             let got = match r.store.execute(c).await {
                 Ok(CommandOutcome::Answer(a)) => match a.rejected {
                     Some(RejectedAnswer::UnknownTrade) => Seen::Rejected("unknown"),

@@ -68,14 +68,20 @@ impl ApprovalPayload<'_> {
 
     /// True only for a valid, canonical Ed25519 signature by `public_key`.
     pub fn verify(&self, public_key: &[u8; 32], signature: &[u8]) -> bool {
-        let Ok(key) = VerifyingKey::from_bytes(public_key) else {
-            return false;
-        };
-        let Ok(sig) = Signature::from_slice(signature) else {
-            return false;
-        };
-        key.verify_strict(&self.to_bytes(), &sig).is_ok()
+        verify_bytes(public_key, &self.to_bytes(), signature)
     }
+}
+
+/// True only for a valid, canonical Ed25519 signature of `message` (a
+/// payload's [`ApprovalPayload::to_bytes`]) by `public_key`.
+pub fn verify_bytes(public_key: &[u8; 32], message: &[u8], signature: &[u8]) -> bool {
+    let Ok(key) = VerifyingKey::from_bytes(public_key) else {
+        return false;
+    };
+    let Ok(sig) = Signature::from_slice(signature) else {
+        return false;
+    };
+    key.verify_strict(message, &sig).is_ok()
 }
 
 /// Checks a public key is a usable Ed25519 point: 32 bytes, on the curve,

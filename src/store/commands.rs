@@ -110,6 +110,10 @@ pub enum Command {
         decision: Decision,
         signature: Vec<u8>,
         now: UnixMs,
+        /// The signature checked before queueing (`Store::check_answer`),
+        /// so the writer need not: used only if the payload, key and
+        /// signature it covered are exactly what the writer sees.
+        checked: Option<SignatureCheck>,
     },
     Cancel {
         shop: ShopId,
@@ -429,8 +433,8 @@ fn run(tx: &Tx, command: &Command, resolution: Option<&Resolution>, fx: &mut Eff
         Command::CloseRegister { shop, id, now } => close_register(tx, shop, id, *now),
         Command::CreateTrade(c) => create_trade(tx, c, fx),
         Command::Ack { carrier, delivery_id, now } => ack(tx, carrier, *delivery_id, *now, fx),
-        Command::Answer { carrier, trade, decision, signature, now } => {
-            answer(tx, carrier, trade, *decision, signature, *now, fx)
+        Command::Answer { carrier, trade, decision, signature, now, checked } => {
+            answer(tx, carrier, trade, *decision, signature, checked.as_ref(), *now, fx)
         }
         Command::Cancel { shop, trade, now } => cancel(tx, shop, trade, *now, fx),
         Command::Refund { shop, trade, amount, idempotency_key, now } => {
@@ -964,6 +968,7 @@ fn answer(
     trade_id: &TradeId,
     decision: Decision,
     signature: &[u8],
+    checked: Option<&SignatureCheck>,
     now: UnixMs,
     fx: &mut Effects,
 ) -> TxResult<CommandOutcome> {
@@ -987,18 +992,12 @@ fn answer(
         return rejected(Some(trade), RejectedAnswer::Expired, fx);
     }
     let handset = tx.get::<HandsetRecord>(T::Handsets, trade.request.payer.as_str().as_bytes())?;
-    let payload = ApprovalPayload {
-        trade_id: trade.id,
-        amount: trade.request.amount,
-        currency: trade.request.currency,
-        shop_id: &trade.shop,
-        register_id: trade.request.register,
-        expires_at: trade.expires_at,
-        decision,
-    };
+    let signed = signed_bytes(&trade, decision);
     let event = match &handset {
         None => TradeEvent::Fail(FailureReason::NoHandset),
-        Some(h) if !payload.verify(&h.public_key, signature) => TradeEvent::Fail(FailureReason::BadSignature),
+        Some(h) if !signature_valid(checked, &h.public_key, &signed, signature) => {
+            TradeEvent::Fail(FailureReason::BadSignature)
+        }
         Some(_) if decision == Decision::Decline => TradeEvent::Decline,
         Some(h) => {
             let subscriber = tx.get::<SubscriberRecord>(T::Subscribers, trade.request.payer.as_str().as_bytes())?;
@@ -1013,7 +1012,7 @@ fn answer(
                 Err(reason) => TradeEvent::Fail(reason),
                 Ok(()) => {
                     trade.receipt = Some(Receipt {
-                        signed_payload: payload.to_bytes(),
+                        signed_payload: signed,
                         signature: signature.to_vec(),
                         shop_key_fingerprint: shop_key_fingerprint(&trade.shop, &h.public_key),
                     });
@@ -1031,6 +1030,50 @@ fn answer(
         rejected: None,
         deliveries: std::mem::take(&mut fx.deliveries),
     }))
+}
+
+/// A handset signature verified off the writer thread: the key, the
+/// signed bytes and the signature it covered, and the verdict. Only
+/// [`super::Store::check_answer`] makes one, so a verdict always comes
+/// from a real verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureCheck {
+    public_key: [u8; 32],
+    signed: Vec<u8>,
+    signature: Vec<u8>,
+    valid: bool,
+}
+
+impl SignatureCheck {
+    pub(super) fn new(public_key: [u8; 32], signed: Vec<u8>, signature: &[u8]) -> SignatureCheck {
+        let valid = crate::domain::approval::verify_bytes(&public_key, &signed, signature);
+        SignatureCheck { public_key, signed, signature: signature.to_vec(), valid }
+    }
+}
+
+/// The bytes a handset signs to answer `trade` with `decision`.
+pub(super) fn signed_bytes(trade: &TradeRecord, decision: Decision) -> Vec<u8> {
+    ApprovalPayload {
+        trade_id: trade.id,
+        amount: trade.request.amount,
+        currency: trade.request.currency,
+        shop_id: &trade.shop,
+        register_id: trade.request.register,
+        expires_at: trade.expires_at,
+        decision,
+    }
+    .to_bytes()
+}
+
+/// Whether `signature` over `signed` verifies under `public_key`, taking a
+/// prior check's verdict when it covered exactly these bytes (the handset
+/// may have been re-enrolled, or the check may have read a different
+/// trade, in between: then it verifies here).
+fn signature_valid(checked: Option<&SignatureCheck>, public_key: &[u8; 32], signed: &[u8], signature: &[u8]) -> bool {
+    match checked {
+        Some(c) if &c.public_key == public_key && c.signed == signed && c.signature == signature => c.valid,
+        _ => crate::domain::approval::verify_bytes(public_key, signed, signature),
+    }
 }
 
 /// Settles from the payer's prepaid wallet (never below zero).

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::domain::{AccountName, CarrierId, RegisterId, ShopId, SubscriberNumber, TradeId, UnixMs};
 
-pub use commands::{AnswerOutcome, Command, CommandOutcome, CreateTrade, NetworkTrade, RejectedAnswer};
+pub use commands::{AnswerOutcome, Command, CommandOutcome, CreateTrade, NetworkTrade, RejectedAnswer, SignatureCheck};
 pub use network::{LeaseReport, StatementData, MAX_LEASE_WALK, MAX_PAYOUT_ENTRIES};
 pub use records::{
     AccountRecord, Delivery, DeliveryBody, EventKind, EventRecord, Funding, OfferBody, PostingKind, PostingRecord,
@@ -502,6 +502,27 @@ impl Store {
             out.push(records::decode(&v)?);
         }
         Ok(out)
+    }
+
+    /// Verifies a handset's answer against the trade and the enrolled key
+    /// as they are now, on the caller's thread rather than the writer's.
+    /// The writer takes the verdict only if the signed bytes, key and
+    /// signature are still exactly these (trade fields a signature covers
+    /// never change; a handset can be re-enrolled). `None` when there is
+    /// nothing to check against yet: the writer then decides alone.
+    pub fn check_answer(
+        &self,
+        carrier: &CarrierId,
+        trade: &TradeId,
+        decision: crate::domain::Decision,
+        signature: &[u8],
+    ) -> Option<SignatureCheck> {
+        let trade: TradeRecord = self.get(T::Trades, trade.as_bytes()).ok()??;
+        if trade.carrier.as_ref() != Some(carrier) || trade.state.is_final() {
+            return None;
+        }
+        let handset: records::HandsetRecord = self.get(T::Handsets, trade.request.payer.as_str().as_bytes()).ok()??;
+        Some(SignatureCheck::new(handset.public_key, commands::signed_bytes(&trade, decision), signature))
     }
 
     /// Who holds a credential (by SHA-256 of the token).

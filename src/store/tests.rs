@@ -124,7 +124,7 @@ impl Fixture {
     }
 
     async fn answer(&self, t: &TradeRecord, decision: Decision, signature: Vec<u8>, now: UnixMs) -> AnswerOutcome {
-        let c = Command::Answer { carrier: self.carrier.clone(), trade: t.id, decision, signature, now };
+        let c = Command::Answer { carrier: self.carrier.clone(), trade: t.id, decision, signature, now, checked: None };
         match self.store.execute(c).await.expect("answer") {
             CommandOutcome::Answer(a) => a,
             other => panic!("unexpected {other:?}"),
@@ -193,6 +193,70 @@ async fn refusals_move_no_money() {
     assert_eq!(out.deliveries.len(), 1, "a withdrawal is queued for the handset");
 
     assert_eq!(f.net(&wallet).await, 1_000);
+    assert!(f.store.verify().await.expect("verify").ok());
+}
+
+/// The server verifies a signature before queueing the answer
+/// (`check_answer`); the writer takes that verdict only while it still
+/// covers the same key, bytes and signature.
+#[tokio::test]
+async fn checked_signatures_are_reused_only_while_they_still_apply() {
+    let f = fixture().await;
+    f.top_up(1_000).await;
+    let answer_checked = |t: TradeRecord, decision: Decision, signature: Vec<u8>| {
+        let checked = f.store.check_answer(&f.carrier, &t.id, decision, &signature);
+        assert!(checked.is_some(), "an open trade with a handset can be checked");
+        let c = Command::Answer { carrier: f.carrier.clone(), trade: t.id, decision, signature, now: T0, checked };
+        let store = f.store.clone();
+        async move {
+            match store.execute(c).await.expect("answer") {
+                CommandOutcome::Answer(a) => a.trade.expect("trade"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+
+    let (good, _) = f.create(100, None).await.expect("create");
+    let t = answer_checked(good.clone(), Decision::Approve, f.sign(&good, Decision::Approve)).await;
+    assert_eq!(t.state, TradeState::Settled);
+
+    let (bad, _) = f.create(100, None).await.expect("create");
+    let t = answer_checked(bad.clone(), Decision::Approve, f.sign(&bad, Decision::Decline)).await;
+    assert_eq!((t.state, t.failure), (TradeState::Failed, Some(FailureReason::BadSignature)));
+
+    // Checked (valid) under the old key, then the handset is re-enrolled
+    // with a new key before the writer applies the answer: the old verdict
+    // no longer applies and the old key's signature fails.
+    let (stale, _) = f.create(100, None).await.expect("create");
+    let signature = f.sign(&stale, Decision::Approve);
+    let checked = f.store.check_answer(&f.carrier, &stale.id, Decision::Approve, &signature);
+    let new_key = SigningKey::from_bytes(&[7u8; 32]);
+    f.store
+        .execute(Command::EnrollHandset {
+            carrier: f.carrier.clone(),
+            number: f.payer.clone(),
+            public_key: new_key.verifying_key().to_bytes(),
+            now: T0,
+        })
+        .await
+        .expect("re-enroll");
+    let c = Command::Answer {
+        carrier: f.carrier.clone(),
+        trade: stale.id,
+        decision: Decision::Approve,
+        signature,
+        now: T0,
+        checked,
+    };
+    let CommandOutcome::Answer(out) = f.store.execute(c).await.expect("answer") else { panic!("not an answer") };
+    let t = out.trade.expect("trade");
+    assert_eq!((t.state, t.failure), (TradeState::Failed, Some(FailureReason::BadSignature)));
+
+    // Nothing to check against: an unknown trade gets no verdict.
+    let unknown = TradeId::generate().expect("id");
+    assert!(f.store.check_answer(&f.carrier, &unknown, Decision::Approve, &[0; 64]).is_none());
+    let wallet = AccountName::Wallet(f.payer.clone(), jpy());
+    assert_eq!(f.net(&wallet).await, 900, "only the first trade moved money");
     assert!(f.store.verify().await.expect("verify").ok());
 }
 

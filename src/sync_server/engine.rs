@@ -322,7 +322,10 @@ impl Engine {
         decision: Decision,
         signature: Vec<u8>,
     ) -> Result<impl std::future::Future<Output = Result<AnswerOutcome, ApiError>> + Send + 'static, ApiError> {
-        let command = Command::Answer { carrier: carrier.clone(), trade, decision, signature, now: now() };
+        // Ed25519 verification is the costliest step of an answer: do it
+        // here, in parallel with the writer, which reuses the verdict.
+        let checked = self.store.check_answer(carrier, &trade, decision, &signature);
+        let command = Command::Answer { carrier: carrier.clone(), trade, decision, signature, now: now(), checked };
         let pending = self.store.submit(command).await?;
         let engine = self.clone();
         // The settlement path: everything logged until the outcome is sent
