@@ -6,6 +6,11 @@
 
 mod cli;
 
+/// mimalloc instead of glibc malloc: allocation was about a quarter of the
+/// server's CPU per trade (docs/BENCHMARK.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
