@@ -8,31 +8,39 @@
 //! ceiling (`bench/ceiling.rs`: the same gRPC messages per trade, no
 //! storage) the same way, and reports syncpay as a share of it. Writes a
 //! JSON result (`--out`) and an SVG chart (`--svg`).
+//!
+//! Two scale modes measure instead what trades cost kept: memory per open
+//! trade (`--open-trades N`, `bench/open.rs`), and a store of N settled
+//! trades with the time from a restart on it to the first settlement
+//! (`--fill N --keep-store DIR`, `--restart-only DIR`; `bench/fill.rs`,
+//! `bench/restart.rs`). `bench/child.rs` runs and reads the child server,
+//! `bench/rig.rs` sets up shops, registers, carrier and handsets.
 
 mod ceiling;
+mod child;
+mod fill;
+mod open;
+mod restart;
+mod rig;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
-use syncpay::client::{connect, with_token, AuthedChannel};
-use syncpay::proto::admin_service_client::AdminServiceClient;
+use syncpay::client::AuthedChannel;
 use syncpay::proto::register_service_client::RegisterServiceClient;
 use syncpay::proto::{self, TradeState};
-use syncpay::terminal_sim::{CarrierSim, Policy};
-use tokio::sync::oneshot;
+use syncpay::terminal_sim::Policy;
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
 
 use super::Exit;
+use child::{Memory, Server};
 
 /// Price of every trade, in JPY (exponent 0).
 const PRICE: u64 = 100;
@@ -41,10 +49,6 @@ const CURRENCY: &str = "JPY";
 const TOP_UP: u64 = 1_000_000_000_000;
 /// How long one trade may take before it counts as lost ("timeout").
 const FINAL_WAIT: Duration = Duration::from_secs(30);
-/// How long a child server may take to announce its address.
-const START_WAIT: Duration = Duration::from_secs(60);
-/// Enrollments and top-ups in flight during setup.
-const SETUP_CONCURRENCY: usize = 32;
 /// Latency histogram range: 1 µs to 2 min, 3 significant digits.
 const MAX_LATENCY_US: u64 = 120_000_000;
 /// Pause after a failed CreateTrade, so an erroring server is not spun on.
@@ -68,14 +72,17 @@ pub struct BenchArgs {
     /// How long to load each target, e.g. 20s, 500ms, 2m.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     duration: Duration,
-    /// Trades kept open at once (each waits for its SETTLED event).
+    /// Trades kept open at once (each waits for its SETTLED event); with
+    /// --open-trades, CreateTrade calls in flight.
     #[arg(long, default_value_t = 64)]
     inflight: usize,
-    /// Shops, each with one register, one connection and one WatchTrades
+    /// Shops, each with one register (with --open-trades as many as the
+    /// per-register limit needs), one connection and one WatchTrades
     /// stream; trades go round-robin over them.
     #[arg(long, default_value_t = 8)]
     shops: usize,
-    /// Simulated handsets (all approve), used round-robin.
+    /// Simulated handsets (all approve; with --open-trades they ignore the
+    /// offers after the warm-up), used round-robin.
     #[arg(long, default_value_t = 256)]
     handsets: usize,
     /// fsync | flush-only, for the child server.
@@ -100,6 +107,27 @@ pub struct BenchArgs {
     /// Write the chart (throughput and latency per second) here.
     #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
+    /// Memory per open trade instead of throughput: leave N trades open
+    /// (handsets ack the offers and never answer) and read the server's
+    /// memory with 0 and with N open.
+    #[arg(long, value_name = "N", conflicts_with_all = ["fill", "restart_only", "server"])]
+    open_trades: Option<u64>,
+    /// With --open-trades: trades settled first, before the 0-open reading.
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    warmup: u64,
+    /// Fill --keep-store with N settled trades (through the server, with
+    /// signed approvals), read the server's memory, then run the restart
+    /// probe on it (see --restart-only).
+    #[arg(long, value_name = "N", requires = "keep_store", conflicts_with_all = ["restart_only", "server"])]
+    fill: Option<u64>,
+    /// The data folder --fill makes and keeps (new or empty).
+    #[arg(long, value_name = "DIR", requires = "fill")]
+    keep_store: Option<PathBuf>,
+    /// The restart probe alone, on a folder made by --fill: time from
+    /// `syncpay serve` starting on it to a new trade SETTLED, after a
+    /// SIGTERM and after a SIGKILL.
+    #[arg(long, value_name = "DIR", conflicts_with = "server")]
+    restart_only: Option<PathBuf>,
     /// Internal: run the ceiling server and print its address.
     #[arg(long, hide = true)]
     serve_ceiling: bool,
@@ -135,6 +163,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !matches!(args.durability.as_str(), "fsync" | "flush-only") {
         return Err(Exit::usage("--durability must be fsync or flush-only"));
     }
+    if let Some(result) = scale(&args).await? {
+        return write_json(&args, result);
+    }
     let load = Load { duration: args.duration, inflight: args.inflight, shops: args.shops, handsets: args.handsets };
     eprintln!(
         "bench: {} s, {} in flight, {} shop(s), {} handsets, durability {}, {} cores, load average {}",
@@ -160,40 +191,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             None => {
                 let dir = tempfile::tempdir().context("creating a temporary folder")?;
-                let mut child = Server::spawn(&[
-                    "serve",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--metrics-listen",
-                    "off",
-                    // A benchmark drives few buyers far faster than people
-                    // would: the anti-spam rates would measure themselves.
-                    "--set",
-                    "limits.subscriber_offers_per_minute=0",
-                    "--set",
-                    "limits.shop_trades_per_second=0",
-                    "--log-level",
-                    "warn",
-                    "--durability",
-                    &args.durability,
-                    "--data-dir",
-                    &dir.path().display().to_string(),
-                ])?;
+                let mut child = Server::spawn(&serve_args(dir.path(), "127.0.0.1:0", &args.durability)).await?;
                 let admin_token = super::read_token(None, Some(&dir.path().join("admin.token")), "operator")?;
                 let target =
                     Target { url: child.url.clone(), pid: Some(child.pid()), data_dir: Some(dir.path().to_owned()) };
                 let result = measure("syncpay", &target, Setup::Syncpay { admin_token }, &load).await;
-                child.stop();
+                child.kill();
                 result?
             }
         };
         results.push(result);
     }
     if matches!(args.mode, Mode::Both | Mode::Ceiling) {
-        let mut child = Server::spawn(&["bench", "--serve-ceiling"])?;
+        let mut child = Server::spawn(&["bench".to_owned(), "--serve-ceiling".to_owned()]).await?;
         let target = Target { url: child.url.clone(), pid: Some(child.pid()), data_dir: None };
         let result = measure("ceiling", &target, Setup::Ceiling, &load).await;
-        child.stop();
+        child.kill();
         results.push(result?);
     }
 
@@ -243,6 +256,35 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The scale modes (--open-trades, --fill, --restart-only), if one was
+/// asked for: their report, with the machine's load around it.
+async fn scale(args: &BenchArgs) -> anyhow::Result<Option<Value>> {
+    let started = json!({ "nproc": cores(), "load_average_before": load_average() });
+    eprintln!("bench: {} cores, load average {}", cores(), load_average());
+    let result = match (args.open_trades, args.fill, &args.keep_store, &args.restart_only) {
+        (Some(n), _, _, _) => open::run(args, n).await?,
+        (_, Some(n), Some(dir), _) => fill::fill(args, n, dir).await?,
+        (_, _, _, Some(dir)) => fill::restart_only(args, dir).await?,
+        _ => return Ok(None),
+    };
+    Ok(Some(json!({
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "machine": started,
+        "load_average_after": load_average(),
+        "durability": args.durability,
+        "result": result,
+    })))
+}
+
+fn write_json(args: &BenchArgs, report: Value) -> anyhow::Result<()> {
+    if let Some(path) = &args.out {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -254,66 +296,31 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
-/// A server started as a child process of this one.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    /// Runs this binary with `args` and waits for its "serving on URL"
-    /// line on stderr; the rest of its stderr is drained (and dropped) by a
-    /// thread so the child never blocks on a full pipe.
-    fn spawn(args: &[&str]) -> anyhow::Result<Server> {
-        let exe = std::env::current_exe().context("finding this executable")?;
-        let mut child = std::process::Command::new(exe)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting the server")?;
-        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr pipe"))?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut announced = false;
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if !announced {
-                    if let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://")) {
-                        if line.contains("serving on") {
-                            announced = true;
-                            let _ = tx.send(Ok(url.to_owned()));
-                        }
-                    }
-                } else if line.contains("ERROR") || line.contains("WARN") {
-                    eprintln!("server: {line}");
-                }
-                if !announced {
-                    eprintln!("server: {line}");
-                }
-            }
-            let _ = tx.send(Err(()));
-        });
-        match rx.recv_timeout(START_WAIT) {
-            Ok(Ok(url)) => Ok(Server { child, url }),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("the server did not announce its address")
-            }
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGKILL: the store is temporary and measured before this.
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `syncpay serve` as the benchmark runs it: on `data_dir`, without the
+/// metrics endpoint, and with the two anti-spam rates off — a benchmark
+/// drives few buyers far faster than people would, so the rates would
+/// measure themselves. Every other limit is at its default.
+fn serve_args(data_dir: &Path, listen: &str, durability: &str) -> Vec<String> {
+    [
+        "serve",
+        "--listen",
+        listen,
+        "--metrics-listen",
+        "off",
+        "--set",
+        "limits.subscriber_offers_per_minute=0",
+        "--set",
+        "limits.shop_trades_per_second=0",
+        "--log-level",
+        "warn",
+        "--durability",
+        durability,
+        "--data-dir",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain([data_dir.display().to_string()])
+    .collect()
 }
 
 /// Where the load goes and where its costs can be read.
@@ -488,23 +495,9 @@ impl Recorder {
     }
 }
 
-/// A final event as the shop's stream delivered it.
-struct Final {
-    at: Instant,
-    state: i32,
-    failure: i32,
-}
-
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Final>>>>;
-
-fn pending_lock(p: &Pending) -> MutexGuard<'_, HashMap<u64, oneshot::Sender<Final>>> {
-    p.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 struct Shop {
     client: RegisterServiceClient<AuthedChannel>,
     register_id: String,
-    pending: Pending,
 }
 
 /// Description carrying the bench's own trade number, so the event stream
@@ -522,113 +515,19 @@ fn number(i: usize) -> String {
 }
 
 async fn measure(name: &'static str, target: &Target, setup: Setup, load: &Load) -> anyhow::Result<Measured> {
-    let pid = target.pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
-    eprintln!("bench: {name}: setting up {} shop(s) on {} (server pid {pid})", load.shops, target.url);
-    let admin_channel = connect(&target.url).await.with_context(|| format!("connecting to {}", target.url))?;
-    let (shop_tokens, carrier_token) = match &setup {
-        Setup::Syncpay { admin_token } => {
-            let mut admin = AdminServiceClient::new(with_token(admin_channel.clone(), admin_token)?);
-            let run = std::process::id();
-            let carrier = admin
-                .create_carrier(proto::CreateCarrierRequest {
-                    carrier_id: format!("bench-carrier-{run}"),
-                    display_name: "Bench Mobile".into(),
-                    ip_prefixes: vec![],
-                    fee_bps: 0,
-                })
-                .await
-                .context("creating the carrier")?
-                .into_inner()
-                .token;
-            let mut shops = Vec::new();
-            for i in 0..load.shops {
-                let token = admin
-                    .create_shop(proto::CreateShopRequest {
-                        shop_id: format!("bench-{run}-shop-{i}"),
-                        display_name: format!("Bench shop {i}"),
-                    })
-                    .await
-                    .context("creating a shop")?
-                    .into_inner()
-                    .token;
-                shops.push(token);
-            }
-            (shops, carrier)
-        }
-        Setup::Ceiling => ((0..load.shops).map(|i| format!("bench-shop-{i}")).collect(), "carrier".to_owned()),
-    };
-
-    let sim = Arc::new(CarrierSim::start(admin_channel.clone(), &carrier_token)?);
-    let mut jobs = JoinSet::new();
-    for i in 0..load.handsets {
-        if jobs.len() >= SETUP_CONCURRENCY {
-            if let Some(done) = jobs.join_next().await {
-                done??;
-            }
-        }
-        let sim = sim.clone();
-        let admin = match &setup {
-            Setup::Syncpay { admin_token } => {
-                Some(AdminServiceClient::new(with_token(admin_channel.clone(), admin_token)?))
-            }
-            Setup::Ceiling => None,
-        };
-        jobs.spawn(async move {
-            let number = number(i);
-            sim.add_handset(&number, Policy::Approve).await.with_context(|| format!("adding handset {i}"))?;
-            if let Some(mut admin) = admin {
-                admin
-                    .top_up_wallet(proto::TopUpWalletRequest {
-                        subscriber_number: number,
-                        amount_minor: TOP_UP,
-                        currency: CURRENCY.into(),
-                    })
-                    .await
-                    .context("topping up")?;
-            }
-            anyhow::Ok(())
-        });
-    }
-    while let Some(done) = jobs.join_next().await {
-        done??;
-    }
-    sim.wait_connected(START_WAIT).await.context("waiting for the carrier relay")?;
-
-    let mut shops = Vec::new();
+    eprintln!("bench: {name}");
+    let plan = rig::Plan { shops: load.shops, registers_per_shop: 1, handsets: load.handsets, policy: Policy::Approve };
+    let rig = rig::build(target, &setup, &plan).await?;
     let mut watchers = JoinSet::new();
-    for token in &shop_tokens {
-        // One connection per shop, as separate shops would have.
-        let channel: Channel = connect(&target.url).await?;
-        let mut client = RegisterServiceClient::new(with_token(channel, token)?);
-        let register = client
-            .open_register(proto::OpenRegisterRequest { label: "bench".into() })
-            .await
-            .context("opening a register")?
-            .into_inner();
-        let pending: Pending = Arc::default();
-        let mut stream = client
-            .watch_trades(proto::WatchTradesRequest { after_sequence: 0, register_id: String::new() })
-            .await
-            .context("watching trades")?
-            .into_inner();
-        let feed = pending.clone();
-        watchers.spawn(async move {
-            while let Ok(Some(event)) = stream.message().await {
-                let Some(trade) = event.trade else { continue };
-                if matches!(TradeState::try_from(trade.state), Ok(TradeState::Pending | TradeState::Offered)) {
-                    continue;
-                }
-                let at = Instant::now();
-                let Some(seq) = seq_of(&trade.description) else { continue };
-                if let Some(tx) = pending_lock(&feed).remove(&seq) {
-                    let _ = tx.send(Final { at, state: trade.state, failure: trade.failure_reason });
-                }
-            }
-        });
-        shops.push(Arc::new(Shop { client, register_id: register.register_id, pending }));
-    }
+    let events = rig::Events::watch(&rig, &mut watchers).await?;
+    let shops: Vec<Arc<Shop>> = rig
+        .shops
+        .iter()
+        .map(|s| Arc::new(Shop { client: s.client.clone(), register_id: s.registers[0].clone() }))
+        .collect();
+    let sim = rig.sim;
 
-    let numbers: Arc<Vec<String>> = Arc::new((0..load.handsets).map(number).collect());
+    let numbers = rig.numbers;
     let stop = Arc::new(AtomicBool::new(false));
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -651,15 +550,14 @@ async fn measure(name: &'static str, target: &Target, setup: Setup, load: &Load)
 
     let mut workers = JoinSet::new();
     for _ in 0..load.inflight {
-        let (shops, numbers, stop, next, recorder) =
-            (shops.clone(), numbers.clone(), stop.clone(), next.clone(), recorder.clone());
+        let (shops, numbers, stop, next, recorder, events) =
+            (shops.clone(), numbers.clone(), stop.clone(), next.clone(), recorder.clone(), events.clone());
         workers.spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let seq = next.fetch_add(1, Ordering::Relaxed);
                 let i = usize::try_from(seq).unwrap_or(0);
                 let shop = &shops[i % shops.len()];
-                let (tx, rx) = oneshot::channel();
-                pending_lock(&shop.pending).insert(seq, tx);
+                let rx = events.expect(seq);
                 let request = proto::CreateTradeRequest {
                     register_id: shop.register_id.clone(),
                     amount_minor: PRICE,
@@ -673,7 +571,7 @@ async fn measure(name: &'static str, target: &Target, setup: Setup, load: &Load)
                 };
                 let sent = Instant::now();
                 if let Err(status) = shop.client.clone().create_trade(request).await {
-                    pending_lock(&shop.pending).remove(&seq);
+                    events.forget(seq);
                     recorder.error(format!("create {:?}", status.code()));
                     tokio::time::sleep(ERROR_PAUSE).await;
                     continue;
@@ -687,7 +585,7 @@ async fn measure(name: &'static str, target: &Target, setup: Setup, load: &Load)
                     )),
                     Ok(Err(_)) => recorder.error("event stream ended".to_owned()),
                     Err(_) => {
-                        pending_lock(&shop.pending).remove(&seq);
+                        events.forget(seq);
                         recorder.error("timeout".to_owned());
                     }
                 }
@@ -723,7 +621,7 @@ async fn measure(name: &'static str, target: &Target, setup: Setup, load: &Load)
     while let Some(done) = workers.join_next().await {
         done.context("a worker failed")?;
     }
-    let peak_rss_bytes = target.pid.and_then(peak_rss);
+    let peak_rss_bytes = target.pid.and_then(Memory::of).map(|m| m.hwm);
     watchers.abort_all();
     let sim = Arc::try_unwrap(sim).map_err(|_| anyhow!("simulator still shared"))?;
     let counters = sim.counters();
@@ -778,14 +676,6 @@ fn clock_ticks() -> u64 {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(100)
     })
-}
-
-/// Peak resident set (VmHWM) of a process, from /proc/<pid>/status.
-fn peak_rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// Bytes allocated on disk under `dir` (blocks, not apparent sizes, so
@@ -915,8 +805,7 @@ mod tests {
     }
 
     #[test]
-    fn own_cpu_and_memory_are_readable() {
+    fn own_cpu_is_readable() {
         assert!(process_cpu(std::process::id()).is_some());
-        assert!(peak_rss(std::process::id()).is_some_and(|b| b > 0));
     }
 }
