@@ -562,9 +562,29 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
+        // A trade's events are usually close together: keep the last trade
+        // read rather than read it again for each.
+        let mut last: Option<TradeRecord> = None;
         for item in self.tree(T::Events).range(keys::event(shop, start)..=keys::event(shop, head)).take(limit) {
             let (_, v) = item?;
-            out.push(records::decode(&v)?);
+            let compact = match records::decode_event(&v)? {
+                records::StoredEvent::Whole(event) => {
+                    out.push(*event);
+                    continue;
+                }
+                records::StoredEvent::Compact(c) => c,
+            };
+            let trade = match last.take() {
+                Some(t) if t.id == compact.trade => t,
+                _ => self.get(T::Trades, compact.trade.as_bytes())?.ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "event {} names trade {}, which is missing",
+                        compact.seq, compact.trade
+                    ))
+                })?,
+            };
+            last = Some(trade.clone());
+            out.push(compact.join(trade)?);
         }
         Ok(out)
     }
