@@ -437,3 +437,19 @@ async fn replayed_events_show_the_trade_as_it_was_at_each_event() {
     f.store.tree(T::Events).insert(keys::event(&f.shop, 2), old).expect("insert");
     assert_eq!(f.store.events_between(&f.shop, 0, head, 100).expect("events"), events);
 }
+
+#[tokio::test]
+async fn a_store_made_with_sleds_default_segment_size_still_opens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // As `open` made stores before issue 6: sled's default 512 KiB segments.
+    drop(sled::Config::new().path(dir.path()).flush_every_ms(None).open().expect("sled"));
+    assert_eq!(existing_segment_size(dir.path()), Some(512 * 1024));
+    let store = Store::open(StoreConfig::new(dir.path())).expect("open keeps the store's segment size");
+    assert!(store.verify().await.expect("verify").ok());
+    drop(store);
+    assert_eq!(existing_segment_size(dir.path()), Some(512 * 1024));
+    // A new store gets the larger segments.
+    let fresh = tempfile::tempdir().expect("tempdir");
+    drop(Store::open(StoreConfig::new(fresh.path())).expect("open"));
+    assert_eq!(existing_segment_size(fresh.path()), Some(NEW_STORE_SEGMENT_SIZE));
+}
