@@ -708,4 +708,6 @@ impl Store {
 }
 
 #[cfg(test)]
+mod footprint_tests;
+#[cfg(test)]
 mod tests;
