@@ -55,7 +55,12 @@ async fn verify_exits_non_zero_and_lists_violations() {
     let t = {
         let TestServer { server, data_dir, config, .. } = t;
         server.shutdown().await.expect("shutdown");
-        let db = sled::open(&store_dir).expect("open sled");
+        // The store's segment size, which sled checks against its conf.
+        let db = sled::Config::new()
+            .path(&store_dir)
+            .segment_size(syncpay::store::NEW_STORE_SEGMENT_SIZE)
+            .open()
+            .expect("open sled");
         let accounts = db.open_tree("accounts").expect("tree");
         let key = b"wallet:+818050000001:JPY";
         let mut record: AccountRecord =

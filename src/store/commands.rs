@@ -685,7 +685,9 @@ fn emit(tx: &Tx, trade: &TradeRecord, kind: EventKind, now: UnixMs, fx: &mut Eff
     };
     shop.next_event_seq = next;
     tx.put(T::Shops, key, &shop)?;
-    tx.put(T::Events, &keys::event(&trade.shop, seq), &EventRecord { seq, at: now, kind, trade: trade.clone() })?;
+    let event = EventRecord { seq, at: now, kind, trade: trade.clone() };
+    let bytes = records::encode_event(&event).or_else(abort)?;
+    tx.tree(T::Events)?.insert(keys::event(&trade.shop, seq), bytes)?;
     fx.heads.push((trade.shop.clone(), seq));
     Ok(())
 }

@@ -182,7 +182,7 @@ fn common_difference(a: (Amount, Currency, &str, u64), b: (Amount, Currency, &st
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TradeRecord {
     pub id: TradeId,
     pub shop: ShopId,
@@ -203,13 +203,108 @@ pub struct TradeRecord {
     pub refunded: Amount,
 }
 
-/// One durable state change, numbered per shop.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One durable state change, numbered per shop. `trade` is the trade as it
+/// was right after the change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRecord {
     pub seq: u64,
     pub at: UnixMs,
     pub kind: EventKind,
     pub trade: TradeRecord,
+}
+
+/// Version byte of the compact event layout. Version 1 events (the
+/// generic [`RECORD_VERSION`]) hold a whole [`TradeRecord`]; they still
+/// decode.
+pub const EVENT_VERSION: u8 = 2;
+
+/// An event as stored since [`EVENT_VERSION`] 2: only the fields of the
+/// trade that can change after the event (state, failure, decision,
+/// finish time, refunds, the pending offer, whether the receipt exists).
+/// Everything else about a trade is fixed when it is created, and the
+/// receipt when it settles, so the rest is joined from the trade record
+/// when the event is read ([`CompactEvent::join`]). Three whole trade
+/// copies per trade were over half of the store's live bytes (issue 6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactEvent {
+    pub seq: u64,
+    pub at: UnixMs,
+    pub kind: EventKind,
+    pub trade: TradeId,
+    pub state: TradeState,
+    pub failure: Option<FailureReason>,
+    pub decision: Option<Decision>,
+    pub finished_at: Option<UnixMs>,
+    pub refunded: Amount,
+    pub offer_delivery: Option<u64>,
+    pub has_receipt: bool,
+}
+
+impl CompactEvent {
+    pub fn of(event: &EventRecord) -> CompactEvent {
+        let t = &event.trade;
+        CompactEvent {
+            seq: event.seq,
+            at: event.at,
+            kind: event.kind,
+            trade: t.id,
+            state: t.state,
+            failure: t.failure,
+            decision: t.decision,
+            finished_at: t.finished_at,
+            refunded: t.refunded,
+            offer_delivery: t.offer_delivery,
+            has_receipt: t.receipt.is_some(),
+        }
+    }
+
+    /// The event with its trade as it was then: the trade's current record
+    /// with the fields that may have changed since set back to the event's.
+    pub fn join(self, mut trade: TradeRecord) -> Result<EventRecord, StoreError> {
+        if trade.id != self.trade {
+            return Err(StoreError::Corrupt(format!("event {} joined with trade {}", self.seq, trade.id)));
+        }
+        trade.state = self.state;
+        trade.failure = self.failure;
+        trade.decision = self.decision;
+        trade.finished_at = self.finished_at;
+        trade.refunded = self.refunded;
+        trade.offer_delivery = self.offer_delivery;
+        match (self.has_receipt, trade.receipt.is_some()) {
+            (true, true) | (false, false) => {}
+            (false, true) => trade.receipt = None,
+            (true, false) => {
+                return Err(StoreError::Corrupt(format!("event {} has a receipt its trade lacks", self.seq)));
+            }
+        }
+        Ok(EventRecord { seq: self.seq, at: self.at, kind: self.kind, trade })
+    }
+}
+
+/// An event as read from disk: a whole one (version 1) or a compact one
+/// that still needs its trade.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredEvent {
+    Whole(Box<EventRecord>),
+    Compact(CompactEvent),
+}
+
+pub fn encode_event(event: &EventRecord) -> Result<Vec<u8>, StoreError> {
+    let mut out = vec![EVENT_VERSION];
+    let body =
+        postcard::to_stdvec(&CompactEvent::of(event)).map_err(|e| StoreError::Corrupt(format!("encode: {e}")))?;
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+pub fn decode_event(bytes: &[u8]) -> Result<StoredEvent, StoreError> {
+    match bytes.split_first() {
+        Some((&EVENT_VERSION, body)) => postcard::from_bytes(body)
+            .map(StoredEvent::Compact)
+            .map_err(|e| StoreError::Corrupt(format!("decode event: {e}"))),
+        Some(_) => decode(bytes).map(|e| StoredEvent::Whole(Box::new(e))),
+        None => Err(StoreError::Corrupt("empty record".into())),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -397,5 +492,109 @@ mod tests {
         assert!(matches!(decode::<CarrierRecord>(&wrong), Err(StoreError::Corrupt(_))));
         assert!(matches!(decode::<CarrierRecord>(&[]), Err(StoreError::Corrupt(_))));
         assert!(matches!(decode::<CarrierRecord>(&bytes[..3]), Err(StoreError::Corrupt(_))));
+    }
+
+    fn hex(text: &str) -> Vec<u8> {
+        (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex")).collect()
+    }
+
+    /// A settled, partly refunded trade, as in the golden records below.
+    fn golden_trade() -> TradeRecord {
+        TradeRecord {
+            id: TradeId::from_bytes([7; 16]),
+            shop: ShopId::parse("acme").expect("id"),
+            carrier: Some(CarrierId::parse("docomo").expect("id")),
+            request: TradeRequest {
+                register: RegisterId::from_bytes([9; 16]),
+                payer: SubscriberNumber::parse("+818012345678").expect("number"),
+                amount: Amount::new(1200),
+                currency: Currency::parse("JPY").expect("known"),
+                description: "book".into(),
+                ttl_ms: 60_000,
+            },
+            state: TradeState::Settled,
+            failure: None,
+            binding_code: "123456".into(),
+            created_at: UnixMs(1_800_000_000_000),
+            expires_at: UnixMs(1_800_000_060_000),
+            finished_at: Some(UnixMs(1_800_000_001_000)),
+            decision: Some(Decision::Approve),
+            receipt: Some(Receipt {
+                signed_payload: vec![1, 2, 3],
+                signature: vec![4; 64],
+                shop_key_fingerprint: [5; 32],
+            }),
+            idempotency_key: Some("order-1".into()),
+            offer_delivery: None,
+            refunded: Amount::new(300),
+        }
+    }
+
+    // Written by the encoder of commit ade2827 (before compact events): a
+    // store of that time must still read the same.
+    const GOLDEN_TRADE_V1: &str =
+        "01070707070707070707070707070707070461636d650106646f636f6d6f090909090909090909090909090909090d2b\
+        383138303132333435363738b0094a505904626f6f6be0d40302000631323334353680a0f1c2b134e0f4f4c2b13401e8\
+        a7f1c2b13401000103010203400404040404040404040404040404040404040404040404040404040404040404040404\
+        040404040404040404040404040404040404040404040404040404040405050505050505050505050505050505050505\
+        0505050505050505050505050501076f726465722d3100ac02";
+    const GOLDEN_EVENT_V1: &str =
+        "0104d0aff1c2b13401ac0206070707070707070707070707070707070461636d650106646f636f6d6f09090909090909\
+        0909090909090909090d2b383138303132333435363738b0094a505904626f6f6be0d40302000631323334353680a0f1\
+        c2b134e0f4f4c2b13401e8a7f1c2b1340100010301020340040404040404040404040404040404040404040404040404\
+        040404040404040404040404040404040404040404040404040404040404040404040404040404040505050505050505\
+        05050505050505050505050505050505050505050505050501076f726465722d3100ac02";
+
+    #[test]
+    fn records_written_before_compact_events_still_decode() {
+        let trade: TradeRecord = decode(&hex(GOLDEN_TRADE_V1)).expect("trade v1");
+        assert_eq!(trade, golden_trade());
+        let expected = EventRecord {
+            seq: 4,
+            at: UnixMs(1_800_000_002_000),
+            kind: EventKind::Refunded { amount: Amount::new(300), refund_id: 6 },
+            trade: golden_trade(),
+        };
+        assert_eq!(
+            decode_event(&hex(GOLDEN_EVENT_V1)).expect("event v1"),
+            StoredEvent::Whole(Box::new(expected.clone()))
+        );
+        // Today's encoder of the whole layout still writes those bytes.
+        assert_eq!(encode(&expected).expect("encode"), hex(GOLDEN_EVENT_V1));
+    }
+
+    #[test]
+    fn compact_events_join_their_trade_as_it_was() {
+        // The PENDING event of a trade that has since settled and been
+        // refunded: joined with today's record it shows PENDING, no
+        // receipt, no decision, nothing refunded.
+        let mut then = golden_trade();
+        then.state = TradeState::Pending;
+        then.finished_at = None;
+        then.decision = None;
+        then.receipt = None;
+        then.refunded = Amount::ZERO;
+        then.offer_delivery = Some(11);
+        let event = EventRecord { seq: 1, at: then.created_at, kind: EventKind::StateChanged, trade: then };
+        let bytes = encode_event(&event).expect("encode");
+        assert_eq!(bytes[0], EVENT_VERSION);
+        let StoredEvent::Compact(compact) = decode_event(&bytes).expect("decode") else { panic!("not compact") };
+        assert_eq!(compact.clone().join(golden_trade()).expect("join"), event);
+        // Joined with another trade, or with a trade lacking the receipt the
+        // event saw, it is corruption, not a wrong answer.
+        let mut other = golden_trade();
+        other.id = TradeId::from_bytes([8; 16]);
+        assert!(matches!(compact.join(other), Err(StoreError::Corrupt(_))));
+        let settled = EventRecord { seq: 2, at: UnixMs(5), kind: EventKind::StateChanged, trade: golden_trade() };
+        let StoredEvent::Compact(compact) = decode_event(&encode_event(&settled).expect("encode")).expect("decode")
+        else {
+            panic!("not compact")
+        };
+        let mut no_receipt = golden_trade();
+        no_receipt.receipt = None;
+        assert!(matches!(compact.clone().join(no_receipt), Err(StoreError::Corrupt(_))));
+        assert_eq!(compact.join(golden_trade()).expect("join"), settled);
+        assert!(matches!(decode_event(&[EVENT_VERSION, 0xff]), Err(StoreError::Corrupt(_))));
+        assert!(matches!(decode_event(&[]), Err(StoreError::Corrupt(_))));
     }
 }
