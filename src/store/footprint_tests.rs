@@ -196,6 +196,7 @@ async fn footprint_per_settled_trade() {
                 decision: Decision::Approve,
                 signature,
                 now: T0,
+                checked: None,
             };
             pending.push(store.submit(c).await.expect("queued"));
         }
