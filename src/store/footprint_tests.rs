@@ -111,20 +111,7 @@ async fn footprint_per_settled_trade() {
     for i in 0..256u32 {
         let number = SubscriberNumber::parse(&format!("+8190{:08}", i + 1)).expect("number");
         let key = SigningKey::from_bytes(&[u8::try_from(i).expect("256 handsets"); 32]);
-        run(Command::EnrollSubscriber {
-            carrier: carrier.clone(),
-            number: number.clone(),
-            funding: Funding::Wallet,
-            now: T0,
-        })
-        .await;
-        run(Command::EnrollHandset {
-            carrier: carrier.clone(),
-            number: number.clone(),
-            public_key: key.verifying_key().to_bytes(),
-            now: T0,
-        })
-        .await;
+        super::tests::enroll(&store, &carrier, &number, &key, T0).await;
         run(Command::TopUp { number: number.clone(), amount: Amount::new(1 << 40), currency: jpy, now: T0 }).await;
         handsets.push((number, key));
     }

@@ -51,23 +51,32 @@ async fn fixture() -> Fixture {
         now: T0,
     })
     .await;
-    run(Command::EnrollSubscriber {
-        carrier: carrier.clone(),
-        number: payer.clone(),
-        funding: Funding::Wallet,
-        now: T0,
-    })
-    .await;
-    run(Command::EnrollHandset {
-        carrier: carrier.clone(),
-        number: payer.clone(),
-        public_key: key.verifying_key().to_bytes(),
-        now: T0,
-    })
-    .await;
+    enroll(&store, &carrier, &payer, &key, T0).await;
     run(Command::OpenRegister { shop: shop.clone(), id: register, label: "till".into(), max_registers: 5, now: T0 })
         .await;
     Fixture { _dir: dir, store, shop, carrier, payer, key, register }
+}
+
+/// Enrolls `number` as a wallet-funded subscriber of `carrier` with a
+/// handset holding `key`.
+pub(super) async fn enroll(
+    store: &Store,
+    carrier: &CarrierId,
+    number: &SubscriberNumber,
+    key: &SigningKey,
+    now: UnixMs,
+) {
+    for command in [
+        Command::EnrollSubscriber { carrier: carrier.clone(), number: number.clone(), funding: Funding::Wallet, now },
+        Command::EnrollHandset {
+            carrier: carrier.clone(),
+            number: number.clone(),
+            public_key: key.verifying_key().to_bytes(),
+            now,
+        },
+    ] {
+        store.execute(command).await.expect("enroll");
+    }
 }
 
 impl Fixture {
