@@ -116,6 +116,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let mut server_config = ServerConfig::from_data_dir(&config.data_dir)
         .with_context(|| format!("preparing data folder {}", config.data_dir.display()))?;
     server_config.durability = config.durability;
+    server_config.cache_bytes = config.cache_bytes;
     server_config.limits = config.limits.clone();
     server_config.tls = config.tls.clone();
     if config.durability == Durability::FlushOnly {

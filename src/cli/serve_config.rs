@@ -5,7 +5,7 @@
 //! every setting and reports every problem at once, each with where the
 //! value came from.
 //!
-//! Sections: top level (listen, data_dir, durability), `[log]`,
+//! Sections: top level (listen, data_dir, durability, cache_mib), `[log]`,
 //! `[metrics]`, `[limits]`. A new section (TLS, say) is new rows in
 //! `SETTINGS`, a field in [`ServeConfig`] and its checks in `resolve`.
 
@@ -22,6 +22,10 @@ use syncpay::store::Durability;
 use syncpay::sync_server::limits::{self, Limits};
 use syncpay::sync_server::rate_limit::Rate;
 use syncpay::sync_server::tls::TlsFiles;
+
+/// Bounds of sled's page cache, in MiB.
+const MIN_CACHE_MIB: u64 = 8;
+const MAX_CACHE_MIB: u64 = 65_536;
 
 /// The largest configurable rate (per second or per minute).
 const MAX_RATE_SETTING: u64 = 1_000_000;
@@ -46,6 +50,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { key: "listen", env: "SYNCPAY_LISTEN", flag: Some("--listen"), default: "\"127.0.0.1:7700\"" },
     Setting { key: "data_dir", env: "SYNCPAY_DATA_DIR", flag: Some("--data-dir"), default: "\"syncpay-data\"" },
     Setting { key: "durability", env: "SYNCPAY_DURABILITY", flag: Some("--durability"), default: "\"fsync\"" },
+    Setting { key: "cache_mib", env: "SYNCPAY_CACHE_MIB", flag: None, default: "64" },
     Setting { key: "log.format", env: "SYNCPAY_LOG_FORMAT", flag: Some("--log-format"), default: "\"human\"" },
     Setting { key: "log.level", env: "SYNCPAY_LOG_LEVEL", flag: Some("--log-level"), default: "\"info\"" },
     Setting {
@@ -119,6 +124,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub durability: Durability,
+    /// sled's page cache in bytes (`cache_mib` × 2^20).
+    pub cache_bytes: u64,
     pub log_format: LogFormat,
     /// A tracing filter directive, e.g. `info` or `info,syncpay=debug`.
     pub log_level: String,
@@ -428,7 +435,8 @@ fn resolve(figment: &Figment, config_path: Option<&Path>, problems: &mut Vec<Str
         metrics.set(Some(Some(socket_addr(v).map_err(|e| format!("{e}, or \"off\""))?)));
         Ok(())
     });
-    let bounds: [(&'static str, u64, u64); 9] = [
+    let bounds: [(&'static str, u64, u64); 10] = [
+        ("cache_mib", MIN_CACHE_MIB, MAX_CACHE_MIB),
         ("limits.max_amount_minor", 1, limits::MAX_AMOUNT_MINOR),
         ("limits.max_open_trades_per_register", 1, u64::from(limits::MAX_OPEN_TRADES_PER_REGISTER)),
         ("limits.max_open_registers_per_shop", 1, u64::from(limits::MAX_OPEN_REGISTERS_PER_SHOP)),
@@ -488,6 +496,7 @@ fn resolve(figment: &Figment, config_path: Option<&Path>, problems: &mut Vec<Str
         listen: listen.get()?,
         data_dir,
         durability: durability.get()?,
+        cache_bytes: ttl("cache_mib")?.checked_mul(1 << 20)?,
         log_format: log_format.get()?,
         log_level,
         metrics_listen: metrics.get()?,
@@ -559,6 +568,7 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:7700".parse().expect("addr"));
         assert_eq!(c.data_dir, PathBuf::from("syncpay-data"));
         assert_eq!(c.durability, Durability::Fsync);
+        assert_eq!(c.cache_bytes, syncpay::store::DEFAULT_CACHE_BYTES);
         assert_eq!(c.log_format, LogFormat::Human);
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9700".parse().expect("addr")));
         assert_eq!(c.limits.default_ttl, limits::DEFAULT_TTL);
@@ -580,6 +590,16 @@ mod tests {
         assert_eq!(from("data_dir").as_deref(), Some("environment variable SYNCPAY_DATA_DIR"));
         assert!(from("durability").is_some_and(|o| o.starts_with("config file")), "{:?}", from("durability"));
         assert_eq!(from("log.level").as_deref(), Some("built-in default"));
+    }
+
+    #[test]
+    fn the_page_cache_is_set_in_mib_within_bounds() {
+        let c = check(Some("cache_mib = 16\n"), &[], &[]).expect("valid");
+        assert_eq!(c.cache_bytes, 16 << 20);
+        for bad in ["7", "65537", "-1", "\"lots\""] {
+            let problems = check(None, &[("SYNCPAY_CACHE_MIB", bad)], &[]).expect_err("out of bounds");
+            assert!(problems.iter().any(|p| p.starts_with("cache_mib")), "{bad}: {problems:?}");
+        }
     }
 
     #[test]

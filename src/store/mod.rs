@@ -107,6 +107,9 @@ impl SyncFault {
     }
 }
 
+/// sled's page cache unless configured (`serve`'s `cache_mib`): 64 MiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Store settings.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -123,7 +126,7 @@ impl StoreConfig {
         StoreConfig {
             path: path.as_ref().to_owned(),
             durability: Durability::Fsync,
-            cache_bytes: 64 * 1024 * 1024,
+            cache_bytes: DEFAULT_CACHE_BYTES,
             sync_fault: None,
         }
     }

@@ -70,6 +70,8 @@ pub struct ServerConfig {
     /// The sled store lives here.
     pub store_dir: PathBuf,
     pub durability: Durability,
+    /// sled's page cache in bytes (`StoreConfig::cache_bytes`).
+    pub cache_bytes: u64,
     pub admin_token: String,
     pub secret: ServerSecret,
     pub limits: Limits,
@@ -90,6 +92,7 @@ impl ServerConfig {
         Ok(ServerConfig {
             store_dir: data_dir.join("store"),
             durability: Durability::Fsync,
+            cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             admin_token: secrets::load_or_create_admin_token(&data_dir.join("admin.token"))?,
             secret: secrets::load_or_create_secret(&data_dir.join("server.secret"))?,
             limits: Limits::default(),
@@ -177,6 +180,7 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Runnin
     };
     let store_config = StoreConfig {
         durability: config.durability,
+        cache_bytes: config.cache_bytes,
         sync_fault: config.sync_fault.clone(),
         ..StoreConfig::new(&config.store_dir)
     };
