@@ -50,7 +50,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { key: "listen", env: "SYNCPAY_LISTEN", flag: Some("--listen"), default: "\"127.0.0.1:7700\"" },
     Setting { key: "data_dir", env: "SYNCPAY_DATA_DIR", flag: Some("--data-dir"), default: "\"syncpay-data\"" },
     Setting { key: "durability", env: "SYNCPAY_DURABILITY", flag: Some("--durability"), default: "\"fsync\"" },
-    Setting { key: "cache_mib", env: "SYNCPAY_CACHE_MIB", flag: None, default: "64" },
+    Setting { key: "cache_mib", env: "SYNCPAY_CACHE_MIB", flag: None, default: "32" },
     Setting { key: "log.format", env: "SYNCPAY_LOG_FORMAT", flag: Some("--log-format"), default: "\"human\"" },
     Setting { key: "log.level", env: "SYNCPAY_LOG_LEVEL", flag: Some("--log-level"), default: "\"info\"" },
     Setting {

@@ -107,8 +107,11 @@ impl SyncFault {
     }
 }
 
-/// sled's page cache unless configured (`serve`'s `cache_mib`): 64 MiB.
-pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// sled's page cache unless configured (`serve`'s `cache_mib`): 32 MiB.
+/// At 64 MiB, 100 000 open trades cost ~1.1 KB of memory each (mostly this
+/// cache filling); 32 MiB made no difference to throughput in alternating
+/// 15-s benchmark runs (docs/BENCHMARK.md).
+pub const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Store settings.
 #[derive(Debug, Clone)]
