@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The runs behind docs/BENCHMARK.md's "Latest figures" and "Scale"
+# sections, one after another (run it on an otherwise idle machine):
+#   cargo build --release && scripts/bench_report.sh OUT_DIR [STORE_DIR]
+# OUT_DIR gets each run's summary (.txt), JSON, SVG and stderr, and
+# runs.log with the load average at the start of each run. STORE_DIR
+# (default OUT_DIR/store-1m, about 1.5 GB) keeps the million-trade store.
+# Takes about 15 minutes on the 2-core machine of the report.
+set -euo pipefail
+out=${1:?usage: scripts/bench_report.sh OUT_DIR [STORE_DIR]}
+store=${2:-$out/store-1m}
+bin="$(cd "$(dirname "$0")/.." && pwd)/target/release/syncpay"
+[ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 2; }
+mkdir -p "$out"
+cd "$out"
+log() { echo "[$(date +%T)] $*  (load: $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a runs.log; }
+git -C "$(dirname "$bin")/../.." rev-parse --short HEAD > commit.txt
+for n in 4 16 64 256; do
+  log "syncpay and ceiling, $n in flight"
+  "$bin" bench --duration 20s --inflight "$n" --shops 8 --out "both-$n.json" --svg "both-$n.svg" > "both-$n.txt" 2> "both-$n.err"
+done
+log "one shop, 64 in flight"
+"$bin" bench --mode syncpay --duration 20s --inflight 64 --shops 1 --out oneshop-64.json > oneshop-64.txt 2> oneshop-64.err
+log "flush-only, 64 in flight"
+"$bin" bench --mode syncpay --duration 20s --inflight 64 --shops 8 --durability flush-only \
+  --out flushonly-64.json > flushonly-64.txt 2> flushonly-64.err
+log "100 000 open trades"
+"$bin" bench --open-trades 100000 --shops 8 --handsets 256 --inflight 64 --out open-100k.json > open-100k.txt 2> open-100k.err
+log "fill 1 000 000 settled, then restarts"
+rm -rf "$store"
+"$bin" bench --fill 1000000 --keep-store "$store" --inflight 256 --shops 8 --handsets 256 \
+  --out fill-1m.json > fill-1m.txt 2> fill-1m.err
+log "restarts on the kept store"
+"$bin" bench --restart-only "$store" --out restart-1m.json > restart-1m.txt 2> restart-1m.err
+log "done"
