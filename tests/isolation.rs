@@ -45,16 +45,6 @@ async fn world() -> TestServer {
     t
 }
 
-async fn open_register(t: &TestServer, shop: &str) -> String {
-    t.as_shop(shop)
-        .await
-        .open_register(proto::OpenRegisterRequest { label: "till".into() })
-        .await
-        .expect("open")
-        .into_inner()
-        .register_id
-}
-
 /// The code and message of a failed call.
 fn refusal<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
     let status = r.expect_err("must be refused");
@@ -65,7 +55,7 @@ fn refusal<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> 
 async fn another_shops_trades_and_registers_are_not_found_on_every_rpc() {
     let t = world().await;
     let mut relay = ManualCarrier::connect(t.as_carrier("docomo").await).await;
-    let reg_a = open_register(&t, "acme").await;
+    let reg_a = t.open_register_as("acme").await;
     let mut a = t.as_shop("acme").await;
     let mut b = t.as_shop("bobs").await;
 
@@ -123,7 +113,7 @@ async fn another_shops_trades_and_registers_are_not_found_on_every_rpc() {
     assert!(listed.registers.is_empty(), "{listed:?}");
 
     // B's own event stream carries only B's trades.
-    let reg_b = open_register(&t, "bobs").await;
+    let reg_b = t.open_register_as("bobs").await;
     let own = b.create_trade(trade_request(&reg_b, OTHER_PAYER, 300)).await.expect("create").into_inner();
     let mut events = b.watch_trades(watch("")).await.expect("watch").into_inner();
     let first = events.next().await.expect("event").expect("ok");
@@ -145,7 +135,7 @@ async fn a_carrier_acts_only_for_its_own_subscribers() {
     let mut docomo = ManualCarrier::connect(t.as_carrier("docomo").await).await;
     let mut kddi = ManualCarrier::connect(t.as_carrier("kddi").await).await;
     let mut kddi_api = t.as_carrier("kddi").await;
-    let reg = open_register(&t, "acme").await;
+    let reg = t.open_register_as("acme").await;
     let mut shop = t.as_shop("acme").await;
 
     // Enrolling a handset for another carrier's subscriber is NOT_FOUND,
@@ -193,7 +183,7 @@ async fn a_carrier_acts_only_for_its_own_subscribers() {
 async fn forged_replayed_wrong_key_and_wrong_amount_approvals_never_settle() {
     let t = world().await;
     let mut relay = ManualCarrier::connect(t.as_carrier("docomo").await).await;
-    let reg = open_register(&t, "acme").await;
+    let reg = t.open_register_as("acme").await;
     let mut shop = t.as_shop("acme").await;
     let wallet = t.balance(&format!("wallet:{PAYER}:JPY")).await;
 

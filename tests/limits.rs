@@ -31,16 +31,6 @@ fn trade(register: &str, payer: &str) -> proto::CreateTradeRequest {
     }
 }
 
-async fn register(t: &TestServer, shop: &str) -> String {
-    t.as_shop(shop)
-        .await
-        .open_register(proto::OpenRegisterRequest { label: "till".into() })
-        .await
-        .expect("open")
-        .into_inner()
-        .register_id
-}
-
 fn exhausted<T: std::fmt::Debug>(r: Result<T, tonic::Status>, starts: &str) -> String {
     let status = r.expect_err("the limit must trigger");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
@@ -52,7 +42,7 @@ fn exhausted<T: std::fmt::Debug>(r: Result<T, tonic::Status>, starts: &str) -> S
 async fn trades_per_shop_are_rate_limited() {
     let limits = Limits { shop_trades: Rate::new(3, Duration::from_secs(3600)), ..functional_limits() };
     let t = TestServer::start_tls(&["acme", "bobs"], &[], limits).await;
-    let (reg_a, reg_b) = (register(&t, "acme").await, register(&t, "bobs").await);
+    let (reg_a, reg_b) = (t.open_register_as("acme").await, t.open_register_as("bobs").await);
     let mut acme = t.as_shop("acme").await;
     for _ in 0..3 {
         acme.create_trade(trade(&reg_a, PAYER)).await.expect("within the limit");
@@ -66,7 +56,7 @@ async fn trades_per_shop_are_rate_limited() {
 async fn offers_per_subscriber_are_rate_limited_across_shops() {
     let limits = Limits { subscriber_offers: Rate::new(2, Duration::from_secs(60)), ..functional_limits() };
     let t = TestServer::start_tls(&["acme", "bobs"], &[], limits).await;
-    let (reg_a, reg_b) = (register(&t, "acme").await, register(&t, "bobs").await);
+    let (reg_a, reg_b) = (t.open_register_as("acme").await, t.open_register_as("bobs").await);
     let (mut acme, mut bobs) = (t.as_shop("acme").await, t.as_shop("bobs").await);
     acme.create_trade(trade(&reg_a, PAYER)).await.expect("first");
     bobs.create_trade(trade(&reg_b, PAYER)).await.expect("second");
@@ -84,7 +74,7 @@ async fn offers_per_subscriber_are_rate_limited_across_shops() {
 async fn the_request_size_is_limited_on_calls_and_on_the_relay_stream() {
     // The default limit.
     let t = TestServer::start_tls(&["acme"], &["docomo"], functional_limits()).await;
-    let reg = register(&t, "acme").await;
+    let reg = t.open_register_as("acme").await;
     let mut acme = t.as_shop("acme").await;
     let big = proto::CreateTradeRequest { description: "x".repeat(70_000), ..trade(&reg, PAYER) };
     exhausted(acme.create_trade(big).await, "request size: a message may be at most 65536 bytes");
@@ -147,7 +137,7 @@ async fn open_trades_per_register_and_open_registers_per_shop_are_limited() {
     t.create_carrier("docomo", "Docomo").await;
     let mut carrier = t.as_carrier("docomo").await;
     common::enroll_with_key(&mut carrier, PAYER, &ed25519_dalek::SigningKey::from_bytes(&[3; 32])).await;
-    let reg = register(&t, "acme").await;
+    let reg = t.open_register_as("acme").await;
     let mut acme = t.as_shop("acme").await;
     exhausted(
         acme.open_register(proto::OpenRegisterRequest { label: "second".into() }).await,

@@ -122,6 +122,18 @@ impl TestServer {
         RegisterServiceClient::new(self.as_principal(&shop(id)).await)
     }
 
+    /// Opens a register (label "till") as shop `id`, by its certificate;
+    /// returns the register id.
+    pub async fn open_register_as(&self, id: &str) -> String {
+        self.as_shop(id)
+            .await
+            .open_register(syncpay::proto::OpenRegisterRequest { label: "till".into() })
+            .await
+            .expect("open register")
+            .into_inner()
+            .register_id
+    }
+
     pub async fn as_carrier(&self, id: &str) -> CarrierServiceClient<AuthedChannel> {
         CarrierServiceClient::new(self.as_principal(&carrier(id)).await)
     }
