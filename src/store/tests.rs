@@ -526,3 +526,36 @@ async fn a_store_made_with_sleds_default_segment_size_still_opens() {
     drop(Store::open(StoreConfig::new(fresh.path())).expect("open"));
     assert_eq!(existing_segment_size(fresh.path()), Some(NEW_STORE_SEGMENT_SIZE));
 }
+
+/// Fail-stop with the writer pipelined: commands queued together spread
+/// over several write groups, later groups applied while the first one's
+/// sync fails. None of them may be acknowledged, nor anything after.
+#[tokio::test]
+async fn a_failed_sync_acknowledges_no_group_applied_behind_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fault = std::sync::Arc::new(SyncFault::default());
+    let store =
+        Store::open(StoreConfig { sync_fault: Some(fault.clone()), ..StoreConfig::new(dir.path()) }).expect("open");
+    // Shops need nothing before them; each gets its own id and credential.
+    let shop = |i: u16| Command::CreateShop {
+        id: ShopId::parse(&format!("shop-{i}")).expect("id"),
+        display_name: format!("Shop {i}"),
+        token_hash: [&i.to_be_bytes()[..], &[0; 30]].concat().try_into().expect("32 bytes"),
+        max_shops: 10_000,
+        now: T0,
+    };
+    store.execute(shop(0)).await.expect("acknowledged before the fault");
+
+    fault.arm();
+    let mut pending = Vec::new();
+    for i in 1..=u16::try_from(2 * super::writer::MAX_GROUP).expect("small") {
+        pending.push(store.submit(shop(i)).await.expect("queued"));
+    }
+    for p in pending {
+        assert_eq!(p.outcome().await.err(), Some(StoreError::Stopped));
+    }
+    assert_eq!(fault.fired(), 1, "one failed sync stopped everything behind it");
+    assert!(store.is_stopped());
+    assert_eq!(store.durable_barrier().await, Err(StoreError::Stopped));
+    assert_eq!(store.submit(shop(9_999)).await.err(), Some(StoreError::Stopped));
+}
