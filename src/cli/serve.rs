@@ -136,8 +136,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         eprintln!("syncpay metrics on http://{bound}/metrics");
     }
 
-    let listener =
-        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let listener = sync_server::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let server = sync_server::start(server_config, listener).await?;
     // Tests and scripts read this line for the bound address (port 0).
     eprintln!(
