@@ -148,7 +148,8 @@ fn warn_if_shared(path: &Path) {
 }
 
 /// The rustls configuration: TLS 1.2 and 1.3 with ring, a client
-/// certificate from `client_ca` required on every connection, HTTP/2 only.
+/// certificate from `client_ca` required on every connection, HTTP/2 only,
+/// no session resumption.
 pub fn build_server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certificates(&files.cert)?;
@@ -180,7 +181,40 @@ pub fn build_server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::Config(format!("server certificate and key: {e}")))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // No session resumption: rustls restores a resumed session's client
+    // certificate without verifying it again, so a certificate that expired
+    // or was revoked since would get back in through a TLS 1.3 ticket or a
+    // TLS 1.2 session id. Every handshake is a full one, checked against
+    // the CA, the CRL and the clock; clients keep long-lived HTTP/2
+    // connections, so what resumption would save is rare.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.ticketer = Arc::new(NoTickets);
+    config.send_tls13_tickets = 0;
     Ok(config)
+}
+
+/// Issues no session tickets (TLS 1.2 stateless resumption); see
+/// `build_server_config`. rustls' default already does this; naming it
+/// here keeps it so if that default ever changes.
+#[derive(Debug)]
+struct NoTickets;
+
+impl rustls::server::ProducesTickets for NoTickets {
+    fn enabled(&self) -> bool {
+        false
+    }
+
+    fn lifetime(&self) -> u32 {
+        0
+    }
+
+    fn encrypt(&self, _plain: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn decrypt(&self, _cipher: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// Accepts TCP connections and runs each TLS handshake in a task of its
