@@ -328,9 +328,15 @@ mod tests {
             let der = rustls::pki_types::CertificateDer::from_pem_file(&cert.cert).expect("pem");
             assert_eq!(principal_from_cert(&der), Ok(principal));
         }
-        // The server certificate names nobody as a client.
+        // Every client certificate says clientAuth, as the server requires.
+        for cert in files.clients.iter().map(|(_, c)| c).chain([&files.admin]) {
+            let der = rustls::pki_types::CertificateDer::from_pem_file(&cert.cert).expect("pem");
+            assert!(crate::sync_server::tls::names_client_auth(&der), "{}", cert.cert.display());
+        }
+        // The server certificate names nobody as a client, and is none.
         let der = rustls::pki_types::CertificateDer::from_pem_file(&files.server.cert).expect("pem");
         assert!(principal_from_cert(&der).is_err());
+        assert!(!crate::sync_server::tls::names_client_auth(&der));
         // Nothing is overwritten.
         assert!(init(dir.path(), &options).is_err());
         let ca = Ca::load(dir.path()).expect("load");

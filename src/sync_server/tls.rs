@@ -21,8 +21,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio::net::{TcpListener, TcpStream};
@@ -148,8 +150,8 @@ fn warn_if_shared(path: &Path) {
 }
 
 /// The rustls configuration: TLS 1.2 and 1.3 with ring, a client
-/// certificate from `client_ca` required on every connection, HTTP/2 only,
-/// no session resumption.
+/// certificate from `client_ca` with the clientAuth purpose required on
+/// every connection, HTTP/2 only, no session resumption.
 pub fn build_server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certificates(&files.cert)?;
@@ -177,7 +179,7 @@ pub fn build_server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(ClientAuthPurpose(verifier)))
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::Config(format!("server certificate and key: {e}")))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
@@ -191,6 +193,74 @@ pub fn build_server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
     config.ticketer = Arc::new(NoTickets);
     config.send_tls13_tickets = 0;
     Ok(config)
+}
+
+/// WebPKI's client verification (chain, validity, CRL; it accepts a leaf
+/// with no extended key usage, which RFC 5280 reads as "any purpose"),
+/// plus: the leaf must name `clientAuth` in its extended key usage. A
+/// certificate issued for something else, or for nothing in particular,
+/// is no client credential here. `syncpay pki` issues clientAuth.
+#[derive(Debug)]
+struct ClientAuthPurpose(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for ClientAuthPurpose {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.0.verify_client_cert(end_entity, intermediates, now)?;
+        if !names_client_auth(end_entity) {
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::InvalidPurpose));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.0.requires_raw_public_keys()
+    }
+}
+
+/// Whether a certificate's extended key usage names `clientAuth` (an
+/// absent extension, or `anyExtendedKeyUsage` alone, does not).
+pub fn names_client_auth(der: &[u8]) -> bool {
+    let Ok((_, cert)) = X509Certificate::from_der(der) else { return false };
+    matches!(cert.extended_key_usage(), Ok(Some(eku)) if eku.value.client_auth)
 }
 
 /// Issues no session tickets (TLS 1.2 stateless resumption); see
