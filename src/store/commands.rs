@@ -5,6 +5,10 @@
 //! withdrawals) is written to the outbox in the same transaction and
 //! returned so the caller can send it once the group is durable.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
@@ -150,6 +154,8 @@ pub struct CreateTrade {
     pub idempotency_key: Option<String>,
     pub binding_code: String,
     pub max_open_per_register: u32,
+    /// Asked only when the trade is about to send its offer.
+    pub offer_gate: Option<OfferGate>,
     pub now: UnixMs,
 }
 
@@ -161,7 +167,58 @@ pub struct NetworkTrade {
     pub idempotency_key: Option<String>,
     pub binding_code: String,
     pub max_open_per_register: u32,
+    /// Asked only when the trade is about to send its offer.
+    pub offer_gate: Option<OfferGate>,
     pub now: UnixMs,
+}
+
+/// The caller's say on whether a subscriber may be sent one more offer
+/// (the per-subscriber rate limit, which the store knows nothing of). The
+/// writer asks it inside CreateTrade at the one point where the trade is
+/// known to send an offer: after the idempotency check (a replay or a
+/// conflict sends nothing), the register, payer, handset and open-trade
+/// checks, and, for a network identity, the resolution for this shop. So
+/// only a trade that really pushes an offer spends the buyer's allowance,
+/// and since the single writer decides trades one at a time, concurrent
+/// requests cannot overspend it. On admission the gate spends the
+/// allowance (it has no refund), so the writer asks it at most once per
+/// trade ([`Admissions`]). A refusal's message becomes
+/// [`StoreError::RateLimited`] and nothing is written.
+#[derive(Clone)]
+pub struct OfferGate(Arc<AdmitFn>);
+
+type AdmitFn = dyn Fn(&SubscriberNumber) -> Result<(), String> + Send + Sync;
+
+impl OfferGate {
+    pub fn new(admit: impl Fn(&SubscriberNumber) -> Result<(), String> + Send + Sync + 'static) -> OfferGate {
+        OfferGate(Arc::new(admit))
+    }
+}
+
+impl std::fmt::Debug for OfferGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OfferGate")
+    }
+}
+
+/// The gates' verdicts within one write group, by trade id. A transaction
+/// closure may re-run, and a group in which one command fails is applied
+/// again one command at a time, so the same CreateTrade can reach its
+/// gate more than once; the first verdict is reused, so admitting spends
+/// the allowance once. (Trade ids are fresh per request.) Only the writer
+/// thread uses it.
+#[derive(Default)]
+pub(crate) struct Admissions(RefCell<HashMap<TradeId, Result<(), String>>>);
+
+impl Admissions {
+    fn admit(&self, trade: TradeId, gate: &OfferGate, subscriber: &SubscriberNumber) -> Result<(), String> {
+        if let Some(verdict) = self.0.borrow().get(&trade) {
+            return verdict.clone();
+        }
+        let verdict = (gate.0)(subscriber);
+        self.0.borrow_mut().insert(trade, verdict.clone());
+        verdict
+    }
 }
 
 /// Why a handset answer changed nothing.
@@ -295,6 +352,7 @@ struct Effects {
 pub(crate) fn apply(
     shared: &Shared,
     command: &Command,
+    admissions: &Admissions,
     heads: &mut Vec<(ShopId, u64)>,
 ) -> Result<CommandOutcome, StoreError> {
     match command {
@@ -316,7 +374,7 @@ pub(crate) fn apply(
     let result = trees.as_slice().transaction(|view| {
         let tx = Tx(view.as_slice());
         let mut fx = Effects::default();
-        let outcome = run(&tx, command, resolution.as_ref(), &mut fx)?;
+        let outcome = run(&tx, command, resolution.as_ref(), admissions, &mut fx)?;
         Ok((outcome, fx))
     });
     match result {
@@ -361,7 +419,9 @@ pub(crate) fn apply_group(
     commands: &[&Command],
     heads: &mut Vec<(ShopId, u64)>,
 ) -> Vec<Result<CommandOutcome, StoreError>> {
-    let one_by_one = |heads: &mut Vec<(ShopId, u64)>| commands.iter().map(|c| apply(shared, c, heads)).collect();
+    let admissions = Admissions::default();
+    let one_by_one =
+        |heads: &mut Vec<(ShopId, u64)>| commands.iter().map(|c| apply(shared, c, &admissions, heads)).collect();
     if commands.len() < 2 || !commands.iter().all(|c| groupable(c)) {
         return one_by_one(heads);
     }
@@ -371,7 +431,7 @@ pub(crate) fn apply_group(
         let mut fx = Effects::default();
         let mut outcomes = Vec::with_capacity(commands.len());
         for command in commands {
-            outcomes.push(run(&tx, command, None, &mut fx)?);
+            outcomes.push(run(&tx, command, None, &admissions, &mut fx)?);
         }
         Ok((outcomes, fx))
     });
@@ -387,7 +447,13 @@ pub(crate) fn apply_group(
     }
 }
 
-fn run(tx: &Tx, command: &Command, resolution: Option<&Resolution>, fx: &mut Effects) -> TxResult<CommandOutcome> {
+fn run(
+    tx: &Tx,
+    command: &Command,
+    resolution: Option<&Resolution>,
+    admissions: &Admissions,
+    fx: &mut Effects,
+) -> TxResult<CommandOutcome> {
     match command {
         Command::CreateShop { id, display_name, token_hash, max_shops, now } => {
             create_shop(tx, id, display_name, token_hash, *max_shops, *now, fx)
@@ -413,7 +479,7 @@ fn run(tx: &Tx, command: &Command, resolution: Option<&Resolution>, fx: &mut Eff
             network::set_acceptance(tx, carrier, shop, *accept)?;
             Ok(CommandOutcome::Acceptance { accepted: *accept })
         }
-        Command::CreateTradeByNetwork(n) => create_trade_by_network(tx, n, resolution, fx),
+        Command::CreateTradeByNetwork(n) => create_trade_by_network(tx, n, resolution, admissions, fx),
         Command::DeleteLeases { keys } => {
             for k in keys {
                 tx.del(T::Leases, k)?;
@@ -431,7 +497,7 @@ fn run(tx: &Tx, command: &Command, resolution: Option<&Resolution>, fx: &mut Eff
             open_register(tx, shop, id, label, *max_registers, *now)
         }
         Command::CloseRegister { shop, id, now } => close_register(tx, shop, id, *now),
-        Command::CreateTrade(c) => create_trade(tx, c, fx),
+        Command::CreateTrade(c) => create_trade(tx, c, admissions, fx),
         Command::Ack { carrier, delivery_id, now } => ack(tx, carrier, *delivery_id, *now, fx),
         Command::Answer { carrier, trade, decision, signature, now, checked } => {
             answer(tx, carrier, trade, *decision, signature, checked.as_ref(), *now, fx)
@@ -701,7 +767,7 @@ fn enqueue(tx: &Tx, carrier: &CarrierId, body: DeliveryBody, fx: &mut Effects) -
     Ok(delivery_id)
 }
 
-fn create_trade(tx: &Tx, c: &CreateTrade, fx: &mut Effects) -> TxResult<CommandOutcome> {
+fn create_trade(tx: &Tx, c: &CreateTrade, admissions: &Admissions, fx: &mut Effects) -> TxResult<CommandOutcome> {
     if let Some(key) = &c.idempotency_key {
         if let Some(prior) = tx.get::<IdempotencyRecord>(T::Idempotency, &keys::idempotency(&c.shop, key))? {
             let (prior_trade, request) = match prior {
@@ -725,7 +791,7 @@ fn create_trade(tx: &Tx, c: &CreateTrade, fx: &mut Effects) -> TxResult<CommandO
             return Ok(CommandOutcome::Trade { trade, deliveries: Vec::new(), replayed: true });
         }
     }
-    let trade = open_trade(tx, c, fx)?;
+    let trade = open_trade(tx, c, admissions, fx)?;
     if let Some(key) = &c.idempotency_key {
         let record = IdempotencyRecord::Trade { trade: trade.id, request: c.request.clone() };
         tx.put(T::Idempotency, &keys::idempotency(&c.shop, key), &record)?;
@@ -741,6 +807,7 @@ fn create_trade_by_network(
     tx: &Tx,
     n: &NetworkTrade,
     resolution: Option<&Resolution>,
+    admissions: &Admissions,
     fx: &mut Effects,
 ) -> TxResult<CommandOutcome> {
     let idem_key = n.idempotency_key.as_ref().map(|k| keys::idempotency(&n.shop, k));
@@ -795,9 +862,10 @@ fn create_trade_by_network(
         idempotency_key: n.idempotency_key.clone(),
         binding_code: n.binding_code.clone(),
         max_open_per_register: n.max_open_per_register,
+        offer_gate: n.offer_gate.clone(),
         now: n.now,
     };
-    let trade = open_trade(tx, &c, fx)?;
+    let trade = open_trade(tx, &c, admissions, fx)?;
     if let Some(key) = &idem_key {
         tx.put(T::Idempotency, key, &IdempotencyRecord::NetworkTrade { trade: trade.id, request: n.request.clone() })?;
     }
@@ -805,8 +873,9 @@ fn create_trade_by_network(
 }
 
 /// Checks the register and payer and writes a new trade: PENDING with its
-/// offer queued, or FAILED at once when nothing could ever answer it.
-fn open_trade(tx: &Tx, c: &CreateTrade, fx: &mut Effects) -> TxResult<TradeRecord> {
+/// offer queued (if the offer gate admits it), or FAILED at once when
+/// nothing could ever answer it.
+fn open_trade(tx: &Tx, c: &CreateTrade, admissions: &Admissions, fx: &mut Effects) -> TxResult<TradeRecord> {
     let Some(shop) = tx.get::<ShopRecord>(T::Shops, c.shop.as_str().as_bytes())? else {
         return abort(StoreError::NotFound("shop"));
     };
@@ -870,6 +939,13 @@ fn open_trade(tx: &Tx, c: &CreateTrade, fx: &mut Effects) -> TxResult<TradeRecor
             trade.finished_at = Some(c.now);
         }
         (None, Some(sub)) => {
+            // Every other check has passed: this trade sends an offer, so
+            // here, and only here, it spends the buyer's allowance.
+            if let Some(gate) = &c.offer_gate {
+                if let Err(refusal) = admissions.admit(c.trade_id, gate, &c.request.payer) {
+                    return abort(StoreError::RateLimited(refusal));
+                }
+            }
             register.open_trades = register.open_trades.saturating_add(1);
             tx.put(T::Registers, &register_key, &register)?;
             tx.put(T::Deadlines, &keys::deadline(expires_at, &trade.id), &())?;

@@ -18,7 +18,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::domain::{AccountName, CarrierId, RegisterId, ShopId, SubscriberNumber, TradeId, UnixMs};
 
-pub use commands::{AnswerOutcome, Command, CommandOutcome, CreateTrade, NetworkTrade, RejectedAnswer, SignatureCheck};
+pub use commands::{
+    AnswerOutcome, Command, CommandOutcome, CreateTrade, NetworkTrade, OfferGate, RejectedAnswer, SignatureCheck,
+};
 pub use network::{LeaseReport, StatementData, MAX_LEASE_WALK, MAX_PAYOUT_ENTRIES};
 pub use records::{
     AccountRecord, Delivery, DeliveryBody, EventKind, EventRecord, Funding, OfferBody, PostingKind, PostingRecord,
@@ -52,6 +54,9 @@ pub enum StoreError {
     FailedPrecondition(String),
     #[error("{0}")]
     LimitExceeded(String),
+    /// An [`OfferGate`] refused the offer (a rate limit): nothing written.
+    #[error("{0}")]
+    RateLimited(String),
     #[error("corrupt record: {0}")]
     Corrupt(String),
     #[error("storage I/O: {0}")]

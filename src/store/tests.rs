@@ -111,6 +111,7 @@ impl Fixture {
             idempotency_key: key.map(str::to_owned),
             binding_code: "123456".into(),
             max_open_per_register: 100,
+            offer_gate: None,
             now: T0,
         };
         match self.store.execute(Command::CreateTrade(c)).await? {
@@ -459,6 +460,108 @@ async fn a_failing_command_in_a_write_group_fails_alone() {
     // Each of the 32 good ones applied exactly once.
     assert_eq!(f.net(&AccountName::Wallet(f.payer.clone(), jpy())).await, 320);
     assert!(f.store.verify().await.expect("verify").ok());
+}
+
+/// The offer gate is asked once per trade however often the writer runs
+/// the command: a write group with a failing command in it is applied
+/// again one command at a time, and each trade's first verdict stands.
+/// A refusal writes nothing; a replay and a trade that fails at once (no
+/// handset) never ask.
+#[tokio::test]
+async fn the_offer_gate_is_asked_once_per_trade_and_only_for_an_offer() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let f = fixture().await;
+    let asked = std::sync::Arc::new(AtomicUsize::new(0));
+    let admitted = std::sync::Arc::new(AtomicUsize::new(0));
+    // Admits the first 10 offers, refuses the rest.
+    let gate = {
+        let (asked, admitted) = (asked.clone(), admitted.clone());
+        OfferGate::new(move |_| {
+            asked.fetch_add(1, Ordering::SeqCst);
+            if admitted.fetch_add(1, Ordering::SeqCst) < 10 {
+                Ok(())
+            } else {
+                Err("offers per subscriber: no".into())
+            }
+        })
+    };
+    let create = |key: Option<String>| {
+        Command::CreateTrade(CreateTrade {
+            shop: f.shop.clone(),
+            trade_id: TradeId::generate().expect("id"),
+            request: f.request(10),
+            idempotency_key: key,
+            binding_code: "123456".into(),
+            max_open_per_register: 100,
+            offer_gate: Some(gate.clone()),
+            now: T0,
+        })
+    };
+    // Queued without awaiting, so groups hold several commands, with
+    // cancels of trades that do not exist aborting them.
+    let mut pending = Vec::new();
+    for i in 0..40u32 {
+        let command = match i % 4 {
+            3 => Command::Cancel { shop: f.shop.clone(), trade: TradeId::generate().expect("id"), now: T0 },
+            _ => create(None),
+        };
+        pending.push(f.store.submit(command).await.expect("queued"));
+    }
+    let (mut created, mut refused) = (0, 0);
+    for write in pending {
+        match write.outcome().await {
+            Ok(CommandOutcome::Trade { trade: Some(t), replayed: false, .. }) => {
+                assert_eq!(t.state, TradeState::Pending);
+                created += 1;
+            }
+            Err(StoreError::RateLimited(m)) => {
+                assert_eq!(m, "offers per subscriber: no");
+                refused += 1;
+            }
+            Err(StoreError::NotFound("trade")) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((created, refused), (10, 20));
+    assert_eq!(asked.load(Ordering::SeqCst), 30, "each trade asked its gate exactly once");
+    let report = f.store.verify().await.expect("verify");
+    assert_eq!(report.trades_checked, 10, "a refused trade leaves nothing behind");
+
+    // A replay and its conflict ask nothing; nor does a payer without a
+    // handset, whose trade fails at once.
+    let keyed = create(Some("order-1".into()));
+    let Command::CreateTrade(first) = keyed.clone() else { unreachable!() };
+    admitted.store(0, Ordering::SeqCst);
+    f.store.execute(keyed).await.expect("create");
+    let before = asked.load(Ordering::SeqCst);
+    let replay = CreateTrade { trade_id: TradeId::generate().expect("id"), ..first.clone() };
+    let Ok(CommandOutcome::Trade { replayed: true, .. }) = f.store.execute(Command::CreateTrade(replay)).await else {
+        panic!("not a replay")
+    };
+    let mut other = first.clone();
+    other.trade_id = TradeId::generate().expect("id");
+    other.request.amount = Amount::new(11);
+    assert!(matches!(f.store.execute(Command::CreateTrade(other)).await, Err(StoreError::AlreadyExists(_))));
+    let stranger = SubscriberNumber::parse("+818099999999").expect("number");
+    f.store
+        .execute(Command::EnrollSubscriber {
+            carrier: f.carrier.clone(),
+            number: stranger.clone(),
+            funding: Funding::Wallet,
+            now: T0,
+        })
+        .await
+        .expect("enroll");
+    let mut no_handset = first;
+    no_handset.trade_id = TradeId::generate().expect("id");
+    no_handset.idempotency_key = None;
+    no_handset.request.payer = stranger;
+    let Ok(CommandOutcome::Trade { trade: Some(t), .. }) = f.store.execute(Command::CreateTrade(no_handset)).await
+    else {
+        panic!("created")
+    };
+    assert_eq!(t.failure, Some(FailureReason::NoHandset));
+    assert_eq!(asked.load(Ordering::SeqCst), before, "no offer, no question");
 }
 
 #[tokio::test]

@@ -47,7 +47,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(what) => ApiError::NotFound(what),
             StoreError::AlreadyExists(m) => ApiError::AlreadyExists(m),
             StoreError::FailedPrecondition(m) => ApiError::FailedPrecondition(m),
-            StoreError::LimitExceeded(m) => ApiError::ResourceExhausted(m),
+            StoreError::LimitExceeded(m) | StoreError::RateLimited(m) => ApiError::ResourceExhausted(m),
             StoreError::Stopped => ApiError::Unavailable("the store is not accepting writes".into()),
             StoreError::Corrupt(m) | StoreError::Io(m) => ApiError::Internal(m),
         }
