@@ -273,6 +273,7 @@ pub enum CommandOutcome {
     /// A refund (or the original one, for an idempotent retry).
     Refund {
         trade: TradeRecord,
+        /// The refund's posting set id.
         refund_id: u64,
         amount: Amount,
         replayed: bool,
@@ -778,7 +779,7 @@ fn create_trade(tx: &Tx, c: &CreateTrade, admissions: &Admissions, fx: &mut Effe
                             .into(),
                     ))
                 }
-                IdempotencyRecord::Refund { .. } => {
+                IdempotencyRecord::Refund { .. } | IdempotencyRecord::RefundV1 { .. } => {
                     return abort(StoreError::Corrupt("trade idempotency key holds a refund".into()))
                 }
             };
@@ -821,7 +822,7 @@ fn create_trade_by_network(
                             .into(),
                     ))
                 }
-                IdempotencyRecord::Refund { .. } => {
+                IdempotencyRecord::Refund { .. } | IdempotencyRecord::RefundV1 { .. } => {
                     return abort(StoreError::Corrupt("trade idempotency key holds a refund".into()))
                 }
             };
@@ -1291,8 +1292,18 @@ fn refund(
     let idem_key = idempotency_key.map(|k| keys::refund_idempotency(shop, k));
     if let Some(key) = &idem_key {
         if let Some(prior) = tx.get::<IdempotencyRecord>(T::Idempotency, key)? {
-            let IdempotencyRecord::Refund { trade: prior_trade, amount: prior_amount, refund_id } = prior else {
-                return abort(StoreError::Corrupt("refund idempotency key holds a trade".into()));
+            let (prior_trade, prior_amount, refund_id) = match prior {
+                IdempotencyRecord::Refund { trade, amount, set_id } => (trade, amount, set_id),
+                IdempotencyRecord::RefundV1 { trade, amount, first_posting } => {
+                    // Written when refund ids were first posting ids.
+                    match tx.get::<PostingRecord>(T::Postings, &first_posting.to_be_bytes())? {
+                        Some(p) => (trade, amount, p.set_id),
+                        None => return abort(StoreError::Corrupt("refund key names a missing posting".into())),
+                    }
+                }
+                IdempotencyRecord::Trade { .. } | IdempotencyRecord::NetworkTrade { .. } => {
+                    return abort(StoreError::Corrupt("refund idempotency key holds a trade".into()))
+                }
             };
             let field = if prior_trade != *trade_id {
                 Some("trade_id")
@@ -1354,7 +1365,9 @@ fn refund(
     };
     let set = PostingSet::transfer(payable, payer_account, amount)
         .or_else(|e| abort(StoreError::FailedPrecondition(format!("amount_minor: {e}"))))?;
-    let (set_id, refund_id) = post(tx, &set, Some(trade.id), PostingKind::Refund, now)?;
+    // The refund is its posting set: its id is the set id.
+    let (set_id, _) = post(tx, &set, Some(trade.id), PostingKind::Refund, now)?;
+    let refund_id = set_id;
     if let (Some((line_key, line)), Some(carrier)) = (bill, &carrier) {
         network::record_bill_refund(tx, carrier, &trade.request.payer, &line_key, line, amount)?;
     }
@@ -1363,7 +1376,7 @@ fn refund(
     trade.refunded = refunded;
     tx.put(T::Trades, trade.id.as_bytes(), &trade)?;
     if let Some(key) = &idem_key {
-        tx.put(T::Idempotency, key, &IdempotencyRecord::Refund { trade: trade.id, amount, refund_id })?;
+        tx.put(T::Idempotency, key, &IdempotencyRecord::Refund { trade: trade.id, amount, set_id })?;
     }
     emit(tx, &trade, EventKind::Refunded { amount, refund_id }, now, fx)?;
     Ok(CommandOutcome::Refund { trade, refund_id, amount, replayed: false })

@@ -614,6 +614,58 @@ async fn replayed_events_show_the_trade_as_it_was_at_each_event() {
     assert_eq!(f.store.events_between(&f.shop, 0, head, 100).expect("events"), events);
 }
 
+/// A refund id is the refund's posting set id. Refunds recorded before
+/// that (their key and event held the set's first posting id) read back
+/// with the set id: the retry's answer and the event agree with the
+/// postings.
+#[tokio::test]
+async fn refunds_recorded_with_first_posting_ids_read_back_as_their_set() {
+    let f = fixture().await;
+    f.top_up(5_000).await;
+    let (t, _) = f.create(1_000, None).await.expect("create");
+    f.answer(&t, Decision::Approve, f.sign(&t, Decision::Approve), T0).await;
+    let refund = Command::Refund {
+        shop: f.shop.clone(),
+        trade: t.id,
+        amount: Amount::new(200),
+        idempotency_key: Some("r-1".into()),
+        now: T0,
+    };
+    let CommandOutcome::Refund { refund_id, .. } = f.store.execute(refund.clone()).await.expect("refund") else {
+        panic!("not a refund")
+    };
+    let postings = f.store.postings(0, 100).await.expect("postings");
+    let legs: Vec<&PostingRecord> = postings.iter().filter(|p| p.kind == PostingKind::Refund).collect();
+    assert_eq!(legs.len(), 2);
+    assert!(legs.iter().all(|p| p.set_id == refund_id), "refund id {refund_id} is not the set: {legs:?}");
+    let first_posting = legs[0].posting_id;
+    assert_ne!(first_posting, refund_id, "the test needs the two numbers apart");
+
+    // Rewrite the key and the REFUNDED event as the old layouts had them.
+    let old_key = records::IdempotencyRecord::RefundV1 { trade: t.id, amount: Amount::new(200), first_posting };
+    f.store
+        .tree(T::Idempotency)
+        .insert(keys::refund_idempotency(&f.shop, "r-1"), records::encode(&old_key).expect("encode"))
+        .expect("insert");
+    let head = *f.store.event_heads().subscribe(&f.shop).expect("head").borrow();
+    let events = f.store.events_between(&f.shop, 0, head, 100).expect("events");
+    let last = events.last().expect("the refund event").clone();
+    assert_eq!(last.kind, EventKind::Refunded { amount: Amount::new(200), refund_id });
+    let old_event =
+        EventRecord { kind: EventKind::Refunded { amount: Amount::new(200), refund_id: first_posting }, ..last };
+    let mut v2 = vec![records::EVENT_VERSION_V2];
+    v2.extend(postcard::to_stdvec(&records::CompactEvent::of(&old_event)).expect("encode"));
+    f.store.tree(T::Events).insert(keys::event(&f.shop, head), v2).expect("insert");
+    assert_eq!(f.store.events_between(&f.shop, 0, head, 100).expect("events"), events, "version 2");
+    let v1 = records::encode(&old_event).expect("encode v1");
+    f.store.tree(T::Events).insert(keys::event(&f.shop, head), v1).expect("insert");
+    assert_eq!(f.store.events_between(&f.shop, 0, head, 100).expect("events"), events, "version 1");
+    match f.store.execute(refund).await.expect("retry") {
+        CommandOutcome::Refund { refund_id: again, replayed: true, .. } => assert_eq!(again, refund_id),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_store_made_with_sleds_default_segment_size_still_opens() {
     let dir = tempfile::tempdir().expect("tempdir");
