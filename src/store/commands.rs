@@ -800,9 +800,23 @@ fn create_trade(tx: &Tx, c: &CreateTrade, admissions: &Admissions, fx: &mut Effe
     Ok(CommandOutcome::Trade { trade: Some(trade), deliveries: std::mem::take(&mut fx.deliveries), replayed: false })
 }
 
+/// The refusal of a network identity at a shop the carrier owning the
+/// address's range has not accepted. The same for every address in the
+/// range, held or not: a carrier's ranges are public (routing registries),
+/// so it tells the shop nothing about any subscriber, and it tells the shop
+/// what to do (ask the carrier to accept it).
+pub const NETWORK_NOT_ACCEPTED: &str = "network_identity: the carrier for this address has not accepted this shop";
+/// The refusal of every other network identity that names nobody who can
+/// be offered the trade: outside every carrier's range, no lease at that
+/// instant (or port), or leased to a subscriber without a handset. One
+/// message, so the answer never tells who was where.
+pub const NETWORK_MISS: &str =
+    "network_identity: no carrier subscriber can be offered a trade for this address at that time";
+
 /// A trade whose payer is a network identity: replays an idempotent retry
-/// (compared as the shop sent it), refuses an unaccepted shop or a miss
-/// with FAILED_PRECONDITION, otherwise opens the trade for the resolved
+/// (compared as the shop sent it), refuses an unaccepted shop
+/// ([`NETWORK_NOT_ACCEPTED`]) or a miss ([`NETWORK_MISS`]) with
+/// FAILED_PRECONDITION, otherwise opens the trade for the resolved
 /// subscriber exactly as for a number.
 fn create_trade_by_network(
     tx: &Tx,
@@ -835,18 +849,22 @@ fn create_trade_by_network(
             return Ok(CommandOutcome::Trade { trade, deliveries: Vec::new(), replayed: true });
         }
     }
+    let miss = || abort(StoreError::FailedPrecondition(NETWORK_MISS.into()));
     let subscriber = match resolution {
-        Some(Resolution::Found { subscriber, .. }) => subscriber.clone(),
-        Some(Resolution::NotAccepted) => {
-            return abort(StoreError::FailedPrecondition(
-                "network_identity: the payer's carrier has not accepted this shop".into(),
-            ))
+        Some(Resolution::Found { carrier, subscriber }) => {
+            // A subscriber who could never be offered the trade (not the
+            // carrier's, no handset) is a miss like any other: a trade
+            // FAILED with its reason would tell the shop that somebody
+            // held the address.
+            let key = subscriber.as_str().as_bytes();
+            let enrolled = tx.get::<SubscriberRecord>(T::Subscribers, key)?.is_some_and(|s| &s.carrier == carrier);
+            if !enrolled || tx.get::<HandsetRecord>(T::Handsets, key)?.is_none() {
+                return miss();
+            }
+            subscriber.clone()
         }
-        Some(Resolution::Miss) => {
-            return abort(StoreError::FailedPrecondition(
-                "network_identity: no carrier subscriber can be found for this address at that time".into(),
-            ))
-        }
+        Some(Resolution::NotAccepted) => return abort(StoreError::FailedPrecondition(NETWORK_NOT_ACCEPTED.into())),
+        Some(Resolution::Miss) => return miss(),
         None => return abort(StoreError::Corrupt("network trade without a resolution".into())),
     };
     let c = CreateTrade {
