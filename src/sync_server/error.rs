@@ -20,6 +20,10 @@ pub enum ApiError {
     FailedPrecondition(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A position beyond what exists now (the message starts with the
+    /// field); unlike INVALID_ARGUMENT it may become valid later.
+    #[error("{0}")]
+    OutOfRange(String),
     #[error("{0}")]
     Unauthenticated(&'static str),
     #[error("{0}")]
@@ -62,6 +66,7 @@ impl From<ApiError> for Status {
             ApiError::AlreadyExists(m) => Status::new(Code::AlreadyExists, m),
             ApiError::FailedPrecondition(m) => Status::new(Code::FailedPrecondition, m),
             ApiError::ResourceExhausted(m) => Status::new(Code::ResourceExhausted, m),
+            ApiError::OutOfRange(m) => Status::new(Code::OutOfRange, m),
             ApiError::Unauthenticated(m) => Status::new(Code::Unauthenticated, m),
             ApiError::PermissionDenied(m) => Status::new(Code::PermissionDenied, m),
             ApiError::Unavailable(m) => Status::new(Code::Unavailable, m),
