@@ -12,6 +12,8 @@
 //!   gRPC clients.
 //! - [`codec`]: the prost codec that reports malformed requests as
 //!   `INVALID_ARGUMENT`.
+//! - [`pg_cluster`]: throwaway PostgreSQL clusters (primary and standby)
+//!   for the tests and the benchmark.
 //! - [`pki`]: the development PKI (CA, server and client certificates).
 //! - [`proto`]: the generated `syncpay.v1` gRPC types.
 //! - [`register`]: the virtual register, the shop-side client library.
@@ -21,6 +23,7 @@ pub mod carrier;
 pub mod client;
 pub mod codec;
 pub mod domain;
+pub mod pg_cluster;
 pub mod pki;
 pub mod proto;
 pub mod register;

@@ -5,6 +5,7 @@
 
 mod commands;
 mod network;
+pub mod postgres;
 pub mod records;
 mod verify;
 mod writer;

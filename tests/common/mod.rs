@@ -8,6 +8,7 @@
 
 pub mod binary;
 pub mod manual_carrier;
+pub mod pg;
 pub mod raw;
 
 use std::path::PathBuf;
