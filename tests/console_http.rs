@@ -213,3 +213,27 @@ fn over_tls_the_console_serves_https_with_the_server_certificate() {
     let _ = tcp.read_to_end(&mut raw);
     assert!(!String::from_utf8_lossy(&raw).contains("logged_in"), "plaintext was answered");
 }
+
+/// The console's built-in default address gives way when it is taken (a
+/// payment server does not refuse to start over its optional console); an
+/// address that was asked for must bind.
+#[test]
+fn a_busy_default_console_port_is_skipped_but_a_chosen_one_is_required() {
+    use common::binary::{run, Running};
+    // Whoever holds it, after this the default port is busy.
+    let _held = std::net::TcpListener::bind("127.0.0.1:7780");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().display().to_string();
+    let mut serve =
+        Running::spawn(&["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", &data], "stderr");
+    serve.wait_line(|l| l.strip_prefix("syncpay console off: ").map(str::to_owned));
+    let url = serve.wait_line(|l| l.strip_prefix("syncpay serving on ").map(str::to_owned));
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    serve.terminate();
+    assert!(serve.wait_exit().success());
+
+    let out = run(&["serve", "--listen", "127.0.0.1:0", "--console-listen", "127.0.0.1:7780", "--data-dir", &data]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("binding the console listener 127.0.0.1:7780"), "{stderr}");
+}

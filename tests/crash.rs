@@ -124,7 +124,7 @@ impl ServerProcess {
     async fn start(data_dir: &Path) -> ServerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_syncpay"))
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off", "--console-listen", "off", "--data-dir"])
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir"])
             .arg(data_dir)
             // The load reuses a few buyers far faster than a person would;
             // the rate limits are tested elsewhere (tests/limits.rs).

@@ -71,8 +71,6 @@ fn pki_init_issue_and_a_tls_server_the_admin_cli_reaches_by_certificate() {
             &listen,
             "--metrics-listen",
             "off",
-            "--console-listen",
-            "off",
             "--data-dir",
             &data_s,
             "--durability",

@@ -37,8 +37,6 @@ fn the_tour_over_mutual_tls_settles_a_charge_and_the_ledger_verifies() {
             "127.0.0.1:0",
             "--metrics-listen",
             "off",
-            "--console-listen",
-            "off",
             "--data-dir",
             &data,
             "--durability",

@@ -128,10 +128,28 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         tracing::warn!("durability=flush-only: acknowledged trades can be lost on power failure");
     }
 
+    let console_listener = match config.console_listen {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            // Only the built-in default gives way: a payment server does
+            // not refuse to start because its optional console's default
+            // port is taken (by another server on this machine, say).
+            Err(e) if !config.console_required && e.kind() == std::io::ErrorKind::AddrInUse => {
+                tracing::warn!(%addr, "console: the default address is in use; running without the console (set console.listen)");
+                eprintln!("syncpay console off: {addr} is in use (set --console-listen to choose another address)");
+                None
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("binding the console listener {addr} (console.listen, or \"off\")")))
+            }
+        },
+        None => None,
+    };
     let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
     let mut metrics_task = None;
     // One recorder for the endpoint and the console's chart.
-    let recorder = if config.metrics_listen.is_some() || config.console_listen.is_some() {
+    let recorder = if config.metrics_listen.is_some() || console_listener.is_some() {
         Some(super::metrics_http::install()?)
     } else {
         None
@@ -146,14 +164,6 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         eprintln!("syncpay metrics on http://{bound}/metrics");
     }
 
-    let console_listener = match config.console_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the console listener {addr} (console.listen, or \"off\")"))?,
-        ),
-        None => None,
-    };
     let console_tls = match &config.tls {
         Some(files) if console_listener.is_some() => Some(std::sync::Arc::new(
             syncpay::web::tls_config(&files.cert, &files.key).context("the console's TLS configuration")?,

@@ -140,6 +140,10 @@ pub struct ServeConfig {
     /// The operator console's listener; `None` when off. Loopback unless
     /// TLS is on (then it serves HTTPS with the server's certificate).
     pub console_listen: Option<SocketAddr>,
+    /// The console address was set (file, environment or flag), so it
+    /// must bind; the built-in default may be busy (another server on
+    /// this machine), and then serve runs without a console.
+    pub console_required: bool,
     pub limits: Limits,
     /// Mutual TLS, when `tls.cert`, `tls.key` and `tls.client_ca` are set.
     pub tls: Option<TlsFiles>,
@@ -535,6 +539,7 @@ fn resolve(figment: &Figment, config_path: Option<&Path>, problems: &mut Vec<Str
         log_level,
         metrics_listen: metrics.get()?,
         console_listen: console.get()?,
+        console_required: effective.iter().any(|(k, _, origin)| k == "console.listen" && origin != "built-in default"),
         limits,
         tls,
         effective,
@@ -607,6 +612,7 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Human);
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9700".parse().expect("addr")));
         assert_eq!(c.console_listen, Some("127.0.0.1:7780".parse().expect("addr")));
+        assert!(!c.console_required, "the default console may give way to a busy port");
         assert_eq!(c.limits.default_ttl, limits::DEFAULT_TTL);
         assert_eq!(c.limits.max_ttl, limits::MAX_TTL);
         assert_eq!(c.limits.max_amount_minor, limits::MAX_AMOUNT_MINOR);
@@ -618,6 +624,7 @@ mod tests {
         assert_eq!(c.console_listen, None);
         let c = check(None, &[], &[("--console-listen", "[::1]:0")]).expect("loopback");
         assert_eq!(c.console_listen, Some("[::1]:0".parse().expect("addr")));
+        assert!(c.console_required, "an address that was asked for must bind");
         let problems = check(None, &[], &[("--console-listen", "0.0.0.0:7780")]).expect_err("plaintext off loopback");
         assert!(problems.iter().any(|p| p.starts_with("console.listen") && p.contains("loopback")), "{problems:?}");
         let problems = check(None, &[], &[("--console-listen", "127.0.0.1:9700")]).expect_err("taken");
