@@ -42,6 +42,9 @@ const POLL: Duration = Duration::from_millis(50);
 /// The short-deadline shop for the expiry flow.
 const EXPIRY_TTL_SECONDS: u32 = 5;
 
+/// WebDriver's Enter key.
+const ENTER: &str = "\u{E007}";
+
 const AIKO: &str = "+819000000100";
 const BEN: &str = "+819000000200";
 const CHIE: &str = "+819000000300";
@@ -360,8 +363,13 @@ async fn a_purchase_through_the_pages_settles_with_a_signature_made_in_the_brows
     page.switch(&phone_window).await;
     c.set_window_size(460, 900).await.expect("size");
 
-    // --- Aiko's phone makes its key in the page; the carrier enrolls it.
-    c.goto(&pages.phone.phone_url(&number(AIKO))).await.expect("phone page");
+    // --- The carrier's page lists its phones; Aiko's makes its key in
+    // the page and the carrier enrolls it.
+    c.goto(&pages.phone.url()).await.expect("phone list");
+    for p in [AIKO, BEN, CHIE] {
+        page.shown(&format!("#phones a[href='/phone/{}']", p.trim_start_matches('+'))).await;
+    }
+    page.click(&format!("#phones a[href='/phone/{}']", AIKO.trim_start_matches('+'))).await;
     let aiko_key = phone_key(&page).await;
     let enrolled = pages.sim.browser_phone(AIKO).and_then(|p| p.public_key).expect("enrolled");
     assert_eq!(aiko_key, enrolled.to_vec(), "the carrier enrolled the key the page exported");
@@ -419,9 +427,15 @@ async fn a_purchase_through_the_pages_settles_with_a_signature_made_in_the_brows
     assert_eq!(receipt.handset_key_fingerprint, shop_key_fingerprint(&pages.shop_id, &page_key).to_vec());
     assert!(pages.sim.handset(AIKO).is_none(), "still no Rust key for the number");
 
-    // --- 2. Decline on the phone: DECLINED.
+    // --- 2. Decline on the phone: DECLINED. The checkout is done from the
+    // keyboard: the number field has the focus, Enter pays.
     page.click("#done").await;
-    let (code, declined_trade) = page.buy("field-guide-to-moss", "phone", AIKO).await;
+    page.click("li[data-item='field-guide-to-moss'] button.buy").await;
+    let focused = c.active_element().await.expect("focus");
+    assert_eq!(focused.attr("id").await.expect("id").as_deref(), Some("number"), "the number field has the focus");
+    focused.clear().await.expect("clear");
+    focused.send_keys(&format!("{AIKO}{ENTER}")).await.expect("type and press Enter");
+    let (code, declined_trade) = page.new_trade().await;
     page.switch(&phone_window).await;
     page.offer_with_code(&code).await;
     page.click("#decline").await;
@@ -483,7 +497,17 @@ async fn a_purchase_through_the_pages_settles_with_a_signature_made_in_the_brows
     let (code, billed_trade) = page.buy("field-guide-to-moss", "bill", "").await;
     page.switch(&phone_window).await;
     page.offer_with_code(&code).await;
-    page.click("#approve").await;
+    // From the keyboard: a new offer takes the focus on Approve; Enter.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let focused = c.active_element().await.expect("focus");
+        if focused.attr("id").await.expect("id").as_deref() == Some("approve") {
+            focused.send_keys(ENTER).await.expect("press Enter");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "Approve never had the focus");
+        tokio::time::sleep(POLL).await;
+    }
     page.switch(&shop_window).await;
     page.checkout_state("SETTLED").await;
     let billed =

@@ -105,6 +105,8 @@
     $("done").classList.add("hidden");
     show("progress");
     render(trade);
+    // Keyboard users land on the one thing they can do while waiting.
+    if (!trade.final) $("cancel").focus();
     if (stream) stream.close();
     stream = follow(`/api/trades/${encodeURIComponent(trade.trade_id)}/live`, (t) => { render(t); return t.final; });
     clearInterval(ticker);
