@@ -41,7 +41,7 @@ impl Store {
                 let (_, v) = event?;
                 let trade = match records::decode_event(&v)? {
                     StoredEvent::Whole(e) => e.trade.id,
-                    StoredEvent::Compact(c) => c.trade,
+                    StoredEvent::CompactV2(c) | StoredEvent::Compact(c) => c.trade,
                 };
                 if seen.insert(trade) {
                     distinct += 1;
