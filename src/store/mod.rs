@@ -5,6 +5,7 @@
 
 mod commands;
 mod network;
+mod recent;
 pub mod records;
 mod verify;
 mod writer;
