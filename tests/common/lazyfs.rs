@@ -75,6 +75,11 @@ const TTL: Duration = Duration::from_secs(1);
 
 const ROOT: u64 = 1;
 
+/// Mean gap between the looks of `kill_and_fence_when_pending`: longer
+/// than the server's write-to-fdatasync window (about a millisecond), far
+/// shorter than the time between power cuts.
+const POLL_MEAN: Duration = Duration::from_millis(5);
+
 /// What the file system did, for the test's report and its own checks.
 #[derive(Debug, Default, Clone)]
 pub struct Counters {
@@ -88,10 +93,12 @@ pub struct Counters {
     /// Pending writes and truncations thrown away by power cuts, and their bytes.
     pub dropped_ops: u64,
     pub dropped_bytes: u64,
-    /// Directories whose live entries differed from their durable ones at a cut.
-    pub dirs_reverted: u64,
-    /// Inodes deleted at a cut because no durable name reached them.
-    pub inodes_lost: u64,
+    /// Name changes undone by power cuts (see [`Cut`]).
+    pub names_undone: u64,
+    /// Inodes no durable name reached any more, deleted at a cut.
+    pub inodes_deleted: u64,
+    /// Power cuts that found pending writes (see `kill_and_fence_when_pending`).
+    pub cuts_with_pending: u64,
     /// Most pending bytes held at once.
     pub pending_peak: usize,
 }
@@ -99,10 +106,15 @@ pub struct Counters {
 /// What one power cut threw away.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Cut {
+    /// Pending writes and truncations, and the bytes of the writes.
     pub dropped_ops: u64,
     pub dropped_bytes: u64,
-    pub dirs_reverted: u64,
-    pub inodes_lost: u64,
+    /// Names created, or removed, in a surviving directory since it was
+    /// last fsynced: the first vanish, the second come back.
+    pub names_undone: u64,
+    /// Inodes no durable name reaches: never durably named (lost), or
+    /// durably removed (freed at last).
+    pub inodes_deleted: u64,
 }
 
 enum Pending {
@@ -406,12 +418,22 @@ impl State {
                 }
             }
         }
-        let lost: Vec<u64> = self.inodes.keys().filter(|i| !alive.contains(i)).copied().collect();
-        for ino in lost {
+        for inode in self.inodes.values_mut() {
+            if let Node::File(f) = &mut inode.node {
+                cut.dropped_ops += f.pending.len() as u64;
+                for op in f.pending.drain(..) {
+                    if let Pending::Write { data, .. } = op {
+                        cut.dropped_bytes += data.len() as u64;
+                    }
+                }
+                f.live_len = f.durable_len;
+            }
+        }
+        let gone: Vec<u64> = self.inodes.keys().filter(|i| !alive.contains(i)).copied().collect();
+        for ino in gone {
             self.inodes.remove(&ino);
-            // Its content was durable only under names that were not.
             let _ = std::fs::remove_file(self.backing_dir.join(ino.to_string()));
-            cut.inodes_lost += 1;
+            cut.inodes_deleted += 1;
         }
         let mut links: HashMap<u64, u32> = HashMap::new();
         for inode in self.inodes.values() {
@@ -423,20 +445,11 @@ impl State {
         }
         for (ino, inode) in &mut self.inodes {
             match &mut inode.node {
-                Node::File(f) => {
-                    cut.dropped_ops += f.pending.len() as u64;
-                    for op in f.pending.drain(..) {
-                        if let Pending::Write { data, .. } = op {
-                            cut.dropped_bytes += data.len() as u64;
-                        }
-                    }
-                    f.live_len = f.durable_len;
-                    inode.links = links.get(ino).copied().unwrap_or(0);
-                }
+                Node::File(_) => inode.links = links.get(ino).copied().unwrap_or(0),
                 Node::Dir(d) => {
-                    if d.live != d.durable {
-                        cut.dirs_reverted += 1;
-                    }
+                    let created = d.live.iter().filter(|(n, i)| d.durable.get(*n) != Some(i)).count();
+                    let removed = d.durable.iter().filter(|(n, i)| d.live.get(*n) != Some(i)).count();
+                    cut.names_undone += (created + removed) as u64;
                     d.live = d.durable.clone();
                     d.parent = parents.get(ino).copied().unwrap_or(ROOT);
                 }
@@ -447,8 +460,8 @@ impl State {
         c.power_cuts += 1;
         c.dropped_ops += cut.dropped_ops;
         c.dropped_bytes += cut.dropped_bytes;
-        c.dirs_reverted += cut.dirs_reverted;
-        c.inodes_lost += cut.inodes_lost;
+        c.names_undone += cut.names_undone;
+        c.inodes_deleted += cut.inodes_deleted;
         cut
     }
 }
@@ -736,6 +749,33 @@ impl LazyFs {
         self.fenced.store(true, Ordering::SeqCst);
     }
 
+    /// Picks the moment of a power cut: looks at random moments (on
+    /// average every `POLL_MEAN`) until one finds a write pending, or
+    /// `within` has passed; then, holding the file system still so that no
+    /// request is served meanwhile, calls `kill` (which must SIGKILL the
+    /// processes using it) and fences. So the process dies first, with
+    /// unsynced data in flight, and nothing it still sends lands. The gaps
+    /// are random and longer than a write-to-fsync window, so the cut falls
+    /// anywhere in such a window, not just after its first write. Returns
+    /// the bytes pending at the cut.
+    pub fn kill_and_fence_when_pending(&self, within: Duration, kill: impl FnOnce()) -> usize {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let mut state = lock(&self.state);
+            if state.pending_bytes > 0 || std::time::Instant::now() >= deadline {
+                kill();
+                self.fenced.store(true, Ordering::SeqCst);
+                if state.pending_bytes > 0 {
+                    state.counters.cuts_with_pending += 1;
+                }
+                return state.pending_bytes;
+            }
+            drop(state);
+            let gap = rand::random_range(0..2 * POLL_MEAN.as_micros());
+            std::thread::sleep(Duration::from_micros(u64::try_from(gap).unwrap_or(0)));
+        }
+    }
+
     /// The power cut, once the processes using the file system are dead
     /// (and reaped) and the file system fenced: unmounts, throws away every
     /// change not made durable, and mounts the durable state afresh. Files
@@ -776,12 +816,20 @@ impl Drop for LazyFs {
 }
 
 /// Takes the mount off its path at once, even while files on it are open
-/// (`umount -l`).
+/// (`umount -l`; `fusermount3 -u -z` when not root).
 fn detach(mountpoint: &Path) -> std::io::Result<()> {
     let path = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())?;
     // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
-    match unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
+    if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EPERM) {
+        return Err(err);
+    }
+    let status = std::process::Command::new("fusermount3").args(["-u", "-z", "--"]).arg(mountpoint).status()?;
+    match status.success() {
+        true => Ok(()),
+        false => Err(std::io::Error::other(format!("fusermount3 -u -z: {status}"))),
     }
 }
