@@ -98,7 +98,9 @@ impl PowerCut {
         // one with unsynced writes, if one comes within PENDING_WAIT: with
         // fsync after every write group, a moment picked blindly mostly
         // finds nothing to lose.
-        let pending = self.fs.kill_and_fence_when_pending(PENDING_WAIT, || server.signal_kill());
+        let fs = &self.fs;
+        let pending =
+            tokio::task::block_in_place(|| fs.kill_and_fence_when_pending(PENDING_WAIT, || server.signal_kill()));
         drop(server); // reaped
         let cut = self.fs.power_cut();
         eprintln!(
