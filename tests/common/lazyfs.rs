@@ -28,16 +28,20 @@
 //!   earlier metadata change, so an fsync of a new file makes its name
 //!   durable too, and where replacing a file by rename flushes its data
 //!   first (`auto_da_alloc`). A program that is right here is right there.
+//! - **A cut loses all or nothing of a file's unsynced writes** (LazyFS's
+//!   `clear-cache`): no torn write, and no subset of them surviving, which
+//!   a real disk may also produce.
 //! - **Not modelled**: permissions, owners and times change at once and
 //!   survive; hard links are supported but no caller here needs one to be
 //!   durable; symlinks, special files, xattrs and `fallocate` are refused.
 //!
-//! A power cut ([`LazyFs::fence`], then [`LazyFs::power_cut`]): the caller
-//! SIGKILLs the process using the file system first, then fences it (from
-//! then on every request fails with EIO, so nothing the dying process still
-//! had in flight lands), reaps it, and cuts: the file system is unmounted,
-//! every pending write, truncation and name change is thrown away, inodes
-//! no durable name reaches are deleted, and a fresh mount shows exactly the
+//! A power cut ([`LazyFs::kill_and_fence_when_pending`] or
+//! [`LazyFs::fence`], then [`LazyFs::power_cut`]): the caller SIGKILLs the
+//! process using the file system first, then fences it (from then on every
+//! request fails with EIO, so nothing the dying process still had in
+//! flight lands), reaps it, and cuts: the file system is unmounted, every
+//! pending write, truncation and name change is thrown away, inodes no
+//! durable name reaches are deleted, and a fresh mount shows exactly the
 //! durable state.
 //!
 //! Memory: the durable contents live in backing files; what is held in
