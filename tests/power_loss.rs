@@ -63,7 +63,7 @@ const DEFAULT_CYCLES: u32 = 3;
 const PLANTED_CYCLES: u32 = 20;
 /// How long a power cut waits for a moment with unsynced writes. Under the
 /// load, one comes within milliseconds; an idle server has none.
-const PENDING_WAIT: Duration = Duration::from_millis(500);
+const PENDING_WAIT: Duration = Duration::from_secs(1);
 
 /// The two load tests share the machine's two cores; one at a time keeps
 /// each within its deadlines on a busy machine.

@@ -79,10 +79,11 @@ const TTL: Duration = Duration::from_secs(1);
 
 const ROOT: u64 = 1;
 
-/// Mean gap between the looks of `kill_and_fence_when_pending`: longer
-/// than the server's write-to-fdatasync window (about a millisecond), far
-/// shorter than the time between power cuts.
-const POLL_MEAN: Duration = Duration::from_millis(5);
+/// Mean gap between the looks of `kill_and_fence_when_pending`: about the
+/// length of the server's write-to-fdatasync window (under a millisecond
+/// in a release build), so a look lands anywhere inside one and most cuts
+/// find one within their wait; far shorter than the time between cuts.
+const POLL_MEAN: Duration = Duration::from_millis(1);
 
 /// What the file system did, for the test's report and its own checks.
 #[derive(Debug, Default, Clone)]
@@ -759,9 +760,9 @@ impl LazyFs {
     /// request is served meanwhile, calls `kill` (which must SIGKILL the
     /// processes using it) and fences. So the process dies first, with
     /// unsynced data in flight, and nothing it still sends lands. The gaps
-    /// are random and longer than a write-to-fsync window, so the cut falls
-    /// anywhere in such a window, not just after its first write. Returns
-    /// the bytes pending at the cut.
+    /// are random, so the cut falls anywhere in a write-to-fsync window,
+    /// not just after its first write. Returns the bytes pending at the
+    /// cut.
     pub fn kill_and_fence_when_pending(&self, within: Duration, kill: impl FnOnce()) -> usize {
         let deadline = std::time::Instant::now() + within;
         loop {
