@@ -69,8 +69,9 @@ use fuser::{
 
 /// Bytes of pending (unsynced) writes the file system holds at most. The
 /// server fsyncs its data file after every write group and sled's flusher
-/// every 50 ms, so a few MiB are pending at a time; this only stops a
-/// runaway writer from eating the machine's memory.
+/// every 50 ms, so little is pending at a time (at most 12.6 MB seen, sled
+/// zeroing segments at recovery); this only stops a runaway writer from
+/// eating the machine's memory.
 pub const PENDING_LIMIT: usize = 256 * 1024 * 1024;
 
 /// How long the kernel may cache names and attributes. Only this file
