@@ -90,7 +90,8 @@ impl ServerConfig {
     /// the secrets are created (mode 0600) on first use.
     pub fn from_data_dir(data_dir: impl Into<PathBuf>) -> Result<ServerConfig, ServerError> {
         let data_dir = data_dir.into();
-        std::fs::create_dir_all(&data_dir)?;
+        // Durable names too: the secrets below and the store live in it.
+        crate::store::files::create_dir_all(&data_dir)?;
         Ok(ServerConfig {
             store_dir: data_dir.join("store"),
             durability: Durability::Fsync,
