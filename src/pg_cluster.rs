@@ -525,6 +525,22 @@ impl Cluster {
         run(&mut promote, "pg_ctl promote").map(|_| ())
     }
 
+    /// Lets go of the cluster as the owner's death would: the watchdog's
+    /// pipe closes and the watchdog stops the server and removes the
+    /// folder, while this process does nothing more. For the harness's own
+    /// test of its watchdog.
+    pub fn leave_to_watchdog(mut self) {
+        if let Some(w) = self.watchdog.take() {
+            drop(w._pipe);
+            // The watchdog is not waited for here; its child handle is
+            // dropped without killing it.
+            drop(w.child);
+        }
+        self.running = false;
+        self.root = PathBuf::new();
+        std::mem::forget(self);
+    }
+
     /// The server's log so far (for a failing test's message).
     pub fn log(&self) -> String {
         fs::read_to_string(self.root.join("server.log")).unwrap_or_default()

@@ -71,6 +71,31 @@ pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, String> {
     Ok(config)
 }
 
+/// `url` with any password replaced by `***`, for logs and
+/// `--check-config`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((user, hosts)) => match user.split_once(':') {
+            Some((name, _password)) => format!("{name}:***@{hosts}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once("password=") {
+        Some((before, after)) => {
+            let end = after.find('&').map_or("", |i| &after[i..]);
+            format!("{before}password=***{end}")
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
 /// A pool for `url` with at most `size` connections; the first connection
 /// is made and checked now, so a wrong URL or an unsafe server is an error
 /// at start rather than on the first trade.
@@ -134,6 +159,19 @@ pub async fn check_server(client: &Client) -> Result<ServerDurability, PgError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact_url("postgres://u:secret@127.0.0.1:5432/db"), "postgres://u:***@127.0.0.1:5432/db");
+        assert_eq!(
+            redact_url("postgres://u@127.0.0.1/db?password=secret&target_session_attrs=read-write"),
+            "postgres://u@127.0.0.1/db?password=***&target_session_attrs=read-write"
+        );
+        assert_eq!(redact_url("postgres://u@127.0.0.1/db"), "postgres://u@127.0.0.1/db");
+        // ("password" itself contains "ss": look for the secret's own text.)
+        let shown = redact_url("postgres://u:p%40ss@localhost/db?password=x");
+        assert_eq!(shown, "postgres://u:***@localhost/db?password=***");
+    }
 
     #[test]
     fn urls_are_checked() {

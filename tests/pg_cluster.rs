@@ -1,24 +1,75 @@
-//! Failover without losing an acknowledged commit, on a real primary and
-//! synchronous standby (streaming replication on loopback): writers commit
-//! double-entry postings through the backend's pool and multi-host URL
-//! (`target_session_attrs=read-write`); the primary is killed with SIGKILL
-//! (server and every backend at once) and the standby promoted. The pool
-//! finds the new primary by itself, every error the writers saw meanwhile
-//! is one a caller may retry, and every commit acknowledged before, during
-//! and after is on the new primary, with the ledger adding up.
+//! Real PostgreSQL clusters (`syncpay::pg_cluster`): the harness itself
+//! (durability on, loopback only; a cluster whose owner dies is stopped by
+//! its watchdog, and one whose watchdog is gone too is reaped by the next
+//! start), and failover without losing an acknowledged commit on a real
+//! primary and synchronous standby (streaming replication on loopback):
+//! writers commit double-entry postings through the backend's pool and
+//! multi-host URL (`target_session_attrs=read-write`); the primary is
+//! killed with SIGKILL (server and every backend at once) and the standby
+//! promoted. The pool finds the new primary by itself, every error the
+//! writers saw meanwhile is one a caller may retry, and every commit
+//! acknowledged before, during and after is on the new primary, with the
+//! ledger adding up.
 
 mod common;
 
+use common::pg;
+use std::net::TcpStream;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use common::pg;
 use syncpay::domain::{AccountName, Amount, Currency, PostingSet, SubscriberNumber, UnixMs};
-use syncpay::pg_cluster::Cluster;
+use syncpay::pg_cluster::{reap_leftovers, Cluster};
 use syncpay::store::postgres::numeric::Minor;
 use syncpay::store::postgres::sql::{self, SetKind};
 use syncpay::store::postgres::{migrate, pool};
+/// How long a stopped server may take to close its port and folder.
+const GONE_DEADLINE: Duration = Duration::from_secs(60);
+
+fn wait_gone(root: &Path, port: u16) {
+    let deadline = Instant::now() + GONE_DEADLINE;
+    while root.exists() || TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(Instant::now() < deadline, "cluster at {} (port {port}) still there", root.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_cluster_is_durable_on_loopback_and_is_stopped_when_its_owner_lets_go() {
+    let Some(tools) = pg::tools() else { return };
+    let cluster = Cluster::start(&tools).expect("start");
+    let settings = cluster
+        .psql(
+            "postgres",
+            "SELECT string_agg(name || '=' || setting, ',' ORDER BY name) FROM pg_settings \
+             WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes', 'listen_addresses')",
+        )
+        .expect("psql");
+    assert_eq!(settings, "fsync=on,full_page_writes=on,listen_addresses=127.0.0.1,synchronous_commit=on");
+    let (root, port) = (cluster.root().to_owned(), cluster.port());
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_ok(), "the server listens");
+    // What a panic that skips the drop, an exit or a SIGKILL amounts to.
+    cluster.leave_to_watchdog();
+    wait_gone(&root, port);
+}
+
+#[test]
+fn a_cluster_whose_owner_died_is_reaped_at_the_next_start() {
+    let Some(tools) = pg::tools() else { return };
+    let cluster = Cluster::start(&tools).expect("start");
+    let (root, port) = (cluster.root().to_owned(), cluster.port());
+    // Its owner file now names a process that has exited, and its
+    // watchdog never acts (the pipe is leaked): only the reaper is left.
+    let mut dead = std::process::Command::new("true").spawn().expect("spawn");
+    let pid = dead.id();
+    dead.wait().expect("wait");
+    std::fs::write(root.join("owner"), format!("{pid} 1\n")).expect("owner");
+    std::mem::forget(cluster);
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_ok(), "still running before the reaper");
+    assert!(reap_leftovers() >= 1, "the leftover was not reaped");
+    wait_gone(&root, port);
+}
 
 /// Writers committing at once.
 const WRITERS: usize = 4;
