@@ -106,7 +106,7 @@ impl RelayHub {
         };
         match link.tx.try_send(Ok(message)) {
             Ok(()) => {
-                metrics::relay_queue_depth(carrier.as_str(), RELAY_QUEUE_DEPTH.saturating_sub(link.tx.capacity()));
+                metrics::relay_queue_depth(carrier.as_str(), self.depth.saturating_sub(link.tx.capacity()));
                 PushResult::Queued
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -241,5 +241,59 @@ mod tests {
         let status = items[2].as_ref().expect_err("ends with the limit");
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
         assert!(status.message().starts_with("relay queue depth: more than 2 messages"), "{}", status.message());
+    }
+
+    /// Keeps the last value each gauge was set to, by metric name.
+    #[derive(Default)]
+    struct Gauges(Arc<Mutex<HashMap<String, f64>>>);
+
+    struct GaugeCell {
+        name: String,
+        values: Arc<Mutex<HashMap<String, f64>>>,
+    }
+
+    impl ::metrics::GaugeFn for GaugeCell {
+        fn increment(&self, value: f64) {
+            *self.values.lock().expect("lock").entry(self.name.clone()).or_default() += value;
+        }
+        fn decrement(&self, value: f64) {
+            *self.values.lock().expect("lock").entry(self.name.clone()).or_default() -= value;
+        }
+        fn set(&self, value: f64) {
+            self.values.lock().expect("lock").insert(self.name.clone(), value);
+        }
+    }
+
+    impl ::metrics::Recorder for Gauges {
+        fn describe_counter(&self, _: ::metrics::KeyName, _: Option<::metrics::Unit>, _: ::metrics::SharedString) {}
+        fn describe_gauge(&self, _: ::metrics::KeyName, _: Option<::metrics::Unit>, _: ::metrics::SharedString) {}
+        fn describe_histogram(&self, _: ::metrics::KeyName, _: Option<::metrics::Unit>, _: ::metrics::SharedString) {}
+        fn register_counter(&self, _: &::metrics::Key, _: &::metrics::Metadata<'_>) -> ::metrics::Counter {
+            ::metrics::Counter::noop()
+        }
+        fn register_gauge(&self, key: &::metrics::Key, _: &::metrics::Metadata<'_>) -> ::metrics::Gauge {
+            ::metrics::Gauge::from_arc(Arc::new(GaugeCell { name: key.name().to_owned(), values: self.0.clone() }))
+        }
+        fn register_histogram(&self, _: &::metrics::Key, _: &::metrics::Metadata<'_>) -> ::metrics::Histogram {
+            ::metrics::Histogram::noop()
+        }
+    }
+
+    /// The queue-depth gauge counts the messages waiting in the queue the
+    /// hub was built with, whatever `relay_queue_depth` is configured to.
+    #[test]
+    fn the_queue_depth_gauge_counts_what_waits_in_a_configured_queue() {
+        let gauges = Gauges::default();
+        let hub = RelayHub::new(8);
+        let carrier = CarrierId::parse("docomo").expect("valid");
+        let (tx, _rx) = mpsc::channel(hub.depth());
+        hub.attach(&carrier, tx, Arc::new(AtomicBool::new(false)));
+        ::metrics::with_local_recorder(&gauges, || {
+            for (id, waiting) in [(1, 1.0), (2, 2.0), (3, 3.0)] {
+                assert_eq!(hub.push(&withdraw(&carrier, id)), PushResult::Queued);
+                let depth = gauges.0.lock().expect("lock").get("syncpay_relay_queue_depth").copied();
+                assert_eq!(depth, Some(waiting), "after {id} pushes into a queue of 8");
+            }
+        });
     }
 }
