@@ -6,12 +6,12 @@ mod common;
 
 use common::{carrier, code_of, functional_limits, make_pki, shop, TestServer};
 use syncpay::client::{connect, connect_tls, with_token, ClientTls};
+use syncpay::domain::Principal;
 use syncpay::pki::Ca;
 use syncpay::proto::admin_service_client::AdminServiceClient;
 use syncpay::proto::carrier_service_client::CarrierServiceClient;
 use syncpay::proto::register_service_client::RegisterServiceClient;
 use syncpay::proto::{self};
-use syncpay::store::Principal;
 use syncpay::sync_server::tls::TlsFiles;
 use syncpay::sync_server::ServerConfig;
 use tonic::Code;

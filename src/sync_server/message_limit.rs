@@ -13,13 +13,10 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tonic::Status;
 
+use super::error;
+
 /// A gRPC message prefix: compression flag and big-endian u32 length.
 const PREFIX_LEN: usize = 5;
-
-/// The status for a message above the limit.
-pub fn too_large(max: usize, len: u64) -> Status {
-    Status::resource_exhausted(format!("request size: a message may be at most {max} bytes; this one has {len}"))
-}
 
 /// Wraps every request body of a service in a [`LimitedBody`].
 #[derive(Debug, Clone, Copy)]
@@ -105,7 +102,7 @@ impl<B> LimitedBody<B> {
                     let len =
                         u64::from(u32::from_be_bytes([self.prefix[1], self.prefix[2], self.prefix[3], self.prefix[4]]));
                     if len > u64::try_from(self.max).unwrap_or(u64::MAX) {
-                        return Err(too_large(self.max, len));
+                        return Err(error::message_too_large(self.max, len));
                     }
                     self.framing =
                         if len == 0 { Framing::Prefix { got: 0 } } else { Framing::Message { remaining: len } };
@@ -156,9 +153,7 @@ where
             Poll::Ready(None) => {
                 if self.mid_message() {
                     self.failed = true;
-                    return Poll::Ready(Some(Err(Status::invalid_argument(
-                        "request: the body ended inside a gRPC message (truncated)",
-                    ))));
+                    return Poll::Ready(Some(Err(error::truncated_message())));
                 }
                 Poll::Ready(None)
             }
