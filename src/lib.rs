@@ -19,7 +19,10 @@
 //! - [`pki`]: the development PKI (CA, server and client certificates).
 //! - [`proto`]: the generated `syncpay.v1` gRPC types.
 //! - [`register`]: the virtual register, the shop-side client library.
-//! - [`terminal_sim`]: a simulated carrier relay hosting simulated handsets.
+//! - [`terminal_sim`]: a simulated carrier relay hosting simulated handsets
+//!   and browser phones.
+//! - [`web`]: the web pages (sample shop, handset page, operator console)
+//!   and what `syncpay demo --web` starts.
 
 pub mod carrier;
 pub mod client;
@@ -33,3 +36,4 @@ pub mod register;
 pub mod store;
 pub mod sync_server;
 pub mod terminal_sim;
+pub mod web;

@@ -146,6 +146,12 @@ pub trait Trades: Send + Sync {
     async fn due(&self, now: UnixMs, limit: usize) -> Result<Vec<TradeId>, Failure>;
     /// How many trades are open (for start-up, not the hot path).
     async fn open_trade_count(&self) -> Result<usize, Failure>;
+    /// The earliest deadline of any open trade (the sweeper sleeps until it).
+    async fn next_deadline(&self) -> Result<Option<UnixMs>, Failure>;
+    /// The trades behind the newest `per_shop` events of each of the first
+    /// `max_shops` shops (in shop id order), each once, as they are now;
+    /// newest activity first (the operator console).
+    async fn recent_trades(&self, max_shops: usize, per_shop: usize) -> Result<Vec<TradeRecord>, Failure>;
 }
 
 /// Money: top-ups, accounts, postings and the ledger's verification.
@@ -160,6 +166,8 @@ pub trait Ledger: Send + Sync {
     async fn postings(&self, after: u64, limit: usize) -> Result<Vec<PostingRecord>, Failure>;
     /// Checks every ledger invariant on one consistent state.
     async fn verify(&self) -> Result<VerifyReport, Failure>;
+    /// The newest `limit` postings, newest first (the operator console).
+    async fn recent_postings(&self, limit: usize) -> Result<Vec<PostingRecord>, Failure>;
 }
 
 /// Network identity and carrier billing: prefixes, leases, acceptance,

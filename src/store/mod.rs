@@ -8,6 +8,7 @@
 //! that knows sled.
 
 mod backend;
+pub mod files;
 pub mod fixture;
 mod heads;
 mod ops;

@@ -118,3 +118,22 @@ pub fn message_too_large(max: usize, len: u64) -> Status {
 pub fn truncated_message() -> Status {
     Status::new(Code::InvalidArgument, "request: the body ended inside a gRPC message (truncated)")
 }
+
+/// The status for a call that takes one request message and got none.
+pub fn no_message() -> Status {
+    Status::new(Code::InvalidArgument, "request: the body holds no message; this call takes exactly one")
+}
+
+/// The status for a compressed message in a call that names no encoding.
+pub fn compressed_without_encoding() -> Status {
+    Status::new(
+        Code::InvalidArgument,
+        "request: a message has the compressed flag set, but the call names no grpc-encoding to decompress it with \
+         (this server takes uncompressed messages)",
+    )
+}
+
+/// The status for a message whose compressed flag is neither 0 nor 1.
+pub fn bad_compressed_flag(flag: u8) -> Status {
+    Status::new(Code::InvalidArgument, format!("request: a message's compressed flag is {flag}; it must be 0 or 1"))
+}

@@ -1,8 +1,10 @@
 //! Server secrets at rest: the operator token and the keyed-hash secret,
 //! created once with owner-only permissions and read back on restart.
+//! Both are durable (content and name) before the server uses them: a
+//! secret lost to a power cut would change every payer pseudonym, a lost
+//! token would lock the operator out.
 
-use std::fs::OpenOptions;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use rand::rngs::SysRng;
@@ -26,18 +28,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SecretError + '_ {
     move |source| SecretError::Io { path: path.display().to_string(), source }
 }
 
-/// Creates `path` with mode 0600 holding `content`, failing if it exists.
+/// Creates `path` with mode 0600 holding `content`, failing if it exists;
+/// all or nothing, and durable (see `store::files::write_new_file`).
 fn create_private(path: &Path, content: &[u8]) -> Result<(), SecretError> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path).map_err(io(path))?;
-    file.write_all(content).map_err(io(path))?;
-    file.sync_all().map_err(io(path))
+    crate::store::files::write_new_file(path, content, 0o600).map_err(io(path))
 }
 
 fn read(path: &Path) -> Result<Option<Vec<u8>>, SecretError> {

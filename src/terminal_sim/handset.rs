@@ -35,7 +35,7 @@ impl Handset {
     /// The answer for one planned step: the Ed25519 signature over the
     /// canonical approval bytes of exactly this offer and decision.
     pub fn answer(&self, offer: &ParsedOffer, step: &Step) -> proto::HandsetAnswer {
-        let mut signature = self.key.sign(&offer.payload(step.decision).to_bytes()).to_bytes();
+        let mut signature = self.key.sign(&offer.signing_bytes(step.decision)).to_bytes();
         match step.signing {
             Signing::Valid => {}
             // Flipping one bit of R keeps the length and the encoding
@@ -110,7 +110,14 @@ impl ParsedOffer {
         })
     }
 
-    /// The canonical bytes this offer's answer signs.
+    /// The exact bytes a handset signs to answer this offer with
+    /// `decision`: what simulated handsets sign, and what the carrier hands
+    /// a browser phone's page to sign.
+    pub fn signing_bytes(&self, decision: Decision) -> Vec<u8> {
+        self.payload(decision).to_bytes()
+    }
+
+    /// The canonical payload this offer's answer signs.
     pub fn payload(&self, decision: Decision) -> ApprovalPayload<'_> {
         ApprovalPayload {
             trade_id: self.trade_id,

@@ -30,7 +30,6 @@ use syncpay::proto::carrier_service_client::CarrierServiceClient;
 use syncpay::proto::register_service_client::RegisterServiceClient;
 use syncpay::proto::{self};
 use syncpay::sync_server::{self, RunningServer, ServerConfig};
-use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
 pub struct TestServer {
@@ -76,7 +75,8 @@ impl TestServer {
         dir: Option<tempfile::TempDir>,
         backend: Option<&'static BackendFactory>,
     ) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        // As `serve` binds it (the server's listen backlog).
+        let listener = sync_server::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
         let server = match backend {
             Some(b) => {
                 let store = (b.open)(&config.store_dir, backends::Fsync::On);

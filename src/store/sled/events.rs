@@ -181,7 +181,7 @@ impl SledStore {
     }
 
     /// The earliest deadline of any open trade.
-    pub fn next_deadline(&self) -> Result<Option<UnixMs>, Failure> {
+    pub(crate) fn earliest_deadline(&self) -> Result<Option<UnixMs>, Failure> {
         match self.tree(T::Deadlines).first().map_err(io)? {
             Some((k, _)) => {
                 let bytes: [u8; 8] =

@@ -9,8 +9,9 @@
 //! layouts and record encoding), one file per use case (`parties.rs`,
 //! `create_trade.rs`, `answer.rs`, `cancel.rs`, `refund.rs`, `ledger.rs`,
 //! `network.rs`, `billing.rs`), `events.rs` (events, outbox, the effects
-//! of a final state), `verify.rs` (the view the shared checks read) and
-//! `config.rs` (settings and opening).
+//! of a final state), `recent.rs` (the console's newest postings and
+//! trades), `verify.rs` (the view the shared checks read) and `config.rs`
+//! (settings and opening).
 
 mod answer;
 mod billing;
@@ -23,6 +24,7 @@ mod keys;
 mod ledger;
 mod network;
 mod parties;
+mod recent;
 mod refund;
 mod tx;
 mod verify;
@@ -139,7 +141,8 @@ impl SledStore {
     /// Opens (or creates) the store and starts its writer thread. The
     /// writer stops when every handle is dropped.
     pub fn open(config: StoreConfig) -> Result<SledStore, Failure> {
-        std::fs::create_dir_all(&config.path).map_err(|e| Failure::Io(e.to_string()))?;
+        crate::store::files::create_dir_all(&config.path)
+            .map_err(|e| Failure::Io(format!("create store folder: {e}")))?;
         let db = config::open_db(&config)?;
         let trees = tx::TREE_NAMES.iter().map(|n| db.open_tree(n)).collect::<Result<Vec<_>, _>>().map_err(io)?;
         let (durable, _) = watch::channel(0u64);
@@ -374,6 +377,15 @@ impl Trades for SledStore {
         // Each open trade has one deadline entry.
         Ok(self.tree(T::Deadlines).len())
     }
+
+    async fn next_deadline(&self) -> Result<Option<UnixMs>, Failure> {
+        self.earliest_deadline()
+    }
+
+    async fn recent_trades(&self, max_shops: usize, per_shop: usize) -> Result<Vec<TradeRecord>, Failure> {
+        let v = self.newest_trades(max_shops, per_shop)?;
+        self.durable(v).await
+    }
 }
 
 #[async_trait]
@@ -399,6 +411,11 @@ impl Ledger for SledStore {
 
     async fn verify(&self) -> Result<VerifyReport, Failure> {
         self.read_on_writer(|shared| crate::store::verify::verify(&verify::View(shared))).await
+    }
+
+    async fn recent_postings(&self, limit: usize) -> Result<Vec<PostingRecord>, Failure> {
+        let v = self.newest_postings(limit)?;
+        self.durable(v).await
     }
 }
 

@@ -2,7 +2,7 @@
 //! the ledger's verification.
 
 use crate::domain::{Amount, Currency, SubscriberNumber};
-use crate::store::{AccountRecord, Failure, PostingRecord, TopUp, TopUpRefusal, ToppedUp, VerifyReport};
+use crate::store::{AccountRecord, Failure, PostingRecord, TopUp, TopUpRefusal, ToppedUp, TradeRecord, VerifyReport};
 
 use super::super::limits::MAX_LIST;
 use super::{now, Engine, EngineError};
@@ -33,5 +33,15 @@ impl Engine {
             tracing::error!(violations = report.violation_count, "ledger verification found violations");
         }
         Ok(report)
+    }
+
+    /// The newest postings, newest first (the operator console).
+    pub async fn recent_postings(&self, limit: usize) -> Result<Vec<PostingRecord>, Failure> {
+        self.store.recent_postings(limit).await
+    }
+
+    /// The trades with the newest activity (the operator console).
+    pub async fn recent_trades(&self, max_shops: usize, per_shop: usize) -> Result<Vec<TradeRecord>, Failure> {
+        self.store.recent_trades(max_shops, per_shop).await
     }
 }

@@ -21,10 +21,11 @@ mod uplink;
 mod waiters;
 mod watch;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::watch as watch_channel;
+use tokio::sync::{watch as watch_channel, Notify};
 
 use crate::carrier::{CarrierGateway, PushResult};
 use crate::domain::approval::ServerSecret;
@@ -34,7 +35,7 @@ use crate::store::{Delivery, Failure, Store, StoreError, TradeRecord};
 use super::limits::Limits;
 use super::rate_limit::{RateLimits, StreamSlots, WATCH_STREAMS};
 
-pub use sweeper::{SWEEP_BATCH, SWEEP_INTERVAL};
+pub use sweeper::{SWEEP_BATCH, SWEEP_MAX_SLEEP, SWEEP_RETRY};
 pub use trades::{AwaitRefusal, ShopTrade, UnknownTrade};
 pub use waiters::FinalWaiters;
 pub use watch::{WatchEnd, WatchRefusal};
@@ -100,13 +101,27 @@ pub struct Engine {
     finals: FinalWaiters,
     rates: RateLimits,
     watch_slots: Arc<StreamSlots<ShopId>>,
+    /// The deadline (ms) the sweeper sleeps until; `u64::MAX` while it is
+    /// looking or has nothing to wait for, so any new deadline wakes it.
+    sweep_target: AtomicU64,
+    sweep_wake: Notify,
 }
 
 impl Engine {
     pub fn new(store: Store, gateway: Arc<dyn CarrierGateway>, secret: ServerSecret, limits: Limits) -> Self {
         let rates = RateLimits::new(&limits);
         let watch_slots = StreamSlots::new(WATCH_STREAMS, limits.max_watch_streams_per_shop);
-        Engine { store, gateway, secret, limits, finals: FinalWaiters::default(), rates, watch_slots }
+        Engine {
+            store,
+            gateway,
+            secret,
+            limits,
+            finals: FinalWaiters::default(),
+            rates,
+            watch_slots,
+            sweep_target: AtomicU64::new(u64::MAX),
+            sweep_wake: Notify::new(),
+        }
     }
 
     /// The limits every request is validated against.
@@ -162,6 +177,8 @@ impl Engine {
         if let Some(t) = trade {
             if t.state.is_final() {
                 self.finals.fire(t.id);
+            } else {
+                self.deadline_added(t.expires_at);
             }
         }
         self.dispatch(deliveries);
