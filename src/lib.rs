@@ -12,6 +12,8 @@
 //! - [`carrier`]: the carrier-gateway trait and the relay-stream gateway.
 //! - [`metrics`]: every metric name and the helpers that record them.
 //! - [`identity`]: the caller's identity as a client certificate names it.
+//! - [`child`]: running `syncpay` as a child process (the benchmark, the
+//!   operational tests).
 //! - [`client`]: connecting (plaintext or mutual TLS) and authenticating
 //!   gRPC clients.
 //! - [`codec`]: the prost codec that reports malformed requests as
@@ -25,6 +27,7 @@
 //!   and what `syncpay demo --web` starts.
 
 pub mod carrier;
+pub mod child;
 pub mod client;
 pub mod codec;
 pub mod domain;

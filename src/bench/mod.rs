@@ -14,8 +14,9 @@
 //! trade (`--open-trades N`, `bench/open.rs`), and a store of N settled
 //! trades with the time from a restart on it to the first settlement
 //! (`--fill N --keep-store DIR`, `--restart-only DIR`; `bench/fill.rs`,
-//! `bench/restart.rs`). `bench/child.rs` runs and reads the child server,
-//! `bench/rig.rs` sets up shops, registers, carrier and handsets.
+//! `bench/restart.rs`). `bench/child.rs` runs and reads the child server
+//! (through `syncpay::child`), `bench/rig.rs` sets up shops, registers,
+//! carrier and handsets.
 
 mod ceiling;
 mod child;
