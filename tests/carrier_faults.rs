@@ -53,13 +53,6 @@ fn trade_id(t: &proto::Trade) -> TradeId {
     TradeId::parse(&t.trade_id).expect("trade id")
 }
 
-fn is_final(s: S) -> bool {
-    match s {
-        S::Settled | S::Declined | S::Expired | S::Cancelled | S::Failed => true,
-        S::Pending | S::Offered | S::Unspecified => false,
-    }
-}
-
 fn now_ms() -> i64 {
     let ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_millis();
     i64::try_from(ms).expect("fits")
@@ -117,7 +110,7 @@ async fn shop_events(
         assert_eq!(e.kind, EventKind::StateChanged as i32, "{context}: {e:?}");
         let trade = e.trade.clone().expect("event carries the trade");
         assert!(trades.contains(&trade.trade_id), "{context}: event for a trade of another shop: {e:?}");
-        if is_final(state(&trade)) {
+        if state(&trade).is_final() {
             assert!(finished.insert(trade.trade_id.clone()), "{context}: a second final event for {}", trade.trade_id);
         }
         by_trade.entry(trade.trade_id).or_default().push(e);
@@ -140,8 +133,8 @@ fn check_trade_events(events: &[proto::TradeEvent], final_trade: &proto::Trade, 
     assert_eq!(states.first(), Some(&S::Pending), "{context}: {} {states:?}", final_trade.trade_id);
     assert_eq!(states.last(), Some(&state(final_trade)), "{context}: {} {states:?}", final_trade.trade_id);
     let ok = match states.as_slice() {
-        [S::Pending, f] => is_final(*f),
-        [S::Pending, S::Offered, f] => is_final(*f),
+        [S::Pending, f] => f.is_final(),
+        [S::Pending, S::Offered, f] => f.is_final(),
         _ => false,
     };
     assert!(ok, "{context}: {} has events {states:?}", final_trade.trade_id);

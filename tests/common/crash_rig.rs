@@ -242,10 +242,6 @@ fn rank(s: S) -> u8 {
     }
 }
 
-fn is_final(s: S) -> bool {
-    rank(s) == 3
-}
-
 /// One CreateTrade attempt (every one carries an idempotency key) and all
 /// that was acknowledged about the trade since.
 struct TradeRec {
@@ -387,7 +383,7 @@ impl Record {
         if rank(state) > rank(rec.state) {
             rec.state = state;
         }
-        if is_final(state) {
+        if state.is_final() {
             let now = (state, reason_of(t));
             match rec.final_state {
                 None => rec.final_state = Some(now),
@@ -1431,7 +1427,7 @@ async fn check_events(ctx: &Ctx, session: &Session, shop: usize) {
         };
         let trade = e.trade.clone().unwrap_or_default();
         let s = state_of(&trade);
-        let counts = e.kind == EventKind::Refunded as i32 || is_final(s);
+        let counts = e.kind == EventKind::Refunded as i32 || s.is_final();
         if counts {
             if let Some(left) = missing.get_mut(&trade.trade_id) {
                 *left -= 1;
@@ -1503,7 +1499,7 @@ async fn check_events(ctx: &Ctx, session: &Session, shop: usize) {
             answered_while_pending += 1;
         }
         history.insert(id.to_string(), states.clone());
-        let finals = states.iter().filter(|s| is_final(**s)).count();
+        let finals = states.iter().filter(|s| s.is_final()).count();
         let ordered = states.windows(2).all(|w| rank(w[0]) < rank(w[1]));
         if states.first() != Some(&S::Pending) || !ordered || finals != 1 {
             found.push(format!("trade {id}: state events {states:?}"));
