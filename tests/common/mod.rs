@@ -91,6 +91,25 @@ impl TestServer {
     /// `pki/`) holding certificates for the operator and for `shops` and
     /// `carriers`, which are created on the server too.
     pub async fn start_tls(shops: &[&str], carriers: &[&str], limits: Limits) -> TestServer {
+        Self::tls(None, shops, carriers, limits).await
+    }
+
+    /// As `start_tls`, over `backend`'s store.
+    pub async fn start_tls_on(
+        backend: &'static BackendFactory,
+        shops: &[&str],
+        carriers: &[&str],
+        limits: Limits,
+    ) -> TestServer {
+        Self::tls(Some(backend), shops, carriers, limits).await
+    }
+
+    async fn tls(
+        backend: Option<&'static BackendFactory>,
+        shops: &[&str],
+        carriers: &[&str],
+        limits: Limits,
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path().to_owned();
         let pki = make_pki(&data_dir.join("pki"), shops, carriers);
@@ -102,7 +121,7 @@ impl TestServer {
             client_ca: pki.ca_cert.clone(),
             client_crl: None,
         });
-        let mut t = Self::start_with(config, data_dir, Some(dir)).await;
+        let mut t = Self::serve(config, data_dir, Some(dir), backend).await;
         t.pki = Some(pki);
         for shop in shops {
             t.create_shop(shop, &format!("Shop {shop}")).await;
