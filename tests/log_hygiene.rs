@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{carrier, shop, TestServer};
+use syncpay::domain::approval::hex;
 use syncpay::register::{ChargeRequest, VirtualRegister};
 use syncpay::sync_server::limits::Limits;
 use syncpay::sync_server::rate_limit::Rate;
@@ -32,10 +33,6 @@ impl Write for Captured {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The base64 body lines of a PEM private key.

@@ -18,6 +18,7 @@ use common::TestServer;
 use ed25519_dalek::SigningKey;
 use prost::Message;
 use sha2::{Digest, Sha256};
+use syncpay::domain::approval::hex;
 use syncpay::domain::Decision;
 use syncpay::proto::{self, TradeState};
 use syncpay::sync_server::limits::Limits;
@@ -31,10 +32,6 @@ struct Payer {
     number: &'static str,
     key: Option<SigningKey>,
     top_up: u64,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Everything that would identify a payer to a shop.

@@ -14,13 +14,13 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use syncpay::client::{connect, with_token, AuthedChannel};
-use syncpay::domain::approval::shop_key_fingerprint;
+use syncpay::domain::approval::{hex, shop_key_fingerprint};
 use syncpay::domain::{
     Amount, ApprovalPayload, Currency, Decision, RegisterId, ShopId, SubscriberNumber, TradeId, UnixMs,
 };
 use syncpay::proto::admin_service_client::AdminServiceClient;
 use syncpay::proto::register_service_client::RegisterServiceClient;
-use syncpay::proto::{self, FailureReason, TradeState};
+use syncpay::proto::{self, state_name, FailureReason, TradeState};
 use syncpay::register::{ChargeRequest, VirtualRegister};
 use syncpay::sync_server::{self, ServerConfig};
 use syncpay::terminal_sim::{CarrierSim, Policy, SimEvent};
@@ -234,6 +234,7 @@ async fn run_web(args: &DemoArgs) -> anyhow::Result<()> {
     use std::sync::Arc;
     use syncpay::web::{self, demo};
     super::init_logging("warn");
+    let mut signals = super::serve::StopSignals::install()?;
     for (flag, addr) in [
         ("--shop-listen", args.shop_listen),
         ("--phone-listen", args.phone_listen),
@@ -284,7 +285,7 @@ async fn run_web(args: &DemoArgs) -> anyhow::Result<()> {
     println!("  console  {}", pages.console.url());
     println!("           log in with the operator token in {}", token_file.display());
     println!("  server   {} (gRPC, plaintext, loopback)", server.url());
-    let signal = super::serve::wait_for_signal().await;
+    let signal = signals.stopped().await;
     println!("{signal}: stopping");
     pages.shutdown().await;
     server.shutdown().await.context("shutting the server down")?;
@@ -864,28 +865,12 @@ fn describe(e: &SimEvent) -> String {
 }
 
 fn is_final_state(state: i32) -> bool {
-    match TradeState::try_from(state) {
-        Ok(
-            TradeState::Settled
-            | TradeState::Declined
-            | TradeState::Expired
-            | TradeState::Cancelled
-            | TradeState::Failed,
-        ) => true,
-        Ok(TradeState::Unspecified | TradeState::Pending | TradeState::Offered) | Err(_) => false,
-    }
+    TradeState::try_from(state).is_ok_and(TradeState::is_final)
 }
 
-fn state_name(state: i32) -> &'static str {
-    TradeState::try_from(state).map_or("(unknown state)", |s| s.as_str_name().trim_start_matches("TRADE_STATE_"))
-}
-
+/// A failure reason by name, `none` for none.
 fn reason_name(reason: i32) -> &'static str {
-    match FailureReason::try_from(reason) {
-        Ok(FailureReason::Unspecified) => "none",
-        Ok(r) => r.as_str_name().trim_start_matches("FAILURE_REASON_"),
-        Err(_) => "(unknown reason)",
-    }
+    proto::reason_name(reason).unwrap_or("none")
 }
 
 /// `FAILED (BAD_SIGNATURE)`, or just the state when there is no reason.
@@ -923,8 +908,4 @@ fn signed(currency: Currency, minor: i64) -> String {
     } else {
         text
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
+use syncpay::domain::approval::hex;
 use syncpay::domain::{Amount, Currency, RegisterId, TradeId};
-use syncpay::proto::{self, register_service_client::RegisterServiceClient};
+use syncpay::proto::{self, register_service_client::RegisterServiceClient, state_name};
 use syncpay::register::{is_final, ChargeRequest, VirtualRegister};
 
 use super::{connection, print_json, read_token, Connect, Exit};
@@ -141,6 +142,7 @@ async fn web(
 ) -> anyhow::Result<()> {
     use syncpay::web::shop::{self, ShopConfig};
     super::init_logging("warn");
+    let mut signals = super::serve::StopSignals::install()?;
     let shop_id =
         syncpay::domain::ShopId::parse(shop_id).map_err(|e| Exit::usage(format!("--shop-id {shop_id:?}: {e}")))?;
     let register = match register {
@@ -155,7 +157,7 @@ async fn web(
     let config = ShopConfig { shop_id, shop_name: name, catalog: shop::sample_catalog(), ttl_seconds: ttl };
     let server = shop::start(listener, register.clone(), config)?;
     println!("shop web: {} (register {} \"{}\"; Ctrl-C to stop)", server.url(), register.id(), register.label());
-    let signal = super::serve::wait_for_signal().await;
+    let signal = signals.stopped().await;
     println!("{signal}: stopping");
     server.shutdown().await;
     Ok(())
@@ -293,7 +295,8 @@ async fn watch(
 ) -> anyhow::Result<()> {
     let mut seen = 0u64;
     let mut backoff = WATCH_BACKOFF_START;
-    let signal = super::serve::wait_for_signal();
+    let mut signals = super::serve::StopSignals::install()?;
+    let signal = signals.stopped();
     tokio::pin!(signal);
     loop {
         if count.is_some_and(|c| seen >= c) {
@@ -360,16 +363,9 @@ fn settled_or_exit(trade: &proto::Trade) -> anyhow::Result<()> {
     Err(Exit::negative(format!("trade {} is still {}", trade.trade_id, state_name(trade.state))))
 }
 
-fn state_name(state: i32) -> &'static str {
-    proto::TradeState::try_from(state)
-        .map_or("UNKNOWN", |s| s.as_str_name().strip_prefix("TRADE_STATE_").unwrap_or("UNKNOWN"))
-}
-
+/// A failure reason by name, empty for none.
 fn failure_name(reason: i32) -> &'static str {
-    match proto::FailureReason::try_from(reason) {
-        Ok(proto::FailureReason::Unspecified) | Err(_) => "",
-        Ok(r) => r.as_str_name().strip_prefix("FAILURE_REASON_").unwrap_or(""),
-    }
+    proto::reason_name(reason).unwrap_or("")
 }
 
 fn money(minor: u64, currency: &str) -> String {
@@ -377,10 +373,6 @@ fn money(minor: u64, currency: &str) -> String {
         Ok(c) => c.format(Amount::new(minor)),
         Err(_) => format!("{minor} {currency}"),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A trade as JSON: every field of the wire message, enums by name,

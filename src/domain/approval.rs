@@ -171,6 +171,11 @@ impl fmt::Display for BindingCode {
     }
 }
 
+/// Lower-case hex, as keys, fingerprints and secrets are shown.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,5 +260,11 @@ mod tests {
         assert_eq!(pa, s.payer_pseudonym(&shop_a, &n));
         assert_ne!(pa, s.payer_pseudonym(&shop_b, &n));
         assert!(pa.starts_with("pyr_") && !pa.contains("8012345"));
+    }
+
+    #[test]
+    fn hex_is_lower_case_two_digits_a_byte() {
+        assert_eq!(hex(&[0xab, 0x01, 0x00]), "ab0100");
+        assert_eq!(hex(&[]), "");
     }
 }

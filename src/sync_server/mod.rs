@@ -1,6 +1,8 @@
-//! The server: gRPC services, trade orchestration, expiry and event
-//! fan-out, assembled over a store and a carrier gateway. The caller binds
-//! the listener, so tests use `127.0.0.1:0` and never wait for readiness.
+//! The server: the engine (every use case: trade orchestration, expiry,
+//! event fan-out) and the gRPC edge over it (authentication, validation,
+//! presentation, the one place errors become statuses), assembled over a
+//! store and a carrier gateway. The caller binds the listener, so tests use
+//! `127.0.0.1:0` and never wait for readiness.
 //! With `ServerConfig::tls` the server speaks mutual TLS and callers are
 //! known by their client certificates; without it, plaintext with bearer
 //! tokens (for loopback development only: `syncpay serve` enforces that).
@@ -14,8 +16,8 @@ pub mod error;
 pub mod handshakes;
 pub mod limits;
 pub mod message_limit;
-pub mod metrics;
 pub mod rate_limit;
+pub mod refusal;
 pub mod register_service;
 pub mod requests;
 pub mod secrets;
@@ -34,10 +36,12 @@ use tonic::transport::Server;
 
 use crate::carrier::relay::RelayHub;
 use crate::domain::approval::ServerSecret;
+use crate::metrics;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::carrier_service_server::CarrierServiceServer;
 use crate::proto::register_service_server::RegisterServiceServer;
-use crate::store::{Durability, Store, StoreConfig, StoreError, SyncFault};
+use crate::store::sled::{Durability, SledStore, StoreConfig, SyncFault};
+use crate::store::{Failure, Store};
 
 use self::auth::{interceptor, AuthMode, Authenticator, Party};
 use self::engine::Engine;
@@ -49,7 +53,7 @@ use self::tls::{ReloadableTls, TlsError, TlsFiles};
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("store: {0}")]
-    Store(#[from] StoreError),
+    Store(#[from] Failure),
     #[error("secrets: {0}")]
     Secret(#[from] secrets::SecretError),
     #[error("listener: {0}")]
@@ -83,6 +87,8 @@ pub struct ServerConfig {
     /// Test hook: fail a chosen fsync (see `SyncFault`). Always `None` in
     /// the CLI.
     pub sync_fault: Option<Arc<SyncFault>>,
+    /// PostgreSQL instead of the sled store in `store_dir` (`store.url`).
+    pub postgres: Option<crate::store::postgres::PgConfig>,
 }
 
 impl ServerConfig {
@@ -95,12 +101,13 @@ impl ServerConfig {
         Ok(ServerConfig {
             store_dir: data_dir.join("store"),
             durability: Durability::Fsync,
-            cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
+            cache_bytes: crate::store::sled::DEFAULT_CACHE_BYTES,
             admin_token: secrets::load_or_create_admin_token(&data_dir.join("admin.token"))?,
             secret: secrets::load_or_create_secret(&data_dir.join("server.secret"))?,
             limits: Limits::default(),
             tls: None,
             sync_fault: None,
+            postgres: None,
         })
     }
 }
@@ -180,7 +187,7 @@ impl RunningServer {
         self.sweeper.await.map_err(|e| ServerError::Join(e.to_string()))?;
         // Streams and relay tasks let go of the engine as they see the
         // signal; once ours is the last handle, dropping it closes the store.
-        let mut closed = self.engine.store.closed();
+        let mut closed = self.engine.store_closed();
         let engine = self.engine;
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while Arc::strong_count(&engine) > 1 && tokio::time::Instant::now() < deadline {
@@ -200,29 +207,67 @@ impl RunningServer {
     }
 }
 
-/// Opens the store and serves on `listener` until `shutdown` is called.
-/// Bind the listener with [`bind`] for the server's listen backlog.
-pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<RunningServer, ServerError> {
-    let addr = listener.local_addr()?;
-    // Load TLS first: a bad certificate should fail before the store opens.
-    let tls = match &config.tls {
-        Some(files) => Some(Arc::new(ReloadableTls::load(files.clone())?)),
-        None => None,
-    };
+/// Opens the store the config names: PostgreSQL when `postgres` is set,
+/// else the embedded sled store.
+pub async fn open_store(config: &ServerConfig) -> Result<Store, ServerError> {
+    if let Some(pg) = config.postgres.clone() {
+        // Blocking: it connects, checks and migrates before answering.
+        let store = tokio::task::spawn_blocking(move || crate::store::postgres::PgStore::open(pg))
+            .await
+            .map_err(|e| ServerError::Join(e.to_string()))?
+            .map_err(|e| ServerError::Store(crate::store::postgres::store_failure(e)))?;
+        return Ok(Arc::new(store));
+    }
     let store_config = StoreConfig {
         durability: config.durability,
         cache_bytes: config.cache_bytes,
         sync_fault: config.sync_fault.clone(),
         ..StoreConfig::new(&config.store_dir)
     };
-    let store = tokio::task::spawn_blocking(move || Store::open(store_config))
+    let store = tokio::task::spawn_blocking(move || SledStore::open(store_config))
         .await
         .map_err(|e| ServerError::Join(e.to_string()))??;
-    metrics::set_open_trades(store.open_trade_count());
+    Ok(Arc::new(store))
+}
+
+/// Opens the store and serves on `listener` until `shutdown` is called.
+/// Bind the listener with [`bind`] for the server's listen backlog.
+pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<RunningServer, ServerError> {
+    // Load TLS first: a bad certificate should fail before the store opens.
+    let tls = load_tls(&config)?;
+    let store = open_store(&config).await?;
+    start_on(config, store, tls, listener).await
+}
+
+/// Serves `store` (any backend, opened by the caller) on `listener`.
+pub async fn start_with_store(
+    config: ServerConfig,
+    store: Store,
+    listener: TcpListener,
+) -> Result<RunningServer, ServerError> {
+    let tls = load_tls(&config)?;
+    start_on(config, store, tls, listener).await
+}
+
+fn load_tls(config: &ServerConfig) -> Result<Option<Arc<ReloadableTls>>, ServerError> {
+    Ok(match &config.tls {
+        Some(files) => Some(Arc::new(ReloadableTls::load(files.clone())?)),
+        None => None,
+    })
+}
+
+async fn start_on(
+    config: ServerConfig,
+    store: Store,
+    tls: Option<Arc<ReloadableTls>>,
+    listener: TcpListener,
+) -> Result<RunningServer, ServerError> {
+    let addr = listener.local_addr()?;
+    metrics::set_open_trades(store.open_trade_count().await?);
     let hub = Arc::new(RelayHub::new(config.limits.relay_queue_depth));
-    let engine = Arc::new(Engine::new(store.clone(), hub.clone(), config.secret.clone(), config.limits.clone()));
+    let engine = Arc::new(Engine::new(store, hub.clone(), config.secret.clone(), config.limits.clone()));
     let mode = if tls.is_some() { AuthMode::Certificates } else { AuthMode::Tokens };
-    let auth = Arc::new(Authenticator::new(store, &config.admin_token, mode));
+    let auth = Arc::new(Authenticator::new(engine.clone(), &config.admin_token, mode));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -263,11 +308,10 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Runnin
     let sweeper = tokio::spawn(engine.clone().run_sweeper(shutdown_rx.clone()));
     // A store that stopped accepting writes makes every service unhealthy,
     // so load balancers and operators see it at once.
-    let (health_on_failure, store_for_health, mut stop_watch) =
-        (health.clone(), engine.store.clone(), shutdown_rx.clone());
+    let (health_on_failure, engine_for_health, mut stop_watch) = (health.clone(), engine.clone(), shutdown_rx.clone());
     tokio::spawn(async move {
         tokio::select! {
-            _ = store_for_health.wait_stopped() => {
+            _ = engine_for_health.wait_store_stopped() => {
                 tracing::error!("store stopped accepting writes; reporting NOT_SERVING");
                 set_all_not_serving(&health_on_failure).await;
             }

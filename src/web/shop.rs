@@ -438,18 +438,6 @@ async fn cancel(State(shop): State<Arc<Shop>>, Path(id): Path<String>) -> Respon
     }
 }
 
-fn state_name(state: i32) -> &'static str {
-    TradeState::try_from(state).map_or("UNKNOWN", |s| s.as_str_name().trim_start_matches("TRADE_STATE_"))
-}
-
-fn reason_name(reason: i32) -> Option<&'static str> {
-    match FailureReason::try_from(reason) {
-        Ok(FailureReason::Unspecified) => None,
-        Ok(r) => Some(r.as_str_name().trim_start_matches("FAILURE_REASON_")),
-        Err(_) => Some("UNKNOWN"),
-    }
-}
-
 /// What the buyer reads for each state.
 fn explain(trade: &proto::Trade, method: PayMethod) -> String {
     let reason = FailureReason::try_from(trade.failure_reason).unwrap_or(FailureReason::Unspecified);
@@ -490,8 +478,8 @@ fn trade_view(trade: &proto::Trade, method: PayMethod, item: &str, shop: &ShopId
         "method": method.name(),
         "amount": amount,
         "binding_code": trade.binding_code,
-        "state": state_name(trade.state),
-        "failure_reason": reason_name(trade.failure_reason),
+        "state": proto::state_name(trade.state),
+        "failure_reason": proto::reason_name(trade.failure_reason),
         "message": explain(trade, method),
         "final": is_final(trade),
         "created_at_ms": trade.created_at_ms,
@@ -583,7 +571,7 @@ pub fn check_receipt(trade: &proto::Trade, shop: &ShopId) -> Option<ReceiptCheck
             "This receipt does not carry the phone's public key (only a fingerprint of it for this shop), so the \
              shop cannot verify the signature itself; the server verified it before settling."
                 .to_owned(),
-            format!("Phone key fingerprint for this shop: {}…", super::hex(&receipt.handset_key_fingerprint[..8])),
+            format!("Phone key fingerprint for this shop: {}…", crate::domain::approval::hex(&receipt.handset_key_fingerprint[..8])),
         ],
     })
 }

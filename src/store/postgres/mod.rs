@@ -2,15 +2,23 @@
 //! one database: the schema as versioned migrations ([`migrate`]), the
 //! connection pool with its durability checks ([`pool`]), amounts as
 //! `numeric` ([`numeric`]), and the SQL of the writes whose concurrency the
-//! invariants rest on ([`sql`]), each with the locks it takes. The store
-//! operations behind the storage boundary (issue 13) are built on these;
+//! invariants rest on ([`sql`]), each with the locks it takes; and
+//! [`PgStore`], the store behind the storage boundary built on them
+//! (`trades.rs`: a trade's writes; `parties.rs`: the others; `rows.rs`:
+//! rows to records; `store.rs`: transactions, the boundary, verification);
 //! `docs/POSTGRES.md` is the design: for every write, its SQL and the
 //! isolation or locks it relies on.
 
 pub mod migrate;
 pub mod numeric;
+mod parties;
 pub mod pool;
+mod rows;
 pub mod sql;
+mod store;
+mod trades;
+
+pub use store::{failure as store_failure, PgConfig, PgStore, HEAD_POLL};
 
 /// Errors of the PostgreSQL backend.
 #[derive(Debug, thiserror::Error)]

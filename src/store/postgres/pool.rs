@@ -101,9 +101,7 @@ pub fn redact_url(url: &str) -> String {
 /// at start rather than on the first trade.
 pub async fn connect(url: &str, size: usize) -> Result<Pool, PgError> {
     let mut config = parse_url(url).map_err(PgError::Config)?;
-    config.options(SESSION_OPTIONS);
-    config.connect_timeout(CONNECT_TIMEOUT);
-    config.application_name("syncpay");
+    configure(&mut config);
     // Verified: a connection is checked with an empty query before it is
     // handed out, so one that died with its server is replaced instead of
     // failing a trade.
@@ -115,6 +113,14 @@ pub async fn connect(url: &str, size: usize) -> Result<Pool, PgError> {
     let client = pool.get().await?;
     check_server(&client).await?;
     Ok(pool)
+}
+
+/// What every connection of syncpay's starts with: synchronous commits,
+/// READ COMMITTED, a lock timeout, a connect timeout, its name.
+pub fn configure(config: &mut tokio_postgres::Config) {
+    config.options(SESSION_OPTIONS);
+    config.connect_timeout(CONNECT_TIMEOUT);
+    config.application_name("syncpay");
 }
 
 /// What the server said about its durability.
