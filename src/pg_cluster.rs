@@ -238,7 +238,10 @@ fn running_postmaster(data: &Path) -> Option<u32> {
 /// [`Cluster::start`], so leftovers of a dead run never pile up.
 pub fn reap_leftovers() -> usize {
     let mut reaped = 0;
-    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else { return 0 };
+    let entries = [std::env::temp_dir(), PathBuf::from(MEMORY_DIR)]
+        .into_iter()
+        .filter_map(|parent| fs::read_dir(parent).ok())
+        .flatten();
     for entry in entries.flatten() {
         let name = entry.file_name();
         if !name.to_str().is_some_and(|n| n.starts_with(DIR_PREFIX)) {
@@ -341,11 +344,34 @@ const SETTINGS: &[(&str, &str)] = &[
     ("log_line_prefix", "'%m [%p] '"),
 ];
 
+/// A memory-backed file system, where [`Cluster::start_in_memory`] puts a
+/// cluster when the machine has one.
+const MEMORY_DIR: &str = "/dev/shm";
+
 impl Cluster {
-    /// Makes and starts a new cluster (`initdb -A trust`).
+    /// Makes and starts a new cluster (`initdb -A trust`) in the
+    /// temporary folder, on disk: commits wait for real flushes.
     pub fn start(tools: &PgTools) -> Result<Cluster, ClusterError> {
+        Cluster::start_under(tools, &std::env::temp_dir())
+    }
+
+    /// As [`Cluster::start`], on a memory-backed file system (`/dev/shm`)
+    /// when there is one: fsync stays on, and costs nothing. For tests of
+    /// the backend's logic and concurrency, whose timing must not depend on
+    /// how busy the machine's disk is; durability across a crash of
+    /// PostgreSQL itself is tested on disk ([`Cluster::start`]).
+    pub fn start_in_memory(tools: &PgTools) -> Result<Cluster, ClusterError> {
+        let memory = Path::new(MEMORY_DIR);
+        if memory.is_dir() {
+            Cluster::start_under(tools, memory)
+        } else {
+            Cluster::start(tools)
+        }
+    }
+
+    fn start_under(tools: &PgTools, parent: &Path) -> Result<Cluster, ClusterError> {
         reap_leftovers();
-        let mut cluster = Cluster::make_folder(tools)?;
+        let mut cluster = Cluster::make_folder(tools, parent)?;
         let mut initdb = tools.command("initdb");
         initdb.arg("-D").arg(&cluster.data).args(["-A", "trust", "-U", SUPERUSER, "-E", "UTF8", "--locale=C"]);
         run(&mut initdb, "initdb")?;
@@ -356,8 +382,8 @@ impl Cluster {
 
     /// A folder owned by the server's user, with the owner file in it and
     /// its watchdog running.
-    fn make_folder(tools: &PgTools) -> Result<Cluster, ClusterError> {
-        let root = tempfile::Builder::new().prefix(DIR_PREFIX).tempdir()?.keep();
+    fn make_folder(tools: &PgTools, parent: &Path) -> Result<Cluster, ClusterError> {
+        let root = tempfile::Builder::new().prefix(DIR_PREFIX).tempdir_in(parent)?.keep();
         let me = process_identity(std::process::id()).ok_or_else(|| failed("cannot read /proc/self/stat"))?;
         fs::write(root.join("owner"), format!("{} {}\n", me.0, me.1))?;
         if tools.as_pg_user {
@@ -482,7 +508,9 @@ impl Cluster {
             return Err(failed(format!("standby name {application_name:?}: letters, digits and _ only")));
         }
         reap_leftovers();
-        let mut standby = Cluster::make_folder(&self.tools)?;
+        // Beside the primary: on disk, or in memory, as it is.
+        let parent = self.root.parent().map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+        let mut standby = Cluster::make_folder(&self.tools, &parent)?;
         let conninfo =
             format!("host=127.0.0.1 port={} user={SUPERUSER} application_name={application_name}", self.port);
         let mut backup = self.tools.command("pg_basebackup");

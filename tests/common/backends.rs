@@ -51,10 +51,10 @@ fn open_sled(dir: &Path, fsync: Fsync) -> Store {
 /// The embedded default: `serve` keeps it in `<data dir>/store`.
 pub const SLED: BackendFactory = BackendFactory { name: "sled", open: open_sled, serve_args: |_| Vec::new() };
 
-/// Connections per PostgreSQL store in tests: a few writers at once is
-/// what the suites do; several stores of one test binary share one
-/// cluster of 200 connections.
-const PG_POOL_SIZE: usize = 8;
+/// Connections per PostgreSQL store in tests: the serve default (the
+/// suites run 100+ trades at once); a test binary opens few stores at a
+/// time on its cluster of 200 connections.
+const PG_POOL_SIZE: usize = 16;
 
 /// Databases of this test binary's cluster made so far (by name).
 static PG_DATABASES: Mutex<Option<HashSet<String>>> = Mutex::new(None);

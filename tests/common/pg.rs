@@ -35,7 +35,14 @@ fn missing<T>(e: ClusterError) -> Option<T> {
 /// The test binary's shared cluster.
 pub fn cluster() -> Option<&'static Cluster> {
     let tools = tools()?;
-    let started = CLUSTER.get_or_init(|| Cluster::start(&tools).map_err(|e| e.to_string()));
+    // In memory where the machine has it (fsync on, and free): these tests
+    // are of the backend's logic and concurrency, and their deadlines must
+    // not depend on a disk shared with other builds. SYNCPAY_PG_ON_DISK=1
+    // puts the cluster on disk; the failover test always is.
+    let on_disk = std::env::var_os("SYNCPAY_PG_ON_DISK").is_some();
+    let started = CLUSTER.get_or_init(|| {
+        if on_disk { Cluster::start(&tools) } else { Cluster::start_in_memory(&tools) }.map_err(|e| e.to_string())
+    });
     match started {
         Ok(c) => Some(c),
         Err(e) => panic!("PostgreSQL is installed but a cluster would not start: {e}"),

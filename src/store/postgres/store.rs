@@ -2,8 +2,12 @@
 //! write is one transaction on a pooled connection (READ COMMITTED,
 //! `synchronous_commit = on`, the locks of `docs/POSTGRES.md`), answered
 //! only after `COMMIT` returned; a refusal rolls back. The relay's writes
-//! (`submit_*`) go through one ordered queue per node so that they apply
-//! in arrival order. What the boundary asks synchronously (credentials,
+//! (`submit_answer`, `submit_ack`) and cancels go through ordered queues,
+//! one per shard of shops: each starts once the one before holds its
+//! shop's event counter, so one shop's events are numbered in arrival
+//! order (as on sled), their commits overlap, and shops of different
+//! shards do not wait for each other. Expiries need no order and run at
+//! once. What the boundary asks synchronously (credentials,
 //! event heads) is served from memory, filled at start and on a miss by a
 //! lookup thread with its own connection; event heads also follow other
 //! nodes' commits by polling (`HEAD_POLL`), so correctness never depends
@@ -46,6 +50,19 @@ use crate::store::{
 pub const HEAD_POLL: Duration = Duration::from_millis(200);
 /// Relay writes queued per node at most (the relay's back-pressure).
 const ORDERED_QUEUE_DEPTH: usize = 1024;
+/// Relay writes in flight at once per node, as a share of the pool: they
+/// start in queue order, each once the one before has taken its shop's
+/// event counter (or ended), so their events are numbered in queue order
+/// as on sled; their commits overlap and share WAL flushes, which one
+/// write at a time would not. Half the pool, so shops' calls and the
+/// sweeper still get connections.
+const ORDERED_SHARE_OF_POOL: usize = 2;
+/// Ordered queues per node; a shop's writes always use the same one.
+/// One for now: the carrier's writes carry a trade or delivery id, not a
+/// shop, and looking the shop up before queueing let a shop's cancel
+/// overtake the acknowledgement that arrived before it. Sharding by shop
+/// needs the shop in the relay's messages.
+const ORDERED_SHARDS: usize = 1;
 /// How long a synchronous lookup (a credential or head this node has not
 /// seen) waits for the database before answering "not known".
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -74,7 +91,7 @@ struct Inner {
     credentials: Mutex<HashMap<[u8; 32], Principal>>,
     parties: Mutex<HashSet<String>>,
     lookups: std::sync::mpsc::SyncSender<Lookup>,
-    ordered: mpsc::Sender<OrderedJob>,
+    ordered: Vec<mpsc::Sender<OrderedJob>>,
     stopped: AtomicBool,
     closed: CloseSignal,
 }
@@ -88,7 +105,10 @@ impl Drop for CloseSignal {
     }
 }
 
-type OrderedJob = Box<dyn FnOnce(PgStore) -> futures_core::future::BoxFuture<'static, ()> + Send>;
+/// Sent (or dropped) once a queued write may be followed by the next.
+pub type Turn = tokio::sync::oneshot::Sender<()>;
+
+type OrderedJob = Box<dyn FnOnce(PgStore, Turn) -> futures_core::future::BoxFuture<'static, ()> + Send>;
 
 /// A synchronous question for the lookup thread.
 enum Lookup {
@@ -135,7 +155,13 @@ impl PgStore {
             .build()
             .map_err(|e| PgError::Config(e.to_string()))?;
         let lookups = spawn_lookups(config.url.clone())?;
-        let (ordered, queue) = mpsc::channel(ORDERED_QUEUE_DEPTH);
+        let mut ordered = Vec::with_capacity(ORDERED_SHARDS);
+        let mut queues = Vec::with_capacity(ORDERED_SHARDS);
+        for _ in 0..ORDERED_SHARDS {
+            let (tx, rx) = mpsc::channel(ORDERED_QUEUE_DEPTH);
+            ordered.push(tx);
+            queues.push(rx);
+        }
         let heads = EventHeads::default();
         let mut followed = HashSet::new();
         for (shop, head) in loaded.heads {
@@ -155,7 +181,12 @@ impl PgStore {
                 closed: CloseSignal(watch::Sender::new(false)),
             }),
         };
-        runtime.spawn(run_ordered(Arc::downgrade(&store.inner), queue));
+        let in_flight = (config.pool_size.clamp(1, pool::MAX_POOL_SIZE) / ORDERED_SHARE_OF_POOL).max(1);
+        // One budget of connections for all the shards together.
+        let budget = Arc::new(tokio::sync::Semaphore::new(in_flight));
+        for queue in queues {
+            runtime.spawn(run_ordered(Arc::downgrade(&store.inner), queue, budget.clone()));
+        }
         runtime.spawn(poll_heads(Arc::downgrade(&store.inner)));
         Ok(store)
     }
@@ -196,18 +227,28 @@ impl PgStore {
         }
     }
 
-    /// Queues a write on the node's ordered queue.
+    /// Queues a write on the ordered queue of `shop` (`None`: a write that
+    /// touches no shop's events, any queue).
     async fn queue<T: Send + 'static, R: Send + 'static>(
         &self,
-        job: impl FnOnce(PgStore) -> futures_core::future::BoxFuture<'static, Result<T, StoreError<R>>> + Send + 'static,
+        shop: Option<&str>,
+        job: impl FnOnce(PgStore, Turn) -> futures_core::future::BoxFuture<'static, Result<T, StoreError<R>>>
+            + Send
+            + 'static,
     ) -> Result<Pending<T, R>, Failure> {
         let (reply, pending) = Pending::channel();
-        let boxed: OrderedJob = Box::new(move |store| {
+        let boxed: OrderedJob = Box::new(move |store, turn| {
             Box::pin(async move {
-                let _ = reply.send(job(store).await);
+                let _ = reply.send(job(store, turn).await);
             })
         });
-        self.inner.ordered.send(boxed).await.map_err(|_| Failure::Stopped)?;
+        let shard = shop.map_or(0, |s| {
+            // FNV-1a: stable, and enough to spread shop names.
+            let h = s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+            usize::try_from(h % ORDERED_SHARDS as u64).unwrap_or(0)
+        });
+        let queue = self.inner.ordered.get(shard).ok_or(Failure::Stopped)?;
+        queue.send(boxed).await.map_err(|_| Failure::Stopped)?;
         Ok(pending)
     }
 }
@@ -216,12 +257,15 @@ impl PgStore {
 /// giving a `Step`) then COMMIT, or ROLLBACK on a refusal. Nothing is
 /// answered before COMMIT returned.
 macro_rules! in_tx {
-    ($store:expr, |$tx:ident, $cx:ident| $body:expr) => {{
+    ($store:expr, |$tx:ident, $cx:ident| $body:expr) => {
+        in_tx!($store, None, |$tx, $cx| $body)
+    };
+    ($store:expr, $turn:expr, |$tx:ident, $cx:ident| $body:expr) => {{
         let store: &PgStore = $store;
         let mut client = store.client().await.map_err(failed)?;
         let raw: &mut tokio_postgres::Client = &mut client;
         let $tx = raw.transaction().await.map_err(PgError::from).map_err(failed)?;
-        let mut cx_value = Cx::default();
+        let mut cx_value = Cx { turn: $turn, ..Cx::default() };
         let outcome = {
             let $cx = &mut cx_value;
             $body.await
@@ -264,10 +308,22 @@ fn no_refusal<T>(r: Result<T, StoreError<NoRefusal>>) -> Result<T, Failure> {
     })
 }
 
-async fn run_ordered(inner: Weak<Inner>, mut queue: mpsc::Receiver<OrderedJob>) {
+async fn run_ordered(
+    inner: Weak<Inner>,
+    mut queue: mpsc::Receiver<OrderedJob>,
+    in_flight: Arc<tokio::sync::Semaphore>,
+) {
     while let Some(job) = queue.recv().await {
         let Some(inner) = inner.upgrade() else { return };
-        job(PgStore { inner }).await;
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let (turn, next) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            job(PgStore { inner }, turn).await;
+            drop(permit);
+        });
+        // Sent once the write holds its shop's event counter, or dropped
+        // when it ends: either way the next may start.
+        let _ = next.await;
     }
 }
 
@@ -589,7 +645,17 @@ impl Trades for PgStore {
         trade: TradeId,
         now: UnixMs,
     ) -> Result<CancelOutcome, StoreError<CancelRefusal>> {
-        in_tx!(self, |tx, cx| trades::cancel(&tx, shop, trade, now, cx))
+        // Through the ordered queue: a cancel that arrives after the
+        // carrier's acknowledgement of the offer applies after it, as on
+        // sled (the trade is OFFERED, then CANCELLED).
+        let shop = shop.clone();
+        let queue_shop = shop.as_str().to_owned();
+        let pending = self
+            .queue(Some(&queue_shop), move |store, turn| {
+                Box::pin(async move { in_tx!(&store, Some(turn), |tx, cx| trades::cancel(&tx, &shop, trade, now, cx)) })
+            })
+            .await?;
+        pending.outcome().await
     }
 
     async fn refund(&self, refund: NewRefund) -> Result<Refunded, StoreError<RefundRefusal>> {
@@ -603,8 +669,10 @@ impl Trades for PgStore {
         now: UnixMs,
     ) -> Result<Pending<AckOutcome, NoRefusal>, Failure> {
         let carrier = carrier.clone();
-        self.queue(move |store| {
-            Box::pin(async move { in_tx!(&store, |tx, cx| never(trades::ack(&tx, &carrier, delivery_id, now, cx))) })
+        self.queue(None, move |store, turn| {
+            Box::pin(async move {
+                in_tx!(&store, Some(turn), |tx, cx| never(trades::ack(&tx, &carrier, delivery_id, now, cx)))
+            })
         })
         .await
     }
@@ -621,15 +689,22 @@ impl Trades for PgStore {
     }
 
     async fn submit_answer(&self, answer: HandsetAnswer) -> Result<Pending<AnswerOutcome, AnswerRefusal>, Failure> {
-        self.queue(move |store| Box::pin(async move { in_tx!(&store, |tx, cx| trades::answer(&tx, &answer, cx)) }))
-            .await
+        self.queue(None, move |store, turn| {
+            Box::pin(async move { in_tx!(&store, Some(turn), |tx, cx| trades::answer(&tx, &answer, cx)) })
+        })
+        .await
     }
 
     async fn submit_expire(&self, trade: TradeId, now: UnixMs) -> Result<Pending<ExpireOutcome, NoRefusal>, Failure> {
-        self.queue(move |store| {
-            Box::pin(async move { in_tx!(&store, |tx, cx| never(trades::expire(&tx, trade, now, cx))) })
-        })
-        .await
+        // No order to keep: the trade's row lock decides between an expiry
+        // and an answer, as the sweeper and the relay race on sled.
+        let (reply, pending) = Pending::channel();
+        let store = self.clone();
+        tokio::spawn(async move {
+            let outcome = async { in_tx!(&store, |tx, cx| never(trades::expire(&tx, trade, now, cx))) }.await;
+            let _ = reply.send(outcome);
+        });
+        Ok(pending)
     }
 
     async fn trade(&self, id: &TradeId) -> Result<Option<TradeRecord>, Failure> {
@@ -1004,6 +1079,10 @@ impl Lifecycle for PgStore {
 
     fn closed(&self) -> watch::Receiver<bool> {
         self.inner.closed.0.subscribe()
+    }
+
+    fn other_writers(&self) -> bool {
+        true
     }
 }
 

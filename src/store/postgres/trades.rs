@@ -39,6 +39,9 @@ use crate::store::{
 pub struct Cx {
     pub heads: Vec<(ShopId, u64)>,
     pub carriers: Vec<CarrierId>,
+    /// A queued relay write's turn: given back once its event counter is
+    /// locked (or when the write ends), so the next queued write starts.
+    pub turn: Option<super::store::Turn>,
 }
 
 /// A step's outcome: its value, a refusal (rolled back), or an error.
@@ -94,6 +97,9 @@ pub async fn emit(
     cx: &mut Cx,
 ) -> Result<(), PgError> {
     let seq = sql::reserve_event_seqs(tx, &trade.shop, 1).await?;
+    if let Some(turn) = cx.turn.take() {
+        let _ = turn.send(());
+    }
     let (kind_name, refund_amount, refund_set) = match kind {
         EventKind::StateChanged => ("STATE_CHANGED", None, None),
         EventKind::Refunded { amount, refund_id } => ("REFUNDED", Some(Minor::from(amount)), Some(big(refund_id)?)),
@@ -740,25 +746,17 @@ pub async fn answer(tx: &Transaction<'_>, a: &HandsetAnswer, cx: &mut Cx) -> Ste
     Ok(Ok(AnswerOutcome { trade: Some(trade), rejected: None, deliveries }))
 }
 
-/// Locks accounts in name order (inserting missing ones first, also in
-/// name order) and returns their balances: what `sql::post` will lock
-/// anyway, taken before a check reads a balance, so the check sees the
-/// value the posting will change.
+/// Locks the accounts that exist among `names`, in name order, and
+/// returns their balances: what `sql::post` will lock anyway, taken before
+/// a check reads a balance, so the check sees the value the posting will
+/// change. A missing account is not made here (a refused or failed
+/// settlement leaves no empty account behind, as on sled): it has a zero
+/// balance, and one made meanwhile by another transaction only means this
+/// check ran first.
 async fn lock_accounts(tx: &Transaction<'_>, names: &[&AccountName]) -> Result<Vec<(String, Balance)>, PgError> {
     let mut keys: Vec<String> = names.iter().map(|a| a.key()).collect();
     keys.sort();
     keys.dedup();
-    let currencies: Vec<String> =
-        keys.iter().map(|k| rows::account_name(k).map(|a| a.currency().code().to_owned())).collect::<Result<_, _>>()?;
-    let no_overdraft: Vec<bool> =
-        keys.iter().map(|k| rows::account_name(k).map(|a| a.must_not_go_negative())).collect::<Result<_, _>>()?;
-    tx.execute(
-        "INSERT INTO accounts (name, currency, no_overdraft)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::bool[]) ORDER BY 1
-         ON CONFLICT (name) DO NOTHING",
-        &[&keys, &currencies, &no_overdraft],
-    )
-    .await?;
     let found = tx
         .query("SELECT name, debits, credits FROM accounts WHERE name = ANY($1) ORDER BY name FOR UPDATE", &[&keys])
         .await?;
