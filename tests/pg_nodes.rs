@@ -154,3 +154,174 @@ async fn three_nodes_on_one_database_share_trades_relays_events_and_the_sweep() 
     sim.shutdown().await.expect("sim");
     drop((a, b, c));
 }
+
+/// Writers of the failover test, each topping up its own wallet by 1 yen
+/// per call.
+const FAILOVER_WRITERS: usize = 4;
+/// Top-ups acknowledged before the primary is killed, and after the
+/// standby is promoted.
+const ACKED_BEFORE: usize = 40;
+const ACKED_AFTER: usize = 40;
+/// Pause after a refused call before the writer tries again.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// How long the node may take to find the promoted standby.
+const FAILOVER_WAIT: Duration = Duration::from_secs(60);
+
+/// A node on a multi-host URL rides out a failover: the synchronous
+/// primary is killed with SIGKILL under load and the standby promoted;
+/// the node finds it by itself (`target_session_attrs=read-write`), every
+/// acknowledged top-up is there, callers saw only UNAVAILABLE meanwhile, a
+/// trade settles afterwards and the ledger verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_rides_out_the_loss_of_its_primary() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use syncpay::pg_cluster::Cluster;
+
+    let Some(tools) = common::pg::tools() else { return };
+    // On disk: this is PostgreSQL's own durability across a crash.
+    let mut primary = Cluster::start(&tools).expect("primary");
+    let standby = primary.start_standby("standby1").expect("standby");
+    primary.require_sync_standby("standby1").expect("synchronous standby");
+    primary.create_database("syncpay").expect("database");
+    let url = format!(
+        "postgres://postgres@{},{}/syncpay?target_session_attrs=read-write",
+        primary.host_port(),
+        standby.host_port()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = ServerProcess::start(&Launch {
+        data_dir: dir.path().to_owned(),
+        args: vec!["--set".into(), format!("store.url={url}")],
+    })
+    .await;
+    let admin_token = std::fs::read_to_string(dir.path().join("admin.token")).expect("token").trim().to_owned();
+    let channel = node.channel().await;
+    let admin = AdminServiceClient::new(with_token(channel.clone(), &admin_token).expect("token"));
+    let shop_token = admin
+        .clone()
+        .create_shop(proto::CreateShopRequest { shop_id: "acme".into(), display_name: "Acme".into() })
+        .await
+        .expect("shop")
+        .into_inner()
+        .token;
+    let carrier_token = admin
+        .clone()
+        .create_carrier(proto::CreateCarrierRequest {
+            carrier_id: "docomo".into(),
+            display_name: "Docomo".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("carrier")
+        .into_inner()
+        .token;
+    let sim = CarrierSim::start(channel.clone(), &carrier_token).expect("sim");
+    let numbers: Vec<String> = (0..FAILOVER_WRITERS).map(|w| format!("+81807000{w:04}")).collect();
+    for n in &numbers {
+        sim.add_handset(n, Policy::Approve).await.expect("handset");
+    }
+    sim.wait_connected(WAIT).await.expect("relay");
+
+    let acked = Arc::new(Mutex::new(vec![0u64; FAILOVER_WRITERS]));
+    let unknown = Arc::new(Mutex::new(vec![0u64; FAILOVER_WRITERS]));
+    let refused: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
+    let total = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (w, number) in numbers.iter().cloned().enumerate() {
+        let (mut admin, acked, unknown, refused, total, stop) =
+            (admin.clone(), acked.clone(), unknown.clone(), refused.clone(), total.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let call = admin.top_up_wallet(proto::TopUpWalletRequest {
+                    subscriber_number: number.clone(),
+                    amount_minor: 1,
+                    currency: "JPY".into(),
+                });
+                match tokio::time::timeout(WAIT, call).await {
+                    Ok(Ok(_)) => {
+                        acked.lock().expect("lock")[w] += 1;
+                        total.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(Err(status)) => {
+                        // Cut mid-commit, it may have committed: counted
+                        // as unknown, never as acknowledged.
+                        unknown.lock().expect("lock")[w] += 1;
+                        *refused.lock().expect("lock").entry(format!("{:?}", status.code())).or_default() += 1;
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                    Err(_) => {
+                        unknown.lock().expect("lock")[w] += 1;
+                        *refused.lock().expect("lock").entry("client timeout".into()).or_default() += 1;
+                    }
+                }
+            }
+        }));
+    }
+    let reached = |n: usize| {
+        let total = total.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + FAILOVER_WAIT;
+            while total.load(Ordering::SeqCst) < n {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "only {} top-ups acknowledged",
+                    total.load(Ordering::SeqCst)
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    reached(ACKED_BEFORE).await;
+    primary.kill9();
+    standby.promote().expect("promote");
+    let at_kill = total.load(Ordering::SeqCst);
+    reached(at_kill + ACKED_AFTER).await;
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let refused = refused.lock().expect("lock").clone();
+    assert!(
+        refused.keys().all(|code| code == "Unavailable"),
+        "callers saw only UNAVAILABLE during the failover: {refused:?}"
+    );
+
+    // Every acknowledged top-up is on the promoted standby.
+    let accounts = admin
+        .clone()
+        .list_accounts(proto::ListAccountsRequest { prefix: "wallet:".into() })
+        .await
+        .expect("accounts")
+        .into_inner()
+        .accounts;
+    let acked = acked.lock().expect("lock").clone();
+    let unknown = unknown.lock().expect("lock").clone();
+    for (w, number) in numbers.iter().enumerate() {
+        let balance = accounts
+            .iter()
+            .find(|a| a.name == format!("wallet:{number}:JPY"))
+            .map_or(0, |a| a.credits_minor - a.debits_minor);
+        assert!(
+            balance >= acked[w] && balance <= acked[w] + unknown[w],
+            "writer {w}: balance {balance}, {} acknowledged, {} unknown",
+            acked[w],
+            unknown[w]
+        );
+    }
+    // The node still settles: shop call, relay, answer, all on the new primary.
+    let register = VirtualRegister::open(channel.clone(), &shop_token, "till").await.expect("register");
+    let settled = register.charge(ChargeRequest::new(&numbers[0], 10, "JPY", "after")).await.expect("charge");
+    assert_eq!(state(&settled), S::Settled, "{settled:?}");
+    let report = admin.clone().verify_ledger(proto::VerifyLedgerRequest {}).await.expect("verify").into_inner();
+    assert!(report.ok, "{report:?}");
+    eprintln!(
+        "failover: {} top-ups acknowledged ({} before the kill), refused meanwhile: {refused:?}",
+        acked.iter().sum::<u64>(),
+        at_kill
+    );
+    sim.shutdown().await.expect("sim");
+    drop(node);
+    drop(standby);
+}
