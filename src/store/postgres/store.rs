@@ -122,7 +122,10 @@ enum Lookup {
 /// else the server's problem.
 pub fn failure(e: PgError) -> Failure {
     if e.is_retryable() {
-        return Failure::Unavailable(e.to_string());
+        // Callers are told only to retry; the details (hosts, server
+        // messages) are for the operator's log.
+        tracing::warn!(error = %e, "PostgreSQL unavailable");
+        return Failure::Unavailable("the database is unavailable for now; retry".into());
     }
     match e {
         PgError::Corrupt(m) => Failure::Corrupt(m),
@@ -223,7 +226,7 @@ impl PgStore {
         self.inner.lookups.send(make(tx)).map_err(|_| Failure::Stopped)?;
         match rx.recv_timeout(LOOKUP_TIMEOUT) {
             Ok(r) => r.map_err(failure),
-            Err(_) => Err(Failure::Unavailable("the database did not answer a lookup in time".into())),
+            Err(_) => Err(Failure::Unavailable("the database is unavailable for now; retry".into())),
         }
     }
 
