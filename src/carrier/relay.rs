@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::{CarrierGateway, PushResult};
-use crate::domain::CarrierId;
+use crate::domain::{CarrierId, Decision};
 use crate::proto;
 use crate::store::{Delivery, DeliveryBody};
 use crate::sync_server::metrics;
@@ -179,22 +179,38 @@ impl futures_core::Stream for RelayDownStream {
     }
 }
 
-/// The wire form of an outbox delivery.
+/// The wire form of an outbox delivery. An offer carries the exact bytes
+/// to sign for each decision, built from the same fields it shows.
 pub fn to_relay_down(delivery: &Delivery) -> proto::RelayDown {
     let body = match &delivery.body {
-        DeliveryBody::Offer(o) => proto::relay_down::Body::Offer(proto::Offer {
-            trade_id: o.trade.to_string(),
-            subscriber_number: o.payer.as_str().to_owned(),
-            shop_id: o.shop.as_str().to_owned(),
-            shop_name: o.shop_name.clone(),
-            register_id: o.register.to_string(),
-            register_label: o.register_label.clone(),
-            amount_minor: o.amount.minor(),
-            currency: o.currency.code().to_owned(),
-            description: o.description.clone(),
-            expires_at_ms: i64::try_from(o.expires_at.0).unwrap_or(i64::MAX),
-            binding_code: o.binding_code.clone(),
-        }),
+        DeliveryBody::Offer(o) | DeliveryBody::OfferV1(o) => {
+            let version = delivery.body.offer().map_or(2, |(_, v)| v);
+            let payload = |decision| match o.approval_payload(version, decision) {
+                Some(p) => p.to_bytes(),
+                None => {
+                    // A malformed stored binding code: nothing to sign, so a
+                    // handset that compares refuses the offer.
+                    tracing::error!(trade_id = %o.trade, "offer with a malformed binding code");
+                    Vec::new()
+                }
+            };
+            proto::relay_down::Body::Offer(proto::Offer {
+                trade_id: o.trade.to_string(),
+                subscriber_number: o.payer.as_str().to_owned(),
+                shop_id: o.shop.as_str().to_owned(),
+                shop_name: o.shop_name.clone(),
+                register_id: o.register.to_string(),
+                register_label: o.register_label.clone(),
+                amount_minor: o.amount.minor(),
+                currency: o.currency.code().to_owned(),
+                description: o.description.clone(),
+                expires_at_ms: i64::try_from(o.expires_at.0).unwrap_or(i64::MAX),
+                binding_code: o.binding_code.clone(),
+                payload_version: u32::from(version),
+                approve_payload: payload(Decision::Approve),
+                decline_payload: payload(Decision::Decline),
+            })
+        }
         DeliveryBody::Withdraw { trade, payer, state } => proto::relay_down::Body::Withdraw(proto::Withdraw {
             trade_id: trade.to_string(),
             subscriber_number: payer.as_str().to_owned(),

@@ -3,8 +3,13 @@
 use ed25519_dalek::{Signer, SigningKey};
 
 use super::*;
-use crate::domain::approval::ApprovalPayload;
+use crate::domain::receipt::{handset_commitment, ReceiptSigner, Statement};
 use crate::domain::{Amount, Currency, Decision, FailureReason, RegisterId, TradeState};
+
+/// The receipt-signing key of every store test.
+pub(super) fn test_signer() -> Arc<ReceiptSigner> {
+    Arc::new(ReceiptSigner::from_seed([77; 32], T0))
+}
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -120,20 +125,20 @@ impl Fixture {
     }
 
     fn sign(&self, t: &TradeRecord, decision: Decision) -> Vec<u8> {
-        let payload = ApprovalPayload {
-            trade_id: t.id,
-            amount: t.request.amount,
-            currency: t.request.currency,
-            shop_id: &t.shop,
-            register_id: t.request.register,
-            expires_at: t.expires_at,
-            decision,
-        };
+        let payload = t.approval_payload(decision).expect("payload");
         self.key.sign(&payload.to_bytes()).to_bytes().to_vec()
     }
 
     async fn answer(&self, t: &TradeRecord, decision: Decision, signature: Vec<u8>, now: UnixMs) -> AnswerOutcome {
-        let c = Command::Answer { carrier: self.carrier.clone(), trade: t.id, decision, signature, now, checked: None };
+        let c = Command::Answer {
+            carrier: self.carrier.clone(),
+            trade: t.id,
+            decision,
+            signature,
+            now,
+            checked: None,
+            signer: test_signer(),
+        };
         match self.store.execute(c).await.expect("answer") {
             CommandOutcome::Answer(a) => a,
             other => panic!("unexpected {other:?}"),
@@ -172,6 +177,55 @@ async fn approval_settles_atomically_and_verifies() {
     assert!(report.ok(), "{:?}", report.violations);
     assert_eq!(report.trades_checked, 1);
     assert_eq!(report.postings_checked, 4);
+}
+
+/// The settlement's receipt: the handset's signature over the trade's
+/// payload, its key, and the operator's countersignature over the
+/// statement of the settlement, the same whether made in advance by
+/// `check_answer` or by the writer.
+#[tokio::test]
+async fn a_settlement_is_countersigned_the_same_on_either_path() {
+    let f = fixture().await;
+    f.top_up(5_000).await;
+    let signer = test_signer();
+    let mut receipts = Vec::new();
+    for checked_first in [false, true] {
+        let (trade, _) = f.create(100, None).await.expect("create");
+        assert!(matches!(trade.terms, SignedTerms::V2 { .. }), "new trades are version 2");
+        let signature = f.sign(&trade, Decision::Approve);
+        let at = UnixMs(T0.0 + 5);
+        let checked = checked_first
+            .then(|| f.store.check_answer(&f.carrier, &trade.id, Decision::Approve, &signature, &signer, at))
+            .flatten();
+        assert_eq!(checked.is_some(), checked_first);
+        let c = Command::Answer {
+            carrier: f.carrier.clone(),
+            trade: trade.id,
+            decision: Decision::Approve,
+            signature: signature.clone(),
+            now: at,
+            checked,
+            signer: signer.clone(),
+        };
+        let CommandOutcome::Answer(out) = f.store.execute(c).await.expect("answer") else { panic!("not an answer") };
+        let settled = out.trade.expect("trade");
+        let Some(Receipt::Countersigned { signature: sig, handset_key, key_id, countersignature }) = settled.receipt
+        else {
+            panic!("no countersigned receipt: {:?}", settled.receipt)
+        };
+        assert_eq!(
+            (sig.0.to_vec(), handset_key, key_id),
+            (signature.clone(), f.key.verifying_key().to_bytes(), signer.id())
+        );
+        assert_eq!(settled.finished_at, Some(at));
+        let payload = settled.approval_payload(Decision::Approve).expect("payload").to_bytes();
+        let commitment = handset_commitment(settled.id, &handset_key);
+        let statement =
+            Statement { key_id, payload: &payload, handset_signature: &sig.0, commitment: &commitment, settled_at: at };
+        assert!(statement.verify(&signer.public_key(), &countersignature.0), "checked_first={checked_first}");
+        receipts.push(countersignature);
+    }
+    assert_ne!(receipts[0], receipts[1], "two trades, two statements");
 }
 
 #[tokio::test]
@@ -213,9 +267,17 @@ async fn checked_signatures_are_reused_only_while_they_still_apply() {
     let f = fixture().await;
     f.top_up(1_000).await;
     let answer_checked = |t: TradeRecord, decision: Decision, signature: Vec<u8>| {
-        let checked = f.store.check_answer(&f.carrier, &t.id, decision, &signature);
+        let checked = f.store.check_answer(&f.carrier, &t.id, decision, &signature, &test_signer(), T0);
         assert!(checked.is_some(), "an open trade with a handset can be checked");
-        let c = Command::Answer { carrier: f.carrier.clone(), trade: t.id, decision, signature, now: T0, checked };
+        let c = Command::Answer {
+            carrier: f.carrier.clone(),
+            trade: t.id,
+            decision,
+            signature,
+            now: T0,
+            checked,
+            signer: test_signer(),
+        };
         let store = f.store.clone();
         async move {
             match store.execute(c).await.expect("answer") {
@@ -238,7 +300,7 @@ async fn checked_signatures_are_reused_only_while_they_still_apply() {
     // no longer applies and the old key's signature fails.
     let (stale, _) = f.create(100, None).await.expect("create");
     let signature = f.sign(&stale, Decision::Approve);
-    let checked = f.store.check_answer(&f.carrier, &stale.id, Decision::Approve, &signature);
+    let checked = f.store.check_answer(&f.carrier, &stale.id, Decision::Approve, &signature, &test_signer(), T0);
     let new_key = SigningKey::from_bytes(&[7u8; 32]);
     f.store
         .execute(Command::EnrollHandset {
@@ -256,6 +318,7 @@ async fn checked_signatures_are_reused_only_while_they_still_apply() {
         signature,
         now: T0,
         checked,
+        signer: test_signer(),
     };
     let CommandOutcome::Answer(out) = f.store.execute(c).await.expect("answer") else { panic!("not an answer") };
     let t = out.trade.expect("trade");
@@ -263,7 +326,7 @@ async fn checked_signatures_are_reused_only_while_they_still_apply() {
 
     // Nothing to check against: an unknown trade gets no verdict.
     let unknown = TradeId::generate().expect("id");
-    assert!(f.store.check_answer(&f.carrier, &unknown, Decision::Approve, &[0; 64]).is_none());
+    assert!(f.store.check_answer(&f.carrier, &unknown, Decision::Approve, &[0; 64], &test_signer(), T0).is_none());
     let wallet = AccountName::Wallet(f.payer.clone(), jpy());
     assert_eq!(f.net(&wallet).await, 900, "only the first trade moved money");
     assert!(f.store.verify().await.expect("verify").ok());
@@ -504,11 +567,14 @@ async fn replayed_events_show_the_trade_as_it_was_at_each_event() {
     assert_eq!(f.store.events_between(&f.shop, 1, head, 100).expect("events"), events[1..].to_vec());
 
     // A store written before compact events holds whole events; mixed with
-    // compact ones they read the same. Rewrite event 2 in the old layout.
-    let old = records::encode(&events[1]).expect("encode v1");
+    // compact ones they read the same. Rewrite event 2 in the old layout
+    // (whose trades predate payload version 2, so it reads back as one).
+    let old = records::encode_whole_event_v1(&events[1]).expect("encode v1");
     assert_eq!(old[0], records::RECORD_VERSION);
     f.store.tree(T::Events).insert(keys::event(&f.shop, 2), old).expect("insert");
-    assert_eq!(f.store.events_between(&f.shop, 0, head, 100).expect("events"), events);
+    let mut expected = events.clone();
+    expected[1].trade.terms = SignedTerms::V1;
+    assert_eq!(f.store.events_between(&f.shop, 0, head, 100).expect("events"), expected);
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod message_limit;
 pub mod metrics;
 pub mod rate_limit;
+pub mod receipt_keys;
 pub mod register_service;
 pub mod requests;
 pub mod secrets;
@@ -33,6 +34,7 @@ use tonic::transport::Server;
 
 use crate::carrier::relay::RelayHub;
 use crate::domain::approval::ServerSecret;
+use crate::domain::receipt::ReceiptKeyring;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::carrier_service_server::CarrierServiceServer;
 use crate::proto::register_service_server::RegisterServiceServer;
@@ -74,6 +76,10 @@ pub struct ServerConfig {
     pub cache_bytes: u64,
     pub admin_token: String,
     pub secret: ServerSecret,
+    /// The receipt-signing keys (`receipt-signing.keys` in the data folder).
+    pub receipt_keys: ReceiptKeyring,
+    /// Where a rotation writes them; `None` keeps rotations in memory.
+    pub receipt_keys_path: Option<PathBuf>,
     pub limits: Limits,
     /// Mutual TLS: when set, callers are identified by their client
     /// certificates and bearer tokens are ignored.
@@ -84,12 +90,16 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// A data folder laid out as `store/`, `admin.token`, `server.secret`;
-    /// the secrets are created (mode 0600) on first use.
+    /// A data folder laid out as `store/`, `admin.token`, `server.secret`,
+    /// `receipt-signing.keys`; the secrets are created (mode 0600) on first
+    /// use.
     pub fn from_data_dir(data_dir: impl Into<PathBuf>) -> Result<ServerConfig, ServerError> {
         let data_dir = data_dir.into();
         std::fs::create_dir_all(&data_dir)?;
+        let receipt_keys_path = data_dir.join(RECEIPT_KEYS_FILE);
         Ok(ServerConfig {
+            receipt_keys: secrets::load_or_create_receipt_keys(&receipt_keys_path, engine::now())?,
+            receipt_keys_path: Some(receipt_keys_path),
             store_dir: data_dir.join("store"),
             durability: Durability::Fsync,
             cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
@@ -101,6 +111,9 @@ impl ServerConfig {
         })
     }
 }
+
+/// The receipt-signing key file in the data folder.
+pub const RECEIPT_KEYS_FILE: &str = "receipt-signing.keys";
 
 /// How long shutdown waits for in-flight work to let go of the store.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -189,7 +202,9 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Runnin
         .map_err(|e| ServerError::Join(e.to_string()))??;
     metrics::set_open_trades(store.open_trade_count());
     let hub = Arc::new(RelayHub::new(config.limits.relay_queue_depth));
-    let engine = Arc::new(Engine::new(store.clone(), hub.clone(), config.secret.clone(), config.limits.clone()));
+    let receipts = receipt_keys::ReceiptKeys::new(config.receipt_keys.clone(), config.receipt_keys_path.clone());
+    let engine =
+        Arc::new(Engine::new(store.clone(), hub.clone(), config.secret.clone(), receipts, config.limits.clone()));
     let mode = if tls.is_some() { AuthMode::Certificates } else { AuthMode::Tokens };
     let auth = Arc::new(Authenticator::new(store, &config.admin_token, mode));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
