@@ -27,8 +27,8 @@ use tracing::{debug, instrument};
 pub use error::RegisterError;
 pub use events::TradeEvents;
 pub use receipt::{
-    receipt_from_json, receipt_to_json, verify_receipt, verify_trade_receipt, KeySetError, ReceiptError, ReceiptKeySet,
-    VerifiedReceipt,
+    check_dispute, receipt_from_json, receipt_to_json, verify_receipt, verify_trade_receipt, DisputeCheck, KeySetError,
+    ReceiptError, ReceiptKeySet, VerifiedReceipt,
 };
 
 use crate::client::{with_token, AuthedChannel};

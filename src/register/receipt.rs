@@ -282,6 +282,42 @@ pub fn verify_trade_receipt(
     }
 }
 
+/// What an arbiter checks in a dispute, given the receipt the shop holds
+/// and the handset key the operator reveals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisputeCheck {
+    /// The receipt verified for the shop its payload names.
+    pub receipt: Result<VerifiedReceipt, ReceiptError>,
+    /// SHA-256("syncpay/handset-commitment" ‖ trade id ‖ revealed key)
+    /// equals the receipt's `handset_commitment`.
+    pub commitment_matches: bool,
+    /// The revealed key's signature over `signed_payload` verifies.
+    pub handset_signature_valid: bool,
+}
+
+impl DisputeCheck {
+    pub fn all_pass(&self) -> bool {
+        self.receipt.is_ok() && self.commitment_matches && self.handset_signature_valid
+    }
+}
+
+/// The arbiter's check: the receipt's countersignature, and that the key
+/// the operator reveals is the one the receipt commits to and that it
+/// signed the payload. Needs nothing the shop and the operator do not show.
+pub fn check_dispute(receipt: &proto::ApprovalReceipt, handset_key: &[u8; 32], keys: &ReceiptKeySet) -> DisputeCheck {
+    let payload = ApprovalPayload::parse(&receipt.signed_payload);
+    let verified = match &payload {
+        Ok(p) => verify_receipt(receipt, keys, &p.shop_id),
+        Err(e) => Err(ReceiptError::Payload(e.clone())),
+    };
+    let commitment_matches = payload.as_ref().is_ok_and(|p| {
+        crate::domain::receipt::handset_commitment(p.trade_id, handset_key).as_slice() == receipt.handset_commitment
+    });
+    let handset_signature_valid =
+        crate::domain::approval::verify_bytes(handset_key, &receipt.signed_payload, &receipt.signature);
+    DisputeCheck { receipt: verified, commitment_matches, handset_signature_valid }
+}
+
 /// A receipt as JSON (bytes in lowercase hex), as `syncpay shop status
 /// --json` prints it and `verify-receipt` and `scripts/verify_receipt.py`
 /// read it.
@@ -380,6 +416,9 @@ mod tests {
         ShopId::parse("acme").expect("shop")
     }
 
+    /// One bytes field of a receipt, to alter.
+    type FieldOf = fn(&mut proto::ApprovalReceipt) -> &mut Vec<u8>;
+
     #[test]
     fn a_receipt_verifies_and_each_failure_is_named() {
         let (receipt, keys, signer) = made(Decision::Approve, "acme", 1_700_000_001_000);
@@ -432,7 +471,7 @@ mod tests {
     #[test]
     fn every_byte_of_every_field_matters() {
         let (receipt, keys, _) = made(Decision::Approve, "acme", 1_700_000_001_000);
-        let fields: [(&str, fn(&mut proto::ApprovalReceipt) -> &mut Vec<u8>); 5] = [
+        let fields: [(&str, FieldOf); 5] = [
             ("signed_payload", |r| &mut r.signed_payload),
             ("signature", |r| &mut r.signature),
             ("handset_commitment", |r| &mut r.handset_commitment),
@@ -456,6 +495,24 @@ mod tests {
             assert!(verify_receipt(&r, &keys, &acme()).is_err(), "settled_at_ms bit {bit}");
         }
         assert!(flipped > 2 * (108 + 4 + 64 + 32 + 8 + 64 - 1));
+    }
+
+    #[test]
+    fn a_dispute_check_needs_the_committed_key() {
+        let (receipt, keys, _) = made(Decision::Approve, "acme", 1_700_000_001_000);
+        let handset = SigningKey::from_bytes(&[4; 32]).verifying_key().to_bytes();
+        let ok = check_dispute(&receipt, &handset, &keys);
+        assert!(ok.all_pass(), "{ok:?}");
+        // Another enrolled key: neither the commitment nor the signature.
+        let other = SigningKey::from_bytes(&[5; 32]).verifying_key().to_bytes();
+        let wrong = check_dispute(&receipt, &other, &keys);
+        assert!(wrong.receipt.is_ok() && !wrong.commitment_matches && !wrong.handset_signature_valid);
+        // The right key but a receipt with its commitment swapped for another
+        // trade's: the countersignature no longer holds.
+        let mut swapped = receipt.clone();
+        swapped.handset_commitment = handset_commitment(TradeId::from_bytes([9; 16]), &handset).to_vec();
+        let c = check_dispute(&swapped, &handset, &keys);
+        assert!(c.receipt.is_err() && !c.commitment_matches && c.handset_signature_valid);
     }
 
     #[test]

@@ -189,13 +189,24 @@ async fn a_settlement_is_countersigned_the_same_on_either_path() {
     f.top_up(5_000).await;
     let signer = test_signer();
     let mut receipts = Vec::new();
-    for checked_first in [false, true] {
+    // Not checked first; checked at the answer's time; checked at another
+    // time (the statement differs, so the writer must sign itself).
+    for (checked_first, checked_at) in [(false, 0), (true, 5), (true, 4)] {
         let (trade, _) = f.create(100, None).await.expect("create");
         assert!(matches!(trade.terms, SignedTerms::V2 { .. }), "new trades are version 2");
         let signature = f.sign(&trade, Decision::Approve);
         let at = UnixMs(T0.0 + 5);
         let checked = checked_first
-            .then(|| f.store.check_answer(&f.carrier, &trade.id, Decision::Approve, &signature, &signer, at))
+            .then(|| {
+                f.store.check_answer(
+                    &f.carrier,
+                    &trade.id,
+                    Decision::Approve,
+                    &signature,
+                    &signer,
+                    UnixMs(T0.0 + checked_at),
+                )
+            })
             .flatten();
         assert_eq!(checked.is_some(), checked_first);
         let c = Command::Answer {
@@ -222,10 +233,10 @@ async fn a_settlement_is_countersigned_the_same_on_either_path() {
         let commitment = handset_commitment(settled.id, &handset_key);
         let statement =
             Statement { key_id, payload: &payload, handset_signature: &sig.0, commitment: &commitment, settled_at: at };
-        assert!(statement.verify(&signer.public_key(), &countersignature.0), "checked_first={checked_first}");
+        assert!(statement.verify(&signer.public_key(), &countersignature.0), "checked at {checked_at}");
         receipts.push(countersignature);
     }
-    assert_ne!(receipts[0], receipts[1], "two trades, two statements");
+    assert!(receipts[0] != receipts[1] && receipts[1] != receipts[2], "three trades, three statements");
 }
 
 #[tokio::test]

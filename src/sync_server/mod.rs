@@ -76,10 +76,8 @@ pub struct ServerConfig {
     pub cache_bytes: u64,
     pub admin_token: String,
     pub secret: ServerSecret,
-    /// The receipt-signing keys (`receipt-signing.keys` in the data folder).
-    pub receipt_keys: ReceiptKeyring,
-    /// Where a rotation writes them; `None` keeps rotations in memory.
-    pub receipt_keys_path: Option<PathBuf>,
+    /// The receipt-signing keys.
+    pub receipt_keys: ReceiptKeySource,
     pub limits: Limits,
     /// Mutual TLS: when set, callers are identified by their client
     /// certificates and bearer tokens are ignored.
@@ -96,10 +94,11 @@ impl ServerConfig {
     pub fn from_data_dir(data_dir: impl Into<PathBuf>) -> Result<ServerConfig, ServerError> {
         let data_dir = data_dir.into();
         std::fs::create_dir_all(&data_dir)?;
-        let receipt_keys_path = data_dir.join(RECEIPT_KEYS_FILE);
+        let receipt_keys = data_dir.join(RECEIPT_KEYS_FILE);
+        // Made now, like the other secrets, so a bad file fails here.
+        secrets::load_or_create_receipt_keys(&receipt_keys, engine::now())?;
         Ok(ServerConfig {
-            receipt_keys: secrets::load_or_create_receipt_keys(&receipt_keys_path, engine::now())?,
-            receipt_keys_path: Some(receipt_keys_path),
+            receipt_keys: ReceiptKeySource::File(receipt_keys),
             store_dir: data_dir.join("store"),
             durability: Durability::Fsync,
             cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
@@ -114,6 +113,17 @@ impl ServerConfig {
 
 /// The receipt-signing key file in the data folder.
 pub const RECEIPT_KEYS_FILE: &str = "receipt-signing.keys";
+
+/// Where the receipt-signing keys come from.
+#[derive(Debug, Clone)]
+pub enum ReceiptKeySource {
+    /// A key file, read at start (created if missing) and rewritten by a
+    /// rotation: the file is the truth, so a restart sees every rotation.
+    File(PathBuf),
+    /// Keys held in memory only (embedding, tests); rotations are lost
+    /// when the server stops.
+    Memory(Box<ReceiptKeyring>),
+}
 
 /// How long shutdown waits for in-flight work to let go of the store.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -191,6 +201,14 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Runnin
         Some(files) => Some(Arc::new(ReloadableTls::load(files.clone())?)),
         None => None,
     };
+    // The receipt keys too: a damaged key file fails before the store opens.
+    let receipts = match &config.receipt_keys {
+        ReceiptKeySource::File(path) => receipt_keys::ReceiptKeys::new(
+            secrets::load_or_create_receipt_keys(path, engine::now())?,
+            Some(path.clone()),
+        ),
+        ReceiptKeySource::Memory(ring) => receipt_keys::ReceiptKeys::new((**ring).clone(), None),
+    };
     let store_config = StoreConfig {
         durability: config.durability,
         cache_bytes: config.cache_bytes,
@@ -202,7 +220,6 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Runnin
         .map_err(|e| ServerError::Join(e.to_string()))??;
     metrics::set_open_trades(store.open_trade_count());
     let hub = Arc::new(RelayHub::new(config.limits.relay_queue_depth));
-    let receipts = receipt_keys::ReceiptKeys::new(config.receipt_keys.clone(), config.receipt_keys_path.clone());
     let engine =
         Arc::new(Engine::new(store.clone(), hub.clone(), config.secret.clone(), receipts, config.limits.clone()));
     let mode = if tls.is_some() { AuthMode::Certificates } else { AuthMode::Tokens };
