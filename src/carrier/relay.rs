@@ -239,6 +239,36 @@ mod tests {
         }
     }
 
+    #[test]
+    fn offers_carry_the_bytes_of_their_version() {
+        let body = crate::store::OfferBody {
+            trade: TradeId::from_bytes([1; 16]),
+            payer: crate::domain::SubscriberNumber::parse("+818012345678").expect("valid"),
+            shop: crate::domain::ShopId::parse("acme").expect("shop"),
+            shop_name: "Acme".into(),
+            register: crate::domain::RegisterId::from_bytes([2; 16]),
+            register_label: "Front".into(),
+            amount: crate::domain::Amount::new(1200),
+            currency: crate::domain::Currency::parse("JPY").expect("jpy"),
+            description: "Book".into(),
+            expires_at: UnixMs(1_700_000_000_000),
+            binding_code: "123456".into(),
+        };
+        let carrier = CarrierId::parse("docomo").expect("valid");
+        for (delivery, version) in [(DeliveryBody::Offer(body.clone()), 2u8), (DeliveryBody::OfferV1(body.clone()), 1)]
+        {
+            let down = to_relay_down(&Delivery { delivery_id: 7, carrier: carrier.clone(), body: delivery });
+            let Some(proto::relay_down::Body::Offer(o)) = down.body else { panic!("not an offer") };
+            assert_eq!(o.payload_version, u32::from(version));
+            let approve = body.approval_payload(version, Decision::Approve).expect("payload").to_bytes();
+            let decline = body.approval_payload(version, Decision::Decline).expect("payload").to_bytes();
+            assert_eq!(
+                (o.approve_payload[16], o.approve_payload.clone(), o.decline_payload),
+                (version, approve, decline)
+            );
+        }
+    }
+
     #[tokio::test]
     async fn a_full_relay_queue_ends_the_stream_resource_exhausted_naming_the_limit() {
         let _ = UnixMs(0);

@@ -296,6 +296,7 @@ fn dispute(
                 Some(Err(e)) => e.clone(),
                 None => "no handset key".to_owned(),
             },
+            "legacy_receipt": check.as_ref().is_some_and(|c| c.legacy),
             "all_checks_pass": passes,
         }));
     } else {
@@ -308,8 +309,15 @@ fn dispute(
             if report.key_from_receipt { "kept with the receipt" } else { "NOT kept: the key enrolled now" },
             if report.key_enrolled_now { "still enrolled" } else { "since replaced" }
         );
-        println!("commitment  {}", hex::encode(&receipt.handset_commitment));
-        if let Some(c) = &check {
+        if let Some(c) = check.as_ref().filter(|c| c.legacy) {
+            println!(
+                "fingerprint {} (settled before receipts were countersigned)",
+                hex::encode(&receipt.handset_key_fingerprint)
+            );
+            println!("  {} SHA-256(shop id, 0x00, key) is the receipt's fingerprint", mark(c.commitment_matches));
+            println!("  {} the key's signature over the signed payload verifies", mark(c.handset_signature_valid));
+        } else if let Some(c) = &check {
+            println!("commitment  {}", hex::encode(&receipt.handset_commitment));
             println!("  {} SHA-256(tag, trade id, key) is the receipt's commitment", mark(c.commitment_matches));
             println!("  {} the key's signature over the signed payload verifies", mark(c.handset_signature_valid));
             match &c.receipt {

@@ -288,16 +288,21 @@ pub fn verify_trade_receipt(
 pub struct DisputeCheck {
     /// The receipt verified for the shop its payload names.
     pub receipt: Result<VerifiedReceipt, ReceiptError>,
+    /// A receipt settled before receipts were countersigned: it has the
+    /// per-shop fingerprint instead of a commitment, and no countersignature.
+    pub legacy: bool,
     /// SHA-256("syncpay/handset-commitment" ‖ trade id ‖ revealed key)
-    /// equals the receipt's `handset_commitment`.
+    /// equals the receipt's `handset_commitment` (for a legacy receipt:
+    /// SHA-256(shop id ‖ 0x00 ‖ key) equals its `handset_key_fingerprint`).
     pub commitment_matches: bool,
     /// The revealed key's signature over `signed_payload` verifies.
     pub handset_signature_valid: bool,
 }
 
 impl DisputeCheck {
+    /// Every check passes; a legacy receipt has no countersignature to check.
     pub fn all_pass(&self) -> bool {
-        self.receipt.is_ok() && self.commitment_matches && self.handset_signature_valid
+        (self.receipt.is_ok() || self.legacy) && self.commitment_matches && self.handset_signature_valid
     }
 }
 
@@ -310,12 +315,18 @@ pub fn check_dispute(receipt: &proto::ApprovalReceipt, handset_key: &[u8; 32], k
         Ok(p) => verify_receipt(receipt, keys, &p.shop_id),
         Err(e) => Err(ReceiptError::Payload(e.clone())),
     };
+    let legacy = verified == Err(ReceiptError::NotCountersigned);
     let commitment_matches = payload.as_ref().is_ok_and(|p| {
-        crate::domain::receipt::handset_commitment(p.trade_id, handset_key).as_slice() == receipt.handset_commitment
+        if legacy {
+            crate::domain::approval::shop_key_fingerprint(&p.shop_id, handset_key).as_slice()
+                == receipt.handset_key_fingerprint
+        } else {
+            crate::domain::receipt::handset_commitment(p.trade_id, handset_key).as_slice() == receipt.handset_commitment
+        }
     });
     let handset_signature_valid =
         crate::domain::approval::verify_bytes(handset_key, &receipt.signed_payload, &receipt.signature);
-    DisputeCheck { receipt: verified, commitment_matches, handset_signature_valid }
+    DisputeCheck { receipt: verified, legacy, commitment_matches, handset_signature_valid }
 }
 
 /// A receipt as JSON (bytes in lowercase hex), as `syncpay shop status
@@ -513,6 +524,19 @@ mod tests {
         swapped.handset_commitment = handset_commitment(TradeId::from_bytes([9; 16]), &handset).to_vec();
         let c = check_dispute(&swapped, &handset, &keys);
         assert!(c.receipt.is_err() && !c.commitment_matches && c.handset_signature_valid);
+        assert!(!c.all_pass());
+        // A receipt from before countersigning: the fingerprint and the
+        // handset's signature are all there is to check.
+        let shop = acme();
+        let legacy = proto::ApprovalReceipt {
+            signed_payload: receipt.signed_payload.clone(),
+            signature: receipt.signature.clone(),
+            handset_key_fingerprint: crate::domain::approval::shop_key_fingerprint(&shop, &handset).to_vec(),
+            ..Default::default()
+        };
+        let c = check_dispute(&legacy, &handset, &keys);
+        assert!(c.legacy && c.all_pass(), "{c:?}");
+        assert!(!check_dispute(&legacy, &other, &keys).all_pass());
     }
 
     #[test]

@@ -239,6 +239,40 @@ async fn a_settlement_is_countersigned_the_same_on_either_path() {
     assert!(receipts[0] != receipts[1] && receipts[1] != receipts[2], "three trades, three statements");
 }
 
+/// A trade created by a server before payload version 2 and still open
+/// after the upgrade is answered in the version it was offered with (and
+/// only that); trades created now never accept version 1.
+#[tokio::test]
+async fn a_trade_offered_as_version_1_is_verified_as_version_1_only() {
+    let f = fixture().await;
+    f.top_up(5_000).await;
+    let v1_bytes = |t: &TradeRecord| {
+        let p = t.approval_payload(Decision::Approve).expect("payload");
+        crate::domain::ApprovalPayload { version: crate::domain::PayloadVersion::V1, ..p }.to_bytes()
+    };
+    // Created now: a version 1 signature is a bad signature.
+    let (v2, _) = f.create(100, None).await.expect("create");
+    let out = f.answer(&v2, Decision::Approve, f.key.sign(&v1_bytes(&v2)).to_bytes().to_vec(), T0).await;
+    let t = out.trade.expect("trade");
+    assert_eq!((t.state, t.failure), (TradeState::Failed, Some(FailureReason::BadSignature)));
+    // As an earlier server stored it (a version 1 record reads as V1 terms).
+    for (signs_v1, settles) in [(false, false), (true, true)] {
+        let (mut old, _) = f.create(100, None).await.expect("create");
+        let v2_bytes = old.approval_payload(Decision::Approve).expect("payload").to_bytes();
+        old.terms = SignedTerms::V1;
+        f.store.tree(T::Trades).insert(old.id.as_bytes(), records::encode(&old).expect("encode")).expect("insert");
+        let signature = f.key.sign(&if signs_v1 { v1_bytes(&old) } else { v2_bytes });
+        let out = f.answer(&old, Decision::Approve, signature.to_bytes().to_vec(), T0).await;
+        let t = out.trade.expect("trade");
+        assert_eq!(t.state == TradeState::Settled, settles, "signs v1: {signs_v1}: {t:?}");
+        if settles {
+            let payload = t.approval_payload(Decision::Approve).expect("payload").to_bytes();
+            assert_eq!(payload[16], 1, "the receipt keeps the version 1 bytes");
+            assert!(matches!(t.receipt, Some(Receipt::Countersigned { .. })));
+        }
+    }
+}
+
 #[tokio::test]
 async fn refusals_move_no_money() {
     let f = fixture().await;
