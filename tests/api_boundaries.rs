@@ -104,6 +104,51 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
     assert!(shop.create_trade(good).await.is_ok());
 }
 
+/// Refusals the request's form cannot predict use the code that says what
+/// to do: a WatchTrades cursor beyond the shop's last event is OUT_OF_RANGE
+/// (the cursor is not from this server's history, e.g. after a restore
+/// from an older backup: re-read from a cursor you trust), naming the
+/// field and the last event; the last event itself is fine. And an
+/// AwaitTrade may wait at most its documented maximum: 60 000 ms is taken,
+/// a millisecond more is INVALID_ARGUMENT naming `wait_ms`.
+#[tokio::test]
+async fn a_cursor_beyond_the_last_event_is_out_of_range_and_waits_are_bounded() {
+    let t = TestServer::start().await;
+    let shop_token = t.create_shop("acme", "Acme Books").await;
+    let mut shop = t.shop(&shop_token).await;
+    let register =
+        shop.open_register(proto::OpenRegisterRequest { label: "till 1".into() }).await.expect("open").into_inner();
+    let created = shop
+        .create_trade(proto::CreateTradeRequest {
+            register_id: register.register_id.clone(),
+            amount_minor: 1200,
+            currency: "JPY".into(),
+            ttl_seconds: 60,
+            payer: Some(proto::create_trade_request::Payer::SubscriberNumber("+818012345678".into())),
+            ..Default::default()
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    // One event (the trade failed at once: nobody is enrolled).
+    let watch = |after_sequence| proto::WatchTradesRequest { after_sequence, register_id: String::new() };
+    assert!(shop.watch_trades(watch(1)).await.is_ok(), "resuming at the last event");
+    for beyond in [2, u64::MAX] {
+        let status = shop.watch_trades(watch(beyond)).await.expect_err("beyond the last event");
+        assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+        assert!(status.message().starts_with("after_sequence"), "{status:?}");
+        assert!(status.message().contains("(1)"), "names the last event: {status:?}");
+    }
+
+    let wait = |wait_ms| proto::AwaitTradeRequest { trade_id: created.trade_id.clone(), wait_ms };
+    assert!(shop.await_trade(wait(60_000)).await.is_ok(), "the maximum wait");
+    for too_long in [60_001, u32::MAX] {
+        let status = shop.await_trade(wait(too_long)).await.expect_err("beyond the maximum");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().starts_with("wait_ms"), "{status:?}");
+    }
+}
+
 #[tokio::test]
 async fn health_and_reflection_serve_generic_clients() {
     use tokio_stream::StreamExt;

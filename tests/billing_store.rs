@@ -159,6 +159,7 @@ impl World {
                 idempotency_key: None,
                 binding_code: "000000".into(),
                 max_open_per_register: 100,
+                offer_gate: None,
                 now: UnixMs(at),
             }))
             .await

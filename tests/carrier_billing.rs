@@ -360,6 +360,89 @@ async fn network_identity_resolves_the_payer_and_the_shop_learns_nothing() {
     w.t.assert_ledger_ok().await;
 }
 
+/// Issue 11: what a refused network identity tells a shop. Two answers
+/// only. A shop the range's carrier has not accepted gets "has not
+/// accepted this shop", byte for byte the same whether anyone held the
+/// address then or not (a carrier's ranges are public, so this says
+/// nothing about a subscriber). Every other miss is one message, byte for
+/// byte: outside every range, never leased, not leased at that instant, or
+/// leased to a subscriber who cannot be offered anything (no handset).
+/// No trade is created for any of them.
+#[tokio::test]
+async fn a_network_identity_refusal_reveals_nothing_about_who_held_the_address() {
+    const DAVE: &str = "+818020000004";
+    let mut w = world().await;
+    let b = w.base;
+    // Dave is the carrier's subscriber but has no handset.
+    w.carrier
+        .enroll_subscriber(proto::EnrollSubscriberRequest {
+            subscriber_number: DAVE.into(),
+            funding: proto::Funding::Wallet as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("enroll");
+    let leases = proto::ReportLeasesRequest {
+        starts: vec![
+            lease("198.51.100.7", (0, 0), ALICE, b),
+            lease("198.51.100.8", (0, 0), DAVE, b),
+            lease("2001:db8:1::42", (0, 0), ALICE, b),
+        ],
+        stops: Vec::new(),
+    };
+    w.carrier.report_leases(leases).await.expect("leases");
+    let trades_before = w.t.assert_ledger_ok().await.trades_checked;
+    let (reg, other_reg) = (w.register_id.clone(), w.other_register_id.clone());
+
+    // The accepted shop: every miss is the same message.
+    let mut misses = Vec::new();
+    for (ip, at) in [
+        ("192.0.2.1", b + 10),
+        ("198.51.100.250", b + 10),
+        ("198.51.100.7", b - 1),
+        ("198.51.100.8", b + 10),
+        ("2001:db8:1::43", b + 10),
+    ] {
+        let (code, message) = refusal(w.shop.create_trade(by_ip(&reg, 1_000, ip, 0, at)).await);
+        assert_eq!(code, Code::FailedPrecondition, "{ip}: {message}");
+        misses.push((ip, message));
+    }
+    let miss = misses[0].1.clone();
+    assert!(miss.starts_with("network_identity:"), "{miss}");
+    for (ip, message) in &misses {
+        assert_eq!(message, &miss, "{ip}");
+    }
+
+    // A shop the range's carrier has not accepted: the same answer whether
+    // the address was held or not, and for any carrier's range. Outside
+    // every range it is the miss, as for anyone.
+    let mut not_accepted = Vec::new();
+    for (accepted_by_docomo, ip) in [
+        (false, "198.51.100.7"),
+        (false, "198.51.100.8"),
+        (false, "198.51.100.250"),
+        (false, "2001:db8:1::42"),
+        (false, "2001:db8:1::43"),
+        (false, "203.0.113.5"),
+        // acme, which docomo accepted but kddi did not.
+        (true, "203.0.113.5"),
+    ] {
+        let (shop, register) = if accepted_by_docomo { (&mut w.shop, &reg) } else { (&mut w.other_shop, &other_reg) };
+        let (code, message) = refusal(shop.create_trade(by_ip(register, 1_000, ip, 0, b + 10)).await);
+        assert_eq!(code, Code::FailedPrecondition, "{ip}: {message}");
+        not_accepted.push((ip, message));
+    }
+    let refused = not_accepted[0].1.clone();
+    assert!(refused.starts_with("network_identity:") && refused.contains("has not accepted this shop"), "{refused}");
+    for (ip, message) in &not_accepted {
+        assert_eq!(message, &refused, "{ip}");
+    }
+    assert_ne!(refused, miss);
+    let (_, outside) = refusal(w.other_shop.create_trade(by_ip(&other_reg, 1_000, "192.0.2.1", 0, b + 10)).await);
+    assert_eq!(outside, miss);
+    assert_eq!(w.t.assert_ledger_ok().await.trades_checked, trades_before, "a refusal creates no trade");
+}
+
 #[tokio::test]
 async fn caps_refunds_acceptance_statements_and_payouts_reconcile() {
     let mut w = world().await;

@@ -129,7 +129,7 @@ async fn shop_events(
         .await
         .err()
         .map(|s| s.code());
-    assert_eq!(beyond, Some(Code::InvalidArgument), "{context}: events beyond {last}");
+    assert_eq!(beyond, Some(Code::OutOfRange), "{context}: events beyond {last}");
     by_trade
 }
 

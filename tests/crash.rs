@@ -1294,7 +1294,7 @@ async fn check_events(ctx: &Ctx, session: &Session, shop: usize) {
     let n = u64::try_from(all.len()).expect("fits");
     // Nothing beyond: the server refuses to resume past its last event.
     match client.watch_trades(proto::WatchTradesRequest { after_sequence: n + 1, register_id: String::new() }).await {
-        Err(status) if status.code() == Code::InvalidArgument => {}
+        Err(status) if status.code() == Code::OutOfRange => {}
         other => found.push(format!(
             "shop {shop}: resuming after {} (past the {n} events of known trades) gave {:?}",
             n + 1,
@@ -1400,17 +1400,15 @@ async fn check_postings_and_balances(ctx: &Ctx, session: &Session, admin_token: 
         after = last.posting_id;
         postings.extend(page);
     }
-    // (trade, kind) → set id → first posting id of the set.
-    let mut sets: HashMap<(String, String), BTreeMap<u64, u64>> = HashMap::new();
+    // (trade, kind) → the posting sets (a refund's id is its set id).
+    let mut sets: HashMap<(String, String), BTreeSet<u64>> = HashMap::new();
     let mut top_up_sets = HashSet::new();
     for p in &postings {
         if p.kind == "TOP_UP" {
             top_up_sets.insert(p.set_id);
             continue;
         }
-        let first =
-            sets.entry((p.trade_id.clone(), p.kind.clone())).or_default().entry(p.set_id).or_insert(p.posting_id);
-        *first = (*first).min(p.posting_id);
+        sets.entry((p.trade_id.clone(), p.kind.clone())).or_default().insert(p.set_id);
     }
     let accounts = admin
         .list_accounts(proto::ListAccountsRequest { prefix: String::new() })
@@ -1434,8 +1432,7 @@ async fn check_postings_and_balances(ctx: &Ctx, session: &Session, admin_token: 
         if settlements.len() != usize::from(settled) {
             found.push(format!("trade {id} ({:?}) has {} settlement posting sets", rec.final_state, settlements.len()));
         }
-        let refund_sets: BTreeSet<u64> =
-            sets.remove(&(id.clone(), "REFUND".to_owned())).unwrap_or_default().into_values().collect();
+        let refund_sets: BTreeSet<u64> = sets.remove(&(id.clone(), "REFUND".to_owned())).unwrap_or_default();
         let answered: BTreeSet<u64> = rec.refund_keys.iter().filter_map(|k| record.refunds.get(k)?.answer).collect();
         if refund_sets != answered {
             found.push(format!("trade {id}: refund posting sets {refund_sets:?}, answered refunds {answered:?}"));

@@ -93,7 +93,7 @@ async fn refunds_are_bounded_idempotent_and_visible() {
     assert!(too_much.to_string().contains("at most 2000"), "{too_much}");
     let zero = register.refund(id(&settled), 0, None).await.expect_err("zero");
     assert_eq!(zero.code(), Some(Code::InvalidArgument));
-    register.refund(id(&settled), 2_000, None).await.expect("the rest");
+    let r2 = register.refund(id(&settled), 2_000, None).await.expect("the rest");
     assert_eq!(
         register.refund(id(&settled), 1, None).await.expect_err("nothing left").code(),
         Some(Code::FailedPrecondition)
@@ -134,5 +134,29 @@ async fn refunds_are_bounded_idempotent_and_visible() {
         }
     }
     assert_eq!(refunds, vec![(1_000, Some(1_000)), (2_000, Some(3_000))]);
+
+    // A refund id names the refund's posting set (both of its postings),
+    // in the answer, its replay and the event alike.
+    let postings = t
+        .admin()
+        .await
+        .list_postings(proto::ListPostingsRequest { after_posting_id: 0, limit: 1000 })
+        .await
+        .expect("postings")
+        .into_inner()
+        .postings;
+    let mut refund_sets: Vec<u64> = postings.iter().filter(|p| p.kind == "REFUND").map(|p| p.set_id).collect();
+    assert_eq!(refund_sets.len(), 4, "two postings per refund");
+    refund_sets.dedup();
+    assert_eq!(refund_sets, vec![r1.refund_id, r2.refund_id]);
+    let mut events = register.watch(0).await.expect("watch");
+    let mut event_ids = Vec::new();
+    while event_ids.len() < 2 {
+        let e = tokio::time::timeout(WAIT, events.next()).await.expect("in time").expect("open").expect("ok");
+        if e.kind == EventKind::Refunded as i32 {
+            event_ids.push(e.refund_id);
+        }
+    }
+    assert_eq!(event_ids, refund_sets);
     sim.shutdown().await.expect("sim stop");
 }

@@ -200,12 +200,12 @@ async fn every_field_of_every_request_is_validated_naming_the_field() {
         let refund = proto::RefundTradeRequest { trade_id: bad, amount_minor: 1, idempotency_key: String::new() };
         w.check(&path("RefundTrade"), &refund, "trade_id").await;
     }
-    w.check(
-        &path("WatchTrades"),
-        &proto::WatchTradesRequest { after_sequence: u64::MAX, register_id: String::new() },
-        "after_sequence",
-    )
-    .await;
+    // Longer than the documented maximum (60 s) is refused, not clamped.
+    for wait_ms in [60_001, u32::MAX] {
+        w.check(&path("AwaitTrade"), &proto::AwaitTradeRequest { trade_id: TRD.into(), wait_ms }, "wait_ms").await;
+    }
+    // (A cursor beyond the shop's last event is OUT_OF_RANGE, not a
+    // malformed field: tests/api_boundaries.rs.)
 
     const CAR: &str = "/syncpay.v1.CarrierService/";
     for number in bad_numbers() {

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use common::{carrier, shop, TestServer};
 use syncpay::register::{ChargeRequest, VirtualRegister};
+use syncpay::sync_server::limits::Limits;
+use syncpay::sync_server::rate_limit::Rate;
 use syncpay::terminal_sim::{CarrierSim, Policy};
 
 const NUMBERS: [&str; 3] = ["+819044556601", "+819044556602", "+819044556603"];
@@ -98,9 +100,15 @@ async fn logs_hold_no_secret_key_or_subscriber_number() {
 
     // Mutual TLS: the register and the simulator take a TLS channel and no
     // token, unchanged.
-    let tls = TestServer::start_tls(&["acme"], &["docomo"], common::functional_limits()).await;
+    // One offer per buyer a minute, so a refusal by that limit is logged too.
+    let one_offer = Limits { subscriber_offers: Rate::new(1, Duration::from_secs(60)), ..common::functional_limits() };
+    let tls = TestServer::start_tls(&["acme"], &["docomo"], one_offer).await;
     let mut keys =
         traffic(&tls, tls.tls_channel(&shop("acme")).await, tls.tls_channel(&carrier("docomo")).await, "", "").await;
+    let register = VirtualRegister::open(tls.tls_channel(&shop("acme")).await, "", "till 2").await.expect("register");
+    let refused = register.charge(ChargeRequest::new(NUMBERS[0], 100, "JPY", "more tea")).await;
+    let refused = refused.expect_err("a second offer within the minute");
+    assert_eq!(refused.code(), Some(tonic::Code::ResourceExhausted), "{refused}");
     let pki = tls.pki.clone().expect("pki");
     let tls_secret = std::fs::read(tls.data_dir.join("server.secret")).expect("secret");
     let tls_receipt_seed = receipt_seed(&tls.data_dir);
@@ -123,6 +131,14 @@ async fn logs_hold_no_secret_key_or_subscriber_number() {
         "the capture missed the server's log"
     );
     assert!(log.lines().count() > 100, "too little was logged to prove anything");
+    // The offer limit's refusal is logged, naming the shop and trade and
+    // the subscriber only masked (the check below looks for it in full).
+    let limited = log
+        .lines()
+        .find(|l| l.contains("the subscriber has had the most offers allowed"))
+        .expect("the refusal by the offer limit is logged");
+    let masked = syncpay::domain::SubscriberNumber::parse(NUMBERS[0]).expect("number").masked();
+    assert!(limited.contains("WARN") && limited.contains("shop=acme") && limited.contains(&masked), "{limited}");
 
     let mut forbidden: Vec<(String, String)> = Vec::new();
     for n in NUMBERS.iter().chain(&["+819044556699", "+819044556698"]) {

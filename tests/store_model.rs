@@ -105,7 +105,7 @@ fn error_kind(e: &StoreError) -> &'static str {
         StoreError::NotFound(_) => "not_found",
         StoreError::AlreadyExists(_) => "already_exists",
         StoreError::FailedPrecondition(_) => "failed_precondition",
-        StoreError::LimitExceeded(_) => "limit",
+        StoreError::LimitExceeded(_) | StoreError::RateLimited(_) => "limit",
         StoreError::Corrupt(_) | StoreError::Io(_) | StoreError::Stopped => "internal",
     }
 }
@@ -281,6 +281,7 @@ async fn step(r: &Real, m: &mut Model, op: &Op, now: u64) -> (Seen, Seen) {
                 idempotency_key: key.map(|k| format!("k{k}")),
                 binding_code: "000000".into(),
                 max_open_per_register: 1_000,
+                offer_gate: None,
                 now: UnixMs(now),
             };
             let got = match r.store.execute(Command::CreateTrade(c)).await {

@@ -5,6 +5,10 @@
 //! withdrawals) is written to the outbox in the same transaction and
 //! returned so the caller can send it once the group is durable.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
 
@@ -151,6 +155,8 @@ pub struct CreateTrade {
     pub idempotency_key: Option<String>,
     pub binding_code: String,
     pub max_open_per_register: u32,
+    /// Asked only when the trade is about to send its offer.
+    pub offer_gate: Option<OfferGate>,
     pub now: UnixMs,
 }
 
@@ -162,7 +168,58 @@ pub struct NetworkTrade {
     pub idempotency_key: Option<String>,
     pub binding_code: String,
     pub max_open_per_register: u32,
+    /// Asked only when the trade is about to send its offer.
+    pub offer_gate: Option<OfferGate>,
     pub now: UnixMs,
+}
+
+/// The caller's say on whether a subscriber may be sent one more offer
+/// (the per-subscriber rate limit, which the store knows nothing of). The
+/// writer asks it inside CreateTrade at the one point where the trade is
+/// known to send an offer: after the idempotency check (a replay or a
+/// conflict sends nothing), the register, payer, handset and open-trade
+/// checks, and, for a network identity, the resolution for this shop. So
+/// only a trade that really pushes an offer spends the buyer's allowance,
+/// and since the single writer decides trades one at a time, concurrent
+/// requests cannot overspend it. On admission the gate spends the
+/// allowance (it has no refund), so the writer asks it at most once per
+/// trade ([`Admissions`]). A refusal's message becomes
+/// [`StoreError::RateLimited`] and nothing is written.
+#[derive(Clone)]
+pub struct OfferGate(Arc<AdmitFn>);
+
+type AdmitFn = dyn Fn(&SubscriberNumber) -> Result<(), String> + Send + Sync;
+
+impl OfferGate {
+    pub fn new(admit: impl Fn(&SubscriberNumber) -> Result<(), String> + Send + Sync + 'static) -> OfferGate {
+        OfferGate(Arc::new(admit))
+    }
+}
+
+impl std::fmt::Debug for OfferGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OfferGate")
+    }
+}
+
+/// The gates' verdicts within one write group, by trade id. A transaction
+/// closure may re-run, and a group in which one command fails is applied
+/// again one command at a time, so the same CreateTrade can reach its
+/// gate more than once; the first verdict is reused, so admitting spends
+/// the allowance once. (Trade ids are fresh per request.) Only the writer
+/// thread uses it.
+#[derive(Default)]
+pub(crate) struct Admissions(RefCell<HashMap<TradeId, Result<(), String>>>);
+
+impl Admissions {
+    fn admit(&self, trade: TradeId, gate: &OfferGate, subscriber: &SubscriberNumber) -> Result<(), String> {
+        if let Some(verdict) = self.0.borrow().get(&trade) {
+            return verdict.clone();
+        }
+        let verdict = (gate.0)(subscriber);
+        self.0.borrow_mut().insert(trade, verdict.clone());
+        verdict
+    }
 }
 
 /// Why a handset answer changed nothing.
@@ -217,6 +274,7 @@ pub enum CommandOutcome {
     /// A refund (or the original one, for an idempotent retry).
     Refund {
         trade: TradeRecord,
+        /// The refund's posting set id.
         refund_id: u64,
         amount: Amount,
         replayed: bool,
@@ -296,6 +354,7 @@ struct Effects {
 pub(crate) fn apply(
     shared: &Shared,
     command: &Command,
+    admissions: &Admissions,
     heads: &mut Vec<(ShopId, u64)>,
 ) -> Result<CommandOutcome, StoreError> {
     match command {
@@ -317,7 +376,7 @@ pub(crate) fn apply(
     let result = trees.as_slice().transaction(|view| {
         let tx = Tx(view.as_slice());
         let mut fx = Effects::default();
-        let outcome = run(&tx, command, resolution.as_ref(), &mut fx)?;
+        let outcome = run(&tx, command, resolution.as_ref(), admissions, &mut fx)?;
         Ok((outcome, fx))
     });
     match result {
@@ -362,7 +421,9 @@ pub(crate) fn apply_group(
     commands: &[&Command],
     heads: &mut Vec<(ShopId, u64)>,
 ) -> Vec<Result<CommandOutcome, StoreError>> {
-    let one_by_one = |heads: &mut Vec<(ShopId, u64)>| commands.iter().map(|c| apply(shared, c, heads)).collect();
+    let admissions = Admissions::default();
+    let one_by_one =
+        |heads: &mut Vec<(ShopId, u64)>| commands.iter().map(|c| apply(shared, c, &admissions, heads)).collect();
     if commands.len() < 2 || !commands.iter().all(|c| groupable(c)) {
         return one_by_one(heads);
     }
@@ -372,7 +433,7 @@ pub(crate) fn apply_group(
         let mut fx = Effects::default();
         let mut outcomes = Vec::with_capacity(commands.len());
         for command in commands {
-            outcomes.push(run(&tx, command, None, &mut fx)?);
+            outcomes.push(run(&tx, command, None, &admissions, &mut fx)?);
         }
         Ok((outcomes, fx))
     });
@@ -388,7 +449,13 @@ pub(crate) fn apply_group(
     }
 }
 
-fn run(tx: &Tx, command: &Command, resolution: Option<&Resolution>, fx: &mut Effects) -> TxResult<CommandOutcome> {
+fn run(
+    tx: &Tx,
+    command: &Command,
+    resolution: Option<&Resolution>,
+    admissions: &Admissions,
+    fx: &mut Effects,
+) -> TxResult<CommandOutcome> {
     match command {
         Command::CreateShop { id, display_name, token_hash, max_shops, now } => {
             create_shop(tx, id, display_name, token_hash, *max_shops, *now, fx)
@@ -414,7 +481,7 @@ fn run(tx: &Tx, command: &Command, resolution: Option<&Resolution>, fx: &mut Eff
             network::set_acceptance(tx, carrier, shop, *accept)?;
             Ok(CommandOutcome::Acceptance { accepted: *accept })
         }
-        Command::CreateTradeByNetwork(n) => create_trade_by_network(tx, n, resolution, fx),
+        Command::CreateTradeByNetwork(n) => create_trade_by_network(tx, n, resolution, admissions, fx),
         Command::DeleteLeases { keys } => {
             for k in keys {
                 tx.del(T::Leases, k)?;
@@ -432,7 +499,7 @@ fn run(tx: &Tx, command: &Command, resolution: Option<&Resolution>, fx: &mut Eff
             open_register(tx, shop, id, label, *max_registers, *now)
         }
         Command::CloseRegister { shop, id, now } => close_register(tx, shop, id, *now),
-        Command::CreateTrade(c) => create_trade(tx, c, fx),
+        Command::CreateTrade(c) => create_trade(tx, c, admissions, fx),
         Command::Ack { carrier, delivery_id, now } => ack(tx, carrier, *delivery_id, *now, fx),
         Command::Answer { carrier, trade, decision, signature, now, checked, signer } => {
             answer(tx, carrier, trade, *decision, signature, checked.as_ref(), signer, *now, fx)
@@ -702,7 +769,7 @@ fn enqueue(tx: &Tx, carrier: &CarrierId, body: DeliveryBody, fx: &mut Effects) -
     Ok(delivery_id)
 }
 
-fn create_trade(tx: &Tx, c: &CreateTrade, fx: &mut Effects) -> TxResult<CommandOutcome> {
+fn create_trade(tx: &Tx, c: &CreateTrade, admissions: &Admissions, fx: &mut Effects) -> TxResult<CommandOutcome> {
     if let Some(key) = &c.idempotency_key {
         if let Some(prior) = tx.get::<IdempotencyRecord>(T::Idempotency, &keys::idempotency(&c.shop, key))? {
             let (prior_trade, request) = match prior {
@@ -713,7 +780,7 @@ fn create_trade(tx: &Tx, c: &CreateTrade, fx: &mut Effects) -> TxResult<CommandO
                             .into(),
                     ))
                 }
-                IdempotencyRecord::Refund { .. } => {
+                IdempotencyRecord::Refund { .. } | IdempotencyRecord::RefundV1 { .. } => {
                     return abort(StoreError::Corrupt("trade idempotency key holds a refund".into()))
                 }
             };
@@ -726,7 +793,7 @@ fn create_trade(tx: &Tx, c: &CreateTrade, fx: &mut Effects) -> TxResult<CommandO
             return Ok(CommandOutcome::Trade { trade, deliveries: Vec::new(), replayed: true });
         }
     }
-    let trade = open_trade(tx, c, fx)?;
+    let trade = open_trade(tx, c, admissions, fx)?;
     if let Some(key) = &c.idempotency_key {
         let record = IdempotencyRecord::Trade { trade: trade.id, request: c.request.clone() };
         tx.put(T::Idempotency, &keys::idempotency(&c.shop, key), &record)?;
@@ -734,14 +801,29 @@ fn create_trade(tx: &Tx, c: &CreateTrade, fx: &mut Effects) -> TxResult<CommandO
     Ok(CommandOutcome::Trade { trade: Some(trade), deliveries: std::mem::take(&mut fx.deliveries), replayed: false })
 }
 
+/// The refusal of a network identity at a shop the carrier owning the
+/// address's range has not accepted. The same for every address in the
+/// range, held or not: a carrier's ranges are public (routing registries),
+/// so it tells the shop nothing about any subscriber, and it tells the shop
+/// what to do (ask the carrier to accept it).
+pub const NETWORK_NOT_ACCEPTED: &str = "network_identity: the carrier for this address has not accepted this shop";
+/// The refusal of every other network identity that names nobody who can
+/// be offered the trade: outside every carrier's range, no lease at that
+/// instant (or port), or leased to a subscriber without a handset. One
+/// message, so the answer never tells who was where.
+pub const NETWORK_MISS: &str =
+    "network_identity: no carrier subscriber can be offered a trade for this address at that time";
+
 /// A trade whose payer is a network identity: replays an idempotent retry
-/// (compared as the shop sent it), refuses an unaccepted shop or a miss
-/// with FAILED_PRECONDITION, otherwise opens the trade for the resolved
+/// (compared as the shop sent it), refuses an unaccepted shop
+/// ([`NETWORK_NOT_ACCEPTED`]) or a miss ([`NETWORK_MISS`]) with
+/// FAILED_PRECONDITION, otherwise opens the trade for the resolved
 /// subscriber exactly as for a number.
 fn create_trade_by_network(
     tx: &Tx,
     n: &NetworkTrade,
     resolution: Option<&Resolution>,
+    admissions: &Admissions,
     fx: &mut Effects,
 ) -> TxResult<CommandOutcome> {
     let idem_key = n.idempotency_key.as_ref().map(|k| keys::idempotency(&n.shop, k));
@@ -755,7 +837,7 @@ fn create_trade_by_network(
                             .into(),
                     ))
                 }
-                IdempotencyRecord::Refund { .. } => {
+                IdempotencyRecord::Refund { .. } | IdempotencyRecord::RefundV1 { .. } => {
                     return abort(StoreError::Corrupt("trade idempotency key holds a refund".into()))
                 }
             };
@@ -768,18 +850,22 @@ fn create_trade_by_network(
             return Ok(CommandOutcome::Trade { trade, deliveries: Vec::new(), replayed: true });
         }
     }
+    let miss = || abort(StoreError::FailedPrecondition(NETWORK_MISS.into()));
     let subscriber = match resolution {
-        Some(Resolution::Found { subscriber, .. }) => subscriber.clone(),
-        Some(Resolution::NotAccepted) => {
-            return abort(StoreError::FailedPrecondition(
-                "network_identity: the payer's carrier has not accepted this shop".into(),
-            ))
+        Some(Resolution::Found { carrier, subscriber }) => {
+            // A subscriber who could never be offered the trade (not the
+            // carrier's, no handset) is a miss like any other: a trade
+            // FAILED with its reason would tell the shop that somebody
+            // held the address.
+            let key = subscriber.as_str().as_bytes();
+            let enrolled = tx.get::<SubscriberRecord>(T::Subscribers, key)?.is_some_and(|s| &s.carrier == carrier);
+            if !enrolled || tx.get::<HandsetRecord>(T::Handsets, key)?.is_none() {
+                return miss();
+            }
+            subscriber.clone()
         }
-        Some(Resolution::Miss) => {
-            return abort(StoreError::FailedPrecondition(
-                "network_identity: no carrier subscriber can be found for this address at that time".into(),
-            ))
-        }
+        Some(Resolution::NotAccepted) => return abort(StoreError::FailedPrecondition(NETWORK_NOT_ACCEPTED.into())),
+        Some(Resolution::Miss) => return miss(),
         None => return abort(StoreError::Corrupt("network trade without a resolution".into())),
     };
     let c = CreateTrade {
@@ -796,9 +882,10 @@ fn create_trade_by_network(
         idempotency_key: n.idempotency_key.clone(),
         binding_code: n.binding_code.clone(),
         max_open_per_register: n.max_open_per_register,
+        offer_gate: n.offer_gate.clone(),
         now: n.now,
     };
-    let trade = open_trade(tx, &c, fx)?;
+    let trade = open_trade(tx, &c, admissions, fx)?;
     if let Some(key) = &idem_key {
         tx.put(T::Idempotency, key, &IdempotencyRecord::NetworkTrade { trade: trade.id, request: n.request.clone() })?;
     }
@@ -806,8 +893,9 @@ fn create_trade_by_network(
 }
 
 /// Checks the register and payer and writes a new trade: PENDING with its
-/// offer queued, or FAILED at once when nothing could ever answer it.
-fn open_trade(tx: &Tx, c: &CreateTrade, fx: &mut Effects) -> TxResult<TradeRecord> {
+/// offer queued (if the offer gate admits it), or FAILED at once when
+/// nothing could ever answer it.
+fn open_trade(tx: &Tx, c: &CreateTrade, admissions: &Admissions, fx: &mut Effects) -> TxResult<TradeRecord> {
     let Some(shop) = tx.get::<ShopRecord>(T::Shops, c.shop.as_str().as_bytes())? else {
         return abort(StoreError::NotFound("shop"));
     };
@@ -883,6 +971,13 @@ fn open_trade(tx: &Tx, c: &CreateTrade, fx: &mut Effects) -> TxResult<TradeRecor
             trade.finished_at = Some(c.now);
         }
         (None, Some(sub)) => {
+            // Every other check has passed: this trade sends an offer, so
+            // here, and only here, it spends the buyer's allowance.
+            if let Some(gate) = &c.offer_gate {
+                if let Err(refusal) = admissions.admit(c.trade_id, gate, &c.request.payer) {
+                    return abort(StoreError::RateLimited(refusal));
+                }
+            }
             register.open_trades = register.open_trades.saturating_add(1);
             tx.put(T::Registers, &register_key, &register)?;
             tx.put(T::Deadlines, &keys::deadline(expires_at, &trade.id), &())?;
@@ -1288,8 +1383,18 @@ fn refund(
     let idem_key = idempotency_key.map(|k| keys::refund_idempotency(shop, k));
     if let Some(key) = &idem_key {
         if let Some(prior) = tx.get::<IdempotencyRecord>(T::Idempotency, key)? {
-            let IdempotencyRecord::Refund { trade: prior_trade, amount: prior_amount, refund_id } = prior else {
-                return abort(StoreError::Corrupt("refund idempotency key holds a trade".into()));
+            let (prior_trade, prior_amount, refund_id) = match prior {
+                IdempotencyRecord::Refund { trade, amount, set_id } => (trade, amount, set_id),
+                IdempotencyRecord::RefundV1 { trade, amount, first_posting } => {
+                    // Written when refund ids were first posting ids.
+                    match tx.get::<PostingRecord>(T::Postings, &first_posting.to_be_bytes())? {
+                        Some(p) => (trade, amount, p.set_id),
+                        None => return abort(StoreError::Corrupt("refund key names a missing posting".into())),
+                    }
+                }
+                IdempotencyRecord::Trade { .. } | IdempotencyRecord::NetworkTrade { .. } => {
+                    return abort(StoreError::Corrupt("refund idempotency key holds a trade".into()))
+                }
             };
             let field = if prior_trade != *trade_id {
                 Some("trade_id")
@@ -1351,7 +1456,9 @@ fn refund(
     };
     let set = PostingSet::transfer(payable, payer_account, amount)
         .or_else(|e| abort(StoreError::FailedPrecondition(format!("amount_minor: {e}"))))?;
-    let (set_id, refund_id) = post(tx, &set, Some(trade.id), PostingKind::Refund, now)?;
+    // The refund is its posting set: its id is the set id.
+    let (set_id, _) = post(tx, &set, Some(trade.id), PostingKind::Refund, now)?;
+    let refund_id = set_id;
     if let (Some((line_key, line)), Some(carrier)) = (bill, &carrier) {
         network::record_bill_refund(tx, carrier, &trade.request.payer, &line_key, line, amount)?;
     }
@@ -1360,7 +1467,7 @@ fn refund(
     trade.refunded = refunded;
     tx.put(T::Trades, trade.id.as_bytes(), &trade)?;
     if let Some(key) = &idem_key {
-        tx.put(T::Idempotency, key, &IdempotencyRecord::Refund { trade: trade.id, amount, refund_id })?;
+        tx.put(T::Idempotency, key, &IdempotencyRecord::Refund { trade: trade.id, amount, set_id })?;
     }
     emit(tx, &trade, EventKind::Refunded { amount, refund_id }, now, fx)?;
     Ok(CommandOutcome::Refund { trade, refund_id, amount, replayed: false })

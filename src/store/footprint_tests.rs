@@ -144,6 +144,7 @@ async fn footprint_per_settled_trade() {
                 idempotency_key: None,
                 binding_code: "123456".into(),
                 max_open_per_register: 10_000,
+                offer_gate: None,
                 now: T0,
             };
             pending.push(store.submit(Command::CreateTrade(c)).await.expect("queued"));

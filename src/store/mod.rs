@@ -18,7 +18,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::domain::{AccountName, CarrierId, RegisterId, ShopId, SubscriberNumber, TradeId, UnixMs};
 
-pub use commands::{AnswerOutcome, Command, CommandOutcome, CreateTrade, NetworkTrade, RejectedAnswer, SignatureCheck};
+pub use commands::{
+    AnswerOutcome, Command, CommandOutcome, CreateTrade, NetworkTrade, OfferGate, RejectedAnswer, SignatureCheck,
+};
 pub use network::{LeaseReport, StatementData, MAX_LEASE_WALK, MAX_PAYOUT_ENTRIES};
 pub use records::{
     AccountRecord, Delivery, DeliveryBody, EventKind, EventRecord, Funding, OfferBody, PostingKind, PostingRecord,
@@ -54,6 +56,9 @@ pub enum StoreError {
     FailedPrecondition(String),
     #[error("{0}")]
     LimitExceeded(String),
+    /// An [`OfferGate`] refused the offer (a rate limit): nothing written.
+    #[error("{0}")]
+    RateLimited(String),
     #[error("corrupt record: {0}")]
     Corrupt(String),
     #[error("storage I/O: {0}")]
@@ -610,6 +615,20 @@ impl Store {
         self.durable(v).await
     }
 
+    /// An event kind stored before refund ids named posting sets: a
+    /// refund's first posting id, read back as the id of its set.
+    fn refund_set_of_legacy(&self, kind: EventKind) -> Result<EventKind, StoreError> {
+        match kind {
+            EventKind::StateChanged => Ok(kind),
+            EventKind::Refunded { amount, refund_id: first_posting } => {
+                let posting: PostingRecord = self.get(T::Postings, &first_posting.to_be_bytes())?.ok_or_else(|| {
+                    StoreError::Corrupt(format!("a refund event names posting {first_posting}, which is missing"))
+                })?;
+                Ok(EventKind::Refunded { amount, refund_id: posting.set_id })
+            }
+        }
+    }
+
     /// Events of `shop` with `after < seq <= head`, at most `limit`.
     pub fn events_between(
         &self,
@@ -630,13 +649,19 @@ impl Store {
         let mut last: Option<TradeRecord> = None;
         for item in self.tree(T::Events).range(keys::event(shop, start)..=keys::event(shop, head)).take(limit) {
             let (_, v) = item?;
-            let compact = match records::decode_event(&v)? {
-                records::StoredEvent::Whole(event) => {
+            let (compact, legacy_refund_id) = match records::decode_event(&v)? {
+                records::StoredEvent::Whole(mut event) => {
+                    event.kind = self.refund_set_of_legacy(event.kind)?;
                     out.push(*event);
                     continue;
                 }
-                records::StoredEvent::Compact(c) => c,
+                records::StoredEvent::CompactV2(c) => (c, true),
+                records::StoredEvent::Compact(c) => (c, false),
             };
+            let mut compact = compact;
+            if legacy_refund_id {
+                compact.kind = self.refund_set_of_legacy(compact.kind)?;
+            }
             let trade = match last.take() {
                 Some(t) if t.id == compact.trade => t,
                 _ => self.get(T::Trades, compact.trade.as_bytes())?.ok_or_else(|| {

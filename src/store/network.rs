@@ -440,22 +440,6 @@ impl Store {
         self.durable(out).await
     }
 
-    /// The subscriber a network identity names for `shop`, when the shop is
-    /// accepted and a lease matches; `None` otherwise (the same answer for
-    /// every kind of miss). A read outside the writer, for rate limiting
-    /// before a trade is queued; the trade itself resolves again on the
-    /// writer thread.
-    pub fn resolve_for_limits(
-        &self,
-        shop: &ShopId,
-        id: &NetworkIdentity,
-    ) -> Result<Option<SubscriberNumber>, StoreError> {
-        match resolve(&self.shared, shop, id)? {
-            Resolution::Found { subscriber, .. } => Ok(Some(subscriber)),
-            Resolution::Miss | Resolution::NotAccepted => Ok(None),
-        }
-    }
-
     /// Who held `addr` (and `port`) at `at`, if anyone. Synchronous: for
     /// tools and the lease benchmark; trades resolve on the writer thread.
     pub fn lease_holder(

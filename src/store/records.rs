@@ -423,8 +423,11 @@ pub struct EventRecord {
 
 /// Version byte of the compact event layout. Version 1 events (the
 /// generic [`RECORD_VERSION`]) hold a whole [`TradeRecord`]; they still
-/// decode.
-pub const EVENT_VERSION: u8 = 2;
+/// decode. Version 3 has version 2's layout; what changed is the meaning
+/// of a refund's `refund_id` (see [`EventKind::Refunded`]).
+pub const EVENT_VERSION: u8 = 3;
+/// Compact events written before refund ids named posting sets.
+pub const EVENT_VERSION_V2: u8 = 2;
 
 /// An event as stored since [`EVENT_VERSION`] 2: only the fields of the
 /// trade that can change after the event (state, failure, decision,
@@ -490,10 +493,14 @@ impl CompactEvent {
 }
 
 /// An event as read from disk: a whole one (version 1) or a compact one
-/// that still needs its trade.
+/// that still needs its trade. Versions 1 and 2 hold a refund's first
+/// posting id where version 3 holds its posting set id; the store's reader
+/// converts them ([`EventKind::Refunded`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoredEvent {
     Whole(Box<EventRecord>),
+    /// Version 2: compact, refund ids are first posting ids.
+    CompactV2(CompactEvent),
     Compact(CompactEvent),
 }
 
@@ -506,10 +513,12 @@ pub fn encode_event(event: &EventRecord) -> Result<Vec<u8>, StoreError> {
 }
 
 pub fn decode_event(bytes: &[u8]) -> Result<StoredEvent, StoreError> {
+    let compact = |body: &[u8]| {
+        postcard::from_bytes::<CompactEvent>(body).map_err(|e| StoreError::Corrupt(format!("decode event: {e}")))
+    };
     match bytes.split_first() {
-        Some((&EVENT_VERSION, body)) => postcard::from_bytes(body)
-            .map(StoredEvent::Compact)
-            .map_err(|e| StoreError::Corrupt(format!("decode event: {e}"))),
+        Some((&EVENT_VERSION, body)) => compact(body).map(StoredEvent::Compact),
+        Some((&EVENT_VERSION_V2, body)) => compact(body).map(StoredEvent::CompactV2),
         Some((&RECORD_VERSION, body)) => {
             let e: EventRecordV1 = body_of(body)?;
             Ok(StoredEvent::Whole(Box::new(EventRecord { seq: e.seq, at: e.at, kind: e.kind, trade: e.trade.into() })))
@@ -567,7 +576,13 @@ pub(crate) fn encode_whole_event_v1(e: &EventRecord) -> Option<Vec<u8>> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventKind {
     StateChanged,
-    Refunded { amount: Amount, refund_id: u64 },
+    /// `refund_id` is the refund's posting set id. Events stored before
+    /// [`EVENT_VERSION`] 3 hold the set's first posting id there instead;
+    /// the store reads them back as the set id.
+    Refunded {
+        amount: Amount,
+        refund_id: u64,
+    },
 }
 
 /// An offer as the handset shows it; a snapshot taken at commit time.
@@ -654,12 +669,17 @@ pub struct Delivery {
 pub enum IdempotencyRecord {
     /// A CreateTrade key: the trade it made and the request, to compare.
     Trade { trade: TradeId, request: TradeRequest },
-    /// A RefundTrade key: the refund it made.
-    Refund { trade: TradeId, amount: Amount, refund_id: u64 },
+    /// A RefundTrade key as written before refund ids named posting sets:
+    /// the refund's first posting id, read back as its set's id. No longer
+    /// written.
+    RefundV1 { trade: TradeId, amount: Amount, first_posting: u64 },
     /// A CreateTrade key whose payer was a network identity: the request
     /// as the shop sent it (never the resolved subscriber, so a retry's
     /// conflict message cannot reveal who was resolved).
     NetworkTrade { trade: TradeId, request: NetworkTradeRequest },
+    /// A RefundTrade key: the refund it made, by posting set id. (Appended:
+    /// postcard numbers variants, so older records still decode.)
+    Refund { trade: TradeId, amount: Amount, set_id: u64 },
 }
 
 /// A payer named by network identity, as validated at the edge.
@@ -939,6 +959,31 @@ mod tests {
         assert_eq!(v1.approval_payload(Decision::Approve).ok(), offer.approval_payload(1, Decision::Approve));
         let broken = TradeRecord { binding_code: "12345".into(), ..t };
         assert!(matches!(broken.approval_payload(Decision::Approve), Err(StoreError::Corrupt(_))));
+    }
+
+    // Written by the encoders of commit 8c50b13, before refund ids named
+    // posting sets: a refund key whose refund was first posting 6, and a
+    // compact (version 2) REFUNDED event with refund id 6.
+    const GOLDEN_REFUND_KEY_V1: &str = "010107070707070707070707070707070707ac0206";
+    const GOLDEN_EVENT_V2: &str =
+        "0204d0aff1c2b13401ac0206070707070707070707070707070707070200010001e8a7f1c2b134ac020001";
+
+    #[test]
+    fn refund_records_written_before_set_ids_still_decode_as_such() {
+        let key: IdempotencyRecord = decode(&hex(GOLDEN_REFUND_KEY_V1)).expect("refund key v1");
+        let IdempotencyRecord::RefundV1 { trade, amount, first_posting } = key else { panic!("{key:?}") };
+        assert_eq!((trade, amount, first_posting), (TradeId::from_bytes([7; 16]), Amount::new(300), 6));
+        let StoredEvent::CompactV2(event) = decode_event(&hex(GOLDEN_EVENT_V2)).expect("event v2") else {
+            panic!("not a version 2 event")
+        };
+        assert_eq!(event.kind, EventKind::Refunded { amount: Amount::new(300), refund_id: 6 });
+        let settled = EventRecord { seq: 4, at: UnixMs(1_800_000_002_000), kind: event.kind, trade: golden_trade() };
+        assert_eq!(event.join(golden_trade()).expect("join"), settled);
+        // Today's encoder writes version 3 and the new key variant.
+        assert_eq!(encode_event(&settled).expect("encode")[0], 3);
+        let now =
+            IdempotencyRecord::Refund { trade: TradeId::from_bytes([7; 16]), amount: Amount::new(300), set_id: 3 };
+        assert!(matches!(decode(&encode(&now).expect("encode")), Ok(IdempotencyRecord::Refund { set_id: 3, .. })));
     }
 
     #[test]

@@ -116,6 +116,7 @@ impl Fixture {
             idempotency_key: key.map(str::to_owned),
             binding_code: "123456".into(),
             max_open_per_register: 100,
+            offer_gate: None,
             now: T0,
         };
         match self.store.execute(Command::CreateTrade(c)).await? {
@@ -569,6 +570,108 @@ async fn a_failing_command_in_a_write_group_fails_alone() {
     assert!(f.store.verify().await.expect("verify").ok());
 }
 
+/// The offer gate is asked once per trade however often the writer runs
+/// the command: a write group with a failing command in it is applied
+/// again one command at a time, and each trade's first verdict stands.
+/// A refusal writes nothing; a replay and a trade that fails at once (no
+/// handset) never ask.
+#[tokio::test]
+async fn the_offer_gate_is_asked_once_per_trade_and_only_for_an_offer() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let f = fixture().await;
+    let asked = std::sync::Arc::new(AtomicUsize::new(0));
+    let admitted = std::sync::Arc::new(AtomicUsize::new(0));
+    // Admits the first 10 offers, refuses the rest.
+    let gate = {
+        let (asked, admitted) = (asked.clone(), admitted.clone());
+        OfferGate::new(move |_| {
+            asked.fetch_add(1, Ordering::SeqCst);
+            if admitted.fetch_add(1, Ordering::SeqCst) < 10 {
+                Ok(())
+            } else {
+                Err("offers per subscriber: no".into())
+            }
+        })
+    };
+    let create = |key: Option<String>| {
+        Command::CreateTrade(CreateTrade {
+            shop: f.shop.clone(),
+            trade_id: TradeId::generate().expect("id"),
+            request: f.request(10),
+            idempotency_key: key,
+            binding_code: "123456".into(),
+            max_open_per_register: 100,
+            offer_gate: Some(gate.clone()),
+            now: T0,
+        })
+    };
+    // Queued without awaiting, so groups hold several commands, with
+    // cancels of trades that do not exist aborting them.
+    let mut pending = Vec::new();
+    for i in 0..40u32 {
+        let command = match i % 4 {
+            3 => Command::Cancel { shop: f.shop.clone(), trade: TradeId::generate().expect("id"), now: T0 },
+            _ => create(None),
+        };
+        pending.push(f.store.submit(command).await.expect("queued"));
+    }
+    let (mut created, mut refused) = (0, 0);
+    for write in pending {
+        match write.outcome().await {
+            Ok(CommandOutcome::Trade { trade: Some(t), replayed: false, .. }) => {
+                assert_eq!(t.state, TradeState::Pending);
+                created += 1;
+            }
+            Err(StoreError::RateLimited(m)) => {
+                assert_eq!(m, "offers per subscriber: no");
+                refused += 1;
+            }
+            Err(StoreError::NotFound("trade")) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((created, refused), (10, 20));
+    assert_eq!(asked.load(Ordering::SeqCst), 30, "each trade asked its gate exactly once");
+    let report = f.store.verify().await.expect("verify");
+    assert_eq!(report.trades_checked, 10, "a refused trade leaves nothing behind");
+
+    // A replay and its conflict ask nothing; nor does a payer without a
+    // handset, whose trade fails at once.
+    let keyed = create(Some("order-1".into()));
+    let Command::CreateTrade(first) = keyed.clone() else { unreachable!() };
+    admitted.store(0, Ordering::SeqCst);
+    f.store.execute(keyed).await.expect("create");
+    let before = asked.load(Ordering::SeqCst);
+    let replay = CreateTrade { trade_id: TradeId::generate().expect("id"), ..first.clone() };
+    let Ok(CommandOutcome::Trade { replayed: true, .. }) = f.store.execute(Command::CreateTrade(replay)).await else {
+        panic!("not a replay")
+    };
+    let mut other = first.clone();
+    other.trade_id = TradeId::generate().expect("id");
+    other.request.amount = Amount::new(11);
+    assert!(matches!(f.store.execute(Command::CreateTrade(other)).await, Err(StoreError::AlreadyExists(_))));
+    let stranger = SubscriberNumber::parse("+818099999999").expect("number");
+    f.store
+        .execute(Command::EnrollSubscriber {
+            carrier: f.carrier.clone(),
+            number: stranger.clone(),
+            funding: Funding::Wallet,
+            now: T0,
+        })
+        .await
+        .expect("enroll");
+    let mut no_handset = first;
+    no_handset.trade_id = TradeId::generate().expect("id");
+    no_handset.idempotency_key = None;
+    no_handset.request.payer = stranger;
+    let Ok(CommandOutcome::Trade { trade: Some(t), .. }) = f.store.execute(Command::CreateTrade(no_handset)).await
+    else {
+        panic!("created")
+    };
+    assert_eq!(t.failure, Some(FailureReason::NoHandset));
+    assert_eq!(asked.load(Ordering::SeqCst), before, "no offer, no question");
+}
+
 #[tokio::test]
 async fn replayed_events_show_the_trade_as_it_was_at_each_event() {
     let f = fixture().await;
@@ -620,6 +723,68 @@ async fn replayed_events_show_the_trade_as_it_was_at_each_event() {
     let mut expected = events.clone();
     expected[1].trade.terms = SignedTerms::V1;
     assert_eq!(f.store.events_between(&f.shop, 0, head, 100).expect("events"), expected);
+}
+
+/// A refund id is the refund's posting set id. Refunds recorded before
+/// that (their key and event held the set's first posting id) read back
+/// with the set id: the retry's answer and the event agree with the
+/// postings.
+#[tokio::test]
+async fn refunds_recorded_with_first_posting_ids_read_back_as_their_set() {
+    let f = fixture().await;
+    f.top_up(5_000).await;
+    let (t, _) = f.create(1_000, None).await.expect("create");
+    f.answer(&t, Decision::Approve, f.sign(&t, Decision::Approve), T0).await;
+    let refund = Command::Refund {
+        shop: f.shop.clone(),
+        trade: t.id,
+        amount: Amount::new(200),
+        idempotency_key: Some("r-1".into()),
+        now: T0,
+    };
+    let CommandOutcome::Refund { refund_id, .. } = f.store.execute(refund.clone()).await.expect("refund") else {
+        panic!("not a refund")
+    };
+    let postings = f.store.postings(0, 100).await.expect("postings");
+    let legs: Vec<&PostingRecord> = postings.iter().filter(|p| p.kind == PostingKind::Refund).collect();
+    assert_eq!(legs.len(), 2);
+    assert!(legs.iter().all(|p| p.set_id == refund_id), "refund id {refund_id} is not the set: {legs:?}");
+    let first_posting = legs[0].posting_id;
+    assert_ne!(first_posting, refund_id, "the test needs the two numbers apart");
+
+    // Rewrite the key and the REFUNDED event as the old layouts had them.
+    let old_key = records::IdempotencyRecord::RefundV1 { trade: t.id, amount: Amount::new(200), first_posting };
+    f.store
+        .tree(T::Idempotency)
+        .insert(keys::refund_idempotency(&f.shop, "r-1"), records::encode(&old_key).expect("encode"))
+        .expect("insert");
+    let head = *f.store.event_heads().subscribe(&f.shop).expect("head").borrow();
+    let events = f.store.events_between(&f.shop, 0, head, 100).expect("events");
+    let last = events.last().expect("the refund event").clone();
+    assert_eq!(last.kind, EventKind::Refunded { amount: Amount::new(200), refund_id });
+    let old_event =
+        EventRecord { kind: EventKind::Refunded { amount: Amount::new(200), refund_id: first_posting }, ..last };
+    let mut v2 = vec![records::EVENT_VERSION_V2];
+    v2.extend(postcard::to_stdvec(&records::CompactEvent::of(&old_event)).expect("encode"));
+    f.store.tree(T::Events).insert(keys::event(&f.shop, head), v2).expect("insert");
+    assert_eq!(f.store.events_between(&f.shop, 0, head, 100).expect("events"), events, "version 2");
+    // A whole (version 1) event holds its trade as a version 1 server wrote
+    // it: version 1 terms, a receipt without a countersignature.
+    let mut legacy = old_event.clone();
+    legacy.trade.terms = SignedTerms::V1;
+    legacy.trade.receipt =
+        Some(Receipt::Legacy { signed_payload: vec![1], signature: vec![2; 64], shop_key_fingerprint: [3; 32] });
+    let v1 = records::encode_whole_event_v1(&legacy).expect("encode v1");
+    f.store.tree(T::Events).insert(keys::event(&f.shop, head), v1).expect("insert");
+    let mut expected = events.clone();
+    if let Some(e) = expected.last_mut() {
+        e.trade = legacy.trade.clone();
+    }
+    assert_eq!(f.store.events_between(&f.shop, 0, head, 100).expect("events"), expected, "version 1");
+    match f.store.execute(refund).await.expect("retry") {
+        CommandOutcome::Refund { refund_id: again, replayed: true, .. } => assert_eq!(again, refund_id),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -163,25 +163,20 @@ impl Engine {
                 format!("must be {}..={} seconds", self.limits.min_ttl.as_secs(), self.limits.max_ttl.as_secs()),
             ));
         }
-        // The shop's own rate first, so a shop over its limit spends none
-        // of the buyer's. Counted per request, retries included.
+        // The shop's own rate, per request: retries and refused requests
+        // count, since each costs the server the same work (a refusal says
+        // when to retry, and a retry then returns the original trade). The
+        // buyer's allowance is spent later, by the store's writer, only if
+        // this request creates a trade that sends an offer: not by a
+        // replay, a conflict, or any refusal (see `RateLimits::offer_gate`).
         self.rates.shop_trades.check(shop)?;
-        // The buyer's rate, however the shop names them. A network identity
-        // counts only when it resolves for this shop, so the limiter tells
-        // an unaccepted shop nothing about who holds an address.
-        let limited = match &t.payer {
-            Payer::Number(number) => Some(number.clone()),
-            Payer::Network(id) => self.store.resolve_for_limits(shop, id)?,
-        };
-        if let Some(subscriber) = &limited {
-            self.rates.subscriber_offers.check(subscriber)?;
-        }
         let trade_id = TradeId::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
         tracing::Span::current().record("trade_id", tracing::field::display(trade_id));
         let at = now();
         let ttl_ms = u64::try_from(t.ttl.as_millis()).unwrap_or(u64::MAX);
         let binding_code = self.secret.binding_code(trade_id).to_string();
         let max_open_per_register = self.limits.max_open_trades_per_register;
+        let offer_gate = self.rates.offer_gate(shop, trade_id);
         let command = match t.payer {
             Payer::Number(payer) => Command::CreateTrade(CreateTrade {
                 shop: shop.clone(),
@@ -197,6 +192,7 @@ impl Engine {
                 idempotency_key: t.idempotency_key,
                 binding_code,
                 max_open_per_register,
+                offer_gate,
                 now: at,
             }),
             Payer::Network(identity) => {
@@ -215,6 +211,7 @@ impl Engine {
                     idempotency_key: t.idempotency_key,
                     binding_code,
                     max_open_per_register,
+                    offer_gate,
                     now: at,
                 })
             }

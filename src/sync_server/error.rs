@@ -20,6 +20,10 @@ pub enum ApiError {
     FailedPrecondition(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A position beyond what exists now (the message starts with the
+    /// field); unlike INVALID_ARGUMENT it may become valid later.
+    #[error("{0}")]
+    OutOfRange(String),
     #[error("{0}")]
     Unauthenticated(&'static str),
     #[error("{0}")]
@@ -47,7 +51,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(what) => ApiError::NotFound(what),
             StoreError::AlreadyExists(m) => ApiError::AlreadyExists(m),
             StoreError::FailedPrecondition(m) => ApiError::FailedPrecondition(m),
-            StoreError::LimitExceeded(m) => ApiError::ResourceExhausted(m),
+            StoreError::LimitExceeded(m) | StoreError::RateLimited(m) => ApiError::ResourceExhausted(m),
             StoreError::Stopped => ApiError::Unavailable("the store is not accepting writes".into()),
             StoreError::Corrupt(m) | StoreError::Io(m) => ApiError::Internal(m),
         }
@@ -62,6 +66,7 @@ impl From<ApiError> for Status {
             ApiError::AlreadyExists(m) => Status::new(Code::AlreadyExists, m),
             ApiError::FailedPrecondition(m) => Status::new(Code::FailedPrecondition, m),
             ApiError::ResourceExhausted(m) => Status::new(Code::ResourceExhausted, m),
+            ApiError::OutOfRange(m) => Status::new(Code::OutOfRange, m),
             ApiError::Unauthenticated(m) => Status::new(Code::Unauthenticated, m),
             ApiError::PermissionDenied(m) => Status::new(Code::PermissionDenied, m),
             ApiError::Unavailable(m) => Status::new(Code::Unavailable, m),

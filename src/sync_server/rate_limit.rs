@@ -3,6 +3,12 @@
 //! approval fatigue). A refusal is `RESOURCE_EXHAUSTED` naming the limit and
 //! when to retry, and never names the key (a subscriber number stays out of
 //! a shop's view). Idle keys are evicted, so the state stays bounded.
+//!
+//! The shop's limit is checked on every CreateTrade request as it arrives
+//! (replays included: each costs the server the same work). The
+//! subscriber's is spent only by a trade that really sends an offer: the
+//! engine hands it to the store as an [`OfferGate`], which the store's
+//! writer asks at the point where the trade is known to be created.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -13,7 +19,8 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
-use crate::domain::{ShopId, SubscriberNumber};
+use crate::domain::{ShopId, SubscriberNumber, TradeId};
+use crate::store::OfferGate;
 
 use super::error::ApiError;
 use super::limits::Limits;
@@ -80,6 +87,12 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
 
     /// Counts one event for `key`, or refuses it.
     pub fn check(&self, key: &K) -> Result<(), ApiError> {
+        self.take(key).map_err(ApiError::ResourceExhausted)
+    }
+
+    /// Counts one event for `key`, or gives the refusal's message (which
+    /// names the limit and when to retry, never the key).
+    fn take(&self, key: &K) -> Result<(), String> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
@@ -87,14 +100,14 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
             limiter.retain_recent();
         }
         limiter.check_key(key).map_err(|not_until| {
+            super::metrics::rate_limited(self.name);
             let wait = not_until.wait_time_from(self.clock.now());
-            ApiError::ResourceExhausted(format!(
-                "{}: at most {}; retry in {} ms",
-                self.name,
-                self.rate,
-                wait.as_millis().max(1)
-            ))
+            format!("{}: at most {}; retry in {} ms", self.name, self.rate, wait.as_millis().max(1))
         })
+    }
+
+    pub fn is_unlimited(&self) -> bool {
+        self.limiter.is_none()
     }
 
     /// Forgets keys whose state equals a fresh one.
@@ -113,7 +126,8 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
 /// The server's rate limits.
 pub struct RateLimits {
     pub shop_trades: KeyedLimit<ShopId>,
-    pub subscriber_offers: KeyedLimit<SubscriberNumber>,
+    /// Shared with the offer gates the store's writer asks.
+    pub subscriber_offers: Arc<KeyedLimit<SubscriberNumber>>,
 }
 
 /// The names refusals use, so tests and operators can tell the limits apart.
@@ -124,8 +138,34 @@ impl RateLimits {
     pub fn new(limits: &Limits) -> Self {
         RateLimits {
             shop_trades: KeyedLimit::new(SHOP_TRADES, limits.shop_trades),
-            subscriber_offers: KeyedLimit::new(SUBSCRIBER_OFFERS, limits.subscriber_offers),
+            subscriber_offers: Arc::new(KeyedLimit::new(SUBSCRIBER_OFFERS, limits.subscriber_offers)),
         }
+    }
+
+    /// The gate for one trade of `shop`: the store asks it once, when the
+    /// trade is about to send its offer, and it spends one of the
+    /// subscriber's offers or refuses (logged, with the number masked).
+    /// `None` when offers are not limited.
+    pub fn offer_gate(&self, shop: &ShopId, trade: TradeId) -> Option<OfferGate> {
+        if self.subscriber_offers.is_unlimited() {
+            return None;
+        }
+        let limit = Arc::clone(&self.subscriber_offers);
+        let shop = shop.clone();
+        Some(OfferGate::new(move |subscriber| {
+            limit.take(subscriber).inspect_err(|refusal| {
+                // Runs on the store's writer thread, so it names the trade
+                // and shop itself. `subscriber` prints masked.
+                tracing::warn!(
+                    shop = %shop,
+                    trade_id = %trade,
+                    subscriber = ?subscriber,
+                    limit = SUBSCRIBER_OFFERS,
+                    refusal = %refusal,
+                    "trade refused: the subscriber has had the most offers allowed"
+                );
+            })
+        }))
     }
 
     pub fn evict_idle(&self) {

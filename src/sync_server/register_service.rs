@@ -207,8 +207,13 @@ impl RegisterService for RegisterApi {
         let mut cursor = watch.after_sequence;
         let known = *head.borrow();
         if cursor > known {
+            // Not malformed, and not to be waited on: sequence numbers past
+            // the head are not this server's history (a cursor kept across
+            // a restore from an older backup, or from another server), and
+            // the events that will take those numbers are not the ones the
+            // client saw. OUT_OF_RANGE, as gRPC says for reading past the end.
             return Err(
-                ApiError::invalid("after_sequence", format!("is beyond the shop's last event ({known})")).into()
+                ApiError::OutOfRange(format!("after_sequence: is beyond the shop's last event ({known})")).into()
             );
         }
         let (tx, rx) = mpsc::channel(self.engine.limits.stream_buffer.max(1));

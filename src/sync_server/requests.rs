@@ -110,13 +110,20 @@ pub fn get_trade(r: &proto::GetTradeRequest) -> Result<TradeId, ApiError> {
 }
 
 /// The trade and how long to wait: 0 means the default; more than the
-/// maximum is clamped to it (a long poll may always end early).
+/// maximum is refused, like every other out-of-range field (a client that
+/// asks for longer would otherwise be answered early without knowing why).
 pub fn await_trade(r: &proto::AwaitTradeRequest) -> Result<(TradeId, Duration), ApiError> {
     let id = convert::trade_id("trade_id", &r.trade_id)?;
     let wait = match r.wait_ms {
         0 => limits::DEFAULT_AWAIT,
-        ms => Duration::from_millis(u64::from(ms)).min(limits::MAX_AWAIT),
+        ms => Duration::from_millis(u64::from(ms)),
     };
+    if wait > limits::MAX_AWAIT {
+        return Err(ApiError::invalid(
+            "wait_ms",
+            format!("must be 0..={} (0 for {} ms)", limits::MAX_AWAIT.as_millis(), limits::DEFAULT_AWAIT.as_millis()),
+        ));
+    }
     Ok((id, wait))
 }
 
@@ -347,6 +354,18 @@ mod tests {
         assert_eq!(ttl("ttl_seconds", 900, &limits), Ok(Duration::from_secs(900)));
         for bad in [901, u32::MAX] {
             assert_eq!(field_of(ttl("ttl_seconds", bad, &limits).expect_err("refused")), "ttl_seconds");
+        }
+    }
+
+    #[test]
+    fn await_waits_up_to_the_maximum_and_no_longer() {
+        let id = TradeId::from_bytes([1; 16]).to_string();
+        let wait = |wait_ms| await_trade(&proto::AwaitTradeRequest { trade_id: id.clone(), wait_ms }).map(|(_, w)| w);
+        assert_eq!(wait(0), Ok(limits::DEFAULT_AWAIT));
+        assert_eq!(wait(1), Ok(Duration::from_millis(1)));
+        assert_eq!(wait(60_000), Ok(limits::MAX_AWAIT));
+        for bad in [60_001, u32::MAX] {
+            assert_eq!(field_of(wait(bad).expect_err("refused")), "wait_ms");
         }
     }
 
