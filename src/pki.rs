@@ -103,10 +103,13 @@ fn serial() -> Result<SerialNumber, PkiError> {
 }
 
 fn validity(params: &mut CertificateParams, days: i64) {
-    let now = OffsetDateTime::now_utc();
+    validity_until(params, OffsetDateTime::now_utc() + Duration::days(days));
+}
+
+fn validity_until(params: &mut CertificateParams, not_after: OffsetDateTime) {
     // An hour of slack for clocks that are a little behind.
-    params.not_before = now - Duration::hours(1);
-    params.not_after = now + Duration::days(days);
+    params.not_before = OffsetDateTime::now_utc() - Duration::hours(1);
+    params.not_after = not_after;
 }
 
 fn name(common_name: &str) -> DistinguishedName {
@@ -159,7 +162,12 @@ impl Ca {
         Ok(Ca { dir: dir.to_owned(), issuer })
     }
 
-    fn issue(&self, stem: &str, mut params: CertificateParams, days: i64) -> Result<CertFiles, PkiError> {
+    fn issue(
+        &self,
+        stem: &str,
+        mut params: CertificateParams,
+        not_after: OffsetDateTime,
+    ) -> Result<CertFiles, PkiError> {
         let files = CertFiles { cert: self.dir.join(format!("{stem}.pem")), key: self.dir.join(format!("{stem}.key")) };
         for path in [&files.cert, &files.key] {
             if path.exists() {
@@ -169,7 +177,7 @@ impl Ca {
         let key = KeyPair::generate()?;
         params.serial_number = Some(serial()?);
         params.use_authority_key_identifier_extension = true;
-        validity(&mut params, days);
+        validity_until(&mut params, not_after);
         let cert = params.signed_by(&key, &self.issuer)?;
         write_new(&files.key, key.serialize_pem().as_bytes(), true)?;
         write_new(&files.cert, cert.pem().as_bytes(), false)?;
@@ -189,11 +197,17 @@ impl Ca {
         params.distinguished_name = name("syncpay server");
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        self.issue("server", params, days)
+        self.issue("server", params, OffsetDateTime::now_utc() + Duration::days(days))
     }
 
-    /// A client certificate naming `principal`.
+    /// A client certificate naming `principal`, valid for `days`.
     pub fn issue_client(&self, principal: &Principal, days: i64) -> Result<CertFiles, PkiError> {
+        self.issue_client_until(principal, OffsetDateTime::now_utc() + Duration::days(days))
+    }
+
+    /// A client certificate naming `principal` that expires at `not_after`
+    /// (tests use one that expires within seconds).
+    pub fn issue_client_until(&self, principal: &Principal, not_after: OffsetDateTime) -> Result<CertFiles, PkiError> {
         let uri = identity_uri(principal);
         let mut params = CertificateParams::default();
         params.distinguished_name = name(&uri);
@@ -201,7 +215,7 @@ impl Ca {
             vec![SanType::URI(uri.clone().try_into().map_err(|_| PkiError::Invalid(format!("bad URI {uri}")))?)];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.issue(&file_stem(principal), params, days)
+        self.issue(&file_stem(principal), params, not_after)
     }
 
     /// Adds the certificate at `cert_path` to the CA's revocation list and
@@ -314,9 +328,15 @@ mod tests {
             let der = rustls::pki_types::CertificateDer::from_pem_file(&cert.cert).expect("pem");
             assert_eq!(principal_from_cert(&der), Ok(principal));
         }
-        // The server certificate names nobody as a client.
+        // Every client certificate says clientAuth, as the server requires.
+        for cert in files.clients.iter().map(|(_, c)| c).chain([&files.admin]) {
+            let der = rustls::pki_types::CertificateDer::from_pem_file(&cert.cert).expect("pem");
+            assert!(crate::sync_server::tls::names_client_auth(&der), "{}", cert.cert.display());
+        }
+        // The server certificate names nobody as a client, and is none.
         let der = rustls::pki_types::CertificateDer::from_pem_file(&files.server.cert).expect("pem");
         assert!(principal_from_cert(&der).is_err());
+        assert!(!crate::sync_server::tls::names_client_auth(&der));
         // Nothing is overwritten.
         assert!(init(dir.path(), &options).is_err());
         let ca = Ca::load(dir.path()).expect("load");

@@ -66,6 +66,13 @@ impl World {
         assert!(status.message().starts_with(field), "{path}: {:?} does not name {field}", status.message());
     }
 
+    /// Sends `body` as the HTTP/2 request body of a call to `path`, as the
+    /// party that may call it, with extra `headers`.
+    async fn http(&self, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
+        let token = token_for(path, &self.shop, &self.carrier, &self.t.config.admin_token);
+        raw::http_call(self.t.channel().await, path, token, headers, body).await
+    }
+
     /// Sends raw bytes to `path`; the status.
     async fn raw_status(&self, path: &str, bytes: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
         if path.ends_with("WatchTrades") {
@@ -320,6 +327,55 @@ async fn undecodable_duplicate_and_unknown_fields_follow_protobuf_and_are_never_
     // An empty message is every field at its default: refused by name.
     let status = w.raw_status(create, Vec::new()).await.expect_err("empty");
     assert_eq!(status.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn a_call_without_a_message_or_with_a_bad_compressed_flag_is_the_callers_mistake() {
+    let w = world().await;
+    let call = |path, headers, body| w.http(path, headers, body);
+    let refused = |what: &str, path: &str, result: Result<Vec<u8>, tonic::Status>, code: Code| {
+        let status = result.expect_err(&format!("{what} to {path} was served"));
+        assert_eq!(status.code(), code, "{what} to {path}: {status:?}");
+        assert!(status.message().starts_with("request: ") || code != Code::InvalidArgument, "{what}: {status:?}");
+        status
+    };
+    let list = proto::ListRegistersRequest {}.encode_to_vec();
+    let health = "/grpc.health.v1.Health/Check";
+
+    // No message at all (HEADERS with END_STREAM): every call that takes
+    // exactly one request message, the server stream and health included.
+    let singles = UNARY_METHODS.iter().copied().chain(["/syncpay.v1.RegisterService/WatchTrades", health]);
+    for path in singles {
+        let status = refused("an empty body", path, call(path, &[], Vec::new()).await, Code::InvalidArgument);
+        assert!(status.message().contains("no message"), "{path}: {status:?}");
+    }
+    // A client stream may hold no message: the relay is not refused for it.
+    let relay = "/syncpay.v1.CarrierService/Relay";
+    if let Err(status) = call(relay, &[], Vec::new()).await {
+        assert!(!matches!(status.code(), Code::Internal | Code::Unknown | Code::InvalidArgument), "{status:?}");
+    }
+
+    // The compressed flag without an encoding to decompress with, or with
+    // `identity`; a flag that is neither 0 nor 1.
+    let path = "/syncpay.v1.RegisterService/ListRegisters";
+    for (what, headers, flag) in [
+        ("compressed flag without grpc-encoding", &[][..], 1u8),
+        ("compressed flag with grpc-encoding identity", &[("grpc-encoding", "identity")][..], 1),
+        ("compressed flag 2", &[][..], 2),
+        ("compressed flag 255", &[][..], 255),
+    ] {
+        let status = refused(what, path, call(path, headers, raw::frame(flag, &list)).await, Code::InvalidArgument);
+        assert!(status.message().contains("compressed flag"), "{what}: {status:?}");
+    }
+    // An encoding this server does not support: UNIMPLEMENTED, naming what
+    // it accepts (gRPC's compression spec).
+    let gzip = call(path, &[("grpc-encoding", "gzip")], raw::frame(1, &list)).await;
+    let status = refused("grpc-encoding gzip", path, gzip, Code::Unimplemented);
+    assert!(status.metadata().get("grpc-accept-encoding").is_some(), "{status:?}");
+
+    // The same framing, done right, is served.
+    assert!(call(path, &[], raw::frame(0, &list)).await.is_ok());
+    assert!(call(health, &[], raw::frame(0, &[])).await.is_ok());
 }
 
 /// One arbitrary request: a method and either raw bytes or a message built

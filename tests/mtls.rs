@@ -193,3 +193,41 @@ async fn certificates_are_rotated_without_a_restart_and_a_bad_reload_changes_not
     // A connection made before the rotation keeps working until it closes.
     assert!(open.clone().list_registers(list()).await.is_ok());
 }
+
+/// A client certificate for `shop-acme` signed by the test server's CA,
+/// with the given extended key usages (none: no EKU extension at all).
+fn acme_certificate_with(t: &TestServer, purposes: Vec<rcgen::ExtendedKeyUsagePurpose>) -> ClientTls {
+    let pki = t.pki.as_ref().expect("pki");
+    let read = |name: &str| std::fs::read_to_string(pki.dir.join(name)).expect("read");
+    let ca_key = rcgen::KeyPair::from_pem(&read("ca.key")).expect("ca key");
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&read("ca.pem"), ca_key).expect("issuer");
+    let mut params = rcgen::CertificateParams::default();
+    let uri = syncpay::sync_server::tls::identity_uri(&shop("acme"));
+    params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().expect("uri"))];
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = purposes;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, &issuer).expect("sign");
+    ClientTls {
+        ca_pem: read("ca.pem").into_bytes(),
+        cert_pem: cert.pem().into_bytes(),
+        key_pem: key.serialize_pem().into_bytes(),
+        server_name: None,
+    }
+}
+
+#[tokio::test]
+async fn a_client_certificate_must_carry_the_client_auth_purpose() {
+    let t = TestServer::start_tls(&["acme"], &[], functional_limits()).await;
+    use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+    // The same certificate with clientAuth is served: what differs below is
+    // only the extended key usage.
+    assert!(list_with(&t, &acme_certificate_with(&t, vec![ClientAuth])).await.is_ok());
+    // Without the extension, the certificate would be good for any purpose
+    // (RFC 5280); syncpay requires clientAuth to be said.
+    let none = list_with(&t, &acme_certificate_with(&t, Vec::new())).await;
+    assert!(none.is_err(), "a client certificate without extended key usage was accepted");
+    assert!(list_with(&t, &acme_certificate_with(&t, vec![ServerAuth])).await.is_err());
+    // The development PKI issues clientAuth certificates.
+    assert!(t.as_shop("acme").await.list_registers(list()).await.is_ok());
+}

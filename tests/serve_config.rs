@@ -96,3 +96,48 @@ fn check_config_lists_every_problem_and_exits_2() {
     let out = syncpay().args(["serve", "--check-config", "--config", example]).output().expect("run");
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
+
+/// Runs `serve --check-config` with `args`; the exit code and the problem
+/// lines.
+fn check_config(args: &[&str]) -> (Option<i32>, Vec<String>) {
+    let out = syncpay().args(["serve", "--check-config"]).args(args).output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let problems = stderr.lines().filter(|l| l.trim_start().starts_with("- ")).map(str::to_owned).collect();
+    (out.status.code(), problems)
+}
+
+#[test]
+fn check_config_refuses_what_the_docs_forbid_naming_the_key_and_the_bound() {
+    // A metrics endpoint off loopback (plain HTTP, no authentication), and
+    // limits raised above their built-in values, all reported at once.
+    let (code, problems) = check_config(&[
+        "--metrics-listen",
+        "0.0.0.0:9700",
+        "--set",
+        "limits.shop_trades_per_second=1000000",
+        "--set",
+        "limits.subscriber_offers_per_minute=6",
+    ]);
+    assert_eq!(code, Some(2), "{problems:#?}");
+    let has = |needle: &[&str]| problems.iter().any(|p| needle.iter().all(|n| p.contains(n)));
+    assert!(has(&["metrics.listen = \"0.0.0.0:9700\" (flag --metrics-listen)", "loopback"]), "{problems:#?}");
+    assert!(has(&["limits.shop_trades_per_second = 1000000", "50"]), "{problems:#?}");
+    assert!(has(&["limits.subscriber_offers_per_minute = 6", "5"]), "{problems:#?}");
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+
+    // Said on purpose, a non-loopback metrics endpoint is allowed; so are
+    // limits at or below their values, and 0 (rate limits off).
+    let (code, problems) = check_config(&[
+        "--metrics-listen",
+        "0.0.0.0:9700",
+        "--set",
+        "metrics.allow_non_loopback=true",
+        "--set",
+        "limits.shop_trades_per_second=50",
+        "--set",
+        "limits.subscriber_offers_per_minute=0",
+    ]);
+    assert_eq!(code, Some(0), "{problems:#?}");
+    let (code, problems) = check_config(&["--metrics-listen", "[::1]:9700"]);
+    assert_eq!(code, Some(0), "{problems:#?}");
+}

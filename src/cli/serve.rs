@@ -122,6 +122,14 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     if config.durability == Durability::FlushOnly {
         tracing::warn!("durability=flush-only: acknowledged trades can be lost on power failure");
     }
+    for (name, rate) in [
+        ("shop_trades_per_second", config.limits.shop_trades),
+        ("subscriber_offers_per_minute", config.limits.subscriber_offers),
+    ] {
+        if rate.count == 0 {
+            tracing::warn!(limit = name, "rate limit off (0): for benchmarks and tests, not for a shared server");
+        }
+    }
 
     let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
     let mut metrics_task = None;
@@ -132,12 +140,14 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             .with_context(|| format!("binding the metrics listener {addr}"))?;
         let bound = listener.local_addr()?;
         metrics_task = Some(tokio::spawn(super::metrics_http::serve(listener, handle, metrics_stopped)));
+        if !bound.ip().is_loopback() {
+            tracing::warn!(%bound, "metrics endpoint off loopback (metrics.allow_non_loopback): plain HTTP, no authentication");
+        }
         tracing::info!(%bound, "metrics endpoint");
         eprintln!("syncpay metrics on http://{bound}/metrics");
     }
 
-    let listener =
-        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let listener = sync_server::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let server = sync_server::start(server_config, listener).await?;
     // Tests and scripts read this line for the bound address (port 0).
     eprintln!(

@@ -27,9 +27,6 @@ use syncpay::sync_server::tls::TlsFiles;
 const MIN_CACHE_MIB: u64 = 8;
 const MAX_CACHE_MIB: u64 = 65_536;
 
-/// The largest configurable rate (per second or per minute).
-const MAX_RATE_SETTING: u64 = 1_000_000;
-
 use super::LogFormat;
 
 /// One configurable setting.
@@ -58,6 +55,12 @@ pub const SETTINGS: &[Setting] = &[
         env: "SYNCPAY_METRICS_LISTEN",
         flag: Some("--metrics-listen"),
         default: "\"127.0.0.1:9700\"",
+    },
+    Setting {
+        key: "metrics.allow_non_loopback",
+        env: "SYNCPAY_METRICS_ALLOW_NON_LOOPBACK",
+        flag: None,
+        default: "false",
     },
     Setting { key: "tls.cert", env: "SYNCPAY_TLS_CERT", flag: Some("--tls-cert"), default: "\"\"" },
     Setting { key: "tls.key", env: "SYNCPAY_TLS_KEY", flag: Some("--tls-key"), default: "\"\"" },
@@ -427,32 +430,67 @@ fn resolve(figment: &Figment, config_path: Option<&Path>, problems: &mut Vec<Str
         *log_level.borrow_mut() = Some(text);
         Ok(())
     });
+    // The metrics endpoint is plain HTTP without authentication, with or
+    // without TLS on the gRPC listener: off loopback only when said so.
+    let metrics_anywhere = std::cell::Cell::new(false);
+    check("metrics.allow_non_loopback", problems, &|v| {
+        metrics_anywhere.set(boolean(v)?);
+        Ok(())
+    });
     check("metrics.listen", problems, &|v| {
         if matches!(v, Value::String(_, s) if s == "off") {
             metrics.set(Some(None));
             return Ok(());
         }
-        metrics.set(Some(Some(socket_addr(v).map_err(|e| format!("{e}, or \"off\""))?)));
+        let addr = socket_addr(v).map_err(|e| format!("{e}, or \"off\""))?;
+        if !addr.ip().is_loopback() && !metrics_anywhere.get() {
+            return Err("the metrics endpoint is plain HTTP without authentication, so it listens only on \
+                        loopback (127.0.0.1 or ::1); scrape it through a tunnel or a local agent, or set \
+                        metrics.allow_non_loopback = true to serve it on a network you trust"
+                .into());
+        }
+        metrics.set(Some(Some(addr)));
         Ok(())
     });
-    let bounds: [(&'static str, u64, u64); 10] = [
-        ("cache_mib", MIN_CACHE_MIB, MAX_CACHE_MIB),
-        ("limits.max_amount_minor", 1, limits::MAX_AMOUNT_MINOR),
-        ("limits.max_open_trades_per_register", 1, u64::from(limits::MAX_OPEN_TRADES_PER_REGISTER)),
-        ("limits.max_open_registers_per_shop", 1, u64::from(limits::MAX_OPEN_REGISTERS_PER_SHOP)),
-        ("limits.max_shops", 1, u64::from(limits::MAX_SHOPS)),
-        ("limits.min_ttl_seconds", limits::MIN_TTL.as_secs(), limits::MAX_TTL.as_secs()),
-        ("limits.default_ttl_seconds", limits::MIN_TTL.as_secs(), limits::MAX_TTL.as_secs()),
-        ("limits.max_ttl_seconds", limits::MIN_TTL.as_secs(), limits::MAX_TTL.as_secs()),
-        // Rates may be raised (a busy shop, a benchmark) or turned off with 0.
-        ("limits.shop_trades_per_second", 0, MAX_RATE_SETTING),
-        ("limits.subscriber_offers_per_minute", 0, MAX_RATE_SETTING),
+    /// How a number's bounds read in a refusal.
+    #[derive(Clone, Copy)]
+    enum Bound {
+        /// Any value in range.
+        Range,
+        /// A limit: the maximum is the built-in value (`limits.rs` says
+        /// why each has its size), which configuration may only lower.
+        Limit,
+        /// A rate limit: as `Limit`, or 0 for none (benchmarks, loopback
+        /// tests; `serve` warns).
+        Rate,
+    }
+    let bounds: [(&'static str, u64, u64, Bound); 10] = [
+        ("cache_mib", MIN_CACHE_MIB, MAX_CACHE_MIB, Bound::Range),
+        ("limits.max_amount_minor", 1, limits::MAX_AMOUNT_MINOR, Bound::Limit),
+        ("limits.max_open_trades_per_register", 1, u64::from(limits::MAX_OPEN_TRADES_PER_REGISTER), Bound::Limit),
+        ("limits.max_open_registers_per_shop", 1, u64::from(limits::MAX_OPEN_REGISTERS_PER_SHOP), Bound::Limit),
+        ("limits.max_shops", 1, u64::from(limits::MAX_SHOPS), Bound::Limit),
+        ("limits.min_ttl_seconds", limits::MIN_TTL.as_secs(), limits::MAX_TTL.as_secs(), Bound::Limit),
+        ("limits.default_ttl_seconds", limits::MIN_TTL.as_secs(), limits::MAX_TTL.as_secs(), Bound::Limit),
+        ("limits.max_ttl_seconds", limits::MIN_TTL.as_secs(), limits::MAX_TTL.as_secs(), Bound::Limit),
+        ("limits.shop_trades_per_second", 1, u64::from(limits::SHOP_TRADES.count), Bound::Rate),
+        ("limits.subscriber_offers_per_minute", 1, u64::from(limits::SUBSCRIBER_OFFERS.count), Bound::Rate),
     ];
-    for (key, min, max) in bounds {
+    for (key, min, max, bound) in bounds {
         check(key, problems, &|v| {
             let n = number(v)?;
-            if n < min || n > max {
-                return Err(format!("must be {min}..={max}"));
+            let off = matches!(bound, Bound::Rate) && n == 0;
+            if (n < min || n > max) && !off {
+                return Err(match bound {
+                    Bound::Range => format!("must be {min}..={max}"),
+                    Bound::Limit => format!(
+                        "must be {min}..={max}; {max} is the built-in limit, which configuration may lower but not raise"
+                    ),
+                    Bound::Rate => format!(
+                        "must be {min}..={max}, or 0 for no limit; {max} is the built-in limit, which configuration \
+                         may lower but not raise"
+                    ),
+                });
             }
             numbers.borrow_mut().insert(key, n);
             Ok(())
@@ -522,6 +560,15 @@ fn string(v: &Value) -> Result<String, String> {
     match v {
         Value::String(_, s) => Ok(s.clone()),
         other => Err(format!("must be a string, not {}", other.to_actual())),
+    }
+}
+
+fn boolean(v: &Value) -> Result<bool, String> {
+    match v {
+        Value::Bool(_, b) => Ok(*b),
+        Value::String(_, s) if s == "true" => Ok(true),
+        Value::String(_, s) if s == "false" => Ok(false),
+        other => Err(format!("must be true or false, not {}", other.to_actual())),
     }
 }
 
@@ -651,6 +698,33 @@ mod tests {
         let c = load(&cli, &|_| None).expect("valid");
         assert_eq!(c.limits.max_amount_minor, 5000);
         assert_eq!(c.metrics_listen, None);
+    }
+
+    #[test]
+    fn limits_may_be_lowered_never_raised_and_metrics_stay_on_loopback_unless_said() {
+        let problems = check(
+            None,
+            &[("SYNCPAY_LIMITS_SHOP_TRADES_PER_SECOND", "51"), ("SYNCPAY_METRICS_LISTEN", "192.0.2.1:9700")],
+            &[],
+        )
+        .expect_err("raised");
+        assert!(
+            problems.iter().any(|p| p.starts_with("limits.shop_trades_per_second = 51") && p.contains("1..=50")),
+            "{problems:?}"
+        );
+        assert!(problems.iter().any(|p| p.starts_with("metrics.listen = \"192.0.2.1:9700\"")), "{problems:?}");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        let c = check(
+            Some("[metrics]\nlisten = \"0.0.0.0:9700\"\nallow_non_loopback = true\n[limits]\nshop_trades_per_second = 0\n"),
+            &[("SYNCPAY_LIMITS_SUBSCRIBER_OFFERS_PER_MINUTE", "2")],
+            &[],
+        )
+        .expect("lowered, off, and acknowledged");
+        assert_eq!(c.limits.shop_trades.count, 0);
+        assert_eq!(c.limits.subscriber_offers.count, 2);
+        assert_eq!(c.metrics_listen, Some("0.0.0.0:9700".parse().expect("addr")));
+        let problems = check(None, &[("SYNCPAY_METRICS_ALLOW_NON_LOOPBACK", "yes")], &[]).expect_err("not a bool");
+        assert!(problems[0].starts_with("metrics.allow_non_loopback"), "{problems:?}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! waiters on final states are woken. Also the expiry sweeper.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,11 +30,23 @@ pub fn now() -> UnixMs {
     UnixMs(u64::try_from(ms).unwrap_or(u64::MAX))
 }
 
-/// How often the sweeper looks for overdue trades. An expiry lands this
-/// long after the deadline at most, plus the time the writer needs for the
-/// commands queued ahead of it. Answers are held to the deadline exactly
-/// regardless: an answer or cancel after it expires the trade itself.
-pub const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+/// The sweeper sleeps until the earliest deadline of any open trade (a
+/// trade committed with an earlier one wakes it) and expires what is due
+/// then. An expiry lands after its deadline by the timer's millisecond,
+/// plus the writer's time for the commands queued ahead of it and the
+/// round of expiries before it (one group commit), plus the fsync that
+/// makes it durable before `AwaitTrade` sees it. Answers are held to the
+/// deadline exactly regardless: an answer or cancel after it expires the
+/// trade itself.
+///
+/// The longest the sweeper sleeps without looking again: deadlines are
+/// wall-clock times and the sleep is monotonic, so a clock step is noticed
+/// within this; the periodic chores (lease pruning, rate-limit eviction)
+/// run on time within it too.
+pub const SWEEP_MAX_SLEEP: Duration = Duration::from_secs(1);
+/// After a failed sweep (a store error), the sweeper waits this long
+/// before trying again rather than spinning.
+pub const SWEEP_RETRY: Duration = Duration::from_millis(100);
 /// Trades expired per sweep round, so one round never holds the writer long.
 pub const SWEEP_BATCH: usize = 256;
 
@@ -113,6 +126,10 @@ pub struct Engine {
     pub finals: FinalWaiters,
     pub rates: RateLimits,
     pub watch_slots: Arc<StreamSlots<ShopId>>,
+    /// The deadline (ms) the sweeper sleeps until; `u64::MAX` while it is
+    /// looking or has nothing to wait for, so any new deadline wakes it.
+    sweep_target: AtomicU64,
+    sweep_wake: Notify,
 }
 
 impl Engine {
@@ -125,7 +142,18 @@ impl Engine {
     ) -> Self {
         let rates = RateLimits::new(&limits);
         let watch_slots = StreamSlots::new(WATCH_STREAMS, limits.max_watch_streams_per_shop);
-        Engine { store, gateway, secret, receipts, limits, finals: FinalWaiters::default(), rates, watch_slots }
+        Engine {
+            store,
+            gateway,
+            secret,
+            receipts,
+            limits,
+            finals: FinalWaiters::default(),
+            rates,
+            watch_slots,
+            sweep_target: AtomicU64::new(u64::MAX),
+            sweep_wake: Notify::new(),
+        }
     }
 
     /// Sends durable deliveries to their carriers. Whatever is not taken
@@ -148,6 +176,8 @@ impl Engine {
         if let Some(t) = trade {
             if t.state.is_final() {
                 self.finals.fire(t.id);
+            } else {
+                self.deadline_added(t.expires_at);
             }
         }
         self.dispatch(deliveries);
@@ -393,15 +423,24 @@ impl Engine {
         }
     }
 
+    /// An open trade with this deadline is durable: wakes the sweeper if it
+    /// sleeps for a later one.
+    fn deadline_added(&self, at: UnixMs) {
+        if at.0 < self.sweep_target.load(Ordering::SeqCst) {
+            self.sweep_wake.notify_one();
+        }
+    }
+
     /// Runs the expiry sweeper until `shutdown` turns true. Overdue trades
     /// left by a crash expire on the first round.
     pub async fn run_sweeper(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut last_prune = std::time::Instant::now();
         let mut evicted_at = tokio::time::Instant::now();
         loop {
-            if let Err(e) = self.expire_due().await {
-                tracing::error!(error = %e, "expiry sweep failed");
-            }
+            // While it looks, any new deadline wakes the sleep that follows
+            // (the permit waits), so none committed meanwhile is missed.
+            self.sweep_target.store(u64::MAX, Ordering::SeqCst);
+            let swept = self.expire_due().await;
             if last_prune.elapsed() >= super::limits::LEASE_PRUNE_INTERVAL {
                 last_prune = std::time::Instant::now();
                 if let Err(e) = self.prune_leases().await {
@@ -412,8 +451,19 @@ impl Engine {
                 self.rates.evict_idle();
                 evicted_at = tokio::time::Instant::now();
             }
+            let nap = match swept.and_then(|_| self.store.next_deadline()) {
+                Ok(next) => {
+                    self.sweep_target.store(next.map_or(u64::MAX, |d| d.0), Ordering::SeqCst);
+                    sleep_until_deadline(now(), next)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "expiry sweep failed");
+                    SWEEP_RETRY
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+                _ = tokio::time::sleep(nap) => {}
+                _ = self.sweep_wake.notified() => {}
                 _ = stopped(&mut shutdown) => return,
             }
         }
@@ -422,4 +472,27 @@ impl Engine {
 
 fn unexpected(outcome: &CommandOutcome) -> ApiError {
     ApiError::Internal(format!("unexpected store outcome: {outcome:?}"))
+}
+
+/// How long the sweeper sleeps at `now` for the earliest deadline `next`:
+/// until it, at least a millisecond (the timer's step, and never a busy
+/// loop), at most [`SWEEP_MAX_SLEEP`].
+fn sleep_until_deadline(now: UnixMs, next: Option<UnixMs>) -> Duration {
+    let Some(next) = next else { return SWEEP_MAX_SLEEP };
+    Duration::from_millis(next.0.saturating_sub(now.0)).clamp(Duration::from_millis(1), SWEEP_MAX_SLEEP)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweeper_sleeps_until_the_next_deadline_within_bounds() {
+        let at = |ms| UnixMs(ms);
+        assert_eq!(sleep_until_deadline(at(1_000), Some(at(1_250))), Duration::from_millis(250));
+        assert_eq!(sleep_until_deadline(at(1_000), Some(at(1_000))), Duration::from_millis(1), "due: next ms");
+        assert_eq!(sleep_until_deadline(at(1_000), Some(at(10))), Duration::from_millis(1), "overdue: no busy loop");
+        assert_eq!(sleep_until_deadline(at(1_000), Some(at(u64::MAX))), SWEEP_MAX_SLEEP);
+        assert_eq!(sleep_until_deadline(at(1_000), None), SWEEP_MAX_SLEEP);
+    }
 }

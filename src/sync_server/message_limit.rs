@@ -2,11 +2,24 @@
 //! body before anything is decoded: each message's 5-byte prefix declares
 //! its length, and a length above the limit ends the call at once with
 //! `RESOURCE_EXHAUSTED` naming the limit (tonic itself would answer
-//! `OUT_OF_RANGE`). A body that ends inside a message is `INVALID_ARGUMENT`
-//! (tonic would answer `INTERNAL`, which a caller's mistake must never get).
-//! Works per message, so it covers the long-lived relay stream too.
+//! `OUT_OF_RANGE`). Works per message, so it covers the long-lived relay
+//! stream too.
+//!
+//! The same scan refuses framing that is the caller's mistake with
+//! `INVALID_ARGUMENT`, where tonic would answer `INTERNAL` (which a
+//! caller's mistake must never get): a body that ends inside a message; a
+//! call that takes exactly one request message (unary and server-streaming
+//! methods, known from the services' descriptors) whose body holds none;
+//! a message whose compressed flag is set although the call names no
+//! `grpc-encoding` (or `identity`), or is neither 0 nor 1. gRPC's
+//! compression spec asks for `INTERNAL` for that ill-constructed message;
+//! this server keeps `INTERNAL` for its own faults. A call naming an
+//! encoding this server does not support (it supports none) is answered
+//! `UNIMPLEMENTED` by tonic, with `grpc-accept-encoding`, as that spec says.
 
+use std::collections::HashSet;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -21,15 +34,44 @@ pub fn too_large(max: usize, len: u64) -> Status {
     Status::resource_exhausted(format!("request size: a message may be at most {max} bytes; this one has {len}"))
 }
 
+/// The status for a call that takes one request message and got none.
+pub fn no_message() -> Status {
+    Status::invalid_argument("request: the body holds no message; this call takes exactly one")
+}
+
+/// Paths (`/package.Service/Method`) of every method the server serves
+/// that takes exactly one request message (all but client streams), read
+/// from the embedded descriptor sets of syncpay.v1 and grpc.health.v1.
+/// Reflection's only method is a bidirectional stream, so it is not here.
+pub fn single_message_methods() -> HashSet<String> {
+    use prost::Message;
+    let mut paths = HashSet::new();
+    for set in [crate::proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET] {
+        // Embedded at build time, so it decodes; were it not to, calls
+        // without a message would get tonic's answer, nothing worse.
+        let Ok(set) = prost_types::FileDescriptorSet::decode(set) else { continue };
+        for file in &set.file {
+            let package = file.package();
+            for service in &file.service {
+                for method in service.method.iter().filter(|m| !m.client_streaming()) {
+                    paths.insert(format!("/{package}.{}/{}", service.name(), method.name()));
+                }
+            }
+        }
+    }
+    paths
+}
+
 /// Wraps every request body of a service in a [`LimitedBody`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct MessageLimitLayer {
     max: usize,
+    single: Arc<HashSet<String>>,
 }
 
 impl MessageLimitLayer {
     pub fn new(max: usize) -> Self {
-        MessageLimitLayer { max }
+        MessageLimitLayer { max, single: Arc::new(single_message_methods()) }
     }
 }
 
@@ -37,7 +79,7 @@ impl<S> tower_layer::Layer<S> for MessageLimitLayer {
     type Service = MessageLimit<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        MessageLimit { inner, max: self.max }
+        MessageLimit { inner, max: self.max, single: self.single.clone() }
     }
 }
 
@@ -45,6 +87,7 @@ impl<S> tower_layer::Layer<S> for MessageLimitLayer {
 pub struct MessageLimit<S> {
     inner: S,
     max: usize,
+    single: Arc<HashSet<String>>,
 }
 
 impl<S> tower_service::Service<http::Request<tonic::body::Body>> for MessageLimit<S>
@@ -60,8 +103,14 @@ where
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        let max = self.max;
-        self.inner.call(request.map(|body| tonic::body::Body::new(LimitedBody::new(body, max))))
+        let rules = Rules {
+            max: self.max,
+            needs_message: self.single.contains(request.uri().path()),
+            // An encoding other than identity: tonic decompresses it, or
+            // answers UNIMPLEMENTED before reading the body.
+            encoded: request.headers().get("grpc-encoding").is_some_and(|e| e.as_bytes() != b"identity"),
+        };
+        self.inner.call(request.map(|body| tonic::body::Body::new(LimitedBody::with_rules(body, rules))))
     }
 }
 
@@ -74,19 +123,50 @@ enum Framing {
     Message { remaining: u64 },
 }
 
-/// A request body that checks each message's declared length as the bytes
-/// pass through, without copying or buffering them.
+/// What a request body must satisfy.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    /// Largest message, in bytes.
+    pub max: usize,
+    /// The call takes exactly one message, so a body without one is refused.
+    pub needs_message: bool,
+    /// The call names a `grpc-encoding` other than identity, so the
+    /// compressed flag may be set.
+    pub encoded: bool,
+}
+
+/// A request body that checks each message's prefix as the bytes pass
+/// through, without copying or buffering them.
 pub struct LimitedBody<B> {
     inner: B,
-    max: usize,
+    rules: Rules,
     framing: Framing,
     prefix: [u8; PREFIX_LEN],
+    /// Message prefixes seen so far.
+    messages: u64,
     failed: bool,
 }
 
 impl<B> LimitedBody<B> {
+    /// Only the size limit (any number of messages, none compressed).
     pub fn new(inner: B, max: usize) -> Self {
-        LimitedBody { inner, max, framing: Framing::Prefix { got: 0 }, prefix: [0; PREFIX_LEN], failed: false }
+        Self::with_rules(inner, Rules { max, needs_message: false, encoded: false })
+    }
+
+    pub fn with_rules(inner: B, rules: Rules) -> Self {
+        LimitedBody {
+            inner,
+            rules,
+            framing: Framing::Prefix { got: 0 },
+            prefix: [0; PREFIX_LEN],
+            messages: 0,
+            failed: false,
+        }
+    }
+
+    /// The body ended without the one message the call needs.
+    fn owes_message(&self) -> bool {
+        self.rules.needs_message && self.messages == 0
     }
 
     /// Advances the framing over `data`; refuses a message above the limit.
@@ -102,10 +182,27 @@ impl<B> LimitedBody<B> {
                         self.framing = Framing::Prefix { got };
                         continue;
                     }
+                    self.messages = self.messages.saturating_add(1);
+                    match self.prefix[0] {
+                        0 => {}
+                        1 if self.rules.encoded => {}
+                        1 => {
+                            return Err(Status::invalid_argument(
+                                "request: a message has the compressed flag set, but the call names no grpc-encoding \
+                                 to decompress it with (this server takes uncompressed messages)",
+                            ))
+                        }
+                        flag => {
+                            return Err(Status::invalid_argument(format!(
+                                "request: a message's compressed flag is {flag}; it must be 0 or 1"
+                            )))
+                        }
+                    }
                     let len =
                         u64::from(u32::from_be_bytes([self.prefix[1], self.prefix[2], self.prefix[3], self.prefix[4]]));
-                    if len > u64::try_from(self.max).unwrap_or(u64::MAX) {
-                        return Err(too_large(self.max, len));
+                    let max = self.rules.max;
+                    if len > u64::try_from(max).unwrap_or(u64::MAX) {
+                        return Err(too_large(max, len));
                     }
                     self.framing =
                         if len == 0 { Framing::Prefix { got: 0 } } else { Framing::Message { remaining: len } };
@@ -160,13 +257,19 @@ where
                         "request: the body ended inside a gRPC message (truncated)",
                     ))));
                 }
+                if self.owes_message() {
+                    self.failed = true;
+                    return Poll::Ready(Some(Err(no_message())));
+                }
                 Poll::Ready(None)
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.failed || self.inner.is_end_stream()
+        // A body that owes a message is not over until it has said so
+        // (tonic replaces a body that is already over with an empty one).
+        self.failed || (self.inner.is_end_stream() && !self.owes_message())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -200,6 +303,43 @@ mod tests {
         let mut body = LimitedBody::new((), 4);
         body.scan(&stream[..7]).expect("ok");
         assert!(body.mid_message());
+    }
+
+    #[test]
+    fn refuses_a_compressed_flag_without_an_encoding_and_any_other_flag() {
+        let rules = |encoded| Rules { max: 16, needs_message: false, encoded };
+        let mut compressed = framed(3, b"abc");
+        compressed[0] = 1;
+        let status = LimitedBody::with_rules((), rules(false)).scan(&compressed).expect_err("no encoding");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(LimitedBody::with_rules((), rules(true)).scan(&compressed).is_ok(), "gzip, say, names one");
+        compressed[0] = 2;
+        let status = LimitedBody::with_rules((), rules(true)).scan(&compressed).expect_err("flag 2");
+        assert!(status.message().contains("compressed flag is 2"), "{status:?}");
+    }
+
+    #[test]
+    fn a_call_taking_one_message_owes_one_until_a_prefix_arrives() {
+        let mut body = LimitedBody::with_rules((), Rules { max: 16, needs_message: true, encoded: false });
+        assert!(body.owes_message());
+        body.scan(&framed(0, b"")).expect("an empty message is a message");
+        assert!(!body.owes_message());
+        assert!(!LimitedBody::new((), 16).owes_message(), "a client stream may hold none");
+    }
+
+    #[test]
+    fn the_single_message_methods_are_every_method_but_client_streams() {
+        let single = single_message_methods();
+        for path in [
+            "/syncpay.v1.RegisterService/CreateTrade",
+            "/syncpay.v1.RegisterService/WatchTrades",
+            "/syncpay.v1.AdminService/VerifyLedger",
+            "/grpc.health.v1.Health/Check",
+            "/grpc.health.v1.Health/Watch",
+        ] {
+            assert!(single.contains(path), "{path}");
+        }
+        assert!(!single.contains("/syncpay.v1.CarrierService/Relay"));
     }
 
     #[test]

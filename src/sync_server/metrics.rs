@@ -30,6 +30,12 @@ pub const RELAY_QUEUE_FULL: &str = "syncpay_relay_queue_full_total";
 /// itself lands separately; the name is fixed here so dashboards can be
 /// built now.
 pub const RATE_LIMIT_REJECTIONS: &str = "syncpay_rate_limit_rejections_total";
+/// TLS handshakes closed without finishing, labelled `reason` (`source_cap`,
+/// `total_cap`, `hello_timeout`, `handshake_timeout`, `failed`; see
+/// `handshakes.rs`).
+pub const TLS_HANDSHAKES_REFUSED: &str = "syncpay_tls_handshakes_refused_total";
+/// TLS handshakes in progress.
+pub const TLS_HANDSHAKES_PENDING: &str = "syncpay_tls_handshakes_pending";
 
 // Recorded by the store's writer thread (`store::writer`), named here so
 // the whole list is in one place.
@@ -55,6 +61,8 @@ pub fn describe() {
     describe_gauge!(RELAY_QUEUE_DEPTH, "Messages waiting in a carrier's relay queue, sampled at each push");
     describe_counter!(RELAY_QUEUE_FULL, "Carriers disconnected because their relay queue was full");
     describe_counter!(RATE_LIMIT_REJECTIONS, "Requests refused by a rate limit, by limit");
+    describe_counter!(TLS_HANDSHAKES_REFUSED, "TLS handshakes closed without finishing, by reason");
+    describe_gauge!(TLS_HANDSHAKES_PENDING, "TLS handshakes in progress");
     describe_histogram!(STORE_SYNC_SECONDS, Unit::Seconds, "sled flush + fdatasync per group commit");
     describe_histogram!(STORE_GROUP_SIZE, Unit::Count, "Commands made durable by one group commit");
     describe_gauge!(STORE_QUEUE_DEPTH, "Write requests waiting for the store's writer");
@@ -122,4 +130,14 @@ pub fn relay_queue_full(carrier: &str) {
 /// A request was refused by the named rate limit (for the rate limiter).
 pub fn rate_limited(limit: &'static str) {
     metrics::counter!(RATE_LIMIT_REJECTIONS, "limit" => limit).increment(1);
+}
+
+/// A TLS handshake was closed without finishing, for `reason`.
+pub fn tls_handshake_refused(reason: &'static str) {
+    metrics::counter!(TLS_HANDSHAKES_REFUSED, "reason" => reason).increment(1);
+}
+
+/// TLS handshakes in progress now.
+pub fn set_tls_handshakes_pending(count: usize) {
+    metrics::gauge!(TLS_HANDSHAKES_PENDING).set(u32::try_from(count).map_or(f64::from(u32::MAX), f64::from));
 }

@@ -11,6 +11,7 @@ pub mod carrier_service;
 pub mod convert;
 pub mod engine;
 pub mod error;
+pub mod handshakes;
 pub mod limits;
 pub mod message_limit;
 pub mod metrics;
@@ -42,6 +43,7 @@ use crate::store::{Durability, Store, StoreConfig, StoreError, SyncFault};
 
 use self::auth::{interceptor, AuthMode, Authenticator, Party};
 use self::engine::Engine;
+use self::handshakes::{HandshakeCounts, HandshakeStats};
 use self::limits::{Limits, MAX_CONCURRENT_STREAMS_PER_CONNECTION};
 use self::message_limit::MessageLimitLayer;
 use self::tls::{ReloadableTls, TlsError, TlsFiles};
@@ -125,6 +127,27 @@ pub enum ReceiptKeySource {
     Memory(Box<ReceiptKeyring>),
 }
 
+/// The listen backlog: connections the kernel has completed and queues
+/// until the accept loop takes them. When it is full the kernel drops new
+/// SYNs and a client retries only a second later, which no legitimate
+/// caller should see because of a burst; queueing instead costs each
+/// queued connection a few microseconds of accept time, and the loop never
+/// waits for a handshake. 4096 is the kernel's own cap on current Linux
+/// (`net.core.somaxconn`, which silently lowers larger values) and holds a
+/// burst of every shop and carrier reconnecting at once after a restart.
+/// std and tokio bind with 128, which a burst of a few hundred overflows.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener for [`start`] with the server's [`LISTEN_BACKLOG`]
+/// (and `SO_REUSEADDR`, as std does). Call it inside a tokio runtime.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// How long shutdown waits for in-flight work to let go of the store.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -136,6 +159,7 @@ pub struct RunningServer {
     serve: JoinHandle<Result<(), tonic::transport::Error>>,
     sweeper: JoinHandle<()>,
     tls: Option<Arc<ReloadableTls>>,
+    handshakes: Arc<HandshakeStats>,
 }
 
 impl RunningServer {
@@ -151,6 +175,11 @@ impl RunningServer {
     pub fn reload_tls(&self) -> Result<(), ServerError> {
         self.tls.as_ref().ok_or(ServerError::NoTls)?.reload()?;
         Ok(())
+    }
+
+    /// What happened to the TLS handshakes so far (all zero without TLS).
+    pub fn handshake_counts(&self) -> HandshakeCounts {
+        self.handshakes.counts()
     }
 
     /// Stops accepting, ends streams with UNAVAILABLE, waits for in-flight
@@ -194,6 +223,7 @@ impl RunningServer {
 }
 
 /// Opens the store and serves on `listener` until `shutdown` is called.
+/// Bind the listener with [`bind`] for the server's listen backlog.
 pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<RunningServer, ServerError> {
     let addr = listener.local_addr()?;
     // Load TLS first: a bad certificate should fail before the store opens.
@@ -282,9 +312,10 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Runnin
         set_all_not_serving(&health_on_stop).await;
         tracing::info!("shutting down");
     };
+    let handshakes = Arc::new(HandshakeStats::default());
     let serve = match &tls {
         Some(tls) => {
-            let incoming = tls::incoming(listener, tls.clone(), shutdown_rx);
+            let incoming = tls::incoming(listener, tls.clone(), handshakes.clone(), shutdown_rx);
             tokio::spawn(async move { router.serve_with_incoming_shutdown(incoming, signal).await })
         }
         None => {
@@ -299,7 +330,7 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Runnin
         }
     };
     tracing::info!(%addr, tls = tls.is_some(), "syncpay serving");
-    Ok(RunningServer { addr, engine, shutdown: shutdown_tx, serve, sweeper, tls })
+    Ok(RunningServer { addr, engine, shutdown: shutdown_tx, serve, sweeper, tls, handshakes })
 }
 
 async fn set_all_not_serving(health: &tonic_health::server::HealthReporter) {

@@ -27,7 +27,6 @@ use syncpay::proto::carrier_service_client::CarrierServiceClient;
 use syncpay::proto::register_service_client::RegisterServiceClient;
 use syncpay::proto::{self};
 use syncpay::sync_server::{self, RunningServer, ServerConfig};
-use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
 pub struct TestServer {
@@ -52,7 +51,8 @@ impl TestServer {
     }
 
     pub async fn start_with(config: ServerConfig, data_dir: PathBuf, dir: Option<tempfile::TempDir>) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        // As `serve` binds it (the server's listen backlog).
+        let listener = sync_server::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
         let server = sync_server::start(config.clone(), listener).await.expect("start");
         TestServer { server, data_dir, config, pki: None, _dir: dir }
     }

@@ -110,3 +110,56 @@ where
         Err(_) => Ok(None),
     }
 }
+
+/// A gRPC message as it goes on the wire: the compressed flag, the
+/// big-endian length, the bytes.
+pub fn frame(flag: u8, message: &[u8]) -> Vec<u8> {
+    let mut out = vec![flag];
+    out.extend_from_slice(&u32::try_from(message.len()).expect("small message").to_be_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+/// A call whose HTTP/2 request body is `body` exactly (no framing added:
+/// build it with [`frame`], or send nothing at all), with `token` as the
+/// bearer credential (none if empty) and extra `headers`. The status the
+/// server answered, or the response body's bytes.
+pub async fn http_call(
+    channel: tonic::transport::Channel,
+    path: &str,
+    token: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<Vec<u8>, Status> {
+    use http_body_util::BodyExt;
+    use tower_service::Service;
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if !token.is_empty() {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request =
+        request.body(tonic::body::Body::new(http_body_util::Full::new(bytes::Bytes::from(body)))).expect("request");
+    let mut channel = channel;
+    std::future::poll_fn(|cx| channel.poll_ready(cx)).await.map_err(|e| Status::unavailable(e.to_string()))?;
+    let response = channel.call(request).await.map_err(|e| Status::unavailable(e.to_string()))?;
+    // A trailers-only answer carries the status in the headers.
+    if let Some(status) = Status::from_header_map(response.headers()) {
+        if status.code() != tonic::Code::Ok {
+            return Err(status);
+        }
+    }
+    let collected = response.into_body().collect().await.map_err(|e| Status::unavailable(e.to_string()))?;
+    let trailers = collected.trailers().cloned();
+    let bytes = collected.to_bytes().to_vec();
+    match trailers.as_ref().and_then(Status::from_header_map) {
+        Some(status) if status.code() != tonic::Code::Ok => Err(status),
+        _ => Ok(bytes),
+    }
+}
