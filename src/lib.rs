@@ -17,7 +17,10 @@
 //! - [`proto`]: the generated `syncpay.v1` gRPC types.
 //! - [`register`]: the virtual register, the shop-side client library,
 //!   and the offline receipt check (`register::verify_receipt`).
-//! - [`terminal_sim`]: a simulated carrier relay hosting simulated handsets.
+//! - [`terminal_sim`]: a simulated carrier relay hosting simulated handsets
+//!   and browser phones.
+//! - [`web`]: the web pages (sample shop, handset page, operator console)
+//!   and what `syncpay demo --web` starts.
 
 pub mod carrier;
 pub mod client;
@@ -30,3 +33,4 @@ pub mod register;
 pub mod store;
 pub mod sync_server;
 pub mod terminal_sim;
+pub mod web;

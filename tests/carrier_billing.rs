@@ -537,3 +537,35 @@ async fn caps_refunds_acceptance_statements_and_payouts_reconcile() {
     assert_eq!(code_of(bad), Code::InvalidArgument);
     w.t.assert_ledger_ok().await;
 }
+
+/// A single-address prefix (/32, /128) is a valid carrier range. Creating
+/// one used to panic the store's writer (`u128 >> 128` in the overlap
+/// check), after which the store refused every write.
+#[tokio::test]
+async fn single_address_prefixes_are_ranges_like_any_other() {
+    let w = world().await;
+    let mut admin = w.t.admin().await;
+    let created = admin
+        .create_carrier(proto::CreateCarrierRequest {
+            carrier_id: "loop".into(),
+            display_name: "Loopback Mobile".into(),
+            ip_prefixes: vec!["127.0.0.1/32".into(), "::1/128".into()],
+            fee_bps: 0,
+        })
+        .await
+        .expect("single-address prefixes are accepted");
+    assert!(!created.into_inner().token.is_empty());
+    // They overlap like any other range: the same address is refused for
+    // another carrier, its neighbour is not.
+    let add = |prefix: &str| proto::AddCarrierPrefixesRequest {
+        carrier_id: "docomo".into(),
+        ip_prefixes: vec![prefix.into()],
+    };
+    let s = admin.add_carrier_prefixes(add("127.0.0.1/32")).await.expect_err("taken");
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    let s = admin.add_carrier_prefixes(add("127.0.0.0/8")).await.expect_err("contains it");
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    admin.add_carrier_prefixes(add("127.0.0.2/32")).await.expect("the neighbour is free");
+    // And the store still takes writes.
+    w.t.create_shop("after", "After").await;
+}

@@ -297,7 +297,7 @@ fn load_average() -> String {
 }
 
 /// `syncpay serve` as the benchmark runs it: on `data_dir`, without the
-/// metrics endpoint, and with the two anti-spam rates off — a benchmark
+/// metrics endpoint or the console (and so without a metrics recorder), and with the two anti-spam rates off — a benchmark
 /// drives few buyers far faster than people would, so the rates would
 /// measure themselves. Every other limit is at its default.
 fn serve_args(data_dir: &Path, listen: &str, durability: &str) -> Vec<String> {
@@ -306,6 +306,8 @@ fn serve_args(data_dir: &Path, listen: &str, durability: &str) -> Vec<String> {
         "--listen",
         listen,
         "--metrics-listen",
+        "off",
+        "--console-listen",
         "off",
         "--set",
         "limits.subscriber_offers_per_minute=0",

@@ -2,7 +2,9 @@
 //! handsets against any server, until Ctrl-C or SIGTERM. Enrolls the
 //! handsets, keeps the relay stream open, answers offers by policy and
 //! prints what happens. The carrier knows its subscribers' numbers, so they
-//! are printed in full here (and only here).
+//! are printed in full here (and only here). With `--web` it also serves
+//! the handset page (`syncpay::web::phone`) for browser phones, whose keys
+//! are made in the page.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,7 +14,7 @@ use clap::Args;
 use serde_json::json;
 use syncpay::domain::SubscriberNumber;
 use syncpay::proto;
-use syncpay::terminal_sim::{CarrierSim, Policy, SimCounters, SimEvent};
+use syncpay::terminal_sim::{CarrierSim, PhoneFunding, Policy, SimCounters, SimEvent};
 
 use super::{connection, print_json, read_token, Connect, Connection, Exit};
 
@@ -53,6 +55,17 @@ pub struct CarrierSimArgs {
     /// identity and charge carrier bills; repeatable).
     #[arg(long = "accept", value_name = "SHOP_ID")]
     accept: Vec<String>,
+    /// Serve the handset page on this loopback address (anyone who can
+    /// open it can answer for its phones, so it never leaves this
+    /// computer). Its phones are the --web-phone numbers, or the first
+    /// number; their keys are made in the browser.
+    #[arg(long, value_name = "ADDR")]
+    web: Option<std::net::SocketAddr>,
+    /// A phone of the handset page, NUMBER or NUMBER=LABEL (repeatable;
+    /// wallet-funded unless --billed names it). It replaces a simulated
+    /// handset of the same number.
+    #[arg(long = "web-phone", value_name = "NUMBER[=LABEL]")]
+    web_phones: Vec<String>,
     /// Print events as JSON lines instead of text.
     #[arg(long)]
     json: bool,
@@ -136,16 +149,46 @@ pub async fn run(args: CarrierSimArgs) -> anyhow::Result<()> {
         }
     }
 
+    let web_phones = web_phones(&args)?;
+    plan.retain(|(n, _)| !web_phones.iter().any(|(w, _, _)| w.as_str() == n));
+
     // Over mutual TLS the carrier's certificate is the credential: no token.
     let conn =
         connection(&args.connect, || read_token(args.token.as_deref(), args.token_file.as_deref(), "carrier")).await?;
     let server = args.connect.url();
-    let sim = CarrierSim::start(conn.channel.clone(), &conn.token)?;
+    let sim = std::sync::Arc::new(CarrierSim::start(conn.channel.clone(), &conn.token)?);
     for (number, policy) in &plan {
         sim.add_handset(number, *policy).await.with_context(|| format!("enrolling handset {number}"))?;
     }
+    for (number, _, funding) in &web_phones {
+        sim.add_browser_phone(number.as_str(), *funding)
+            .await
+            .with_context(|| format!("enrolling browser phone {}", number.as_str()))?;
+    }
     sim.wait_connected(CONNECT_WAIT).await.context("waiting for the relay stream")?;
     network_setup(&args, &conn).await?;
+    let page = match args.web {
+        Some(addr) => {
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --web {addr}"))?;
+            let entries = web_phones
+                .iter()
+                .map(|(number, label, _)| syncpay::web::phone::PhoneEntry {
+                    number: number.clone(),
+                    label: label.clone(),
+                })
+                .collect();
+            let page = syncpay::web::phone::start(listener, sim.clone(), "Simulated carrier", entries)?;
+            if !args.json {
+                println!("handset page: {}", page.url());
+                for (number, label, _) in &web_phones {
+                    println!("  {}  {label}", page.phone_url(number));
+                }
+            }
+            Some(page)
+        }
+        None => None,
+    };
     if args.json {
         let handsets: Vec<_> = plan.iter().map(|(n, p)| json!({"number": n, "policy": format!("{p:?}")})).collect();
         print_json(&json!({"event": "ready", "server": server, "handsets": handsets}));
@@ -179,9 +222,67 @@ pub async fn run(args: CarrierSimArgs) -> anyhow::Result<()> {
         }
     }
     let counters = sim.counters();
-    sim.shutdown().await?;
+    if let Some(page) = page {
+        page.shutdown().await;
+    }
+    match std::sync::Arc::try_unwrap(sim) {
+        Ok(sim) => sim.shutdown().await?,
+        // Still shared by a page task that has not let go: dropping stops it.
+        Err(sim) => drop(sim),
+    }
     print_summary(&counters, args.json);
     Ok(())
+}
+
+/// The handset page's phones: (number, label, funding). Billed when
+/// `--billed` names the number, else wallet-funded.
+fn web_phones(args: &CarrierSimArgs) -> anyhow::Result<Vec<(SubscriberNumber, String, PhoneFunding)>> {
+    let Some(addr) = args.web else {
+        if !args.web_phones.is_empty() {
+            return Err(Exit::usage("--web-phone needs --web ADDR"));
+        }
+        return Ok(Vec::new());
+    };
+    if !addr.ip().is_loopback() {
+        return Err(Exit::usage(format!(
+            "--web {addr}: the handset page answers for its phones without a login, so it listens only on loopback"
+        )));
+    }
+    let texts = if args.web_phones.is_empty() { vec![args.first_number.clone()] } else { args.web_phones.clone() };
+    let mut out = Vec::new();
+    for text in texts {
+        let (number, label) = match text.split_once('=') {
+            Some((n, l)) => (n.to_owned(), l.to_owned()),
+            None => (text.clone(), String::new()),
+        };
+        let number = SubscriberNumber::parse(&number).map_err(|e| Exit::usage(format!("--web-phone {text:?}: {e}")))?;
+        let billed = args.billed.iter().find_map(|b| {
+            let (n, terms) = b.split_once('=')?;
+            (n == number.as_str()).then_some(terms)
+        });
+        let funding = match billed {
+            Some(terms) => {
+                let (currency, cap) =
+                    terms.split_once(':').ok_or_else(|| Exit::usage(format!("--billed {terms:?}: CURRENCY:CAP")))?;
+                let currency = syncpay::domain::Currency::parse(currency)
+                    .map_err(|e| Exit::usage(format!("--billed {terms:?}: {e}")))?;
+                let cap: u64 =
+                    cap.parse().map_err(|_| Exit::usage(format!("--billed {terms:?}: cap in minor units")))?;
+                PhoneFunding::Bill { currency, monthly_cap: syncpay::domain::Amount::new(cap) }
+            }
+            None => PhoneFunding::Wallet,
+        };
+        let label = if label.is_empty() {
+            match funding {
+                PhoneFunding::Wallet => format!("{} · wallet", number.as_str()),
+                PhoneFunding::Bill { .. } => format!("{} · phone bill", number.as_str()),
+            }
+        } else {
+            label
+        };
+        out.push((number, label, funding));
+    }
+    Ok(out)
 }
 
 fn state(s: proto::TradeState) -> &'static str {

@@ -3,6 +3,10 @@
 //! buyer, and a scripted shop that runs one trade to each final state —
 //! then a transcript of who saw what, the shop's event stream, the
 //! balances and the ledger check. Exits non-zero if any check fails.
+//!
+//! `syncpay demo --web` instead starts the same server with the web pages
+//! (`syncpay::web::demo`): the sample shop, the carrier's handset page and
+//! the operator console, prints their addresses and runs until stopped.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -22,7 +26,21 @@ use syncpay::terminal_sim::{CarrierSim, Policy, SimEvent};
 use tonic::transport::Channel;
 
 #[derive(Args)]
-pub struct DemoArgs {}
+pub struct DemoArgs {
+    /// Start the web pages (shop, handset page, operator console) and run
+    /// until Ctrl-C, instead of the scripted transcript.
+    #[arg(long)]
+    web: bool,
+    /// With --web: the shop's address (loopback only).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    shop_listen: std::net::SocketAddr,
+    /// With --web: the carrier's handset page (loopback only).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
+    phone_listen: std::net::SocketAddr,
+    /// With --web: the operator console (loopback only).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8082")]
+    console_listen: std::net::SocketAddr,
+}
 
 const SHOP_ID: &str = "acme-books";
 const SHOP_NAME: &str = "Acme Books";
@@ -175,7 +193,10 @@ impl Checks {
     }
 }
 
-pub async fn run(_args: DemoArgs) -> anyhow::Result<()> {
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if args.web {
+        return run_web(&args).await;
+    }
     super::init_logging("warn");
     // Dropped (and deleted) last, after the server has stopped.
     let dir = tempfile::tempdir().context("creating a temporary folder")?;
@@ -204,6 +225,71 @@ pub async fn run(_args: DemoArgs) -> anyhow::Result<()> {
             checks.failed.join("; ")
         )
     }
+}
+
+/// `demo --web`: the server on a temporary store, the web pages beside it,
+/// until SIGTERM or Ctrl-C.
+async fn run_web(args: &DemoArgs) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use syncpay::web::{self, demo};
+    super::init_logging("warn");
+    for (flag, addr) in [
+        ("--shop-listen", args.shop_listen),
+        ("--phone-listen", args.phone_listen),
+        ("--console-listen", args.console_listen),
+    ] {
+        // The demo serves plaintext with the operator's token on a login
+        // page: it stays on this computer.
+        if !addr.ip().is_loopback() {
+            return Err(super::Exit::usage(format!("{flag} {addr}: the demo's pages listen only on loopback")));
+        }
+    }
+    let handle = super::metrics_http::install()?;
+    let dir = tempfile::tempdir().context("creating a temporary folder")?;
+    let config = ServerConfig::from_data_dir(dir.path()).context("preparing the data folder")?;
+    let admin_token = config.admin_token.clone();
+    let token_file = dir.path().join("admin.token");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding 127.0.0.1:0")?;
+    let server = sync_server::start(config, listener).await.context("starting the server")?;
+    let bind = |addr: std::net::SocketAddr, flag: &'static str| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr} (choose another with {flag})"))
+    };
+    let listeners = demo::Listeners {
+        shop: bind(args.shop_listen, "--shop-listen").await?,
+        phone: bind(args.phone_listen, "--phone-listen").await?,
+        console: bind(args.console_listen, "--console-listen").await?,
+    };
+    let metrics: web::console::MetricsSource = Arc::new(move || {
+        handle.run_upkeep();
+        handle.render()
+    });
+    let pages = demo::start(&server.url(), server.engine.clone(), &admin_token, Some(metrics), listeners)
+        .await
+        .context("starting the web pages")?;
+    println!("syncpay demo --web: a real server on a sled store in a temporary folder (Ctrl-C to stop)");
+    println!();
+    println!("  shop     {}", pages.shop.url());
+    println!(
+        "           {} sells books; pay with your phone (type a number below) or on your phone bill",
+        demo::SHOP_NAME
+    );
+    println!("  phones   {}", pages.phone.url());
+    for p in &pages.phones {
+        println!("           {}  {}  {}", pages.phone.phone_url(&p.number), p.number.as_str(), p.label);
+    }
+    println!("           (the carrier's lease records give this computer's connections to the phone-bill phone)");
+    println!("  console  {}", pages.console.url());
+    println!("           log in with the operator token in {}", token_file.display());
+    println!("  server   {} (gRPC, plaintext, loopback)", server.url());
+    let signal = super::serve::wait_for_signal().await;
+    println!("{signal}: stopping");
+    pages.shutdown().await;
+    server.shutdown().await.context("shutting the server down")?;
+    drop(dir);
+    println!("stopped cleanly");
+    Ok(())
 }
 
 /// Everything between starting and stopping the server. The simulator is

@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// [default 127.0.0.1:9700; env SYNCPAY_METRICS_LISTEN].
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// Operator console address, or "off" [default 127.0.0.1:7780; env
+    /// SYNCPAY_CONSOLE_LISTEN]. Loopback only without TLS; HTTPS with it.
+    #[arg(long, value_name = "ADDR")]
+    console_listen: Option<String>,
     /// Server certificate chain (PEM) [env SYNCPAY_TLS_CERT]. With
     /// --tls-key and --client-ca the server speaks mutual TLS, callers are
     /// known by their client certificates, and any address may be used.
@@ -80,6 +84,7 @@ impl ServeArgs {
         add("--log-format", &self.log_format);
         add("--log-level", &self.log_level);
         add("--metrics-listen", &self.metrics_listen);
+        add("--console-listen", &self.console_listen);
         add("--tls-cert", &self.tls_cert);
         add("--tls-key", &self.tls_key);
         add("--client-ca", &self.client_ca);
@@ -131,10 +136,33 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         }
     }
 
+    let console_listener = match config.console_listen {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            // Only the built-in default gives way: a payment server does
+            // not refuse to start because its optional console's default
+            // port is taken (by another server on this machine, say).
+            Err(e) if !config.console_required && e.kind() == std::io::ErrorKind::AddrInUse => {
+                tracing::warn!(%addr, "console: the default address is in use; running without the console (set console.listen)");
+                eprintln!("syncpay console off: {addr} is in use (set --console-listen to choose another address)");
+                None
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("binding the console listener {addr} (console.listen, or \"off\")")))
+            }
+        },
+        None => None,
+    };
     let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
     let mut metrics_task = None;
-    if let Some(addr) = config.metrics_listen {
-        let handle = super::metrics_http::install()?;
+    // One recorder for the endpoint and the console's chart.
+    let recorder = if config.metrics_listen.is_some() || console_listener.is_some() {
+        Some(super::metrics_http::install()?)
+    } else {
+        None
+    };
+    if let (Some(addr), Some(handle)) = (config.metrics_listen, recorder.clone()) {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the metrics listener {addr}"))?;
@@ -147,8 +175,34 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         eprintln!("syncpay metrics on http://{bound}/metrics");
     }
 
+    let console_tls = match &config.tls {
+        Some(files) if console_listener.is_some() => Some(std::sync::Arc::new(
+            syncpay::web::tls_config(&files.cert, &files.key).context("the console's TLS configuration")?,
+        )),
+        _ => None,
+    };
+
+    // The console's login takes the operator token, in TLS mode too (a
+    // browser has no client certificate to show).
+    let admin_token = server_config.admin_token.clone();
     let listener = sync_server::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let server = sync_server::start(server_config, listener).await?;
+    let console = match console_listener {
+        Some(listener) => {
+            let metrics = recorder.map(|handle| -> syncpay::web::console::MetricsSource {
+                std::sync::Arc::new(move || {
+                    handle.run_upkeep();
+                    handle.render()
+                })
+            });
+            let console_config = syncpay::web::console::ConsoleConfig { admin_token, metrics, tls: console_tls };
+            let console = syncpay::web::console::start(listener, server.engine.clone(), console_config)?;
+            tracing::info!(url = %console.url(), "operator console");
+            eprintln!("syncpay console on {} (log in with the operator token)", console.url());
+            Some(console)
+        }
+        None => None,
+    };
     // Tests and scripts read this line for the bound address (port 0).
     eprintln!(
         "syncpay serving on {} (data {}; operator token in {}; {})",
@@ -163,6 +217,9 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     );
     let signal = wait_for_stop(&server).await;
     tracing::info!(signal, "stopping: no new connections; in-flight calls finish, streams end with UNAVAILABLE");
+    if let Some(console) = console {
+        console.shutdown().await;
+    }
     server.shutdown().await?;
     let _ = stop_metrics.send(true);
     if let Some(task) = metrics_task {

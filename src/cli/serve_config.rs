@@ -6,7 +6,7 @@
 //! value came from.
 //!
 //! Sections: top level (listen, data_dir, durability, cache_mib), `[log]`,
-//! `[metrics]`, `[limits]`. A new section (TLS, say) is new rows in
+//! `[metrics]`, `[console]`, `[limits]`. A new section (TLS, say) is new rows in
 //! `SETTINGS`, a field in [`ServeConfig`] and its checks in `resolve`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -61,6 +61,12 @@ pub const SETTINGS: &[Setting] = &[
         env: "SYNCPAY_METRICS_ALLOW_NON_LOOPBACK",
         flag: None,
         default: "false",
+    },
+    Setting {
+        key: "console.listen",
+        env: "SYNCPAY_CONSOLE_LISTEN",
+        flag: Some("--console-listen"),
+        default: "\"127.0.0.1:7780\"",
     },
     Setting { key: "tls.cert", env: "SYNCPAY_TLS_CERT", flag: Some("--tls-cert"), default: "\"\"" },
     Setting { key: "tls.key", env: "SYNCPAY_TLS_KEY", flag: Some("--tls-key"), default: "\"\"" },
@@ -134,6 +140,13 @@ pub struct ServeConfig {
     pub log_level: String,
     /// `None` when metrics are off.
     pub metrics_listen: Option<SocketAddr>,
+    /// The operator console's listener; `None` when off. Loopback unless
+    /// TLS is on (then it serves HTTPS with the server's certificate).
+    pub console_listen: Option<SocketAddr>,
+    /// The console address was set (file, environment or flag), so it
+    /// must bind; the built-in default may be busy (another server on
+    /// this machine), and then serve runs without a console.
+    pub console_required: bool,
     pub limits: Limits,
     /// Mutual TLS, when `tls.cert`, `tls.key` and `tls.client_ca` are set.
     pub tls: Option<TlsFiles>,
@@ -344,6 +357,7 @@ fn resolve(figment: &Figment, config_path: Option<&Path>, problems: &mut Vec<Str
     let log_format = std::cell::Cell::new(None::<LogFormat>);
     let log_level = std::cell::RefCell::new(None::<String>);
     let metrics = std::cell::Cell::new(None::<Option<SocketAddr>>);
+    let console = std::cell::Cell::new(None::<Option<SocketAddr>>);
     let numbers = std::cell::RefCell::new(BTreeMap::<&'static str, u64>::new());
 
     // TLS first: it decides which listen addresses are allowed.
@@ -452,6 +466,22 @@ fn resolve(figment: &Figment, config_path: Option<&Path>, problems: &mut Vec<Str
         metrics.set(Some(Some(addr)));
         Ok(())
     });
+    check("console.listen", problems, &|v| {
+        if matches!(v, Value::String(_, s) if s == "off") {
+            console.set(Some(None));
+            return Ok(());
+        }
+        let addr = socket_addr(v).map_err(|e| format!("{e}, or \"off\""))?;
+        // The console takes the operator token at its login: in plaintext
+        // it must not leave this computer.
+        if !tls_on && !addr.ip().is_loopback() {
+            return Err("without TLS the console listens only on loopback (127.0.0.1 or ::1); with tls.* set it \
+                        serves HTTPS and may listen anywhere"
+                .into());
+        }
+        console.set(Some(Some(addr)));
+        Ok(())
+    });
     /// How a number's bounds read in a refusal.
     #[derive(Clone, Copy)]
     enum Bound {
@@ -514,6 +544,14 @@ fn resolve(figment: &Figment, config_path: Option<&Path>, problems: &mut Vec<Str
             problems.push(format!("metrics.listen: {metrics} is the gRPC listen address; use another port"));
         }
     }
+    if let Some(Some(console)) = console.get() {
+        let taken = [("listen", listen.get()), ("metrics.listen", metrics.get().flatten())];
+        for (key, other) in taken {
+            if other.is_some_and(|o| console.port() != 0 && o == console) {
+                problems.push(format!("console.listen: {console} is the {key} address; use another port"));
+            }
+        }
+    }
 
     let u32_of = |k: &str| ttl(k).and_then(|n| u32::try_from(n).ok());
     let limits = Limits {
@@ -538,6 +576,8 @@ fn resolve(figment: &Figment, config_path: Option<&Path>, problems: &mut Vec<Str
         log_format: log_format.get()?,
         log_level,
         metrics_listen: metrics.get()?,
+        console_listen: console.get()?,
+        console_required: effective.iter().any(|(k, _, origin)| k == "console.listen" && origin != "built-in default"),
         limits,
         tls,
         effective,
@@ -618,9 +658,28 @@ mod tests {
         assert_eq!(c.cache_bytes, syncpay::store::DEFAULT_CACHE_BYTES);
         assert_eq!(c.log_format, LogFormat::Human);
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9700".parse().expect("addr")));
+        assert_eq!(c.console_listen, Some("127.0.0.1:7780".parse().expect("addr")));
+        assert!(!c.console_required, "the default console may give way to a busy port");
         assert_eq!(c.limits.default_ttl, limits::DEFAULT_TTL);
         assert_eq!(c.limits.max_ttl, limits::MAX_TTL);
         assert_eq!(c.limits.max_amount_minor, limits::MAX_AMOUNT_MINOR);
+    }
+
+    #[test]
+    fn the_console_stays_on_loopback_without_tls_and_off_the_other_ports() {
+        let c = check(None, &[("SYNCPAY_CONSOLE_LISTEN", "off")], &[]).expect("off");
+        assert_eq!(c.console_listen, None);
+        let c = check(None, &[], &[("--console-listen", "[::1]:0")]).expect("loopback");
+        assert_eq!(c.console_listen, Some("[::1]:0".parse().expect("addr")));
+        assert!(c.console_required, "an address that was asked for must bind");
+        let problems = check(None, &[], &[("--console-listen", "0.0.0.0:7780")]).expect_err("plaintext off loopback");
+        assert!(problems.iter().any(|p| p.starts_with("console.listen") && p.contains("loopback")), "{problems:?}");
+        let problems = check(None, &[], &[("--console-listen", "127.0.0.1:9700")]).expect_err("taken");
+        assert!(problems.iter().any(|p| p.contains("is the metrics.listen address")), "{problems:?}");
+        let problems = check(None, &[], &[("--console-listen", "127.0.0.1:7700")]).expect_err("taken");
+        assert!(problems.iter().any(|p| p.contains("is the listen address")), "{problems:?}");
+        let problems = check(None, &[], &[("--console-listen", "console")]).expect_err("not an address");
+        assert!(problems.iter().any(|p| p.starts_with("console.listen = \"console\"")), "{problems:?}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `syncpay shop …`: a shop's commands against a running server: registers,
 //! charge (waits for the outcome), status, await, cancel, refund, watch,
-//! receipt-keys; and `verify-receipt`, which needs no server at all.
+//! receipt-keys, and `web`, the sample web shop (`syncpay::web::shop`); and
+//! `verify-receipt`, which needs no server at all.
 //! Readable output by default, one JSON value per result with `--json`.
 //! Exit codes: see `cli/mod.rs` (charge and await exit 0 only for SETTLED;
 //! verify-receipt 0 only for a receipt that verifies).
@@ -138,11 +139,62 @@ enum ShopCommand {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// Serve the sample web shop (a storefront and a checkout that pays by
+    /// phone number or on the phone bill) over a register, until Ctrl-C.
+    Web {
+        /// Where the shop's pages listen.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// The shop's id at the server: a receipt's signed terms name it,
+        /// and the checkout checks them against it.
+        #[arg(long)]
+        shop_id: String,
+        /// The shop's name in the page's header.
+        #[arg(long, default_value = "Acme Books")]
+        name: String,
+        /// Seconds a buyer has to answer (0: the server's default).
+        #[arg(long, default_value_t = 0)]
+        ttl: u32,
+        /// Use this register instead of opening a new one ("Web checkout").
+        #[arg(long)]
+        register: Option<String>,
+    },
 }
 
 /// Retry pacing for `watch` after the server went away.
 const WATCH_BACKOFF_START: Duration = Duration::from_millis(200);
 const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// `shop web`: the sample web shop until SIGTERM or Ctrl-C.
+async fn web(
+    conn: &super::Connection,
+    listen: std::net::SocketAddr,
+    shop_id: &str,
+    name: String,
+    ttl: u32,
+    register: Option<String>,
+) -> anyhow::Result<()> {
+    use syncpay::web::shop::{self, ShopConfig};
+    super::init_logging("warn");
+    let shop_id =
+        syncpay::domain::ShopId::parse(shop_id).map_err(|e| Exit::usage(format!("--shop-id {shop_id:?}: {e}")))?;
+    let register = match register {
+        Some(id) => {
+            let id = RegisterId::parse(&id).map_err(|e| Exit::usage(format!("--register {id:?}: {e}")))?;
+            VirtualRegister::attach(conn.channel.clone(), &conn.token, id).await?
+        }
+        None => VirtualRegister::open(conn.channel.clone(), &conn.token, "Web checkout").await?,
+    };
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.map_err(|e| Exit::usage(format!("--listen {listen}: {e}")))?;
+    let config = ShopConfig { shop_id, shop_name: name, catalog: shop::sample_catalog(), ttl_seconds: ttl };
+    let server = shop::start(listener, register.clone(), config)?;
+    println!("shop web: {} (register {} \"{}\"; Ctrl-C to stop)", server.url(), register.id(), register.label());
+    let signal = super::serve::wait_for_signal().await;
+    println!("{signal}: stopping");
+    server.shutdown().await;
+    Ok(())
+}
 
 pub async fn run(args: ShopArgs) -> anyhow::Result<()> {
     if let ShopCommand::VerifyReceipt { file, keys, shop, display_name, register_label, description } = &args.command {
@@ -154,6 +206,9 @@ pub async fn run(args: ShopArgs) -> anyhow::Result<()> {
         connection(&args.connect, || read_token(args.token.as_deref(), args.token_file.as_deref(), "shop")).await?;
     let json = args.json;
     match args.command {
+        ShopCommand::Web { listen, shop_id, name, ttl, register } => {
+            web(&conn, listen, &shop_id, name, ttl, register).await?;
+        }
         ShopCommand::Open { label } => {
             let mut client = RegisterServiceClient::new(conn.authed()?);
             let r = client.open_register(proto::OpenRegisterRequest { label }).await?.into_inner();

@@ -127,7 +127,9 @@ impl IpPrefix {
     /// The highest address inside the prefix.
     pub fn last(&self) -> IpKey {
         let bits = u128::from_be_bytes(self.network.0);
-        let host = if self.len == 0 { u128::MAX } else { u128::MAX >> self.len };
+        // checked_shr: a /128 (an IPv6 or IPv4 single address) has no host
+        // bits, and `u128 >> 128` would overflow.
+        let host = u128::MAX.checked_shr(u32::from(self.len)).unwrap_or(0);
         IpKey((bits | host).to_be_bytes())
     }
 
@@ -302,6 +304,19 @@ mod tests {
         assert!(!v6.overlaps(&p));
         assert_eq!(v6.to_string(), "2001:db8::/32");
         assert!(matches!(IpPrefix::parse("10.1.2.3/8"), Err(NetworkError::HostBits(s)) if s == "10.0.0.0/8"));
+    }
+
+    #[test]
+    fn a_single_address_prefix_ends_at_its_address() {
+        // /32 and /128 are one address each: its last address is itself
+        // (found by `demo --web`, whose carrier leases 127.0.0.1 and ::1).
+        for (text, addr) in [("::1/128", "::1"), ("198.51.100.7/32", "198.51.100.7"), ("0.0.0.0/32", "0.0.0.0")] {
+            let p = IpPrefix::parse(text).expect(text);
+            assert_eq!(p.last(), IpKey::parse(addr).expect(addr), "{text}");
+            assert!(p.contains(p.last()));
+        }
+        let all = IpPrefix::parse("::/0").expect("all");
+        assert_eq!(all.last(), IpKey([0xff; 16]));
     }
 
     #[test]

@@ -55,10 +55,23 @@ const SETTLE_MARGIN: Duration = Duration::from_secs(15);
 /// Nothing can stay open longer than this, so no wait needs to be longer.
 const MAX_AWAIT_FINAL: Duration = MAX_TRADE_TTL.saturating_add(SETTLE_MARGIN);
 
+/// A payer named by the connection the shop saw instead of a number (the
+/// carrier-billing flow): the client's address and port as the shop's
+/// server observed them, and when. The server asks the carrier's lease
+/// records who held them; the shop never learns the subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkPayer {
+    pub ip: std::net::IpAddr,
+    pub port: u16,
+    /// Milliseconds since the Unix epoch (the shop's clock).
+    pub observed_at_ms: i64,
+}
+
 /// What a shop asks a buyer to pay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChargeRequest {
-    /// The payer's E.164 number, e.g. `+818012345678`.
+    /// The payer's E.164 number, e.g. `+818012345678` (unused when
+    /// `network_identity` is set).
     pub payer: String,
     /// In the currency's minor units (cents, yen).
     pub amount_minor: u64,
@@ -71,6 +84,8 @@ pub struct ChargeRequest {
     /// Makes `create` safe to retry: the same key and request give back the
     /// original trade.
     pub idempotency_key: Option<String>,
+    /// Names the payer by network identity instead of `payer`.
+    pub network_identity: Option<NetworkPayer>,
 }
 
 impl ChargeRequest {
@@ -83,7 +98,14 @@ impl ChargeRequest {
             description: description.to_owned(),
             ttl_seconds: 0,
             idempotency_key: None,
+            network_identity: None,
         }
+    }
+
+    /// A request whose payer is whoever the carrier's lease records say
+    /// held `payer`'s address and port at that moment.
+    pub fn by_network_identity(payer: NetworkPayer, amount_minor: u64, currency: &str, description: &str) -> Self {
+        ChargeRequest { network_identity: Some(payer), ..ChargeRequest::new("", amount_minor, currency, description) }
     }
 
     fn to_proto(&self, register_id: RegisterId) -> proto::CreateTradeRequest {
@@ -94,7 +116,14 @@ impl ChargeRequest {
             description: self.description.clone(),
             ttl_seconds: self.ttl_seconds,
             idempotency_key: self.idempotency_key.clone().unwrap_or_default(),
-            payer: Some(proto::create_trade_request::Payer::SubscriberNumber(self.payer.clone())),
+            payer: Some(match &self.network_identity {
+                Some(n) => proto::create_trade_request::Payer::NetworkIdentity(proto::NetworkIdentity {
+                    ip: n.ip.to_string(),
+                    port: u32::from(n.port),
+                    observed_at_ms: n.observed_at_ms,
+                }),
+                None => proto::create_trade_request::Payer::SubscriberNumber(self.payer.clone()),
+            }),
         }
     }
 }
@@ -449,6 +478,20 @@ mod tests {
         assert_eq!((p.amount_minor, p.currency.as_str()), (1200, "JPY"));
         assert_eq!((p.ttl_seconds, p.idempotency_key.as_str()), (30, "order-17"));
         assert_eq!(p.payer, Some(proto::create_trade_request::Payer::SubscriberNumber("+818012345678".to_owned())));
+        let by_network = ChargeRequest::by_network_identity(
+            NetworkPayer { ip: "198.51.100.7".parse().expect("ip"), port: 1500, observed_at_ms: 42 },
+            1200,
+            "JPY",
+            "books",
+        );
+        assert_eq!(
+            by_network.to_proto(r).payer,
+            Some(proto::create_trade_request::Payer::NetworkIdentity(proto::NetworkIdentity {
+                ip: "198.51.100.7".to_owned(),
+                port: 1500,
+                observed_at_ms: 42,
+            }))
+        );
     }
 
     #[test]

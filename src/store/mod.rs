@@ -4,7 +4,9 @@
 //! consistent reads.
 
 mod commands;
+pub mod files;
 mod network;
+mod recent;
 pub mod records;
 mod verify;
 mod writer;
@@ -442,7 +444,7 @@ impl Store {
     /// Opens (or creates) the store and starts its writer thread. The
     /// writer stops when every `Store` handle is dropped.
     pub fn open(config: StoreConfig) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(&config.path).map_err(|e| StoreError::Io(e.to_string()))?;
+        files::create_dir_all(&config.path).map_err(|e| StoreError::Io(format!("create store folder: {e}")))?;
         let db = open_db(&config)?;
         let trees = TREE_NAMES.iter().map(|n| db.open_tree(n)).collect::<Result<Vec<_>, _>>()?;
         let (durable, _) = watch::channel(0u64);

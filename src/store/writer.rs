@@ -60,8 +60,20 @@ impl Syncer {
         // sync_file_range there, which flushes neither the drive cache nor
         // metadata, so the syncer follows it with fdatasync on this file.
         let data_file = File::open(dir.join("db")).map_err(|e| StoreError::Io(format!("open data file: {e}")))?;
-        // The directory entry of a new store must be durable too.
-        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::Io(format!("sync dir: {e}")))?;
+        // sled writes `conf` (segment size, version) when it creates a store
+        // and never syncs it; the store reads the segment size back from it
+        // (`existing_segment_size`), so a lost `conf` would open the log
+        // with the wrong segment size once the default changes.
+        File::open(dir.join("conf"))
+            .and_then(|f| f.sync_all())
+            .map_err(|e| StoreError::Io(format!("sync sled conf: {e}")))?;
+        // The names sled made in the store's folder (`db`, `conf`, `blobs/`,
+        // and the snapshot its recovery wrote, renamed into place, with the
+        // old one removed) are durable only once the folder is synced.
+        // sled writes no other file later: snapshots only at recovery, and
+        // blobs only for values over a quarter of a segment, which no
+        // record comes near.
+        super::files::sync_dir(dir).map_err(|e| StoreError::Io(format!("sync store folder: {e}")))?;
         Ok(Syncer { data_file, durability, fault })
     }
 

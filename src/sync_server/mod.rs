@@ -95,7 +95,8 @@ impl ServerConfig {
     /// use.
     pub fn from_data_dir(data_dir: impl Into<PathBuf>) -> Result<ServerConfig, ServerError> {
         let data_dir = data_dir.into();
-        std::fs::create_dir_all(&data_dir)?;
+        // Durable names too: the secrets below and the store live in it.
+        crate::store::files::create_dir_all(&data_dir)?;
         let receipt_keys = data_dir.join(RECEIPT_KEYS_FILE);
         // Made now, like the other secrets, so a bad file fails here.
         secrets::load_or_create_receipt_keys(&receipt_keys, engine::now())?;

@@ -1,10 +1,12 @@
 //! Server secrets at rest: the operator token, the keyed-hash secret and
 //! the receipt-signing keys, created once with owner-only permissions and
-//! read back on restart. The receipt key file is replaced atomically when
-//! the key is rotated.
+//! read back on restart. All are durable (content and name) before the
+//! server uses them: a secret lost to a power cut would change every payer
+//! pseudonym, a lost token would lock the operator out, a lost receipt key
+//! would leave receipts nobody can verify. The receipt key file is replaced
+//! atomically when the key is rotated.
 
-use std::fs::OpenOptions;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use rand::rngs::SysRng;
@@ -32,18 +34,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SecretError + '_ {
     move |source| SecretError::Io { path: path.display().to_string(), source }
 }
 
-/// Creates `path` with mode 0600 holding `content`, failing if it exists.
+/// Creates `path` with mode 0600 holding `content`, failing if it exists;
+/// all or nothing, and durable (see `store::files::write_new_file`).
 fn create_private(path: &Path, content: &[u8]) -> Result<(), SecretError> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path).map_err(io(path))?;
-    file.write_all(content).map_err(io(path))?;
-    file.sync_all().map_err(io(path))
+    crate::store::files::write_new_file(path, content, 0o600).map_err(io(path))
 }
 
 /// Secrets are small: a token or secret file is read up to this many bytes.
@@ -212,10 +206,8 @@ pub fn replace_receipt_keys(path: &Path, ring: &ReceiptKeyring) -> Result<(), Se
     }
     create_private(&tmp, &receipt_key_file(ring)?)?;
     std::fs::rename(&tmp, path).map_err(io(path))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
-    }
-    Ok(())
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    crate::store::files::sync_dir(dir).map_err(io(dir))
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ impl Handset {
     /// canonical approval bytes of exactly this offer and decision (which
     /// [`ParsedOffer::parse`] checked are the bytes the offer carries).
     pub fn answer(&self, offer: &ParsedOffer, step: &Step) -> proto::HandsetAnswer {
-        let mut signature = self.key.sign(&offer.payload(step.decision).to_bytes()).to_bytes();
+        let mut signature = self.key.sign(offer.signing_bytes(step.decision)).to_bytes();
         match step.signing {
             Signing::Valid => {}
             // Flipping one bit of R keeps the length and the encoding
@@ -101,6 +101,11 @@ pub struct ParsedOffer {
     pub binding: BindingCode,
     /// The screen digest the payloads bind, of the texts above.
     pub screen_digest: [u8; 32],
+    /// The offer's `approve_payload`: the bytes signed to approve, exactly
+    /// as the server sent them (and equal to the rebuilt ones).
+    approve_payload: Vec<u8>,
+    /// The offer's `decline_payload`, likewise.
+    decline_payload: Vec<u8>,
 }
 
 impl ParsedOffer {
@@ -146,10 +151,12 @@ impl ParsedOffer {
                 description: &offer.description,
             }
             .digest(),
+            approve_payload: offer.approve_payload.clone(),
+            decline_payload: offer.decline_payload.clone(),
         };
         for (name, decision, sent) in [
-            ("approve_payload", Decision::Approve, &offer.approve_payload),
-            ("decline_payload", Decision::Decline, &offer.decline_payload),
+            ("approve_payload", Decision::Approve, &parsed.approve_payload),
+            ("decline_payload", Decision::Decline, &parsed.decline_payload),
         ] {
             if parsed.payload(decision).to_bytes() != *sent {
                 return Err(OfferFieldError {
@@ -161,7 +168,19 @@ impl ParsedOffer {
         Ok(parsed)
     }
 
-    /// The canonical bytes this offer's answer signs.
+    /// The exact bytes a handset signs to answer this offer with
+    /// `decision`: the offer's own `approve_payload` or `decline_payload`,
+    /// as the server sent them ([`ParsedOffer::parse`] checked they are
+    /// the bytes of what the handset shows). What simulated handsets sign,
+    /// and what the carrier hands a browser phone's page to sign.
+    pub fn signing_bytes(&self, decision: Decision) -> &[u8] {
+        match decision {
+            Decision::Approve => &self.approve_payload,
+            Decision::Decline => &self.decline_payload,
+        }
+    }
+
+    /// The canonical payload this offer's answer signs.
     pub fn payload(&self, decision: Decision) -> ApprovalPayload {
         ApprovalPayload {
             trade_id: self.trade_id,
@@ -272,6 +291,10 @@ pub(super) mod tests {
             decision: Decision::Approve,
         };
         assert_eq!(parsed.payload(Decision::Approve).to_bytes(), expected.to_bytes());
+        // What is signed is the offer's own bytes, as the server sent them.
+        let sent = offer(trade, "+818012345678");
+        assert_eq!(parsed.signing_bytes(Decision::Approve), sent.approve_payload.as_slice());
+        assert_eq!(parsed.signing_bytes(Decision::Decline), sent.decline_payload.as_slice());
 
         let answer = handset.answer(&parsed, &step(Decision::Approve, Signing::Valid));
         assert_eq!(answer.trade_id, trade.to_string());

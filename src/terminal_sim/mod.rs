@@ -7,6 +7,12 @@
 //! duplicates, delays and reorders messages and cuts the stream, from a
 //! seed so a failing run can be replayed.
 //!
+//! Besides simulated handsets (a key made here, answers by [`Policy`]) it
+//! hosts *browser phones* ([`CarrierSim::add_browser_phone`]): the key is
+//! made in a web page, which enrolls its public key through the carrier,
+//! shows the offers, and signs the bytes the carrier hands it. No private
+//! key for such a number exists in this process.
+//!
 //! ```no_run
 //! # async fn demo(channel: tonic::transport::Channel) -> Result<(), syncpay::terminal_sim::SimError> {
 //! use std::time::Duration;
@@ -19,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+mod browser;
 mod faults;
 mod handset;
 mod policy;
@@ -35,7 +42,9 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tracing::info;
 
+pub use browser::{BrowserPhone, PhoneOffer, PhoneRefusal, MAX_OFFERS_PER_PHONE};
 pub use faults::{Chance, Faults, MessageFaults, SimConfig, MAX_DELAYED_PER_LANE, MAX_FAULT_DELAY};
+pub use handset::ParsedOffer;
 pub use policy::{Plan, Policy, Signing, Step, MAX_ANSWERS_PER_OFFER};
 pub use transcript::{AnswerOutcome, FaultCounters, SimCounters, SimEvent};
 
@@ -49,6 +58,10 @@ use state::{SimState, LIMITS};
 
 /// How long an enrollment call may take before we give up on it.
 const UNARY_RPC_TIMEOUT: Duration = Duration::from_secs(30);
+/// Acks and answers from browser phones waiting for the relay task. A
+/// person presses a button a few times a minute; a full queue means the
+/// relay is stuck, and the page is told to try again.
+const INJECT_QUEUE_DEPTH: usize = 64;
 
 /// Why a simulator call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,12 +89,30 @@ pub enum SimError {
     /// The relay task panicked.
     #[error("the relay task failed")]
     TaskFailed,
+    /// A browser phone's page asked for something the phone cannot do.
+    #[error("{0}")]
+    Phone(PhoneRefusal),
+    /// Not a usable Ed25519 public key (32 bytes, canonical, not weak).
+    #[error("public_key: not a usable Ed25519 public key")]
+    InvalidKey,
+    /// Too many acks and answers are waiting for the relay.
+    #[error("the carrier is busy; try again")]
+    Busy,
 }
 
 impl From<tonic::Status> for SimError {
     fn from(status: tonic::Status) -> Self {
         SimError::Rpc { code: status.code(), message: status.message().to_owned() }
     }
+}
+
+/// How a browser phone's subscriber pays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhoneFunding {
+    /// A prepaid wallet at the server (topped up by the operator).
+    Wallet,
+    /// Direct carrier billing within a monthly cap in minor units.
+    Bill { currency: crate::domain::Currency, monthly_cap: crate::domain::Amount },
 }
 
 /// A handset as the carrier knows it.
@@ -150,6 +181,8 @@ pub struct CarrierSim {
     stop: watch::Sender<bool>,
     /// Bumped to cut the open relay stream.
     cut: watch::Sender<u64>,
+    /// Browser phones' acks and answers, to the relay task.
+    inject: tokio::sync::mpsc::Sender<relay::Up>,
     task: JoinHandle<()>,
 }
 
@@ -178,12 +211,13 @@ impl CarrierSim {
         let shared = Arc::new(Shared { state: Mutex::new(state), version });
         let (stop, stop_rx) = watch::channel(false);
         let (cut, cut_rx) = watch::channel(0u64);
+        let (inject, inject_rx) = tokio::sync::mpsc::channel(INJECT_QUEUE_DEPTH);
         if !config.faults.is_none() {
             info!(seed = config.seed, faults = ?config.faults, "carrier faults on");
         }
-        let relay = relay::Relay::new(Arc::clone(&shared), client.clone(), stop_rx, cut_rx, &config);
+        let relay = relay::Relay::new(Arc::clone(&shared), client.clone(), stop_rx, cut_rx, inject_rx, &config);
         let task = runtime.spawn(relay.run());
-        Ok(CarrierSim { shared, client, config, stop, cut, task })
+        Ok(CarrierSim { shared, client, config, stop, cut, inject, task })
     }
 
     /// What this simulator was started with (the seed, to replay a run).
@@ -234,6 +268,103 @@ impl CarrierSim {
         self.shared.update(|s| s.add_handset(number.clone(), handset))?;
         info!(number = %number.masked(), ?policy, "handset enrolled");
         Ok(HandsetInfo { number, public_key })
+    }
+
+    /// Hosts a phone driven by a web page: enrolls the subscriber with
+    /// `funding` and keeps the offers addressed to it for the page. It has
+    /// no key until a page enrolls one ([`CarrierSim::enroll_browser_key`]);
+    /// a simulated handset of the number is dropped with its key.
+    pub async fn add_browser_phone(&self, number: &str, funding: PhoneFunding) -> Result<(), SimError> {
+        let number = SubscriberNumber::parse(number).map_err(SimError::InvalidNumber)?;
+        if !self.shared.read(|s| s.has_room_for(&number)) {
+            return Err(SimError::TooManyHandsets { max: LIMITS.handsets });
+        }
+        let request = match funding {
+            PhoneFunding::Wallet => proto::EnrollSubscriberRequest {
+                subscriber_number: number.as_str().to_owned(),
+                funding: proto::Funding::Wallet as i32,
+                ..Default::default()
+            },
+            PhoneFunding::Bill { currency, monthly_cap } => proto::EnrollSubscriberRequest {
+                subscriber_number: number.as_str().to_owned(),
+                funding: proto::Funding::CarrierBill as i32,
+                bill_currency: currency.code().to_owned(),
+                monthly_cap_minor: monthly_cap.minor(),
+            },
+        };
+        let mut client = self.client.clone();
+        let enrolled = unary(client.enroll_subscriber(self::request(request))).await?;
+        if enrolled.subscriber_number != number.as_str() {
+            return Err(SimError::Protocol(format!("enrolled {:?} answered for another number", number)));
+        }
+        self.shared.update(|s| s.add_browser_phone(number.clone()))?;
+        info!(number = %number.masked(), ?funding, "browser phone hosted");
+        Ok(())
+    }
+
+    /// Enrolls the public key a browser phone's page made (its private key
+    /// stays in the page) with the server's `EnrollHandset`, replacing any
+    /// earlier key of the number. Returns the server's SHA-256 of the key.
+    pub async fn enroll_browser_key(&self, number: &str, public_key: &[u8]) -> Result<[u8; 32], SimError> {
+        let number = SubscriberNumber::parse(number).map_err(SimError::InvalidNumber)?;
+        if self.shared.read(|s| s.browser_phone(&number).is_none()) {
+            return Err(SimError::UnknownHandset(number));
+        }
+        let public_key = crate::domain::approval::valid_public_key(public_key).ok_or(SimError::InvalidKey)?;
+        let mut client = self.client.clone();
+        let enrolled = unary(client.enroll_handset(request(proto::EnrollHandsetRequest {
+            subscriber_number: number.as_str().to_owned(),
+            public_key: public_key.to_vec(),
+        })))
+        .await?;
+        let digest = key_sha256(&public_key);
+        if enrolled.key_sha256 != digest {
+            return Err(SimError::Protocol("key_sha256 does not match the enrolled key".to_owned()));
+        }
+        self.shared.update(|s| s.set_browser_key(&number, public_key))?;
+        info!(number = %number.masked(), "browser phone key enrolled");
+        Ok(digest)
+    }
+
+    /// A browser phone as the carrier holds it now: its enrolled public key
+    /// and its offers.
+    pub fn browser_phone(&self, number: &str) -> Option<BrowserPhone> {
+        let number = SubscriberNumber::parse(number).ok()?;
+        self.shared.read(|s| s.browser_phone(&number).cloned())
+    }
+
+    /// The page shows the offer: acknowledges it to the server (now the
+    /// trade is OFFERED) unless it was shown before.
+    pub fn browser_show(&self, number: &str, trade: TradeId) -> Result<(), SimError> {
+        let number = SubscriberNumber::parse(number).map_err(SimError::InvalidNumber)?;
+        let permit = self.inject.try_reserve().map_err(|_| SimError::Busy)?;
+        if let Some(delivery_id) = self.shared.update(|s| s.browser_show(&number, &trade))? {
+            permit.send(relay::Up::Ack(delivery_id));
+        }
+        Ok(())
+    }
+
+    /// The buyer answered on the page, with the signature the page made
+    /// over [`ParsedOffer::signing_bytes`] of the offer: relays it, once.
+    pub fn browser_answer(
+        &self,
+        number: &str,
+        trade: TradeId,
+        decision: crate::domain::Decision,
+        signature: Vec<u8>,
+    ) -> Result<(), SimError> {
+        let number = SubscriberNumber::parse(number).map_err(SimError::InvalidNumber)?;
+        let permit = self.inject.try_reserve().map_err(|_| SimError::Busy)?;
+        let answer = self.shared.update(|s| s.browser_answer(&number, &trade, decision, signature))?;
+        info!(trade_id = %trade, number = %number.masked(), ?decision, "browser phone answered");
+        permit.send(relay::Up::Answer(answer));
+        Ok(())
+    }
+
+    /// A receiver that changes after every change of the simulator's
+    /// state (for pages that show it live).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.shared.version.subscribe()
     }
 
     /// Changes how a handset answers offers that arrive from now on.

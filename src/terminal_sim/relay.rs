@@ -87,13 +87,15 @@ enum Wake {
     Stop,
     Cut,
     Due,
+    /// A message from outside the relay (a browser phone's ack or answer).
+    Inject(Option<Up>),
     Down(Box<Result<Option<proto::RelayDown>, tonic::Status>>),
 }
 
 /// A message going up, kept typed so the fault layer can treat acks and
 /// answers differently and a failed send can tell them apart.
 #[derive(Clone)]
-enum Up {
+pub(super) enum Up {
     Ack(u64),
     Answer(PendingAnswer),
 }
@@ -113,6 +115,9 @@ pub(super) struct Relay {
     stop: watch::Receiver<bool>,
     /// Bumped by `CarrierSim::disconnect`; a change cuts the open stream.
     cut: watch::Receiver<u64>,
+    /// Acks and answers from browser phones' pages, sent while a stream is
+    /// open (they wait here while none is).
+    inject: mpsc::Receiver<Up>,
     /// Answers not yet sent, earliest first. They survive reconnects.
     scheduled: BinaryHeap<Reverse<Scheduled>>,
     next_seq: u64,
@@ -158,6 +163,7 @@ impl Relay {
         client: CarrierServiceClient<AuthedChannel>,
         stop: watch::Receiver<bool>,
         cut: watch::Receiver<u64>,
+        inject: mpsc::Receiver<Up>,
         config: &SimConfig,
     ) -> Self {
         Relay {
@@ -165,6 +171,7 @@ impl Relay {
             client,
             stop,
             cut,
+            inject,
             scheduled: BinaryHeap::new(),
             next_seq: 0,
             net: Injector::new(config.faults, config.seed),
@@ -265,6 +272,7 @@ impl Relay {
                 _ = stop_requested(&mut self.stop) => Wake::Stop,
                 _ = cut_requested(&mut self.cut) => Wake::Cut,
                 message = inbound.message() => Wake::Down(Box::new(message)),
+                up = self.inject.recv() => Wake::Inject(up),
                 _ = sleep_until_due(next_due) => Wake::Due,
             };
             let message = match wake {
@@ -272,6 +280,16 @@ impl Relay {
                 Wake::Cut => return Err(self.cut("disconnect requested", false)),
                 // Due messages go out at the top of the loop.
                 Wake::Due => continue,
+                // The handle (and its sender) is gone: so is the simulator.
+                Wake::Inject(None) => return Err(End::Shutdown),
+                Wake::Inject(Some(up)) => {
+                    self.shared.update(|s| match &up {
+                        Up::Ack(_) => s.ack_sent(),
+                        Up::Answer(answer) => s.answer_sent(answer),
+                    });
+                    self.send_up(tx, up).await?;
+                    continue;
+                }
                 Wake::Down(message) => *message,
             };
             let down = match message {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tracing::{debug, warn};
 
+use super::browser::{self, BrowserPhone, PhoneRefusal};
 use super::handset::{display, Handset, ParsedOffer};
 use super::policy::{Signing, MAX_ANSWERS_PER_OFFER};
 use super::transcript::{AnswerOutcome, SimCounters, SimEvent};
@@ -27,7 +28,8 @@ pub struct Limits {
     pub trades: usize,
     /// Answer results kept per trade (`AnswerTwice` needs two).
     pub results_per_trade: usize,
-    /// Handsets one simulated carrier hosts.
+    /// Handsets one simulated carrier hosts (simulated and browser phones
+    /// together).
     pub handsets: usize,
 }
 
@@ -73,6 +75,9 @@ pub fn ack(delivery_id: u64) -> proto::RelayUp {
 pub struct SimState {
     limits: Limits,
     handsets: HashMap<SubscriberNumber, Handset>,
+    /// Phones driven by a web page; a number is in at most one of
+    /// `handsets` and `browser`.
+    browser: HashMap<SubscriberNumber, BrowserPhone>,
     trades: HashMap<TradeId, TradeSeen>,
     /// Insertion order of `trades`, for eviction; same length as `trades`.
     trade_order: VecDeque<TradeId>,
@@ -88,6 +93,7 @@ impl SimState {
         SimState {
             limits,
             handsets: HashMap::new(),
+            browser: HashMap::new(),
             trades: HashMap::new(),
             trade_order: VecDeque::new(),
             transcript: VecDeque::new(),
@@ -99,17 +105,102 @@ impl SimState {
 
     /// False when adding `number` would exceed the handset limit.
     pub fn has_room_for(&self, number: &SubscriberNumber) -> bool {
-        self.handsets.contains_key(number) || self.handsets.len() < self.limits.handsets
+        self.handsets.contains_key(number)
+            || self.browser.contains_key(number)
+            || self.handsets.len() + self.browser.len() < self.limits.handsets
     }
 
-    /// Adds a handset or replaces the one the number had (a new key).
+    /// Adds a handset or replaces the one the number had (a new key; a
+    /// browser phone of the number is gone with its key).
     pub fn add_handset(&mut self, number: SubscriberNumber, handset: Handset) -> Result<(), SimError> {
         if !self.has_room_for(&number) {
             return Err(SimError::TooManyHandsets { max: self.limits.handsets });
         }
+        self.browser.remove(&number);
         self.handsets.insert(number, handset);
-        debug_assert!(self.handsets.len() <= self.limits.handsets);
+        debug_assert!(self.handsets.len() + self.browser.len() <= self.limits.handsets);
         Ok(())
+    }
+
+    /// Hosts a phone for a web page, without a key until one is enrolled.
+    /// A simulated handset of the number is dropped (with its key), so no
+    /// key made here can answer for the number. Adding it again keeps its
+    /// offers and key.
+    pub fn add_browser_phone(&mut self, number: SubscriberNumber) -> Result<(), SimError> {
+        if !self.has_room_for(&number) {
+            return Err(SimError::TooManyHandsets { max: self.limits.handsets });
+        }
+        self.handsets.remove(&number);
+        self.browser.entry(number).or_default();
+        debug_assert!(self.handsets.len() + self.browser.len() <= self.limits.handsets);
+        Ok(())
+    }
+
+    /// Records the public key enrolled for a browser phone's page.
+    pub fn set_browser_key(&mut self, number: &SubscriberNumber, public_key: [u8; 32]) -> Result<(), SimError> {
+        let phone = self.browser.get_mut(number).ok_or_else(|| SimError::UnknownHandset(number.clone()))?;
+        phone.public_key = Some(public_key);
+        Ok(())
+    }
+
+    pub fn browser_phone(&self, number: &SubscriberNumber) -> Option<&BrowserPhone> {
+        self.browser.get(number)
+    }
+
+    /// The page shows an offer: returns the delivery to acknowledge now
+    /// (`None` when it was shown before), and records it as shown.
+    pub fn browser_show(&mut self, number: &SubscriberNumber, trade: &TradeId) -> Result<Option<u64>, SimError> {
+        let phone = self.browser.get_mut(number).ok_or_else(|| SimError::UnknownHandset(number.clone()))?;
+        let ack = phone.show(trade).map_err(SimError::Phone)?;
+        let Some(delivery_id) = ack else {
+            return Ok(None);
+        };
+        let shown = phone.offer(trade).map(|o| o.offer.clone());
+        let seen = self.trade_entry(*trade);
+        seen.shown = true;
+        seen.number = Some(number.clone());
+        if let Some(p) = shown {
+            self.record(SimEvent::OfferShown {
+                number: number.clone(),
+                trade_id: p.trade_id,
+                shop_id: p.shop_id,
+                shop_name: p.shop_name,
+                register_label: p.register_label,
+                amount: p.amount,
+                currency: p.currency,
+                description: p.description,
+                binding_code: p.binding_code,
+                expires_at: p.expires_at,
+            });
+        }
+        Ok((delivery_id != 0).then_some(delivery_id))
+    }
+
+    /// The buyer answered on the page with a signature made there: the
+    /// answer to relay. The carrier checks the signature only to say so in
+    /// its transcript; the server decides.
+    pub fn browser_answer(
+        &mut self,
+        number: &SubscriberNumber,
+        trade: &TradeId,
+        decision: Decision,
+        signature: Vec<u8>,
+    ) -> Result<PendingAnswer, SimError> {
+        let phone = self.browser.get_mut(number).ok_or_else(|| SimError::UnknownHandset(number.clone()))?;
+        let key = phone.public_key.ok_or(SimError::Phone(PhoneRefusal::NoKey))?;
+        let offer = phone.answer(trade, decision).map_err(SimError::Phone)?;
+        let signed = offer.offer.signing_bytes(decision);
+        let signature_valid = crate::domain::approval::verify_bytes(&key, signed, &signature);
+        self.counters.answers_planned += 1;
+        Ok(PendingAnswer {
+            after: Duration::ZERO,
+            number: number.clone(),
+            trade_id: *trade,
+            decision,
+            signature_valid,
+            message: browser::answer_message(*trade, decision, signature),
+            resend: false,
+        })
     }
 
     pub fn set_policy(&mut self, number: &SubscriberNumber, policy: Policy) -> Result<(), SimError> {
@@ -140,15 +231,17 @@ impl SimState {
     /// answers the handset's policy plans for a newly shown offer.
     pub fn handle(&mut self, down: proto::RelayDown) -> Vec<Outbound> {
         let mut out = Vec::new();
-        if down.delivery_id != 0 {
-            out.push(Outbound::Ack(down.delivery_id));
-        }
+        let mut ack = down.delivery_id != 0;
         match down.body {
             Some(relay_down::Body::Offer(offer)) => {
                 if down.delivery_id == 0 {
                     warn!(trade_id = %display(&offer.trade_id), "offer without a delivery id");
                 }
-                out.extend(self.on_offer(&offer).into_iter().map(Outbound::Answer));
+                match self.on_offer(&offer, down.delivery_id) {
+                    Some(answers) => out.extend(answers.into_iter().map(Outbound::Answer)),
+                    // A browser phone's page acknowledges it once on screen.
+                    None => ack = false,
+                }
             }
             Some(relay_down::Body::Withdraw(withdraw)) => {
                 if down.delivery_id == 0 {
@@ -159,10 +252,15 @@ impl SimState {
             Some(relay_down::Body::AnswerResult(result)) => self.on_answer_result(&result),
             None => warn!(delivery_id = down.delivery_id, "relay message with no body (newer server?)"),
         }
+        if ack {
+            out.insert(0, Outbound::Ack(down.delivery_id));
+        }
         out
     }
 
-    fn on_offer(&mut self, offer: &proto::Offer) -> Vec<PendingAnswer> {
+    /// The answers to send for an offer, or `None` when its acknowledgement
+    /// waits for a browser phone's page to show it.
+    fn on_offer(&mut self, offer: &proto::Offer, delivery_id: u64) -> Option<Vec<PendingAnswer>> {
         self.counters.offers_received += 1;
         let parsed = match ParsedOffer::parse(offer) {
             Ok(parsed) => parsed,
@@ -170,7 +268,7 @@ impl SimState {
                 warn!(trade_id = %display(&offer.trade_id), error = %e, "unreadable offer ignored");
                 let number = SubscriberNumber::parse(&offer.subscriber_number).ok();
                 self.ignore_offer(number, &offer.trade_id, e.to_string());
-                return Vec::new();
+                return Some(Vec::new());
             }
         };
         let id = parsed.trade_id;
@@ -191,18 +289,30 @@ impl SimState {
                 self.counters.answers_resent += resent;
                 self.counters.answers_planned += resent;
                 debug!(trade_id = %id, number = %number.masked(), resent = again.len(), "duplicate offer");
-                return again;
+                return Some(again);
             }
             Some(seen) if seen.withdrawn.is_some() => {
                 self.ignore_offer(Some(number), &offer.trade_id, "already withdrawn".to_owned());
-                return Vec::new();
+                return Some(Vec::new());
             }
             Some(_) | None => {}
+        }
+        if let Some(phone) = self.browser.get_mut(&number) {
+            // Waits for the page; counted as a duplicate when it is a
+            // redelivery of an offer the page has not shown yet.
+            if phone.offer(&id).is_some() {
+                self.counters.offers_duplicate += 1;
+            }
+            phone.receive(parsed, delivery_id);
+            let seen = self.trade_entry(id);
+            seen.number = Some(number.clone());
+            debug!(trade_id = %id, number = %number.masked(), "offer waiting for the phone's page");
+            return None;
         }
         let Some(handset) = self.handsets.get(&number) else {
             warn!(trade_id = %id, number = %number.masked(), "offer for a number with no handset");
             self.ignore_offer(Some(number), &offer.trade_id, "no handset for this number".to_owned());
-            return Vec::new();
+            return Some(Vec::new());
         };
         let answers: Vec<PendingAnswer> = handset
             .policy
@@ -236,7 +346,7 @@ impl SimState {
             binding_code: parsed.binding_code,
             expires_at: parsed.expires_at,
         });
-        answers
+        Some(answers)
     }
 
     fn ignore_offer(&mut self, number: Option<SubscriberNumber>, trade_id: &str, reason: String) {
@@ -262,6 +372,9 @@ impl SimState {
             seen.number.clone_from(&number);
         }
         let number = seen.number.clone();
+        if let Some(offer) = number.as_ref().and_then(|n| self.browser.get_mut(n)).and_then(|p| p.offer_mut(&id)) {
+            offer.withdrawn = Some(state);
+        }
         debug!(trade_id = %id, state = state.as_str_name(), "offer withdrawn");
         self.record(SimEvent::Withdrawn { number, trade_id: id, state });
     }
@@ -285,6 +398,13 @@ impl SimState {
         let seen = self.trade_entry(id);
         if seen.results.len() < cap {
             seen.results.push(outcome.clone());
+        }
+        let number = seen.number.clone();
+        if let Some(offer) = number.as_ref().and_then(|n| self.browser.get_mut(n)).and_then(|p| p.offer_mut(&id)) {
+            // The first verdict is the one that decided the trade.
+            if offer.result.is_none() {
+                offer.result = Some(outcome.clone());
+            }
         }
         self.record(SimEvent::AnswerResult(outcome));
     }
@@ -694,6 +814,77 @@ mod tests {
         // Re-adding a hosted number replaces its key and needs no room.
         let again = Handset::new(SigningKey::from_bytes(&[9u8; 32]), Policy::Approve);
         assert!(s.add_handset(number(), again).is_ok());
+    }
+
+    #[test]
+    fn a_browser_phone_acks_when_its_page_shows_the_offer_and_relays_the_page_signature() {
+        use ed25519_dalek::Signer;
+        let mut s = SimState::new(LIMITS);
+        let page_key = SigningKey::from_bytes(&[5u8; 32]);
+        s.add_browser_phone(number()).expect("room");
+        s.set_browser_key(&number(), page_key.verifying_key().to_bytes()).expect("hosted");
+        // No ack yet: the page has not shown it.
+        check(&mut s, offer_down(7, trade(1)), &[]);
+        // A redelivery before the page showed it: still no ack, newest id kept.
+        check(&mut s, offer_down(9, trade(1)), &[]);
+        assert_eq!(s.browser_show(&number(), &trade(1)), Ok(Some(9)));
+        assert_eq!(s.browser_show(&number(), &trade(1)), Ok(None));
+        assert!(s.trade(&trade(1)).is_some_and(|t| t.shown));
+        // Shown: a redelivery is acked at once and not shown again.
+        check(&mut s, offer_down(11, trade(1)), &["ack 11"]);
+        let shown = s.transcript().iter().filter(|e| matches!(e, SimEvent::OfferShown { .. })).count();
+        assert_eq!(shown, 1);
+
+        // The page signs the bytes it was given; the answer carries exactly that.
+        let bytes = s
+            .browser_phone(&number())
+            .and_then(|p| p.offers.front().map(|o| o.offer.signing_bytes(Decision::Approve).to_vec()));
+        let signature = page_key.sign(&bytes.expect("offer kept")).to_bytes().to_vec();
+        let answer = s.browser_answer(&number(), &trade(1), Decision::Approve, signature.clone()).expect("answered");
+        assert!(answer.signature_valid);
+        let Some(relay_up::Body::Answer(sent)) = answer.message.body else { panic!("not an answer") };
+        assert_eq!((sent.signature, sent.decision), (signature, proto::Decision::Approve as i32));
+        assert!(matches!(
+            s.browser_answer(&number(), &trade(1), Decision::Decline, vec![0; 64]),
+            Err(SimError::Phone(PhoneRefusal::AlreadyAnswered))
+        ));
+        // A browser phone has no key here: no simulated handset for the number.
+        assert!(s.handset(&number()).is_none());
+    }
+
+    #[test]
+    fn a_browser_phone_replaces_a_simulated_handset_and_hears_withdrawals_and_verdicts() {
+        let mut s = state(Policy::Approve);
+        s.add_browser_phone(number()).expect("room");
+        assert!(s.handset(&number()).is_none(), "the simulated key is gone");
+        check(&mut s, offer_down(1, trade(1)), &[]);
+        s.handle(down(
+            2,
+            relay_down::Body::Withdraw(proto::Withdraw {
+                trade_id: trade(1).to_string(),
+                subscriber_number: NUMBER.to_owned(),
+                state: proto::TradeState::Cancelled as i32,
+            }),
+        ));
+        let phone = s.browser_phone(&number()).expect("hosted");
+        assert_eq!(phone.offers[0].withdrawn, Some(proto::TradeState::Cancelled));
+        assert!(matches!(s.browser_show(&number(), &trade(1)), Err(SimError::Phone(PhoneRefusal::Withdrawn))));
+        // A verdict reaches the phone's offer too.
+        check(&mut s, offer_down(3, trade(2)), &[]);
+        s.handle(down(
+            0,
+            relay_down::Body::AnswerResult(proto::AnswerResult {
+                trade_id: trade(2).to_string(),
+                accepted: true,
+                state: proto::TradeState::Settled as i32,
+                ..proto::AnswerResult::default()
+            }),
+        ));
+        let phone = s.browser_phone(&number()).expect("hosted");
+        assert_eq!(
+            phone.offer(&trade(2)).and_then(|o| o.result.as_ref()).map(|r| r.state),
+            Some(proto::TradeState::Settled)
+        );
     }
 
     #[test]

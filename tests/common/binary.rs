@@ -115,6 +115,8 @@ pub struct Serve {
     pub process: Running,
     pub url: String,
     pub metrics_url: String,
+    /// The operator console (`http://127.0.0.1:<port>/`).
+    pub console_url: String,
 }
 
 impl Serve {
@@ -128,6 +130,8 @@ impl Serve {
             "127.0.0.1:0",
             "--metrics-listen",
             "127.0.0.1:0",
+            "--console-listen",
+            "127.0.0.1:0",
             "--data-dir",
             &dir,
             "--set",
@@ -139,10 +143,13 @@ impl Serve {
         let process = Running::spawn(&args, "stderr");
         let metrics_url =
             process.wait_line(|l| l.strip_prefix("syncpay metrics on ").map(|rest| rest.trim().to_owned()));
+        let console_url = process.wait_line(|l| {
+            l.strip_prefix("syncpay console on ").and_then(|rest| rest.split_whitespace().next()).map(str::to_owned)
+        });
         let url = process.wait_line(|l| {
             l.strip_prefix("syncpay serving on ").and_then(|rest| rest.split_whitespace().next()).map(str::to_owned)
         });
-        Serve { process, url, metrics_url }
+        Serve { process, url, metrics_url, console_url }
     }
 }
 
