@@ -233,6 +233,7 @@ async fn run_web(args: &DemoArgs) -> anyhow::Result<()> {
     use std::sync::Arc;
     use syncpay::web::{self, demo};
     super::init_logging("warn");
+    let mut signals = super::serve::StopSignals::install()?;
     for (flag, addr) in [
         ("--shop-listen", args.shop_listen),
         ("--phone-listen", args.phone_listen),
@@ -283,7 +284,7 @@ async fn run_web(args: &DemoArgs) -> anyhow::Result<()> {
     println!("  console  {}", pages.console.url());
     println!("           log in with the operator token in {}", token_file.display());
     println!("  server   {} (gRPC, plaintext, loopback)", server.url());
-    let signal = super::serve::wait_for_signal().await;
+    let signal = signals.stopped().await;
     println!("{signal}: stopping");
     pages.shutdown().await;
     server.shutdown().await.context("shutting the server down")?;

@@ -176,6 +176,7 @@ async fn web(
 ) -> anyhow::Result<()> {
     use syncpay::web::shop::{self, ShopConfig};
     super::init_logging("warn");
+    let mut signals = super::serve::StopSignals::install()?;
     let shop_id =
         syncpay::domain::ShopId::parse(shop_id).map_err(|e| Exit::usage(format!("--shop-id {shop_id:?}: {e}")))?;
     let register = match register {
@@ -190,7 +191,7 @@ async fn web(
     let config = ShopConfig { shop_id, shop_name: name, catalog: shop::sample_catalog(), ttl_seconds: ttl };
     let server = shop::start(listener, register.clone(), config)?;
     println!("shop web: {} (register {} \"{}\"; Ctrl-C to stop)", server.url(), register.id(), register.label());
-    let signal = super::serve::wait_for_signal().await;
+    let signal = signals.stopped().await;
     println!("{signal}: stopping");
     server.shutdown().await;
     Ok(())
@@ -486,7 +487,8 @@ async fn watch(
 ) -> anyhow::Result<()> {
     let mut seen = 0u64;
     let mut backoff = WATCH_BACKOFF_START;
-    let signal = super::serve::wait_for_signal();
+    let mut signals = super::serve::StopSignals::install()?;
+    let signal = signals.stopped();
     tokio::pin!(signal);
     loop {
         if count.is_some_and(|c| seen >= c) {
