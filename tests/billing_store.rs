@@ -9,9 +9,10 @@
 
 use ed25519_dalek::{Signer, SigningKey};
 use syncpay::domain::approval::ApprovalPayload;
+use syncpay::domain::receipt::ReceiptSigner;
 use syncpay::domain::{
-    Amount, CarrierId, Currency, Decision, FailureReason, IpKey, IpPrefix, Month, PortRange, RegisterId, ShopId,
-    SubscriberNumber, TradeId, TradeState, UnixMs,
+    Amount, BindingCode, CarrierId, Currency, Decision, FailureReason, IpKey, IpPrefix, Month, PayloadVersion,
+    PortRange, RegisterId, ScreenText, ShopId, SubscriberNumber, TradeId, TradeState, UnixMs,
 };
 use syncpay::store::{
     Command, CommandOutcome, CreateTrade, Durability, Funding, LeaseReport, PayoutEntry, Store, StoreConfig,
@@ -166,13 +167,18 @@ impl World {
         let CommandOutcome::Trade { trade: Some(trade), .. } = created else { panic!("no trade") };
         assert_eq!(trade.state, TradeState::Pending, "{trade:?}");
         let key = &self.keys.iter().find(|(n, _)| n.as_str() == payer).expect("key").1;
+        // As offered: shop "Acme Books", register "r", no description.
         let payload = ApprovalPayload {
             trade_id,
             amount: Amount::new(amount),
             currency: jpy(),
-            shop_id: &self.shop,
+            shop_id: self.shop.clone(),
             register_id: self.register,
             expires_at: trade.expires_at,
+            version: PayloadVersion::V2 {
+                binding_code: BindingCode::parse("000000").expect("code"),
+                screen_digest: ScreenText { shop_name: "Acme Books", register_label: "r", description: "" }.digest(),
+            },
             decision: Decision::Approve,
         };
         let signature = key.sign(&payload.to_bytes()).to_bytes().to_vec();
@@ -185,6 +191,7 @@ impl World {
                 signature,
                 now: UnixMs(at),
                 checked: None,
+                signer: std::sync::Arc::new(ReceiptSigner::from_seed([9; 32], UnixMs(at))),
             })
             .await
             .expect("answer");

@@ -9,11 +9,10 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
 
-use crate::domain::approval::{shop_key_fingerprint, ApprovalPayload};
+use crate::domain::receipt::{handset_commitment, ReceiptKeyId, ReceiptSigner, Statement};
 use crate::domain::trade::transition;
 use crate::domain::{
     AccountName, Amount, Balance, CarrierId, Currency, Decision, FailureReason, IpPrefix, Leg, PostingSet, RegisterId,
@@ -24,7 +23,7 @@ use super::network::{self, LeaseReport, Resolution};
 use super::records::{
     AccountRecord, CarrierRecord, Delivery, DeliveryBody, EventKind, EventRecord, Funding, HandsetRecord,
     IdempotencyRecord, NetworkTradeRequest, OfferBody, PayoutEntry, PostingKind, PostingRecord, Principal, Receipt,
-    RegisterRecord, ShopRecord, SubscriberRecord, TradeRecord, TradeRequest,
+    Record, RegisterRecord, ShopRecord, Sig64, SignedTerms, SubscriberRecord, TradeRecord, TradeRequest,
 };
 use super::verify::{self, VerifyReport};
 use super::{keys, records, Shared, StoreError, T};
@@ -118,6 +117,8 @@ pub enum Command {
         /// so the writer need not: used only if the payload, key and
         /// signature it covered are exactly what the writer sees.
         checked: Option<SignatureCheck>,
+        /// Countersigns the receipt if the answer settles the trade.
+        signer: std::sync::Arc<ReceiptSigner>,
     },
     Cancel {
         shop: ShopId,
@@ -305,14 +306,14 @@ impl Tx<'_> {
         }
     }
 
-    pub(super) fn get<R: DeserializeOwned>(&self, t: T, key: &[u8]) -> TxResult<Option<R>> {
+    pub(super) fn get<R: Record>(&self, t: T, key: &[u8]) -> TxResult<Option<R>> {
         match self.tree(t)?.get(key)? {
             Some(v) => records::decode(&v).map(Some).or_else(abort),
             None => Ok(None),
         }
     }
 
-    pub(super) fn put<R: Serialize>(&self, t: T, key: &[u8], value: &R) -> TxResult<()> {
+    pub(super) fn put<R: Record>(&self, t: T, key: &[u8], value: &R) -> TxResult<()> {
         let bytes = records::encode(value).or_else(abort)?;
         self.tree(t)?.insert(key, bytes)?;
         Ok(())
@@ -500,8 +501,8 @@ fn run(
         Command::CloseRegister { shop, id, now } => close_register(tx, shop, id, *now),
         Command::CreateTrade(c) => create_trade(tx, c, admissions, fx),
         Command::Ack { carrier, delivery_id, now } => ack(tx, carrier, *delivery_id, *now, fx),
-        Command::Answer { carrier, trade, decision, signature, now, checked } => {
-            answer(tx, carrier, trade, *decision, signature, checked.as_ref(), *now, fx)
+        Command::Answer { carrier, trade, decision, signature, now, checked, signer } => {
+            answer(tx, carrier, trade, *decision, signature, checked.as_ref(), signer, *now, fx)
         }
         Command::Cancel { shop, trade, now } => cancel(tx, shop, trade, *now, fx),
         Command::Refund { shop, trade, amount, idempotency_key, now } => {
@@ -919,6 +920,14 @@ fn open_trade(tx: &Tx, c: &CreateTrade, admissions: &Admissions, fx: &mut Effect
     };
     let subscriber = tx.get::<SubscriberRecord>(T::Subscribers, c.request.payer.as_str().as_bytes())?;
     let handset = tx.get::<HandsetRecord>(T::Handsets, c.request.payer.as_str().as_bytes())?;
+    // The offer below shows exactly these texts; the trade keeps their
+    // digest so the answer is checked against what was shown, even if the
+    // shop's name changes before the buyer answers.
+    let screen = crate::domain::ScreenText {
+        shop_name: &shop.display_name,
+        register_label: &register.label,
+        description: &c.request.description,
+    };
     let mut trade = TradeRecord {
         id: c.trade_id,
         shop: c.shop.clone(),
@@ -935,7 +944,11 @@ fn open_trade(tx: &Tx, c: &CreateTrade, admissions: &Admissions, fx: &mut Effect
         idempotency_key: c.idempotency_key.clone(),
         offer_delivery: None,
         refunded: Amount::ZERO,
+        terms: SignedTerms::V2 { screen_digest: screen.digest() },
     };
+    if crate::domain::BindingCode::parse(&c.binding_code).is_none() {
+        return abort(StoreError::Corrupt("binding code is not six digits".into()));
+    }
     let refusal = match (&subscriber, &handset) {
         (None, _) => Some(FailureReason::PayerUnknown),
         // Carrier billing puts the charge on the carrier's books: only a
@@ -1040,7 +1053,7 @@ fn ack(tx: &Tx, carrier: &CarrierId, delivery_id: u64, now: UnixMs, fx: &mut Eff
         return Ok(CommandOutcome::Trade { trade: None, deliveries: Vec::new(), replayed: true });
     };
     tx.del(T::Outbox, &key)?;
-    let DeliveryBody::Offer(offer) = delivery.body else {
+    let Some((offer, _)) = delivery.body.offer() else {
         return Ok(CommandOutcome::Trade { trade: None, deliveries: Vec::new(), replayed: false });
     };
     let Some(mut trade) = tx.get::<TradeRecord>(T::Trades, offer.trade.as_bytes())? else {
@@ -1066,6 +1079,7 @@ fn answer(
     decision: Decision,
     signature: &[u8],
     checked: Option<&SignatureCheck>,
+    signer: &ReceiptSigner,
     now: UnixMs,
     fx: &mut Effects,
 ) -> TxResult<CommandOutcome> {
@@ -1089,7 +1103,7 @@ fn answer(
         return rejected(Some(trade), RejectedAnswer::Expired, fx);
     }
     let handset = tx.get::<HandsetRecord>(T::Handsets, trade.request.payer.as_str().as_bytes())?;
-    let signed = signed_bytes(&trade, decision);
+    let signed = signed_bytes(&trade, decision).or_else(abort)?;
     let event = match &handset {
         None => TradeEvent::Fail(FailureReason::NoHandset),
         Some(h) if !signature_valid(checked, &h.public_key, &signed, signature) => {
@@ -1108,10 +1122,18 @@ fn answer(
             match settled {
                 Err(reason) => TradeEvent::Fail(reason),
                 Ok(()) => {
-                    trade.receipt = Some(Receipt {
-                        signed_payload: signed,
-                        signature: signature.to_vec(),
-                        shop_key_fingerprint: shop_key_fingerprint(&trade.shop, &h.public_key),
+                    // Verified above, so it is 64 bytes.
+                    let Ok(sig) = <[u8; 64]>::try_from(signature) else {
+                        return abort(StoreError::Corrupt("verified signature is not 64 bytes".into()));
+                    };
+                    let countersignature = checked
+                        .and_then(|c| c.countersignature_for(&h.public_key, &signed, signature, signer.id(), now))
+                        .unwrap_or_else(|| countersign(signer, trade.id, &h.public_key, &signed, &sig, now));
+                    trade.receipt = Some(Receipt::Countersigned {
+                        signature: Sig64(sig),
+                        handset_key: h.public_key,
+                        key_id: signer.id(),
+                        countersignature: Sig64(countersignature),
                     });
                     TradeEvent::Settle
                 }
@@ -1130,36 +1152,87 @@ fn answer(
 }
 
 /// A handset signature verified off the writer thread: the key, the
-/// signed bytes and the signature it covered, and the verdict. Only
-/// [`super::Store::check_answer`] makes one, so a verdict always comes
-/// from a real verification.
+/// signed bytes and the signature it covered, and the verdict; for a valid
+/// approval also the receipt's countersignature made in advance (at the
+/// answer's time, with the signer's key). Only [`super::Store::check_answer`]
+/// makes one, so a verdict always comes from a real verification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignatureCheck {
     public_key: [u8; 32],
     signed: Vec<u8>,
     signature: Vec<u8>,
     valid: bool,
+    countersigned: Option<(ReceiptKeyId, UnixMs, Sig64)>,
 }
 
 impl SignatureCheck {
-    pub(super) fn new(public_key: [u8; 32], signed: Vec<u8>, signature: &[u8]) -> SignatureCheck {
+    pub(super) fn new(
+        trade: TradeId,
+        public_key: [u8; 32],
+        signed: Vec<u8>,
+        signature: &[u8],
+        decision: Decision,
+        signer: &ReceiptSigner,
+        now: UnixMs,
+    ) -> SignatureCheck {
         let valid = crate::domain::approval::verify_bytes(&public_key, &signed, signature);
-        SignatureCheck { public_key, signed, signature: signature.to_vec(), valid }
+        let countersigned = match <[u8; 64]>::try_from(signature) {
+            Ok(sig) if valid && decision == Decision::Approve => {
+                let counter = countersign(signer, trade, &public_key, &signed, &sig, now);
+                Some((signer.id(), now, Sig64(counter)))
+            }
+            _ => None,
+        };
+        SignatureCheck { public_key, signed, signature: signature.to_vec(), valid, countersigned }
+    }
+
+    fn covers(&self, public_key: &[u8; 32], signed: &[u8], signature: &[u8]) -> bool {
+        &self.public_key == public_key && self.signed == signed && self.signature == signature
+    }
+
+    /// The countersignature made in advance, if it was made over exactly
+    /// the statement the writer would sign now.
+    fn countersignature_for(
+        &self,
+        public_key: &[u8; 32],
+        signed: &[u8],
+        signature: &[u8],
+        key_id: ReceiptKeyId,
+        now: UnixMs,
+    ) -> Option<[u8; 64]> {
+        match self.countersigned {
+            Some((id, at, sig)) if self.covers(public_key, signed, signature) && id == key_id && at == now => {
+                Some(sig.0)
+            }
+            _ => None,
+        }
     }
 }
 
+/// The operator's countersignature of a settlement at `now`: the statement
+/// binds the payload, the handset's signature, the per-trade commitment to
+/// its key and the settlement time.
+fn countersign(
+    signer: &ReceiptSigner,
+    trade: TradeId,
+    handset_key: &[u8; 32],
+    signed: &[u8],
+    signature: &[u8; 64],
+    now: UnixMs,
+) -> [u8; 64] {
+    let commitment = handset_commitment(trade, handset_key);
+    signer.sign(&Statement {
+        key_id: signer.id(),
+        payload: signed,
+        handset_signature: signature,
+        commitment: &commitment,
+        settled_at: now,
+    })
+}
+
 /// The bytes a handset signs to answer `trade` with `decision`.
-pub(super) fn signed_bytes(trade: &TradeRecord, decision: Decision) -> Vec<u8> {
-    ApprovalPayload {
-        trade_id: trade.id,
-        amount: trade.request.amount,
-        currency: trade.request.currency,
-        shop_id: &trade.shop,
-        register_id: trade.request.register,
-        expires_at: trade.expires_at,
-        decision,
-    }
-    .to_bytes()
+pub(super) fn signed_bytes(trade: &TradeRecord, decision: Decision) -> Result<Vec<u8>, StoreError> {
+    Ok(trade.approval_payload(decision)?.to_bytes())
 }
 
 /// Whether `signature` over `signed` verifies under `public_key`, taking a
@@ -1168,7 +1241,7 @@ pub(super) fn signed_bytes(trade: &TradeRecord, decision: Decision) -> Vec<u8> {
 /// trade, in between: then it verifies here).
 fn signature_valid(checked: Option<&SignatureCheck>, public_key: &[u8; 32], signed: &[u8], signature: &[u8]) -> bool {
     match checked {
-        Some(c) if &c.public_key == public_key && c.signed == signed && c.signature == signature => c.valid,
+        Some(c) if c.covers(public_key, signed, signature) => c.valid,
         _ => crate::domain::approval::verify_bytes(public_key, signed, signature),
     }
 }

@@ -9,7 +9,7 @@
 use ed25519_dalek::{Signer, SigningKey};
 
 use super::*;
-use crate::domain::approval::ApprovalPayload;
+use crate::domain::receipt::ReceiptSigner;
 use crate::domain::{Amount, Currency, Decision, TradeState};
 
 const T0: UnixMs = UnixMs(1_800_000_000_000);
@@ -72,6 +72,7 @@ async fn footprint_per_settled_trade() {
     let store = Store::open(StoreConfig::new(dir.path())).expect("open");
     let jpy = Currency::parse("JPY").expect("known");
     let carrier = CarrierId::parse("bench-carrier-1").expect("id");
+    let signer = Arc::new(ReceiptSigner::from_seed([77; 32], T0));
     let run = |c: Command| {
         let store = store.clone();
         async move { store.execute(c).await.expect("command") }
@@ -168,15 +169,7 @@ async fn footprint_per_settled_trade() {
         let mut pending = Vec::new();
         for (j, (t, _)) in created.iter().enumerate() {
             let (_, key) = &handsets[((done + j as u64) as usize) % handsets.len()];
-            let payload = ApprovalPayload {
-                trade_id: t.id,
-                amount: t.request.amount,
-                currency: t.request.currency,
-                shop_id: &t.shop,
-                register_id: t.request.register,
-                expires_at: t.expires_at,
-                decision: Decision::Approve,
-            };
+            let payload = t.approval_payload(Decision::Approve).expect("payload");
             let signature = key.sign(&payload.to_bytes()).to_bytes().to_vec();
             let c = Command::Answer {
                 carrier: carrier.clone(),
@@ -185,6 +178,7 @@ async fn footprint_per_settled_trade() {
                 signature,
                 now: T0,
                 checked: None,
+                signer: signer.clone(),
             };
             pending.push(store.submit(c).await.expect("queued"));
         }

@@ -26,9 +26,11 @@ pub use commands::{
 pub use network::{LeaseReport, StatementData, MAX_LEASE_WALK, MAX_PAYOUT_ENTRIES};
 pub use records::{
     AccountRecord, Delivery, DeliveryBody, EventKind, EventRecord, Funding, OfferBody, PostingKind, PostingRecord,
-    Principal, Receipt, RegisterRecord, ShopRecord, TradeRecord, TradeRequest,
+    Principal, Receipt, RegisterRecord, ShopRecord, Sig64, SignedTerms, TradeRecord, TradeRequest,
 };
-pub use records::{BillLine, CapUsage, NetworkIdentity, NetworkTradeRequest, PayoutEntry, SubscriberRecord};
+pub use records::{
+    BillLine, CapUsage, HandsetRecord, NetworkIdentity, NetworkTradeRequest, PayoutEntry, SubscriberRecord,
+};
 pub use verify::VerifyReport;
 
 /// Names of the metrics the writer records through the `metrics` facade
@@ -530,14 +532,14 @@ impl Store {
         &self.shared.heads
     }
 
-    fn get<R: serde::de::DeserializeOwned>(&self, t: T, key: &[u8]) -> Result<Option<R>, StoreError> {
+    fn get<R: records::Record>(&self, t: T, key: &[u8]) -> Result<Option<R>, StoreError> {
         match self.tree(t).get(key)? {
             Some(v) => records::decode(&v).map(Some),
             None => Ok(None),
         }
     }
 
-    fn scan<R: serde::de::DeserializeOwned>(&self, t: T, prefix: &[u8], limit: usize) -> Result<Vec<R>, StoreError> {
+    fn scan<R: records::Record>(&self, t: T, prefix: &[u8], limit: usize) -> Result<Vec<R>, StoreError> {
         let mut out = Vec::new();
         for item in self.tree(t).scan_prefix(prefix).take(limit) {
             let (_, v) = item?;
@@ -551,20 +553,25 @@ impl Store {
     /// The writer takes the verdict only if the signed bytes, key and
     /// signature are still exactly these (trade fields a signature covers
     /// never change; a handset can be re-enrolled). `None` when there is
-    /// nothing to check against yet: the writer then decides alone.
+    /// nothing to check against yet: the writer then decides alone. A
+    /// valid approval's receipt is countersigned here too, at `now` (the
+    /// answer's time) with `signer`, for the writer to take if it settles.
     pub fn check_answer(
         &self,
         carrier: &CarrierId,
         trade: &TradeId,
         decision: crate::domain::Decision,
         signature: &[u8],
+        signer: &crate::domain::receipt::ReceiptSigner,
+        now: UnixMs,
     ) -> Option<SignatureCheck> {
         let trade: TradeRecord = self.get(T::Trades, trade.as_bytes()).ok()??;
         if trade.carrier.as_ref() != Some(carrier) || trade.state.is_final() {
             return None;
         }
         let handset: records::HandsetRecord = self.get(T::Handsets, trade.request.payer.as_str().as_bytes()).ok()??;
-        Some(SignatureCheck::new(handset.public_key, commands::signed_bytes(&trade, decision), signature))
+        let signed = commands::signed_bytes(&trade, decision).ok()?;
+        Some(SignatureCheck::new(trade.id, handset.public_key, signed, signature, decision, signer, now))
     }
 
     /// Who holds a credential (by SHA-256 of the token).
@@ -748,6 +755,12 @@ impl Store {
 
     pub async fn subscriber(&self, number: &SubscriberNumber) -> Result<Option<records::SubscriberRecord>, StoreError> {
         let v = self.get(T::Subscribers, number.as_str().as_bytes())?;
+        self.durable(v).await
+    }
+
+    /// The handset key enrolled for `number` now.
+    pub async fn handset(&self, number: &SubscriberNumber) -> Result<Option<records::HandsetRecord>, StoreError> {
+        let v = self.get(T::Handsets, number.as_str().as_bytes())?;
         self.durable(v).await
     }
 

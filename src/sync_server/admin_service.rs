@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::domain::receipt::ReceiptKeyId;
 use crate::proto::{self, admin_service_server::AdminService};
-use crate::store::{Command, CommandOutcome};
+use crate::store::{Command, CommandOutcome, Receipt};
 
 use super::auth::{new_token, token_hash};
 use super::convert;
@@ -153,5 +154,62 @@ impl AdminService for AdminApi {
     ) -> Result<Response<proto::PruneLeasesResponse>, Status> {
         let deleted = self.engine.prune_leases().await.map_err(ApiError::from)?;
         Ok(Response::new(proto::PruneLeasesResponse { deleted }))
+    }
+
+    async fn get_receipt_keys(
+        &self,
+        _request: Request<proto::GetReceiptKeysRequest>,
+    ) -> Result<Response<proto::ReceiptKeys>, Status> {
+        Ok(Response::new(convert::receipt_keys_to_proto(&self.engine.receipts.published())))
+    }
+
+    async fn rotate_receipt_key(
+        &self,
+        _request: Request<proto::RotateReceiptKeyRequest>,
+    ) -> Result<Response<proto::ReceiptKeys>, Status> {
+        let engine = self.engine.clone();
+        let published = tokio::task::spawn_blocking(move || engine.receipts.rotate(now()))
+            .await
+            .map_err(|e| ApiError::Internal(format!("rotation task: {e}")))??;
+        Ok(Response::new(convert::receipt_keys_to_proto(&published)))
+    }
+
+    async fn dispute_trade(
+        &self,
+        request: Request<proto::DisputeTradeRequest>,
+    ) -> Result<Response<proto::DisputeReport>, Status> {
+        let id = requests::dispute_trade(request.get_ref())?;
+        let store = &self.engine.store;
+        let trade = store.trade(&id).await.map_err(ApiError::from)?.ok_or(ApiError::NotFound("trade"))?;
+        let Some(receipt) = convert::receipt_for_shop(&trade) else {
+            return Err(ApiError::FailedPrecondition(format!(
+                "trade_id: trade is {} and has no receipt",
+                trade.state.name()
+            ))
+            .into());
+        };
+        let enrolled = store.handset(&trade.request.payer).await.map_err(ApiError::from)?;
+        let kept = match &trade.receipt {
+            Some(Receipt::Countersigned { handset_key, .. }) => Some(*handset_key),
+            Some(Receipt::Legacy { .. }) | None => None,
+        };
+        let key = kept.or(enrolled.as_ref().map(|h| h.public_key));
+        let receipt_public_key = <[u8; 8]>::try_from(receipt.receipt_key_id.as_slice())
+            .ok()
+            .and_then(|id| self.engine.receipts.public_key(ReceiptKeyId::from_bytes(id)))
+            .map_or_else(Vec::new, |k| k.to_vec());
+        tracing::info!(trade_id = %trade.id, "dispute report made");
+        Ok(Response::new(proto::DisputeReport {
+            trade_id: trade.id.to_string(),
+            shop_id: trade.shop.to_string(),
+            subscriber_number: trade.request.payer.as_str().to_owned(),
+            carrier_id: trade.carrier.as_ref().map_or_else(String::new, ToString::to_string),
+            handset_public_key: key.map_or_else(Vec::new, |k| k.to_vec()),
+            key_from_receipt: kept.is_some(),
+            key_enrolled_now: key.is_some() && enrolled.as_ref().map(|h| h.public_key) == key,
+            enrolled_at_ms: enrolled.as_ref().map_or(0, |h| convert::ms(h.enrolled_at)),
+            receipt: Some(receipt),
+            receipt_public_key,
+        }))
     }
 }

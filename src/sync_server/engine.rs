@@ -22,6 +22,7 @@ use super::error::ApiError;
 use super::limits::Limits;
 use super::metrics;
 use super::rate_limit::{RateLimits, StreamSlots, EVICT_INTERVAL, WATCH_STREAMS};
+use super::receipt_keys::ReceiptKeys;
 
 /// The wall clock, read only here and passed into the store and domain.
 pub fn now() -> UnixMs {
@@ -119,6 +120,8 @@ pub struct Engine {
     pub store: Store,
     gateway: Arc<dyn CarrierGateway>,
     pub secret: ServerSecret,
+    /// Countersign settlement receipts; published to shops.
+    pub receipts: ReceiptKeys,
     pub limits: Limits,
     pub finals: FinalWaiters,
     pub rates: RateLimits,
@@ -130,13 +133,20 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(store: Store, gateway: Arc<dyn CarrierGateway>, secret: ServerSecret, limits: Limits) -> Self {
+    pub fn new(
+        store: Store,
+        gateway: Arc<dyn CarrierGateway>,
+        secret: ServerSecret,
+        receipts: ReceiptKeys,
+        limits: Limits,
+    ) -> Self {
         let rates = RateLimits::new(&limits);
         let watch_slots = StreamSlots::new(WATCH_STREAMS, limits.max_watch_streams_per_shop);
         Engine {
             store,
             gateway,
             secret,
+            receipts,
             limits,
             finals: FinalWaiters::default(),
             rates,
@@ -348,10 +358,13 @@ impl Engine {
         decision: Decision,
         signature: Vec<u8>,
     ) -> Result<impl std::future::Future<Output = Result<AnswerOutcome, ApiError>> + Send + 'static, ApiError> {
-        // Ed25519 verification is the costliest step of an answer: do it
-        // here, in parallel with the writer, which reuses the verdict.
-        let checked = self.store.check_answer(carrier, &trade, decision, &signature);
-        let command = Command::Answer { carrier: carrier.clone(), trade, decision, signature, now: now(), checked };
+        // Ed25519 verification and the receipt's countersignature are the
+        // costliest steps of an answer: do them here, in parallel with the
+        // writer, which reuses them if nothing changed in between.
+        let (at, signer) = (now(), self.receipts.signer());
+        let checked = self.store.check_answer(carrier, &trade, decision, &signature, &signer, at);
+        let command =
+            Command::Answer { carrier: carrier.clone(), trade, decision, signature, now: at, checked, signer };
         let pending = self.store.submit(command).await?;
         let engine = self.clone();
         // The settlement path: everything logged until the outcome is sent

@@ -16,6 +16,7 @@ pub mod limits;
 pub mod message_limit;
 pub mod metrics;
 pub mod rate_limit;
+pub mod receipt_keys;
 pub mod register_service;
 pub mod requests;
 pub mod secrets;
@@ -34,6 +35,7 @@ use tonic::transport::Server;
 
 use crate::carrier::relay::RelayHub;
 use crate::domain::approval::ServerSecret;
+use crate::domain::receipt::ReceiptKeyring;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::carrier_service_server::CarrierServiceServer;
 use crate::proto::register_service_server::RegisterServiceServer;
@@ -76,6 +78,8 @@ pub struct ServerConfig {
     pub cache_bytes: u64,
     pub admin_token: String,
     pub secret: ServerSecret,
+    /// The receipt-signing keys.
+    pub receipt_keys: ReceiptKeySource,
     pub limits: Limits,
     /// Mutual TLS: when set, callers are identified by their client
     /// certificates and bearer tokens are ignored.
@@ -86,13 +90,18 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// A data folder laid out as `store/`, `admin.token`, `server.secret`;
-    /// the secrets are created (mode 0600) on first use.
+    /// A data folder laid out as `store/`, `admin.token`, `server.secret`,
+    /// `receipt-signing.keys`; the secrets are created (mode 0600) on first
+    /// use.
     pub fn from_data_dir(data_dir: impl Into<PathBuf>) -> Result<ServerConfig, ServerError> {
         let data_dir = data_dir.into();
         // Durable names too: the secrets below and the store live in it.
         crate::store::files::create_dir_all(&data_dir)?;
+        let receipt_keys = data_dir.join(RECEIPT_KEYS_FILE);
+        // Made now, like the other secrets, so a bad file fails here.
+        secrets::load_or_create_receipt_keys(&receipt_keys, engine::now())?;
         Ok(ServerConfig {
+            receipt_keys: ReceiptKeySource::File(receipt_keys),
             store_dir: data_dir.join("store"),
             durability: Durability::Fsync,
             cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
@@ -103,6 +112,20 @@ impl ServerConfig {
             sync_fault: None,
         })
     }
+}
+
+/// The receipt-signing key file in the data folder.
+pub const RECEIPT_KEYS_FILE: &str = "receipt-signing.keys";
+
+/// Where the receipt-signing keys come from.
+#[derive(Debug, Clone)]
+pub enum ReceiptKeySource {
+    /// A key file, read at start (created if missing) and rewritten by a
+    /// rotation: the file is the truth, so a restart sees every rotation.
+    File(PathBuf),
+    /// Keys held in memory only (embedding, tests); rotations are lost
+    /// when the server stops.
+    Memory(Box<ReceiptKeyring>),
 }
 
 /// The listen backlog: connections the kernel has completed and queues
@@ -209,6 +232,14 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Runnin
         Some(files) => Some(Arc::new(ReloadableTls::load(files.clone())?)),
         None => None,
     };
+    // The receipt keys too: a damaged key file fails before the store opens.
+    let receipts = match &config.receipt_keys {
+        ReceiptKeySource::File(path) => receipt_keys::ReceiptKeys::new(
+            secrets::load_or_create_receipt_keys(path, engine::now())?,
+            Some(path.clone()),
+        ),
+        ReceiptKeySource::Memory(ring) => receipt_keys::ReceiptKeys::new((**ring).clone(), None),
+    };
     let store_config = StoreConfig {
         durability: config.durability,
         cache_bytes: config.cache_bytes,
@@ -220,7 +251,8 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Runnin
         .map_err(|e| ServerError::Join(e.to_string()))??;
     metrics::set_open_trades(store.open_trade_count());
     let hub = Arc::new(RelayHub::new(config.limits.relay_queue_depth));
-    let engine = Arc::new(Engine::new(store.clone(), hub.clone(), config.secret.clone(), config.limits.clone()));
+    let engine =
+        Arc::new(Engine::new(store.clone(), hub.clone(), config.secret.clone(), receipts, config.limits.clone()));
     let mode = if tls.is_some() { AuthMode::Certificates } else { AuthMode::Tokens };
     let auth = Arc::new(Authenticator::new(store, &config.admin_token, mode));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
