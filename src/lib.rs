@@ -18,9 +18,11 @@
 //!   gRPC clients.
 //! - [`codec`]: the prost codec that reports malformed requests as
 //!   `INVALID_ARGUMENT`.
+//! - [`hex`]: lowercase hex for key files and receipts in JSON.
 //! - [`pki`]: the development PKI (CA, server and client certificates).
 //! - [`proto`]: the generated `syncpay.v1` gRPC types.
-//! - [`register`]: the virtual register, the shop-side client library.
+//! - [`register`]: the virtual register, the shop-side client library,
+//!   and the offline receipt check (`register::verify_receipt`).
 //! - [`terminal_sim`]: a simulated carrier relay hosting simulated handsets
 //!   and browser phones.
 //! - [`web`]: the web pages (sample shop, handset page, operator console)
@@ -31,6 +33,7 @@ pub mod child;
 pub mod client;
 pub mod codec;
 pub mod domain;
+pub mod hex;
 pub mod identity;
 pub mod metrics;
 pub mod pki;
