@@ -1,10 +1,10 @@
 //! How the sled backend writes records: one version byte, then postcard.
 //! Each record type has its own version ([`Record::VERSION`]); a type whose
 //! layout changed decodes its older layouts too. A record of an unknown
-//! version or a malformed body is reported as corruption, never a panic. Events are stored compactly (only what can
-//! change about their trade afterwards) and joined with their trade when
-//! read; idempotency keys, prefixes, carrier terms and leases are records
-//! only this backend has.
+//! version or a malformed body is reported as corruption, never a panic.
+//! Events are stored compactly (only what can change about their trade
+//! afterwards) and joined with their trade when read; idempotency keys,
+//! prefixes, carrier terms and leases are records only this backend has.
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
