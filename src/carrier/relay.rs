@@ -50,6 +50,13 @@ pub fn queue_overflow(depth: usize) -> Status {
     ))
 }
 
+/// The status a relay stream ends with when the server shuts down: a
+/// carrier reconnects (to this server once it is back, or another node),
+/// and what it had not acknowledged is replayed.
+pub fn shutting_down() -> Status {
+    Status::unavailable("server is shutting down; reconnect, and unacknowledged messages are sent again")
+}
+
 impl RelayHub {
     /// A hub whose carriers may each have `depth` messages waiting.
     pub fn new(depth: usize) -> Self {

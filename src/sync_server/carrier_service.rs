@@ -9,7 +9,7 @@ use futures_core::Stream;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::carrier::relay::{to_relay_down, RelayDownStream, RelayHub};
+use crate::carrier::relay::{shutting_down, to_relay_down, RelayDownStream, RelayHub};
 use crate::domain::approval::key_sha256;
 use crate::domain::CarrierId;
 use crate::proto::{self, carrier_service_server::CarrierService};
@@ -159,7 +159,12 @@ impl CarrierService for CarrierApi {
             loop {
                 let next = tokio::select! {
                     m = inbound.message() => m,
-                    _ = stopped(&mut shutdown) => break,
+                    _ = stopped(&mut shutdown) => {
+                        // Say why, so the carrier reconnects rather than
+                        // taking a silent end for a fault of its own.
+                        hub.end(&carrier, link, shutting_down());
+                        break;
+                    }
                 };
                 let message = match next {
                     Ok(Some(m)) => m,
