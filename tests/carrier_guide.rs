@@ -356,3 +356,86 @@ async fn each_carrier_rpc_answers_the_codes_the_proto_lists() {
     let mut anonymous = CarrierServiceClient::new(w.t.channel().await);
     assert_eq!(code_of(anonymous.accept_shop(accept("acme")).await), Code::Unauthenticated);
 }
+
+/// Offers waiting in the outbox while the carrier was away.
+const BACKLOG: usize = 400;
+/// The relay queue for the backlog test: far below the backlog.
+const SMALL_QUEUE: usize = 8;
+
+/// A carrier that reconnects to a backlog larger than the relay queue and
+/// reads it as fast as the network lets it is not "too slow": a live
+/// message during the catch-up must not end the stream RESOURCE_EXHAUSTED.
+#[tokio::test]
+async fn a_catch_up_longer_than_the_relay_queue_survives_live_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = syncpay::sync_server::ServerConfig::from_data_dir(dir.path()).expect("config");
+    config.limits =
+        syncpay::sync_server::limits::Limits { relay_queue_depth: SMALL_QUEUE, ..common::functional_limits() };
+    let t = TestServer::start_with(config, dir.path().to_owned(), Some(dir)).await;
+    let shop_token = t.create_shop("acme", "Acme Books").await;
+    let carrier_token = t.create_carrier("docomo", "Docomo").await;
+    common::enroll_with_key(&mut t.carrier(&carrier_token).await, PAYER, &key()).await;
+    let shop = t.shop(&shop_token).await;
+    let register_id = shop
+        .clone()
+        .open_register(proto::OpenRegisterRequest { label: "till".into() })
+        .await
+        .expect("register")
+        .into_inner()
+        .register_id;
+    let request = |n: usize| proto::CreateTradeRequest {
+        register_id: register_id.clone(),
+        amount_minor: 100,
+        currency: "JPY".into(),
+        description: format!("backlog {n}"),
+        ttl_seconds: 600,
+        idempotency_key: String::new(),
+        payer: Some(proto::create_trade_request::Payer::SubscriberNumber(PAYER.into())),
+    };
+    let mut creating = tokio::task::JoinSet::new();
+    for n in 0..BACKLOG {
+        let (mut shop, request) = (shop.clone(), request(n));
+        creating.spawn(async move { shop.create_trade(request).await.expect("create").into_inner().trade_id });
+    }
+    let mut waiting: std::collections::HashSet<String> = creating.join_all().await.into_iter().collect();
+
+    // A stream window of 64 KiB (HTTP/2's default; tonic's is larger)
+    // makes the catch-up wait on the network, as over a real link.
+    let channel = tonic::transport::Endpoint::from_shared(t.server.url())
+        .expect("url")
+        .initial_stream_window_size(65_535)
+        .connect()
+        .await
+        .expect("connect");
+    let client = CarrierServiceClient::new(syncpay::client::with_token(channel, &carrier_token).expect("token"));
+    let mut stream = RawStream::open(client).await;
+    let first = tokio::time::timeout(WAIT, stream.down.message()).await.expect("first").expect("ok").expect("some");
+    assert!(matches!(first.body, Some(relay_down::Body::Offer(_))));
+    // A live offer while the catch-up is under way.
+    let mut shop = shop.clone();
+    let live = shop.create_trade(request(BACKLOG)).await.expect("create").into_inner().trade_id;
+    waiting.insert(live);
+    let note = |waiting: &mut std::collections::HashSet<String>, m: proto::RelayDown| {
+        if let Some(relay_down::Body::Offer(o)) = m.body {
+            waiting.remove(&o.trade_id);
+        }
+    };
+    note(&mut waiting, first);
+    while !waiting.is_empty() {
+        match tokio::time::timeout(WAIT, stream.down.message()).await.expect("the catch-up stalled") {
+            Ok(Some(m)) => note(&mut waiting, m),
+            Ok(None) => panic!("the stream ended with {} offers still to come", waiting.len()),
+            Err(status) => panic!("the stream ended {status:?} with {} offers still to come", waiting.len()),
+        }
+    }
+    // Caught up, the same stream still carries live offers.
+    let after = shop.create_trade(request(BACKLOG + 1)).await.expect("create").into_inner().trade_id;
+    loop {
+        match tokio::time::timeout(WAIT, stream.down.message()).await.expect("no live offer after the catch-up") {
+            Ok(Some(proto::RelayDown { body: Some(relay_down::Body::Offer(o)), .. })) if o.trade_id == after => break,
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended after the catch-up"),
+            Err(status) => panic!("the stream ended {status:?} after the catch-up"),
+        }
+    }
+}

@@ -17,8 +17,10 @@ use crate::proto;
 use crate::store::{Delivery, DeliveryBody};
 use crate::sync_server::metrics;
 
-/// Messages waiting for one carrier's stream. A carrier that falls this far
-/// behind is disconnected and catches up from the outbox on reconnect.
+/// Live messages waiting for one carrier's stream. A carrier that falls
+/// this far behind live traffic is disconnected and catches up from the
+/// outbox on reconnect (the catch-up itself has its own buffer,
+/// [`REPLAY_BUFFER`], and never counts against this).
 pub const RELAY_QUEUE_DEPTH: usize = 1024;
 
 pub type RelaySender = mpsc::Sender<Result<proto::RelayDown, Status>>;
@@ -146,11 +148,22 @@ impl CarrierGateway for RelayHub {
     }
 }
 
-/// A relay stream's outgoing side: what the queue holds, then, if the hub
-/// dropped the link because the queue overflowed, `RESOURCE_EXHAUSTED`
-/// naming the limit (instead of a silent end).
+/// Replayed outbox messages read ahead of the carrier on a new stream.
+/// The replay waits for room here (it is paced by the carrier, however
+/// long the outbox), so this bounds memory, not the outbox.
+pub const REPLAY_BUFFER: usize = 64;
+
+/// A relay stream's outgoing side. Two sources: the live queue the hub
+/// feeds (bounded, never waited on: a full one means the carrier does not
+/// keep up with live traffic), and the outbox replay of a new stream (its
+/// own channel, which the replay waits on). Live messages go first, so a
+/// catch-up however long never fills the live queue. The stream ends when
+/// the hub lets go of the live queue; if that was because it overflowed,
+/// with `RESOURCE_EXHAUSTED` naming the limit (instead of a silent end).
 pub struct RelayDownStream {
-    rx: mpsc::Receiver<Result<proto::RelayDown, Status>>,
+    live: mpsc::Receiver<Result<proto::RelayDown, Status>>,
+    /// `None` once the replay has sent everything.
+    replay: Option<mpsc::Receiver<Result<proto::RelayDown, Status>>>,
     overflowed: Arc<AtomicBool>,
     depth: usize,
     done: bool,
@@ -158,11 +171,12 @@ pub struct RelayDownStream {
 
 impl RelayDownStream {
     pub fn new(
-        rx: mpsc::Receiver<Result<proto::RelayDown, Status>>,
+        live: mpsc::Receiver<Result<proto::RelayDown, Status>>,
+        replay: mpsc::Receiver<Result<proto::RelayDown, Status>>,
         overflowed: Arc<AtomicBool>,
         depth: usize,
     ) -> Self {
-        RelayDownStream { rx, overflowed, depth, done: false }
+        RelayDownStream { live, replay: Some(replay), overflowed, depth, done: false }
     }
 }
 
@@ -173,16 +187,27 @@ impl futures_core::Stream for RelayDownStream {
         if self.done {
             return Poll::Ready(None);
         }
-        match self.rx.poll_recv(cx) {
+        match self.live.poll_recv(cx) {
+            Poll::Ready(Some(item)) => return Poll::Ready(Some(item)),
             Poll::Ready(None) => {
                 self.done = true;
                 if self.overflowed.load(Ordering::Acquire) {
                     return Poll::Ready(Some(Err(queue_overflow(self.depth))));
                 }
-                Poll::Ready(None)
+                return Poll::Ready(None);
             }
-            other => other,
+            Poll::Pending => {}
         }
+        // Nothing live: the replay, if it is still going. Its end is not
+        // the stream's (the live receiver's waker is registered above).
+        if let Some(replay) = self.replay.as_mut() {
+            match replay.poll_recv(cx) {
+                Poll::Ready(Some(item)) => return Poll::Ready(Some(item)),
+                Poll::Ready(None) => self.replay = None,
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
     }
 }
 
@@ -277,6 +302,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn live_messages_go_before_the_replay_whose_end_is_not_the_streams() {
+        let carrier = CarrierId::parse("docomo").expect("valid");
+        let (live_tx, live_rx) = mpsc::channel(4);
+        let (replay_tx, replay_rx) = mpsc::channel(4);
+        for id in [1, 2] {
+            replay_tx.send(Ok(to_relay_down(&withdraw(&carrier, id)))).await.expect("room");
+        }
+        drop(replay_tx);
+        live_tx.send(Ok(to_relay_down(&withdraw(&carrier, 9)))).await.expect("room");
+        let mut stream = RelayDownStream::new(live_rx, replay_rx, Arc::new(AtomicBool::new(false)), 4);
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(stream.next().await.expect("item").expect("ok").delivery_id);
+        }
+        assert_eq!(ids, [9, 1, 2]);
+        // The replay is over; the stream waits for live messages.
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(20), stream.next()).await;
+        assert!(pending.is_err(), "the replay's end ended the stream: {pending:?}");
+        live_tx.send(Ok(to_relay_down(&withdraw(&carrier, 10)))).await.expect("room");
+        assert_eq!(stream.next().await.expect("item").expect("ok").delivery_id, 10);
+        drop(live_tx);
+        assert!(stream.next().await.is_none(), "the live queue's end is the stream's");
+    }
+
+    #[tokio::test]
     async fn a_full_relay_queue_ends_the_stream_resource_exhausted_naming_the_limit() {
         let _ = UnixMs(0);
         let hub = RelayHub::new(2);
@@ -288,7 +338,8 @@ mod tests {
         assert_eq!(hub.push(&withdraw(&carrier, 2)), PushResult::Queued);
         assert_eq!(hub.push(&withdraw(&carrier, 3)), PushResult::Dropped);
         assert!(!hub.is_connected(&carrier));
-        let items: Vec<_> = RelayDownStream::new(rx, overflowed, 2).collect().await;
+        let (_replay_tx, replay_rx) = mpsc::channel(1);
+        let items: Vec<_> = RelayDownStream::new(rx, replay_rx, overflowed, 2).collect().await;
         assert_eq!(items.len(), 3);
         assert!(items[..2].iter().all(|i| i.is_ok()));
         let status = items[2].as_ref().expect_err("ends with the limit");

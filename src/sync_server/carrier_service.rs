@@ -9,7 +9,7 @@ use futures_core::Stream;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::carrier::relay::{shutting_down, to_relay_down, RelayDownStream, RelayHub};
+use crate::carrier::relay::{shutting_down, to_relay_down, RelayDownStream, RelayHub, REPLAY_BUFFER};
 use crate::domain::approval::key_sha256;
 use crate::domain::CarrierId;
 use crate::proto::{self, carrier_service_server::CarrierService};
@@ -115,16 +115,16 @@ impl CarrierService for CarrierApi {
         let mut inbound = request.into_inner();
         let depth = self.hub.depth();
         let (tx, rx) = mpsc::channel(depth);
+        let (replay_tx, replay_rx) = mpsc::channel(REPLAY_BUFFER);
         let overflowed = Arc::new(AtomicBool::new(false));
         // Attach first, then replay the outbox: anything committed after the
         // replay's read is pushed live, so nothing falls between the two.
-        let link = self.hub.attach(&carrier, tx.clone(), overflowed.clone());
+        let link = self.hub.attach(&carrier, tx, overflowed.clone());
         tracing::info!(carrier = %carrier, link, "relay connected");
         metrics::relay_connected(true);
 
         let replay_engine = self.engine.clone();
         let replay_carrier = carrier.clone();
-        let replay_tx = tx.clone();
         tokio::spawn(async move {
             // Page through the whole outbox; sends wait for room, so the
             // replay is paced by the carrier.
@@ -149,7 +149,6 @@ impl CarrierService for CarrierApi {
                 after = last;
             }
         });
-        drop(tx);
 
         let engine = self.engine.clone();
         let hub = self.hub.clone();
@@ -199,7 +198,7 @@ impl CarrierService for CarrierApi {
             metrics::relay_connected(false);
             tracing::info!(carrier = %carrier, link, "relay disconnected");
         });
-        Ok(Response::new(Box::pin(RelayDownStream::new(rx, overflowed, depth)) as RelayStream))
+        Ok(Response::new(Box::pin(RelayDownStream::new(rx, replay_rx, overflowed, depth)) as RelayStream))
     }
 
     async fn enroll_subscriber(
