@@ -439,3 +439,32 @@ async fn a_catch_up_longer_than_the_relay_queue_survives_live_messages() {
         }
     }
 }
+
+/// A relay message that does not decode ends the stream INVALID_ARGUMENT
+/// (a carrier bug, said as such rather than a silent end).
+#[tokio::test]
+async fn an_undecodable_uplink_message_ends_the_stream_invalid_argument() {
+    let w = world().await;
+    let channel = w.t.authed(&w.carrier_token).await;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(1);
+    // Field 1 (ack) as a length-delimited value whose length runs past
+    // the end: not a RelayUp.
+    tx.send(vec![0x0a, 0x7f, 0x01]).await.expect("queued");
+    let path = http::uri::PathAndQuery::from_static("/syncpay.v1.CarrierService/Relay");
+    let response = grpc
+        .streaming(tonic::Request::new(ReceiverStream::new(rx)), path, common::raw::RawCodec)
+        .await
+        .expect("stream opens");
+    let mut down = response.into_inner();
+    let ended = loop {
+        match tokio::time::timeout(WAIT, down.message()).await.expect("the stream must end") {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::InvalidArgument, "{ended:?}");
+    drop(tx);
+}
