@@ -8,6 +8,8 @@
 //! - [`sync_server`]: gRPC services, trade orchestration, expiry, event
 //!   fan-out; `sync_server::start(config, listener)`.
 //! - [`carrier`]: the carrier-gateway trait and the relay-stream gateway.
+//! - [`conformance`]: the carrier conformance check: a sandbox playing
+//!   `CarrierService` for a relay under test, and the steps that judge it.
 //! - [`client`]: connecting (plaintext or mutual TLS) and authenticating
 //!   gRPC clients.
 //! - [`codec`]: the prost codec that reports malformed requests as
@@ -25,6 +27,7 @@
 pub mod carrier;
 pub mod client;
 pub mod codec;
+pub mod conformance;
 pub mod domain;
 pub mod hex;
 pub mod pki;
