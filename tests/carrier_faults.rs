@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::backends::{backends, BackendFactory};
 use common::TestServer;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -51,13 +52,6 @@ fn failure(t: &proto::Trade) -> FR {
 
 fn trade_id(t: &proto::Trade) -> TradeId {
     TradeId::parse(&t.trade_id).expect("trade id")
-}
-
-fn is_final(s: S) -> bool {
-    match s {
-        S::Settled | S::Declined | S::Expired | S::Cancelled | S::Failed => true,
-        S::Pending | S::Offered | S::Unspecified => false,
-    }
 }
 
 fn now_ms() -> i64 {
@@ -117,7 +111,7 @@ async fn shop_events(
         assert_eq!(e.kind, EventKind::StateChanged as i32, "{context}: {e:?}");
         let trade = e.trade.clone().expect("event carries the trade");
         assert!(trades.contains(&trade.trade_id), "{context}: event for a trade of another shop: {e:?}");
-        if is_final(state(&trade)) {
+        if state(&trade).is_final() {
             assert!(finished.insert(trade.trade_id.clone()), "{context}: a second final event for {}", trade.trade_id);
         }
         by_trade.entry(trade.trade_id).or_default().push(e);
@@ -140,8 +134,8 @@ fn check_trade_events(events: &[proto::TradeEvent], final_trade: &proto::Trade, 
     assert_eq!(states.first(), Some(&S::Pending), "{context}: {} {states:?}", final_trade.trade_id);
     assert_eq!(states.last(), Some(&state(final_trade)), "{context}: {} {states:?}", final_trade.trade_id);
     let ok = match states.as_slice() {
-        [S::Pending, f] => is_final(*f),
-        [S::Pending, S::Offered, f] => is_final(*f),
+        [S::Pending, f] => f.is_final(),
+        [S::Pending, S::Offered, f] => f.is_final(),
         _ => false,
     };
     assert!(ok, "{context}: {} has events {states:?}", final_trade.trade_id);
@@ -292,6 +286,12 @@ struct Placed {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_trades_over_a_faulty_carrier_end_once_and_on_time() {
+    for backend in backends() {
+        many_trades_over_a_faulty_carrier_end_once_and_on_time_on(backend).await;
+    }
+}
+
+async fn many_trades_over_a_faulty_carrier_end_once_and_on_time_on(backend: &'static BackendFactory) {
     let seed = match std::env::var(SEED_VAR) {
         Ok(text) => text.parse().expect("SYNCPAY_FAULT_SEED must be a u64"),
         Err(_) => rand::random(),
@@ -300,7 +300,7 @@ async fn many_trades_over_a_faulty_carrier_end_once_and_on_time() {
     eprintln!("carrier_faults: {context}");
     let started = tokio::time::Instant::now();
 
-    let t = TestServer::start().await;
+    let t = TestServer::start_on(backend).await;
     let carrier_token = t.create_carrier("docomo", "Docomo").await;
     let sim = Arc::new(
         CarrierSim::start_with(
@@ -642,8 +642,8 @@ struct World {
     register: VirtualRegister,
 }
 
-async fn world(config: SimConfig, handsets: &[(&str, Policy)]) -> World {
-    let t = TestServer::start().await;
+async fn world(backend: &'static BackendFactory, config: SimConfig, handsets: &[(&str, Policy)]) -> World {
+    let t = TestServer::start_on(backend).await;
     let shop_token = t.create_shop("acme", "Acme Books").await;
     let carrier_token = t.create_carrier("docomo", "Docomo").await;
     let sim = CarrierSim::start_with(t.channel().await, &carrier_token, config).expect("sim");
@@ -676,8 +676,14 @@ fn config(faults: Faults, reanswer_on_redelivery: bool) -> SimConfig {
 
 #[tokio::test]
 async fn a_lost_ack_is_redelivered_on_reconnect_not_on_a_timer() {
+    for backend in backends() {
+        a_lost_ack_is_redelivered_on_reconnect_not_on_a_timer_on(backend).await;
+    }
+}
+
+async fn a_lost_ack_is_redelivered_on_reconnect_not_on_a_timer_on(backend: &'static BackendFactory) {
     let lose_acks = Faults { acks: MessageFaults { drop: Chance::ALWAYS, ..MessageFaults::NONE }, ..Faults::NONE };
-    let w = world(config(lose_acks, false), &[(APPROVER, Policy::Approve), (IGNORER, Policy::Ignore)]).await;
+    let w = world(backend, config(lose_acks, false), &[(APPROVER, Policy::Approve), (IGNORER, Policy::Ignore)]).await;
 
     // An answer needs no ack: the trade settles straight from PENDING.
     let settled = w.register.charge(charge(APPROVER, 1_000, 10)).await.expect("charge");
@@ -724,9 +730,15 @@ async fn a_lost_ack_is_redelivered_on_reconnect_not_on_a_timer() {
 
 #[tokio::test]
 async fn a_lost_answer_leaves_the_trade_open_until_its_deadline() {
+    for backend in backends() {
+        a_lost_answer_leaves_the_trade_open_until_its_deadline_on(backend).await;
+    }
+}
+
+async fn a_lost_answer_leaves_the_trade_open_until_its_deadline_on(backend: &'static BackendFactory) {
     let lose_answers =
         Faults { answers: MessageFaults { drop: Chance::ALWAYS, ..MessageFaults::NONE }, ..Faults::NONE };
-    let w = world(config(lose_answers, true), &[(APPROVER, Policy::Approve)]).await;
+    let w = world(backend, config(lose_answers, true), &[(APPROVER, Policy::Approve)]).await;
     let t = w.register.charge(charge(APPROVER, 1_000, 1)).await.expect("charge");
     assert_eq!(state(&t), S::Expired);
     check_deadline(&t, "lost answer");
@@ -744,6 +756,12 @@ async fn a_lost_answer_leaves_the_trade_open_until_its_deadline() {
 
 #[tokio::test]
 async fn an_answer_lost_in_a_break_is_sent_again_with_the_redelivered_offer() {
+    for backend in backends() {
+        an_answer_lost_in_a_break_is_sent_again_with_the_redelivered_offer_on(backend).await;
+    }
+}
+
+async fn an_answer_lost_in_a_break_is_sent_again_with_the_redelivered_offer_on(backend: &'static BackendFactory) {
     // Acks never arrive, so offers stay in the outbox; every answer is held
     // back until another overtakes it, so a break loses it.
     let faults = Faults {
@@ -752,7 +770,7 @@ async fn an_answer_lost_in_a_break_is_sent_again_with_the_redelivered_offer() {
         max_hold: Duration::from_secs(30),
         ..Faults::NONE
     };
-    let w = world(config(faults, true), &[(APPROVER, Policy::Approve), (SECOND, Policy::Approve)]).await;
+    let w = world(backend, config(faults, true), &[(APPROVER, Policy::Approve), (SECOND, Policy::Approve)]).await;
     let first = w.register.create(charge(APPROVER, 1_000, 20)).await.expect("create");
     w.sim.wait_for_counters(WAIT, |c| c.answer_faults.held == 1).await.expect("answer held");
     w.sim.disconnect();

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{carrier, shop, TestServer};
+use syncpay::hex::encode as hex;
 use syncpay::register::{ChargeRequest, VirtualRegister};
 use syncpay::sync_server::limits::Limits;
 use syncpay::sync_server::rate_limit::Rate;
@@ -41,10 +42,6 @@ fn receipt_seed(data_dir: &std::path::Path) -> String {
     let seed = file["active"]["seed"].as_str().expect("seed").to_owned();
     assert_eq!(seed.len(), 64);
     seed
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The base64 body lines of a PEM private key.

@@ -12,6 +12,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::backends::{backends, BackendFactory};
 use common::binary::run;
 use common::manual_carrier::{payload_bytes, payload_bytes_v1, ManualCarrier};
 use common::TestServer;
@@ -42,8 +43,8 @@ struct World {
     carrier_token: String,
 }
 
-async fn world() -> World {
-    let t = TestServer::start().await;
+async fn world(backend: &'static BackendFactory) -> World {
+    let t = TestServer::start_on(backend).await;
     let shop_token = t.create_shop("acme", SHOP_NAME).await;
     t.create_shop("other", "Other Shop").await;
     let carrier_token = t.create_carrier("docomo", "Docomo").await;
@@ -97,7 +98,13 @@ fn ring_verifies(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
 
 #[tokio::test]
 async fn a_real_settlement_verifies_offline_independently_and_no_byte_can_change() {
-    let w = world().await;
+    for backend in backends() {
+        a_real_settlement_verifies_offline_independently_and_no_byte_can_change_on(backend).await;
+    }
+}
+
+async fn a_real_settlement_verifies_offline_independently_and_no_byte_can_change_on(backend: &'static BackendFactory) {
+    let w = world(backend).await;
     let trade = settle(&w, APPROVER, 1_200).await;
     let receipt = trade.receipt.clone().expect("receipt");
     let keys = w.register.receipt_keys().await.expect("keys");
@@ -198,7 +205,13 @@ async fn a_real_settlement_verifies_offline_independently_and_no_byte_can_change
 
 #[tokio::test]
 async fn a_signature_over_other_bytes_than_the_offer_carries_never_settles() {
-    let t = TestServer::start().await;
+    for backend in backends() {
+        a_signature_over_other_bytes_than_the_offer_carries_never_settles_on(backend).await;
+    }
+}
+
+async fn a_signature_over_other_bytes_than_the_offer_carries_never_settles_on(backend: &'static BackendFactory) {
+    let t = TestServer::start_on(backend).await;
     let shop_token = t.create_shop("acme", SHOP_NAME).await;
     let carrier_token = t.create_carrier("docomo", "Docomo").await;
     let key = SigningKey::from_bytes(&[21u8; 32]);
@@ -241,7 +254,13 @@ async fn a_signature_over_other_bytes_than_the_offer_carries_never_settles() {
 
 #[tokio::test]
 async fn rotation_keeps_old_receipts_verifiable_and_survives_a_restart() {
-    let w = world().await;
+    for backend in backends() {
+        rotation_keeps_old_receipts_verifiable_and_survives_a_restart_on(backend).await;
+    }
+}
+
+async fn rotation_keeps_old_receipts_verifiable_and_survives_a_restart_on(backend: &'static BackendFactory) {
+    let w = world(backend).await;
     let first = settle(&w, APPROVER, 100).await;
     let before = w.register.receipt_keys().await.expect("keys");
     let rotated = w.t.admin().await.rotate_receipt_key(proto::RotateReceiptKeyRequest {}).await.expect("rotate");
@@ -280,7 +299,13 @@ async fn rotation_keeps_old_receipts_verifiable_and_survives_a_restart() {
 
 #[tokio::test]
 async fn the_dispute_report_names_the_handset_that_signed_even_after_reenrollment() {
-    let w = world().await;
+    for backend in backends() {
+        the_dispute_report_names_the_handset_that_signed_even_after_reenrollment_on(backend).await;
+    }
+}
+
+async fn the_dispute_report_names_the_handset_that_signed_even_after_reenrollment_on(backend: &'static BackendFactory) {
+    let w = world(backend).await;
     let trade = settle(&w, APPROVER, 700).await;
     let signer_key = w.sim.handset(APPROVER).expect("handset").public_key;
     // The carrier enrolls a new key for the buyer afterwards.
@@ -346,7 +371,13 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_and_an_independent_python_check_verify_it_offline() {
-    let w = world().await;
+    for backend in backends() {
+        the_cli_and_an_independent_python_check_verify_it_offline_on(backend).await;
+    }
+}
+
+async fn the_cli_and_an_independent_python_check_verify_it_offline_on(backend: &'static BackendFactory) {
+    let w = world(backend).await;
     let trade = settle(&w, APPROVER, 1_500).await;
     let url = w.t.server.url();
     let dir = tempfile::tempdir().expect("tempdir");

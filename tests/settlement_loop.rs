@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::backends::{backends, BackendFactory};
 use common::{code_of, TestServer};
 use ed25519_dalek::{Signer, SigningKey};
 use syncpay::domain::approval::ApprovalPayload;
@@ -28,8 +29,8 @@ struct World {
     register: VirtualRegister,
 }
 
-async fn world(handsets: &[(&str, Policy, u64)]) -> World {
-    let t = TestServer::start().await;
+async fn world(backend: &'static BackendFactory, handsets: &[(&str, Policy, u64)]) -> World {
+    let t = TestServer::start_on(backend).await;
     let shop_token = t.create_shop("acme", "Acme Books").await;
     let carrier_token = t.create_carrier("docomo", "Docomo").await;
     let sim = CarrierSim::start(t.channel().await, &carrier_token).expect("sim");
@@ -65,14 +66,23 @@ const POOR: &str = "+818010000006";
 
 #[tokio::test]
 async fn every_outcome_with_balances_events_and_a_verified_ledger() {
-    let w = world(&[
-        (APPROVER, Policy::Approve, 10_000),
-        (DECLINER, Policy::Decline, 10_000),
-        (IGNORER, Policy::Ignore, 10_000),
-        (CANCELLEE, Policy::Ignore, 10_000),
-        (FORGER, Policy::BadSignature, 10_000),
-        (POOR, Policy::Approve, 500),
-    ])
+    for backend in backends() {
+        every_outcome_with_balances_events_and_a_verified_ledger_on(backend).await;
+    }
+}
+
+async fn every_outcome_with_balances_events_and_a_verified_ledger_on(backend: &'static BackendFactory) {
+    let w = world(
+        backend,
+        &[
+            (APPROVER, Policy::Approve, 10_000),
+            (DECLINER, Policy::Decline, 10_000),
+            (IGNORER, Policy::Ignore, 10_000),
+            (CANCELLEE, Policy::Ignore, 10_000),
+            (FORGER, Policy::BadSignature, 10_000),
+            (POOR, Policy::Approve, 500),
+        ],
+    )
     .await;
 
     let settled = w.register.charge(charge(APPROVER, 1_200, 60)).await.expect("charge");
@@ -201,7 +211,13 @@ async fn every_outcome_with_balances_events_and_a_verified_ledger() {
 
 #[tokio::test]
 async fn an_answer_sent_twice_settles_once() {
-    let w = world(&[(APPROVER, Policy::AnswerTwice, 5_000)]).await;
+    for backend in backends() {
+        an_answer_sent_twice_settles_once_on(backend).await;
+    }
+}
+
+async fn an_answer_sent_twice_settles_once_on(backend: &'static BackendFactory) {
+    let w = world(backend, &[(APPROVER, Policy::AnswerTwice, 5_000)]).await;
     let t = w.register.charge(charge(APPROVER, 1_000, 60)).await.expect("charge");
     assert_eq!(state(&t).0, S::Settled);
     let results = w.sim.wait_for_answer_results(trade_id(&t), 2, WAIT).await.expect("two results");
@@ -214,7 +230,13 @@ async fn an_answer_sent_twice_settles_once() {
 
 #[tokio::test]
 async fn a_late_approval_changes_nothing_and_is_told_why() {
-    let w = world(&[(APPROVER, Policy::ApproveAfter(Duration::from_millis(2_500)), 5_000)]).await;
+    for backend in backends() {
+        a_late_approval_changes_nothing_and_is_told_why_on(backend).await;
+    }
+}
+
+async fn a_late_approval_changes_nothing_and_is_told_why_on(backend: &'static BackendFactory) {
+    let w = world(backend, &[(APPROVER, Policy::ApproveAfter(Duration::from_millis(2_500)), 5_000)]).await;
     let t = w.register.charge(charge(APPROVER, 1_000, 1)).await.expect("charge");
     assert_eq!(state(&t).0, S::Expired);
     let result = w.sim.wait_for_answer_result(trade_id(&t), WAIT).await.expect("answer result");
@@ -229,7 +251,13 @@ async fn a_late_approval_changes_nothing_and_is_told_why() {
 /// connects and must receive the queued offer.
 #[tokio::test]
 async fn offers_wait_for_an_offline_carrier_and_arrive_when_it_connects() {
-    let t = TestServer::start().await;
+    for backend in backends() {
+        offers_wait_for_an_offline_carrier_and_arrive_when_it_connects_on(backend).await;
+    }
+}
+
+async fn offers_wait_for_an_offline_carrier_and_arrive_when_it_connects_on(backend: &'static BackendFactory) {
+    let t = TestServer::start_on(backend).await;
     let shop_token = t.create_shop("acme", "Acme Books").await;
     let carrier_token = t.create_carrier("docomo", "Docomo").await;
     let mut carrier = t.carrier(&carrier_token).await;
@@ -299,7 +327,13 @@ async fn offers_wait_for_an_offline_carrier_and_arrive_when_it_connects() {
 
 #[tokio::test]
 async fn acknowledged_state_survives_a_restart_and_open_trades_still_expire() {
-    let w = world(&[(APPROVER, Policy::Approve, 5_000), (IGNORER, Policy::Ignore, 5_000)]).await;
+    for backend in backends() {
+        acknowledged_state_survives_a_restart_and_open_trades_still_expire_on(backend).await;
+    }
+}
+
+async fn acknowledged_state_survives_a_restart_and_open_trades_still_expire_on(backend: &'static BackendFactory) {
+    let w = world(backend, &[(APPROVER, Policy::Approve, 5_000), (IGNORER, Policy::Ignore, 5_000)]).await;
     let settled = w.register.charge(charge(APPROVER, 1_000, 60)).await.expect("charge");
     let open = w.register.create(charge(IGNORER, 1_000, 2)).await.expect("create");
     let register_id = w.register.id();
@@ -329,7 +363,13 @@ async fn acknowledged_state_survives_a_restart_and_open_trades_still_expire() {
 
 #[tokio::test]
 async fn one_shop_cannot_touch_another_shops_trades() {
-    let w = world(&[(IGNORER, Policy::Ignore, 0)]).await;
+    for backend in backends() {
+        one_shop_cannot_touch_another_shops_trades_on(backend).await;
+    }
+}
+
+async fn one_shop_cannot_touch_another_shops_trades_on(backend: &'static BackendFactory) {
+    let w = world(backend, &[(IGNORER, Policy::Ignore, 0)]).await;
     let theirs = w.register.create(charge(IGNORER, 100, 60)).await.expect("create");
     let other_token = w.t.create_shop("mallory", "Mallory Mart").await;
     let mut other = w.t.shop(&other_token).await;
@@ -352,7 +392,13 @@ async fn one_shop_cannot_touch_another_shops_trades() {
 
 #[tokio::test]
 async fn registers_open_close_and_refuse_trades_when_closed() {
-    let w = world(&[(IGNORER, Policy::Ignore, 0)]).await;
+    for backend in backends() {
+        registers_open_close_and_refuse_trades_when_closed_on(backend).await;
+    }
+}
+
+async fn registers_open_close_and_refuse_trades_when_closed_on(backend: &'static BackendFactory) {
+    let w = world(backend, &[(IGNORER, Policy::Ignore, 0)]).await;
     let mut shop = w.t.shop(&w.shop_token).await;
     let open = w.register.create(charge(IGNORER, 100, 60)).await.expect("create");
     let close = proto::CloseRegisterRequest { register_id: w.register.id().to_string() };

@@ -303,7 +303,7 @@ fn screenshot_dir() -> PathBuf {
 fn metrics() -> MetricsSource {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full(syncpay::sync_server::metrics::TRADE_SETTLE_SECONDS.into()),
+            metrics_exporter_prometheus::Matcher::Full(syncpay::metrics::TRADE_SETTLE_SECONDS.into()),
             &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0],
         )
         .expect("buckets")

@@ -16,7 +16,7 @@ use syncpay::register::{verify_receipt, ReceiptKeySet};
 use syncpay::sync_server::error::ApiError;
 use syncpay::sync_server::limits::Limits;
 use syncpay::sync_server::requests::{self, FIELDS};
-use syncpay::sync_server::tls;
+use syncpay::identity;
 
 fn refused(e: ApiError) {
     match &e {
@@ -67,7 +67,7 @@ fuzz_target!(|data: &[u8]| {
         20 => check::<proto::AddCarrierPrefixesRequest, _>(bytes, requests::add_carrier_prefixes),
         21 => check::<proto::CreateCarrierRequest, _>(bytes, requests::create_carrier),
         22 => {
-            let _ = tls::principal_from_cert(bytes);
+            let _ = identity::principal_from_cert(bytes);
         }
         24 => check::<proto::DisputeTradeRequest, _>(bytes, requests::dispute_trade),
         25 => {
@@ -83,8 +83,8 @@ fuzz_target!(|data: &[u8]| {
         }
         _ => {
             if let Ok(text) = std::str::from_utf8(bytes) {
-                if let Ok(p) = tls::principal_from_uri(text) {
-                    assert_eq!(tls::identity_uri(&p), text, "an identity URI has one spelling");
+                if let Ok(p) = identity::principal_from_uri(text) {
+                    assert_eq!(identity::identity_uri(&p), text, "an identity URI has one spelling");
                 }
             }
         }

@@ -3,27 +3,35 @@
 //! that runs when a carrier connects.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 use tokio::sync::mpsc;
-use tonic::Status;
 
 use super::{CarrierGateway, PushResult};
 use crate::domain::{CarrierId, Decision};
+use crate::metrics;
 use crate::proto;
 use crate::store::{Delivery, DeliveryBody};
-use crate::sync_server::metrics;
 
-/// Live messages waiting for one carrier's stream. A carrier that falls
-/// this far behind live traffic is disconnected and catches up from the
-/// outbox on reconnect (the catch-up itself has its own buffer,
-/// [`REPLAY_BUFFER`], and never counts against this).
-pub const RELAY_QUEUE_DEPTH: usize = 1024;
+/// Why the server ends a carrier's relay stream: its last item.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// A newer stream of the same carrier replaced this one.
+    Replaced,
+    /// The server is shutting down: the carrier reconnects (to this server
+    /// once it is back, or another node) and gets what it had not
+    /// acknowledged again.
+    ShuttingDown,
+    /// The gRPC edge ended it, with the status it made (the carrier's
+    /// uplink was refused, or the outbox replay failed).
+    Edge(tonic::Status),
+}
 
-pub type RelaySender = mpsc::Sender<Result<proto::RelayDown, Status>>;
+/// What waits in a relay stream's queue.
+pub type RelayItem = Result<proto::RelayDown, RelayEnd>;
+
+pub type RelaySender = mpsc::Sender<RelayItem>;
 
 struct Link {
     id: u64,
@@ -37,26 +45,6 @@ pub struct RelayHub {
     links: Mutex<HashMap<CarrierId, Link>>,
     next_link: AtomicU64,
     depth: usize,
-}
-
-impl Default for RelayHub {
-    fn default() -> Self {
-        RelayHub::new(RELAY_QUEUE_DEPTH)
-    }
-}
-
-/// The status a relay stream ends with when its queue overflowed.
-pub fn queue_overflow(depth: usize) -> Status {
-    Status::resource_exhausted(format!(
-        "relay queue depth: more than {depth} messages waited for this carrier; reconnect to resume from the outbox"
-    ))
-}
-
-/// The status a relay stream ends with when the server shuts down: a
-/// carrier reconnects (to this server once it is back, or another node),
-/// and what it had not acknowledged is replayed.
-pub fn shutting_down() -> Status {
-    Status::unavailable("server is shutting down; reconnect, and unacknowledged messages are sent again")
 }
 
 impl RelayHub {
@@ -78,18 +66,18 @@ impl RelayHub {
         if let Some(old) = old {
             // The old stream's receiver ends when its sender is dropped; tell
             // the carrier why first.
-            let _ = old.tx.try_send(Err(Status::aborted("replaced by a newer relay stream of this carrier")));
+            let _ = old.tx.try_send(Err(RelayEnd::Replaced));
         }
         id
     }
 
-    /// Ends the link (if it is still the current one) with `status` as the
+    /// Ends the link (if it is still the current one) with `end` as the
     /// stream's last message, e.g. why the carrier's uplink was refused.
-    pub fn end(&self, carrier: &CarrierId, link: u64, status: Status) {
+    pub fn end(&self, carrier: &CarrierId, link: u64, end: RelayEnd) {
         let mut links = self.lock();
         if links.get(carrier).is_some_and(|l| l.id == link) {
             if let Some(l) = links.remove(carrier) {
-                let _ = l.tx.try_send(Err(status));
+                let _ = l.tx.try_send(Err(end));
             }
         }
     }
@@ -115,7 +103,7 @@ impl RelayHub {
         };
         match link.tx.try_send(Ok(message)) {
             Ok(()) => {
-                metrics::relay_queue_depth(carrier.as_str(), RELAY_QUEUE_DEPTH.saturating_sub(link.tx.capacity()));
+                metrics::relay_queue_depth(carrier.as_str(), self.depth.saturating_sub(link.tx.capacity()));
                 PushResult::Queued
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -145,69 +133,6 @@ impl CarrierGateway for RelayHub {
 
     fn is_connected(&self, carrier: &CarrierId) -> bool {
         self.lock().contains_key(carrier)
-    }
-}
-
-/// Replayed outbox messages read ahead of the carrier on a new stream.
-/// The replay waits for room here (it is paced by the carrier, however
-/// long the outbox), so this bounds memory, not the outbox.
-pub const REPLAY_BUFFER: usize = 64;
-
-/// A relay stream's outgoing side. Two sources: the live queue the hub
-/// feeds (bounded, never waited on: a full one means the carrier does not
-/// keep up with live traffic), and the outbox replay of a new stream (its
-/// own channel, which the replay waits on). Live messages go first, so a
-/// catch-up however long never fills the live queue. The stream ends when
-/// the hub lets go of the live queue; if that was because it overflowed,
-/// with `RESOURCE_EXHAUSTED` naming the limit (instead of a silent end).
-pub struct RelayDownStream {
-    live: mpsc::Receiver<Result<proto::RelayDown, Status>>,
-    /// `None` once the replay has sent everything.
-    replay: Option<mpsc::Receiver<Result<proto::RelayDown, Status>>>,
-    overflowed: Arc<AtomicBool>,
-    depth: usize,
-    done: bool,
-}
-
-impl RelayDownStream {
-    pub fn new(
-        live: mpsc::Receiver<Result<proto::RelayDown, Status>>,
-        replay: mpsc::Receiver<Result<proto::RelayDown, Status>>,
-        overflowed: Arc<AtomicBool>,
-        depth: usize,
-    ) -> Self {
-        RelayDownStream { live, replay: Some(replay), overflowed, depth, done: false }
-    }
-}
-
-impl futures_core::Stream for RelayDownStream {
-    type Item = Result<proto::RelayDown, Status>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        match self.live.poll_recv(cx) {
-            Poll::Ready(Some(item)) => return Poll::Ready(Some(item)),
-            Poll::Ready(None) => {
-                self.done = true;
-                if self.overflowed.load(Ordering::Acquire) {
-                    return Poll::Ready(Some(Err(queue_overflow(self.depth))));
-                }
-                return Poll::Ready(None);
-            }
-            Poll::Pending => {}
-        }
-        // Nothing live: the replay, if it is still going. Its end is not
-        // the stream's (the live receiver's waker is registered above).
-        if let Some(replay) = self.replay.as_mut() {
-            match replay.poll_recv(cx) {
-                Poll::Ready(Some(item)) => return Poll::Ready(Some(item)),
-                Poll::Ready(None) => self.replay = None,
-                Poll::Pending => {}
-            }
-        }
-        Poll::Pending
     }
 }
 
@@ -246,7 +171,7 @@ pub fn to_relay_down(delivery: &Delivery) -> proto::RelayDown {
         DeliveryBody::Withdraw { trade, payer, state } => proto::relay_down::Body::Withdraw(proto::Withdraw {
             trade_id: trade.to_string(),
             subscriber_number: payer.as_str().to_owned(),
-            state: crate::sync_server::convert::state_to_proto(*state) as i32,
+            state: proto::TradeState::from(*state) as i32,
         }),
     };
     proto::RelayDown { delivery_id: delivery.delivery_id, body: Some(body) }
@@ -257,7 +182,6 @@ mod tests {
     use super::*;
     use crate::domain::{TradeId, UnixMs};
     use crate::store::DeliveryBody;
-    use tokio_stream::StreamExt;
 
     fn withdraw(carrier: &CarrierId, id: u64) -> Delivery {
         Delivery {
@@ -301,49 +225,57 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn live_messages_go_before_the_replay_whose_end_is_not_the_streams() {
-        let carrier = CarrierId::parse("docomo").expect("valid");
-        let (live_tx, live_rx) = mpsc::channel(4);
-        let (replay_tx, replay_rx) = mpsc::channel(4);
-        for id in [1, 2] {
-            replay_tx.send(Ok(to_relay_down(&withdraw(&carrier, id)))).await.expect("room");
-        }
-        drop(replay_tx);
-        live_tx.send(Ok(to_relay_down(&withdraw(&carrier, 9)))).await.expect("room");
-        let mut stream = RelayDownStream::new(live_rx, replay_rx, Arc::new(AtomicBool::new(false)), 4);
-        let mut ids = Vec::new();
-        for _ in 0..3 {
-            ids.push(stream.next().await.expect("item").expect("ok").delivery_id);
-        }
-        assert_eq!(ids, [9, 1, 2]);
-        // The replay is over; the stream waits for live messages.
-        let pending = tokio::time::timeout(std::time::Duration::from_millis(20), stream.next()).await;
-        assert!(pending.is_err(), "the replay's end ended the stream: {pending:?}");
-        live_tx.send(Ok(to_relay_down(&withdraw(&carrier, 10)))).await.expect("room");
-        assert_eq!(stream.next().await.expect("item").expect("ok").delivery_id, 10);
-        drop(live_tx);
-        assert!(stream.next().await.is_none(), "the live queue's end is the stream's");
+    /// Keeps the last value each gauge was set to, by metric name.
+    #[derive(Default)]
+    struct Gauges(Arc<Mutex<HashMap<String, f64>>>);
+
+    struct GaugeCell {
+        name: String,
+        values: Arc<Mutex<HashMap<String, f64>>>,
     }
 
-    #[tokio::test]
-    async fn a_full_relay_queue_ends_the_stream_resource_exhausted_naming_the_limit() {
-        let _ = UnixMs(0);
-        let hub = RelayHub::new(2);
+    impl ::metrics::GaugeFn for GaugeCell {
+        fn increment(&self, value: f64) {
+            *self.values.lock().expect("lock").entry(self.name.clone()).or_default() += value;
+        }
+        fn decrement(&self, value: f64) {
+            *self.values.lock().expect("lock").entry(self.name.clone()).or_default() -= value;
+        }
+        fn set(&self, value: f64) {
+            self.values.lock().expect("lock").insert(self.name.clone(), value);
+        }
+    }
+
+    impl ::metrics::Recorder for Gauges {
+        fn describe_counter(&self, _: ::metrics::KeyName, _: Option<::metrics::Unit>, _: ::metrics::SharedString) {}
+        fn describe_gauge(&self, _: ::metrics::KeyName, _: Option<::metrics::Unit>, _: ::metrics::SharedString) {}
+        fn describe_histogram(&self, _: ::metrics::KeyName, _: Option<::metrics::Unit>, _: ::metrics::SharedString) {}
+        fn register_counter(&self, _: &::metrics::Key, _: &::metrics::Metadata<'_>) -> ::metrics::Counter {
+            ::metrics::Counter::noop()
+        }
+        fn register_gauge(&self, key: &::metrics::Key, _: &::metrics::Metadata<'_>) -> ::metrics::Gauge {
+            ::metrics::Gauge::from_arc(Arc::new(GaugeCell { name: key.name().to_owned(), values: self.0.clone() }))
+        }
+        fn register_histogram(&self, _: &::metrics::Key, _: &::metrics::Metadata<'_>) -> ::metrics::Histogram {
+            ::metrics::Histogram::noop()
+        }
+    }
+
+    /// The queue-depth gauge counts the messages waiting in the queue the
+    /// hub was built with, whatever `relay_queue_depth` is configured to.
+    #[test]
+    fn the_queue_depth_gauge_counts_what_waits_in_a_configured_queue() {
+        let gauges = Gauges::default();
+        let hub = RelayHub::new(8);
         let carrier = CarrierId::parse("docomo").expect("valid");
-        let (tx, rx) = mpsc::channel(hub.depth());
-        let overflowed = Arc::new(AtomicBool::new(false));
-        hub.attach(&carrier, tx, overflowed.clone());
-        assert_eq!(hub.push(&withdraw(&carrier, 1)), PushResult::Queued);
-        assert_eq!(hub.push(&withdraw(&carrier, 2)), PushResult::Queued);
-        assert_eq!(hub.push(&withdraw(&carrier, 3)), PushResult::Dropped);
-        assert!(!hub.is_connected(&carrier));
-        let (_replay_tx, replay_rx) = mpsc::channel(1);
-        let items: Vec<_> = RelayDownStream::new(rx, replay_rx, overflowed, 2).collect().await;
-        assert_eq!(items.len(), 3);
-        assert!(items[..2].iter().all(|i| i.is_ok()));
-        let status = items[2].as_ref().expect_err("ends with the limit");
-        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
-        assert!(status.message().starts_with("relay queue depth: more than 2 messages"), "{}", status.message());
+        let (tx, _rx) = mpsc::channel(hub.depth());
+        hub.attach(&carrier, tx, Arc::new(AtomicBool::new(false)));
+        ::metrics::with_local_recorder(&gauges, || {
+            for (id, waiting) in [(1, 1.0), (2, 2.0), (3, 3.0)] {
+                assert_eq!(hub.push(&withdraw(&carrier, id)), PushResult::Queued);
+                let depth = gauges.0.lock().expect("lock").get("syncpay_relay_queue_depth").copied();
+                assert_eq!(depth, Some(waiting), "after {id} pushes into a queue of 8");
+            }
+        });
     }
 }

@@ -19,7 +19,7 @@ use syncpay::domain::receipt::handset_commitment;
 use syncpay::domain::{Amount, Currency, Decision, ScreenText, ShopId, SubscriberNumber, TradeId, UnixMs};
 use syncpay::proto::admin_service_client::AdminServiceClient;
 use syncpay::proto::register_service_client::RegisterServiceClient;
-use syncpay::proto::{self, FailureReason, TradeState};
+use syncpay::proto::{self, state_name, FailureReason, TradeState};
 use syncpay::register::{verify_trade_receipt, ChargeRequest, ReceiptKeySet, VirtualRegister};
 use syncpay::sync_server::{self, ServerConfig};
 use syncpay::terminal_sim::{CarrierSim, Policy, SimEvent};
@@ -656,7 +656,7 @@ fn check_receipt(
         verified.commitment == handset_commitment(trade_id, public_key) && signed,
         format!(
             "dispute: the revealed handset key matches the commitment {}… and signed the payload",
-            hex(&verified.commitment[..6])
+            syncpay::hex::encode(&verified.commitment[..6])
         ),
     );
 }
@@ -878,28 +878,12 @@ fn describe(e: &SimEvent) -> String {
 }
 
 fn is_final_state(state: i32) -> bool {
-    match TradeState::try_from(state) {
-        Ok(
-            TradeState::Settled
-            | TradeState::Declined
-            | TradeState::Expired
-            | TradeState::Cancelled
-            | TradeState::Failed,
-        ) => true,
-        Ok(TradeState::Unspecified | TradeState::Pending | TradeState::Offered) | Err(_) => false,
-    }
+    TradeState::try_from(state).is_ok_and(TradeState::is_final)
 }
 
-fn state_name(state: i32) -> &'static str {
-    TradeState::try_from(state).map_or("(unknown state)", |s| s.as_str_name().trim_start_matches("TRADE_STATE_"))
-}
-
+/// A failure reason by name, `none` for none.
 fn reason_name(reason: i32) -> &'static str {
-    match FailureReason::try_from(reason) {
-        Ok(FailureReason::Unspecified) => "none",
-        Ok(r) => r.as_str_name().trim_start_matches("FAILURE_REASON_"),
-        Err(_) => "(unknown reason)",
-    }
+    proto::reason_name(reason).unwrap_or("none")
 }
 
 /// `FAILED (BAD_SIGNATURE)`, or just the state when there is no reason.
@@ -937,8 +921,4 @@ fn signed(currency: Currency, minor: i64) -> String {
     } else {
         text
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use syncpay::store::Durability;
+use syncpay::store::sled::Durability;
 use syncpay::sync_server::{self, ServerConfig};
 
 use super::serve_config::{self, Flags, ServeConfig};

@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::json;
 use syncpay::domain::{Amount, Currency, PayloadVersion, RegisterId, ScreenText, ShopId, TradeId};
-use syncpay::proto::{self, register_service_client::RegisterServiceClient};
+use syncpay::proto::{self, register_service_client::RegisterServiceClient, state_name};
 use syncpay::register::{
     is_final, receipt_from_json, receipt_to_json, verify_receipt, verify_trade_receipt, ChargeRequest, ReceiptKeySet,
     VerifiedReceipt, VirtualRegister,
@@ -430,7 +430,7 @@ fn output_verified(v: &VerifiedReceipt, screen_checked: bool, json_out: bool) {
             "payload_version": version,
             "binding_code": binding,
             "receipt_key_id": v.key_id.to_string(),
-            "handset_commitment": hex(&v.commitment),
+            "handset_commitment": syncpay::hex::encode(&v.commitment),
             "screen_checked": screen_checked,
         }));
         return;
@@ -449,7 +449,7 @@ fn output_verified(v: &VerifiedReceipt, screen_checked: bool, json_out: bool) {
     if screen_checked {
         println!("screen   the signed screen digest matches the given name, label and description");
     }
-    println!("handset  commitment {}", hex(&v.commitment));
+    println!("handset  commitment {}", syncpay::hex::encode(&v.commitment));
 }
 
 /// The inverse of [`trade_json`] for the fields a receipt check compares.
@@ -555,16 +555,9 @@ fn settled_or_exit(trade: &proto::Trade) -> anyhow::Result<()> {
     Err(Exit::negative(format!("trade {} is still {}", trade.trade_id, state_name(trade.state))))
 }
 
-fn state_name(state: i32) -> &'static str {
-    proto::TradeState::try_from(state)
-        .map_or("UNKNOWN", |s| s.as_str_name().strip_prefix("TRADE_STATE_").unwrap_or("UNKNOWN"))
-}
-
+/// A failure reason by name, empty for none.
 fn failure_name(reason: i32) -> &'static str {
-    match proto::FailureReason::try_from(reason) {
-        Ok(proto::FailureReason::Unspecified) | Err(_) => "",
-        Ok(r) => r.as_str_name().strip_prefix("FAILURE_REASON_").unwrap_or(""),
-    }
+    proto::reason_name(reason).unwrap_or("")
 }
 
 fn money(minor: u64, currency: &str) -> String {
@@ -572,10 +565,6 @@ fn money(minor: u64, currency: &str) -> String {
         Ok(c) => c.format(Amount::new(minor)),
         Err(_) => format!("{minor} {currency}"),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A trade as JSON: every field of the wire message, enums by name,
@@ -627,7 +616,7 @@ fn output_trade(t: &proto::Trade, json: bool) {
         } else {
             println!(
                 "receipt  countersigned by receipt key {}; check it offline with `syncpay shop verify-receipt`",
-                hex(&r.receipt_key_id)
+                syncpay::hex::encode(&r.receipt_key_id)
             );
         }
     }

@@ -23,15 +23,16 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::carrier::relay::RelayEnd;
 use crate::domain::approval::{key_sha256, verify_bytes};
 use crate::domain::{
-    Amount, ApprovalPayload, CarrierId, Currency, Decision, PayloadVersion, RegisterId, ScreenText, ServerSecret,
-    ShopId, SubscriberNumber, TradeId, TradeState, UnixMs,
+    Amount, ApprovalPayload, CarrierId, Currency, Decision, PayloadVersion, Principal, RegisterId, ScreenText,
+    ServerSecret, ShopId, SubscriberNumber, TradeId, TradeState, UnixMs,
 };
+use crate::identity::principal_from_cert;
 use crate::proto::{self, carrier_service_server::CarrierService, carrier_service_server::CarrierServiceServer};
-use crate::store::Principal;
 use crate::sync_server::auth::token_hash;
-use crate::sync_server::error::ApiError;
+use crate::sync_server::error::{self, ApiError};
 use crate::sync_server::handshakes::HandshakeStats;
 use crate::sync_server::limits::{Limits, MAX_ECHOED_ID_CHARS};
 use crate::sync_server::requests::{self, Uplink};
@@ -339,7 +340,7 @@ impl Shared {
                 body: Some(proto::relay_down::Body::Withdraw(proto::Withdraw {
                     trade_id: trade.to_string(),
                     subscriber_number: payer.as_str().to_owned(),
-                    state: crate::sync_server::convert::state_to_proto(state) as i32,
+                    state: proto::TradeState::from(state) as i32,
                 })),
             };
             s.outbox.insert(delivery_id, down.clone());
@@ -375,7 +376,7 @@ impl Shared {
             s.streams = s.streams.saturating_add(1);
             let id = s.streams;
             if let Some(old) = s.current.replace(Link { id, tx }) {
-                let _ = old.tx.try_send(Err(Status::aborted("replaced by a newer relay stream of this carrier")));
+                let _ = old.tx.try_send(Err(error::relay_end(RelayEnd::Replaced)));
                 s.record(Event::Ended { stream: old.id, how: "replaced by a newer stream (ABORTED)".into() });
             }
             s.record(Event::Opened { stream: id });
@@ -460,7 +461,7 @@ fn verdict(
         |accepted: bool, state: TradeState, failure: proto::FailureReason, message: String| proto::AnswerResult {
             trade_id: trade_text.to_owned(),
             accepted,
-            state: crate::sync_server::convert::state_to_proto(state) as i32,
+            state: proto::TradeState::from(state) as i32,
             failure_reason: failure as i32,
             message,
         };
@@ -639,7 +640,7 @@ impl Sandbox {
     /// Ends the relay stream (UNAVAILABLE, as a server shutting down) and
     /// stops serving.
     pub async fn shutdown(self) {
-        self.shared.end_current(crate::carrier::relay::shutting_down());
+        self.shared.end_current(error::relay_end(RelayEnd::ShuttingDown));
         let _ = self.stop.send(true);
         let mut serve = self.serve;
         if tokio::time::timeout(SHUTDOWN_GRACE, &mut serve).await.is_err() {
@@ -663,22 +664,24 @@ fn interceptor(
     move |request: Request<()>| {
         let refusal = match auth.as_ref() {
             Auth::Token(expected) => match request.metadata().get("authorization").map(|v| v.to_str()) {
-                None => Some(ApiError::Unauthenticated("missing authorization: Bearer <token>")),
-                Some(Err(_)) => Some(ApiError::Unauthenticated("authorization is not text")),
+                None => Some(ApiError::Unauthenticated("missing authorization: Bearer <token>".into())),
+                Some(Err(_)) => Some(ApiError::Unauthenticated("authorization is not text".into())),
                 Some(Ok(text)) => match text.strip_prefix("Bearer ") {
-                    None => Some(ApiError::Unauthenticated("authorization must be 'Bearer <token>'")),
+                    None => Some(ApiError::Unauthenticated("authorization must be 'Bearer <token>'".into())),
                     Some(token) if token_hash(token) == *expected => None,
-                    Some(_) => Some(ApiError::Unauthenticated("unknown credential")),
+                    Some(_) => Some(ApiError::Unauthenticated("unknown credential".into())),
                 },
             },
             Auth::Certificate => {
                 let leaf = request.peer_certs().and_then(|c| c.first().map(|d| d.as_ref().to_vec()));
-                match leaf.map(|der| tls::principal_from_cert(&der)) {
-                    None => Some(ApiError::Unauthenticated("a client certificate is required")),
-                    Some(Err(_)) => Some(ApiError::Unauthenticated("the client certificate names no syncpay party")),
+                match leaf.map(|der| principal_from_cert(&der)) {
+                    None => Some(ApiError::Unauthenticated("a client certificate is required".into())),
+                    Some(Err(_)) => {
+                        Some(ApiError::Unauthenticated("the client certificate names no syncpay party".into()))
+                    }
                     Some(Ok(Principal::Carrier(id))) if id == carrier => None,
                     Some(Ok(Principal::Carrier(_))) => {
-                        Some(ApiError::Unauthenticated("the client certificate names another carrier"))
+                        Some(ApiError::Unauthenticated("the client certificate names another carrier".into()))
                     }
                     Some(Ok(Principal::Shop(_) | Principal::Admin)) => {
                         Some(ApiError::PermissionDenied("this service needs a carrier credential"))
@@ -690,7 +693,7 @@ fn interceptor(
             None => Ok(request),
             Some(e) => {
                 shared.refused(e.to_string());
-                Err(e.into())
+                Err(error::status(e))
             }
         }
     }
@@ -767,7 +770,7 @@ impl CarrierService for SandboxService {
             true
         });
         if !known {
-            return Err(ApiError::NotFound("subscriber").into());
+            return Err(error::status(ApiError::NotFound("subscriber")));
         }
         Ok(Response::new(proto::EnrollHandsetResponse { key_sha256: digest.to_vec() }))
     }
@@ -817,7 +820,7 @@ impl CarrierService for SandboxService {
                 monthly_cap_minor: e.monthly_cap_minor,
                 ..Default::default()
             })),
-            _ => Err(ApiError::NotFound("carrier-billed subscriber").into()),
+            _ => Err(error::status(ApiError::NotFound("carrier-billed subscriber"))),
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::domain::{
     SubscriberNumber, TradeId, TradeState, UnixMs,
 };
 use crate::proto;
+use crate::sync_server::error::{self, ApiError};
 
 /// How long every sandbox trade stays open: the server's default, far
 /// longer than any step.
@@ -499,8 +500,9 @@ impl Check<'_> {
         };
         let since = self.mark();
         let (trade, delivery) = self.shared.offer(&self.subscribers.approver, &RECONNECT_TERMS, TRADE_TTL, true);
-        self.shared
-            .end_current(tonic::Status::unavailable("conformance sandbox: the stream is broken on purpose; reconnect"));
+        self.shared.end_current(error::status(ApiError::Unavailable(
+            "conformance sandbox: the stream is broken on purpose; reconnect".into(),
+        )));
         let broke = tokio::time::Instant::now();
         let new = self
             .shared

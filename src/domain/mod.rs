@@ -13,7 +13,7 @@ pub mod trade;
 pub use approval::{
     ApprovalPayload, BindingCode, Decision, PayloadVersion, ScreenText, ServerSecret, ED25519_SIGNATURE_LEN,
 };
-pub use ids::{CarrierId, IdError, RegisterId, ShopId, SubscriberNumber, TradeId};
+pub use ids::{CarrierId, IdError, Principal, RegisterId, ShopId, SubscriberNumber, TradeId};
 pub use ledger::{AccountName, Balance, LedgerError, Leg, PostingSet, Side};
 pub use money::{Amount, Currency, MoneyError};
 pub use network::{carrier_fee, IpKey, IpPrefix, Month, NetworkError, PortRange};

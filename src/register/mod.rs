@@ -131,17 +131,7 @@ impl ChargeRequest {
 /// The domain state of a trade as the server reported it; `None` for
 /// `UNSPECIFIED` or a value this client does not know.
 pub fn trade_state(trade: &proto::Trade) -> Option<TradeState> {
-    let state = proto::TradeState::try_from(trade.state).ok()?;
-    match state {
-        proto::TradeState::Unspecified => None,
-        proto::TradeState::Pending => Some(TradeState::Pending),
-        proto::TradeState::Offered => Some(TradeState::Offered),
-        proto::TradeState::Settled => Some(TradeState::Settled),
-        proto::TradeState::Declined => Some(TradeState::Declined),
-        proto::TradeState::Expired => Some(TradeState::Expired),
-        proto::TradeState::Cancelled => Some(TradeState::Cancelled),
-        proto::TradeState::Failed => Some(TradeState::Failed),
-    }
+    proto::TradeState::try_from(trade.state).ok()?.to_domain()
 }
 
 /// True once the trade is SETTLED, DECLINED, EXPIRED, CANCELLED or FAILED.

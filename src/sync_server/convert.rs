@@ -5,13 +5,13 @@
 use crate::domain::approval::ServerSecret;
 use crate::domain::receipt::{handset_commitment, PublishedKey, STATEMENT_VERSION};
 use crate::domain::{
-    Amount, CarrierId, Currency, Decision, FailureReason, IpKey, IpPrefix, Month, PortRange, RegisterId, ShopId,
-    SubscriberNumber, TradeId, TradeState, UnixMs,
+    Amount, CarrierId, Currency, Decision, IpKey, IpPrefix, Month, PortRange, RegisterId, ShopId, SubscriberNumber,
+    TradeId, UnixMs,
 };
 use crate::proto;
 use crate::store::{
-    AccountRecord, EventKind, EventRecord, LeaseReport, NetworkIdentity, PostingRecord, Receipt, RegisterRecord,
-    StatementData, TradeRecord,
+    AccountRecord, EventKind, EventRecord, Funding, LeaseReport, NetworkIdentity, PostingRecord, Receipt,
+    RegisterRecord, StatementData, TradeRecord,
 };
 
 use super::error::ApiError;
@@ -165,10 +165,8 @@ pub fn month(field: &'static str, text: &str) -> Result<Month, ApiError> {
 /// bill, shop names included.
 pub fn statement_to_proto(s: &StatementData, month: Month) -> proto::Statement {
     let (currency, cap) = match &s.subscriber.funding {
-        crate::store::Funding::CarrierBill { currency, monthly_cap } => {
-            (currency.code().to_owned(), monthly_cap.minor())
-        }
-        crate::store::Funding::Wallet => (String::new(), 0),
+        Funding::CarrierBill { currency, monthly_cap } => (currency.code().to_owned(), monthly_cap.minor()),
+        Funding::Wallet => (String::new(), 0),
     };
     let mut out = proto::Statement {
         subscriber_number: s.subscriber.number.as_str().to_owned(),
@@ -203,30 +201,6 @@ pub fn decision(field: &'static str, value: i32) -> Result<Decision, ApiError> {
     }
 }
 
-pub fn state_to_proto(state: TradeState) -> proto::TradeState {
-    match state {
-        TradeState::Pending => proto::TradeState::Pending,
-        TradeState::Offered => proto::TradeState::Offered,
-        TradeState::Settled => proto::TradeState::Settled,
-        TradeState::Declined => proto::TradeState::Declined,
-        TradeState::Expired => proto::TradeState::Expired,
-        TradeState::Cancelled => proto::TradeState::Cancelled,
-        TradeState::Failed => proto::TradeState::Failed,
-    }
-}
-
-pub fn failure_to_proto(reason: Option<FailureReason>) -> proto::FailureReason {
-    match reason {
-        None => proto::FailureReason::Unspecified,
-        Some(FailureReason::InsufficientFunds) => proto::FailureReason::InsufficientFunds,
-        Some(FailureReason::BadSignature) => proto::FailureReason::BadSignature,
-        Some(FailureReason::NoHandset) => proto::FailureReason::NoHandset,
-        Some(FailureReason::SpendingCap) => proto::FailureReason::SpendingCap,
-        Some(FailureReason::PayerUnknown) => proto::FailureReason::PayerUnknown,
-        Some(FailureReason::CarrierRefusedShop) => proto::FailureReason::CarrierRefusedShop,
-    }
-}
-
 /// Milliseconds for the wire (int64); saturates far beyond any real date.
 pub fn ms(t: crate::domain::UnixMs) -> i64 {
     i64::try_from(t.0).unwrap_or(i64::MAX)
@@ -240,8 +214,8 @@ pub fn trade_for_shop(t: &TradeRecord, secret: &ServerSecret) -> proto::Trade {
         amount_minor: t.request.amount.minor(),
         currency: t.request.currency.code().to_owned(),
         description: t.request.description.clone(),
-        state: state_to_proto(t.state) as i32,
-        failure_reason: failure_to_proto(t.failure) as i32,
+        state: proto::TradeState::from(t.state) as i32,
+        failure_reason: proto::FailureReason::from(t.failure) as i32,
         binding_code: t.binding_code.clone(),
         created_at_ms: ms(t.created_at),
         expires_at_ms: ms(t.expires_at),

@@ -9,8 +9,18 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::domain::receipt::{KeyringError, PublishedKey, ReceiptKeyId, ReceiptKeyring, ReceiptSigner};
 use crate::domain::UnixMs;
 
-use super::error::ApiError;
 use super::secrets;
+
+/// Why a rotation changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RotateError {
+    /// The keyring already holds as many keys as it may.
+    #[error("{0}")]
+    TooMany(String),
+    /// No entropy, or the key file could not be written.
+    #[error("{0}")]
+    Failed(String),
+}
 
 /// The keyring and the active signer, swapped together on rotation.
 struct Current {
@@ -55,15 +65,15 @@ impl ReceiptKeys {
     /// Makes a fresh key the active one at `now`; the old one stays
     /// published as retired. Blocking (file I/O): call it off the async
     /// threads. A failure changes nothing.
-    pub fn rotate(&self, now: UnixMs) -> Result<Vec<PublishedKey>, ApiError> {
+    pub fn rotate(&self, now: UnixMs) -> Result<Vec<PublishedKey>, RotateError> {
         let _one = self.rotating.lock().unwrap_or_else(|p| p.into_inner());
-        let next = secrets::new_receipt_signer(now).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let next = secrets::new_receipt_signer(now).map_err(|e| RotateError::Failed(e.to_string()))?;
         let ring = self.read().ring.rotated(next, now).map_err(|e| match e {
-            KeyringError::TooMany => ApiError::ResourceExhausted(format!("receipt keys: {e}")),
-            other => ApiError::Internal(other.to_string()),
+            KeyringError::TooMany => RotateError::TooMany(e.to_string()),
+            other => RotateError::Failed(other.to_string()),
         })?;
         if let Some(path) = &self.path {
-            secrets::replace_receipt_keys(path, &ring).map_err(|e| ApiError::Internal(e.to_string()))?;
+            secrets::replace_receipt_keys(path, &ring).map_err(|e| RotateError::Failed(e.to_string()))?;
         }
         let published = ring.published();
         let signer = Arc::new(ring.active().clone());
@@ -96,7 +106,7 @@ mod tests {
         // A rotation that cannot be written changes nothing.
         let broken = ReceiptKeys::new(reread, Some(dir.path().join("no-such-folder").join("keys")));
         let before = broken.signer().id();
-        assert!(matches!(broken.rotate(UnixMs(4)), Err(ApiError::Internal(_))));
+        assert!(matches!(broken.rotate(UnixMs(4)), Err(RotateError::Failed(_))));
         assert_eq!(broken.signer().id(), before);
     }
 }

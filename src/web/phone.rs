@@ -19,9 +19,10 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::{asset, b64, error, hex, json, live, parse_body, snapshot, unb64, WebError, WebServer, MAX_BODY_BYTES};
+use super::{asset, b64, error, json, live, parse_body, snapshot, unb64, WebError, WebServer, MAX_BODY_BYTES};
 use crate::domain::approval::key_sha256;
 use crate::domain::{Decision, SubscriberNumber, TradeId};
+use crate::hex;
 use crate::proto::{FailureReason, TradeState};
 use crate::terminal_sim::{BrowserPhone, CarrierSim, PhoneOffer, SimError};
 
@@ -153,7 +154,7 @@ async fn enroll(State(phones): State<Arc<Phones>>, Path(digits): Path<String>, b
         return error(StatusCode::BAD_REQUEST, "public_key: not base64");
     };
     match phones.sim.enroll_browser_key(phone.number.as_str(), &key).await {
-        Ok(digest) => json(StatusCode::OK, &json!({ "key_sha256": hex(&digest) })),
+        Ok(digest) => json(StatusCode::OK, &json!({ "key_sha256": hex::encode(&digest) })),
         Err(e) => refused(&e),
     }
 }
@@ -243,10 +244,6 @@ async fn answer(State(phones): State<Arc<Phones>>, Path(digits): Path<String>, b
     }
 }
 
-fn state_name(state: TradeState) -> &'static str {
-    state.as_str_name().trim_start_matches("TRADE_STATE_")
-}
-
 /// Why an offer left the screen, in the buyer's words.
 fn withdrawn_reason(state: TradeState) -> &'static str {
     match state {
@@ -297,7 +294,7 @@ fn offer_view(o: &PhoneOffer) -> Value {
     let result = match (&o.result, o.answered, o.withdrawn) {
         (Some(r), _, _) => Some(json!({
             "accepted": r.accepted,
-            "state": state_name(r.state),
+            "state": r.state.short_name(),
             "failure_reason": match r.failure_reason {
                 FailureReason::Unspecified => Value::Null,
                 other => json!(other.as_str_name().trim_start_matches("FAILURE_REASON_")),
@@ -306,7 +303,7 @@ fn offer_view(o: &PhoneOffer) -> Value {
         })),
         (None, Some(_), Some(state)) => Some(json!({
             "accepted": false,
-            "state": state_name(state),
+            "state": state.short_name(),
             "failure_reason": Value::Null,
             "text": withdrawn_reason(state),
         })),
@@ -323,7 +320,7 @@ fn offer_view(o: &PhoneOffer) -> Value {
         "status": status,
         "answered": o.answered.map(|d| match d { Decision::Approve => "approve", Decision::Decline => "decline" }),
         "result": result,
-        "withdrawn": o.withdrawn.map(state_name),
+        "withdrawn": o.withdrawn.map(TradeState::short_name),
         "withdrawn_reason": o.withdrawn.map(withdrawn_reason),
     });
     if o.is_open() {
@@ -344,7 +341,7 @@ fn screen_view(entry: &PhoneEntry, phone: Option<BrowserPhone>, connected: bool)
         "number": entry.number.as_str(),
         "label": entry.label,
         "carrier_connected": connected,
-        "key_sha256": phone.public_key.map(|k| hex(&key_sha256(&k))),
+        "key_sha256": phone.public_key.map(|k| hex::encode(&key_sha256(&k))),
         "offers": offers,
     })
 }

@@ -467,18 +467,6 @@ async fn cancel(State(shop): State<Arc<Shop>>, Path(id): Path<String>) -> Respon
     }
 }
 
-fn state_name(state: i32) -> &'static str {
-    TradeState::try_from(state).map_or("UNKNOWN", |s| s.as_str_name().trim_start_matches("TRADE_STATE_"))
-}
-
-fn reason_name(reason: i32) -> Option<&'static str> {
-    match FailureReason::try_from(reason) {
-        Ok(FailureReason::Unspecified) => None,
-        Ok(r) => Some(r.as_str_name().trim_start_matches("FAILURE_REASON_")),
-        Err(_) => Some("UNKNOWN"),
-    }
-}
-
 /// What the buyer reads for each state.
 fn explain(trade: &proto::Trade, method: PayMethod) -> String {
     let reason = FailureReason::try_from(trade.failure_reason).unwrap_or(FailureReason::Unspecified);
@@ -525,8 +513,8 @@ fn trade_view(
         "method": method.name(),
         "amount": amount,
         "binding_code": trade.binding_code,
-        "state": state_name(trade.state),
-        "failure_reason": reason_name(trade.failure_reason),
+        "state": proto::state_name(trade.state),
+        "failure_reason": proto::reason_name(trade.failure_reason),
         "message": explain(trade, method),
         "final": is_final(trade),
         "created_at_ms": trade.created_at_ms,
@@ -591,7 +579,7 @@ pub fn check_receipt(trade: &proto::Trade, shop: &ShopId, keys: Option<&ReceiptK
                         trade.binding_code
                     ),
                     "Checked here, offline, with the operator's published key. The phone's own key is never given to the shop: the receipt holds a commitment to it, different for every trade.".to_owned(),
-                    format!("Phone key commitment for this trade: {}…", super::hex(&v.commitment[..8])),
+                    format!("Phone key commitment for this trade: {}…", crate::hex::encode(&v.commitment[..8])),
                 ],
             })
         }
