@@ -344,3 +344,133 @@ fn the_command_passes_the_simulated_carrier_cli_and_prints_json() {
         report["steps"].as_array().expect("steps").iter().filter_map(|s| s["step"].as_str()).collect();
     assert_eq!(steps, Step::ALL.map(Step::name));
 }
+
+/// A Python interpreter with grpcio, grpcio-tools and cryptography, or why
+/// not. `SYNCPAY_PYTHON` names one; otherwise `python3` on the path, then
+/// the distribution's `/usr/bin/python3` (where Debian's python3-grpcio
+/// lands when `python3` is another installation). Under `CI` its absence
+/// fails the test.
+fn python_with_grpc() -> Option<String> {
+    let candidates: Vec<String> = match std::env::var("SYNCPAY_PYTHON") {
+        Ok(p) => vec![p],
+        Err(_) => vec!["python3".into(), "/usr/bin/python3".into()],
+    };
+    for python in &candidates {
+        let ok = std::process::Command::new(python)
+            .args(["-c", "import grpc, grpc_tools, cryptography"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Some(python.clone());
+        }
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI: python3 with grpcio, grpcio-tools and cryptography is required (tried {candidates:?})"
+    );
+    eprintln!("SKIPPED the Python relay: no python3 with grpcio, grpcio-tools and cryptography ({candidates:?})");
+    None
+}
+
+/// The relay written in Python from docs/CARRIER.md, docs/APPROVAL.md and
+/// the proto alone (scripts/python_relay.py) passes every step: the
+/// evidence that the guides are enough to build a conforming relay.
+#[tokio::test]
+async fn the_python_relay_written_from_the_guides_passes_every_step() {
+    let Some(python) = python_with_grpc() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("carrier.token");
+    std::fs::write(&token_file, TOKEN).expect("token");
+    let sandbox = sandbox(SandboxAuth::Token(TOKEN.into())).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/python_relay.py");
+    let relay = std::process::Command::new(&python)
+        .arg(script)
+        .args(["--server", &sandbox.url(), "--token-file"])
+        .arg(&token_file)
+        .args(["--handset", &format!("{APPROVER}=approve"), "--handset", &format!("{DECLINER}=decline")])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("start the Python relay");
+    // Killed when the test ends, passing or not.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _relay = Kill(relay);
+    // Compiling the proto at start takes a moment: the default wait.
+    let report = conformance::run(&sandbox, &subscribers(), &Waits::default()).await;
+    for line in report.lines() {
+        eprintln!("{line}");
+    }
+    assert!(report.passed(), "{}", report.lines().join("\n"));
+    sandbox.shutdown().await;
+}
+
+/// The same Python relay against a real server: a purchase approved on
+/// its handset settles, one declined ends DECLINED.
+#[tokio::test]
+async fn the_python_relay_settles_and_declines_real_trades() {
+    let Some(python) = python_with_grpc() else { return };
+    let t = common::TestServer::start().await;
+    let shop_token = t.create_shop("acme", "Acme Books").await;
+    let carrier_token = t.create_carrier("docomo", "Docomo").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("carrier.token");
+    std::fs::write(&token_file, &carrier_token).expect("token");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/python_relay.py");
+    let mut relay = std::process::Command::new(&python)
+        .arg(script)
+        .args(["--server", &t.server.url(), "--token-file"])
+        .arg(&token_file)
+        .args(["--handset", &format!("{APPROVER}=approve"), "--handset", &format!("{DECLINER}=decline")])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the Python relay");
+    let stderr = relay.stderr.take().expect("stderr");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _relay = Kill(relay);
+    // The relay enrolls its subscribers itself and says so; the wallet is
+    // topped up once it has.
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            let _ = tx.send(line);
+        }
+    });
+    // Read on a blocking thread: this runtime also runs the server.
+    tokio::task::spawn_blocking(move || {
+        let mut enrolled = 0;
+        while enrolled < 2 {
+            let line = lines.recv_timeout(common::binary::CHILD_WAIT).expect("the relay enrolled its handsets");
+            enrolled += usize::from(line.starts_with("python-relay: enrolled "));
+        }
+    })
+    .await
+    .expect("enrolled");
+    t.top_up(APPROVER, 10_000, "JPY").await;
+    let register =
+        syncpay::register::VirtualRegister::open(t.channel().await, &shop_token, "till").await.expect("register");
+    let charge = |payer: &str| syncpay::register::ChargeRequest {
+        ttl_seconds: 60,
+        ..syncpay::register::ChargeRequest::new(payer, 1_200, "JPY", "Tea for two ")
+    };
+    // The relay may still be opening its stream: the offer waits in the
+    // outbox for it.
+    let settled = register.charge(charge(APPROVER)).await.expect("charge");
+    assert_eq!(settled.state, syncpay::proto::TradeState::Settled as i32, "{settled:?}");
+    let declined = register.charge(charge(DECLINER)).await.expect("charge");
+    assert_eq!(declined.state, syncpay::proto::TradeState::Declined as i32, "{declined:?}");
+    t.assert_ledger_ok().await;
+}
