@@ -72,7 +72,7 @@ impl World {
 
 /// A relay stream read message by message, to see exactly how it ends.
 struct RawStream {
-    _up: mpsc::Sender<proto::RelayUp>,
+    up: mpsc::Sender<proto::RelayUp>,
     down: Streaming<proto::RelayDown>,
 }
 
@@ -80,7 +80,7 @@ impl RawStream {
     async fn open(mut client: CarrierServiceClient<AuthedChannel>) -> RawStream {
         let (up, rx) = mpsc::channel(8);
         let down = client.relay(ReceiverStream::new(rx)).await.expect("relay").into_inner();
-        RawStream { _up: up, down }
+        RawStream { up, down }
     }
 
     /// Reads until the stream ends; returns how (None: ended without a
@@ -122,6 +122,15 @@ async fn the_relay_stream_ends_unavailable_when_the_server_shuts_down() {
     let ended = ended.expect("the stream must end with a status saying why, not a silent OK");
     assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
     assert!(ended.message().contains("shutting down"), "{}", ended.message());
+}
+
+#[tokio::test]
+async fn closing_the_sending_side_ends_the_stream() {
+    let w = world().await;
+    let mut stream = RawStream::open(w.carrier().await).await;
+    let (closed, _) = mpsc::channel(1);
+    stream.up = closed;
+    assert!(stream.end().await.is_none(), "a half-close ends the stream cleanly");
 }
 
 #[tokio::test]

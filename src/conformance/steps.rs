@@ -81,7 +81,7 @@ pub(super) async fn run_steps(shared: &Shared, subscribers: &TestSubscribers, wa
     }
     let check = Check { shared, subscribers, waits };
     let (t1, d1) = shared.offer(&subscribers.approver, &APPROVE_TERMS, TRADE_TTL, true);
-    out.push(check.ack(t1, d1).await);
+    out.push(check.ack(d1).await);
     out.push(check.answered(Step::Approve, t1, Decision::Approve, 0).await);
     out.push(check.decline().await);
     out.push(check.redelivery().await);
@@ -266,8 +266,7 @@ impl Check<'_> {
         }
     }
 
-    async fn ack(&self, trade: TradeId, delivery: u64) -> StepResult {
-        let _ = trade;
+    async fn ack(&self, delivery: u64) -> StepResult {
         if self.wait_acks(delivery, 0, 1).await >= 1 {
             return StepResult::pass(Step::Ack, format!("the offer (delivery {delivery}) was acknowledged"));
         }
