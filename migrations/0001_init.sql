@@ -204,10 +204,18 @@ CREATE TABLE trades (
     expires_at bigint CHECK (expires_at >= 0) NOT NULL,
     finished_at bigint CHECK (finished_at >= 0),
     decision text CHECK (decision IN ('APPROVE', 'DECLINE')),
-    -- The handset's signed approval, kept with a settled trade.
-    receipt_payload bytea,
-    receipt_signature bytea,
-    receipt_shop_key_fingerprint bytea CHECK (octet_length(receipt_shop_key_fingerprint) = 32),
+    -- The receipt of a settled trade (records::Receipt::Countersigned):
+    -- the handset's signature over the approval payload (rebuilt from the
+    -- trade's fields), the handset key that made it, and the operator's
+    -- countersignature with the key named by receipt_key_id.
+    receipt_signature bytea CHECK (octet_length(receipt_signature) = 64),
+    receipt_handset_key bytea CHECK (octet_length(receipt_handset_key) = 32),
+    receipt_key_id bytea CHECK (octet_length(receipt_key_id) = 8),
+    receipt_countersignature bytea CHECK (octet_length(receipt_countersignature) = 64),
+    -- What the approval payload binds beyond the columns above: the
+    -- digest of the screen text as offered (payload version 2; every
+    -- trade this backend creates has one).
+    screen_digest bytea NOT NULL CHECK (octet_length(screen_digest) = 32),
     idempotency_key text,
     -- The outbox delivery of the offer while it is unacknowledged.
     offer_delivery bigint,
@@ -215,8 +223,10 @@ CREATE TABLE trades (
     FOREIGN KEY (shop, register) REFERENCES registers (shop, id),
     CHECK ((state IN ('PENDING', 'OFFERED')) = (finished_at IS NULL)),
     CHECK ((state = 'FAILED') = (failure IS NOT NULL)),
-    CHECK (receipt_payload IS NULL OR state = 'SETTLED'),
-    CHECK ((receipt_payload IS NULL) = (receipt_signature IS NULL)),
+    CHECK (receipt_signature IS NULL OR state = 'SETTLED'),
+    CHECK ((receipt_signature IS NULL) = (receipt_handset_key IS NULL)
+           AND (receipt_signature IS NULL) = (receipt_key_id IS NULL)
+           AND (receipt_signature IS NULL) = (receipt_countersignature IS NULL)),
     CHECK (refunded <= amount),
     CHECK (refunded = 0 OR state = 'SETTLED'),
     CHECK (expires_at > created_at)
@@ -235,13 +245,14 @@ BEGIN
        OR NEW.amount <> OLD.amount OR NEW.currency <> OLD.currency OR NEW.expires_at <> OLD.expires_at
        OR NEW.payer <> OLD.payer OR NEW.carrier IS DISTINCT FROM OLD.carrier
        OR NEW.description <> OLD.description OR NEW.binding_code <> OLD.binding_code
-       OR NEW.created_at <> OLD.created_at THEN
+       OR NEW.created_at <> OLD.created_at OR NEW.screen_digest <> OLD.screen_digest THEN
         RAISE EXCEPTION 'trade %: signed and offered fields never change', encode(OLD.id, 'hex')
             USING ERRCODE = 'integrity_constraint_violation';
     END IF;
     IF OLD.state NOT IN ('PENDING', 'OFFERED') AND (NEW.state <> OLD.state
        OR NEW.finished_at IS DISTINCT FROM OLD.finished_at OR NEW.decision IS DISTINCT FROM OLD.decision
-       OR NEW.failure IS DISTINCT FROM OLD.failure OR NEW.receipt_payload IS DISTINCT FROM OLD.receipt_payload) THEN
+       OR NEW.failure IS DISTINCT FROM OLD.failure OR NEW.receipt_signature IS DISTINCT FROM OLD.receipt_signature
+       OR NEW.receipt_countersignature IS DISTINCT FROM OLD.receipt_countersignature) THEN
         RAISE EXCEPTION 'trade % is % and final', encode(OLD.id, 'hex'), OLD.state
             USING ERRCODE = 'integrity_constraint_violation';
     END IF;

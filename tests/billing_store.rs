@@ -14,9 +14,10 @@ use std::sync::Arc;
 use common::backends::{backends, BackendFactory, Fsync};
 use ed25519_dalek::{Signer, SigningKey};
 use syncpay::domain::approval::ApprovalPayload;
+use syncpay::domain::receipt::ReceiptSigner;
 use syncpay::domain::{
-    Amount, CarrierId, Currency, Decision, FailureReason, IpKey, Month, PortRange, RegisterId, ShopId,
-    SubscriberNumber, TradeId, TradeState, UnixMs,
+    Amount, BindingCode, CarrierId, Currency, Decision, FailureReason, IpKey, Month, PayloadVersion, PortRange,
+    RegisterId, ScreenText, ShopId, SubscriberNumber, TradeId, TradeState, UnixMs,
 };
 use syncpay::store::fixture::Fixture;
 use syncpay::store::sled::{SledStore, StoreConfig};
@@ -152,13 +153,18 @@ impl World {
             .trade;
         assert_eq!(trade.state, TradeState::Pending, "{trade:?}");
         let key = &self.keys.iter().find(|(n, _)| n.as_str() == payer).expect("key").1;
+        // As offered: shop "Acme Books", register "r", no description.
         let payload = ApprovalPayload {
             trade_id,
             amount: Amount::new(amount),
             currency: jpy(),
-            shop_id: &self.shop,
+            shop_id: self.shop.clone(),
             register_id: self.register,
             expires_at: trade.expires_at,
+            version: PayloadVersion::V2 {
+                binding_code: BindingCode::parse("000000").expect("code"),
+                screen_digest: ScreenText { shop_name: "Acme Books", register_label: "r", description: "" }.digest(),
+            },
             decision: Decision::Approve,
         };
         let signature = key.sign(&payload.to_bytes()).to_bytes().to_vec();
@@ -169,6 +175,7 @@ impl World {
             signature,
             now: UnixMs(at),
             checked: None,
+            signer: Arc::new(ReceiptSigner::from_seed([9; 32], UnixMs(at))),
         };
         let outcome = self.store.submit_answer(answer).await.expect("queued").outcome().await.expect("answer");
         outcome.trade.expect("trade")

@@ -61,8 +61,9 @@ async fn fixture(c: &Client) {
 async fn insert_trade(c: &Client, id: &TradeId, amount: u64, expires_at: u64) {
     c.execute(
         "INSERT INTO trades (id, shop, register, carrier, payer, amount, currency, description, ttl_ms, state,
-                             binding_code, created_at, expires_at)
-         VALUES ($1, 'acme', $2, 'docomo', '+818000000000', $3, 'JPY', 'book', 60000, 'PENDING', '123456', 1, $4)",
+                             binding_code, created_at, expires_at, screen_digest)
+         VALUES ($1, 'acme', $2, 'docomo', '+818000000000', $3, 'JPY', 'book', 60000, 'PENDING', '123456', 1, $4,
+                 decode(repeat('00', 32), 'hex'))",
         &[&id.as_bytes().as_slice(), &REGISTER.as_slice(), &Minor(amount), &i64::try_from(expires_at).expect("ms")],
     )
     .await

@@ -9,8 +9,11 @@ use std::time::Duration;
 use common::backends::{backends, BackendFactory};
 use common::{code_of, TestServer};
 use ed25519_dalek::{Signer, SigningKey};
-use syncpay::domain::approval::{shop_key_fingerprint, ApprovalPayload};
-use syncpay::domain::{Amount, Currency, Decision, RegisterId, ShopId, TradeId, UnixMs};
+use syncpay::domain::approval::ApprovalPayload;
+use syncpay::domain::receipt::handset_commitment;
+use syncpay::domain::{
+    Amount, BindingCode, Currency, Decision, PayloadVersion, RegisterId, ScreenText, ShopId, TradeId, UnixMs,
+};
 use syncpay::proto::{self, FailureReason as FR, TradeState as S};
 use syncpay::register::{ChargeRequest, VirtualRegister};
 use syncpay::terminal_sim::{CarrierSim, Policy};
@@ -114,21 +117,31 @@ async fn every_outcome_with_balances_events_and_a_verified_ledger_on(backend: &'
     let report = w.t.assert_ledger_ok().await;
     assert_eq!(report.trades_checked, 6);
 
-    // The shop can prove the buyer approved exactly this trade.
+    // The shop can prove the buyer approved exactly this trade, as shown.
     let receipt = settled.receipt.as_ref().expect("receipt with the settlement");
     let key = w.sim.handset(APPROVER).expect("handset").public_key;
     let payload = ApprovalPayload {
         trade_id: trade_id(&settled),
         amount: Amount::new(1_200),
         currency: Currency::parse("JPY").expect("jpy"),
-        shop_id: &ShopId::parse("acme").expect("shop"),
+        shop_id: ShopId::parse("acme").expect("shop"),
         register_id: w.register.id(),
         expires_at: UnixMs(u64::try_from(settled.expires_at_ms).expect("ms")),
+        version: PayloadVersion::V2 {
+            binding_code: BindingCode::parse(&settled.binding_code).expect("code"),
+            screen_digest: ScreenText {
+                shop_name: "Acme Books",
+                register_label: "till 1",
+                description: "The Rust Book",
+            }
+            .digest(),
+        },
         decision: Decision::Approve,
     };
     assert_eq!(receipt.signed_payload, payload.to_bytes());
     assert!(payload.verify(&key, &receipt.signature));
-    assert_eq!(receipt.handset_key_fingerprint, shop_key_fingerprint(&ShopId::parse("acme").expect("shop"), &key));
+    assert!(receipt.handset_key_fingerprint.is_empty(), "no per-shop fingerprint any more");
+    assert_eq!(receipt.handset_commitment, handset_commitment(trade_id(&settled), &key).to_vec());
     for t in [&declined, &expired, &forged, &poor, &cancelled] {
         assert!(t.receipt.is_none(), "{} carries a receipt", t.trade_id);
     }
@@ -274,16 +287,26 @@ async fn offers_wait_for_an_offline_carrier_and_arrive_when_it_connects_on(backe
     assert_eq!(state(e1.trade.as_ref().expect("trade")).0, S::Pending);
     assert_eq!(state(e2.trade.as_ref().expect("trade")).0, S::Offered);
 
+    // The offer carries the exact bytes to sign, and they are the bytes its
+    // fields give.
+    assert_eq!(offer.payload_version, 2);
     let payload = ApprovalPayload {
         trade_id: TradeId::parse(&offer.trade_id).expect("id"),
         amount: Amount::new(offer.amount_minor),
         currency: Currency::parse(&offer.currency).expect("currency"),
-        shop_id: &ShopId::parse(&offer.shop_id).expect("shop"),
+        shop_id: ShopId::parse(&offer.shop_id).expect("shop"),
         register_id: RegisterId::parse(&offer.register_id).expect("register"),
         expires_at: UnixMs(u64::try_from(offer.expires_at_ms).expect("ms")),
+        version: PayloadVersion::V2 {
+            binding_code: BindingCode::parse(&offer.binding_code).expect("code"),
+            screen_digest: ScreenText { shop_name: "Acme Books", register_label: "till", description: "The Rust Book" }
+                .digest(),
+        },
         decision: Decision::Approve,
     };
-    let signature = key.sign(&payload.to_bytes()).to_bytes().to_vec();
+    assert_eq!(offer.approve_payload, payload.to_bytes());
+    assert_eq!(offer.decline_payload, ApprovalPayload { decision: Decision::Decline, ..payload.clone() }.to_bytes());
+    let signature = key.sign(&offer.approve_payload).to_bytes().to_vec();
     up_tx
         .send(send(proto::relay_up::Body::Answer(proto::HandsetAnswer {
             trade_id: offer.trade_id.clone(),

@@ -9,14 +9,16 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use common::backends::{backends, BackendFactory, Fsync};
 use ed25519_dalek::{Signer, SigningKey};
 use proptest::prelude::*;
 use syncpay::domain::approval::ApprovalPayload;
+use syncpay::domain::receipt::ReceiptSigner;
 use syncpay::domain::{
-    Amount, CarrierId, Currency, Decision, FailureReason, RegisterId, ShopId, SubscriberNumber, TradeId, TradeState,
-    UnixMs,
+    Amount, BindingCode, CarrierId, Currency, Decision, FailureReason, PayloadVersion, RegisterId, ScreenText, ShopId,
+    SubscriberNumber, TradeId, TradeState, UnixMs,
 };
 use syncpay::store::fixture::Fixture;
 use syncpay::store::{
@@ -216,6 +218,7 @@ struct Real {
     carrier: CarrierId,
     register: RegisterId,
     keys: Vec<SigningKey>,
+    signer: Arc<ReceiptSigner>,
 }
 
 fn number(sub: usize) -> SubscriberNumber {
@@ -247,7 +250,15 @@ async fn real(backend: &BackendFactory) -> Real {
         }
         keys.push(key);
     }
-    Real { _dir: dir, store, shop, carrier, register, keys }
+    Real {
+        _dir: dir,
+        store,
+        shop,
+        carrier,
+        register,
+        keys,
+        signer: Arc::new(ReceiptSigner::from_seed([9; 32], UnixMs(T0))),
+    }
 }
 
 fn request(r: &Real, sub: usize, amount: u64) -> TradeRequest<PayerRef> {
@@ -354,13 +365,19 @@ async fn step(r: &Real, m: &mut Model, op: &Op, now: u64) -> (Seen, Seen) {
             };
             let at = if *late { x.expires_at } else { now };
             let decision = if *approve { Decision::Approve } else { Decision::Decline };
+            // The model's own account of what was offered: shop "S",
+            // register "r", no description, binding code 000000.
             let payload = ApprovalPayload {
                 trade_id: x.id,
                 amount: Amount::new(x.amount),
                 currency: jpy(),
-                shop_id: &r.shop,
+                shop_id: r.shop.clone(),
                 register_id: r.register,
                 expires_at: UnixMs(x.expires_at),
+                version: PayloadVersion::V2 {
+                    binding_code: BindingCode::parse("000000").expect("code"),
+                    screen_digest: ScreenText { shop_name: "S", register_label: "r", description: "" }.digest(),
+                },
                 decision,
             };
             let mut signature = r.keys[x.sub.min(2)].sign(&payload.to_bytes()).to_bytes().to_vec();
@@ -369,7 +386,7 @@ async fn step(r: &Real, m: &mut Model, op: &Op, now: u64) -> (Seen, Seen) {
             }
             // The server checks the signature before queueing (the writer
             // reuses the verdict); the model's answers take that path.
-            let checked = r.store.check_answer(&r.carrier, &x.id, decision, &signature).await;
+            let checked = r.store.check_answer(&r.carrier, &x.id, decision, &signature, &r.signer, UnixMs(at)).await;
             let answer = HandsetAnswer {
                 carrier: r.carrier.clone(),
                 trade: x.id,
@@ -377,6 +394,7 @@ async fn step(r: &Real, m: &mut Model, op: &Op, now: u64) -> (Seen, Seen) {
                 signature,
                 now: UnixMs(at),
                 checked,
+                signer: r.signer.clone(),
             };
             let outcome = match r.store.submit_answer(answer).await {
                 Ok(pending) => pending.outcome().await,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use super::{CarrierGateway, PushResult};
-use crate::domain::CarrierId;
+use crate::domain::{CarrierId, Decision};
 use crate::metrics;
 use crate::proto;
 use crate::store::{Delivery, DeliveryBody};
@@ -19,6 +19,10 @@ use crate::store::{Delivery, DeliveryBody};
 pub enum RelayEnd {
     /// A newer stream of the same carrier replaced this one.
     Replaced,
+    /// The server is shutting down: the carrier reconnects (to this server
+    /// once it is back, or another node) and gets what it had not
+    /// acknowledged again.
+    ShuttingDown,
     /// The gRPC edge ended it, with the status it made (the carrier's
     /// uplink was refused, or the outbox replay failed).
     Edge(tonic::Status),
@@ -163,22 +167,38 @@ impl CarrierGateway for RelayHub {
     }
 }
 
-/// The wire form of an outbox delivery.
+/// The wire form of an outbox delivery. An offer carries the exact bytes
+/// to sign for each decision, built from the same fields it shows.
 pub fn to_relay_down(delivery: &Delivery) -> proto::RelayDown {
     let body = match &delivery.body {
-        DeliveryBody::Offer(o) => proto::relay_down::Body::Offer(proto::Offer {
-            trade_id: o.trade.to_string(),
-            subscriber_number: o.payer.as_str().to_owned(),
-            shop_id: o.shop.as_str().to_owned(),
-            shop_name: o.shop_name.clone(),
-            register_id: o.register.to_string(),
-            register_label: o.register_label.clone(),
-            amount_minor: o.amount.minor(),
-            currency: o.currency.code().to_owned(),
-            description: o.description.clone(),
-            expires_at_ms: i64::try_from(o.expires_at.0).unwrap_or(i64::MAX),
-            binding_code: o.binding_code.clone(),
-        }),
+        DeliveryBody::Offer(o) | DeliveryBody::OfferV1(o) => {
+            let version = delivery.body.offer().map_or(2, |(_, v)| v);
+            let payload = |decision| match o.approval_payload(version, decision) {
+                Some(p) => p.to_bytes(),
+                None => {
+                    // A malformed stored binding code: nothing to sign, so a
+                    // handset that compares refuses the offer.
+                    tracing::error!(trade_id = %o.trade, "offer with a malformed binding code");
+                    Vec::new()
+                }
+            };
+            proto::relay_down::Body::Offer(proto::Offer {
+                trade_id: o.trade.to_string(),
+                subscriber_number: o.payer.as_str().to_owned(),
+                shop_id: o.shop.as_str().to_owned(),
+                shop_name: o.shop_name.clone(),
+                register_id: o.register.to_string(),
+                register_label: o.register_label.clone(),
+                amount_minor: o.amount.minor(),
+                currency: o.currency.code().to_owned(),
+                description: o.description.clone(),
+                expires_at_ms: i64::try_from(o.expires_at.0).unwrap_or(i64::MAX),
+                binding_code: o.binding_code.clone(),
+                payload_version: u32::from(version),
+                approve_payload: payload(Decision::Approve),
+                decline_payload: payload(Decision::Decline),
+            })
+        }
         DeliveryBody::Withdraw { trade, payer, state } => proto::relay_down::Body::Withdraw(proto::Withdraw {
             trade_id: trade.to_string(),
             subscriber_number: payer.as_str().to_owned(),
@@ -189,12 +209,14 @@ pub fn to_relay_down(delivery: &Delivery) -> proto::RelayDown {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::domain::TradeId;
+    use crate::domain::{TradeId, UnixMs};
     use crate::store::DeliveryBody;
 
-    fn withdraw(carrier: &CarrierId, id: u64) -> Delivery {
+    /// A withdrawal delivery for `carrier` (the relay stream's tests use it
+    /// too).
+    pub(crate) fn withdraw(carrier: &CarrierId, id: u64) -> Delivery {
         Delivery {
             delivery_id: id,
             carrier: carrier.clone(),
@@ -203,6 +225,36 @@ mod tests {
                 payer: crate::domain::SubscriberNumber::parse("+818012345678").expect("valid"),
                 state: crate::domain::TradeState::Cancelled,
             },
+        }
+    }
+
+    #[test]
+    fn offers_carry_the_bytes_of_their_version() {
+        let body = crate::store::OfferBody {
+            trade: TradeId::from_bytes([1; 16]),
+            payer: crate::domain::SubscriberNumber::parse("+818012345678").expect("valid"),
+            shop: crate::domain::ShopId::parse("acme").expect("shop"),
+            shop_name: "Acme".into(),
+            register: crate::domain::RegisterId::from_bytes([2; 16]),
+            register_label: "Front".into(),
+            amount: crate::domain::Amount::new(1200),
+            currency: crate::domain::Currency::parse("JPY").expect("jpy"),
+            description: "Book".into(),
+            expires_at: UnixMs(1_700_000_000_000),
+            binding_code: "123456".into(),
+        };
+        let carrier = CarrierId::parse("docomo").expect("valid");
+        for (delivery, version) in [(DeliveryBody::Offer(body.clone()), 2u8), (DeliveryBody::OfferV1(body.clone()), 1)]
+        {
+            let down = to_relay_down(&Delivery { delivery_id: 7, carrier: carrier.clone(), body: delivery });
+            let Some(proto::relay_down::Body::Offer(o)) = down.body else { panic!("not an offer") };
+            assert_eq!(o.payload_version, u32::from(version));
+            let approve = body.approval_payload(version, Decision::Approve).expect("payload").to_bytes();
+            let decline = body.approval_payload(version, Decision::Decline).expect("payload").to_bytes();
+            assert_eq!(
+                (o.approve_payload[16], o.approve_payload.clone(), o.decline_payload),
+                (version, approve, decline)
+            );
         }
     }
 

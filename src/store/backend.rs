@@ -28,6 +28,7 @@
 use async_trait::async_trait;
 use tokio::sync::watch;
 
+use crate::domain::receipt::ReceiptSigner;
 use crate::domain::{
     AccountName, CarrierId, Decision, IpKey, IpPrefix, Month, Principal, RegisterId, ShopId, SubscriberNumber, TradeId,
     UnixMs,
@@ -84,6 +85,8 @@ pub trait Parties: Send + Sync {
     /// Whether `shop` has a register `id` (open or closed).
     async fn has_register(&self, shop: &ShopId, id: &RegisterId) -> Result<bool, Failure>;
     async fn subscriber(&self, number: &SubscriberNumber) -> Result<Option<SubscriberRecord>, Failure>;
+    /// The handset key enrolled for `number` now.
+    async fn handset(&self, number: &SubscriberNumber) -> Result<Option<HandsetRecord>, Failure>;
 }
 
 /// A trade's life: creation, the carrier's acknowledgements and the
@@ -116,13 +119,17 @@ pub trait Trades: Send + Sync {
     /// they are now, off the write path; `None` when there is nothing to
     /// check against yet (the store then decides alone). Trade fields a
     /// signature covers never change; a handset can be re-enrolled, so the
-    /// store takes the verdict only while it covers the same bytes.
+    /// store takes the verdict only while it covers the same bytes. A valid
+    /// approval's receipt is countersigned here too, at `now` (the answer's
+    /// time) with `signer`, for the store to take if the answer settles.
     async fn check_answer(
         &self,
         carrier: &CarrierId,
         trade: &TradeId,
         decision: Decision,
         signature: &[u8],
+        signer: &ReceiptSigner,
+        now: UnixMs,
     ) -> Option<SignatureCheck>;
     /// Queues a handset's answer: settled, declined or failed, or refused
     /// with the reason (unknown, already final, late: a late answer expires

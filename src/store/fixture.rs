@@ -38,7 +38,7 @@ pub fn number(text: &str) -> SubscriberNumber {
 
 /// The signature a handset holding `key` makes to answer `trade`.
 pub fn sign(key: &SigningKey, trade: &TradeRecord, decision: Decision) -> Vec<u8> {
-    key.sign(&trade.signed_bytes(decision)).to_bytes().to_vec()
+    key.sign(&trade.signed_bytes(decision).expect("a well-formed trade")).to_bytes().to_vec()
 }
 
 impl Fixture {

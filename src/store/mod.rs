@@ -31,7 +31,7 @@ pub use ops::{
 pub use records::{
     AccountRecord, BillLine, CapUsage, CarrierRecord, Delivery, DeliveryBody, EventKind, EventRecord, Funding,
     HandsetRecord, NetworkIdentity, OfferBody, PayerRef, PayoutEntry, PostingKind, PostingRecord, Receipt,
-    RegisterRecord, ShopRecord, SubscriberRecord, TradeRecord, TradeRequest,
+    RegisterRecord, ShopRecord, Sig64, SignedTerms, SubscriberRecord, TradeRecord, TradeRequest,
 };
 pub use refusals::{
     AcceptanceRefusal, AddPrefixesRefusal, AnswerRefusal, CancelRefusal, CloseRegisterRefusal, CreateCarrierRefusal,

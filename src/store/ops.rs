@@ -6,12 +6,15 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
+use crate::domain::receipt::{handset_commitment, ReceiptKeyId, ReceiptSigner, Statement};
 use crate::domain::IpKey;
 use crate::domain::{
     Amount, CarrierId, Currency, Decision, IpPrefix, PortRange, RegisterId, ShopId, SubscriberNumber, TradeId, UnixMs,
 };
 
-use super::records::{AccountRecord, Delivery, Funding, PayerRef, SubscriberRecord, TradeRecord, TradeRequest};
+use super::records::{
+    AccountRecord, Delivery, Funding, PayerRef, Receipt, Sig64, SubscriberRecord, TradeRecord, TradeRequest,
+};
 use super::refusals::{Failure, StoreError};
 
 /// A new shop and the hash of its credential.
@@ -153,6 +156,8 @@ pub struct HandsetAnswer {
     /// writer need not: used only if the payload, key and signature it
     /// covered are exactly what the store sees when it applies the answer.
     pub checked: Option<SignatureCheck>,
+    /// Countersigns the receipt if the answer settles the trade.
+    pub signer: Arc<ReceiptSigner>,
 }
 
 /// Why a handset answer changed nothing.
@@ -267,13 +272,78 @@ pub struct SignatureCheck {
     signed: Vec<u8>,
     signature: Vec<u8>,
     valid: bool,
+    /// For a valid approval: the receipt's countersignature made in
+    /// advance, with the signer's key id and the instant it attests.
+    countersigned: Option<(ReceiptKeyId, UnixMs, Sig64)>,
 }
 
 impl SignatureCheck {
-    /// Verifies `signature` over `signed` under `public_key`.
-    pub(crate) fn verify(public_key: [u8; 32], signed: Vec<u8>, signature: &[u8]) -> SignatureCheck {
+    /// Verifies `signature` over `signed` under `public_key` and, for a
+    /// valid approval of `trade`, countersigns its receipt at `now` (the
+    /// answer's time) with `signer`, for the store to take if it settles.
+    pub(crate) fn verify(
+        trade: TradeId,
+        public_key: [u8; 32],
+        signed: Vec<u8>,
+        signature: &[u8],
+        decision: Decision,
+        signer: &ReceiptSigner,
+        now: UnixMs,
+    ) -> SignatureCheck {
         let valid = crate::domain::approval::verify_bytes(&public_key, &signed, signature);
-        SignatureCheck { public_key, signed, signature: signature.to_vec(), valid }
+        let countersigned = match <[u8; 64]>::try_from(signature) {
+            Ok(sig) if valid && decision == Decision::Approve => {
+                let counter = countersign(signer, trade, &public_key, &signed, &sig, now);
+                Some((signer.id(), now, Sig64(counter)))
+            }
+            _ => None,
+        };
+        SignatureCheck { public_key, signed, signature: signature.to_vec(), valid, countersigned }
+    }
+
+    fn covers(&self, public_key: &[u8; 32], signed: &[u8], signature: &[u8]) -> bool {
+        &self.public_key == public_key && self.signed == signed && self.signature == signature
+    }
+
+    /// The countersignature made in advance, if it was made over exactly
+    /// the statement the store would sign now.
+    fn countersignature_for(
+        &self,
+        public_key: &[u8; 32],
+        signed: &[u8],
+        signature: &[u8],
+        key_id: ReceiptKeyId,
+        now: UnixMs,
+    ) -> Option<[u8; 64]> {
+        match self.countersigned {
+            Some((id, at, sig)) if self.covers(public_key, signed, signature) && id == key_id && at == now => {
+                Some(sig.0)
+            }
+            _ => None,
+        }
+    }
+
+    /// The receipt of a settlement at `now`: the handset's signature, its
+    /// key, and the operator's countersignature (this check's, when it
+    /// covered exactly this statement; made now otherwise).
+    pub(crate) fn receipt(
+        checked: Option<&SignatureCheck>,
+        signer: &ReceiptSigner,
+        trade: TradeId,
+        public_key: &[u8; 32],
+        signed: &[u8],
+        signature: &[u8; 64],
+        now: UnixMs,
+    ) -> Receipt {
+        let countersignature = checked
+            .and_then(|c| c.countersignature_for(public_key, signed, signature, signer.id(), now))
+            .unwrap_or_else(|| countersign(signer, trade, public_key, signed, signature, now));
+        Receipt::Countersigned {
+            signature: Sig64(*signature),
+            handset_key: *public_key,
+            key_id: signer.id(),
+            countersignature: Sig64(countersignature),
+        }
     }
 
     /// Whether `signature` over `signed` verifies under `public_key`,
@@ -287,10 +357,31 @@ impl SignatureCheck {
         signature: &[u8],
     ) -> bool {
         match checked {
-            Some(c) if &c.public_key == public_key && c.signed == signed && c.signature == signature => c.valid,
+            Some(c) if c.covers(public_key, signed, signature) => c.valid,
             _ => crate::domain::approval::verify_bytes(public_key, signed, signature),
         }
     }
+}
+
+/// The operator's countersignature of a settlement at `now`: the statement
+/// binds the payload, the handset's signature, the per-trade commitment to
+/// its key and the settlement time.
+fn countersign(
+    signer: &ReceiptSigner,
+    trade: TradeId,
+    handset_key: &[u8; 32],
+    signed: &[u8],
+    signature: &[u8; 64],
+    now: UnixMs,
+) -> [u8; 64] {
+    let commitment = handset_commitment(trade, handset_key);
+    signer.sign(&Statement {
+        key_id: signer.id(),
+        payload: signed,
+        handset_signature: signature,
+        commitment: &commitment,
+        settled_at: now,
+    })
 }
 
 /// A write queued in order (a relay stream's messages apply in arrival

@@ -4,15 +4,16 @@
 //! backend stores them is its own affair (the sled backend's encoding is
 //! `store::sled::codec`); the serde derives give it a layout to start from.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::domain::approval::ApprovalPayload;
+use crate::domain::approval::{ApprovalPayload, BindingCode, PayloadVersion, ScreenText};
+use crate::domain::receipt::ReceiptKeyId;
 use crate::domain::{
     AccountName, Amount, Balance, CarrierId, Currency, Decision, FailureReason, IpKey, RegisterId, ShopId, Side,
     SubscriberNumber, TradeId, TradeState, UnixMs,
 };
 
-use super::refusals::{Difference, PayerKind, TradeField};
+use super::refusals::{Difference, Failure, PayerKind, TradeField};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShopRecord {
@@ -105,12 +106,74 @@ pub struct PostingRecord {
     pub at: UnixMs,
 }
 
-/// The handset's signed approval, kept with a settled trade.
+/// A 64-byte signature, stored as 64 bytes (serde derives stop at 32).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Sig64(pub [u8; 64]);
+
+impl std::fmt::Debug for Sig64 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sig64({:02x}{:02x}{:02x}{:02x}…)", self.0[0], self.0[1], self.0[2], self.0[3])
+    }
+}
+
+impl Serialize for Sig64 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(64)?;
+        for b in &self.0 {
+            t.serialize_element(b)?;
+        }
+        t.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Sig64 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Sig64, D::Error> {
+        struct Bytes64;
+        impl<'de> serde::de::Visitor<'de> for Bytes64 {
+            type Value = Sig64;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("64 bytes")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Sig64, A::Error> {
+                let mut out = [0u8; 64];
+                for (i, slot) in out.iter_mut().enumerate() {
+                    *slot = seq.next_element()?.ok_or_else(|| serde::de::Error::invalid_length(i, &self))?;
+                }
+                Ok(Sig64(out))
+            }
+        }
+        d.deserialize_tuple(64, Bytes64)
+    }
+}
+
+/// The proof kept with a settled trade.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Receipt {
-    pub signed_payload: Vec<u8>,
-    pub signature: Vec<u8>,
-    pub shop_key_fingerprint: [u8; 32],
+pub enum Receipt {
+    /// Settled by a server before receipts were countersigned: the handset's
+    /// signed bytes kept verbatim, the per-shop key fingerprint of the time,
+    /// no operator signature (so no shop can verify it offline).
+    Legacy { signed_payload: Vec<u8>, signature: Vec<u8>, shop_key_fingerprint: [u8; 32] },
+    /// The handset's signature over the trade's approval payload (rebuilt
+    /// from the trade's fields, which never change: [`TradeRecord::approval_payload`]),
+    /// the handset key that made it (for disputes only; never shown to the
+    /// shop, which sees a per-trade commitment to it) and the operator's
+    /// countersignature over the statement (`domain::receipt::Statement`)
+    /// with the key `key_id` at the trade's `finished_at`.
+    Countersigned { signature: Sig64, handset_key: [u8; 32], key_id: ReceiptKeyId, countersignature: Sig64 },
+}
+
+/// What a trade's handset signs besides the trade's own fields, frozen
+/// when the trade is created so an answer is checked against exactly what
+/// was offered, whatever changes later (a shop's display name, say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SignedTerms {
+    /// A trade created by a server before payload version 2: it is offered
+    /// and verified as version 1 (only such trades are).
+    V1,
+    /// Payload version 2: the digest of the screen text as offered (the
+    /// binding code is the trade's `binding_code`).
+    V2 { screen_digest: [u8; 32] },
 }
 
 /// What the shop asked for. `P` is how the payer is named: as the shop
@@ -227,27 +290,44 @@ pub struct TradeRecord {
     pub offer_delivery: Option<u64>,
     /// Sum of refunds; never above the amount.
     pub refunded: Amount,
+    /// What the approval payload binds beyond the fields above.
+    pub terms: SignedTerms,
 }
 
 impl TradeRecord {
-    /// The bytes a handset signs to answer this trade with `decision`.
-    pub fn signed_bytes(&self, decision: Decision) -> Vec<u8> {
-        ApprovalPayload {
+    /// The approval payload of this trade for `decision`, in the version
+    /// the trade was offered with. Built from fields fixed at creation, so
+    /// it is the same at offer, answer and every later read.
+    pub fn approval_payload(&self, decision: Decision) -> Result<ApprovalPayload, Failure> {
+        let version = match self.terms {
+            SignedTerms::V1 => PayloadVersion::V1,
+            SignedTerms::V2 { screen_digest } => PayloadVersion::V2 {
+                binding_code: BindingCode::parse(&self.binding_code)
+                    .ok_or_else(|| Failure::Corrupt(format!("trade {}: malformed binding code", self.id)))?,
+                screen_digest,
+            },
+        };
+        Ok(ApprovalPayload {
             trade_id: self.id,
             amount: self.request.amount,
             currency: self.request.currency,
-            shop_id: &self.shop,
+            shop_id: self.shop.clone(),
             register_id: self.request.register,
             expires_at: self.expires_at,
+            version,
             decision,
-        }
-        .to_bytes()
+        })
+    }
+
+    /// The bytes a handset signs to answer this trade with `decision`.
+    pub fn signed_bytes(&self, decision: Decision) -> Result<Vec<u8>, Failure> {
+        Ok(self.approval_payload(decision)?.to_bytes())
     }
 }
 
 /// One durable state change, numbered per shop. `trade` is the trade as it
 /// was right after the change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRecord {
     pub seq: u64,
     pub at: UnixMs,
@@ -283,10 +363,59 @@ pub struct OfferBody {
     pub binding_code: String,
 }
 
+impl OfferBody {
+    /// What the handset shows besides amount, currency and binding code.
+    pub fn screen(&self) -> ScreenText<'_> {
+        ScreenText { shop_name: &self.shop_name, register_label: &self.register_label, description: &self.description }
+    }
+
+    /// The payload of this offer for `decision` in `version` (1 or 2);
+    /// `None` when the stored binding code is malformed.
+    pub fn approval_payload(&self, version: u8, decision: Decision) -> Option<ApprovalPayload> {
+        let version = match version {
+            1 => PayloadVersion::V1,
+            _ => PayloadVersion::V2 {
+                binding_code: BindingCode::parse(&self.binding_code)?,
+                screen_digest: self.screen().digest(),
+            },
+        };
+        Some(ApprovalPayload {
+            trade_id: self.trade,
+            amount: self.amount,
+            currency: self.currency,
+            shop_id: self.shop.clone(),
+            register_id: self.register,
+            expires_at: self.expires_at,
+            version,
+            decision,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeliveryBody {
+    /// An offer of a trade created before payload version 2, as earlier
+    /// servers stored it; sent as version 1.
+    OfferV1(OfferBody),
+    Withdraw {
+        trade: TradeId,
+        payer: SubscriberNumber,
+        state: TradeState,
+    },
+    /// An offer signed as payload version 2. (Appended: postcard numbers
+    /// variants, so deliveries stored before it still decode.)
     Offer(OfferBody),
-    Withdraw { trade: TradeId, payer: SubscriberNumber, state: TradeState },
+}
+
+impl DeliveryBody {
+    /// The offer and its payload version, if this is an offer.
+    pub fn offer(&self) -> Option<(&OfferBody, u8)> {
+        match self {
+            DeliveryBody::OfferV1(o) => Some((o, 1)),
+            DeliveryBody::Offer(o) => Some((o, 2)),
+            DeliveryBody::Withdraw { .. } => None,
+        }
+    }
 }
 
 /// Work for a carrier, written in the same commit as the change that

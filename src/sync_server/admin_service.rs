@@ -1,16 +1,18 @@
 //! `AdminService`: the operator's API: shops, carriers, wallet top-ups,
-//! accounts, postings and ledger verification. Each handler validates its
-//! request, calls one engine use case and presents the result.
+//! accounts, postings, ledger verification, receipt keys and disputes.
+//! Each handler validates its request, calls one engine use case and
+//! presents the result.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use crate::proto::{self, admin_service_server::AdminService};
+use crate::store::Receipt;
 
 use super::auth::{new_token, token_hash};
 use super::convert;
-use super::engine::Engine;
+use super::engine::{Dispute, DisputeRefusal, Engine};
 use super::error::ApiError;
 use super::requests;
 
@@ -120,5 +122,48 @@ impl AdminService for AdminApi {
     ) -> Result<Response<proto::PruneLeasesResponse>, Status> {
         let deleted = self.engine.prune_leases().await.map_err(ApiError::from)?;
         Ok(Response::new(proto::PruneLeasesResponse { deleted }))
+    }
+
+    async fn get_receipt_keys(
+        &self,
+        _request: Request<proto::GetReceiptKeysRequest>,
+    ) -> Result<Response<proto::ReceiptKeys>, Status> {
+        Ok(Response::new(convert::receipt_keys_to_proto(&self.engine.receipt_keys())))
+    }
+
+    async fn rotate_receipt_key(
+        &self,
+        _request: Request<proto::RotateReceiptKeyRequest>,
+    ) -> Result<Response<proto::ReceiptKeys>, Status> {
+        let published = self.engine.rotate_receipt_key().await?;
+        Ok(Response::new(convert::receipt_keys_to_proto(&published)))
+    }
+
+    async fn dispute_trade(
+        &self,
+        request: Request<proto::DisputeTradeRequest>,
+    ) -> Result<Response<proto::DisputeReport>, Status> {
+        let id = requests::dispute_trade(request.get_ref())?;
+        let Dispute { trade, enrolled, receipt_public_key } = self.engine.dispute(id).await?;
+        let Some(receipt) = convert::receipt_for_shop(&trade) else {
+            return Err(ApiError::from(DisputeRefusal::NoReceipt(trade.state)).into());
+        };
+        let kept = match &trade.receipt {
+            Some(Receipt::Countersigned { handset_key, .. }) => Some(*handset_key),
+            Some(Receipt::Legacy { .. }) | None => None,
+        };
+        let key = kept.or(enrolled.as_ref().map(|h| h.public_key));
+        Ok(Response::new(proto::DisputeReport {
+            trade_id: trade.id.to_string(),
+            shop_id: trade.shop.to_string(),
+            subscriber_number: trade.request.payer.as_str().to_owned(),
+            carrier_id: trade.carrier.as_ref().map_or_else(String::new, ToString::to_string),
+            handset_public_key: key.map_or_else(Vec::new, |k| k.to_vec()),
+            key_from_receipt: kept.is_some(),
+            key_enrolled_now: key.is_some() && enrolled.as_ref().map(|h| h.public_key) == key,
+            enrolled_at_ms: enrolled.as_ref().map_or(0, |h| convert::ms(h.enrolled_at)),
+            receipt: Some(receipt),
+            receipt_public_key: receipt_public_key.map_or_else(Vec::new, |k| k.to_vec()),
+        }))
     }
 }

@@ -3,14 +3,15 @@
 //! see (a shop sees a pseudonym, never the subscriber).
 
 use crate::domain::approval::ServerSecret;
+use crate::domain::receipt::{handset_commitment, PublishedKey, STATEMENT_VERSION};
 use crate::domain::{
     Amount, CarrierId, Currency, Decision, IpKey, IpPrefix, Month, PortRange, RegisterId, ShopId, SubscriberNumber,
     TradeId, UnixMs,
 };
 use crate::proto;
 use crate::store::{
-    AccountRecord, EventKind, EventRecord, Funding, LeaseReport, NetworkIdentity, PostingRecord, RegisterRecord,
-    StatementData, TradeRecord,
+    AccountRecord, EventKind, EventRecord, Funding, LeaseReport, NetworkIdentity, PostingRecord, Receipt,
+    RegisterRecord, StatementData, TradeRecord,
 };
 
 use super::error::ApiError;
@@ -220,13 +221,58 @@ pub fn trade_for_shop(t: &TradeRecord, secret: &ServerSecret) -> proto::Trade {
         expires_at_ms: ms(t.expires_at),
         finished_at_ms: t.finished_at.map_or(0, ms),
         payer_pseudonym: secret.payer_pseudonym(&t.shop, &t.request.payer),
-        receipt: t.receipt.as_ref().map(|r| proto::ApprovalReceipt {
-            signed_payload: r.signed_payload.clone(),
-            signature: r.signature.clone(),
-            handset_key_fingerprint: r.shop_key_fingerprint.to_vec(),
-        }),
+        receipt: receipt_for_shop(t),
         idempotency_key: t.idempotency_key.clone().unwrap_or_default(),
         refunded_minor: t.refunded.minor(),
+    }
+}
+
+/// A settled trade's receipt as its shop receives it: never the handset
+/// key, only its per-trade commitment.
+pub fn receipt_for_shop(t: &TradeRecord) -> Option<proto::ApprovalReceipt> {
+    match t.receipt.as_ref()? {
+        Receipt::Legacy { signed_payload, signature, shop_key_fingerprint } => Some(proto::ApprovalReceipt {
+            signed_payload: signed_payload.clone(),
+            signature: signature.clone(),
+            handset_key_fingerprint: shop_key_fingerprint.to_vec(),
+            ..Default::default()
+        }),
+        Receipt::Countersigned { signature, handset_key, key_id, countersignature } => {
+            // The payload is rebuilt from the trade's fixed fields: the
+            // bytes the handset signed and the settlement verified.
+            let payload = match t.approval_payload(Decision::Approve) {
+                Ok(p) => p.to_bytes(),
+                Err(e) => {
+                    tracing::error!(trade_id = %t.id, error = %e, "receipt payload cannot be rebuilt");
+                    return None;
+                }
+            };
+            Some(proto::ApprovalReceipt {
+                signed_payload: payload,
+                signature: signature.0.to_vec(),
+                handset_key_fingerprint: Vec::new(),
+                handset_commitment: handset_commitment(t.id, handset_key).to_vec(),
+                settled_at_ms: t.finished_at.map_or(0, ms),
+                receipt_key_id: key_id.as_bytes().to_vec(),
+                countersignature: countersignature.0.to_vec(),
+                statement_version: u32::from(STATEMENT_VERSION),
+            })
+        }
+    }
+}
+
+/// The receipt-signing public keys as published.
+pub fn receipt_keys_to_proto(keys: &[PublishedKey]) -> proto::ReceiptKeys {
+    proto::ReceiptKeys {
+        keys: keys
+            .iter()
+            .map(|k| proto::ReceiptKey {
+                key_id: k.id.as_bytes().to_vec(),
+                public_key: k.public_key.to_vec(),
+                created_at_ms: ms(k.created_at),
+                retired_at_ms: k.retired_at.map_or(0, ms),
+            })
+            .collect(),
     }
 }
 

@@ -17,6 +17,7 @@ pub mod handshakes;
 pub mod limits;
 pub mod message_limit;
 pub mod rate_limit;
+pub mod receipt_keys;
 pub mod refusal;
 pub mod register_service;
 pub mod requests;
@@ -36,6 +37,7 @@ use tonic::transport::Server;
 
 use crate::carrier::relay::RelayHub;
 use crate::domain::approval::ServerSecret;
+use crate::domain::receipt::ReceiptKeyring;
 use crate::metrics;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::carrier_service_server::CarrierServiceServer;
@@ -80,6 +82,8 @@ pub struct ServerConfig {
     pub cache_bytes: u64,
     pub admin_token: String,
     pub secret: ServerSecret,
+    /// The receipt-signing keys.
+    pub receipt_keys: ReceiptKeySource,
     pub limits: Limits,
     /// Mutual TLS: when set, callers are identified by their client
     /// certificates and bearer tokens are ignored.
@@ -92,13 +96,18 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// A data folder laid out as `store/`, `admin.token`, `server.secret`;
-    /// the secrets are created (mode 0600) on first use.
+    /// A data folder laid out as `store/`, `admin.token`, `server.secret`,
+    /// `receipt-signing.keys`; the secrets are created (mode 0600) on first
+    /// use.
     pub fn from_data_dir(data_dir: impl Into<PathBuf>) -> Result<ServerConfig, ServerError> {
         let data_dir = data_dir.into();
         // Durable names too: the secrets below and the store live in it.
         crate::store::files::create_dir_all(&data_dir)?;
+        let receipt_keys = data_dir.join(RECEIPT_KEYS_FILE);
+        // Made now, like the other secrets, so a bad file fails here.
+        secrets::load_or_create_receipt_keys(&receipt_keys, engine::now())?;
         Ok(ServerConfig {
+            receipt_keys: ReceiptKeySource::File(receipt_keys),
             store_dir: data_dir.join("store"),
             durability: Durability::Fsync,
             cache_bytes: crate::store::sled::DEFAULT_CACHE_BYTES,
@@ -110,6 +119,20 @@ impl ServerConfig {
             postgres: None,
         })
     }
+}
+
+/// The receipt-signing key file in the data folder.
+pub const RECEIPT_KEYS_FILE: &str = "receipt-signing.keys";
+
+/// Where the receipt-signing keys come from.
+#[derive(Debug, Clone)]
+pub enum ReceiptKeySource {
+    /// A key file, read at start (created if missing) and rewritten by a
+    /// rotation: the file is the truth, so a restart sees every rotation.
+    File(PathBuf),
+    /// Keys held in memory only (embedding, tests); rotations are lost
+    /// when the server stops.
+    Memory(Box<ReceiptKeyring>),
 }
 
 /// The listen backlog: connections the kernel has completed and queues
@@ -235,8 +258,10 @@ pub async fn open_store(config: &ServerConfig) -> Result<Store, ServerError> {
 pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<RunningServer, ServerError> {
     // Load TLS first: a bad certificate should fail before the store opens.
     let tls = load_tls(&config)?;
+    // The receipt keys too: a damaged key file fails before the store opens.
+    let receipts = load_receipt_keys(&config)?;
     let store = open_store(&config).await?;
-    start_on(config, store, tls, listener).await
+    start_on(config, store, tls, receipts, listener).await
 }
 
 /// Serves `store` (any backend, opened by the caller) on `listener`.
@@ -246,7 +271,8 @@ pub async fn start_with_store(
     listener: TcpListener,
 ) -> Result<RunningServer, ServerError> {
     let tls = load_tls(&config)?;
-    start_on(config, store, tls, listener).await
+    let receipts = load_receipt_keys(&config)?;
+    start_on(config, store, tls, receipts, listener).await
 }
 
 fn load_tls(config: &ServerConfig) -> Result<Option<Arc<ReloadableTls>>, ServerError> {
@@ -256,16 +282,28 @@ fn load_tls(config: &ServerConfig) -> Result<Option<Arc<ReloadableTls>>, ServerE
     })
 }
 
+/// The receipt-signing keys the config names (created on first use).
+fn load_receipt_keys(config: &ServerConfig) -> Result<receipt_keys::ReceiptKeys, ServerError> {
+    Ok(match &config.receipt_keys {
+        ReceiptKeySource::File(path) => receipt_keys::ReceiptKeys::new(
+            secrets::load_or_create_receipt_keys(path, engine::now())?,
+            Some(path.clone()),
+        ),
+        ReceiptKeySource::Memory(ring) => receipt_keys::ReceiptKeys::new((**ring).clone(), None),
+    })
+}
+
 async fn start_on(
     config: ServerConfig,
     store: Store,
     tls: Option<Arc<ReloadableTls>>,
+    receipts: receipt_keys::ReceiptKeys,
     listener: TcpListener,
 ) -> Result<RunningServer, ServerError> {
     let addr = listener.local_addr()?;
     metrics::set_open_trades(store.open_trade_count().await?);
     let hub = Arc::new(RelayHub::new(config.limits.relay_queue_depth));
-    let engine = Arc::new(Engine::new(store, hub.clone(), config.secret.clone(), config.limits.clone()));
+    let engine = Arc::new(Engine::new(store, hub.clone(), config.secret.clone(), receipts, config.limits.clone()));
     let mode = if tls.is_some() { AuthMode::Certificates } else { AuthMode::Tokens };
     let auth = Arc::new(Authenticator::new(engine.clone(), &config.admin_token, mode));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

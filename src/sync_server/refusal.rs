@@ -11,7 +11,7 @@ use crate::store::{
     RefundField, RefundRefusal, StatementRefusal, TopUpRefusal, TradeField,
 };
 
-use super::engine::{AwaitRefusal, EngineError, UnknownTrade, WatchEnd, WatchRefusal};
+use super::engine::{AwaitRefusal, DisputeRefusal, EngineError, RotateRefusal, UnknownTrade, WatchEnd, WatchRefusal};
 use super::error::ApiError;
 
 /// The refusal of a network identity at a shop the carrier owning the
@@ -349,6 +349,25 @@ impl From<PayoutRefusal> for ApiError {
             PayoutRefusal::TooMany { max } => ApiError::ResourceExhausted(format!(
                 "more than {max} payout entries in the period; ask for a shorter one"
             )),
+        }
+    }
+}
+
+impl From<RotateRefusal> for ApiError {
+    fn from(r: RotateRefusal) -> Self {
+        match r {
+            RotateRefusal::TooManyKeys(m) => ApiError::ResourceExhausted(format!("receipt keys: {m}")),
+        }
+    }
+}
+
+impl From<DisputeRefusal> for ApiError {
+    fn from(r: DisputeRefusal) -> Self {
+        match r {
+            DisputeRefusal::UnknownTrade => ApiError::NotFound("trade"),
+            DisputeRefusal::NoReceipt(state) => {
+                ApiError::FailedPrecondition(format!("trade_id: trade is {} and has no receipt", state.name()))
+            }
         }
     }
 }

@@ -122,6 +122,14 @@ impl RegisterService for RegisterApi {
 
     type WatchTradesStream = EventStream;
 
+    async fn get_receipt_keys(
+        &self,
+        request: Request<proto::GetReceiptKeysRequest>,
+    ) -> Result<Response<proto::ReceiptKeys>, Status> {
+        let _shop = auth::shop(&request)?;
+        Ok(Response::new(convert::receipt_keys_to_proto(&self.engine.receipt_keys())))
+    }
+
     async fn get_payout_report(
         &self,
         request: Request<proto::GetPayoutReportRequest>,

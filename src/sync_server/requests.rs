@@ -131,6 +131,10 @@ pub fn cancel_trade(r: &proto::CancelTradeRequest) -> Result<TradeId, ApiError> 
     convert::trade_id("trade_id", &r.trade_id)
 }
 
+pub fn dispute_trade(r: &proto::DisputeTradeRequest) -> Result<TradeId, ApiError> {
+    convert::trade_id("trade_id", &r.trade_id)
+}
+
 /// A validated RefundTrade.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refund {

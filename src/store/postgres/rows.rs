@@ -8,23 +8,24 @@ use tokio_postgres::Row;
 
 use super::numeric::Minor;
 use super::PgError;
+use crate::domain::receipt::ReceiptKeyId;
 use crate::domain::{
     AccountName, Amount, CarrierId, Currency, Decision, FailureReason, IpKey, RegisterId, ShopId, Side,
     SubscriberNumber, TradeId, TradeState, UnixMs,
 };
 use crate::store::records::{
     BillLine, Delivery, DeliveryBody, EventKind, EventRecord, OfferBody, PostingKind, PostingRecord, Receipt,
-    RegisterRecord, TradeRecord, TradeRequest,
+    RegisterRecord, Sig64, SignedTerms, TradeRecord, TradeRequest,
 };
 
 /// The columns of `trades` every trade read selects, in
 /// [`trade_at`]'s order.
 pub const TRADE_COLS: &str = "t.id, t.shop, t.register, t.carrier, t.payer, t.amount, t.currency, t.description, \
      t.ttl_ms, t.state, t.failure, t.binding_code, t.created_at, t.expires_at, t.finished_at, t.decision, \
-     t.receipt_payload, t.receipt_signature, t.receipt_shop_key_fingerprint, t.idempotency_key, t.offer_delivery, \
-     t.refunded";
+     t.receipt_signature, t.receipt_handset_key, t.receipt_key_id, t.receipt_countersignature, t.idempotency_key, \
+     t.offer_delivery, t.refunded, t.screen_digest";
 /// How many columns [`TRADE_COLS`] has.
-pub const TRADE_COL_COUNT: usize = 22;
+pub const TRADE_COL_COUNT: usize = 24;
 
 pub const OUTBOX_COLS: &str = "delivery_id, carrier, kind, trade, payer, withdraw_state, shop, shop_name, register, \
      register_label, amount, currency, description, expires_at, binding_code";
@@ -148,22 +149,24 @@ pub fn account_name(key: &str) -> Result<AccountName, PgError> {
 pub fn trade_at(row: &Row, at: usize) -> Result<TradeRecord, PgError> {
     let c = |i: usize| at + i;
     let carrier: Option<&str> = row.try_get(c(3))?;
-    let payload: Option<Vec<u8>> = row.try_get(c(16))?;
-    let signature: Option<Vec<u8>> = row.try_get(c(17))?;
-    let fingerprint: Option<Vec<u8>> = row.try_get(c(18))?;
-    let receipt = match (payload, signature) {
-        (Some(signed_payload), Some(signature)) => Some(Receipt {
-            signed_payload,
-            signature,
-            shop_key_fingerprint: fingerprint
-                .as_deref()
-                .and_then(|f| <[u8; 32]>::try_from(f).ok())
-                .ok_or_else(|| corrupt("receipt without its fingerprint"))?,
+    let receipt = match (
+        row.try_get::<_, Option<&[u8]>>(c(16))?,
+        row.try_get::<_, Option<&[u8]>>(c(17))?,
+        row.try_get::<_, Option<&[u8]>>(c(18))?,
+        row.try_get::<_, Option<&[u8]>>(c(19))?,
+    ) {
+        (Some(signature), Some(key), Some(key_id), Some(counter)) => Some(Receipt::Countersigned {
+            signature: Sig64(signature.try_into().map_err(|_| corrupt("receipt signature width"))?),
+            handset_key: key.try_into().map_err(|_| corrupt("receipt key width"))?,
+            key_id: ReceiptKeyId::from_bytes(key_id.try_into().map_err(|_| corrupt("receipt key id width"))?),
+            countersignature: Sig64(counter.try_into().map_err(|_| corrupt("countersignature width"))?),
         }),
-        (None, None) => None,
-        _ => return Err(corrupt("half a receipt")),
+        (None, None, None, None) => None,
+        _ => return Err(corrupt("part of a receipt")),
     };
-    let offer: Option<i64> = row.try_get(c(20))?;
+    let screen: &[u8] = row.try_get(c(23))?;
+    let terms = SignedTerms::V2 { screen_digest: screen.try_into().map_err(|_| corrupt("screen digest width"))? };
+    let offer: Option<i64> = row.try_get(c(21))?;
     Ok(TradeRecord {
         id: trade_id(row.try_get(c(0))?)?,
         shop: shop_id(row.try_get(c(1))?)?,
@@ -184,9 +187,10 @@ pub fn trade_at(row: &Row, at: usize) -> Result<TradeRecord, PgError> {
         finished_at: row.try_get::<_, Option<i64>>(c(14))?.map(ms).transpose()?,
         decision: decision(row.try_get(c(15))?)?,
         receipt,
-        idempotency_key: row.try_get(c(19))?,
+        idempotency_key: row.try_get(c(20))?,
         offer_delivery: offer.map(unbig).transpose()?,
-        refunded: amount(row.try_get(c(21))?),
+        refunded: amount(row.try_get(c(22))?),
+        terms,
     })
 }
 

@@ -26,6 +26,7 @@ use tokio_postgres::{IsolationLevel, NoTls, Transaction};
 use super::rows::{self, big, corrupt, BILL_COLS, EVENT_COLS, OUTBOX_COLS, POSTING_COLS, REGISTER_COLS, TRADE_COLS};
 use super::trades::{self, Cx, Step};
 use super::{migrate, parties, pool, PgError};
+use crate::domain::receipt::ReceiptSigner;
 use crate::domain::{
     AccountName, Balance, CarrierId, Currency, Decision, IpKey, IpPrefix, Month, Principal, RegisterId, ShopId,
     SubscriberNumber, TradeId, UnixMs,
@@ -601,6 +602,25 @@ impl Parties for PgStore {
         let c = self.client().await.map_err(failure)?;
         subscriber_row(&**c, number).await.map_err(failure)
     }
+
+    async fn handset(&self, number: &SubscriberNumber) -> Result<Option<HandsetRecord>, Failure> {
+        let c = self.client().await.map_err(failure)?;
+        let row = c
+            .query_opt("SELECT public_key, enrolled_at FROM handsets WHERE number = $1", &[&number.as_str()])
+            .await
+            .map_err(PgError::from)
+            .map_err(failure)?;
+        let Some(row) = row else { return Ok(None) };
+        let read = || -> Result<HandsetRecord, PgError> {
+            let key: &[u8] = row.try_get(0)?;
+            Ok(HandsetRecord {
+                number: number.clone(),
+                public_key: key.try_into().map_err(|_| corrupt("public key width"))?,
+                enrolled_at: rows::ms(row.try_get(1)?)?,
+            })
+        };
+        read().map(Some).map_err(failure)
+    }
 }
 
 fn limit_of(limit: usize) -> i64 {
@@ -686,9 +706,11 @@ impl Trades for PgStore {
         trade: &TradeId,
         decision: Decision,
         signature: &[u8],
+        signer: &ReceiptSigner,
+        now: UnixMs,
     ) -> Option<SignatureCheck> {
         let c = self.client().await.ok()?;
-        trades::check_answer(&**c, carrier, trade, decision, signature).await.ok().flatten()
+        trades::check_answer(&**c, carrier, trade, decision, signature, signer, now).await.ok().flatten()
     }
 
     async fn submit_answer(&self, answer: HandsetAnswer) -> Result<Pending<AnswerOutcome, AnswerRefusal>, Failure> {

@@ -18,14 +18,15 @@ use super::numeric::Minor;
 use super::rows::{self, big, corrupt, TRADE_COLS};
 use super::sql::{self, SetKind};
 use super::PgError;
-use crate::domain::approval::shop_key_fingerprint;
+use crate::domain::receipt::ReceiptSigner;
 use crate::domain::trade::transition;
 use crate::domain::{
-    carrier_fee, AccountName, Amount, Balance, CarrierId, Currency, Decision, FailureReason, Leg, Month, PostingSet,
-    ShopId, Side, SubscriberNumber, TradeEvent, TradeId, TradeState, Transition, UnixMs,
+    carrier_fee, AccountName, Amount, Balance, BindingCode, CarrierId, Currency, Decision, FailureReason, Leg, Month,
+    PostingSet, ScreenText, ShopId, Side, SubscriberNumber, TradeEvent, TradeId, TradeState, Transition, UnixMs,
 };
 use crate::store::records::{
-    Delivery, DeliveryBody, EventKind, NetworkIdentity, OfferBody, PayerRef, Receipt, TradeRecord, TradeRequest,
+    Delivery, DeliveryBody, EventKind, NetworkIdentity, OfferBody, PayerRef, Receipt, SignedTerms, TradeRecord,
+    TradeRequest,
 };
 use crate::store::refusals::{PostingRefusal, RefundField};
 use crate::store::{
@@ -60,11 +61,22 @@ pub async fn lock_trade(tx: &Transaction<'_>, id: &TradeId) -> Result<Option<Tra
 
 /// Writes the fields of a trade that change over its life.
 async fn store_trade(tx: &Transaction<'_>, t: &TradeRecord) -> Result<(), PgError> {
-    let receipt = t.receipt.as_ref();
+    let (signature, key, key_id, counter) = match &t.receipt {
+        None => (None, None, None, None),
+        Some(Receipt::Countersigned { signature, handset_key, key_id, countersignature }) => (
+            Some(signature.0.to_vec()),
+            Some(handset_key.to_vec()),
+            Some(key_id.as_bytes().to_vec()),
+            Some(countersignature.0.to_vec()),
+        ),
+        // Only sled stores from before countersigned receipts hold these.
+        Some(Receipt::Legacy { .. }) => return Err(corrupt("a legacy receipt in the PostgreSQL store")),
+    };
     let n = tx
         .execute(
-            "UPDATE trades SET state = $2, failure = $3, finished_at = $4, decision = $5, receipt_payload = $6,
-                 receipt_signature = $7, receipt_shop_key_fingerprint = $8, offer_delivery = $9, refunded = $10
+            "UPDATE trades SET state = $2, failure = $3, finished_at = $4, decision = $5, receipt_signature = $6,
+                 receipt_handset_key = $7, receipt_key_id = $8, receipt_countersignature = $9, offer_delivery = $10,
+                 refunded = $11
              WHERE id = $1",
             &[
                 &t.id.as_bytes().as_slice(),
@@ -72,9 +84,10 @@ async fn store_trade(tx: &Transaction<'_>, t: &TradeRecord) -> Result<(), PgErro
                 &t.failure.map(|f| f.name()),
                 &t.finished_at.map(|f| big(f.0)).transpose()?,
                 &t.decision.map(rows::decision_name),
-                &receipt.map(|r| r.signed_payload.as_slice()),
-                &receipt.map(|r| r.signature.as_slice()),
-                &receipt.map(|r| r.shop_key_fingerprint.as_slice()),
+                &signature,
+                &key,
+                &key_id,
+                &counter,
                 &t.offer_delivery.map(big).transpose()?,
                 &Minor::from(t.refunded),
             ],
@@ -148,6 +161,8 @@ pub async fn enqueue(
             )
             .await?
         }
+        // Every trade this backend creates is offered as payload version 2.
+        DeliveryBody::OfferV1(_) => return Err(corrupt("a version-1 offer in the PostgreSQL store")),
         DeliveryBody::Offer(o) => {
             tx.query_one(
                 "INSERT INTO outbox (delivery_id, carrier, kind, trade, payer, shop, shop_name, register,
@@ -431,6 +446,14 @@ async fn open_trade(
         )),
         None => None,
     };
+    // The offer shows exactly these texts; the trade keeps their digest,
+    // so the answer is checked against what was shown even if the shop's
+    // name changes before the buyer answers.
+    let screen = ScreenText { shop_name: &shop_name, register_label: &label, description: &request.description };
+    let terms = SignedTerms::V2 { screen_digest: screen.digest() };
+    if BindingCode::parse(&t.binding_code).is_none() {
+        return Err(corrupt("binding code is not six digits"));
+    }
     let mut trade = TradeRecord {
         id: t.trade_id,
         shop: t.shop.clone(),
@@ -447,6 +470,7 @@ async fn open_trade(
         idempotency_key: t.idempotency_key.clone(),
         offer_delivery: None,
         refunded: Amount::ZERO,
+        terms,
     };
     let refusal = match &subscriber {
         None => Some(FailureReason::PayerUnknown),
@@ -517,10 +541,14 @@ async fn open_trade(
 }
 
 async fn insert_trade(tx: &Transaction<'_>, t: &TradeRecord) -> Result<(), PgError> {
+    let SignedTerms::V2 { screen_digest } = t.terms else {
+        return Err(corrupt("a new trade offered as payload version 1"));
+    };
     tx.execute(
         "INSERT INTO trades (id, shop, register, carrier, payer, amount, currency, description, ttl_ms, state,
-                             failure, binding_code, created_at, expires_at, finished_at, idempotency_key)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                             failure, binding_code, created_at, expires_at, finished_at, idempotency_key,
+                             screen_digest)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         &[
             &t.id.as_bytes().as_slice(),
             &t.shop.as_str(),
@@ -538,6 +566,7 @@ async fn insert_trade(tx: &Transaction<'_>, t: &TradeRecord) -> Result<(), PgErr
             &big(t.expires_at.0)?,
             &t.finished_at.map(|f| big(f.0)).transpose()?,
             &t.idempotency_key,
+            &screen_digest.as_slice(),
         ],
     )
     .await?;
@@ -640,12 +669,15 @@ pub async fn ack(
 }
 
 /// Reads what a handset answer is checked against, off the write path.
+#[allow(clippy::too_many_arguments)]
 pub async fn check_answer(
     client: &impl tokio_postgres::GenericClient,
     carrier: &CarrierId,
     trade: &TradeId,
     decision: Decision,
     signature: &[u8],
+    signer: &ReceiptSigner,
+    now: UnixMs,
 ) -> Result<Option<SignatureCheck>, PgError> {
     let row = client
         .query_opt(
@@ -662,7 +694,8 @@ pub async fn check_answer(
     }
     let key: Vec<u8> = row.try_get(rows::TRADE_COL_COUNT)?;
     let key: [u8; 32] = key.try_into().map_err(|_| corrupt("public key width"))?;
-    Ok(Some(SignatureCheck::verify(key, t.signed_bytes(decision), signature)))
+    let signed = t.signed_bytes(decision).map_err(|e| corrupt(e.to_string()))?;
+    Ok(Some(SignatureCheck::verify(t.id, key, signed, signature, decision, signer, now)))
 }
 
 /// A handset's answer: settled, declined or failed in one transaction
@@ -693,7 +726,7 @@ pub async fn answer(tx: &Transaction<'_>, a: &HandsetAnswer, cx: &mut Cx) -> Ste
         .transpose()?
         .map(|k| <[u8; 32]>::try_from(k).map_err(|_| corrupt("public key width")))
         .transpose()?;
-    let signed = trade.signed_bytes(a.decision);
+    let signed = trade.signed_bytes(a.decision).map_err(|e| corrupt(e.to_string()))?;
     let event = match &handset {
         None => TradeEvent::Fail(FailureReason::NoHandset),
         Some(key) if !SignatureCheck::valid(a.checked.as_ref(), key, &signed, &a.signature) => {
@@ -729,11 +762,12 @@ pub async fn answer(tx: &Transaction<'_>, a: &HandsetAnswer, cx: &mut Cx) -> Ste
             match settled {
                 Err(reason) => TradeEvent::Fail(reason),
                 Ok(()) => {
-                    trade.receipt = Some(Receipt {
-                        signed_payload: signed,
-                        signature: a.signature.clone(),
-                        shop_key_fingerprint: shop_key_fingerprint(&trade.shop, key),
-                    });
+                    // Verified above, so it is 64 bytes.
+                    let sig: [u8; 64] =
+                        a.signature.as_slice().try_into().map_err(|_| corrupt("verified signature is not 64 bytes"))?;
+                    let receipt =
+                        SignatureCheck::receipt(a.checked.as_ref(), &a.signer, trade.id, key, &signed, &sig, now);
+                    trade.receipt = Some(receipt);
                     TradeEvent::Settle
                 }
             }

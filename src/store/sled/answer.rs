@@ -3,15 +3,15 @@
 //! signed answer, which settles from a wallet or onto a carrier bill in the
 //! same commit as the trade's final state.
 
-use crate::domain::approval::shop_key_fingerprint;
+use crate::domain::receipt::ReceiptSigner;
 use crate::domain::trade::transition;
 use crate::domain::{
     AccountName, Amount, CarrierId, Currency, Decision, FailureReason, Leg, PostingSet, Side, TradeEvent, TradeId,
     Transition, UnixMs,
 };
 use crate::store::records::{
-    AccountRecord, Delivery, DeliveryBody, EventKind, Funding, HandsetRecord, PayoutEntry, PostingKind, Receipt,
-    ShopRecord, SubscriberRecord, TradeRecord,
+    AccountRecord, Delivery, EventKind, Funding, HandsetRecord, PayoutEntry, PostingKind, ShopRecord, SubscriberRecord,
+    TradeRecord,
 };
 use crate::store::{
     AckOutcome, AnswerOutcome, AnswerRefusal, HandsetAnswer, NoRefusal, RejectedAnswer, SignatureCheck,
@@ -43,7 +43,7 @@ impl WriteOp for Ack {
             return Ok(AckOutcome::Unknown);
         };
         tx.del(T::Outbox, &key)?;
-        let DeliveryBody::Offer(offer) = delivery.body else {
+        let Some((offer, _)) = delivery.body.offer() else {
             return Ok(AckOutcome::Withdrawal);
         };
         let Some(mut trade) = tx.get::<TradeRecord>(T::Trades, offer.trade.as_bytes())? else {
@@ -85,7 +85,10 @@ impl WriteOp for HandsetAnswer {
             return rejected(Some(trade), RejectedAnswer::Expired, deliveries);
         }
         let handset = tx.get::<HandsetRecord>(T::Handsets, trade.request.payer.as_str().as_bytes())?;
-        let signed = trade.signed_bytes(self.decision);
+        let signed = match trade.signed_bytes(self.decision) {
+            Ok(signed) => signed,
+            Err(e) => return corrupt(e.to_string()),
+        };
         let event = match &handset {
             None => TradeEvent::Fail(FailureReason::NoHandset),
             Some(h) if !SignatureCheck::valid(self.checked.as_ref(), &h.public_key, &signed, &self.signature) => {
@@ -104,11 +107,20 @@ impl WriteOp for HandsetAnswer {
                 match settled {
                     Err(reason) => TradeEvent::Fail(reason),
                     Ok(()) => {
-                        trade.receipt = Some(Receipt {
-                            signed_payload: signed,
-                            signature: self.signature.clone(),
-                            shop_key_fingerprint: shop_key_fingerprint(&trade.shop, &h.public_key),
-                        });
+                        // Verified above, so it is 64 bytes.
+                        let Ok(sig) = <[u8; 64]>::try_from(self.signature.as_slice()) else {
+                            return corrupt("verified signature is not 64 bytes");
+                        };
+                        let receipt = SignatureCheck::receipt(
+                            self.checked.as_ref(),
+                            &self.signer,
+                            trade.id,
+                            &h.public_key,
+                            &signed,
+                            &sig,
+                            now,
+                        );
+                        trade.receipt = Some(receipt);
                         TradeEvent::Settle
                     }
                 }
@@ -216,19 +228,23 @@ fn settle_to_bill(
 
 impl SledStore {
     /// Verifies an answer against the trade and enrolled key as they are
-    /// now, on the caller's thread rather than the writer's.
+    /// now, on the caller's thread rather than the writer's, and
+    /// countersigns a valid approval's receipt at `now` with `signer`.
     pub(crate) fn check_answer_now(
         &self,
         carrier: &CarrierId,
         trade: &TradeId,
         decision: Decision,
         signature: &[u8],
+        signer: &ReceiptSigner,
+        now: UnixMs,
     ) -> Option<SignatureCheck> {
         let trade: TradeRecord = self.get(T::Trades, trade.as_bytes()).ok()??;
         if trade.carrier.as_ref() != Some(carrier) || trade.state.is_final() {
             return None;
         }
         let handset: HandsetRecord = self.get(T::Handsets, trade.request.payer.as_str().as_bytes()).ok()??;
-        Some(SignatureCheck::verify(handset.public_key, trade.signed_bytes(decision), signature))
+        let signed = trade.signed_bytes(decision).ok()?;
+        Some(SignatureCheck::verify(trade.id, handset.public_key, signed, signature, decision, signer, now))
     }
 }

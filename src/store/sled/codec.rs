@@ -1,36 +1,164 @@
 //! How the sled backend writes records: one version byte, then postcard.
-//! A record of an unknown version or a malformed body is reported as
-//! corruption, never a panic. Events are stored compactly (only what can
-//! change about their trade afterwards) and joined with their trade when
-//! read; idempotency keys, prefixes, carrier terms and leases are records
-//! only this backend has.
+//! Each record type has its own version ([`Record::VERSION`]); a type whose
+//! layout changed decodes its older layouts too. A record of an unknown
+//! version or a malformed body is reported as corruption, never a panic.
+//! Events are stored compactly (only what can change about their trade
+//! afterwards) and joined with their trade when read; idempotency keys,
+//! prefixes, carrier terms and leases are records only this backend has.
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::domain::{
-    Amount, CarrierId, Decision, FailureReason, IpPrefix, PortRange, SubscriberNumber, TradeId, TradeState, UnixMs,
+    Amount, CarrierId, Decision, FailureReason, IpPrefix, PortRange, ShopId, SubscriberNumber, TradeId, TradeState,
+    UnixMs,
 };
-use crate::store::records::{EventKind, EventRecord, NetworkIdentity, TradeRecord, TradeRequest};
+use crate::store::records::{
+    AccountRecord, BillLine, CapUsage, CarrierRecord, Delivery, EventKind, EventRecord, HandsetRecord, NetworkIdentity,
+    PayoutEntry, PostingRecord, Receipt, RegisterRecord, ShopRecord, SignedTerms, SubscriberRecord, TradeRecord,
+    TradeRequest,
+};
 use crate::store::Failure;
 
-/// Bumped when any record layout changes; old versions get a migration.
+/// The version byte of every record type whose layout never changed.
 pub const RECORD_VERSION: u8 = 1;
 
-pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Failure> {
-    let mut out = vec![RECORD_VERSION];
+/// A stored record type. A type whose layout changes gets a new `VERSION`
+/// and reads its older layouts in `decode_older` (keeping a copy of the
+/// old structs); the others stay at [`RECORD_VERSION`].
+pub trait Record: Serialize + DeserializeOwned {
+    /// The version byte this type is written with.
+    const VERSION: u8 = RECORD_VERSION;
+
+    /// Decodes a body written under an older `version` of this type.
+    fn decode_older(version: u8, _body: &[u8]) -> Result<Self, Failure> {
+        Err(Failure::Corrupt(format!("unknown record version {version}")))
+    }
+}
+
+pub fn encode<T: Record>(value: &T) -> Result<Vec<u8>, Failure> {
+    let mut out = vec![T::VERSION];
     let body = postcard::to_stdvec(value).map_err(|e| Failure::Corrupt(format!("encode: {e}")))?;
     out.extend_from_slice(&body);
     Ok(out)
 }
 
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
+pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, Failure> {
     match bytes.split_first() {
-        Some((&RECORD_VERSION, body)) => {
-            postcard::from_bytes(body).map_err(|e| Failure::Corrupt(format!("decode: {e}")))
-        }
-        Some((v, _)) => Err(Failure::Corrupt(format!("unknown record version {v}"))),
+        Some((&v, body)) if v == T::VERSION => body_of(body),
+        Some((&v, body)) => T::decode_older(v, body),
         None => Err(Failure::Corrupt("empty record".into())),
     }
+}
+
+fn body_of<T: DeserializeOwned>(body: &[u8]) -> Result<T, Failure> {
+    postcard::from_bytes(body).map_err(|e| Failure::Corrupt(format!("decode: {e}")))
+}
+
+/// Record types at [`RECORD_VERSION`], unchanged since the first layout.
+macro_rules! first_layout {
+    ($($t:ty),* $(,)?) => { $(impl Record for $t {})* };
+}
+
+first_layout!(
+    crate::domain::Principal,
+    ShopRecord,
+    CarrierRecord,
+    SubscriberRecord,
+    HandsetRecord,
+    RegisterRecord,
+    AccountRecord,
+    PostingRecord,
+    IdempotencyRecord,
+    Delivery,
+    PrefixRecord,
+    CarrierTerms,
+    LeaseRecord,
+    CapUsage,
+    BillLine,
+    PayoutEntry,
+    (),
+    u64,
+    u128,
+);
+
+/// Version byte of trade records since payload version 2 (`terms`, and
+/// receipts countersigned by the operator).
+pub const TRADE_VERSION: u8 = 2;
+
+impl Record for TradeRecord {
+    const VERSION: u8 = TRADE_VERSION;
+
+    fn decode_older(version: u8, body: &[u8]) -> Result<Self, Failure> {
+        match version {
+            RECORD_VERSION => body_of::<TradeRecordV1>(body).map(TradeRecord::from),
+            v => Err(Failure::Corrupt(format!("unknown trade record version {v}"))),
+        }
+    }
+}
+
+/// A trade record as written before [`TRADE_VERSION`] 2 (kept to read
+/// stores of that time; also the trade inside a version 1 whole event).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct TradeRecordV1 {
+    id: TradeId,
+    shop: ShopId,
+    carrier: Option<CarrierId>,
+    request: TradeRequest,
+    state: TradeState,
+    failure: Option<FailureReason>,
+    binding_code: String,
+    created_at: UnixMs,
+    expires_at: UnixMs,
+    finished_at: Option<UnixMs>,
+    decision: Option<Decision>,
+    receipt: Option<ReceiptV1>,
+    idempotency_key: Option<String>,
+    offer_delivery: Option<u64>,
+    refunded: Amount,
+}
+
+/// The receipt layout of [`TradeRecordV1`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ReceiptV1 {
+    signed_payload: Vec<u8>,
+    signature: Vec<u8>,
+    shop_key_fingerprint: [u8; 32],
+}
+
+impl From<TradeRecordV1> for TradeRecord {
+    fn from(t: TradeRecordV1) -> TradeRecord {
+        TradeRecord {
+            id: t.id,
+            shop: t.shop,
+            carrier: t.carrier,
+            request: t.request,
+            state: t.state,
+            failure: t.failure,
+            binding_code: t.binding_code,
+            created_at: t.created_at,
+            expires_at: t.expires_at,
+            finished_at: t.finished_at,
+            decision: t.decision,
+            receipt: t.receipt.map(|r| Receipt::Legacy {
+                signed_payload: r.signed_payload,
+                signature: r.signature,
+                shop_key_fingerprint: r.shop_key_fingerprint,
+            }),
+            idempotency_key: t.idempotency_key,
+            offer_delivery: t.offer_delivery,
+            refunded: t.refunded,
+            terms: SignedTerms::V1,
+        }
+    }
+}
+
+/// A whole event as written before compact events (version 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct EventRecordV1 {
+    seq: u64,
+    at: UnixMs,
+    kind: EventKind,
+    trade: TradeRecordV1,
 }
 
 /// Version byte of the compact event layout. Version 1 events (the
@@ -130,9 +258,49 @@ pub fn decode_event(bytes: &[u8]) -> Result<StoredEvent, Failure> {
     match bytes.split_first() {
         Some((&EVENT_VERSION, body)) => compact(body).map(StoredEvent::Compact),
         Some((&EVENT_VERSION_V2, body)) => compact(body).map(StoredEvent::CompactV2),
-        Some(_) => decode(bytes).map(|e| StoredEvent::Whole(Box::new(e))),
+        Some((&RECORD_VERSION, body)) => {
+            let e: EventRecordV1 = body_of(body)?;
+            Ok(StoredEvent::Whole(Box::new(EventRecord { seq: e.seq, at: e.at, kind: e.kind, trade: e.trade.into() })))
+        }
+        Some((v, _)) => Err(Failure::Corrupt(format!("unknown event version {v}"))),
         None => Err(Failure::Corrupt("empty record".into())),
     }
+}
+
+/// The version 1 bytes of a whole event whose trade a version 1 server
+/// could have written (no countersigned receipt), for tests of old stores.
+#[cfg(test)]
+pub(crate) fn encode_whole_event_v1(e: &EventRecord) -> Option<Vec<u8>> {
+    let t = &e.trade;
+    let receipt = match &t.receipt {
+        None => None,
+        Some(Receipt::Legacy { signed_payload, signature, shop_key_fingerprint }) => Some(ReceiptV1 {
+            signed_payload: signed_payload.clone(),
+            signature: signature.clone(),
+            shop_key_fingerprint: *shop_key_fingerprint,
+        }),
+        Some(Receipt::Countersigned { .. }) => return None,
+    };
+    let trade = TradeRecordV1 {
+        id: t.id,
+        shop: t.shop.clone(),
+        carrier: t.carrier.clone(),
+        request: t.request.clone(),
+        state: t.state,
+        failure: t.failure,
+        binding_code: t.binding_code.clone(),
+        created_at: t.created_at,
+        expires_at: t.expires_at,
+        finished_at: t.finished_at,
+        decision: t.decision,
+        receipt,
+        idempotency_key: t.idempotency_key.clone(),
+        offer_delivery: t.offer_delivery,
+        refunded: t.refunded,
+    };
+    let mut out = vec![RECORD_VERSION];
+    out.extend(postcard::to_stdvec(&EventRecordV1 { seq: e.seq, at: e.at, kind: e.kind, trade }).ok()?);
+    Some(out)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -186,8 +354,10 @@ pub struct LeaseRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Currency, RegisterId, ShopId};
-    use crate::store::records::{CarrierRecord, Receipt};
+    use crate::domain::receipt::ReceiptKeyId;
+    use crate::domain::{Currency, RegisterId, ScreenText};
+    use crate::store::records::OfferBody;
+    use crate::store::records::Sig64;
 
     #[test]
     fn records_round_trip_and_reject_unknown_versions() {
@@ -207,7 +377,7 @@ mod tests {
     }
 
     fn hex(text: &str) -> Vec<u8> {
-        (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex")).collect()
+        crate::hex::decode(text).expect("hex")
     }
 
     /// A settled, partly refunded trade, as in the golden records below.
@@ -231,7 +401,7 @@ mod tests {
             expires_at: UnixMs(1_800_000_060_000),
             finished_at: Some(UnixMs(1_800_000_001_000)),
             decision: Some(Decision::Approve),
-            receipt: Some(Receipt {
+            receipt: Some(Receipt::Legacy {
                 signed_payload: vec![1, 2, 3],
                 signature: vec![4; 64],
                 shop_key_fingerprint: [5; 32],
@@ -239,6 +409,22 @@ mod tests {
             idempotency_key: Some("order-1".into()),
             offer_delivery: None,
             refunded: Amount::new(300),
+            terms: SignedTerms::V1,
+        }
+    }
+
+    /// The same trade as this version writes it: version 2 terms and a
+    /// countersigned receipt.
+    fn golden_trade_v2() -> TradeRecord {
+        TradeRecord {
+            receipt: Some(Receipt::Countersigned {
+                signature: Sig64([4; 64]),
+                handset_key: [5; 32],
+                key_id: ReceiptKeyId::from_bytes([6; 8]),
+                countersignature: Sig64([7; 64]),
+            }),
+            terms: SignedTerms::V2 { screen_digest: [8; 32] },
+            ..golden_trade()
         }
     }
 
@@ -271,8 +457,64 @@ mod tests {
             decode_event(&hex(GOLDEN_EVENT_V1)).expect("event v1"),
             StoredEvent::Whole(Box::new(expected.clone()))
         );
-        // Today's encoder of the whole layout still writes those bytes.
-        assert_eq!(encode(&expected).expect("encode"), hex(GOLDEN_EVENT_V1));
+        // The test encoder of the old layout writes exactly those bytes.
+        assert_eq!(encode_whole_event_v1(&expected), Some(hex(GOLDEN_EVENT_V1)));
+    }
+
+    // Written by this version's encoder: the layout of trade records since
+    // countersigned receipts, pinned so it cannot change by accident.
+    const GOLDEN_TRADE_V2: &str =
+        "02070707070707070707070707070707070461636d650106646f636f6d6f090909090909090909090909090909090d2b\
+        383138303132333435363738b0094a505904626f6f6be0d40302000631323334353680a0f1c2b134e0f4f4c2b13401e8\
+        a7f1c2b13401000101040404040404040404040404040404040404040404040404040404040404040404040404040404\
+        040404040404040404040404040404040404040404040404040505050505050505050505050505050505050505050505\
+        050505050505050505060606060606060607070707070707070707070707070707070707070707070707070707070707\
+        07070707070707070707070707070707070707070707070707070707070707070701076f726465722d3100ac02010808\
+        080808080808080808080808080808080808080808080808080808080808";
+
+    #[test]
+    fn trade_records_have_their_own_version_and_read_the_old_one() {
+        let bytes = encode(&golden_trade_v2()).expect("encode");
+        assert_eq!(bytes[0], TRADE_VERSION);
+        assert_eq!(bytes, hex(GOLDEN_TRADE_V2), "{}", crate::hex::encode(&bytes));
+        assert_eq!(decode::<TradeRecord>(&bytes).expect("v2"), golden_trade_v2());
+        // A version 1 trade reads as a version 1 trade with a legacy receipt.
+        let old: TradeRecord = decode(&hex(GOLDEN_TRADE_V1)).expect("v1");
+        assert_eq!((old.terms, matches!(old.receipt, Some(Receipt::Legacy { .. }))), (SignedTerms::V1, true));
+        // Other records stay at version 1, and nothing reads version 3.
+        assert_eq!(encode(&CarrierTerms { fee_bps: 1 }).expect("encode")[0], RECORD_VERSION);
+        let mut future = bytes.clone();
+        future[0] = 3;
+        assert!(matches!(decode::<TradeRecord>(&future), Err(Failure::Corrupt(_))));
+    }
+
+    #[test]
+    fn the_payload_of_a_trade_is_its_offers_payload() {
+        let t = golden_trade_v2();
+        let digest = ScreenText { shop_name: "Acme", register_label: "Front", description: "book" }.digest();
+        let t = TradeRecord { terms: SignedTerms::V2 { screen_digest: digest }, ..t };
+        let offer = OfferBody {
+            trade: t.id,
+            payer: t.request.payer.clone(),
+            shop: t.shop.clone(),
+            shop_name: "Acme".into(),
+            register: t.request.register,
+            register_label: "Front".into(),
+            amount: t.request.amount,
+            currency: t.request.currency,
+            description: "book".into(),
+            expires_at: t.expires_at,
+            binding_code: t.binding_code.clone(),
+        };
+        for decision in [Decision::Approve, Decision::Decline] {
+            let from_trade = t.approval_payload(decision).expect("payload");
+            assert_eq!(Some(from_trade.clone()), offer.approval_payload(2, decision));
+            assert_eq!(from_trade.version.number(), 2);
+        }
+        let v1 = TradeRecord { terms: SignedTerms::V1, ..t.clone() };
+        assert_eq!(v1.approval_payload(Decision::Approve).ok(), offer.approval_payload(1, Decision::Approve));
+        let broken = TradeRecord { binding_code: "12345".into(), ..t };
+        assert!(matches!(broken.approval_payload(Decision::Approve), Err(Failure::Corrupt(_))));
     }
 
     // Written by the encoders of commit 8c50b13, before refund ids named

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use ed25519_dalek::SigningKey;
 
 use super::*;
+use crate::domain::receipt::ReceiptSigner;
 use crate::domain::{Amount, Currency, Decision, TradeState};
 use crate::store::fixture::{sign, Fixture};
 use crate::store::{Funding, PayerRef, Store, TradeRequest};
@@ -78,6 +79,7 @@ async fn footprint_per_settled_trade() {
     let jpy = Currency::parse("JPY").expect("known");
     let fixture = Fixture::new(store.clone(), T0);
     let carrier = fixture.carrier("bench-carrier-1", "Bench Mobile", &[], 0).await;
+    let signer = Arc::new(ReceiptSigner::from_seed([77; 32], T0));
     let mut shops = Vec::new();
     for i in 0..shops_n {
         let shop = fixture.shop(&format!("bench-1-shop-{i}"), &format!("Bench shop {i}")).await;
@@ -148,6 +150,7 @@ async fn footprint_per_settled_trade() {
                 signature: sign(key, t, Decision::Approve),
                 now: T0,
                 checked: None,
+                signer: signer.clone(),
             };
             pending.push(store.submit_answer(answer).await.expect("queued"));
         }

@@ -34,9 +34,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde::de::DeserializeOwned;
+use codec::Record;
 use tokio::sync::{mpsc, watch};
 
+use crate::domain::receipt::ReceiptSigner;
 use crate::domain::{
     AccountName, CarrierId, Decision, IpKey, IpPrefix, Month, Principal, RegisterId, ShopId, SubscriberNumber, TradeId,
     UnixMs,
@@ -101,7 +102,7 @@ impl Shared {
         &self.trees[t as usize]
     }
 
-    pub(crate) fn get<V: DeserializeOwned>(&self, t: T, key: &[u8]) -> Result<Option<V>, Failure> {
+    pub(crate) fn get<V: Record>(&self, t: T, key: &[u8]) -> Result<Option<V>, Failure> {
         match self.tree(t).get(key).map_err(io)? {
             Some(v) => codec::decode(&v).map(Some),
             None => Ok(None),
@@ -172,11 +173,11 @@ impl SledStore {
         self.shared.tree(t)
     }
 
-    fn get<V: DeserializeOwned>(&self, t: T, key: &[u8]) -> Result<Option<V>, Failure> {
+    fn get<V: Record>(&self, t: T, key: &[u8]) -> Result<Option<V>, Failure> {
         self.shared.get(t, key)
     }
 
-    fn scan<V: DeserializeOwned>(&self, t: T, prefix: &[u8], limit: usize) -> Result<Vec<V>, Failure> {
+    fn scan<V: Record>(&self, t: T, prefix: &[u8], limit: usize) -> Result<Vec<V>, Failure> {
         let mut out = Vec::new();
         for item in self.tree(t).scan_prefix(prefix).take(limit) {
             let (_, v) = item.map_err(io)?;
@@ -302,6 +303,11 @@ impl Parties for SledStore {
         let v = self.get(T::Subscribers, number.as_str().as_bytes())?;
         self.durable(v).await
     }
+
+    async fn handset(&self, number: &SubscriberNumber) -> Result<Option<HandsetRecord>, Failure> {
+        let v = self.get(T::Handsets, number.as_str().as_bytes())?;
+        self.durable(v).await
+    }
 }
 
 #[async_trait]
@@ -338,8 +344,10 @@ impl Trades for SledStore {
         trade: &TradeId,
         decision: Decision,
         signature: &[u8],
+        signer: &ReceiptSigner,
+        now: UnixMs,
     ) -> Option<SignatureCheck> {
-        self.check_answer_now(carrier, trade, decision, signature)
+        self.check_answer_now(carrier, trade, decision, signature, signer, now)
     }
 
     async fn submit_answer(&self, answer: HandsetAnswer) -> Result<Pending<AnswerOutcome, AnswerRefusal>, Failure> {

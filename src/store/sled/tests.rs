@@ -4,15 +4,21 @@
 
 use std::sync::Arc;
 
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{Signer, SigningKey};
 
 use super::*;
+use crate::domain::receipt::{handset_commitment, ReceiptSigner, Statement};
 use crate::domain::{Amount, Decision, FailureReason, TradeState};
 use crate::store::fixture::{jpy, number, sign, Fixture};
 use crate::store::{
-    Difference, EventKind, Funding, OfferGate, PayerRef, PostingKind, RefundField, RejectedAnswer, Store, TradeField,
-    TradeRequest,
+    Difference, EventKind, Funding, OfferGate, PayerRef, PostingKind, Receipt, RefundField, RejectedAnswer,
+    SignedTerms, Store, TradeField, TradeRequest,
 };
+
+/// The receipt-signing key of every store test.
+fn test_signer() -> Arc<ReceiptSigner> {
+    Arc::new(ReceiptSigner::from_seed([77; 32], T0))
+}
 
 struct F {
     _dir: tempfile::TempDir,
@@ -93,7 +99,15 @@ impl F {
         now: UnixMs,
         checked: Option<SignatureCheck>,
     ) -> AnswerOutcome {
-        let answer = HandsetAnswer { carrier: self.carrier.clone(), trade: t.id, decision, signature, now, checked };
+        let answer = HandsetAnswer {
+            carrier: self.carrier.clone(),
+            trade: t.id,
+            decision,
+            signature,
+            now,
+            checked,
+            signer: test_signer(),
+        };
         self.store.submit_answer(answer).await.expect("queued").outcome().await.expect("answer")
     }
 
@@ -149,6 +163,86 @@ async fn approval_settles_atomically_and_verifies() {
     assert_eq!(report.postings_checked, 4);
 }
 
+/// The settlement's receipt: the handset's signature over the trade's
+/// payload, its key, and the operator's countersignature over the
+/// statement of the settlement, the same whether made in advance by
+/// `check_answer` or by the writer.
+#[tokio::test]
+async fn a_settlement_is_countersigned_the_same_on_either_path() {
+    let f = fixture().await;
+    f.top_up(5_000).await;
+    let signer = test_signer();
+    let mut receipts = Vec::new();
+    // Not checked first; checked at the answer's time; checked at another
+    // time (the statement differs, so the writer must sign itself).
+    for (checked_first, checked_at) in [(false, 0), (true, 5), (true, 4)] {
+        let (trade, _) = f.create(100, None).await.expect("create");
+        assert!(matches!(trade.terms, SignedTerms::V2 { .. }), "new trades are version 2");
+        let signature = f.sign(&trade, Decision::Approve);
+        let at = UnixMs(T0.0 + 5);
+        let checked = match checked_first {
+            true => {
+                let checked_at = UnixMs(T0.0 + checked_at);
+                f.store.check_answer(&f.carrier, &trade.id, Decision::Approve, &signature, &signer, checked_at).await
+            }
+            false => None,
+        };
+        assert_eq!(checked.is_some(), checked_first);
+        let out = f.answer_checked(&trade, Decision::Approve, signature.clone(), at, checked).await;
+        let settled = out.trade.expect("trade");
+        let Some(Receipt::Countersigned { signature: sig, handset_key, key_id, countersignature }) = settled.receipt
+        else {
+            panic!("no countersigned receipt: {:?}", settled.receipt)
+        };
+        assert_eq!(
+            (sig.0.to_vec(), handset_key, key_id),
+            (signature.clone(), f.key.verifying_key().to_bytes(), signer.id())
+        );
+        assert_eq!(settled.finished_at, Some(at));
+        let payload = settled.approval_payload(Decision::Approve).expect("payload").to_bytes();
+        let commitment = handset_commitment(settled.id, &handset_key);
+        let statement =
+            Statement { key_id, payload: &payload, handset_signature: &sig.0, commitment: &commitment, settled_at: at };
+        assert!(statement.verify(&signer.public_key(), &countersignature.0), "checked at {checked_at}");
+        receipts.push(countersignature);
+    }
+    assert!(receipts[0] != receipts[1] && receipts[1] != receipts[2], "three trades, three statements");
+}
+
+/// A trade created by a server before payload version 2 and still open
+/// after the upgrade is answered in the version it was offered with (and
+/// only that); trades created now never accept version 1.
+#[tokio::test]
+async fn a_trade_offered_as_version_1_is_verified_as_version_1_only() {
+    let f = fixture().await;
+    f.top_up(5_000).await;
+    let v1_bytes = |t: &TradeRecord| {
+        let p = t.approval_payload(Decision::Approve).expect("payload");
+        crate::domain::ApprovalPayload { version: crate::domain::PayloadVersion::V1, ..p }.to_bytes()
+    };
+    // Created now: a version 1 signature is a bad signature.
+    let (v2, _) = f.create(100, None).await.expect("create");
+    let out = f.answer(&v2, Decision::Approve, f.key.sign(&v1_bytes(&v2)).to_bytes().to_vec(), T0).await;
+    let t = out.trade.expect("trade");
+    assert_eq!((t.state, t.failure), (TradeState::Failed, Some(FailureReason::BadSignature)));
+    // As an earlier server stored it (a version 1 record reads as V1 terms).
+    for (signs_v1, settles) in [(false, false), (true, true)] {
+        let (mut old, _) = f.create(100, None).await.expect("create");
+        let v2_bytes = old.approval_payload(Decision::Approve).expect("payload").to_bytes();
+        old.terms = SignedTerms::V1;
+        f.sled.tree(T::Trades).insert(old.id.as_bytes(), codec::encode(&old).expect("encode")).expect("insert");
+        let signature = f.key.sign(&if signs_v1 { v1_bytes(&old) } else { v2_bytes });
+        let out = f.answer(&old, Decision::Approve, signature.to_bytes().to_vec(), T0).await;
+        let t = out.trade.expect("trade");
+        assert_eq!(t.state == TradeState::Settled, settles, "signs v1: {signs_v1}: {t:?}");
+        if settles {
+            let payload = t.approval_payload(Decision::Approve).expect("payload").to_bytes();
+            assert_eq!(payload[16], 1, "the receipt keeps the version 1 bytes");
+            assert!(matches!(t.receipt, Some(Receipt::Countersigned { .. })));
+        }
+    }
+}
+
 #[tokio::test]
 async fn refusals_move_no_money() {
     let f = fixture().await;
@@ -190,7 +284,7 @@ async fn checked_signatures_are_reused_only_while_they_still_apply() {
     let answer_checked = |t: TradeRecord, decision: Decision, signature: Vec<u8>| {
         let f = &f;
         async move {
-            let checked = f.store.check_answer(&f.carrier, &t.id, decision, &signature).await;
+            let checked = f.store.check_answer(&f.carrier, &t.id, decision, &signature, &test_signer(), T0).await;
             assert!(checked.is_some(), "an open trade with a handset can be checked");
             f.answer_checked(&t, decision, signature, T0, checked).await.trade.expect("trade")
         }
@@ -209,7 +303,7 @@ async fn checked_signatures_are_reused_only_while_they_still_apply() {
     // no longer applies and the old key's signature fails.
     let (stale, _) = f.create(100, None).await.expect("create");
     let signature = f.sign(&stale, Decision::Approve);
-    let checked = f.store.check_answer(&f.carrier, &stale.id, Decision::Approve, &signature).await;
+    let checked = f.store.check_answer(&f.carrier, &stale.id, Decision::Approve, &signature, &test_signer(), T0).await;
     let new_key = SigningKey::from_bytes(&[7u8; 32]);
     f.fixture.handset(&f.carrier, &f.payer, &new_key).await;
     let out = f.answer_checked(&stale, Decision::Approve, signature, T0, checked).await;
@@ -218,7 +312,11 @@ async fn checked_signatures_are_reused_only_while_they_still_apply() {
 
     // Nothing to check against: an unknown trade gets no verdict.
     let unknown = TradeId::generate().expect("id");
-    assert!(f.store.check_answer(&f.carrier, &unknown, Decision::Approve, &[0; 64]).await.is_none());
+    assert!(f
+        .store
+        .check_answer(&f.carrier, &unknown, Decision::Approve, &[0; 64], &test_signer(), T0)
+        .await
+        .is_none());
     let wallet = AccountName::Wallet(f.payer.clone(), jpy());
     assert_eq!(f.net(&wallet).await, 900, "only the first trade moved money");
     assert!(f.store.verify().await.expect("verify").ok());
@@ -521,11 +619,14 @@ async fn replayed_events_show_the_trade_as_it_was_at_each_event() {
     assert_eq!(f.store.events(&f.shop, 1, head, 100).await.expect("events"), events[1..].to_vec());
 
     // A store written before compact events holds whole events; mixed with
-    // compact ones they read the same. Rewrite event 2 in the old layout.
-    let old = codec::encode(&events[1]).expect("encode v1");
+    // compact ones they read the same. Rewrite event 2 in the old layout
+    // (whose trades predate payload version 2, so it reads back as one).
+    let old = codec::encode_whole_event_v1(&events[1]).expect("encode v1");
     assert_eq!(old[0], codec::RECORD_VERSION);
     f.sled.tree(T::Events).insert(keys::event(&f.shop, 2), old).expect("insert");
-    assert_eq!(f.store.events(&f.shop, 0, head, 100).await.expect("events"), events);
+    let mut expected = events.clone();
+    expected[1].trade.terms = SignedTerms::V1;
+    assert_eq!(f.store.events(&f.shop, 0, head, 100).await.expect("events"), expected);
 }
 
 /// A refund id is the refund's posting set id. Refunds recorded before
@@ -563,9 +664,19 @@ async fn refunds_recorded_with_first_posting_ids_read_back_as_their_set() {
     v2.extend(postcard::to_stdvec(&codec::CompactEvent::of(&old_event)).expect("encode"));
     f.sled.tree(T::Events).insert(keys::event(&f.shop, head), v2).expect("insert");
     assert_eq!(f.store.events(&f.shop, 0, head, 100).await.expect("events"), events, "version 2");
-    let v1 = codec::encode(&old_event).expect("encode v1");
+    // A whole (version 1) event holds its trade as a version 1 server wrote
+    // it: version 1 terms, a receipt without a countersignature.
+    let mut legacy = old_event.clone();
+    legacy.trade.terms = SignedTerms::V1;
+    legacy.trade.receipt =
+        Some(Receipt::Legacy { signed_payload: vec![1], signature: vec![2; 64], shop_key_fingerprint: [3; 32] });
+    let v1 = codec::encode_whole_event_v1(&legacy).expect("encode v1");
     f.sled.tree(T::Events).insert(keys::event(&f.shop, head), v1).expect("insert");
-    assert_eq!(f.store.events(&f.shop, 0, head, 100).await.expect("events"), events, "version 1");
+    let mut expected = events.clone();
+    if let Some(e) = expected.last_mut() {
+        e.trade = legacy.trade.clone();
+    }
+    assert_eq!(f.store.events(&f.shop, 0, head, 100).await.expect("events"), expected, "version 1");
     let again = f.store.refund(refund).await.expect("retry");
     assert!(again.replayed);
     assert_eq!(again.refund_id, refund_id);

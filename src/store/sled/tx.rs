@@ -5,7 +5,6 @@
 //! conflict re-runs the closure, so it only reads and writes the view and
 //! decides with pure domain functions).
 
-use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{TransactionalTree, UnabortableTransactionError};
 
 use super::codec;
@@ -135,14 +134,14 @@ impl Tx<'_> {
         }
     }
 
-    pub(crate) fn get<V: DeserializeOwned>(&self, t: T, key: &[u8]) -> TxResult<Option<V>> {
+    pub(crate) fn get<V: codec::Record>(&self, t: T, key: &[u8]) -> TxResult<Option<V>> {
         match self.tree(t)?.get(key)? {
             Some(v) => Ok(Some(codec::decode(&v)?)),
             None => Ok(None),
         }
     }
 
-    pub(crate) fn put<V: Serialize>(&self, t: T, key: &[u8], value: &V) -> TxResult<()> {
+    pub(crate) fn put<V: codec::Record>(&self, t: T, key: &[u8], value: &V) -> TxResult<()> {
         let bytes = codec::encode(value)?;
         self.tree(t)?.insert(key, bytes)?;
         Ok(())

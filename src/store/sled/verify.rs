@@ -2,7 +2,7 @@
 //! on the writer thread, between two write groups, so the checks see one
 //! consistent state.
 
-use serde::de::DeserializeOwned;
+use super::codec::Record;
 
 use crate::domain::{AccountName, CarrierId, Currency, Month, SubscriberNumber, TradeId};
 use crate::store::records::{AccountRecord, BillLine, CapUsage, PostingRecord, RegisterRecord, TradeRecord};
@@ -15,7 +15,7 @@ use super::{codec, io, keys, Shared};
 pub(crate) struct View<'a>(pub &'a Shared);
 
 impl View<'_> {
-    fn each<V: DeserializeOwned>(
+    fn each<V: Record>(
         &self,
         items: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
         visit: &mut dyn FnMut(sled::IVec, V) -> Result<(), Failure>,

@@ -10,11 +10,13 @@
 //! sends: acknowledgements, answers, and the outbox replay), `parties.rs`
 //! (shops, carriers, subscribers, handsets, registers, credentials),
 //! `ledger.rs`, `network.rs` (prefixes, leases, acceptance, statements,
-//! payouts), `sweeper.rs` (expiry and housekeeping) and `waiters.rs`.
+//! payouts), `receipts.rs` (receipt-signing keys and disputes),
+//! `sweeper.rs` (expiry and housekeeping) and `waiters.rs`.
 
 mod ledger;
 mod network;
 mod parties;
+mod receipts;
 mod sweeper;
 mod trades;
 mod uplink;
@@ -34,7 +36,9 @@ use crate::store::{Delivery, Failure, Store, StoreError, TradeRecord};
 
 use super::limits::Limits;
 use super::rate_limit::{RateLimits, StreamSlots, WATCH_STREAMS};
+use super::receipt_keys::ReceiptKeys;
 
+pub use receipts::{Dispute, DisputeRefusal, RotateRefusal};
 pub use sweeper::{SWEEP_BATCH, SWEEP_MAX_SLEEP, SWEEP_RETRY};
 pub use trades::{AwaitRefusal, ShopTrade, UnknownTrade};
 pub use waiters::FinalWaiters;
@@ -97,6 +101,8 @@ pub struct Engine {
     store: Store,
     gateway: Arc<dyn CarrierGateway>,
     secret: ServerSecret,
+    /// Countersign settlement receipts; published to shops.
+    receipts: ReceiptKeys,
     limits: Limits,
     finals: FinalWaiters,
     rates: RateLimits,
@@ -108,13 +114,20 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(store: Store, gateway: Arc<dyn CarrierGateway>, secret: ServerSecret, limits: Limits) -> Self {
+    pub fn new(
+        store: Store,
+        gateway: Arc<dyn CarrierGateway>,
+        secret: ServerSecret,
+        receipts: ReceiptKeys,
+        limits: Limits,
+    ) -> Self {
         let rates = RateLimits::new(&limits);
         let watch_slots = StreamSlots::new(WATCH_STREAMS, limits.max_watch_streams_per_shop);
         Engine {
             store,
             gateway,
             secret,
+            receipts,
             limits,
             finals: FinalWaiters::default(),
             rates,

@@ -43,11 +43,12 @@ impl Engine {
         impl Future<Output = Result<AnswerOutcome, EngineError<AnswerRefusal>>> + Send + 'static,
         EngineError<AnswerRefusal>,
     > {
-        // Ed25519 verification is the costliest step of an answer: do it
-        // here, in parallel with the store's writer, which reuses the
-        // verdict.
-        let checked = self.store.check_answer(carrier, &trade, decision, &signature).await;
-        let answer = HandsetAnswer { carrier: carrier.clone(), trade, decision, signature, now: now(), checked };
+        // Ed25519 verification and the receipt's countersignature are the
+        // costliest steps of an answer: do them here, in parallel with the
+        // store's writer, which reuses them if nothing changed in between.
+        let (at, signer) = (now(), self.receipts.signer());
+        let checked = self.store.check_answer(carrier, &trade, decision, &signature, &signer, at).await;
+        let answer = HandsetAnswer { carrier: carrier.clone(), trade, decision, signature, now: at, checked, signer };
         let pending = self.store.submit_answer(answer).await?;
         let engine = self.clone();
         // The settlement path: everything logged until the outcome is sent
