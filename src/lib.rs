@@ -10,6 +10,8 @@
 //!   expiry, event fan-out) and the gRPC edge over it;
 //!   `sync_server::start(config, listener)`.
 //! - [`carrier`]: the carrier-gateway trait and the relay-stream gateway.
+//! - [`conformance`]: the carrier conformance check: a sandbox playing
+//!   `CarrierService` for a relay under test, and the steps that judge it.
 //! - [`metrics`]: every metric name and the helpers that record them.
 //! - [`identity`]: the caller's identity as a client certificate names it.
 //! - [`child`]: running `syncpay` as a child process (the benchmark, the
@@ -32,6 +34,7 @@ pub mod carrier;
 pub mod child;
 pub mod client;
 pub mod codec;
+pub mod conformance;
 pub mod domain;
 pub mod hex;
 pub mod identity;

@@ -306,7 +306,7 @@ async fn many_trades_over_a_faulty_carrier_end_once_and_on_time_on(backend: &'st
         CarrierSim::start_with(
             t.channel().await,
             &carrier_token,
-            SimConfig { faults: chaos_faults(), seed, reanswer_on_redelivery: true },
+            SimConfig { faults: chaos_faults(), seed, reanswer_on_redelivery: true, deviation: None },
         )
         .expect("sim"),
     );
@@ -671,7 +671,7 @@ async fn states_of(register: &VirtualRegister, trade: &proto::Trade, total: usiz
 }
 
 fn config(faults: Faults, reanswer_on_redelivery: bool) -> SimConfig {
-    SimConfig { faults, seed: 1, reanswer_on_redelivery }
+    SimConfig { faults, seed: 1, reanswer_on_redelivery, deviation: None }
 }
 
 #[tokio::test]

@@ -19,6 +19,10 @@ use crate::store::{Delivery, DeliveryBody};
 pub enum RelayEnd {
     /// A newer stream of the same carrier replaced this one.
     Replaced,
+    /// The server is shutting down: the carrier reconnects (to this server
+    /// once it is back, or another node) and gets what it had not
+    /// acknowledged again.
+    ShuttingDown,
     /// The gRPC edge ended it, with the status it made (the carrier's
     /// uplink was refused, or the outbox replay failed).
     Edge(tonic::Status),

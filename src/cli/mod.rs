@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod carrier_conformance;
 pub mod carrier_sim;
 pub mod demo;
 pub mod metrics_http;

@@ -140,15 +140,19 @@ pub struct SimConfig {
     /// Seeds every fault decision; logged at start so a run can be replayed.
     pub seed: u64,
     /// When an offer a handset has already answered arrives again (the
-    /// server redelivers what it has no ack for), send the same answers
-    /// again, as a carrier that keeps its subscribers' answers would. They
-    /// must not settle anything twice.
+    /// server redelivers what it has no ack for) and no verdict has come
+    /// for it, send the same answers again, as docs/CARRIER.md asks of a
+    /// relay (the answer may have been lost with a broken stream). They
+    /// must not settle anything twice. On by default.
     pub reanswer_on_redelivery: bool,
+    /// A deliberate breach of the carrier contract, for testing a
+    /// conformance check; `None` (the default) follows the contract.
+    pub deviation: Option<super::Deviation>,
 }
 
 impl Default for SimConfig {
     fn default() -> Self {
-        SimConfig { faults: Faults::NONE, seed: 0, reanswer_on_redelivery: false }
+        SimConfig { faults: Faults::NONE, seed: 0, reanswer_on_redelivery: true, deviation: None }
     }
 }
 
