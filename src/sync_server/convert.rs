@@ -331,52 +331,6 @@ pub fn posting_to_proto(p: &PostingRecord) -> proto::Posting {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn text_is_bounded_and_printable() {
-        let check = |v: &str, ok: bool| assert_eq!(text("label", v, 5, true).is_ok(), ok, "{v:?}");
-        check("shop", true);
-        check("ショップ", true);
-        check("", false);
-        check("   ", false);
-        check("abcdef", false);
-        check("a\nb", false);
-        check("a\u{7f}", false);
-        check("1\u{202E}00", false);
-        check("a\u{200B}b", false);
-        check("\u{FEFF}ab", false);
-        assert!(text("description", "", 5, false).is_ok());
-    }
-
-    #[test]
-    fn amounts_are_positive_and_bounded() {
-        let limits = Limits::default();
-        assert!(amount("amount_minor", 0, &limits).is_err());
-        assert!(amount("amount_minor", limits.max_amount_minor, &limits).is_ok());
-        assert!(amount("amount_minor", limits.max_amount_minor + 1, &limits).is_err());
-        assert!(amount("amount_minor", u64::MAX, &limits).is_err());
-    }
-
-    #[test]
-    fn idempotency_keys_are_visible_ascii() {
-        assert_eq!(idempotency_key("k", "", 64), Ok(None));
-        assert_eq!(idempotency_key("k", "order-1", 64), Ok(Some("order-1".into())));
-        assert!(idempotency_key("k", "a b", 64).is_err());
-        assert!(idempotency_key("k", &"x".repeat(65), 64).is_err());
-        assert!(idempotency_key("k", "é", 64).is_err());
-    }
-
-    #[test]
-    fn unknown_decisions_are_refused() {
-        assert!(decision("decision", 0).is_err());
-        assert!(decision("decision", 99).is_err());
-        assert_eq!(decision("decision", 1), Ok(Decision::Approve));
-    }
-}
-
 /// A shop payout on the wire.
 pub fn payout_to_proto(p: &crate::store::PayoutRecord) -> proto::ShopPayout {
     proto::ShopPayout {
@@ -445,5 +399,51 @@ pub fn trade_history_to_proto(h: &crate::store::TradeHistory, secret: &ServerSec
             })
             .collect(),
         postings: h.postings.iter().map(posting_to_proto).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_bounded_and_printable() {
+        let check = |v: &str, ok: bool| assert_eq!(text("label", v, 5, true).is_ok(), ok, "{v:?}");
+        check("shop", true);
+        check("ショップ", true);
+        check("", false);
+        check("   ", false);
+        check("abcdef", false);
+        check("a\nb", false);
+        check("a\u{7f}", false);
+        check("1\u{202E}00", false);
+        check("a\u{200B}b", false);
+        check("\u{FEFF}ab", false);
+        assert!(text("description", "", 5, false).is_ok());
+    }
+
+    #[test]
+    fn amounts_are_positive_and_bounded() {
+        let limits = Limits::default();
+        assert!(amount("amount_minor", 0, &limits).is_err());
+        assert!(amount("amount_minor", limits.max_amount_minor, &limits).is_ok());
+        assert!(amount("amount_minor", limits.max_amount_minor + 1, &limits).is_err());
+        assert!(amount("amount_minor", u64::MAX, &limits).is_err());
+    }
+
+    #[test]
+    fn idempotency_keys_are_visible_ascii() {
+        assert_eq!(idempotency_key("k", "", 64), Ok(None));
+        assert_eq!(idempotency_key("k", "order-1", 64), Ok(Some("order-1".into())));
+        assert!(idempotency_key("k", "a b", 64).is_err());
+        assert!(idempotency_key("k", &"x".repeat(65), 64).is_err());
+        assert!(idempotency_key("k", "é", 64).is_err());
+    }
+
+    #[test]
+    fn unknown_decisions_are_refused() {
+        assert!(decision("decision", 0).is_err());
+        assert!(decision("decision", 99).is_err());
+        assert_eq!(decision("decision", 1), Ok(Decision::Approve));
     }
 }

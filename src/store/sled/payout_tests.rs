@@ -276,13 +276,12 @@ async fn verify_catches_a_payout_beyond_the_balance() {
     let mut postings = p.store.postings(0, 1000).await.expect("postings");
     postings.retain(|x| x.set_id == paid.payout.payout_id);
     let next_set = paid.payout.payout_id + 100;
-    let mut next_posting = postings.iter().map(|x| x.posting_id).max().expect("legs") + 100;
-    for leg in &postings {
+    let first_planted = postings.iter().map(|x| x.posting_id).max().expect("legs") + 100;
+    for (posting_id, leg) in (first_planted..).zip(postings.iter()) {
         let mut planted = leg.clone();
         planted.set_id = next_set;
-        planted.posting_id = next_posting;
+        planted.posting_id = posting_id;
         planted.amount = Amount::new(2_000);
-        next_posting += 1;
         p.sled
             .tree(T::Postings)
             .insert(planted.posting_id.to_be_bytes(), codec::encode(&planted).expect("encode"))
