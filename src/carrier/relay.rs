@@ -178,12 +178,14 @@ pub fn to_relay_down(delivery: &Delivery) -> proto::RelayDown {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::domain::{TradeId, UnixMs};
     use crate::store::DeliveryBody;
 
-    fn withdraw(carrier: &CarrierId, id: u64) -> Delivery {
+    /// A withdrawal delivery for `carrier` (the relay stream's tests use it
+    /// too).
+    pub(crate) fn withdraw(carrier: &CarrierId, id: u64) -> Delivery {
         Delivery {
             delivery_id: id,
             carrier: carrier.clone(),

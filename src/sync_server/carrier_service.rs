@@ -354,22 +354,9 @@ impl Stream for RelayDownStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::carrier::relay::tests::withdraw;
     use crate::carrier::{CarrierGateway, PushResult};
-    use crate::domain::TradeId;
-    use crate::store::{Delivery, DeliveryBody};
     use tokio_stream::StreamExt;
-
-    fn withdraw(carrier: &CarrierId, id: u64) -> Delivery {
-        Delivery {
-            delivery_id: id,
-            carrier: carrier.clone(),
-            body: DeliveryBody::Withdraw {
-                trade: TradeId::from_bytes([1; 16]),
-                payer: crate::domain::SubscriberNumber::parse("+818012345678").expect("valid"),
-                state: crate::domain::TradeState::Cancelled,
-            },
-        }
-    }
 
     #[tokio::test]
     async fn a_full_relay_queue_ends_the_stream_resource_exhausted_naming_the_limit() {

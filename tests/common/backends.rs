@@ -1,8 +1,9 @@
 //! The store backends the semantic suites run against: the model
-//! (`store_model.rs`), billing store, bank, crash, carrier-fault, deadline
-//! (`deadline_races.rs`, `expiry_on_time.rs`), exactly-once, isolation,
-//! receipts and settlement-loop tests each run once per entry of
-//! [`backends`]. A new
+//! (`store_model.rs`), billing (`billing_store.rs`, `carrier_billing.rs`),
+//! bank, crash, carrier-fault, deadline (`deadline_races.rs`,
+//! `expiry_on_time.rs`), exactly-once, isolation, limits (the offer
+//! allowance), receipts and settlement-loop tests each run once per entry
+//! of [`backends`]. A new
 //! backend adds one factory there; nothing in the suites changes.
 //! (`power_loss.rs` stays on sled: it cuts the power under the embedded
 //! store's own files.)

@@ -359,7 +359,8 @@ pub struct LeaseRecord {
 mod tests {
     use super::*;
     use crate::domain::receipt::ReceiptKeyId;
-    use crate::domain::{Currency, RegisterId};
+    use crate::domain::{Currency, RegisterId, ScreenText};
+    use crate::store::records::OfferBody;
     use crate::store::records::Sig64;
 
     #[test]
@@ -489,6 +490,35 @@ mod tests {
         let mut future = bytes.clone();
         future[0] = 3;
         assert!(matches!(decode::<TradeRecord>(&future), Err(Failure::Corrupt(_))));
+    }
+
+    #[test]
+    fn the_payload_of_a_trade_is_its_offers_payload() {
+        let t = golden_trade_v2();
+        let digest = ScreenText { shop_name: "Acme", register_label: "Front", description: "book" }.digest();
+        let t = TradeRecord { terms: SignedTerms::V2 { screen_digest: digest }, ..t };
+        let offer = OfferBody {
+            trade: t.id,
+            payer: t.request.payer.clone(),
+            shop: t.shop.clone(),
+            shop_name: "Acme".into(),
+            register: t.request.register,
+            register_label: "Front".into(),
+            amount: t.request.amount,
+            currency: t.request.currency,
+            description: "book".into(),
+            expires_at: t.expires_at,
+            binding_code: t.binding_code.clone(),
+        };
+        for decision in [Decision::Approve, Decision::Decline] {
+            let from_trade = t.approval_payload(decision).expect("payload");
+            assert_eq!(Some(from_trade.clone()), offer.approval_payload(2, decision));
+            assert_eq!(from_trade.version.number(), 2);
+        }
+        let v1 = TradeRecord { terms: SignedTerms::V1, ..t.clone() };
+        assert_eq!(v1.approval_payload(Decision::Approve).ok(), offer.approval_payload(1, Decision::Approve));
+        let broken = TradeRecord { binding_code: "12345".into(), ..t };
+        assert!(matches!(broken.approval_payload(Decision::Approve), Err(Failure::Corrupt(_))));
     }
 
     // Written by the encoders of commit 8c50b13, before refund ids named
