@@ -20,6 +20,8 @@
 //!   gRPC clients.
 //! - [`codec`]: the prost codec that reports malformed requests as
 //!   `INVALID_ARGUMENT`.
+//! - [`pg_cluster`]: throwaway PostgreSQL clusters (primary and standby)
+//!   for the tests and the benchmark.
 //! - [`hex`]: lowercase hex for key files and receipts in JSON.
 //! - [`pki`]: the development PKI (CA, server and client certificates).
 //! - [`proto`]: the generated `syncpay.v1` gRPC types.
@@ -39,6 +41,7 @@ pub mod domain;
 pub mod hex;
 pub mod identity;
 pub mod metrics;
+pub mod pg_cluster;
 pub mod pki;
 pub mod proto;
 pub mod register;

@@ -284,6 +284,12 @@ pub trait Lifecycle: Send + Sync {
     /// Turns true once every handle of the store is gone and its files or
     /// connections are closed.
     fn closed(&self) -> watch::Receiver<bool>;
+    /// Whether other processes write to the same data (several nodes on
+    /// one database): then work committed elsewhere reaches this node only
+    /// by reading (the relay polls the outbox; `AwaitTrade` re-reads).
+    fn other_writers(&self) -> bool {
+        false
+    }
 }
 
 /// A whole store: what the engine holds.

@@ -5,13 +5,15 @@
 //! What every backend shares lives here: the records, the refusals, the
 //! offer gate, the durable event heads and the ledger's verification over
 //! an abstract view. [`sled`] is the embedded backend, the only module
-//! that knows sled.
+//! that knows sled; [`postgres`] the backend for several nodes on one
+//! PostgreSQL database.
 
 mod backend;
 pub mod files;
 pub mod fixture;
 mod heads;
 mod ops;
+pub mod postgres;
 pub mod records;
 pub mod refusals;
 pub mod sled;

@@ -10,7 +10,8 @@ use crate::domain::{AccountName, Amount, IpPrefix, LedgerError, TradeState};
 
 /// The store could not do its part. `Corrupt` and `Io` are the server's
 /// problem; `Stopped` means a sync failed and the store accepts no more
-/// writes (fail-stop: nothing after it is acknowledged).
+/// writes (fail-stop: nothing after it is acknowledged); `Unavailable`
+/// passes (a backend with a remote database, during a failover).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Failure {
     #[error("corrupt record: {0}")]
@@ -19,6 +20,11 @@ pub enum Failure {
     Io(String),
     #[error("the store stopped accepting writes after a failed sync")]
     Stopped,
+    /// The store cannot be reached for now (a database failover, a lost
+    /// connection): nothing of the operation was acknowledged, and a retry
+    /// (with its idempotency key) may succeed.
+    #[error("the store is unavailable for now: {0}")]
+    Unavailable(String),
 }
 
 /// An operation's answer besides success: its own refusal `R`, or a

@@ -1,6 +1,7 @@
 //! `CarrierService`: the relay stream and subscriber/handset enrollment.
 //! A carrier acts only on its own subscribers and its own deliveries.
 
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -107,6 +108,12 @@ fn log_refused(carrier: &CarrierId, e: ApiError) {
     tracing::warn!(carrier = %carrier, code = ?status.code(), message = status.message(), "relay message refused");
 }
 
+/// How often a relay stream reads the outbox for deliveries committed by
+/// other nodes on the same store (PostgreSQL, several nodes); unused on a
+/// store no one else writes. An offer made on another node reaches the
+/// carrier within this, plus the push.
+const OUTBOX_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
 #[tonic::async_trait]
 impl CarrierService for CarrierApi {
     type RelayStream = RelayStream;
@@ -126,28 +133,56 @@ impl CarrierService for CarrierApi {
 
         let replay_engine = self.engine.clone();
         let replay_carrier = carrier.clone();
+        let replay_hub = self.hub.clone();
         tokio::spawn(async move {
             // Page through the whole outbox; sends wait for room, so the
-            // replay is paced by the carrier.
-            let mut after = 0;
+            // replay is paced by the carrier. With other nodes on the same
+            // store, keep reading it every OUTBOX_POLL for deliveries they
+            // committed, skipping what this stream already sent and what
+            // this node pushed live (a poll is not a redelivery: a lost
+            // acknowledgement is still redelivered on reconnect).
+            let poll = replay_engine.store_has_other_writers();
+            let mut sent: HashSet<u64> = HashSet::new();
+            let mut first = true;
             loop {
-                let page = match replay_engine.outbox(&replay_carrier, after, limits::MAX_LIST).await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        let _ = replay_tx.send(Err(RelayEnd::Edge(error::status(e)))).await;
-                        return;
+                let mut seen = HashSet::new();
+                let mut after = 0;
+                loop {
+                    let page = match replay_engine.outbox(&replay_carrier, after, limits::MAX_LIST).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            let _ = replay_tx.send(Err(RelayEnd::Edge(error::status(e)))).await;
+                            return;
+                        }
+                    };
+                    let Some(last) = page.last().map(|d| d.delivery_id) else {
+                        break;
+                    };
+                    if first {
+                        tracing::info!(carrier = %replay_carrier, count = page.len(), "replaying outbox");
                     }
-                };
-                let Some(last) = page.last().map(|d| d.delivery_id) else {
-                    return;
-                };
-                tracing::info!(carrier = %replay_carrier, count = page.len(), "replaying outbox");
-                for d in page {
-                    if replay_tx.send(Ok(to_relay_down(&d))).await.is_err() {
-                        return;
+                    for d in page {
+                        let id = d.delivery_id;
+                        seen.insert(id);
+                        if !first && (sent.contains(&id) || replay_hub.pushed_live(&replay_carrier, link, id)) {
+                            continue;
+                        }
+                        if replay_tx.send(Ok(to_relay_down(&d))).await.is_err() {
+                            return;
+                        }
                     }
+                    after = last;
                 }
-                after = last;
+                if !poll {
+                    return;
+                }
+                first = false;
+                // What was acknowledged left the outbox and is forgotten.
+                sent = seen;
+                tokio::select! {
+                    _ = tokio::time::sleep(OUTBOX_POLL) => {}
+                    _ = replay_tx.closed() => return,
+                }
             }
         });
 

@@ -66,6 +66,7 @@ impl From<Failure> for ApiError {
     fn from(f: Failure) -> Self {
         match f {
             Failure::Stopped => ApiError::Unavailable("the store is not accepting writes".into()),
+            Failure::Unavailable(m) => ApiError::Unavailable(m),
             Failure::Corrupt(m) | Failure::Io(m) => ApiError::Internal(m),
         }
     }

@@ -442,7 +442,7 @@ mod tests {
         assert!(net.pass(&mut lane, 'a', &reorder, true, now, &mut counters).is_empty());
         // Only one is held: the next overtakes it and it follows.
         assert_eq!(net.pass(&mut lane, 'b', &reorder, true, now, &mut counters), ['b', 'a']);
-        assert_eq!(net.pass(&mut lane, 'c', &reorder, true, now, &mut counters), []);
+        assert!(net.pass(&mut lane, 'c', &reorder, true, now, &mut counters).is_empty());
         assert_eq!(net.pass(&mut lane, 'd', &none, true, now, &mut counters), ['d', 'c']);
         assert_eq!(counters.held, 2);
         assert!(net.pass(&mut lane, 'e', &reorder, true, now, &mut counters).is_empty());
