@@ -81,6 +81,8 @@ pub enum PostingKind {
     TopUp,
     Settlement,
     Refund,
+    /// A shop payout (appended: postcard numbers variants).
+    Payout,
 }
 
 impl PostingKind {
@@ -89,6 +91,7 @@ impl PostingKind {
             PostingKind::TopUp => "TOP_UP",
             PostingKind::Settlement => "SETTLEMENT",
             PostingKind::Refund => "REFUND",
+            PostingKind::Payout => "PAYOUT",
         }
     }
 }
@@ -479,4 +482,35 @@ pub enum PayoutEntry {
         currency: Currency,
         amount: Amount,
     },
+    /// Money paid out of the shop's payable balance to its bank
+    /// (appended: postcard numbers variants, so older entries decode).
+    Payout {
+        payout_id: u64,
+        currency: Currency,
+        amount: Amount,
+        reference: String,
+        at: UnixMs,
+    },
+}
+
+/// A shop payout: part or all of the shop's payable balance in one
+/// currency, paid to the shop's bank through the system payout account.
+/// Its id is its posting set's id; immutable once written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayoutRecord {
+    pub payout_id: u64,
+    pub shop: ShopId,
+    pub currency: Currency,
+    pub amount: Amount,
+    /// What the bank transfer carries, so the shop can match it:
+    /// [`payout_reference`] of the id.
+    pub reference: String,
+    pub idempotency_key: String,
+    pub at: UnixMs,
+}
+
+/// The bank-transfer reference of payout `payout_id`: unique because the
+/// id is, at most 22 ASCII characters (fits a SEPA or SWIFT reference).
+pub fn payout_reference(payout_id: u64) -> String {
+    format!("SYNCPAY-PO-{payout_id:011}")
 }

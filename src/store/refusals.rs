@@ -101,6 +101,9 @@ pub enum CreateTradeRefusal {
     /// The idempotency key was used for a different request.
     Differs(Difference),
     UnknownShop,
+    /// The operator suspended the shop: it takes no new trades until
+    /// resumed (a retry of a trade made before still returns it).
+    ShopSuspended,
     UnknownRegister,
     RegisterClosed,
     /// The register has as many open trades as it may.
@@ -258,4 +261,37 @@ pub enum StatementRefusal {
 pub enum PayoutRefusal {
     /// More entries in the period than one report reads.
     TooMany { max: usize },
+}
+
+/// A field of a PayoutShop request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayoutField {
+    Shop,
+    Currency,
+    Amount,
+}
+
+/// Why a shop payout was not made (nothing was written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShopPayoutRefusal {
+    /// The idempotency key was used for a payout that differs here.
+    Differs(PayoutField),
+    UnknownShop,
+    /// The shop's payable balance in the currency does not cover the
+    /// amount (or, for the whole balance, is zero).
+    BalanceShort {
+        available: Amount,
+    },
+    Postings(PostingRefusal),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuspendRefusal {
+    UnknownShop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotateCredentialRefusal {
+    /// No such shop or carrier.
+    UnknownParty,
 }

@@ -9,15 +9,15 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::domain::{
-    Amount, CarrierId, Decision, FailureReason, IpPrefix, PortRange, ShopId, SubscriberNumber, TradeId, TradeState,
-    UnixMs,
+    Amount, CarrierId, Currency, Decision, FailureReason, IpPrefix, PortRange, ShopId, SubscriberNumber, TradeId,
+    TradeState, UnixMs,
 };
 use crate::store::records::{
     AccountRecord, BillLine, CapUsage, CarrierRecord, Delivery, EventKind, EventRecord, HandsetRecord, NetworkIdentity,
-    PayoutEntry, PostingRecord, Receipt, RegisterRecord, ShopRecord, SignedTerms, SubscriberRecord, TradeRecord,
-    TradeRequest,
+    PayoutEntry, PayoutRecord, PostingRecord, Receipt, RegisterRecord, ShopRecord, SignedTerms, SubscriberRecord,
+    TradeRecord, TradeRequest,
 };
-use crate::store::Failure;
+use crate::store::{Failure, PayoutAmount};
 
 /// The version byte of every record type whose layout never changed.
 pub const RECORD_VERSION: u8 = 1;
@@ -76,6 +76,7 @@ first_layout!(
     CapUsage,
     BillLine,
     PayoutEntry,
+    PayoutRecord,
     (),
     u64,
     u128,
@@ -318,6 +319,9 @@ pub enum IdempotencyRecord {
     /// A RefundTrade key: the refund it made, by posting set id. (Appended:
     /// postcard numbers variants, so older records still decode.)
     Refund { trade: TradeId, amount: Amount, set_id: u64 },
+    /// A PayoutShop key (operator-wide): the request as the operator sent
+    /// it, and the payout it made. (Appended, as `Refund`.)
+    Payout { shop: ShopId, currency: Currency, amount: PayoutAmount, payout_id: u64 },
 }
 
 /// One of a carrier's IP prefixes.
