@@ -442,29 +442,48 @@ fn spawn_lookups(url: String) -> Result<std::sync::mpsc::SyncSender<Lookup>, PgE
             let mut client: Option<tokio_postgres::Client> = None;
             while let Ok(question) = rx.recv() {
                 runtime.block_on(async {
-                    if client.as_ref().is_none_or(|c| c.is_closed()) {
-                        client = connect_one(&url).await.ok();
-                    }
-                    let c = client.as_ref();
-                    match question {
-                        Lookup::Credential(hash, reply) => {
-                            let _ = reply.send(lookup_credential(c, &hash).await);
+                    // A connection lost in a failover is noticed by the
+                    // first query that fails on it: that answer is asked
+                    // again once on a new connection (to the new primary).
+                    for attempt in 0..2 {
+                        if client.as_ref().is_none_or(|c| c.is_closed()) {
+                            client = connect_one(&url).await.ok();
                         }
-                        Lookup::Party(p, reply) => {
-                            let _ = reply.send(lookup_party(c, &p).await);
+                        let c = client.as_ref();
+                        let last = attempt == 1;
+                        let retry = match &question {
+                            Lookup::Credential(hash, reply) => answer(reply, lookup_credential(c, hash).await, last),
+                            Lookup::Party(p, reply) => answer(reply, lookup_party(c, p).await, last),
+                            Lookup::Head(shop, reply) => {
+                                let found = match c {
+                                    Some(c) => super::sql::event_head(c, shop).await,
+                                    None => Err(PgError::Pool("no connection".into())),
+                                };
+                                answer(reply, found, last)
+                            }
+                        };
+                        if !retry {
+                            return;
                         }
-                        Lookup::Head(shop, reply) => {
-                            let _ = reply.send(match c {
-                                Some(c) => super::sql::event_head(c, &shop).await,
-                                None => Err(PgError::Pool("no connection".into())),
-                            });
-                        }
+                        client = None;
                     }
                 });
             }
         })
         .map_err(|e| PgError::Pool(format!("lookup thread: {e}")))?;
     Ok(tx)
+}
+
+/// Sends a lookup's answer unless it is a retryable failure that may be
+/// asked again (`last` false); returns whether to ask again.
+fn answer<T>(reply: &std::sync::mpsc::SyncSender<Result<T, PgError>>, found: Result<T, PgError>, last: bool) -> bool {
+    match found {
+        Err(e) if !last && e.is_retryable() => true,
+        other => {
+            let _ = reply.send(other);
+            false
+        }
+    }
 }
 
 async fn lookup_credential(c: Option<&tokio_postgres::Client>, hash: &[u8; 32]) -> Result<Option<Principal>, PgError> {
