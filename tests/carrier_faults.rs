@@ -597,7 +597,7 @@ async fn many_trades_over_a_faulty_carrier_end_once_and_on_time_on(backend: &'st
     }
     // Nothing is still open now that every deadline of the burst has
     // passed (the extra rounds' trades were each awaited final).
-    let latest_deadline = placed[..TRADES].iter().map(|p| p.done.expires_at_ms).max().expect("trades");
+    let latest_deadline = placed[..trade_count].iter().map(|p| p.done.expires_at_ms).max().expect("trades");
     assert!(now_ms() > latest_deadline, "{context}");
     eprintln!("carrier_faults: {context}: checked in {:?}", started.elapsed());
 }

@@ -3,11 +3,13 @@
 //! callers, idempotent, on the payout report, verified), suspending and
 //! resuming a shop, rotating credentials, any trade's history, and the
 //! paged lists of shops and carriers; only the operator may call them.
+//! Each runs on every backend of `common/backends.rs`.
 
 mod common;
 
 use std::time::Duration;
 
+use common::backends::{backends, BackendFactory};
 use common::{code_of, TestServer};
 use syncpay::domain::TradeId;
 use syncpay::proto::{self, TradeState as S};
@@ -27,8 +29,8 @@ struct World {
     register: VirtualRegister,
 }
 
-async fn world() -> World {
-    let t = TestServer::start().await;
+async fn world(backend: &'static BackendFactory) -> World {
+    let t = TestServer::start_on(backend).await;
     let shop_token = t.create_shop("acme", "Acme Books").await;
     let carrier_token = t.create_carrier("docomo", "Docomo").await;
     let sim = CarrierSim::start(t.channel().await, &carrier_token).expect("sim");
@@ -69,7 +71,13 @@ fn message<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> (Code, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payout_over_grpc_is_exact_idempotent_reported_and_verified() {
-    let w = world().await;
+    for backend in backends() {
+        a_payout_over_grpc_is_exact_idempotent_reported_and_verified_on(backend).await;
+    }
+}
+
+async fn a_payout_over_grpc_is_exact_idempotent_reported_and_verified_on(backend: &'static BackendFactory) {
+    let w = world(backend).await;
     w.sale(1_500).await;
     w.sale(500).await;
     let mut admin = w.t.admin().await;
@@ -135,7 +143,13 @@ async fn a_payout_over_grpc_is_exact_idempotent_reported_and_verified() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_payout_calls_never_overdraw() {
-    let w = world().await;
+    for backend in backends() {
+        concurrent_payout_calls_never_overdraw_on(backend).await;
+    }
+}
+
+async fn concurrent_payout_calls_never_overdraw_on(backend: &'static BackendFactory) {
+    let w = world(backend).await;
     w.sale(5_000).await;
     let mut tasks = Vec::new();
     for task in 0..6 {
@@ -163,7 +177,15 @@ async fn concurrent_payout_calls_never_overdraw() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_suspended_shop_is_refused_new_trades_while_open_ones_settle_and_refunds_work() {
-    let w = world().await;
+    for backend in backends() {
+        a_suspended_shop_is_refused_new_trades_while_open_ones_settle_and_refunds_work_on(backend).await;
+    }
+}
+
+async fn a_suspended_shop_is_refused_new_trades_while_open_ones_settle_and_refunds_work_on(
+    backend: &'static BackendFactory,
+) {
+    let w = world(backend).await;
     let sold = w.sale(900).await;
     let open = w.register.create(ChargeRequest::new(SLOW, 700, "JPY", "slow")).await.expect("open trade");
     let mut admin = w.t.admin().await;
@@ -198,7 +220,13 @@ async fn a_suspended_shop_is_refused_new_trades_while_open_ones_settle_and_refun
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_token_is_refused_at_once() {
-    let w = world().await;
+    for backend in backends() {
+        a_rotated_token_is_refused_at_once_on(backend).await;
+    }
+}
+
+async fn a_rotated_token_is_refused_at_once_on(backend: &'static BackendFactory) {
+    let w = world(backend).await;
     let mut admin = w.t.admin().await;
     let mut old_shop = w.t.shop(&w.shop_token).await;
     old_shop.list_registers(proto::ListRegistersRequest {}).await.expect("old token works");
@@ -238,7 +266,13 @@ async fn a_rotated_token_is_refused_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_sees_any_trade_history_and_pages_of_shops_and_carriers() {
-    let w = world().await;
+    for backend in backends() {
+        the_operator_sees_any_trade_history_and_pages_of_shops_and_carriers_on(backend).await;
+    }
+}
+
+async fn the_operator_sees_any_trade_history_and_pages_of_shops_and_carriers_on(backend: &'static BackendFactory) {
+    let w = world(backend).await;
     let sold = w.sale(900).await;
     w.register.refund(TradeId::parse(&sold.trade_id).expect("id"), 300, None).await.expect("refund");
     let mut admin = w.t.admin().await;

@@ -19,8 +19,14 @@ pub struct Migration {
 }
 
 /// Every migration, in order; `version` is the number in the file name.
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "init", sql: include_str!("../../../migrations/0001_init.sql") }];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "init", sql: include_str!("../../../migrations/0001_init.sql") },
+    Migration {
+        version: 2,
+        name: "payouts_and_suspension",
+        sql: include_str!("../../../migrations/0002_payouts_and_suspension.sql"),
+    },
+];
 
 /// The schema version this binary writes.
 pub fn schema_version() -> i32 {

@@ -11,13 +11,16 @@ use super::rows::{self, big, corrupt, REGISTER_COLS};
 use super::sql::{self, SetKind};
 use super::trades::{Cx, Step};
 use super::PgError;
-use crate::domain::{AccountName, CarrierId, IpPrefix, PostingSet, Principal, RegisterId, ShopId, UnixMs};
-use crate::store::records::{CarrierRecord, Funding, HandsetRecord, RegisterRecord, ShopRecord, SubscriberRecord};
+use crate::domain::{AccountName, Amount, CarrierId, IpPrefix, PostingSet, Principal, RegisterId, ShopId, UnixMs};
+use crate::store::records::{
+    payout_reference, CarrierRecord, Funding, HandsetRecord, PayoutRecord, RegisterRecord, ShopRecord, SubscriberRecord,
+};
 use crate::store::refusals::{LeaseList, PostingRefusal, PrefixOverlap};
 use crate::store::{
     AcceptanceRefusal, AccountRecord, AddPrefixesRefusal, CloseRegisterRefusal, CreateCarrierRefusal,
     CreateShopRefusal, EnrollHandsetRefusal, EnrollSubscriberRefusal, LeaseRefusal, LeaseReport, LeasesRecorded,
-    NewCarrier, NewHandset, NewRegister, NewShop, NewSubscriber, OpenRegisterRefusal, TopUp, TopUpRefusal, ToppedUp,
+    NewCarrier, NewHandset, NewPayout, NewRegister, NewShop, NewSubscriber, OpenRegisterRefusal, PaidOut, PayoutAmount,
+    PayoutField, RotateCredentialRefusal, ShopPayoutRefusal, ShopStatus, SuspendRefusal, TopUp, TopUpRefusal, ToppedUp,
 };
 
 /// Advisory lock under which a shop is created (its count checked
@@ -191,6 +194,8 @@ pub async fn close_register(
     id: RegisterId,
     now: UnixMs,
 ) -> Step<RegisterRecord, CloseRegisterRefusal> {
+    // The shop row first, as CreateTrade locks it before the register's.
+    tx.query_opt("SELECT 1 FROM shops WHERE id = $1 FOR UPDATE", &[&shop.as_str()]).await?;
     let row = tx
         .query_opt(
             &format!("SELECT {REGISTER_COLS} FROM registers WHERE shop = $1 AND id = $2 FOR UPDATE"),
@@ -328,4 +333,189 @@ pub async fn prune_leases(tx: &Transaction<'_>, cutoff: UnixMs) -> Result<u64, P
         )
         .await?;
     Ok(n)
+}
+
+/// The advisory lock text of a payout idempotency key (operator-wide).
+fn payout_lock_text(key: &str) -> String {
+    format!("syncpay payout/{key}")
+}
+
+/// A shop payout: the payable account row is locked before the balance
+/// is read (`trades::lock_accounts`), so payouts and refunds of the shop
+/// on any node never together take more than the balance; a keyed retry
+/// waits on the key's advisory lock and finds the original.
+pub async fn payout_shop(tx: &Transaction<'_>, p: &NewPayout) -> Step<PaidOut, ShopPayoutRefusal> {
+    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&payout_lock_text(&p.idempotency_key)])
+        .await?;
+    let payable_name = AccountName::ShopPayable(p.shop.clone(), p.currency);
+    let prior = tx
+        .query_opt(
+            "SELECT payout_id, shop, currency, amount, requested, reference, at FROM payouts WHERE idempotency_key = $1",
+            &[&p.idempotency_key],
+        )
+        .await?;
+    if let Some(row) = prior {
+        let shop = rows::shop_id(row.try_get(1)?)?;
+        let currency = rows::currency(row.try_get(2)?)?;
+        let requested = match row.try_get::<_, Option<Minor>>(4)? {
+            Some(a) => PayoutAmount::Exact(rows::amount(a)),
+            None => PayoutAmount::WholeBalance,
+        };
+        if shop != p.shop {
+            return Ok(Err(ShopPayoutRefusal::Differs(PayoutField::Shop)));
+        }
+        if currency != p.currency {
+            return Ok(Err(ShopPayoutRefusal::Differs(PayoutField::Currency)));
+        }
+        if requested != p.amount {
+            return Ok(Err(ShopPayoutRefusal::Differs(PayoutField::Amount)));
+        }
+        let payout = PayoutRecord {
+            payout_id: rows::unbig(row.try_get(0)?)?,
+            shop,
+            currency,
+            amount: rows::amount(row.try_get(3)?),
+            reference: row.try_get(5)?,
+            idempotency_key: p.idempotency_key.clone(),
+            at: rows::ms(row.try_get(6)?)?,
+        };
+        let payable =
+            account_record(tx, &payable_name).await?.ok_or_else(|| corrupt("a paid-out shop has no payable"))?;
+        return Ok(Ok(PaidOut { payout, payable, replayed: true }));
+    }
+    if tx.query_opt("SELECT 1 FROM shops WHERE id = $1", &[&p.shop.as_str()]).await?.is_none() {
+        return Ok(Err(ShopPayoutRefusal::UnknownShop));
+    }
+    let locked = super::trades::lock_accounts(tx, &[&payable_name]).await?;
+    let available = super::trades::available(&locked, &payable_name);
+    let amount = match p.amount {
+        PayoutAmount::Exact(a) if a <= available => a,
+        PayoutAmount::WholeBalance if available > Amount::ZERO => available,
+        PayoutAmount::Exact(_) | PayoutAmount::WholeBalance => {
+            return Ok(Err(ShopPayoutRefusal::BalanceShort { available }))
+        }
+    };
+    let set = match PostingSet::transfer(payable_name.clone(), AccountName::SystemPayout(p.currency), amount) {
+        Ok(set) => set,
+        Err(e) => return Ok(Err(ShopPayoutRefusal::Postings(PostingRefusal::Invalid(e)))),
+    };
+    let posted = match sql::post(tx, &set, SetKind::Payout, None, p.now).await? {
+        Ok(posted) => posted,
+        Err(sql::PostRefusal::Overflow(a)) => {
+            return Ok(Err(ShopPayoutRefusal::Postings(PostingRefusal::TotalOverflows(a))))
+        }
+        Err(sql::PostRefusal::BelowZero(a)) => {
+            return Ok(Err(ShopPayoutRefusal::Postings(PostingRefusal::BelowZero(a))))
+        }
+    };
+    let payout_id = posted.set_id;
+    let reference = payout_reference(payout_id);
+    let requested = match p.amount {
+        PayoutAmount::Exact(a) => Some(Minor::from(a)),
+        PayoutAmount::WholeBalance => None,
+    };
+    tx.execute(
+        "INSERT INTO payouts (payout_id, shop, currency, amount, requested, reference, idempotency_key, at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &big(payout_id)?,
+            &p.shop.as_str(),
+            &p.currency.code(),
+            &Minor::from(amount),
+            &requested,
+            &reference,
+            &p.idempotency_key,
+            &big(p.now.0)?,
+        ],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO payout_entries (set_id, shop, at, kind, trade, carrier, currency, gross, fee, reference)
+         VALUES ($1, $2, $3, 'PAYOUT', NULL, NULL, $4, $5, 0, $6)",
+        &[&big(payout_id)?, &p.shop.as_str(), &big(p.now.0)?, &p.currency.code(), &Minor::from(amount), &reference],
+    )
+    .await?;
+    let payable = account_record(tx, &payable_name).await?.ok_or_else(|| corrupt("payable missing after posting"))?;
+    let payout = PayoutRecord {
+        payout_id,
+        shop: p.shop.clone(),
+        currency: p.currency,
+        amount,
+        reference,
+        idempotency_key: p.idempotency_key.clone(),
+        at: p.now,
+    };
+    Ok(Ok(PaidOut { payout, payable, replayed: false }))
+}
+
+async fn account_record(tx: &Transaction<'_>, name: &AccountName) -> Result<Option<AccountRecord>, PgError> {
+    let row = tx.query_opt("SELECT debits, credits FROM accounts WHERE name = $1", &[&name.key()]).await?;
+    match row {
+        None => Ok(None),
+        Some(r) => Ok(Some(AccountRecord {
+            name: name.clone(),
+            balance: crate::domain::Balance {
+                debits: rows::amount(r.try_get(0)?),
+                credits: rows::amount(r.try_get(1)?),
+            },
+        })),
+    }
+}
+
+/// Suspends or resumes a shop (an update of its row: CreateTrade's share
+/// lock of that row makes the two one after the other).
+pub async fn set_shop_suspended(
+    tx: &Transaction<'_>,
+    shop: &ShopId,
+    suspended: bool,
+    now: UnixMs,
+) -> Step<ShopStatus, SuspendRefusal> {
+    let row = tx
+        .query_opt(
+            "UPDATE shops SET suspended_at = CASE WHEN $2 THEN coalesce(suspended_at, $3) ELSE NULL END
+             WHERE id = $1
+             RETURNING display_name, created_at, suspended_at,
+                       (SELECT last_seq FROM shop_event_heads WHERE shop = $1)",
+            &[&shop.as_str(), &suspended, &big(now.0)?],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(Err(SuspendRefusal::UnknownShop));
+    };
+    Ok(Ok(shop_status(shop.clone(), &row)?))
+}
+
+/// A shop's status from `display_name, created_at, suspended_at, last_seq`.
+pub fn shop_status(id: ShopId, row: &tokio_postgres::Row) -> Result<ShopStatus, PgError> {
+    let last: Option<i64> = row.try_get(3)?;
+    Ok(ShopStatus {
+        shop: ShopRecord {
+            id,
+            display_name: row.try_get(0)?,
+            created_at: rows::ms(row.try_get(1)?)?,
+            next_event_seq: rows::unbig(last.unwrap_or(0))?.checked_add(1).ok_or_else(|| corrupt("event seq"))?,
+        },
+        suspended_at: row.try_get::<_, Option<i64>>(2)?.map(rows::ms).transpose()?,
+    })
+}
+
+/// Replaces every credential of a shop or carrier with one, in one
+/// transaction.
+pub async fn rotate_credential(
+    tx: &Transaction<'_>,
+    party: &Principal,
+    token_hash: &[u8; 32],
+) -> Step<(), RotateCredentialRefusal> {
+    let (kind, id, table) = match party {
+        Principal::Shop(s) => ("shop", s.as_str(), "shops"),
+        Principal::Carrier(c) => ("carrier", c.as_str(), "carriers"),
+        Principal::Admin => return Ok(Err(RotateCredentialRefusal::UnknownParty)),
+    };
+    let exists = tx.query_opt(&format!("SELECT 1 FROM {table} WHERE id = $1 FOR UPDATE"), &[&id]).await?;
+    if exists.is_none() {
+        return Ok(Err(RotateCredentialRefusal::UnknownParty));
+    }
+    tx.execute("DELETE FROM credentials WHERE kind = $1 AND party = $2", &[&kind, &id]).await?;
+    put_credential(tx, token_hash, party).await?;
+    Ok(Ok(()))
 }

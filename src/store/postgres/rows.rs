@@ -120,7 +120,7 @@ pub fn decision(name: Option<&str>) -> Result<Option<Decision>, PgError> {
 }
 
 pub fn posting_kind(name: &str) -> Result<PostingKind, PgError> {
-    [PostingKind::TopUp, PostingKind::Settlement, PostingKind::Refund]
+    [PostingKind::TopUp, PostingKind::Settlement, PostingKind::Refund, PostingKind::Payout]
         .into_iter()
         .find(|k| k.name() == name)
         .ok_or_else(|| corrupt(format!("posting kind {name}")))
@@ -133,6 +133,7 @@ pub fn account_name(key: &str) -> Result<AccountName, PgError> {
     let bad = || corrupt(format!("account name {key:?}"));
     let name = match parts.as_slice() {
         ["system", "funding", c] => AccountName::SystemFunding(currency(c)?),
+        ["system", "payout", c] => AccountName::SystemPayout(currency(c)?),
         ["shop", s, c] => AccountName::ShopPayable(shop_id(s)?, currency(c)?),
         ["wallet", n, c] => AccountName::Wallet(number(n)?, currency(c)?),
         ["bill", carrier, n, c] => AccountName::CarrierBill(carrier_id(carrier)?, number(n)?, currency(c)?),

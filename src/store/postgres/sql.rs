@@ -54,6 +54,7 @@ pub enum SetKind {
     TopUp,
     Settlement,
     Refund,
+    Payout,
 }
 
 impl SetKind {
@@ -62,6 +63,7 @@ impl SetKind {
             SetKind::TopUp => "TOP_UP",
             SetKind::Settlement => "SETTLEMENT",
             SetKind::Refund => "REFUND",
+            SetKind::Payout => "PAYOUT",
         }
     }
 }

@@ -31,6 +31,7 @@ use crate::domain::{
     AccountName, Balance, CarrierId, Currency, Decision, IpKey, IpPrefix, Month, Principal, RegisterId, ShopId,
     SubscriberNumber, TradeId, UnixMs,
 };
+use crate::store::records::PayoutRecord;
 use crate::store::records::{
     AccountRecord, CapUsage, CarrierRecord, Delivery, EventRecord, Funding, HandsetRecord, PayoutEntry, PostingRecord,
     RegisterRecord, ShopRecord, SubscriberRecord, TradeRecord,
@@ -441,29 +442,48 @@ fn spawn_lookups(url: String) -> Result<std::sync::mpsc::SyncSender<Lookup>, PgE
             let mut client: Option<tokio_postgres::Client> = None;
             while let Ok(question) = rx.recv() {
                 runtime.block_on(async {
-                    if client.as_ref().is_none_or(|c| c.is_closed()) {
-                        client = connect_one(&url).await.ok();
-                    }
-                    let c = client.as_ref();
-                    match question {
-                        Lookup::Credential(hash, reply) => {
-                            let _ = reply.send(lookup_credential(c, &hash).await);
+                    // A connection lost in a failover is noticed by the
+                    // first query that fails on it: that answer is asked
+                    // again once on a new connection (to the new primary).
+                    for attempt in 0..2 {
+                        if client.as_ref().is_none_or(|c| c.is_closed()) {
+                            client = connect_one(&url).await.ok();
                         }
-                        Lookup::Party(p, reply) => {
-                            let _ = reply.send(lookup_party(c, &p).await);
+                        let c = client.as_ref();
+                        let last = attempt == 1;
+                        let retry = match &question {
+                            Lookup::Credential(hash, reply) => answer(reply, lookup_credential(c, hash).await, last),
+                            Lookup::Party(p, reply) => answer(reply, lookup_party(c, p).await, last),
+                            Lookup::Head(shop, reply) => {
+                                let found = match c {
+                                    Some(c) => super::sql::event_head(c, shop).await,
+                                    None => Err(PgError::Pool("no connection".into())),
+                                };
+                                answer(reply, found, last)
+                            }
+                        };
+                        if !retry {
+                            return;
                         }
-                        Lookup::Head(shop, reply) => {
-                            let _ = reply.send(match c {
-                                Some(c) => super::sql::event_head(c, &shop).await,
-                                None => Err(PgError::Pool("no connection".into())),
-                            });
-                        }
+                        client = None;
                     }
                 });
             }
         })
         .map_err(|e| PgError::Pool(format!("lookup thread: {e}")))?;
     Ok(tx)
+}
+
+/// Sends a lookup's answer unless it is a retryable failure that may be
+/// asked again (`last` false); returns whether to ask again.
+fn answer<T>(reply: &std::sync::mpsc::SyncSender<Result<T, PgError>>, found: Result<T, PgError>, last: bool) -> bool {
+    match found {
+        Err(e) if !last && e.is_retryable() => true,
+        other => {
+            let _ = reply.send(other);
+            false
+        }
+    }
 }
 
 async fn lookup_credential(c: Option<&tokio_postgres::Client>, hash: &[u8; 32]) -> Result<Option<Principal>, PgError> {
@@ -488,34 +508,6 @@ async fn lookup_party(c: Option<&tokio_postgres::Client>, p: &Principal) -> Resu
 
 #[async_trait]
 impl Parties for PgStore {
-    // The operator's money tools (issue 16) exist on the sled store
-    // first: here they refuse with UNIMPLEMENTED and write nothing, so no
-    // shop can be suspended, and no credential rotated, on PostgreSQL yet.
-    async fn shops(&self, _after: Option<&ShopId>, _limit: usize) -> Result<Vec<ShopStatus>, Failure> {
-        Err(Failure::Unsupported("listing shops"))
-    }
-
-    async fn carriers(&self, _after: Option<&CarrierId>, _limit: usize) -> Result<Vec<CarrierRecord>, Failure> {
-        Err(Failure::Unsupported("listing carriers"))
-    }
-
-    async fn set_shop_suspended(
-        &self,
-        _shop: &ShopId,
-        _suspended: bool,
-        _now: UnixMs,
-    ) -> Result<ShopStatus, StoreError<SuspendRefusal>> {
-        Err(StoreError::Failed(Failure::Unsupported("suspending a shop")))
-    }
-
-    async fn rotate_credential(
-        &self,
-        _party: &Principal,
-        _token_hash: [u8; 32],
-    ) -> Result<(), StoreError<RotateCredentialRefusal>> {
-        Err(StoreError::Failed(Failure::Unsupported("rotating a credential")))
-    }
-
     async fn create_shop(&self, shop: NewShop) -> Result<ShopRecord, StoreError<CreateShopRefusal>> {
         let record = in_tx!(self, |tx, cx| parties::create_shop(&tx, &shop, cx))?;
         self.learn(shop.token_hash, Principal::Shop(shop.id.clone()));
@@ -553,11 +545,11 @@ impl Parties for PgStore {
         in_tx!(self, |tx, _cx| parties::close_register(&tx, shop, id, now))
     }
 
+    /// Read from the database on every call (through the lookup thread):
+    /// a token rotated on another node must stop working here at once, so
+    /// no cached answer is trusted. The cache is only this node's list of
+    /// known parties.
     fn principal(&self, token_hash: &[u8; 32]) -> Result<Option<Principal>, Failure> {
-        if let Some(p) = self.inner.credentials.lock().unwrap_or_else(|p| p.into_inner()).get(token_hash) {
-            return Ok(Some(p.clone()));
-        }
-        // Made on another node since this one started.
         let found = self.ask(|reply| Lookup::Credential(*token_hash, reply))?;
         if let Some(p) = &found {
             self.learn(*token_hash, p.clone());
@@ -650,6 +642,71 @@ impl Parties for PgStore {
         };
         read().map(Some).map_err(failure)
     }
+
+    async fn shops(&self, after: Option<&ShopId>, limit: usize) -> Result<Vec<ShopStatus>, Failure> {
+        let c = self.client().await.map_err(failure)?;
+        let found = c
+            .query(
+                "SELECT s.display_name, s.created_at, s.suspended_at, h.last_seq, s.id FROM shops s
+                 LEFT JOIN shop_event_heads h ON h.shop = s.id
+                 WHERE $1::text IS NULL OR s.id COLLATE \"C\" > $1 COLLATE \"C\"
+                 ORDER BY s.id COLLATE \"C\" LIMIT $2",
+                &[&after.map(|s| s.as_str()), &limit_of(limit)],
+            )
+            .await
+            .map_err(PgError::from)
+            .map_err(failure)?;
+        found
+            .iter()
+            .map(|r| parties::shop_status(rows::shop_id(r.try_get(4)?)?, r))
+            .collect::<Result<_, _>>()
+            .map_err(failure)
+    }
+
+    async fn carriers(&self, after: Option<&CarrierId>, limit: usize) -> Result<Vec<CarrierRecord>, Failure> {
+        let c = self.client().await.map_err(failure)?;
+        let found = c
+            .query(
+                "SELECT id, display_name, created_at FROM carriers
+                 WHERE $1::text IS NULL OR id COLLATE \"C\" > $1 COLLATE \"C\"
+                 ORDER BY id COLLATE \"C\" LIMIT $2",
+                &[&after.map(|c| c.as_str()), &limit_of(limit)],
+            )
+            .await
+            .map_err(PgError::from)
+            .map_err(failure)?;
+        let read = |r: &tokio_postgres::Row| -> Result<CarrierRecord, PgError> {
+            Ok(CarrierRecord {
+                id: rows::carrier_id(r.try_get(0)?)?,
+                display_name: r.try_get(1)?,
+                created_at: rows::ms(r.try_get(2)?)?,
+            })
+        };
+        found.iter().map(read).collect::<Result<_, _>>().map_err(failure)
+    }
+
+    async fn set_shop_suspended(
+        &self,
+        shop: &ShopId,
+        suspended: bool,
+        now: UnixMs,
+    ) -> Result<ShopStatus, StoreError<SuspendRefusal>> {
+        in_tx!(self, |tx, _cx| parties::set_shop_suspended(&tx, shop, suspended, now))
+    }
+
+    async fn rotate_credential(
+        &self,
+        party: &Principal,
+        token_hash: [u8; 32],
+    ) -> Result<(), StoreError<RotateCredentialRefusal>> {
+        in_tx!(self, |tx, _cx| parties::rotate_credential(&tx, party, &token_hash))?;
+        // This node's cache forgets the party's old tokens; every node
+        // reads credentials from the database anyway (`principal`).
+        let mut creds = self.inner.credentials.lock().unwrap_or_else(|p| p.into_inner());
+        creds.retain(|_, p| p != party);
+        creds.insert(token_hash, party.clone());
+        Ok(())
+    }
 }
 
 fn limit_of(limit: usize) -> i64 {
@@ -687,10 +744,6 @@ async fn subscriber_row(
 
 #[async_trait]
 impl Trades for PgStore {
-    async fn trade_history(&self, _id: &TradeId, _limit: usize) -> Result<Option<TradeHistory>, Failure> {
-        Err(Failure::Unsupported("a trade's history"))
-    }
-
     async fn create_trade(&self, trade: NewTrade) -> Result<Created, StoreError<CreateTradeRefusal>> {
         in_tx!(self, |tx, cx| trades::create_trade(&tx, &trade, cx))
     }
@@ -884,16 +937,61 @@ impl Trades for PgStore {
         trades.sort_by(|a, b| latest(b).cmp(&latest(a)).then(b.created_at.cmp(&a.created_at)));
         Ok(trades)
     }
+
+    /// One `REPEATABLE READ READ ONLY` snapshot for the trade, its events
+    /// and its postings.
+    async fn trade_history(&self, id: &TradeId, limit: usize) -> Result<Option<TradeHistory>, Failure> {
+        let history = async {
+            let mut pooled = self.client().await?;
+            let c: &mut tokio_postgres::Client = &mut pooled;
+            let tx =
+                c.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
+            let key = id.as_bytes().as_slice();
+            let Some(row) =
+                tx.query_opt(&format!("SELECT {TRADE_COLS} FROM trades t WHERE t.id = $1"), &[&key]).await?
+            else {
+                return Ok(None);
+            };
+            let trade = rows::trade_at(&row, 0)?;
+            let events = tx
+                .query(
+                    &format!(
+                        "SELECT {EVENT_COLS}, {TRADE_COLS} FROM events e JOIN trades t ON t.id = e.trade
+                         WHERE e.shop = $1 AND e.trade = $2 ORDER BY e.seq LIMIT $3"
+                    ),
+                    &[&trade.shop.as_str(), &key, &limit_of(limit)],
+                )
+                .await?
+                .iter()
+                .map(rows::event)
+                .collect::<Result<Vec<_>, _>>()?;
+            let postings = tx
+                .query(
+                    &format!(
+                        "SELECT {POSTING_COLS} FROM postings p JOIN posting_sets s USING (set_id)
+                         WHERE s.trade = $1 ORDER BY p.posting_id LIMIT $2"
+                    ),
+                    &[&key, &limit_of(limit)],
+                )
+                .await?
+                .iter()
+                .map(rows::posting)
+                .collect::<Result<Vec<_>, _>>()?;
+            tx.commit().await?;
+            Ok::<_, PgError>(Some(TradeHistory { trade, events, postings }))
+        };
+        history.await.map_err(failure)
+    }
 }
 
 #[async_trait]
 impl Ledger for PgStore {
-    async fn payout_shop(&self, _payout: NewPayout) -> Result<PaidOut, StoreError<ShopPayoutRefusal>> {
-        Err(StoreError::Failed(Failure::Unsupported("paying out a shop")))
-    }
-
     async fn top_up(&self, top_up: TopUp) -> Result<ToppedUp, StoreError<TopUpRefusal>> {
         in_tx!(self, |tx, _cx| parties::top_up(&tx, &top_up))
+    }
+
+    async fn payout_shop(&self, payout: NewPayout) -> Result<PaidOut, StoreError<ShopPayoutRefusal>> {
+        in_tx!(self, |tx, _cx| parties::payout_shop(&tx, &payout))
     }
 
     async fn account(&self, name: &AccountName) -> Result<Option<AccountRecord>, Failure> {
@@ -1089,7 +1187,7 @@ impl Network for PgStore {
         let c = self.client().await.map_err(failed)?;
         let found = c
             .query(
-                "SELECT kind, trade, carrier, currency, gross, fee FROM payout_entries
+                "SELECT kind, trade, carrier, currency, gross, fee, set_id, reference, at FROM payout_entries
                  WHERE shop = $1 AND at >= $2 AND at < $3 ORDER BY at, set_id LIMIT $4",
                 &[
                     &shop.as_str(),
@@ -1113,11 +1211,21 @@ fn cap_usage(r: &tokio_postgres::Row) -> Result<CapUsage, PgError> {
 }
 
 fn payout_row(r: &tokio_postgres::Row) -> Result<PayoutEntry, PgError> {
-    let trade = rows::trade_id(r.try_get(1)?)?;
-    let carrier = r.try_get::<_, Option<&str>>(2)?.map(rows::carrier_id).transpose()?;
     let currency = rows::currency(r.try_get(3)?)?;
     let gross = rows::amount(r.try_get(4)?);
-    match r.try_get::<_, &str>(0)? {
+    let kind: &str = r.try_get(0)?;
+    if kind == "PAYOUT" {
+        return Ok(PayoutEntry::Payout {
+            payout_id: rows::unbig(r.try_get(6)?)?,
+            currency,
+            amount: gross,
+            reference: r.try_get::<_, Option<String>>(7)?.ok_or_else(|| corrupt("payout without its reference"))?,
+            at: rows::ms(r.try_get(8)?)?,
+        });
+    }
+    let trade = rows::trade_id(r.try_get::<_, Option<&[u8]>>(1)?.ok_or_else(|| corrupt("entry without its trade"))?)?;
+    let carrier = r.try_get::<_, Option<&str>>(2)?.map(rows::carrier_id).transpose()?;
+    match kind {
         "SETTLEMENT" => {
             Ok(PayoutEntry::Settlement { trade, carrier, currency, gross, fee: rows::amount(r.try_get(5)?) })
         }
@@ -1159,6 +1267,7 @@ struct Snapshot {
     cap_use: Vec<((String, String, String, u32), CapUsage)>,
     trades: HashMap<TradeId, TradeRecord>,
     registers: Vec<RegisterRecord>,
+    payouts: Vec<PayoutRecord>,
 }
 
 impl PgStore {
@@ -1208,20 +1317,30 @@ impl PgStore {
             .iter()
             .map(rows::register)
             .collect::<Result<_, _>>()?;
+        let mut payouts = Vec::new();
+        for r in tx
+            .query(
+                "SELECT payout_id, shop, currency, amount, reference, idempotency_key, at FROM payouts ORDER BY payout_id",
+                &[],
+            )
+            .await?
+        {
+            payouts.push(PayoutRecord {
+                payout_id: rows::unbig(r.try_get(0)?)?,
+                shop: rows::shop_id(r.try_get(1)?)?,
+                currency: rows::currency(r.try_get(2)?)?,
+                amount: rows::amount(r.try_get(3)?),
+                reference: r.try_get(4)?,
+                idempotency_key: r.try_get(5)?,
+                at: rows::ms(r.try_get(6)?)?,
+            });
+        }
         tx.commit().await?;
-        Ok(Snapshot { postings, accounts, bill_lines, cap_use, trades, registers })
+        Ok(Snapshot { postings, accounts, bill_lines, cap_use, trades, registers, payouts })
     }
 }
 
 impl LedgerView for Snapshot {
-    /// No payouts exist on this backend (`payout_shop` is unsupported).
-    fn for_each_payout(
-        &self,
-        _visit: &mut dyn FnMut(crate::store::PayoutRecord) -> Result<(), Failure>,
-    ) -> Result<(), Failure> {
-        Ok(())
-    }
-
     type CapKey = (String, String, String, u32);
 
     fn for_each_posting(&self, visit: &mut dyn FnMut(PostingRecord) -> Result<(), Failure>) -> Result<(), Failure> {
@@ -1280,5 +1399,9 @@ impl LedgerView for Snapshot {
 
     fn for_each_register(&self, visit: &mut dyn FnMut(RegisterRecord) -> Result<(), Failure>) -> Result<(), Failure> {
         self.registers.iter().try_for_each(|r| visit(r.clone()))
+    }
+
+    fn for_each_payout(&self, visit: &mut dyn FnMut(PayoutRecord) -> Result<(), Failure>) -> Result<(), Failure> {
+        self.payouts.iter().try_for_each(|p| visit(p.clone()))
     }
 }

@@ -362,11 +362,16 @@ async fn claim_create_key(tx: &Transaction<'_>, t: &NewTrade, key: &str) -> Resu
 
 /// CreateTrade: the replay of an idempotent retry, or a new trade.
 pub async fn create_trade(tx: &Transaction<'_>, t: &NewTrade, cx: &mut Cx) -> Step<Created, CreateTradeRefusal> {
-    let Some(shop_row) = tx.query_opt("SELECT display_name FROM shops WHERE id = $1", &[&t.shop.as_str()]).await?
+    // A share lock of the shop row: a suspension (an update of the row)
+    // waits for this trade's commit, and this read sees a committed one.
+    let Some(shop_row) = tx
+        .query_opt("SELECT display_name, suspended_at FROM shops WHERE id = $1 FOR SHARE", &[&t.shop.as_str()])
+        .await?
     else {
         return Ok(Err(CreateTradeRefusal::UnknownShop));
     };
     let shop_name: String = shop_row.try_get(0)?;
+    let suspended = shop_row.try_get::<_, Option<i64>>(1)?.is_some();
     if let Some(key) = &t.idempotency_key {
         if !claim_create_key(tx, t, key).await? {
             let (prior, sent) = stored_request(tx, &t.shop, key).await?;
@@ -382,6 +387,10 @@ pub async fn create_trade(tx: &Transaction<'_>, t: &NewTrade, cx: &mut Cx) -> St
                 .ok_or_else(|| corrupt("an idempotency key names a missing trade"))?;
             return Ok(Ok(Created { trade: rows::trade_at(&row, 0)?, replayed: true, deliveries: Vec::new() }));
         }
+    }
+    // Suspended: no new trades (a retry above still returned its trade).
+    if suspended {
+        return Ok(Err(CreateTradeRefusal::ShopSuspended));
     }
     let payer = match &t.request.payer {
         PayerRef::Number(n) => n.clone(),
@@ -787,7 +796,10 @@ pub async fn answer(tx: &Transaction<'_>, a: &HandsetAnswer, cx: &mut Cx) -> Ste
 /// settlement leaves no empty account behind, as on sled): it has a zero
 /// balance, and one made meanwhile by another transaction only means this
 /// check ran first.
-async fn lock_accounts(tx: &Transaction<'_>, names: &[&AccountName]) -> Result<Vec<(String, Balance)>, PgError> {
+pub(super) async fn lock_accounts(
+    tx: &Transaction<'_>,
+    names: &[&AccountName],
+) -> Result<Vec<(String, Balance)>, PgError> {
     let mut keys: Vec<String> = names.iter().map(|a| a.key()).collect();
     keys.sort();
     keys.dedup();
@@ -805,7 +817,7 @@ async fn lock_accounts(tx: &Transaction<'_>, names: &[&AccountName]) -> Result<V
         .collect()
 }
 
-fn available(locked: &[(String, Balance)], name: &AccountName) -> Amount {
+pub(super) fn available(locked: &[(String, Balance)], name: &AccountName) -> Amount {
     let key = name.key();
     locked.iter().find(|(k, _)| *k == key).map_or(Amount::ZERO, |(_, b)| b.available())
 }
