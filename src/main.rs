@@ -4,6 +4,7 @@
 //! `cli/mod.rs` (0 ok, 1 negative answer, 2 usage/config, 3 unavailable,
 //! 4 refused).
 
+mod bench;
 mod cli;
 
 /// mimalloc instead of glibc malloc: allocation was about a quarter of the

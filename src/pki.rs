@@ -2,7 +2,7 @@
 //! certificate and client certificates for the operator, shops and
 //! carriers, written as PEM files into one folder, private keys with mode
 //! 0600. Client certificates carry the caller's identity as a SAN URI (see
-//! `sync_server::tls`). Keys are ECDSA P-256.
+//! `crate::identity`). Keys are ECDSA P-256.
 //!
 //! Layout of the folder:
 //!
@@ -30,8 +30,8 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-use crate::store::Principal;
-use crate::sync_server::tls::identity_uri;
+use crate::domain::Principal;
+use crate::identity::identity_uri;
 
 /// Validity of the CA and of what it issues, unless told otherwise.
 pub const DEFAULT_CA_DAYS: i64 = 3650;
@@ -303,7 +303,7 @@ pub fn init(dir: &Path, options: &InitOptions) -> Result<PkiFiles, PkiError> {
 mod tests {
     use super::*;
     use crate::domain::{CarrierId, ShopId};
-    use crate::sync_server::tls::principal_from_cert;
+    use crate::identity::principal_from_cert;
 
     #[test]
     fn init_writes_private_keys_and_certificates_naming_their_holders() {

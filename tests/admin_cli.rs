@@ -8,7 +8,8 @@ use std::process::Command;
 
 use common::TestServer;
 use syncpay::domain::Amount;
-use syncpay::store::records::{self, AccountRecord};
+use syncpay::store::sled::codec;
+use syncpay::store::AccountRecord;
 
 fn admin(t: &TestServer, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_syncpay"))
@@ -58,15 +59,15 @@ async fn verify_exits_non_zero_and_lists_violations() {
         // The store's segment size, which sled checks against its conf.
         let db = sled::Config::new()
             .path(&store_dir)
-            .segment_size(syncpay::store::NEW_STORE_SEGMENT_SIZE)
+            .segment_size(syncpay::store::sled::NEW_STORE_SEGMENT_SIZE)
             .open()
             .expect("open sled");
         let accounts = db.open_tree("accounts").expect("tree");
         let key = b"wallet:+818050000001:JPY";
         let mut record: AccountRecord =
-            records::decode(&accounts.get(key).expect("get").expect("wallet")).expect("decode");
+            codec::decode(&accounts.get(key).expect("get").expect("wallet")).expect("decode");
         record.balance.credits = Amount::new(5_000);
-        accounts.insert(key, records::encode(&record).expect("encode")).expect("insert");
+        accounts.insert(key, codec::encode(&record).expect("encode")).expect("insert");
         db.flush().expect("flush");
         drop(accounts);
         drop(db);

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::backends::{backends, BackendFactory};
 use common::TestServer;
 use rand::{RngExt, SeedableRng};
 use syncpay::domain::TradeId;
@@ -28,9 +29,15 @@ fn number(i: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_read_of_all_balances_sums_to_the_money_put_in() {
+    for backend in backends() {
+        every_read_of_all_balances_sums_to_the_money_put_in_on(backend).await;
+    }
+}
+
+async fn every_read_of_all_balances_sums_to_the_money_put_in_on(backend: &'static BackendFactory) {
     let seed: u64 = std::env::var("SYNCPAY_BANK_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     eprintln!("bank test seed {seed} (replay with SYNCPAY_BANK_SEED={seed})");
-    let t = TestServer::start().await;
+    let t = TestServer::start_on(backend).await;
     let carrier_token = t.create_carrier("docomo", "Docomo").await;
     let sim = CarrierSim::start(t.channel().await, &carrier_token).expect("sim");
     for i in 0..SUBSCRIBERS {

@@ -14,6 +14,9 @@
 //! SYNCPAY_CRASH_CYCLES=50 cargo test --test crash -- --nocapture
 //! ```
 
+#[path = "common/backends.rs"]
+#[allow(dead_code)]
+mod backends;
 #[path = "common/crash_rig.rs"]
 mod crash_rig;
 
@@ -33,8 +36,11 @@ impl Crash for Kill9 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_acknowledged_is_lost_and_nothing_happens_twice_across_kill_9() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let launch = Launch { data_dir: dir.path().to_owned(), args: Vec::new() };
-    let spec = Spec::from_env("crash test", "SYNCPAY_CRASH_SEED", "SYNCPAY_CRASH_CYCLES", DEFAULT_CYCLES, launch);
-    crash_rig::run(spec, &mut Kill9).await;
+    for backend in backends::backends() {
+        eprintln!("crash test on the {} backend", backend.name);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let launch = Launch { data_dir: dir.path().to_owned(), args: (backend.serve_args)(dir.path()) };
+        let spec = Spec::from_env("crash test", "SYNCPAY_CRASH_SEED", "SYNCPAY_CRASH_CYCLES", DEFAULT_CYCLES, launch);
+        crash_rig::run(spec, &mut Kill9).await;
+    }
 }

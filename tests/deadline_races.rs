@@ -13,6 +13,7 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::backends::{backends, BackendFactory};
 use common::TestServer;
 use syncpay::domain::TradeId;
 use syncpay::proto::{self, TradeState as S};
@@ -37,7 +38,13 @@ fn now_ms() -> i64 {
 
 #[tokio::test]
 async fn a_cancel_after_the_deadline_does_not_end_the_trade_cancelled() {
-    let t = TestServer::start().await;
+    for backend in backends() {
+        a_cancel_after_the_deadline_does_not_end_the_trade_cancelled_on(backend).await;
+    }
+}
+
+async fn a_cancel_after_the_deadline_does_not_end_the_trade_cancelled_on(backend: &'static BackendFactory) {
+    let t = TestServer::start_on(backend).await;
     let shop_token = t.create_shop("acme", "Acme Books").await;
     let carrier_token = t.create_carrier("docomo", "Docomo").await;
     let sim = CarrierSim::start(t.channel().await, &carrier_token).expect("sim");

@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::backends::{backends, BackendFactory};
 use common::TestServer;
 use syncpay::domain::TradeId;
 use syncpay::proto::{self, EventKind, TradeState as S};
@@ -23,7 +24,13 @@ fn id(t: &proto::Trade) -> TradeId {
 
 #[tokio::test]
 async fn create_trade_retries_return_the_original_even_after_a_restart() {
-    let t = TestServer::start().await;
+    for backend in backends() {
+        create_trade_retries_return_the_original_even_after_a_restart_on(backend).await;
+    }
+}
+
+async fn create_trade_retries_return_the_original_even_after_a_restart_on(backend: &'static BackendFactory) {
+    let t = TestServer::start_on(backend).await;
     let shop_token = t.create_shop("acme", "Acme").await;
     let register = VirtualRegister::open(t.channel().await, &shop_token, "till").await.expect("open");
     let request = ChargeRequest {
@@ -65,7 +72,13 @@ async fn create_trade_retries_return_the_original_even_after_a_restart() {
 
 #[tokio::test]
 async fn refunds_are_bounded_idempotent_and_visible() {
-    let t = TestServer::start().await;
+    for backend in backends() {
+        refunds_are_bounded_idempotent_and_visible_on(backend).await;
+    }
+}
+
+async fn refunds_are_bounded_idempotent_and_visible_on(backend: &'static BackendFactory) {
+    let t = TestServer::start_on(backend).await;
     let shop_token = t.create_shop("acme", "Acme").await;
     let carrier_token = t.create_carrier("docomo", "Docomo").await;
     let sim = CarrierSim::start(t.channel().await, &carrier_token).expect("sim");

@@ -15,6 +15,7 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::backends::{backends, BackendFactory};
 use common::TestServer;
 use syncpay::domain::TradeId;
 use syncpay::proto::TradeState as S;
@@ -45,7 +46,13 @@ fn spread(values: &mut [i64]) -> (i64, i64, i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trades_expire_at_their_deadline_not_at_the_next_poll() {
-    let t = TestServer::start().await;
+    for backend in backends() {
+        trades_expire_at_their_deadline_not_at_the_next_poll_on(backend).await;
+    }
+}
+
+async fn trades_expire_at_their_deadline_not_at_the_next_poll_on(backend: &'static BackendFactory) {
+    let t = TestServer::start_on(backend).await;
     let shop_token = t.create_shop("acme", "Acme Books").await;
     let carrier_token = t.create_carrier("docomo", "Docomo").await;
     let sim = CarrierSim::start(t.channel().await, &carrier_token).expect("sim");

@@ -166,3 +166,36 @@ async fn sigterm_finishes_in_flight_work_and_exits_zero() {
     t.assert_ledger_ok().await;
     t.server.shutdown().await.expect("shutdown");
 }
+
+/// A script reads the "serving on" line and may stop the server at once:
+/// SIGTERM must already be handled then (it used to be installed only after
+/// that line, so an early SIGTERM killed the process with the signal's
+/// default action instead of a clean stop). Several rounds, because the
+/// window was narrow.
+#[test]
+fn sigterm_right_after_the_serving_line_is_a_clean_stop() {
+    use common::binary::Running;
+    const ROUNDS: usize = 8;
+    for round in 0..ROUNDS {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().display().to_string();
+        let args = [
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+            "--console-listen",
+            "off",
+            "--data-dir",
+            &data,
+        ];
+        let mut serve = Running::spawn(&args, "stderr");
+        serve.wait_line(|l| l.strip_prefix("syncpay serving on ").map(str::to_owned));
+        let pid = i32::try_from(serve.pid()).expect("pid fits");
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "kill");
+        let status = serve.wait_exit();
+        assert!(status.success(), "round {round}: {status:?}");
+    }
+}

@@ -204,8 +204,11 @@ async fn every_field_of_every_request_is_validated_naming_the_field() {
         w.check(&path("GetTrade"), &proto::GetTradeRequest { trade_id: bad.clone() }, "trade_id").await;
         w.check(&path("AwaitTrade"), &proto::AwaitTradeRequest { trade_id: bad.clone(), wait_ms: 1 }, "trade_id").await;
         w.check(&path("CancelTrade"), &proto::CancelTradeRequest { trade_id: bad.clone() }, "trade_id").await;
-        let refund = proto::RefundTradeRequest { trade_id: bad, amount_minor: 1, idempotency_key: String::new() };
+        let refund =
+            proto::RefundTradeRequest { trade_id: bad.clone(), amount_minor: 1, idempotency_key: String::new() };
         w.check(&path("RefundTrade"), &refund, "trade_id").await;
+        let dispute = proto::DisputeTradeRequest { trade_id: bad };
+        w.check("/syncpay.v1.AdminService/DisputeTrade", &dispute, "trade_id").await;
     }
     // Longer than the documented maximum (60 s) is refused, not clamped.
     for wait_ms in [60_001, u32::MAX] {
@@ -490,6 +493,8 @@ fn encode(a: &Arbitrary) -> Vec<u8> {
         "AddCarrierPrefixes" => {
             proto::AddCarrierPrefixesRequest { carrier_id: t0, ip_prefixes: vec![t1, t2] }.encode_to_vec()
         }
+        "DisputeTrade" => proto::DisputeTradeRequest { trade_id: t0 }.encode_to_vec(),
+        "GetReceiptKeys" => proto::GetReceiptKeysRequest {}.encode_to_vec(),
         _ => proto::VerifyLedgerRequest {}.encode_to_vec(),
     }
 }

@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::backends::{backends, BackendFactory};
 use common::manual_carrier::{payload_bytes, sign, ManualCarrier};
 use common::{functional_limits, TestServer};
 use ed25519_dalek::{Signer, SigningKey};
@@ -35,8 +36,8 @@ fn trade_request(register_id: &str, payer: &str, amount: u64) -> proto::CreateTr
 
 /// Shops `acme` and `bobs`, carriers `docomo` (with both payers, their
 /// handsets keyed 1 and 2, each wallet topped up) and `kddi`.
-async fn world() -> TestServer {
-    let t = TestServer::start_tls(&["acme", "bobs"], &["docomo", "kddi"], functional_limits()).await;
+async fn world(backend: &'static BackendFactory) -> TestServer {
+    let t = TestServer::start_tls_on(backend, &["acme", "bobs"], &["docomo", "kddi"], functional_limits()).await;
     let mut docomo = t.as_carrier("docomo").await;
     for (number, seed) in [(PAYER, 1u8), (OTHER_PAYER, 2u8)] {
         common::enroll_with_key(&mut docomo, number, &key(seed)).await;
@@ -53,7 +54,13 @@ fn refusal<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> 
 
 #[tokio::test]
 async fn another_shops_trades_and_registers_are_not_found_on_every_rpc() {
-    let t = world().await;
+    for backend in backends() {
+        another_shops_trades_and_registers_are_not_found_on_every_rpc_on(backend).await;
+    }
+}
+
+async fn another_shops_trades_and_registers_are_not_found_on_every_rpc_on(backend: &'static BackendFactory) {
+    let t = world(backend).await;
     let mut relay = ManualCarrier::connect(t.as_carrier("docomo").await).await;
     let reg_a = t.open_register_as("acme").await;
     let mut a = t.as_shop("acme").await;
@@ -131,7 +138,13 @@ async fn another_shops_trades_and_registers_are_not_found_on_every_rpc() {
 
 #[tokio::test]
 async fn a_carrier_acts_only_for_its_own_subscribers() {
-    let t = world().await;
+    for backend in backends() {
+        a_carrier_acts_only_for_its_own_subscribers_on(backend).await;
+    }
+}
+
+async fn a_carrier_acts_only_for_its_own_subscribers_on(backend: &'static BackendFactory) {
+    let t = world(backend).await;
     let mut docomo = ManualCarrier::connect(t.as_carrier("docomo").await).await;
     let mut kddi = ManualCarrier::connect(t.as_carrier("kddi").await).await;
     let mut kddi_api = t.as_carrier("kddi").await;
@@ -181,7 +194,13 @@ async fn a_carrier_acts_only_for_its_own_subscribers() {
 
 #[tokio::test]
 async fn forged_replayed_wrong_key_and_wrong_amount_approvals_never_settle() {
-    let t = world().await;
+    for backend in backends() {
+        forged_replayed_wrong_key_and_wrong_amount_approvals_never_settle_on(backend).await;
+    }
+}
+
+async fn forged_replayed_wrong_key_and_wrong_amount_approvals_never_settle_on(backend: &'static BackendFactory) {
+    let t = world(backend).await;
     let mut relay = ManualCarrier::connect(t.as_carrier("docomo").await).await;
     let reg = t.open_register_as("acme").await;
     let mut shop = t.as_shop("acme").await;

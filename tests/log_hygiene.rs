@@ -2,8 +2,8 @@
 //! every log line (all modules, TRACE) of a TLS server and a plaintext
 //! server while the unchanged `VirtualRegister` and `CarrierSim` settle,
 //! decline, forge and refund through them, then searches the text for the
-//! operator, shop and carrier tokens, the server secret, the TLS private
-//! keys, the handset keys and the subscriber numbers. This binary installs
+//! operator, shop and carrier tokens, the server secret, the receipt-signing
+//! key, the TLS private keys, the handset keys and the subscriber numbers. This binary installs
 //! the process's one global subscriber, so it holds this one test.
 
 mod common;
@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{carrier, shop, TestServer};
+use syncpay::hex::encode as hex;
 use syncpay::register::{ChargeRequest, VirtualRegister};
 use syncpay::sync_server::limits::Limits;
 use syncpay::sync_server::rate_limit::Rate;
@@ -34,8 +35,13 @@ impl Write for Captured {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The receipt-signing key's seed (hex) from a data folder's key file.
+fn receipt_seed(data_dir: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(data_dir.join(syncpay::sync_server::RECEIPT_KEYS_FILE)).expect("key file");
+    let file: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let seed = file["active"]["seed"].as_str().expect("seed").to_owned();
+    assert_eq!(seed.len(), 64);
+    seed
 }
 
 /// The base64 body lines of a PEM private key.
@@ -102,6 +108,7 @@ async fn logs_hold_no_secret_key_or_subscriber_number() {
     assert_eq!(refused.code(), Some(tonic::Code::ResourceExhausted), "{refused}");
     let pki = tls.pki.clone().expect("pki");
     let tls_secret = std::fs::read(tls.data_dir.join("server.secret")).expect("secret");
+    let tls_receipt_seed = receipt_seed(&tls.data_dir);
     let tls_admin = tls.config.admin_token.clone();
     tls.server.shutdown().await.expect("shutdown");
 
@@ -111,6 +118,7 @@ async fn logs_hold_no_secret_key_or_subscriber_number() {
     let carrier_token = plain.create_carrier("docomo", "Docomo").await;
     keys.extend(traffic(&plain, plain.channel().await, plain.channel().await, &shop_token, &carrier_token).await);
     let plain_secret = std::fs::read(plain.data_dir.join("server.secret")).expect("secret");
+    let plain_receipt_seed = receipt_seed(&plain.data_dir);
     let plain_admin = plain.config.admin_token.clone();
     plain.server.shutdown().await.expect("shutdown");
 
@@ -146,6 +154,9 @@ async fn logs_hold_no_secret_key_or_subscriber_number() {
     }
     for secret in [&tls_secret, &plain_secret] {
         forbidden.push(("server secret".into(), hex(secret)));
+    }
+    for seed in [tls_receipt_seed, plain_receipt_seed] {
+        forbidden.push(("receipt-signing key".into(), seed));
     }
     for path in [
         &pki.server.key,

@@ -6,12 +6,12 @@ mod common;
 
 use common::{carrier, code_of, functional_limits, make_pki, shop, TestServer};
 use syncpay::client::{connect, connect_tls, with_token, ClientTls};
+use syncpay::domain::Principal;
 use syncpay::pki::Ca;
 use syncpay::proto::admin_service_client::AdminServiceClient;
 use syncpay::proto::carrier_service_client::CarrierServiceClient;
 use syncpay::proto::register_service_client::RegisterServiceClient;
 use syncpay::proto::{self};
-use syncpay::store::Principal;
 use syncpay::sync_server::tls::TlsFiles;
 use syncpay::sync_server::ServerConfig;
 use tonic::Code;
@@ -202,7 +202,7 @@ fn acme_certificate_with(t: &TestServer, purposes: Vec<rcgen::ExtendedKeyUsagePu
     let ca_key = rcgen::KeyPair::from_pem(&read("ca.key")).expect("ca key");
     let issuer = rcgen::Issuer::from_ca_cert_pem(&read("ca.pem"), ca_key).expect("issuer");
     let mut params = rcgen::CertificateParams::default();
-    let uri = syncpay::sync_server::tls::identity_uri(&shop("acme"));
+    let uri = syncpay::identity::identity_uri(&shop("acme"));
     params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().expect("uri"))];
     params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = purposes;

@@ -4,13 +4,13 @@
 //! mutual TLS with the generated files; `syncpay admin` talks to it with the
 //! operator's certificate instead of a token.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-fn syncpay(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_syncpay")).args(args).output().expect("run syncpay")
-}
+use common::binary::{run as syncpay, Running};
 
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
@@ -64,8 +64,9 @@ fn pki_init_issue_and_a_tls_server_the_admin_cli_reaches_by_certificate() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let listen = format!("127.0.0.1:{port}");
     let file = |name: &str| pki.join(name).display().to_string();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_syncpay"))
-        .args([
+    let (cert, key, ca) = (file("server.pem"), file("server.key"), file("ca.pem"));
+    let mut server = Running::spawn(
+        &[
             "serve",
             "--listen",
             &listen,
@@ -75,12 +76,15 @@ fn pki_init_issue_and_a_tls_server_the_admin_cli_reaches_by_certificate() {
             &data_s,
             "--durability",
             "flush-only",
-        ])
-        .args(["--tls-cert", &file("server.pem"), "--tls-key", &file("server.key"), "--client-ca", &file("ca.pem")])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("serve");
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--client-ca",
+            &ca,
+        ],
+        "stderr",
+    );
     let url = format!("https://localhost:{port}");
     let admin = |args: &[&str], cert: &str| {
         let mut all = vec!["admin", "--server", &url, "--tls-ca"];
@@ -107,14 +111,8 @@ fn pki_init_issue_and_a_tls_server_the_admin_cli_reaches_by_certificate() {
     assert!(!out.status.success());
     assert!(text(&out).to_lowercase().contains("operator"), "{}", text(&out));
 
-    let _ = Command::new("kill").args(["-TERM", &server.id().to_string()]).status();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while server.try_wait().expect("wait").is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    if server.try_wait().expect("wait").is_none() {
-        let _ = server.kill();
-        panic!("serve did not stop on SIGTERM");
-    }
+    server.terminate();
+    let stopped = server.wait_exit();
+    assert!(stopped.success(), "serve stops cleanly on SIGTERM: {stopped:?}");
     assert!(Path::new(&data).join("server.secret").exists());
 }

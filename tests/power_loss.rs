@@ -9,7 +9,10 @@
 //!   through the real mount.
 //! - `first_start_files_survive_a_power_cut`: what the server makes at its
 //!   first start (the data folder, `admin.token`, `server.secret`, the
-//!   store folder and sled's `conf` and `db`) is durable before it serves.
+//!   receipt-signing key, the store folder and sled's `conf` and `db`) is
+//!   durable before it serves.
+//! - `a_rotated_receipt_key_survives_a_power_cut`: an acknowledged
+//!   `RotateReceiptKey` is durable (the new active key and the retired one).
 //! - `nothing_acknowledged_is_lost_across_power_cuts`: the crash harness
 //!   (`tests/common/crash_rig.rs`: concurrent shops, a simulated carrier,
 //!   every acknowledgement recorded and checked after each restart, the
@@ -190,8 +193,10 @@ async fn first_start_files_survive_a_power_cut() {
     let server = ServerProcess::start(&launch).await;
     let token = String::from_utf8(read(&data_dir.join("admin.token")).expect("admin.token")).expect("text");
     let secret = read(&data_dir.join("server.secret")).expect("server.secret");
+    let receipt_keys = read(&data_dir.join("receipt-signing.keys")).expect("receipt-signing.keys");
     let channel = server.channel().await;
     let mut admin = AdminServiceClient::new(with_token(channel.clone(), token.trim()).expect("token"));
+    let published = admin.get_receipt_keys(proto::GetReceiptKeysRequest {}).await.expect("receipt keys").into_inner();
     let shop_token = admin
         .create_shop(proto::CreateShopRequest { shop_id: "corner".into(), display_name: "Corner".into() })
         .await
@@ -204,6 +209,11 @@ async fn first_start_files_survive_a_power_cut() {
     let token_now = found("admin.token").map(|t| String::from_utf8_lossy(&t).into_owned());
     assert_eq!(token_now, Ok(token.clone()), "the operator token survives");
     assert!(found("server.secret") == Ok(secret), "the server secret survives: {:?}", found("server.secret").err());
+    assert!(
+        found("receipt-signing.keys") == Ok(receipt_keys),
+        "the receipt-signing key survives: {:?}",
+        found("receipt-signing.keys").err()
+    );
     let conf = found("store/conf").map(|c| String::from_utf8_lossy(&c).into_owned());
     assert!(
         conf.as_ref().is_ok_and(|c| c.contains("segment_size: ")),
@@ -216,8 +226,39 @@ async fn first_start_files_survive_a_power_cut() {
     let mut admin = AdminServiceClient::new(with_token(channel.clone(), token.trim()).expect("token"));
     let report = admin.verify_ledger(proto::VerifyLedgerRequest {}).await.expect("the old operator token works");
     assert!(report.get_ref().ok, "{:?}", report.get_ref().violations);
+    let keys_now = admin.get_receipt_keys(proto::GetReceiptKeysRequest {}).await.expect("receipt keys").into_inner();
+    assert_eq!(keys_now, published, "receipts are countersigned and checked with the same key after the cut");
     let mut shop = RegisterServiceClient::new(with_token(channel, &shop_token).expect("token"));
     shop.list_registers(proto::ListRegistersRequest {}).await.expect("the acknowledged shop survives");
+    drop(server);
+}
+
+/// An acknowledged receipt-key rotation is durable: after a power cut the
+/// server signs with the new key and still publishes the old one (the
+/// key file is replaced by a synced new file, a rename and a directory
+/// sync).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_receipt_key_survives_a_power_cut() {
+    let Some(fs) = mount() else { return };
+    let data_dir = fs.path().join("syncpay");
+    let launch = Launch { data_dir: data_dir.clone(), args: Vec::new() };
+    let mut power = PowerCut { fs };
+
+    let server = ServerProcess::start(&launch).await;
+    let token = String::from_utf8(read(&data_dir.join("admin.token")).expect("admin.token")).expect("text");
+    let mut admin = AdminServiceClient::new(with_token(server.channel().await, token.trim()).expect("token"));
+    let before = admin.get_receipt_keys(proto::GetReceiptKeysRequest {}).await.expect("receipt keys").into_inner();
+    let rotated =
+        admin.rotate_receipt_key(proto::RotateReceiptKeyRequest {}).await.expect("rotate (acknowledged)").into_inner();
+    assert_eq!(rotated.keys.len(), 2, "{rotated:?}");
+    assert_ne!(rotated.keys[0].public_key, before.keys[0].public_key, "a new active key");
+    assert_eq!(rotated.keys[1].public_key, before.keys[0].public_key, "the old key stays published");
+    power.cut(server);
+
+    let server = ServerProcess::start(&launch).await;
+    let mut admin = AdminServiceClient::new(with_token(server.channel().await, token.trim()).expect("token"));
+    let after = admin.get_receipt_keys(proto::GetReceiptKeysRequest {}).await.expect("receipt keys").into_inner();
+    assert_eq!(after, rotated, "the acknowledged rotation survives the power cut");
     drop(server);
 }
 

@@ -19,6 +19,7 @@ use ed25519_dalek::SigningKey;
 use prost::Message;
 use sha2::{Digest, Sha256};
 use syncpay::domain::Decision;
+use syncpay::hex::encode as hex;
 use syncpay::proto::{self, TradeState};
 use syncpay::sync_server::limits::Limits;
 use syncpay::sync_server::rate_limit::Rate;
@@ -31,10 +32,6 @@ struct Payer {
     number: &'static str,
     key: Option<SigningKey>,
     top_up: u64,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Everything that would identify a payer to a shop.

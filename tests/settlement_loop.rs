@@ -6,10 +6,14 @@ mod common;
 
 use std::time::Duration;
 
+use common::backends::{backends, BackendFactory};
 use common::{code_of, TestServer};
 use ed25519_dalek::{Signer, SigningKey};
-use syncpay::domain::approval::{shop_key_fingerprint, ApprovalPayload};
-use syncpay::domain::{Amount, Currency, Decision, RegisterId, ShopId, TradeId, UnixMs};
+use syncpay::domain::approval::ApprovalPayload;
+use syncpay::domain::receipt::handset_commitment;
+use syncpay::domain::{
+    Amount, BindingCode, Currency, Decision, PayloadVersion, RegisterId, ScreenText, ShopId, TradeId, UnixMs,
+};
 use syncpay::proto::{self, FailureReason as FR, TradeState as S};
 use syncpay::register::{ChargeRequest, VirtualRegister};
 use syncpay::terminal_sim::{CarrierSim, Policy};
@@ -25,8 +29,8 @@ struct World {
     register: VirtualRegister,
 }
 
-async fn world(handsets: &[(&str, Policy, u64)]) -> World {
-    let t = TestServer::start().await;
+async fn world(backend: &'static BackendFactory, handsets: &[(&str, Policy, u64)]) -> World {
+    let t = TestServer::start_on(backend).await;
     let shop_token = t.create_shop("acme", "Acme Books").await;
     let carrier_token = t.create_carrier("docomo", "Docomo").await;
     let sim = CarrierSim::start(t.channel().await, &carrier_token).expect("sim");
@@ -62,14 +66,23 @@ const POOR: &str = "+818010000006";
 
 #[tokio::test]
 async fn every_outcome_with_balances_events_and_a_verified_ledger() {
-    let w = world(&[
-        (APPROVER, Policy::Approve, 10_000),
-        (DECLINER, Policy::Decline, 10_000),
-        (IGNORER, Policy::Ignore, 10_000),
-        (CANCELLEE, Policy::Ignore, 10_000),
-        (FORGER, Policy::BadSignature, 10_000),
-        (POOR, Policy::Approve, 500),
-    ])
+    for backend in backends() {
+        every_outcome_with_balances_events_and_a_verified_ledger_on(backend).await;
+    }
+}
+
+async fn every_outcome_with_balances_events_and_a_verified_ledger_on(backend: &'static BackendFactory) {
+    let w = world(
+        backend,
+        &[
+            (APPROVER, Policy::Approve, 10_000),
+            (DECLINER, Policy::Decline, 10_000),
+            (IGNORER, Policy::Ignore, 10_000),
+            (CANCELLEE, Policy::Ignore, 10_000),
+            (FORGER, Policy::BadSignature, 10_000),
+            (POOR, Policy::Approve, 500),
+        ],
+    )
     .await;
 
     let settled = w.register.charge(charge(APPROVER, 1_200, 60)).await.expect("charge");
@@ -104,21 +117,31 @@ async fn every_outcome_with_balances_events_and_a_verified_ledger() {
     let report = w.t.assert_ledger_ok().await;
     assert_eq!(report.trades_checked, 6);
 
-    // The shop can prove the buyer approved exactly this trade.
+    // The shop can prove the buyer approved exactly this trade, as shown.
     let receipt = settled.receipt.as_ref().expect("receipt with the settlement");
     let key = w.sim.handset(APPROVER).expect("handset").public_key;
     let payload = ApprovalPayload {
         trade_id: trade_id(&settled),
         amount: Amount::new(1_200),
         currency: Currency::parse("JPY").expect("jpy"),
-        shop_id: &ShopId::parse("acme").expect("shop"),
+        shop_id: ShopId::parse("acme").expect("shop"),
         register_id: w.register.id(),
         expires_at: UnixMs(u64::try_from(settled.expires_at_ms).expect("ms")),
+        version: PayloadVersion::V2 {
+            binding_code: BindingCode::parse(&settled.binding_code).expect("code"),
+            screen_digest: ScreenText {
+                shop_name: "Acme Books",
+                register_label: "till 1",
+                description: "The Rust Book",
+            }
+            .digest(),
+        },
         decision: Decision::Approve,
     };
     assert_eq!(receipt.signed_payload, payload.to_bytes());
     assert!(payload.verify(&key, &receipt.signature));
-    assert_eq!(receipt.handset_key_fingerprint, shop_key_fingerprint(&ShopId::parse("acme").expect("shop"), &key));
+    assert!(receipt.handset_key_fingerprint.is_empty(), "no per-shop fingerprint any more");
+    assert_eq!(receipt.handset_commitment, handset_commitment(trade_id(&settled), &key).to_vec());
     for t in [&declined, &expired, &forged, &poor, &cancelled] {
         assert!(t.receipt.is_none(), "{} carries a receipt", t.trade_id);
     }
@@ -188,7 +211,13 @@ async fn every_outcome_with_balances_events_and_a_verified_ledger() {
 
 #[tokio::test]
 async fn an_answer_sent_twice_settles_once() {
-    let w = world(&[(APPROVER, Policy::AnswerTwice, 5_000)]).await;
+    for backend in backends() {
+        an_answer_sent_twice_settles_once_on(backend).await;
+    }
+}
+
+async fn an_answer_sent_twice_settles_once_on(backend: &'static BackendFactory) {
+    let w = world(backend, &[(APPROVER, Policy::AnswerTwice, 5_000)]).await;
     let t = w.register.charge(charge(APPROVER, 1_000, 60)).await.expect("charge");
     assert_eq!(state(&t).0, S::Settled);
     let results = w.sim.wait_for_answer_results(trade_id(&t), 2, WAIT).await.expect("two results");
@@ -201,7 +230,13 @@ async fn an_answer_sent_twice_settles_once() {
 
 #[tokio::test]
 async fn a_late_approval_changes_nothing_and_is_told_why() {
-    let w = world(&[(APPROVER, Policy::ApproveAfter(Duration::from_millis(2_500)), 5_000)]).await;
+    for backend in backends() {
+        a_late_approval_changes_nothing_and_is_told_why_on(backend).await;
+    }
+}
+
+async fn a_late_approval_changes_nothing_and_is_told_why_on(backend: &'static BackendFactory) {
+    let w = world(backend, &[(APPROVER, Policy::ApproveAfter(Duration::from_millis(2_500)), 5_000)]).await;
     let t = w.register.charge(charge(APPROVER, 1_000, 1)).await.expect("charge");
     assert_eq!(state(&t).0, S::Expired);
     let result = w.sim.wait_for_answer_result(trade_id(&t), WAIT).await.expect("answer result");
@@ -216,7 +251,13 @@ async fn a_late_approval_changes_nothing_and_is_told_why() {
 /// connects and must receive the queued offer.
 #[tokio::test]
 async fn offers_wait_for_an_offline_carrier_and_arrive_when_it_connects() {
-    let t = TestServer::start().await;
+    for backend in backends() {
+        offers_wait_for_an_offline_carrier_and_arrive_when_it_connects_on(backend).await;
+    }
+}
+
+async fn offers_wait_for_an_offline_carrier_and_arrive_when_it_connects_on(backend: &'static BackendFactory) {
+    let t = TestServer::start_on(backend).await;
     let shop_token = t.create_shop("acme", "Acme Books").await;
     let carrier_token = t.create_carrier("docomo", "Docomo").await;
     let mut carrier = t.carrier(&carrier_token).await;
@@ -246,16 +287,26 @@ async fn offers_wait_for_an_offline_carrier_and_arrive_when_it_connects() {
     assert_eq!(state(e1.trade.as_ref().expect("trade")).0, S::Pending);
     assert_eq!(state(e2.trade.as_ref().expect("trade")).0, S::Offered);
 
+    // The offer carries the exact bytes to sign, and they are the bytes its
+    // fields give.
+    assert_eq!(offer.payload_version, 2);
     let payload = ApprovalPayload {
         trade_id: TradeId::parse(&offer.trade_id).expect("id"),
         amount: Amount::new(offer.amount_minor),
         currency: Currency::parse(&offer.currency).expect("currency"),
-        shop_id: &ShopId::parse(&offer.shop_id).expect("shop"),
+        shop_id: ShopId::parse(&offer.shop_id).expect("shop"),
         register_id: RegisterId::parse(&offer.register_id).expect("register"),
         expires_at: UnixMs(u64::try_from(offer.expires_at_ms).expect("ms")),
+        version: PayloadVersion::V2 {
+            binding_code: BindingCode::parse(&offer.binding_code).expect("code"),
+            screen_digest: ScreenText { shop_name: "Acme Books", register_label: "till", description: "The Rust Book" }
+                .digest(),
+        },
         decision: Decision::Approve,
     };
-    let signature = key.sign(&payload.to_bytes()).to_bytes().to_vec();
+    assert_eq!(offer.approve_payload, payload.to_bytes());
+    assert_eq!(offer.decline_payload, ApprovalPayload { decision: Decision::Decline, ..payload.clone() }.to_bytes());
+    let signature = key.sign(&offer.approve_payload).to_bytes().to_vec();
     up_tx
         .send(send(proto::relay_up::Body::Answer(proto::HandsetAnswer {
             trade_id: offer.trade_id.clone(),
@@ -276,7 +327,13 @@ async fn offers_wait_for_an_offline_carrier_and_arrive_when_it_connects() {
 
 #[tokio::test]
 async fn acknowledged_state_survives_a_restart_and_open_trades_still_expire() {
-    let w = world(&[(APPROVER, Policy::Approve, 5_000), (IGNORER, Policy::Ignore, 5_000)]).await;
+    for backend in backends() {
+        acknowledged_state_survives_a_restart_and_open_trades_still_expire_on(backend).await;
+    }
+}
+
+async fn acknowledged_state_survives_a_restart_and_open_trades_still_expire_on(backend: &'static BackendFactory) {
+    let w = world(backend, &[(APPROVER, Policy::Approve, 5_000), (IGNORER, Policy::Ignore, 5_000)]).await;
     let settled = w.register.charge(charge(APPROVER, 1_000, 60)).await.expect("charge");
     let open = w.register.create(charge(IGNORER, 1_000, 2)).await.expect("create");
     let register_id = w.register.id();
@@ -306,7 +363,13 @@ async fn acknowledged_state_survives_a_restart_and_open_trades_still_expire() {
 
 #[tokio::test]
 async fn one_shop_cannot_touch_another_shops_trades() {
-    let w = world(&[(IGNORER, Policy::Ignore, 0)]).await;
+    for backend in backends() {
+        one_shop_cannot_touch_another_shops_trades_on(backend).await;
+    }
+}
+
+async fn one_shop_cannot_touch_another_shops_trades_on(backend: &'static BackendFactory) {
+    let w = world(backend, &[(IGNORER, Policy::Ignore, 0)]).await;
     let theirs = w.register.create(charge(IGNORER, 100, 60)).await.expect("create");
     let other_token = w.t.create_shop("mallory", "Mallory Mart").await;
     let mut other = w.t.shop(&other_token).await;
@@ -329,7 +392,13 @@ async fn one_shop_cannot_touch_another_shops_trades() {
 
 #[tokio::test]
 async fn registers_open_close_and_refuse_trades_when_closed() {
-    let w = world(&[(IGNORER, Policy::Ignore, 0)]).await;
+    for backend in backends() {
+        registers_open_close_and_refuse_trades_when_closed_on(backend).await;
+    }
+}
+
+async fn registers_open_close_and_refuse_trades_when_closed_on(backend: &'static BackendFactory) {
+    let w = world(backend, &[(IGNORER, Policy::Ignore, 0)]).await;
     let mut shop = w.t.shop(&w.shop_token).await;
     let open = w.register.create(charge(IGNORER, 100, 60)).await.expect("create");
     let close = proto::CloseRegisterRequest { register_id: w.register.id().to_string() };

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use common::TestServer;
 use syncpay::proto;
 use syncpay::register::{ChargeRequest, VirtualRegister};
-use syncpay::store::SyncFault;
+use syncpay::store::sled::SyncFault;
 use syncpay::sync_server::ServerConfig;
 use tonic::Code;
 

@@ -1,21 +1,29 @@
-//! Model test: random sequences of operations run against the real store
-//! (sled in a temporary folder) and against a plain in-memory model of the
+//! Model test: random sequences of operations run against a real store
+//! (every backend of `common::backends`, each in a temporary folder),
+//! through the storage boundary, and against a plain in-memory model of the
 //! rules; after every operation the outcomes and all balances must agree,
 //! and at the end the ledger must verify. Amounts include zero, maximal
 //! and overflowing values; payers include unknown ones; keys repeat;
 //! answers come late, twice, badly signed.
 
-use std::collections::HashMap;
+mod common;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use common::backends::{backends, BackendFactory, Fsync};
 use ed25519_dalek::{Signer, SigningKey};
 use proptest::prelude::*;
 use syncpay::domain::approval::ApprovalPayload;
+use syncpay::domain::receipt::ReceiptSigner;
 use syncpay::domain::{
-    Amount, CarrierId, Currency, Decision, FailureReason, RegisterId, ShopId, SubscriberNumber, TradeId, TradeState,
-    UnixMs,
+    Amount, BindingCode, CarrierId, Currency, Decision, FailureReason, PayloadVersion, RegisterId, ScreenText, ShopId,
+    SubscriberNumber, TradeId, TradeState, UnixMs,
 };
+use syncpay::store::fixture::Fixture;
 use syncpay::store::{
-    Command, CommandOutcome, CreateTrade, Funding, RejectedAnswer, Store, StoreConfig, StoreError, TradeRequest,
+    AnswerRefusal, CancelOutcome, CancelRefusal, CreateTradeRefusal, ExpireOutcome, Funding, HandsetAnswer, NewRefund,
+    NewTrade, PayerRef, RefundRefusal, RejectedAnswer, Store, StoreError, TopUp, TopUpRefusal, TradeRequest,
 };
 
 const T0: u64 = 1_900_000_000_000;
@@ -97,13 +105,70 @@ enum Seen {
     Error(&'static str),
 }
 
-fn error_kind(e: &StoreError) -> &'static str {
+/// The kind of answer a refusal becomes at the API (its gRPC code).
+trait Kind {
+    fn kind(&self) -> &'static str;
+}
+
+fn error_kind<R: Kind>(e: &StoreError<R>) -> &'static str {
     match e {
-        StoreError::NotFound(_) => "not_found",
-        StoreError::AlreadyExists(_) => "already_exists",
-        StoreError::FailedPrecondition(_) => "failed_precondition",
-        StoreError::LimitExceeded(_) | StoreError::RateLimited(_) => "limit",
-        StoreError::Corrupt(_) | StoreError::Io(_) | StoreError::Stopped => "internal",
+        StoreError::Refused(r) => r.kind(),
+        StoreError::Failed(_) => "internal",
+    }
+}
+
+impl Kind for TopUpRefusal {
+    fn kind(&self) -> &'static str {
+        match self {
+            TopUpRefusal::UnknownSubscriber => "not_found",
+            TopUpRefusal::CarrierBilled | TopUpRefusal::Postings(_) => "failed_precondition",
+        }
+    }
+}
+
+impl Kind for CreateTradeRefusal {
+    fn kind(&self) -> &'static str {
+        match self {
+            CreateTradeRefusal::Differs(_) => "already_exists",
+            CreateTradeRefusal::UnknownShop | CreateTradeRefusal::UnknownRegister => "not_found",
+            CreateTradeRefusal::RegisterFull { .. } | CreateTradeRefusal::OfferLimited(_) => "limit",
+            CreateTradeRefusal::ObservedInFuture | CreateTradeRefusal::ObservedBeforeRetention { .. } => "invalid",
+            CreateTradeRefusal::RegisterClosed
+            | CreateTradeRefusal::DeadlineOverflows
+            | CreateTradeRefusal::NotAccepted
+            | CreateTradeRefusal::NoOneToOffer => "failed_precondition",
+        }
+    }
+}
+
+impl Kind for AnswerRefusal {
+    fn kind(&self) -> &'static str {
+        match self {
+            AnswerRefusal::Postings(_) => "failed_precondition",
+        }
+    }
+}
+
+impl Kind for CancelRefusal {
+    fn kind(&self) -> &'static str {
+        match self {
+            CancelRefusal::UnknownTrade => "not_found",
+            CancelRefusal::AlreadyFinal(_) => "failed_precondition",
+        }
+    }
+}
+
+impl Kind for RefundRefusal {
+    fn kind(&self) -> &'static str {
+        match self {
+            RefundRefusal::Differs(_) => "already_exists",
+            RefundRefusal::UnknownTrade => "not_found",
+            RefundRefusal::NotSettled(_)
+            | RefundRefusal::Overflows
+            | RefundRefusal::AboveRemaining { .. }
+            | RefundRefusal::ShopBalanceShort
+            | RefundRefusal::Postings(_) => "failed_precondition",
+        }
     }
 }
 
@@ -153,6 +218,7 @@ struct Real {
     carrier: CarrierId,
     register: RegisterId,
     keys: Vec<SigningKey>,
+    signer: Arc<ReceiptSigner>,
 }
 
 fn number(sub: usize) -> SubscriberNumber {
@@ -167,59 +233,38 @@ fn wallet(sub: usize) -> String {
     format!("wallet:{}:JPY", number(sub).as_str())
 }
 
-async fn real() -> Real {
+async fn real(backend: &BackendFactory) -> Real {
     let dir = tempfile::tempdir().expect("tempdir");
     // The model test checks logic, not durability: skip the fsync.
-    let config = StoreConfig { durability: syncpay::store::Durability::FlushOnly, ..StoreConfig::new(dir.path()) };
-    let store = Store::open(config).expect("open");
-    let shop = ShopId::parse("shop").expect("shop");
-    let carrier = CarrierId::parse("carrier").expect("carrier");
-    let register = RegisterId::generate().expect("id");
-    let t0 = UnixMs(T0);
-    let run = |c| {
-        let s = store.clone();
-        async move { s.execute(c).await.expect("setup") }
-    };
-    run(Command::CreateShop { id: shop.clone(), display_name: "S".into(), token_hash: [1; 32], max_shops: 9, now: t0 })
-        .await;
-    run(Command::CreateCarrier {
-        id: carrier.clone(),
-        display_name: "C".into(),
-        token_hash: [2; 32],
-        prefixes: Vec::new(),
-        fee_bps: 0,
-        now: t0,
-    })
-    .await;
-    run(Command::OpenRegister { shop: shop.clone(), id: register, label: "r".into(), max_registers: 9, now: t0 }).await;
+    let store = (backend.open)(dir.path(), Fsync::Off);
+    let fixture = Fixture::new(store.clone(), UnixMs(T0));
+    let shop = fixture.shop("shop", "S").await;
+    let carrier = fixture.carrier("carrier", "C", &[], 0).await;
+    let register = fixture.register(&shop, "r").await;
     let mut keys = Vec::new();
     for sub in 0..3 {
-        run(Command::EnrollSubscriber {
-            carrier: carrier.clone(),
-            number: number(sub),
-            funding: Funding::Wallet,
-            now: t0,
-        })
-        .await;
+        fixture.subscriber(&carrier, &number(sub), Funding::Wallet).await;
         let key = SigningKey::from_bytes(&[u8::try_from(sub).expect("small") + 1; 32]);
         if sub < 2 {
-            run(Command::EnrollHandset {
-                carrier: carrier.clone(),
-                number: number(sub),
-                public_key: key.verifying_key().to_bytes(),
-                now: t0,
-            })
-            .await;
+            fixture.handset(&carrier, &number(sub), &key).await;
         }
         keys.push(key);
     }
-    Real { _dir: dir, store, shop, carrier, register, keys }
+    Real {
+        _dir: dir,
+        store,
+        shop,
+        carrier,
+        register,
+        keys,
+        signer: Arc::new(ReceiptSigner::from_seed([9; 32], UnixMs(T0))),
+    }
 }
 
-fn request(r: &Real, sub: usize, amount: u64) -> TradeRequest {
+fn request(r: &Real, sub: usize, amount: u64) -> TradeRequest<PayerRef> {
     TradeRequest {
         register: r.register,
-        payer: number(sub),
+        payer: PayerRef::Number(number(sub)),
         amount: Amount::new(amount),
         currency: jpy(),
         description: String::new(),
@@ -248,12 +293,7 @@ async fn step(r: &Real, m: &mut Model, op: &Op, now: u64) -> (Seen, Seen) {
         Op::TopUp { sub, amount } => {
             let got = r
                 .store
-                .execute(Command::TopUp {
-                    number: number(*sub),
-                    amount: Amount::new(*amount),
-                    currency: jpy(),
-                    now: UnixMs(now),
-                })
+                .top_up(TopUp { number: number(*sub), amount: Amount::new(*amount), currency: jpy(), now: UnixMs(now) })
                 .await;
             let got = match got {
                 Ok(_) => Seen::ToppedUp,
@@ -270,7 +310,7 @@ async fn step(r: &Real, m: &mut Model, op: &Op, now: u64) -> (Seen, Seen) {
         }
         Op::Create { sub, amount, key } => {
             let id = TradeId::generate().expect("id");
-            let c = CreateTrade {
+            let c = NewTrade {
                 shop: r.shop.clone(),
                 trade_id: id,
                 request: request(r, *sub, *amount),
@@ -280,12 +320,12 @@ async fn step(r: &Real, m: &mut Model, op: &Op, now: u64) -> (Seen, Seen) {
                 offer_gate: None,
                 now: UnixMs(now),
             };
-            let got = match r.store.execute(Command::CreateTrade(c)).await {
-                Ok(CommandOutcome::Trade { trade: Some(tr), replayed, .. }) => {
+            let got = match r.store.create_trade(c).await {
+                Ok(created) => {
+                    let tr = created.trade;
                     let index = m.trades.iter().position(|x| x.id == tr.id).unwrap_or(m.trades.len());
-                    Seen::Trade { index, state: tr.state, failure: tr.failure, replayed }
+                    Seen::Trade { index, state: tr.state, failure: tr.failure, replayed: created.replayed }
                 }
-                Ok(other) => panic!("unexpected {other:?}"),
                 Err(e) => Seen::Error(error_kind(&e)),
             };
             if let Some(k) = key {
@@ -325,13 +365,19 @@ async fn step(r: &Real, m: &mut Model, op: &Op, now: u64) -> (Seen, Seen) {
             };
             let at = if *late { x.expires_at } else { now };
             let decision = if *approve { Decision::Approve } else { Decision::Decline };
+            // The model's own account of what was offered: shop "S",
+            // register "r", no description, binding code 000000.
             let payload = ApprovalPayload {
                 trade_id: x.id,
                 amount: Amount::new(x.amount),
                 currency: jpy(),
-                shop_id: &r.shop,
+                shop_id: r.shop.clone(),
                 register_id: r.register,
                 expires_at: UnixMs(x.expires_at),
+                version: PayloadVersion::V2 {
+                    binding_code: BindingCode::parse("000000").expect("code"),
+                    screen_digest: ScreenText { shop_name: "S", register_label: "r", description: "" }.digest(),
+                },
                 decision,
             };
             let mut signature = r.keys[x.sub.min(2)].sign(&payload.to_bytes()).to_bytes().to_vec();
@@ -340,17 +386,22 @@ async fn step(r: &Real, m: &mut Model, op: &Op, now: u64) -> (Seen, Seen) {
             }
             // The server checks the signature before queueing (the writer
             // reuses the verdict); the model's answers take that path.
-            let checked = r.store.check_answer(&r.carrier, &x.id, decision, &signature);
-            let c = Command::Answer {
+            let checked = r.store.check_answer(&r.carrier, &x.id, decision, &signature, &r.signer, UnixMs(at)).await;
+            let answer = HandsetAnswer {
                 carrier: r.carrier.clone(),
                 trade: x.id,
                 decision,
                 signature,
                 now: UnixMs(at),
                 checked,
+                signer: r.signer.clone(),
             };
-            let got = match r.store.execute(c).await {
-                Ok(CommandOutcome::Answer(a)) => match a.rejected {
+            let outcome = match r.store.submit_answer(answer).await {
+                Ok(pending) => pending.outcome().await,
+                Err(f) => Err(StoreError::Failed(f)),
+            };
+            let got = match outcome {
+                Ok(a) => match a.rejected {
                     Some(RejectedAnswer::UnknownTrade) => Seen::Rejected("unknown"),
                     Some(RejectedAnswer::AlreadyFinal(_)) => Seen::Rejected("final"),
                     Some(RejectedAnswer::Expired) => Seen::Rejected("expired"),
@@ -359,7 +410,6 @@ async fn step(r: &Real, m: &mut Model, op: &Op, now: u64) -> (Seen, Seen) {
                         Seen::Trade { index: *trade, state: tr.state, failure: tr.failure, replayed: false }
                     }
                 },
-                Ok(other) => panic!("unexpected {other:?}"),
                 Err(e) => Seen::Error(error_kind(&e)),
             };
             let mt = &mut m.trades[*trade];
@@ -395,14 +445,13 @@ async fn step(r: &Real, m: &mut Model, op: &Op, now: u64) -> (Seen, Seen) {
             let Some(x) = t(*trade) else {
                 return (Seen::Nothing, Seen::Nothing);
             };
-            let got =
-                match r.store.execute(Command::Cancel { shop: r.shop.clone(), trade: x.id, now: UnixMs(now) }).await {
-                    Ok(CommandOutcome::Trade { trade: Some(tr), .. }) => {
-                        Seen::Trade { index: *trade, state: tr.state, failure: tr.failure, replayed: false }
-                    }
-                    Ok(other) => panic!("unexpected {other:?}"),
-                    Err(e) => Seen::Error(error_kind(&e)),
-                };
+            let got = match r.store.cancel(&r.shop, x.id, UnixMs(now)).await {
+                Ok(CancelOutcome::Cancelled { trade: tr, .. }) => {
+                    Seen::Trade { index: *trade, state: tr.state, failure: tr.failure, replayed: false }
+                }
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(e) => Seen::Error(error_kind(&e)),
+            };
             let mt = &mut m.trades[*trade];
             let want = if mt.state.is_final() {
                 Seen::Error("failed_precondition")
@@ -417,12 +466,19 @@ async fn step(r: &Real, m: &mut Model, op: &Op, now: u64) -> (Seen, Seen) {
                 return (Seen::Nothing, Seen::Nothing);
             };
             let at = if *due { x.expires_at } else { now };
-            let got = match r.store.execute(Command::Expire { trade: x.id, now: UnixMs(at) }).await {
-                Ok(CommandOutcome::Trade { trade: Some(tr), replayed, .. }) => {
-                    Seen::Trade { index: *trade, state: tr.state, failure: tr.failure, replayed }
-                }
-                Ok(other) => panic!("unexpected {other:?}"),
-                Err(e) => Seen::Error(error_kind(&e)),
+            let outcome = r.store.submit_expire(x.id, UnixMs(at)).await.expect("queued").outcome().await;
+            let seen = |tr: &syncpay::store::TradeRecord, replayed| Seen::Trade {
+                index: *trade,
+                state: tr.state,
+                failure: tr.failure,
+                replayed,
+            };
+            let got = match outcome {
+                Ok(ExpireOutcome::Expired { trade: tr, .. }) => seen(&tr, false),
+                Ok(ExpireOutcome::NotDue(tr) | ExpireOutcome::AlreadyFinal(tr)) => seen(&tr, true),
+                Ok(ExpireOutcome::Unknown) => panic!("the model's trade is unknown to the store"),
+                Err(StoreError::Refused(never)) => match never {},
+                Err(StoreError::Failed(_)) => Seen::Error("internal"),
             };
             let mt = &mut m.trades[*trade];
             let replayed = mt.state.is_final() || at < mt.expires_at;
@@ -435,18 +491,17 @@ async fn step(r: &Real, m: &mut Model, op: &Op, now: u64) -> (Seen, Seen) {
             let Some(x) = t(*trade) else {
                 return (Seen::Nothing, Seen::Nothing);
             };
-            let c = Command::Refund {
+            let c = NewRefund {
                 shop: r.shop.clone(),
                 trade: x.id,
                 amount: Amount::new(*amount),
                 idempotency_key: key.map(|k| format!("k{k}")),
                 now: UnixMs(now),
             };
-            let got = match r.store.execute(c).await {
-                Ok(CommandOutcome::Refund { trade: tr, replayed, .. }) => {
-                    Seen::Refunded { refunded: tr.refunded.minor(), replayed }
+            let got = match r.store.refund(c).await {
+                Ok(refunded) => {
+                    Seen::Refunded { refunded: refunded.trade.refunded.minor(), replayed: refunded.replayed }
                 }
-                Ok(other) => panic!("unexpected {other:?}"),
                 Err(e) => Seen::Error(error_kind(&e)),
             };
             if let Some(k) = key {
@@ -486,32 +541,40 @@ proptest! {
 
     #[test]
     fn store_matches_the_model(ops in prop::collection::vec(op(), 1..40)) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(async {
-            let r = real().await;
-            let mut m = Model::default();
-            for (i, op) in ops.iter().enumerate() {
-                let now = T0 + 1 + u64::try_from(i).expect("small");
-                let (got, want) = step(&r, &mut m, op, now).await;
-                assert_eq!(got, want, "step {i}: {op:?}");
-                let accounts = r.store.accounts("", 1_000).await.expect("accounts");
-                for a in &accounts {
-                    let (d, c) = m.totals.get(&a.name.key()).copied().unwrap_or_default();
-                    assert_eq!(
-                        (u128::from(a.balance.debits.minor()), u128::from(a.balance.credits.minor())),
-                        (d, c),
-                        "step {i}: account {:?} after {op:?}", a.name
-                    );
-                }
-                let nonzero = m.totals.values().filter(|(d, c)| *d > 0 || *c > 0).count();
-                assert_eq!(accounts.len(), nonzero, "step {i}: account set differs");
-            }
-            for (index, x) in m.trades.iter().enumerate() {
-                let stored = r.store.trade(&x.id).await.expect("read").expect("present");
-                assert_eq!((stored.state, stored.refunded.minor()), (x.state, x.refunded), "trade {index}");
-            }
-            let report = r.store.verify().await.expect("verify");
-            assert!(report.ok(), "{:?}", report.violations);
-        });
+        for backend in backends() {
+            run_model(backend, &ops);
+        }
     }
+}
+
+/// One sequence of operations against one backend and the model.
+fn run_model(backend: &BackendFactory, ops: &[Op]) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let r = real(backend).await;
+        let mut m = Model::default();
+        for (i, op) in ops.iter().enumerate() {
+            let now = T0 + 1 + u64::try_from(i).expect("small");
+            let (got, want) = step(&r, &mut m, op, now).await;
+            assert_eq!(got, want, "{backend:?} step {i}: {op:?}");
+            let accounts = r.store.accounts("", 1_000).await.expect("accounts");
+            for a in &accounts {
+                let (d, c) = m.totals.get(&a.name.key()).copied().unwrap_or_default();
+                assert_eq!(
+                    (u128::from(a.balance.debits.minor()), u128::from(a.balance.credits.minor())),
+                    (d, c),
+                    "step {i}: account {:?} after {op:?}",
+                    a.name
+                );
+            }
+            let nonzero = m.totals.values().filter(|(d, c)| *d > 0 || *c > 0).count();
+            assert_eq!(accounts.len(), nonzero, "step {i}: account set differs");
+        }
+        for (index, x) in m.trades.iter().enumerate() {
+            let stored = r.store.trade(&x.id).await.expect("read").expect("present");
+            assert_eq!((stored.state, stored.refunded.minor()), (x.state, x.refunded), "trade {index}");
+        }
+        let report = r.store.verify().await.expect("verify");
+        assert!(report.ok(), "{:?}", report.violations);
+    });
 }

@@ -110,6 +110,19 @@ fn the_tour_over_mutual_tls_settles_a_charge_and_the_ledger_verifies() {
     assert_eq!(trade["state"], "SETTLED", "{trade}");
     assert_eq!(trade["amount_minor"], 1200);
 
+    // The receipt, checked offline with the operator's published keys.
+    let keys = dir.path().join("receipt-keys.json").display().to_string();
+    let out = sync("shop", "shop-acme", &["receipt-keys", "--out", &keys]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = sync("shop", "shop-acme", &["status", trade["trade_id"].as_str().expect("id"), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let trade_file = dir.path().join("trade.json");
+    std::fs::write(&trade_file, &out.stdout).expect("write");
+    let trade_file = trade_file.display().to_string();
+    let out = run(&["shop", "verify-receipt", "--keys", &keys, "--shop", "acme", &trade_file]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("receipt verifies"), "{}", text(&out));
+
     let out = sync("admin", "admin", &["verify"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("ledger verifies"), "{}", text(&out));

@@ -27,10 +27,12 @@ use common::TestServer;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 use std::os::unix::process::CommandExt;
-use syncpay::domain::approval::{shop_key_fingerprint, verify_bytes};
+use syncpay::domain::approval::verify_bytes;
+use syncpay::domain::receipt::handset_commitment;
 use syncpay::domain::SubscriberNumber;
 use syncpay::proto;
 use syncpay::proto::register_service_client::RegisterServiceClient;
+use syncpay::register::{verify_trade_receipt, ReceiptKeySet};
 use syncpay::web::{console::MetricsSource, demo, shop};
 use tokio::net::TcpListener;
 
@@ -301,7 +303,7 @@ fn screenshot_dir() -> PathBuf {
 fn metrics() -> MetricsSource {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full(syncpay::sync_server::metrics::TRADE_SETTLE_SECONDS.into()),
+            metrics_exporter_prometheus::Matcher::Full(syncpay::metrics::TRADE_SETTLE_SECONDS.into()),
             &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0],
         )
         .expect("buckets")
@@ -409,8 +411,9 @@ async fn a_purchase_through_the_pages_settles_with_a_signature_made_in_the_brows
 
     page.switch(&shop_window).await;
     page.checkout_state("SETTLED").await;
-    // The receipt check is honest: terms checked, signature not checkable.
-    assert_eq!(page.attr("#receipt-verdict", "data-verdict").await.as_deref(), Some("terms-only"));
+    // The shop verified the receipt offline with the operator's published
+    // receipt key.
+    assert_eq!(page.attr("#receipt-verdict", "data-verdict").await.as_deref(), Some("verified"));
     page.screenshot("shop-settled.png").await;
 
     // The server settled on a signature made with the page's key.
@@ -421,10 +424,16 @@ async fn a_purchase_through_the_pages_settles_with_a_signature_made_in_the_brows
         .expect("get trade")
         .into_inner();
     assert_eq!(trade.state, proto::TradeState::Settled as i32);
-    let receipt = trade.receipt.expect("a settled trade has a receipt");
+    let receipt = trade.receipt.clone().expect("a settled trade has a receipt");
     let page_key: [u8; 32] = aiko_key.as_slice().try_into().expect("32 bytes");
     assert!(verify_bytes(&page_key, &receipt.signed_payload, &receipt.signature), "signed by the page's key");
-    assert_eq!(receipt.handset_key_fingerprint, shop_key_fingerprint(&pages.shop_id, &page_key).to_vec());
+    let trade_id = syncpay::domain::TradeId::parse(&settled_trade).expect("trade id");
+    assert_eq!(receipt.handset_commitment, handset_commitment(trade_id, &page_key).to_vec());
+    let keys = ReceiptKeySet::from_proto(
+        &as_shop.get_receipt_keys(proto::GetReceiptKeysRequest {}).await.expect("keys").into_inner(),
+    )
+    .expect("keys");
+    verify_trade_receipt(&trade, &keys, &pages.shop_id).expect("the receipt of a browser phone's approval verifies");
     assert!(pages.sim.handset(AIKO).is_none(), "still no Rust key for the number");
 
     // --- 2. Decline on the phone: DECLINED. The checkout is done from the

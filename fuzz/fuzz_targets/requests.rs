@@ -1,17 +1,22 @@
 //! Arbitrary bytes through prost decoding of every request message and the
 //! server's validating conversions (`sync_server::requests`), plus the
-//! client-certificate identity parser. Asserts: no panic; every refusal is
+//! client-certificate identity parser, the approval payload parser and the
+//! offline receipt check. Asserts: no panic; every refusal is
 //! INVALID_ARGUMENT naming a known field; what decodes re-encodes to a
-//! message that decodes equal.
+//! message that decodes equal; a payload that parses encodes back to the
+//! same bytes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
+use syncpay::domain::receipt::ReceiptSigner;
+use syncpay::domain::{ApprovalPayload, ShopId, UnixMs};
 use syncpay::proto;
+use syncpay::register::{verify_receipt, ReceiptKeySet};
 use syncpay::sync_server::error::ApiError;
 use syncpay::sync_server::limits::Limits;
 use syncpay::sync_server::requests::{self, FIELDS};
-use syncpay::sync_server::tls;
+use syncpay::identity;
 
 fn refused(e: ApiError) {
     match &e {
@@ -38,7 +43,7 @@ fn check<M: Message + Default + PartialEq + std::fmt::Debug, T>(
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, bytes)) = data.split_first() else { return };
     let limits = Limits::default();
-    match selector % 24 {
+    match selector % 26 {
         0 => check::<proto::OpenRegisterRequest, _>(bytes, requests::open_register),
         1 => check::<proto::CloseRegisterRequest, _>(bytes, requests::close_register),
         2 => check::<proto::CreateTradeRequest, _>(bytes, |m| requests::create_trade(m, &limits)),
@@ -62,12 +67,24 @@ fuzz_target!(|data: &[u8]| {
         20 => check::<proto::AddCarrierPrefixesRequest, _>(bytes, requests::add_carrier_prefixes),
         21 => check::<proto::CreateCarrierRequest, _>(bytes, requests::create_carrier),
         22 => {
-            let _ = tls::principal_from_cert(bytes);
+            let _ = identity::principal_from_cert(bytes);
+        }
+        24 => check::<proto::DisputeTradeRequest, _>(bytes, requests::dispute_trade),
+        25 => {
+            if let Ok(p) = ApprovalPayload::parse(bytes) {
+                assert_eq!(p.to_bytes(), bytes, "a parsed payload encodes back to its bytes");
+            }
+            if let Ok(receipt) = proto::ApprovalReceipt::decode(bytes) {
+                let keys = ReceiptKeySet::new(vec![ReceiptSigner::from_seed([7; 32], UnixMs(0)).published()])
+                    .expect("one valid key");
+                let shop = ShopId::parse("acme").expect("shop");
+                let _ = verify_receipt(&receipt, &keys, &shop);
+            }
         }
         _ => {
             if let Ok(text) = std::str::from_utf8(bytes) {
-                if let Ok(p) = tls::principal_from_uri(text) {
-                    assert_eq!(tls::identity_uri(&p), text, "an identity URI has one spelling");
+                if let Ok(p) = identity::principal_from_uri(text) {
+                    assert_eq!(identity::identity_uri(&p), text, "an identity URI has one spelling");
                 }
             }
         }

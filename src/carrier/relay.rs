@@ -3,25 +3,31 @@
 //! that runs when a carrier connects.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 use tokio::sync::mpsc;
-use tonic::Status;
 
 use super::{CarrierGateway, PushResult};
-use crate::domain::CarrierId;
+use crate::domain::{CarrierId, Decision};
+use crate::metrics;
 use crate::proto;
 use crate::store::{Delivery, DeliveryBody};
-use crate::sync_server::metrics;
 
-/// Messages waiting for one carrier's stream. A carrier that falls this far
-/// behind is disconnected and catches up from the outbox on reconnect.
-pub const RELAY_QUEUE_DEPTH: usize = 1024;
+/// Why the server ends a carrier's relay stream: its last item.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// A newer stream of the same carrier replaced this one.
+    Replaced,
+    /// The gRPC edge ended it, with the status it made (the carrier's
+    /// uplink was refused, or the outbox replay failed).
+    Edge(tonic::Status),
+}
 
-pub type RelaySender = mpsc::Sender<Result<proto::RelayDown, Status>>;
+/// What waits in a relay stream's queue.
+pub type RelayItem = Result<proto::RelayDown, RelayEnd>;
+
+pub type RelaySender = mpsc::Sender<RelayItem>;
 
 struct Link {
     id: u64,
@@ -35,19 +41,6 @@ pub struct RelayHub {
     links: Mutex<HashMap<CarrierId, Link>>,
     next_link: AtomicU64,
     depth: usize,
-}
-
-impl Default for RelayHub {
-    fn default() -> Self {
-        RelayHub::new(RELAY_QUEUE_DEPTH)
-    }
-}
-
-/// The status a relay stream ends with when its queue overflowed.
-pub fn queue_overflow(depth: usize) -> Status {
-    Status::resource_exhausted(format!(
-        "relay queue depth: more than {depth} messages waited for this carrier; reconnect to resume from the outbox"
-    ))
 }
 
 impl RelayHub {
@@ -69,18 +62,18 @@ impl RelayHub {
         if let Some(old) = old {
             // The old stream's receiver ends when its sender is dropped; tell
             // the carrier why first.
-            let _ = old.tx.try_send(Err(Status::aborted("replaced by a newer relay stream of this carrier")));
+            let _ = old.tx.try_send(Err(RelayEnd::Replaced));
         }
         id
     }
 
-    /// Ends the link (if it is still the current one) with `status` as the
+    /// Ends the link (if it is still the current one) with `end` as the
     /// stream's last message, e.g. why the carrier's uplink was refused.
-    pub fn end(&self, carrier: &CarrierId, link: u64, status: Status) {
+    pub fn end(&self, carrier: &CarrierId, link: u64, end: RelayEnd) {
         let mut links = self.lock();
         if links.get(carrier).is_some_and(|l| l.id == link) {
             if let Some(l) = links.remove(carrier) {
-                let _ = l.tx.try_send(Err(status));
+                let _ = l.tx.try_send(Err(end));
             }
         }
     }
@@ -106,7 +99,7 @@ impl RelayHub {
         };
         match link.tx.try_send(Ok(message)) {
             Ok(()) => {
-                metrics::relay_queue_depth(carrier.as_str(), RELAY_QUEUE_DEPTH.saturating_sub(link.tx.capacity()));
+                metrics::relay_queue_depth(carrier.as_str(), self.depth.saturating_sub(link.tx.capacity()));
                 PushResult::Queued
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -139,66 +132,42 @@ impl CarrierGateway for RelayHub {
     }
 }
 
-/// A relay stream's outgoing side: what the queue holds, then, if the hub
-/// dropped the link because the queue overflowed, `RESOURCE_EXHAUSTED`
-/// naming the limit (instead of a silent end).
-pub struct RelayDownStream {
-    rx: mpsc::Receiver<Result<proto::RelayDown, Status>>,
-    overflowed: Arc<AtomicBool>,
-    depth: usize,
-    done: bool,
-}
-
-impl RelayDownStream {
-    pub fn new(
-        rx: mpsc::Receiver<Result<proto::RelayDown, Status>>,
-        overflowed: Arc<AtomicBool>,
-        depth: usize,
-    ) -> Self {
-        RelayDownStream { rx, overflowed, depth, done: false }
-    }
-}
-
-impl futures_core::Stream for RelayDownStream {
-    type Item = Result<proto::RelayDown, Status>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(None) => {
-                self.done = true;
-                if self.overflowed.load(Ordering::Acquire) {
-                    return Poll::Ready(Some(Err(queue_overflow(self.depth))));
-                }
-                Poll::Ready(None)
-            }
-            other => other,
-        }
-    }
-}
-
-/// The wire form of an outbox delivery.
+/// The wire form of an outbox delivery. An offer carries the exact bytes
+/// to sign for each decision, built from the same fields it shows.
 pub fn to_relay_down(delivery: &Delivery) -> proto::RelayDown {
     let body = match &delivery.body {
-        DeliveryBody::Offer(o) => proto::relay_down::Body::Offer(proto::Offer {
-            trade_id: o.trade.to_string(),
-            subscriber_number: o.payer.as_str().to_owned(),
-            shop_id: o.shop.as_str().to_owned(),
-            shop_name: o.shop_name.clone(),
-            register_id: o.register.to_string(),
-            register_label: o.register_label.clone(),
-            amount_minor: o.amount.minor(),
-            currency: o.currency.code().to_owned(),
-            description: o.description.clone(),
-            expires_at_ms: i64::try_from(o.expires_at.0).unwrap_or(i64::MAX),
-            binding_code: o.binding_code.clone(),
-        }),
+        DeliveryBody::Offer(o) | DeliveryBody::OfferV1(o) => {
+            let version = delivery.body.offer().map_or(2, |(_, v)| v);
+            let payload = |decision| match o.approval_payload(version, decision) {
+                Some(p) => p.to_bytes(),
+                None => {
+                    // A malformed stored binding code: nothing to sign, so a
+                    // handset that compares refuses the offer.
+                    tracing::error!(trade_id = %o.trade, "offer with a malformed binding code");
+                    Vec::new()
+                }
+            };
+            proto::relay_down::Body::Offer(proto::Offer {
+                trade_id: o.trade.to_string(),
+                subscriber_number: o.payer.as_str().to_owned(),
+                shop_id: o.shop.as_str().to_owned(),
+                shop_name: o.shop_name.clone(),
+                register_id: o.register.to_string(),
+                register_label: o.register_label.clone(),
+                amount_minor: o.amount.minor(),
+                currency: o.currency.code().to_owned(),
+                description: o.description.clone(),
+                expires_at_ms: i64::try_from(o.expires_at.0).unwrap_or(i64::MAX),
+                binding_code: o.binding_code.clone(),
+                payload_version: u32::from(version),
+                approve_payload: payload(Decision::Approve),
+                decline_payload: payload(Decision::Decline),
+            })
+        }
         DeliveryBody::Withdraw { trade, payer, state } => proto::relay_down::Body::Withdraw(proto::Withdraw {
             trade_id: trade.to_string(),
             subscriber_number: payer.as_str().to_owned(),
-            state: crate::sync_server::convert::state_to_proto(*state) as i32,
+            state: proto::TradeState::from(*state) as i32,
         }),
     };
     proto::RelayDown { delivery_id: delivery.delivery_id, body: Some(body) }
@@ -209,7 +178,6 @@ mod tests {
     use super::*;
     use crate::domain::{TradeId, UnixMs};
     use crate::store::DeliveryBody;
-    use tokio_stream::StreamExt;
 
     fn withdraw(carrier: &CarrierId, id: u64) -> Delivery {
         Delivery {
@@ -223,23 +191,87 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_full_relay_queue_ends_the_stream_resource_exhausted_naming_the_limit() {
-        let _ = UnixMs(0);
-        let hub = RelayHub::new(2);
+    #[test]
+    fn offers_carry_the_bytes_of_their_version() {
+        let body = crate::store::OfferBody {
+            trade: TradeId::from_bytes([1; 16]),
+            payer: crate::domain::SubscriberNumber::parse("+818012345678").expect("valid"),
+            shop: crate::domain::ShopId::parse("acme").expect("shop"),
+            shop_name: "Acme".into(),
+            register: crate::domain::RegisterId::from_bytes([2; 16]),
+            register_label: "Front".into(),
+            amount: crate::domain::Amount::new(1200),
+            currency: crate::domain::Currency::parse("JPY").expect("jpy"),
+            description: "Book".into(),
+            expires_at: UnixMs(1_700_000_000_000),
+            binding_code: "123456".into(),
+        };
         let carrier = CarrierId::parse("docomo").expect("valid");
-        let (tx, rx) = mpsc::channel(hub.depth());
-        let overflowed = Arc::new(AtomicBool::new(false));
-        hub.attach(&carrier, tx, overflowed.clone());
-        assert_eq!(hub.push(&withdraw(&carrier, 1)), PushResult::Queued);
-        assert_eq!(hub.push(&withdraw(&carrier, 2)), PushResult::Queued);
-        assert_eq!(hub.push(&withdraw(&carrier, 3)), PushResult::Dropped);
-        assert!(!hub.is_connected(&carrier));
-        let items: Vec<_> = RelayDownStream::new(rx, overflowed, 2).collect().await;
-        assert_eq!(items.len(), 3);
-        assert!(items[..2].iter().all(|i| i.is_ok()));
-        let status = items[2].as_ref().expect_err("ends with the limit");
-        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
-        assert!(status.message().starts_with("relay queue depth: more than 2 messages"), "{}", status.message());
+        for (delivery, version) in [(DeliveryBody::Offer(body.clone()), 2u8), (DeliveryBody::OfferV1(body.clone()), 1)]
+        {
+            let down = to_relay_down(&Delivery { delivery_id: 7, carrier: carrier.clone(), body: delivery });
+            let Some(proto::relay_down::Body::Offer(o)) = down.body else { panic!("not an offer") };
+            assert_eq!(o.payload_version, u32::from(version));
+            let approve = body.approval_payload(version, Decision::Approve).expect("payload").to_bytes();
+            let decline = body.approval_payload(version, Decision::Decline).expect("payload").to_bytes();
+            assert_eq!(
+                (o.approve_payload[16], o.approve_payload.clone(), o.decline_payload),
+                (version, approve, decline)
+            );
+        }
+    }
+
+    /// Keeps the last value each gauge was set to, by metric name.
+    #[derive(Default)]
+    struct Gauges(Arc<Mutex<HashMap<String, f64>>>);
+
+    struct GaugeCell {
+        name: String,
+        values: Arc<Mutex<HashMap<String, f64>>>,
+    }
+
+    impl ::metrics::GaugeFn for GaugeCell {
+        fn increment(&self, value: f64) {
+            *self.values.lock().expect("lock").entry(self.name.clone()).or_default() += value;
+        }
+        fn decrement(&self, value: f64) {
+            *self.values.lock().expect("lock").entry(self.name.clone()).or_default() -= value;
+        }
+        fn set(&self, value: f64) {
+            self.values.lock().expect("lock").insert(self.name.clone(), value);
+        }
+    }
+
+    impl ::metrics::Recorder for Gauges {
+        fn describe_counter(&self, _: ::metrics::KeyName, _: Option<::metrics::Unit>, _: ::metrics::SharedString) {}
+        fn describe_gauge(&self, _: ::metrics::KeyName, _: Option<::metrics::Unit>, _: ::metrics::SharedString) {}
+        fn describe_histogram(&self, _: ::metrics::KeyName, _: Option<::metrics::Unit>, _: ::metrics::SharedString) {}
+        fn register_counter(&self, _: &::metrics::Key, _: &::metrics::Metadata<'_>) -> ::metrics::Counter {
+            ::metrics::Counter::noop()
+        }
+        fn register_gauge(&self, key: &::metrics::Key, _: &::metrics::Metadata<'_>) -> ::metrics::Gauge {
+            ::metrics::Gauge::from_arc(Arc::new(GaugeCell { name: key.name().to_owned(), values: self.0.clone() }))
+        }
+        fn register_histogram(&self, _: &::metrics::Key, _: &::metrics::Metadata<'_>) -> ::metrics::Histogram {
+            ::metrics::Histogram::noop()
+        }
+    }
+
+    /// The queue-depth gauge counts the messages waiting in the queue the
+    /// hub was built with, whatever `relay_queue_depth` is configured to.
+    #[test]
+    fn the_queue_depth_gauge_counts_what_waits_in_a_configured_queue() {
+        let gauges = Gauges::default();
+        let hub = RelayHub::new(8);
+        let carrier = CarrierId::parse("docomo").expect("valid");
+        let (tx, _rx) = mpsc::channel(hub.depth());
+        hub.attach(&carrier, tx, Arc::new(AtomicBool::new(false)));
+        ::metrics::with_local_recorder(&gauges, || {
+            for (id, waiting) in [(1, 1.0), (2, 2.0), (3, 3.0)] {
+                assert_eq!(hub.push(&withdraw(&carrier, id)), PushResult::Queued);
+                let depth = gauges.0.lock().expect("lock").get("syncpay_relay_queue_depth").copied();
+                assert_eq!(depth, Some(waiting), "after {id} pushes into a queue of 8");
+            }
+        });
     }
 }

@@ -8,7 +8,10 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use syncpay::proto::{self, admin_service_client::AdminServiceClient};
 
+use super::shop::{read_json, write_key_file};
 use super::{channel, print_json, read_token, Connect, Exit};
+use syncpay::hex;
+use syncpay::register::{check_dispute, receipt_from_json, receipt_to_json, ReceiptKeySet};
 
 #[derive(Args)]
 pub struct AdminArgs {
@@ -64,6 +67,26 @@ enum AdminCommand {
         after: u64,
         #[arg(long, default_value_t = 100)]
         limit: u32,
+    },
+    /// Save the receipt-signing public keys (active and retired) as the key
+    /// file shops verify receipts with, to FILE or stdout.
+    ReceiptKeys {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Make a new receipt-signing key the active one; the old one stays
+    /// published (republish the key file afterwards).
+    RotateReceiptKey,
+    /// Show which enrolled handset signed a settled trade, and check it as
+    /// an arbiter would: the key against the receipt's per-trade
+    /// commitment, the handset's signature, the operator's countersignature.
+    /// With --receipt, checks the copy the shop presents (its `status
+    /// --json` or receipt JSON) and that it is the server's. Exit 1 if any
+    /// check fails.
+    Dispute {
+        trade_id: String,
+        #[arg(long)]
+        receipt: Option<PathBuf>,
     },
 }
 
@@ -205,8 +228,114 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 }
             }
         }
+        AdminCommand::ReceiptKeys { out } => {
+            let keys = admin.get_receipt_keys(proto::GetReceiptKeysRequest {}).await?.into_inner();
+            let set = ReceiptKeySet::from_proto(&keys).map_err(|e| anyhow::anyhow!("the server sent bad keys: {e}"))?;
+            write_key_file(&set, out.as_deref())?;
+        }
+        AdminCommand::RotateReceiptKey => {
+            let keys = admin.rotate_receipt_key(proto::RotateReceiptKeyRequest {}).await?.into_inner();
+            let set = ReceiptKeySet::from_proto(&keys).map_err(|e| anyhow::anyhow!("the server sent bad keys: {e}"))?;
+            if args.json {
+                print_json(&set.to_json());
+            } else {
+                for (i, k) in set.keys().iter().enumerate() {
+                    let role = if i == 0 { "active " } else { "retired" };
+                    println!("{role} {}  {}", k.id, hex::encode(&k.public_key));
+                }
+                println!("republish the key file: syncpay admin receipt-keys --out FILE");
+            }
+        }
+        AdminCommand::Dispute { trade_id, receipt } => {
+            let report = admin.dispute_trade(proto::DisputeTradeRequest { trade_id }).await?.into_inner();
+            let keys = admin.get_receipt_keys(proto::GetReceiptKeysRequest {}).await?.into_inner();
+            dispute(&report, &keys, receipt.as_deref(), args.json)?;
+        }
     }
     Ok(())
+}
+
+/// Prints a dispute report and the arbiter's checks; exit 1 if one fails.
+fn dispute(
+    report: &proto::DisputeReport,
+    keys: &proto::ReceiptKeys,
+    presented: Option<&std::path::Path>,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    let stored = report.receipt.clone().unwrap_or_default();
+    let receipt = match presented {
+        Some(path) => {
+            let v = read_json(Some(path))?;
+            let r = v.get("receipt").unwrap_or(&v);
+            receipt_from_json(r).map_err(|e| Exit::usage(format!("{}: {e}", path.display())))?
+        }
+        None => stored.clone(),
+    };
+    let key: Option<[u8; 32]> = report.handset_public_key.as_slice().try_into().ok();
+    let set = ReceiptKeySet::from_proto(keys).map_err(|e| anyhow::anyhow!("the server sent bad keys: {e}"))?;
+    let check = key.map(|k| check_dispute(&receipt, &k, &set));
+    let countersigned = check.as_ref().map(|c| c.receipt.as_ref().map(|_| ()).map_err(ToString::to_string));
+    let same = receipt == stored;
+    let passes = check.as_ref().is_some_and(|c| c.all_pass()) && same;
+    if json_out {
+        print_json(&json!({
+            "trade_id": report.trade_id,
+            "shop_id": report.shop_id,
+            "subscriber_number": report.subscriber_number,
+            "carrier_id": report.carrier_id,
+            "handset_public_key": hex::encode(&report.handset_public_key),
+            "key_from_receipt": report.key_from_receipt,
+            "key_enrolled_now": report.key_enrolled_now,
+            "enrolled_at_ms": report.enrolled_at_ms,
+            "receipt": receipt_to_json(&receipt),
+            "receipt_is_the_servers": same,
+            "commitment_matches": check.as_ref().is_some_and(|c| c.commitment_matches),
+            "handset_signature_valid": check.as_ref().is_some_and(|c| c.handset_signature_valid),
+            "countersignature": match &countersigned {
+                Some(Ok(())) => "valid".to_owned(),
+                Some(Err(e)) => e.clone(),
+                None => "no handset key".to_owned(),
+            },
+            "legacy_receipt": check.as_ref().is_some_and(|c| c.legacy),
+            "all_checks_pass": passes,
+        }));
+    } else {
+        let mark = |ok: bool| if ok { "✓" } else { "✗" };
+        println!("trade       {} of shop {}", report.trade_id, report.shop_id);
+        println!("payer       {} (carrier {})", report.subscriber_number, report.carrier_id);
+        println!(
+            "handset key {} ({}; {})",
+            hex::encode(&report.handset_public_key),
+            if report.key_from_receipt { "kept with the receipt" } else { "NOT kept: the key enrolled now" },
+            if report.key_enrolled_now { "still enrolled" } else { "since replaced" }
+        );
+        if let Some(c) = check.as_ref().filter(|c| c.legacy) {
+            println!(
+                "fingerprint {} (settled before receipts were countersigned)",
+                hex::encode(&receipt.handset_key_fingerprint)
+            );
+            println!("  {} SHA-256(shop id, 0x00, key) is the receipt's fingerprint", mark(c.commitment_matches));
+            println!("  {} the key's signature over the signed payload verifies", mark(c.handset_signature_valid));
+        } else if let Some(c) = &check {
+            println!("commitment  {}", hex::encode(&receipt.handset_commitment));
+            println!("  {} SHA-256(tag, trade id, key) is the receipt's commitment", mark(c.commitment_matches));
+            println!("  {} the key's signature over the signed payload verifies", mark(c.handset_signature_valid));
+            match &c.receipt {
+                Ok(v) => println!("  ✓ the operator's countersignature verifies under receipt key {}", v.key_id),
+                Err(e) => println!("  ✗ countersignature: {e}"),
+            }
+        } else {
+            println!("  ✗ no handset key to check");
+        }
+        if presented.is_some() {
+            println!("  {} the presented receipt is the one the server issued", mark(same));
+        }
+    }
+    if passes {
+        Ok(())
+    } else {
+        Err(Exit::negative(format!("dispute checks failed for {}", report.trade_id)))
+    }
 }
 
 /// A statement as a table, or as one JSON object.

@@ -133,6 +133,7 @@ fn numbers(first: &str, count: u32) -> Result<Vec<String>, String> {
 
 pub async fn run(args: CarrierSimArgs) -> anyhow::Result<()> {
     super::init_logging("warn");
+    let mut signals = super::serve::StopSignals::install()?;
     if args.handsets > MAX_HANDSETS {
         return Err(Exit::usage(format!("--handsets: at most {MAX_HANDSETS}")));
     }
@@ -200,7 +201,7 @@ pub async fn run(args: CarrierSimArgs) -> anyhow::Result<()> {
         println!("(Ctrl-C to stop)");
     }
 
-    let signal = super::serve::wait_for_signal();
+    let signal = signals.stopped();
     tokio::pin!(signal);
     let mut last_counters = sim.counters();
     let mut last_event: Option<SimEvent> = None;

@@ -14,14 +14,13 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use syncpay::client::{connect, with_token, AuthedChannel};
-use syncpay::domain::approval::shop_key_fingerprint;
-use syncpay::domain::{
-    Amount, ApprovalPayload, Currency, Decision, RegisterId, ShopId, SubscriberNumber, TradeId, UnixMs,
-};
+use syncpay::domain::approval::verify_bytes;
+use syncpay::domain::receipt::handset_commitment;
+use syncpay::domain::{Amount, Currency, Decision, ScreenText, ShopId, SubscriberNumber, TradeId, UnixMs};
 use syncpay::proto::admin_service_client::AdminServiceClient;
 use syncpay::proto::register_service_client::RegisterServiceClient;
-use syncpay::proto::{self, FailureReason, TradeState};
-use syncpay::register::{ChargeRequest, VirtualRegister};
+use syncpay::proto::{self, state_name, FailureReason, TradeState};
+use syncpay::register::{verify_trade_receipt, ChargeRequest, ReceiptKeySet, VirtualRegister};
 use syncpay::sync_server::{self, ServerConfig};
 use syncpay::terminal_sim::{CarrierSim, Policy, SimEvent};
 use tonic::transport::Channel;
@@ -234,6 +233,7 @@ async fn run_web(args: &DemoArgs) -> anyhow::Result<()> {
     use std::sync::Arc;
     use syncpay::web::{self, demo};
     super::init_logging("warn");
+    let mut signals = super::serve::StopSignals::install()?;
     for (flag, addr) in [
         ("--shop-listen", args.shop_listen),
         ("--phone-listen", args.phone_listen),
@@ -284,7 +284,7 @@ async fn run_web(args: &DemoArgs) -> anyhow::Result<()> {
     println!("  console  {}", pages.console.url());
     println!("           log in with the operator token in {}", token_file.display());
     println!("  server   {} (gRPC, plaintext, loopback)", server.url());
-    let signal = super::serve::wait_for_signal().await;
+    let signal = signals.stopped().await;
     println!("{signal}: stopping");
     pages.shutdown().await;
     server.shutdown().await.context("shutting the server down")?;
@@ -364,6 +364,13 @@ async fn with_sim(
         );
     }
     sim.wait_connected(WAIT).await.context("waiting for the carrier relay to connect")?;
+    // All a shop needs to check receipts offline: the operator's public
+    // receipt keys (`syncpay shop receipt-keys --out FILE`).
+    let receipt_keys = register.receipt_keys().await.context("reading the receipt keys")?;
+    println!(
+        "  receipts countersigned by operator key {}",
+        receipt_keys.keys().first().map_or_else(|| "(none)".to_owned(), |k| k.id.to_string())
+    );
 
     let mut trades = Vec::with_capacity(scenarios.len());
     for (i, s) in scenarios.iter().enumerate() {
@@ -433,7 +440,9 @@ async fn with_sim(
             }
         };
         if s.state == TradeState::Settled {
-            check_receipt(&mut checks, &trade, &shop_id, register.id(), public_keys.get(s.number));
+            let screen =
+                ScreenText { shop_name: SHOP_NAME, register_label: register.label(), description: s.description };
+            check_receipt(&mut checks, &trade, &shop_id, &receipt_keys, screen, public_keys.get(s.number));
         }
         trades.push(trade);
     }
@@ -602,47 +611,52 @@ async fn handset_final_state(sim: &CarrierSim, s: &Scenario, trade_id: TradeId) 
     }
 }
 
-/// A settled trade carries the handset's signature over exactly what the
-/// shop asked for. The shop cannot tell whose key it is; for the demo the
-/// simulated carrier reveals it, as the operator would in a dispute.
+/// A settled trade's receipt, checked as the shop checks it: offline, with
+/// nothing but the operator's published receipt keys (the operator's
+/// countersignature, this shop, the trade's terms, the screen the buyer
+/// saw). Then as an arbiter in a dispute: the handset key, which the shop
+/// never learns (here the simulated carrier reveals it, as the operator
+/// would), must match the per-trade commitment and have signed the payload.
 fn check_receipt(
     checks: &mut Checks,
     trade: &proto::Trade,
     shop: &ShopId,
-    register: RegisterId,
+    keys: &ReceiptKeySet,
+    screen: ScreenText<'_>,
     public_key: Option<&[u8; 32]>,
 ) {
-    let Some(receipt) = &trade.receipt else {
-        checks.check(false, "settled trade carries a signed receipt");
-        return;
+    let verified = match verify_trade_receipt(trade, keys, shop) {
+        Ok(v) => v,
+        Err(e) => {
+            checks.check(false, format!("receipt verified offline: {e}"));
+            return;
+        }
     };
-    let Some(public_key) = public_key else {
-        checks.check(false, "handset key known for the receipt check");
-        return;
-    };
-    let rebuilt = (|| {
-        Some(ApprovalPayload {
-            trade_id: TradeId::parse(&trade.trade_id).ok()?,
-            amount: Amount::new(trade.amount_minor),
-            currency: Currency::parse(&trade.currency).ok()?,
-            shop_id: shop,
-            register_id: register,
-            expires_at: UnixMs(u64::try_from(trade.expires_at_ms).ok()?),
-            decision: Decision::Approve,
-        })
-    })();
-    let Some(payload) = rebuilt else {
-        checks.check(false, "receipt payload can be rebuilt from the trade");
-        return;
-    };
-    let fingerprint = shop_key_fingerprint(shop, public_key);
     checks.check(
-        receipt.signed_payload == payload.to_bytes()
-            && payload.verify(public_key, &receipt.signature)
-            && receipt.handset_key_fingerprint == fingerprint,
+        true,
         format!(
-            "receipt verifies: key fingerprint {}…, signature over this trade, amount, shop, register and expiry",
-            hex(&fingerprint[..6])
+            "receipt verified offline: countersigned by receipt key {}, for this shop, trade, register, amount, expiry and binding code",
+            verified.key_id
+        ),
+    );
+    checks.check(
+        verified.check_screen(screen).is_ok(),
+        "receipt binds the screen the buyer saw: shop name, register label, description",
+    );
+    let Some(public_key) = public_key else {
+        checks.check(false, "handset key known for the dispute check");
+        return;
+    };
+    let Ok(trade_id) = TradeId::parse(&trade.trade_id) else {
+        checks.check(false, "trade id readable for the dispute check");
+        return;
+    };
+    let signed = trade.receipt.as_ref().is_some_and(|r| verify_bytes(public_key, &r.signed_payload, &r.signature));
+    checks.check(
+        verified.commitment == handset_commitment(trade_id, public_key) && signed,
+        format!(
+            "dispute: the revealed handset key matches the commitment {}… and signed the payload",
+            syncpay::hex::encode(&verified.commitment[..6])
         ),
     );
 }
@@ -864,28 +878,12 @@ fn describe(e: &SimEvent) -> String {
 }
 
 fn is_final_state(state: i32) -> bool {
-    match TradeState::try_from(state) {
-        Ok(
-            TradeState::Settled
-            | TradeState::Declined
-            | TradeState::Expired
-            | TradeState::Cancelled
-            | TradeState::Failed,
-        ) => true,
-        Ok(TradeState::Unspecified | TradeState::Pending | TradeState::Offered) | Err(_) => false,
-    }
+    TradeState::try_from(state).is_ok_and(TradeState::is_final)
 }
 
-fn state_name(state: i32) -> &'static str {
-    TradeState::try_from(state).map_or("(unknown state)", |s| s.as_str_name().trim_start_matches("TRADE_STATE_"))
-}
-
+/// A failure reason by name, `none` for none.
 fn reason_name(reason: i32) -> &'static str {
-    match FailureReason::try_from(reason) {
-        Ok(FailureReason::Unspecified) => "none",
-        Ok(r) => r.as_str_name().trim_start_matches("FAILURE_REASON_"),
-        Err(_) => "(unknown reason)",
-    }
+    proto::reason_name(reason).unwrap_or("none")
 }
 
 /// `FAILED (BAD_SIGNATURE)`, or just the state when there is no reason.
@@ -923,8 +921,4 @@ fn signed(currency: Currency, minor: i64) -> String {
     } else {
         text
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -27,7 +27,7 @@ const GROUP_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256
 /// Installs the global recorder. Call once, before the server starts.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
     use metrics_exporter_prometheus::Matcher;
-    use syncpay::sync_server::metrics as m;
+    use syncpay::metrics as m;
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(m::STORE_SYNC_SECONDS.to_owned()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(m::TRADE_SETTLE_SECONDS.to_owned()), LATENCY_BUCKETS)?

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use syncpay::domain::Principal;
 use syncpay::domain::{CarrierId, ShopId};
 use syncpay::pki::{self, Ca, InitOptions, DEFAULT_CERT_DAYS};
-use syncpay::store::Principal;
 
 #[derive(Args)]
 pub struct PkiArgs {

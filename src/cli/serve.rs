@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use syncpay::store::Durability;
+use syncpay::store::sled::Durability;
 use syncpay::sync_server::{self, ServerConfig};
 
 use super::serve_config::{self, Flags, ServeConfig};
@@ -118,6 +118,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     super::init_logging_with(config.log_format, &config.log_level);
+    let mut signals = StopSignals::install_with_hangup()?;
     let mut server_config = ServerConfig::from_data_dir(&config.data_dir)
         .with_context(|| format!("preparing data folder {}", config.data_dir.display()))?;
     server_config.durability = config.durability;
@@ -215,7 +216,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             "plaintext with bearer tokens, loopback only"
         }
     );
-    let signal = wait_for_stop(&server).await;
+    let signal = wait_for_stop(&mut signals, &server).await;
     tracing::info!(signal, "stopping: no new connections; in-flight calls finish, streams end with UNAVAILABLE");
     if let Some(console) = console {
         console.shutdown().await;
@@ -230,58 +231,88 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits for SIGTERM or Ctrl-C (SIGINT); returns which.
-pub async fn wait_for_signal() -> &'static str {
+/// SIGTERM and SIGINT (and for `serve`, SIGHUP), handled from the moment
+/// this is made. A command makes it before it announces itself, so that a
+/// script stopping it right after the announcement gets a clean stop
+/// instead of the signal's default action (death without cleanup).
+pub struct StopSignals {
     #[cfg(unix)]
-    {
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    /// Handles SIGTERM and SIGINT; SIGHUP keeps its default.
+    pub fn install() -> anyhow::Result<StopSignals> {
+        Self::make(false)
+    }
+
+    /// Also handles SIGHUP, reported by [`StopSignals::next`].
+    fn install_with_hangup() -> anyhow::Result<StopSignals> {
+        Self::make(true)
+    }
+
+    #[cfg(unix)]
+    fn make(hangup: bool) -> anyhow::Result<StopSignals> {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => "SIGTERM",
-                    _ = tokio::signal::ctrl_c() => "SIGINT",
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("handling SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("handling SIGINT")?,
+            hup: if hangup { Some(signal(SignalKind::hangup()).context("handling SIGHUP")?) } else { None },
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn make(_hangup: bool) -> anyhow::Result<StopSignals> {
+        Ok(StopSignals {})
+    }
+
+    /// Waits for SIGTERM or Ctrl-C (SIGINT); returns which.
+    pub async fn stopped(&mut self) -> &'static str {
+        loop {
+            if let Some(stop) = self.next().await {
+                return stop;
             }
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "Ctrl-C"
+
+    /// The next signal: `Some(name)` to stop, `None` for SIGHUP.
+    async fn next(&mut self) -> Option<&'static str> {
+        #[cfg(unix)]
+        {
+            let hup = async {
+                match self.hup.as_mut() {
+                    Some(hup) => hup.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.term.recv() => Some("SIGTERM"),
+                _ = self.int.recv() => Some("SIGINT"),
+                _ = hup => None,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Some("Ctrl-C")
+        }
     }
 }
 
-/// Like `wait_for_signal`, and on SIGHUP reloads the server's TLS files (a
+/// Waits for a stop, and on SIGHUP reloads the server's TLS files (a
 /// failed reload keeps the old ones and is logged).
-async fn wait_for_stop(server: &sync_server::RunningServer) -> &'static str {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
-            (Ok(mut term), Ok(mut hup)) => loop {
-                tokio::select! {
-                    _ = term.recv() => return "SIGTERM",
-                    _ = tokio::signal::ctrl_c() => return "SIGINT",
-                    _ = hup.recv() => match server.reload_tls() {
-                        Ok(()) => tracing::info!("SIGHUP: TLS files reloaded"),
-                        Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; the old certificates stay"),
-                    },
-                }
+async fn wait_for_stop(signals: &mut StopSignals, server: &sync_server::RunningServer) -> &'static str {
+    loop {
+        match signals.next().await {
+            Some(stop) => return stop,
+            None => match server.reload_tls() {
+                Ok(()) => tracing::info!("SIGHUP: TLS files reloaded"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; the old certificates stay"),
             },
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
-            }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = server;
-        let _ = tokio::signal::ctrl_c().await;
-        "Ctrl-C"
     }
 }

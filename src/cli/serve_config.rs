@@ -18,7 +18,7 @@ use std::time::Duration;
 use figment::providers::{Format, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
-use syncpay::store::Durability;
+use syncpay::store::sled::Durability;
 use syncpay::sync_server::limits::{self, Limits};
 use syncpay::sync_server::rate_limit::Rate;
 use syncpay::sync_server::tls::TlsFiles;
@@ -655,7 +655,7 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:7700".parse().expect("addr"));
         assert_eq!(c.data_dir, PathBuf::from("syncpay-data"));
         assert_eq!(c.durability, Durability::Fsync);
-        assert_eq!(c.cache_bytes, syncpay::store::DEFAULT_CACHE_BYTES);
+        assert_eq!(c.cache_bytes, syncpay::store::sled::DEFAULT_CACHE_BYTES);
         assert_eq!(c.log_format, LogFormat::Human);
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9700".parse().expect("addr")));
         assert_eq!(c.console_listen, Some("127.0.0.1:7780".parse().expect("addr")));

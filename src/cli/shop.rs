@@ -1,17 +1,22 @@
 //! `syncpay shop …`: a shop's commands against a running server: registers,
 //! charge (waits for the outcome), status, await, cancel, refund, watch,
-//! and `web`, the sample web shop (`syncpay::web::shop`).
+//! receipt-keys, and `web`, the sample web shop (`syncpay::web::shop`); and
+//! `verify-receipt`, which needs no server at all.
 //! Readable output by default, one JSON value per result with `--json`.
-//! Exit codes: see `cli/mod.rs` (charge and await exit 0 only for SETTLED).
+//! Exit codes: see `cli/mod.rs` (charge and await exit 0 only for SETTLED;
+//! verify-receipt 0 only for a receipt that verifies).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
-use syncpay::domain::{Amount, Currency, RegisterId, TradeId};
-use syncpay::proto::{self, register_service_client::RegisterServiceClient};
-use syncpay::register::{is_final, ChargeRequest, VirtualRegister};
+use syncpay::domain::{Amount, Currency, PayloadVersion, RegisterId, ScreenText, ShopId, TradeId};
+use syncpay::proto::{self, register_service_client::RegisterServiceClient, state_name};
+use syncpay::register::{
+    is_final, receipt_from_json, receipt_to_json, verify_receipt, verify_trade_receipt, ChargeRequest, ReceiptKeySet,
+    VerifiedReceipt, VirtualRegister,
+};
 
 use super::{connection, print_json, read_token, Connect, Exit};
 
@@ -90,6 +95,36 @@ enum ShopCommand {
         #[arg(long)]
         idempotency_key: Option<String>,
     },
+    /// Save the operator's receipt-signing public keys (active and retired)
+    /// for `verify-receipt`: a JSON key file, to FILE or stdout.
+    ReceiptKeys {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Verify a settlement receipt offline, with only the receipt key file:
+    /// no server is contacted. Reads the JSON that `status --json` prints
+    /// (a trade: every field the receipt signs is compared with it) or its
+    /// "receipt" object alone, from FILE or stdin. Exit 0 when it verifies,
+    /// 1 when it does not (the reason is printed), 2 for unreadable input.
+    VerifyReceipt {
+        /// The trade or receipt JSON; stdin when absent or "-".
+        file: Option<PathBuf>,
+        /// The receipt key file (`receipt-keys --out FILE`).
+        #[arg(long)]
+        keys: PathBuf,
+        /// This shop's id: a receipt of another shop's trade does not verify.
+        #[arg(long)]
+        shop: String,
+        /// Also check the screen the buyer saw: the shop's display name…
+        #[arg(long, requires = "register_label")]
+        display_name: Option<String>,
+        /// …the register's label…
+        #[arg(long, requires = "display_name")]
+        register_label: Option<String>,
+        /// …and the description (default: the trade's, when FILE is a trade).
+        #[arg(long)]
+        description: Option<String>,
+    },
     /// Follow the shop's trade events (durable, ordered, resumable). Ends
     /// on Ctrl-C or after --count events, printing the cursor to resume
     /// from; reconnects from the cursor if the server goes away.
@@ -141,6 +176,7 @@ async fn web(
 ) -> anyhow::Result<()> {
     use syncpay::web::shop::{self, ShopConfig};
     super::init_logging("warn");
+    let mut signals = super::serve::StopSignals::install()?;
     let shop_id =
         syncpay::domain::ShopId::parse(shop_id).map_err(|e| Exit::usage(format!("--shop-id {shop_id:?}: {e}")))?;
     let register = match register {
@@ -155,13 +191,17 @@ async fn web(
     let config = ShopConfig { shop_id, shop_name: name, catalog: shop::sample_catalog(), ttl_seconds: ttl };
     let server = shop::start(listener, register.clone(), config)?;
     println!("shop web: {} (register {} \"{}\"; Ctrl-C to stop)", server.url(), register.id(), register.label());
-    let signal = super::serve::wait_for_signal().await;
+    let signal = signals.stopped().await;
     println!("{signal}: stopping");
     server.shutdown().await;
     Ok(())
 }
 
 pub async fn run(args: ShopArgs) -> anyhow::Result<()> {
+    if let ShopCommand::VerifyReceipt { file, keys, shop, display_name, register_label, description } = &args.command {
+        let screen = display_name.as_deref().zip(register_label.as_deref());
+        return verify_offline(file.as_deref(), keys, shop, screen, description.as_deref(), args.json);
+    }
     // Over mutual TLS the shop's certificate is the credential: no token.
     let conn =
         connection(&args.connect, || read_token(args.token.as_deref(), args.token_file.as_deref(), "shop")).await?;
@@ -280,8 +320,162 @@ pub async fn run(args: ShopArgs) -> anyhow::Result<()> {
         ShopCommand::Watch { after, register, count } => {
             watch(RegisterServiceClient::new(conn.authed()?), after, register.unwrap_or_default(), count, json).await?;
         }
+        ShopCommand::ReceiptKeys { out } => {
+            let mut client = RegisterServiceClient::new(conn.authed()?);
+            let keys = client.get_receipt_keys(proto::GetReceiptKeysRequest {}).await?.into_inner();
+            let set = ReceiptKeySet::from_proto(&keys).map_err(|e| anyhow::anyhow!("the server sent bad keys: {e}"))?;
+            write_key_file(&set, out.as_deref())?;
+        }
+        // Answered above, before connecting; it needs no server.
+        ShopCommand::VerifyReceipt { file, keys, shop, display_name, register_label, description } => {
+            let screen = display_name.as_deref().zip(register_label.as_deref());
+            verify_offline(file.as_deref(), &keys, &shop, screen, description.as_deref(), json)?;
+        }
     }
     Ok(())
+}
+
+/// Writes a receipt key file to `out` (replacing it), or prints it.
+pub fn write_key_file(set: &ReceiptKeySet, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string_pretty(&set.to_json())?;
+    text.push('\n');
+    match out {
+        Some(path) => {
+            std::fs::write(path, text).map_err(|e| Exit::usage(format!("writing {}: {e}", path.display())))?;
+            eprintln!("{} receipt key(s) written to {}", set.keys().len(), path.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+/// Reads a receipt key file; exit 2 when it cannot be read.
+pub fn read_key_file(path: &std::path::Path) -> anyhow::Result<ReceiptKeySet> {
+    let text = std::fs::read_to_string(path).map_err(|e| Exit::usage(format!("reading {}: {e}", path.display())))?;
+    ReceiptKeySet::from_json(&text).map_err(|e| Exit::usage(format!("{}: {e}", path.display())))
+}
+
+/// Reads JSON from `file`, or stdin for `None` and "-"; exit 2 on failure.
+pub fn read_json(file: Option<&std::path::Path>) -> anyhow::Result<serde_json::Value> {
+    let text = match file.filter(|f| f.as_os_str() != "-") {
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|e| Exit::usage(format!("reading {}: {e}", path.display())))?
+        }
+        None => std::io::read_to_string(std::io::stdin()).map_err(|e| Exit::usage(format!("reading stdin: {e}")))?,
+    };
+    serde_json::from_str(&text).map_err(|e| Exit::usage(format!("not JSON: {e}")))
+}
+
+/// `verify-receipt`: everything offline.
+fn verify_offline(
+    file: Option<&std::path::Path>,
+    keys: &std::path::Path,
+    shop: &str,
+    screen: Option<(&str, &str)>,
+    description: Option<&str>,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    let shop = ShopId::parse(shop).map_err(|e| Exit::usage(format!("--shop {shop:?}: {e}")))?;
+    let keys = read_key_file(keys)?;
+    let input = read_json(file)?;
+    let verified = if input.get("receipt").is_some() {
+        let trade = trade_from_json(&input).map_err(|e| Exit::usage(format!("trade JSON: {e}")))?;
+        let description = description.unwrap_or(&trade.description).to_owned();
+        verify_trade_receipt(&trade, &keys, &shop).and_then(|v| check_screen(v, screen, &description))
+    } else {
+        let receipt = receipt_from_json(&input).map_err(|e| Exit::usage(format!("receipt JSON: {e}")))?;
+        verify_receipt(&receipt, &keys, &shop).and_then(|v| check_screen(v, screen, description.unwrap_or("")))
+    };
+    match verified {
+        Ok(v) => {
+            output_verified(&v, screen.is_some(), json_out);
+            Ok(())
+        }
+        Err(e) => {
+            if json_out {
+                print_json(&json!({"verified": false, "error": e.to_string()}));
+            }
+            Err(Exit::negative(format!("receipt does not verify: {e}")))
+        }
+    }
+}
+
+fn check_screen(
+    v: VerifiedReceipt,
+    screen: Option<(&str, &str)>,
+    description: &str,
+) -> Result<VerifiedReceipt, syncpay::register::ReceiptError> {
+    if let Some((shop_name, register_label)) = screen {
+        v.check_screen(ScreenText { shop_name, register_label, description })?;
+    }
+    Ok(v)
+}
+
+fn output_verified(v: &VerifiedReceipt, screen_checked: bool, json_out: bool) {
+    let p = &v.payload;
+    let (version, binding) = match &p.version {
+        PayloadVersion::V1 => (1, String::new()),
+        PayloadVersion::V2 { binding_code, .. } => (2, binding_code.to_string()),
+    };
+    if json_out {
+        print_json(&json!({
+            "verified": true,
+            "trade_id": p.trade_id.to_string(),
+            "shop_id": p.shop_id.to_string(),
+            "register_id": p.register_id.to_string(),
+            "amount_minor": p.amount.minor(),
+            "currency": p.currency.code(),
+            "expires_at_ms": p.expires_at.0,
+            "settled_at_ms": v.settled_at.0,
+            "payload_version": version,
+            "binding_code": binding,
+            "receipt_key_id": v.key_id.to_string(),
+            "handset_commitment": syncpay::hex::encode(&v.commitment),
+            "screen_checked": screen_checked,
+        }));
+        return;
+    }
+    println!("receipt verifies: the operator's key {} countersigned this approval", v.key_id);
+    println!("trade    {}", p.trade_id);
+    println!("shop     {}", p.shop_id);
+    println!("register {}", p.register_id);
+    println!("amount   {}", p.currency.format(p.amount));
+    println!("settled  {} ms (expiry {} ms)", v.settled_at.0, p.expires_at.0);
+    if version == 2 {
+        println!("payload  version 2, binding code {binding}");
+    } else {
+        println!("payload  version 1 (no binding code or screen text signed)");
+    }
+    if screen_checked {
+        println!("screen   the signed screen digest matches the given name, label and description");
+    }
+    println!("handset  commitment {}", syncpay::hex::encode(&v.commitment));
+}
+
+/// The inverse of [`trade_json`] for the fields a receipt check compares.
+fn trade_from_json(v: &serde_json::Value) -> Result<proto::Trade, String> {
+    let text = |f: &str| v[f].as_str().map(str::to_owned).ok_or_else(|| format!("{f}: must be a string"));
+    let number = |f: &str| v[f].as_u64().ok_or_else(|| format!("{f}: must be a non-negative integer"));
+    let ms = |f: &str| number(f).and_then(|n| i64::try_from(n).map_err(|_| format!("{f}: too large")));
+    let state_name = text("state")?;
+    let state = proto::TradeState::from_str_name(&format!("TRADE_STATE_{state_name}"))
+        .ok_or_else(|| format!("state: {state_name:?} is not a trade state"))?;
+    Ok(proto::Trade {
+        trade_id: text("trade_id")?,
+        register_id: text("register_id")?,
+        amount_minor: number("amount_minor")?,
+        currency: text("currency")?,
+        description: text("description")?,
+        state: state as i32,
+        binding_code: text("binding_code")?,
+        expires_at_ms: ms("expires_at_ms")?,
+        finished_at_ms: ms("finished_at_ms")?,
+        receipt: match &v["receipt"] {
+            serde_json::Value::Null => None,
+            r => Some(receipt_from_json(r)?),
+        },
+        ..Default::default()
+    })
 }
 
 async fn watch(
@@ -293,7 +487,8 @@ async fn watch(
 ) -> anyhow::Result<()> {
     let mut seen = 0u64;
     let mut backoff = WATCH_BACKOFF_START;
-    let signal = super::serve::wait_for_signal();
+    let mut signals = super::serve::StopSignals::install()?;
+    let signal = signals.stopped();
     tokio::pin!(signal);
     loop {
         if count.is_some_and(|c| seen >= c) {
@@ -360,16 +555,9 @@ fn settled_or_exit(trade: &proto::Trade) -> anyhow::Result<()> {
     Err(Exit::negative(format!("trade {} is still {}", trade.trade_id, state_name(trade.state))))
 }
 
-fn state_name(state: i32) -> &'static str {
-    proto::TradeState::try_from(state)
-        .map_or("UNKNOWN", |s| s.as_str_name().strip_prefix("TRADE_STATE_").unwrap_or("UNKNOWN"))
-}
-
+/// A failure reason by name, empty for none.
 fn failure_name(reason: i32) -> &'static str {
-    match proto::FailureReason::try_from(reason) {
-        Ok(proto::FailureReason::Unspecified) | Err(_) => "",
-        Ok(r) => r.as_str_name().strip_prefix("FAILURE_REASON_").unwrap_or(""),
-    }
+    proto::reason_name(reason).unwrap_or("")
 }
 
 fn money(minor: u64, currency: &str) -> String {
@@ -377,10 +565,6 @@ fn money(minor: u64, currency: &str) -> String {
         Ok(c) => c.format(Amount::new(minor)),
         Err(_) => format!("{minor} {currency}"),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A trade as JSON: every field of the wire message, enums by name,
@@ -401,11 +585,7 @@ pub fn trade_json(t: &proto::Trade) -> serde_json::Value {
         "finished_at_ms": t.finished_at_ms,
         "refunded_minor": t.refunded_minor,
         "idempotency_key": t.idempotency_key,
-        "receipt": t.receipt.as_ref().map(|r| json!({
-            "signed_payload": hex(&r.signed_payload),
-            "signature": hex(&r.signature),
-            "handset_key_fingerprint": hex(&r.handset_key_fingerprint),
-        })),
+        "receipt": t.receipt.as_ref().map(receipt_to_json),
     })
 }
 
@@ -431,7 +611,14 @@ fn output_trade(t: &proto::Trade, json: bool) {
         println!("payer    {}", t.payer_pseudonym);
     }
     if let Some(r) = &t.receipt {
-        println!("receipt  handset key {} signed the approval", hex(&r.handset_key_fingerprint));
+        if r.countersignature.is_empty() {
+            println!("receipt  handset signature only (settled before receipts were countersigned)");
+        } else {
+            println!(
+                "receipt  countersigned by receipt key {}; check it offline with `syncpay shop verify-receipt`",
+                syncpay::hex::encode(&r.receipt_key_id)
+            );
+        }
     }
 }
 

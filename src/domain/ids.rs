@@ -226,6 +226,15 @@ impl fmt::Debug for SubscriberNumber {
     }
 }
 
+/// Who a caller is: the operator, a shop or a carrier (a handset is not a
+/// caller; its carrier speaks for it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Principal {
+    Admin,
+    Shop(ShopId),
+    Carrier(CarrierId),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

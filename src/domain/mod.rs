@@ -1,15 +1,19 @@
-//! The pure core: ids, money, the trade state machine, the ledger and the
-//! approval cryptography. Synchronous, no I/O, no tonic, no sled.
+//! The pure core: ids, money, the trade state machine, the ledger, the
+//! approval cryptography and countersigned receipts. Synchronous, no I/O,
+//! no tonic, no sled.
 
 pub mod approval;
 pub mod ids;
 pub mod ledger;
 pub mod money;
 pub mod network;
+pub mod receipt;
 pub mod trade;
 
-pub use approval::{ApprovalPayload, BindingCode, Decision, ServerSecret, ED25519_SIGNATURE_LEN};
-pub use ids::{CarrierId, IdError, RegisterId, ShopId, SubscriberNumber, TradeId};
+pub use approval::{
+    ApprovalPayload, BindingCode, Decision, PayloadVersion, ScreenText, ServerSecret, ED25519_SIGNATURE_LEN,
+};
+pub use ids::{CarrierId, IdError, Principal, RegisterId, ShopId, SubscriberNumber, TradeId};
 pub use ledger::{AccountName, Balance, LedgerError, Leg, PostingSet, Side};
 pub use money::{Amount, Currency, MoneyError};
 pub use network::{carrier_fee, IpKey, IpPrefix, Month, NetworkError, PortRange};

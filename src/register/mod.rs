@@ -1,7 +1,7 @@
 //! The virtual register: the shop-side client library. A shop opens (or
 //! attaches to) a register terminal on the server and charges buyers
 //! through it; every answer from the server is checked before it is handed
-//! on.
+//! on. [`verify_receipt`] checks a settlement's receipt offline.
 //!
 //! ```no_run
 //! # async fn demo(channel: tonic::transport::Channel) -> Result<(), syncpay::register::RegisterError> {
@@ -15,6 +15,7 @@
 
 mod error;
 mod events;
+mod receipt;
 
 use std::future::Future;
 use std::time::Duration;
@@ -25,6 +26,10 @@ use tracing::{debug, instrument};
 
 pub use error::RegisterError;
 pub use events::TradeEvents;
+pub use receipt::{
+    check_dispute, receipt_from_json, receipt_to_json, verify_receipt, verify_trade_receipt, DisputeCheck, KeySetError,
+    ReceiptError, ReceiptKeySet, VerifiedReceipt,
+};
 
 use crate::client::{with_token, AuthedChannel};
 use crate::domain::{RegisterId, TradeId, TradeState};
@@ -126,17 +131,7 @@ impl ChargeRequest {
 /// The domain state of a trade as the server reported it; `None` for
 /// `UNSPECIFIED` or a value this client does not know.
 pub fn trade_state(trade: &proto::Trade) -> Option<TradeState> {
-    let state = proto::TradeState::try_from(trade.state).ok()?;
-    match state {
-        proto::TradeState::Unspecified => None,
-        proto::TradeState::Pending => Some(TradeState::Pending),
-        proto::TradeState::Offered => Some(TradeState::Offered),
-        proto::TradeState::Settled => Some(TradeState::Settled),
-        proto::TradeState::Declined => Some(TradeState::Declined),
-        proto::TradeState::Expired => Some(TradeState::Expired),
-        proto::TradeState::Cancelled => Some(TradeState::Cancelled),
-        proto::TradeState::Failed => Some(TradeState::Failed),
-    }
+    proto::TradeState::try_from(trade.state).ok()?.to_domain()
 }
 
 /// True once the trade is SETTLED, DECLINED, EXPIRED, CANCELLED or FAILED.
@@ -300,6 +295,14 @@ impl VirtualRegister {
     }
 
     /// Closes the register; the server refuses while trades are open.
+    /// The operator's receipt-signing public keys (active and retired), for
+    /// [`verify_receipt`]. Keep them: a receipt verifies offline with them.
+    pub async fn receipt_keys(&self) -> Result<ReceiptKeySet, RegisterError> {
+        let mut client = self.client.clone();
+        let keys = unary(client.get_receipt_keys(request(proto::GetReceiptKeysRequest {}))).await?;
+        ReceiptKeySet::from_proto(&keys).map_err(|e| RegisterError::Protocol(format!("receipt keys: {e}")))
+    }
+
     pub async fn close(self) -> Result<proto::Register, RegisterError> {
         let mut client = self.client.clone();
         let register =

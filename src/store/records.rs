@@ -1,43 +1,19 @@
-//! Persisted records and their versioned encoding: one version byte, then
-//! postcard. A record of an unknown version or a malformed body is reported
-//! as corruption, never a panic.
+//! The records the engine sees, the same for every backend: shops,
+//! carriers, subscribers, registers, accounts and postings, trades and
+//! their events, outbox deliveries, bills and payout entries. How a
+//! backend stores them is its own affair (the sled backend's encoding is
+//! `store::sled::codec`); the serde derives give it a layout to start from.
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::domain::approval::{ApprovalPayload, BindingCode, PayloadVersion, ScreenText};
+use crate::domain::receipt::ReceiptKeyId;
 use crate::domain::{
-    AccountName, Amount, Balance, CarrierId, Currency, Decision, FailureReason, IpKey, IpPrefix, PortRange, RegisterId,
-    ShopId, Side, SubscriberNumber, TradeId, TradeState, UnixMs,
+    AccountName, Amount, Balance, CarrierId, Currency, Decision, FailureReason, IpKey, RegisterId, ShopId, Side,
+    SubscriberNumber, TradeId, TradeState, UnixMs,
 };
 
-use super::StoreError;
-
-/// Bumped when any record layout changes; old versions get a migration.
-pub const RECORD_VERSION: u8 = 1;
-
-pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    let mut out = vec![RECORD_VERSION];
-    let body = postcard::to_stdvec(value).map_err(|e| StoreError::Corrupt(format!("encode: {e}")))?;
-    out.extend_from_slice(&body);
-    Ok(out)
-}
-
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    match bytes.split_first() {
-        Some((&RECORD_VERSION, body)) => {
-            postcard::from_bytes(body).map_err(|e| StoreError::Corrupt(format!("decode: {e}")))
-        }
-        Some((v, _)) => Err(StoreError::Corrupt(format!("unknown record version {v}"))),
-        None => Err(StoreError::Corrupt("empty record".into())),
-    }
-}
-
-/// Who a credential belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Principal {
-    Admin,
-    Shop(ShopId),
-    Carrier(CarrierId),
-}
+use super::refusals::{Difference, Failure, PayerKind, TradeField};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShopRecord {
@@ -130,55 +106,168 @@ pub struct PostingRecord {
     pub at: UnixMs,
 }
 
-/// The handset's signed approval, kept with a settled trade.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Receipt {
-    pub signed_payload: Vec<u8>,
-    pub signature: Vec<u8>,
-    pub shop_key_fingerprint: [u8; 32],
+/// A 64-byte signature, stored as 64 bytes (serde derives stop at 32).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Sig64(pub [u8; 64]);
+
+impl std::fmt::Debug for Sig64 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sig64({:02x}{:02x}{:02x}{:02x}…)", self.0[0], self.0[1], self.0[2], self.0[3])
+    }
 }
 
-/// What the shop asked for, kept to compare idempotent retries field by
-/// field.
+impl Serialize for Sig64 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(64)?;
+        for b in &self.0 {
+            t.serialize_element(b)?;
+        }
+        t.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Sig64 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Sig64, D::Error> {
+        struct Bytes64;
+        impl<'de> serde::de::Visitor<'de> for Bytes64 {
+            type Value = Sig64;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("64 bytes")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Sig64, A::Error> {
+                let mut out = [0u8; 64];
+                for (i, slot) in out.iter_mut().enumerate() {
+                    *slot = seq.next_element()?.ok_or_else(|| serde::de::Error::invalid_length(i, &self))?;
+                }
+                Ok(Sig64(out))
+            }
+        }
+        d.deserialize_tuple(64, Bytes64)
+    }
+}
+
+/// The proof kept with a settled trade.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TradeRequest {
+pub enum Receipt {
+    /// Settled by a server before receipts were countersigned: the handset's
+    /// signed bytes kept verbatim, the per-shop key fingerprint of the time,
+    /// no operator signature (so no shop can verify it offline).
+    Legacy { signed_payload: Vec<u8>, signature: Vec<u8>, shop_key_fingerprint: [u8; 32] },
+    /// The handset's signature over the trade's approval payload (rebuilt
+    /// from the trade's fields, which never change: [`TradeRecord::approval_payload`]),
+    /// the handset key that made it (for disputes only; never shown to the
+    /// shop, which sees a per-trade commitment to it) and the operator's
+    /// countersignature over the statement (`domain::receipt::Statement`)
+    /// with the key `key_id` at the trade's `finished_at`.
+    Countersigned { signature: Sig64, handset_key: [u8; 32], key_id: ReceiptKeyId, countersignature: Sig64 },
+}
+
+/// What a trade's handset signs besides the trade's own fields, frozen
+/// when the trade is created so an answer is checked against exactly what
+/// was offered, whatever changes later (a shop's display name, say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SignedTerms {
+    /// A trade created by a server before payload version 2: it is offered
+    /// and verified as version 1 (only such trades are).
+    V1,
+    /// Payload version 2: the digest of the screen text as offered (the
+    /// binding code is the trade's `binding_code`).
+    V2 { screen_digest: [u8; 32] },
+}
+
+/// What the shop asked for. `P` is how the payer is named: as the shop
+/// sent it ([`PayerRef`]), which is what an idempotent retry is compared
+/// with, or the subscriber it resolved to (the default), which is what a
+/// trade keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TradeRequest<P = SubscriberNumber> {
     pub register: RegisterId,
-    pub payer: SubscriberNumber,
+    pub payer: P,
     pub amount: Amount,
     pub currency: Currency,
     pub description: String,
     pub ttl_ms: u64,
 }
 
-impl TradeRequest {
-    /// The first field in which `other` differs, for the conflict message.
-    pub fn first_difference(&self, other: &TradeRequest) -> Option<&'static str> {
-        if self.register != other.register {
-            Some("register_id")
-        } else if self.payer != other.payer {
-            Some("subscriber_number")
-        } else {
-            common_difference(
-                (self.amount, self.currency, &self.description, self.ttl_ms),
-                (other.amount, other.currency, &other.description, other.ttl_ms),
-            )
+/// How a shop names its payer: by number, or by the network identity it
+/// observed (resolved by the store through the carrier's leases).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayerRef {
+    Number(SubscriberNumber),
+    Network(NetworkIdentity),
+}
+
+impl<P> TradeRequest<P> {
+    /// The same request with the payer named another way.
+    pub fn with_payer<Q>(&self, payer: Q) -> TradeRequest<Q> {
+        TradeRequest {
+            register: self.register,
+            payer,
+            amount: self.amount,
+            currency: self.currency,
+            description: self.description.clone(),
+            ttl_ms: self.ttl_ms,
+        }
+    }
+
+    pub fn map_payer<Q>(self, f: impl FnOnce(P) -> Q) -> TradeRequest<Q> {
+        TradeRequest {
+            register: self.register,
+            payer: f(self.payer),
+            amount: self.amount,
+            currency: self.currency,
+            description: self.description,
+            ttl_ms: self.ttl_ms,
         }
     }
 }
 
-/// The fields every kind of trade request has, compared in the order a
-/// conflict message names them: amount, currency, description, ttl.
-fn common_difference(a: (Amount, Currency, &str, u64), b: (Amount, Currency, &str, u64)) -> Option<&'static str> {
-    if a.0 != b.0 {
-        Some("amount_minor")
-    } else if a.1 != b.1 {
-        Some("currency")
-    } else if a.2 != b.2 {
-        Some("description")
-    } else if a.3 != b.3 {
-        Some("ttl_seconds")
-    } else {
-        None
+impl TradeRequest<PayerRef> {
+    /// Where a retry under the same idempotency key first differs from this
+    /// request, in the order a conflict names it: how the payer is named
+    /// (before anything else), the register, the payer, then amount,
+    /// currency, description and time to live.
+    pub fn first_difference(&self, retry: &TradeRequest<PayerRef>) -> Option<Difference> {
+        let field = |f| Some(Difference::Field(f));
+        match (&self.payer, &retry.payer) {
+            (PayerRef::Number(_), PayerRef::Network(_)) => {
+                return Some(Difference::PayerKind { sent: PayerKind::NetworkIdentity })
+            }
+            (PayerRef::Network(_), PayerRef::Number(_)) => {
+                return Some(Difference::PayerKind { sent: PayerKind::Number })
+            }
+            _ => {}
+        }
+        if self.register != retry.register {
+            return field(TradeField::Register);
+        }
+        match (&self.payer, &retry.payer) {
+            (PayerRef::Number(a), PayerRef::Number(b)) if a != b => return field(TradeField::SubscriberNumber),
+            (PayerRef::Network(a), PayerRef::Network(b)) => {
+                if a.ip != b.ip {
+                    return field(TradeField::NetworkIp);
+                }
+                if a.port != b.port {
+                    return field(TradeField::NetworkPort);
+                }
+                if a.observed_at != b.observed_at {
+                    return field(TradeField::NetworkObservedAt);
+                }
+            }
+            _ => {}
+        }
+        if self.amount != retry.amount {
+            field(TradeField::Amount)
+        } else if self.currency != retry.currency {
+            field(TradeField::Currency)
+        } else if self.description != retry.description {
+            field(TradeField::Description)
+        } else if self.ttl_ms != retry.ttl_ms {
+            field(TradeField::Ttl)
+        } else {
+            None
+        }
     }
 }
 
@@ -201,119 +290,49 @@ pub struct TradeRecord {
     pub offer_delivery: Option<u64>,
     /// Sum of refunds; never above the amount.
     pub refunded: Amount,
+    /// What the approval payload binds beyond the fields above.
+    pub terms: SignedTerms,
+}
+
+impl TradeRecord {
+    /// The approval payload of this trade for `decision`, in the version
+    /// the trade was offered with. Built from fields fixed at creation, so
+    /// it is the same at offer, answer and every later read.
+    pub fn approval_payload(&self, decision: Decision) -> Result<ApprovalPayload, Failure> {
+        let version = match self.terms {
+            SignedTerms::V1 => PayloadVersion::V1,
+            SignedTerms::V2 { screen_digest } => PayloadVersion::V2 {
+                binding_code: BindingCode::parse(&self.binding_code)
+                    .ok_or_else(|| Failure::Corrupt(format!("trade {}: malformed binding code", self.id)))?,
+                screen_digest,
+            },
+        };
+        Ok(ApprovalPayload {
+            trade_id: self.id,
+            amount: self.request.amount,
+            currency: self.request.currency,
+            shop_id: self.shop.clone(),
+            register_id: self.request.register,
+            expires_at: self.expires_at,
+            version,
+            decision,
+        })
+    }
+
+    /// The bytes a handset signs to answer this trade with `decision`.
+    pub fn signed_bytes(&self, decision: Decision) -> Result<Vec<u8>, Failure> {
+        Ok(self.approval_payload(decision)?.to_bytes())
+    }
 }
 
 /// One durable state change, numbered per shop. `trade` is the trade as it
 /// was right after the change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRecord {
     pub seq: u64,
     pub at: UnixMs,
     pub kind: EventKind,
     pub trade: TradeRecord,
-}
-
-/// Version byte of the compact event layout. Version 1 events (the
-/// generic [`RECORD_VERSION`]) hold a whole [`TradeRecord`]; they still
-/// decode. Version 3 has version 2's layout; what changed is the meaning
-/// of a refund's `refund_id` (see [`EventKind::Refunded`]).
-pub const EVENT_VERSION: u8 = 3;
-/// Compact events written before refund ids named posting sets.
-pub const EVENT_VERSION_V2: u8 = 2;
-
-/// An event as stored since [`EVENT_VERSION`] 2: only the fields of the
-/// trade that can change after the event (state, failure, decision,
-/// finish time, refunds, the pending offer, whether the receipt exists).
-/// Everything else about a trade is fixed when it is created, and the
-/// receipt when it settles, so the rest is joined from the trade record
-/// when the event is read ([`CompactEvent::join`]). Three whole trade
-/// copies per trade were over half of the store's live bytes (issue 6).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CompactEvent {
-    pub seq: u64,
-    pub at: UnixMs,
-    pub kind: EventKind,
-    pub trade: TradeId,
-    pub state: TradeState,
-    pub failure: Option<FailureReason>,
-    pub decision: Option<Decision>,
-    pub finished_at: Option<UnixMs>,
-    pub refunded: Amount,
-    pub offer_delivery: Option<u64>,
-    pub has_receipt: bool,
-}
-
-impl CompactEvent {
-    pub fn of(event: &EventRecord) -> CompactEvent {
-        let t = &event.trade;
-        CompactEvent {
-            seq: event.seq,
-            at: event.at,
-            kind: event.kind,
-            trade: t.id,
-            state: t.state,
-            failure: t.failure,
-            decision: t.decision,
-            finished_at: t.finished_at,
-            refunded: t.refunded,
-            offer_delivery: t.offer_delivery,
-            has_receipt: t.receipt.is_some(),
-        }
-    }
-
-    /// The event with its trade as it was then: the trade's current record
-    /// with the fields that may have changed since set back to the event's.
-    pub fn join(self, mut trade: TradeRecord) -> Result<EventRecord, StoreError> {
-        if trade.id != self.trade {
-            return Err(StoreError::Corrupt(format!("event {} joined with trade {}", self.seq, trade.id)));
-        }
-        trade.state = self.state;
-        trade.failure = self.failure;
-        trade.decision = self.decision;
-        trade.finished_at = self.finished_at;
-        trade.refunded = self.refunded;
-        trade.offer_delivery = self.offer_delivery;
-        match (self.has_receipt, trade.receipt.is_some()) {
-            (true, true) | (false, false) => {}
-            (false, true) => trade.receipt = None,
-            (true, false) => {
-                return Err(StoreError::Corrupt(format!("event {} has a receipt its trade lacks", self.seq)));
-            }
-        }
-        Ok(EventRecord { seq: self.seq, at: self.at, kind: self.kind, trade })
-    }
-}
-
-/// An event as read from disk: a whole one (version 1) or a compact one
-/// that still needs its trade. Versions 1 and 2 hold a refund's first
-/// posting id where version 3 holds its posting set id; the store's reader
-/// converts them ([`EventKind::Refunded`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoredEvent {
-    Whole(Box<EventRecord>),
-    /// Version 2: compact, refund ids are first posting ids.
-    CompactV2(CompactEvent),
-    Compact(CompactEvent),
-}
-
-pub fn encode_event(event: &EventRecord) -> Result<Vec<u8>, StoreError> {
-    let mut out = vec![EVENT_VERSION];
-    let body =
-        postcard::to_stdvec(&CompactEvent::of(event)).map_err(|e| StoreError::Corrupt(format!("encode: {e}")))?;
-    out.extend_from_slice(&body);
-    Ok(out)
-}
-
-pub fn decode_event(bytes: &[u8]) -> Result<StoredEvent, StoreError> {
-    let compact = |body: &[u8]| {
-        postcard::from_bytes::<CompactEvent>(body).map_err(|e| StoreError::Corrupt(format!("decode event: {e}")))
-    };
-    match bytes.split_first() {
-        Some((&EVENT_VERSION, body)) => compact(body).map(StoredEvent::Compact),
-        Some((&EVENT_VERSION_V2, body)) => compact(body).map(StoredEvent::CompactV2),
-        Some(_) => decode(bytes).map(|e| StoredEvent::Whole(Box::new(e))),
-        None => Err(StoreError::Corrupt("empty record".into())),
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -344,10 +363,59 @@ pub struct OfferBody {
     pub binding_code: String,
 }
 
+impl OfferBody {
+    /// What the handset shows besides amount, currency and binding code.
+    pub fn screen(&self) -> ScreenText<'_> {
+        ScreenText { shop_name: &self.shop_name, register_label: &self.register_label, description: &self.description }
+    }
+
+    /// The payload of this offer for `decision` in `version` (1 or 2);
+    /// `None` when the stored binding code is malformed.
+    pub fn approval_payload(&self, version: u8, decision: Decision) -> Option<ApprovalPayload> {
+        let version = match version {
+            1 => PayloadVersion::V1,
+            _ => PayloadVersion::V2 {
+                binding_code: BindingCode::parse(&self.binding_code)?,
+                screen_digest: self.screen().digest(),
+            },
+        };
+        Some(ApprovalPayload {
+            trade_id: self.trade,
+            amount: self.amount,
+            currency: self.currency,
+            shop_id: self.shop.clone(),
+            register_id: self.register,
+            expires_at: self.expires_at,
+            version,
+            decision,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeliveryBody {
+    /// An offer of a trade created before payload version 2, as earlier
+    /// servers stored it; sent as version 1.
+    OfferV1(OfferBody),
+    Withdraw {
+        trade: TradeId,
+        payer: SubscriberNumber,
+        state: TradeState,
+    },
+    /// An offer signed as payload version 2. (Appended: postcard numbers
+    /// variants, so deliveries stored before it still decode.)
     Offer(OfferBody),
-    Withdraw { trade: TradeId, payer: SubscriberNumber, state: TradeState },
+}
+
+impl DeliveryBody {
+    /// The offer and its payload version, if this is an offer.
+    pub fn offer(&self) -> Option<(&OfferBody, u8)> {
+        match self {
+            DeliveryBody::OfferV1(o) => Some((o, 1)),
+            DeliveryBody::Offer(o) => Some((o, 2)),
+            DeliveryBody::Withdraw { .. } => None,
+        }
+    }
 }
 
 /// Work for a carrier, written in the same commit as the change that
@@ -359,23 +427,6 @@ pub struct Delivery {
     pub body: DeliveryBody,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum IdempotencyRecord {
-    /// A CreateTrade key: the trade it made and the request, to compare.
-    Trade { trade: TradeId, request: TradeRequest },
-    /// A RefundTrade key as written before refund ids named posting sets:
-    /// the refund's first posting id, read back as its set's id. No longer
-    /// written.
-    RefundV1 { trade: TradeId, amount: Amount, first_posting: u64 },
-    /// A CreateTrade key whose payer was a network identity: the request
-    /// as the shop sent it (never the resolved subscriber, so a retry's
-    /// conflict message cannot reveal who was resolved).
-    NetworkTrade { trade: TradeId, request: NetworkTradeRequest },
-    /// A RefundTrade key: the refund it made, by posting set id. (Appended:
-    /// postcard numbers variants, so older records still decode.)
-    Refund { trade: TradeId, amount: Amount, set_id: u64 },
-}
-
 /// A payer named by network identity, as validated at the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkIdentity {
@@ -383,69 +434,6 @@ pub struct NetworkIdentity {
     /// `None` when the shop saw no port.
     pub port: Option<u16>,
     pub observed_at: UnixMs,
-}
-
-/// A CreateTrade whose payer is a network identity, kept to compare
-/// idempotent retries field by field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkTradeRequest {
-    pub register: RegisterId,
-    pub identity: NetworkIdentity,
-    pub amount: Amount,
-    pub currency: Currency,
-    pub description: String,
-    pub ttl_ms: u64,
-}
-
-impl NetworkTradeRequest {
-    /// The first field in which `other` differs, for the conflict message.
-    pub fn first_difference(&self, other: &NetworkTradeRequest) -> Option<&'static str> {
-        if self.register != other.register {
-            Some("register_id")
-        } else if self.identity.ip != other.identity.ip {
-            Some("network_identity.ip")
-        } else if self.identity.port != other.identity.port {
-            Some("network_identity.port")
-        } else if self.identity.observed_at != other.identity.observed_at {
-            Some("network_identity.observed_at_ms")
-        } else {
-            common_difference(
-                (self.amount, self.currency, &self.description, self.ttl_ms),
-                (other.amount, other.currency, &other.description, other.ttl_ms),
-            )
-        }
-    }
-}
-
-/// One of a carrier's IP prefixes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PrefixRecord {
-    pub carrier: CarrierId,
-    pub prefix: IpPrefix,
-}
-
-/// A carrier's billing terms.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct CarrierTerms {
-    /// Fee on carrier-billed charges in basis points (0..=10 000).
-    pub fee_bps: u32,
-}
-
-/// What a lease record says from its instant on, for its port range.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LeaseMark {
-    /// The subscriber holds the address (port range) from here.
-    Start { carrier: CarrierId, subscriber: SubscriberNumber },
-    /// Nobody holds it from here.
-    Stop { carrier: CarrierId },
-}
-
-/// One lease start or stop. The key holds address, instant, first port and
-/// kind; the value the rest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaseRecord {
-    pub ports: PortRange,
-    pub mark: LeaseMark,
 }
 
 /// A subscriber's cap use in one month and currency. `cap` is the cap in
@@ -496,30 +484,10 @@ pub enum PayoutEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{Currency, RegisterId};
 
-    #[test]
-    fn records_round_trip_and_reject_unknown_versions() {
-        let rec = CarrierRecord {
-            id: CarrierId::parse("docomo").expect("valid"),
-            display_name: "Docomo".into(),
-            created_at: UnixMs(5),
-        };
-        let bytes = encode(&rec).expect("encode");
-        let back: CarrierRecord = decode(&bytes).expect("decode");
-        assert_eq!(back.id, rec.id);
-        let mut wrong = bytes.clone();
-        wrong[0] = 9;
-        assert!(matches!(decode::<CarrierRecord>(&wrong), Err(StoreError::Corrupt(_))));
-        assert!(matches!(decode::<CarrierRecord>(&[]), Err(StoreError::Corrupt(_))));
-        assert!(matches!(decode::<CarrierRecord>(&bytes[..3]), Err(StoreError::Corrupt(_))));
-    }
-
-    fn hex(text: &str) -> Vec<u8> {
-        (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex")).collect()
-    }
-
-    /// A settled, partly refunded trade, as in the golden records below.
-    fn golden_trade() -> TradeRecord {
+    /// A settled trade with version 2 terms and a countersigned receipt.
+    fn trade_v2() -> TradeRecord {
         TradeRecord {
             id: TradeId::from_bytes([7; 16]),
             shop: ShopId::parse("acme").expect("id"),
@@ -539,107 +507,45 @@ mod tests {
             expires_at: UnixMs(1_800_000_060_000),
             finished_at: Some(UnixMs(1_800_000_001_000)),
             decision: Some(Decision::Approve),
-            receipt: Some(Receipt {
-                signed_payload: vec![1, 2, 3],
-                signature: vec![4; 64],
-                shop_key_fingerprint: [5; 32],
+            receipt: Some(Receipt::Countersigned {
+                signature: Sig64([4; 64]),
+                handset_key: [5; 32],
+                key_id: ReceiptKeyId::from_bytes([6; 8]),
+                countersignature: Sig64([7; 64]),
             }),
             idempotency_key: Some("order-1".into()),
             offer_delivery: None,
             refunded: Amount::new(300),
+            terms: SignedTerms::V2 { screen_digest: [8; 32] },
         }
     }
 
-    // Written by the encoder of commit ade2827 (before compact events): a
-    // store of that time must still read the same.
-    const GOLDEN_TRADE_V1: &str =
-        "01070707070707070707070707070707070461636d650106646f636f6d6f090909090909090909090909090909090d2b\
-        383138303132333435363738b0094a505904626f6f6be0d40302000631323334353680a0f1c2b134e0f4f4c2b13401e8\
-        a7f1c2b13401000103010203400404040404040404040404040404040404040404040404040404040404040404040404\
-        040404040404040404040404040404040404040404040404040404040405050505050505050505050505050505050505\
-        0505050505050505050505050501076f726465722d3100ac02";
-    const GOLDEN_EVENT_V1: &str =
-        "0104d0aff1c2b13401ac0206070707070707070707070707070707070461636d650106646f636f6d6f09090909090909\
-        0909090909090909090d2b383138303132333435363738b0094a505904626f6f6be0d40302000631323334353680a0f1\
-        c2b134e0f4f4c2b13401e8a7f1c2b1340100010301020340040404040404040404040404040404040404040404040404\
-        040404040404040404040404040404040404040404040404040404040404040404040404040404040505050505050505\
-        05050505050505050505050505050505050505050505050501076f726465722d3100ac02";
-
     #[test]
-    fn records_written_before_compact_events_still_decode() {
-        let trade: TradeRecord = decode(&hex(GOLDEN_TRADE_V1)).expect("trade v1");
-        assert_eq!(trade, golden_trade());
-        let expected = EventRecord {
-            seq: 4,
-            at: UnixMs(1_800_000_002_000),
-            kind: EventKind::Refunded { amount: Amount::new(300), refund_id: 6 },
-            trade: golden_trade(),
+    fn the_payload_of_a_trade_is_its_offers_payload() {
+        let t = trade_v2();
+        let digest = ScreenText { shop_name: "Acme", register_label: "Front", description: "book" }.digest();
+        let t = TradeRecord { terms: SignedTerms::V2 { screen_digest: digest }, ..t };
+        let offer = OfferBody {
+            trade: t.id,
+            payer: t.request.payer.clone(),
+            shop: t.shop.clone(),
+            shop_name: "Acme".into(),
+            register: t.request.register,
+            register_label: "Front".into(),
+            amount: t.request.amount,
+            currency: t.request.currency,
+            description: "book".into(),
+            expires_at: t.expires_at,
+            binding_code: t.binding_code.clone(),
         };
-        assert_eq!(
-            decode_event(&hex(GOLDEN_EVENT_V1)).expect("event v1"),
-            StoredEvent::Whole(Box::new(expected.clone()))
-        );
-        // Today's encoder of the whole layout still writes those bytes.
-        assert_eq!(encode(&expected).expect("encode"), hex(GOLDEN_EVENT_V1));
-    }
-
-    // Written by the encoders of commit 8c50b13, before refund ids named
-    // posting sets: a refund key whose refund was first posting 6, and a
-    // compact (version 2) REFUNDED event with refund id 6.
-    const GOLDEN_REFUND_KEY_V1: &str = "010107070707070707070707070707070707ac0206";
-    const GOLDEN_EVENT_V2: &str =
-        "0204d0aff1c2b13401ac0206070707070707070707070707070707070200010001e8a7f1c2b134ac020001";
-
-    #[test]
-    fn refund_records_written_before_set_ids_still_decode_as_such() {
-        let key: IdempotencyRecord = decode(&hex(GOLDEN_REFUND_KEY_V1)).expect("refund key v1");
-        let IdempotencyRecord::RefundV1 { trade, amount, first_posting } = key else { panic!("{key:?}") };
-        assert_eq!((trade, amount, first_posting), (TradeId::from_bytes([7; 16]), Amount::new(300), 6));
-        let StoredEvent::CompactV2(event) = decode_event(&hex(GOLDEN_EVENT_V2)).expect("event v2") else {
-            panic!("not a version 2 event")
-        };
-        assert_eq!(event.kind, EventKind::Refunded { amount: Amount::new(300), refund_id: 6 });
-        let settled = EventRecord { seq: 4, at: UnixMs(1_800_000_002_000), kind: event.kind, trade: golden_trade() };
-        assert_eq!(event.join(golden_trade()).expect("join"), settled);
-        // Today's encoder writes version 3 and the new key variant.
-        assert_eq!(encode_event(&settled).expect("encode")[0], 3);
-        let now =
-            IdempotencyRecord::Refund { trade: TradeId::from_bytes([7; 16]), amount: Amount::new(300), set_id: 3 };
-        assert!(matches!(decode(&encode(&now).expect("encode")), Ok(IdempotencyRecord::Refund { set_id: 3, .. })));
-    }
-
-    #[test]
-    fn compact_events_join_their_trade_as_it_was() {
-        // The PENDING event of a trade that has since settled and been
-        // refunded: joined with today's record it shows PENDING, no
-        // receipt, no decision, nothing refunded.
-        let mut then = golden_trade();
-        then.state = TradeState::Pending;
-        then.finished_at = None;
-        then.decision = None;
-        then.receipt = None;
-        then.refunded = Amount::ZERO;
-        then.offer_delivery = Some(11);
-        let event = EventRecord { seq: 1, at: then.created_at, kind: EventKind::StateChanged, trade: then };
-        let bytes = encode_event(&event).expect("encode");
-        assert_eq!(bytes[0], EVENT_VERSION);
-        let StoredEvent::Compact(compact) = decode_event(&bytes).expect("decode") else { panic!("not compact") };
-        assert_eq!(compact.clone().join(golden_trade()).expect("join"), event);
-        // Joined with another trade, or with a trade lacking the receipt the
-        // event saw, it is corruption, not a wrong answer.
-        let mut other = golden_trade();
-        other.id = TradeId::from_bytes([8; 16]);
-        assert!(matches!(compact.join(other), Err(StoreError::Corrupt(_))));
-        let settled = EventRecord { seq: 2, at: UnixMs(5), kind: EventKind::StateChanged, trade: golden_trade() };
-        let StoredEvent::Compact(compact) = decode_event(&encode_event(&settled).expect("encode")).expect("decode")
-        else {
-            panic!("not compact")
-        };
-        let mut no_receipt = golden_trade();
-        no_receipt.receipt = None;
-        assert!(matches!(compact.clone().join(no_receipt), Err(StoreError::Corrupt(_))));
-        assert_eq!(compact.join(golden_trade()).expect("join"), settled);
-        assert!(matches!(decode_event(&[EVENT_VERSION, 0xff]), Err(StoreError::Corrupt(_))));
-        assert!(matches!(decode_event(&[]), Err(StoreError::Corrupt(_))));
+        for decision in [Decision::Approve, Decision::Decline] {
+            let from_trade = t.approval_payload(decision).expect("payload");
+            assert_eq!(Some(from_trade.clone()), offer.approval_payload(2, decision));
+            assert_eq!(from_trade.version.number(), 2);
+        }
+        let v1 = TradeRecord { terms: SignedTerms::V1, ..t.clone() };
+        assert_eq!(v1.approval_payload(Decision::Approve).ok(), offer.approval_payload(1, Decision::Approve));
+        let broken = TradeRecord { binding_code: "12345".into(), ..t };
+        assert!(matches!(broken.approval_payload(Decision::Approve), Err(Failure::Corrupt(_))));
     }
 }

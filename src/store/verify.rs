@@ -1,15 +1,44 @@
-//! Ledger verification: recomputes everything from the immutable postings
-//! and compares it with the stored totals and trades. Runs on the writer
-//! thread, so it sees one consistent state.
+//! Ledger verification, the same for every backend: recomputes everything
+//! from the immutable postings and compares it with the stored totals,
+//! trades, bills and registers. A backend hands it a [`LedgerView`] of one
+//! consistent state (the sled backend's view is read on its writer thread,
+//! so no write interleaves).
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::domain::{carrier_fee, AccountName, Currency, Month, Side, TradeId, TradeState};
+use crate::domain::{carrier_fee, AccountName, CarrierId, Currency, Month, RegisterId, ShopId, Side, SubscriberNumber};
+use crate::domain::{TradeId, TradeState};
 
-use super::records::{
-    self, AccountRecord, BillLine, CapUsage, PostingKind, PostingRecord, RegisterRecord, TradeRecord,
-};
-use super::{keys, StoreError, T};
+use super::records::{AccountRecord, BillLine, CapUsage, PostingKind, PostingRecord, RegisterRecord, TradeRecord};
+use super::Failure;
+
+/// What verification reads, from one consistent state. Each `for_each_*`
+/// walks every record of its kind (in the backend's order) and stops at
+/// the first error the visitor returns.
+pub trait LedgerView {
+    /// How the backend keys one subscriber's cap use in one month.
+    type CapKey: Ord;
+
+    fn for_each_posting(&self, visit: &mut dyn FnMut(PostingRecord) -> Result<(), Failure>) -> Result<(), Failure>;
+    /// Each account, and whether it is stored under its own name.
+    fn for_each_account(
+        &self,
+        visit: &mut dyn FnMut(AccountRecord, bool) -> Result<(), Failure>,
+    ) -> Result<(), Failure>;
+    fn account(&self, name: &AccountName) -> Result<Option<AccountRecord>, Failure>;
+    fn for_each_bill_line(&self, visit: &mut dyn FnMut(BillLine) -> Result<(), Failure>) -> Result<(), Failure>;
+    fn cap_key(&self, carrier: &CarrierId, number: &SubscriberNumber, currency: Currency, month: Month)
+        -> Self::CapKey;
+    fn for_each_cap_use(
+        &self,
+        visit: &mut dyn FnMut(Self::CapKey, CapUsage) -> Result<(), Failure>,
+    ) -> Result<(), Failure>;
+    fn trade(&self, id: &TradeId) -> Result<Option<TradeRecord>, Failure>;
+    fn for_each_trade(&self, visit: &mut dyn FnMut(TradeRecord) -> Result<(), Failure>) -> Result<(), Failure>;
+    /// Whether an open trade has its deadline entry.
+    fn has_deadline(&self, trade: &TradeRecord) -> Result<bool, Failure>;
+    fn for_each_register(&self, visit: &mut dyn FnMut(RegisterRecord) -> Result<(), Failure>) -> Result<(), Failure>;
+}
 
 /// At most this many violations are listed; the count is always exact.
 pub const MAX_LISTED_VIOLATIONS: usize = 1000;
@@ -62,17 +91,15 @@ struct TradeMoney {
     refunded: u128,
 }
 
-pub(crate) fn verify(trees: &[sled::Tree]) -> Result<VerifyReport, StoreError> {
-    let tree = |t: T| trees.get(t as usize).ok_or(StoreError::Corrupt(format!("tree {t:?} missing")));
+/// Checks every ledger invariant over `view`.
+pub fn verify<V: LedgerView>(view: &V) -> Result<VerifyReport, Failure> {
     let mut report = VerifyReport::default();
 
     // Recompute from postings.
     let mut per_account: BTreeMap<AccountName, Sums> = BTreeMap::new();
     let mut per_set: BTreeMap<(u64, Currency), Sums> = BTreeMap::new();
     let mut per_trade: HashMap<TradeId, TradeMoney> = HashMap::new();
-    for item in tree(T::Postings)?.iter() {
-        let (_, v) = item?;
-        let p: PostingRecord = records::decode(&v)?;
+    view.for_each_posting(&mut |p| {
         report.postings_checked += 1;
         per_account.entry(p.account.clone()).or_default().add(p.side, p.amount.minor());
         per_set.entry((p.set_id, p.account.currency())).or_default().add(p.side, p.amount.minor());
@@ -98,7 +125,8 @@ pub(crate) fn verify(trees: &[sled::Tree]) -> Result<VerifyReport, StoreError> {
                 _ => {}
             }
         }
-    }
+        Ok(())
+    })?;
     for ((set, currency), s) in &per_set {
         if s.debits != s.credits {
             report.violation(format!(
@@ -110,11 +138,9 @@ pub(crate) fn verify(trees: &[sled::Tree]) -> Result<VerifyReport, StoreError> {
 
     // Stored totals against the postings, and the zero-sum per currency.
     let mut per_currency: BTreeMap<Currency, Sums> = BTreeMap::new();
-    for item in tree(T::Accounts)?.iter() {
-        let (k, v) = item?;
-        let a: AccountRecord = records::decode(&v)?;
+    view.for_each_account(&mut |a, under_its_name| {
         report.accounts_checked += 1;
-        if k.as_ref() != keys::account(&a.name).as_slice() {
+        if !under_its_name {
             report.violation(format!("account {:?} is stored under another key", a.name));
         }
         let c = per_currency.entry(a.name.currency()).or_default();
@@ -136,7 +162,8 @@ pub(crate) fn verify(trees: &[sled::Tree]) -> Result<VerifyReport, StoreError> {
         if a.name.must_not_go_negative() && a.balance.credits < a.balance.debits {
             report.violation(format!("account {:?} is below zero", a.name));
         }
-    }
+        Ok(())
+    })?;
     for (name, _) in per_account {
         report.violation(format!("postings name account {name:?}, which does not exist"));
     }
@@ -153,19 +180,16 @@ pub(crate) fn verify(trees: &[sled::Tree]) -> Result<VerifyReport, StoreError> {
     // per bill and month, the lines against the recorded cap use, which
     // never exceeds the cap; per bill account, the lines against the balance.
     let mut lines: HashMap<TradeId, BillLine> = HashMap::new();
-    let mut per_month: BTreeMap<Vec<u8>, u128> = BTreeMap::new();
+    let mut per_month: BTreeMap<V::CapKey, u128> = BTreeMap::new();
     let mut per_bill: BTreeMap<AccountName, u128> = BTreeMap::new();
-    for item in tree(T::Network)?.scan_prefix(b"B") {
-        let (_, v) = item?;
-        let line: BillLine = records::decode(&v)?;
-        let Some(trade) = tree(T::Trades)?.get(line.trade.as_bytes())? else {
+    view.for_each_bill_line(&mut |line| {
+        let Some(trade) = view.trade(&line.trade)? else {
             report.violation(format!("bill line names trade {}, which does not exist", line.trade));
-            continue;
+            return Ok(());
         };
-        let trade: TradeRecord = records::decode(&trade)?;
         let Some(carrier) = trade.carrier.clone() else {
             report.violation(format!("bill line of trade {} whose trade has no carrier", line.trade));
-            continue;
+            return Ok(());
         };
         if line.fee != carrier_fee(line.amount, line.fee_bps) {
             report.violation(format!(
@@ -177,16 +201,15 @@ pub(crate) fn verify(trees: &[sled::Tree]) -> Result<VerifyReport, StoreError> {
             ));
         }
         let owed = u128::from(line.amount.minor()).saturating_sub(u128::from(line.refunded.minor()));
-        let month_key = keys::net::cap_usage(&carrier, &trade.request.payer, line.currency, Month::of(line.settled_at));
+        let month_key = view.cap_key(&carrier, &trade.request.payer, line.currency, Month::of(line.settled_at));
         *per_month.entry(month_key).or_default() += owed;
         *per_bill.entry(AccountName::CarrierBill(carrier, trade.request.payer.clone(), line.currency)).or_default() +=
             owed;
         lines.insert(line.trade, line);
-    }
-    for item in tree(T::Network)?.scan_prefix(b"U") {
-        let (k, v) = item?;
-        let usage: CapUsage = records::decode(&v)?;
-        let counted = per_month.remove(k.as_ref()).unwrap_or(0);
+        Ok(())
+    })?;
+    view.for_each_cap_use(&mut |key, usage| {
+        let counted = per_month.remove(&key).unwrap_or(0);
         if counted != u128::from(usage.used.minor()) {
             report.violation(format!(
                 "a carrier bill month records {} used but its lines sum to {counted}",
@@ -200,26 +223,21 @@ pub(crate) fn verify(trees: &[sled::Tree]) -> Result<VerifyReport, StoreError> {
                 usage.cap.minor()
             ));
         }
-    }
+        Ok(())
+    })?;
     if !per_month.is_empty() {
         report.violation(format!("{} carrier bill months have lines but no cap use", per_month.len()));
     }
     for (bill, owed) in per_bill {
-        let balance = tree(T::Accounts)?
-            .get(keys::account(&bill))?
-            .map(|v| records::decode::<AccountRecord>(&v))
-            .transpose()?
-            .map_or(0, |a| -a.balance.net());
+        let balance = view.account(&bill)?.map_or(0, |a| -a.balance.net());
         if i128::try_from(owed).ok() != Some(balance) {
             report.violation(format!("{bill:?}: lines say {owed} owed but the balance says {balance}"));
         }
     }
 
     // Trades against their postings, and registers against their trades.
-    let mut open_per_register: HashMap<Vec<u8>, u32> = HashMap::new();
-    for item in tree(T::Trades)?.iter() {
-        let (_, v) = item?;
-        let t: TradeRecord = records::decode(&v)?;
+    let mut open_per_register: HashMap<(ShopId, RegisterId), u32> = HashMap::new();
+    view.for_each_trade(&mut |t| {
         report.trades_checked += 1;
         let money = per_trade.remove(&t.id).unwrap_or_default();
         let amount = u128::from(t.request.amount.minor());
@@ -286,28 +304,27 @@ pub(crate) fn verify(trees: &[sled::Tree]) -> Result<VerifyReport, StoreError> {
             ));
         }
         if !t.state.is_final() {
-            let key = keys::register(&t.shop, &t.request.register);
-            let n = open_per_register.entry(key).or_insert(0);
+            let n = open_per_register.entry((t.shop.clone(), t.request.register)).or_insert(0);
             *n = n.saturating_add(1);
-            if tree(T::Deadlines)?.get(keys::deadline(t.expires_at, &t.id))?.is_none() {
+            if !view.has_deadline(&t)? {
                 report.violation(format!("open trade {} has no deadline entry", t.id));
             }
         }
-    }
+        Ok(())
+    })?;
     for (trade, _) in per_trade {
         report.violation(format!("postings name trade {trade}, which does not exist"));
     }
     for (trade, _) in lines {
         report.violation(format!("trade {trade} has a bill line but is not settled"));
     }
-    for item in tree(T::Registers)?.iter() {
-        let (k, v) = item?;
-        let r: RegisterRecord = records::decode(&v)?;
-        let counted = open_per_register.remove(k.as_ref()).unwrap_or(0);
+    view.for_each_register(&mut |r| {
+        let counted = open_per_register.remove(&(r.shop.clone(), r.id)).unwrap_or(0);
         if counted != r.open_trades {
             report.violation(format!("register {} counts {} open trades, found {}", r.id, r.open_trades, counted));
         }
-    }
+        Ok(())
+    })?;
     if !open_per_register.is_empty() {
         report.violation(format!("{} open trades name a missing register", open_per_register.len()));
     }

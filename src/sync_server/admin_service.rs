@@ -1,18 +1,19 @@
 //! `AdminService`: the operator's API: shops, carriers, wallet top-ups,
-//! accounts, postings and ledger verification.
+//! accounts, postings, ledger verification, receipt keys and disputes.
+//! Each handler validates its request, calls one engine use case and
+//! presents the result.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use crate::proto::{self, admin_service_server::AdminService};
-use crate::store::{Command, CommandOutcome};
+use crate::store::Receipt;
 
 use super::auth::{new_token, token_hash};
 use super::convert;
-use super::engine::{now, Engine};
+use super::engine::{Dispute, DisputeRefusal, Engine};
 use super::error::ApiError;
-use super::limits;
 use super::requests;
 
 pub struct AdminApi {
@@ -33,20 +34,8 @@ impl AdminService for AdminApi {
     ) -> Result<Response<proto::CreateShopResponse>, Status> {
         let (id, display_name) = requests::create_shop(request.get_ref())?;
         let token = new_token("shop")?;
-        let command = Command::CreateShop {
-            id,
-            display_name,
-            token_hash: token_hash(&token),
-            max_shops: self.engine.limits.max_shops,
-            now: now(),
-        };
-        match self.engine.store.execute(command).await.map_err(ApiError::from)? {
-            CommandOutcome::Shop(s) => {
-                tracing::info!(shop = %s.id, "shop created");
-                Ok(Response::new(proto::CreateShopResponse { shop_id: s.id.to_string(), token }))
-            }
-            _ => Err(ApiError::Internal("create shop: unexpected outcome".into()).into()),
-        }
+        let shop = self.engine.create_shop(id, display_name, token_hash(&token)).await?;
+        Ok(Response::new(proto::CreateShopResponse { shop_id: shop.id.to_string(), token }))
     }
 
     async fn create_carrier(
@@ -55,35 +44,20 @@ impl AdminService for AdminApi {
     ) -> Result<Response<proto::CreateCarrierResponse>, Status> {
         let requests::NewCarrier { id, display_name, prefixes, fee_bps } = requests::create_carrier(request.get_ref())?;
         let token = new_token("carrier")?;
-        let command =
-            Command::CreateCarrier { id, display_name, token_hash: token_hash(&token), prefixes, fee_bps, now: now() };
-        match self.engine.store.execute(command).await.map_err(ApiError::from)? {
-            CommandOutcome::Carrier(c) => {
-                tracing::info!(carrier = %c.id, "carrier created");
-                Ok(Response::new(proto::CreateCarrierResponse { carrier_id: c.id.to_string(), token }))
-            }
-            _ => Err(ApiError::Internal("create carrier: unexpected outcome".into()).into()),
-        }
+        let carrier = self.engine.create_carrier(id, display_name, prefixes, fee_bps, token_hash(&token)).await?;
+        Ok(Response::new(proto::CreateCarrierResponse { carrier_id: carrier.id.to_string(), token }))
     }
 
     async fn top_up_wallet(
         &self,
         request: Request<proto::TopUpWalletRequest>,
     ) -> Result<Response<proto::TopUpWalletResponse>, Status> {
-        let (number, amount, currency) = requests::top_up(request.get_ref(), &self.engine.limits)?;
-        match self
-            .engine
-            .store
-            .execute(Command::TopUp { number, amount, currency, now: now() })
-            .await
-            .map_err(ApiError::from)?
-        {
-            CommandOutcome::TopUp { account, posting_id } => Ok(Response::new(proto::TopUpWalletResponse {
-                account: Some(convert::account_to_proto(&account)),
-                posting_id,
-            })),
-            _ => Err(ApiError::Internal("top up: unexpected outcome".into()).into()),
-        }
+        let (number, amount, currency) = requests::top_up(request.get_ref(), self.engine.limits())?;
+        let topped = self.engine.top_up(number, amount, currency).await?;
+        Ok(Response::new(proto::TopUpWalletResponse {
+            account: Some(convert::account_to_proto(&topped.account)),
+            posting_id: topped.posting_id,
+        }))
     }
 
     async fn list_accounts(
@@ -91,7 +65,7 @@ impl AdminService for AdminApi {
         request: Request<proto::ListAccountsRequest>,
     ) -> Result<Response<proto::ListAccountsResponse>, Status> {
         let prefix = requests::list_accounts(request.get_ref())?;
-        let accounts = self.engine.store.accounts(&prefix, limits::MAX_LIST).await.map_err(ApiError::from)?;
+        let accounts = self.engine.accounts(&prefix).await.map_err(ApiError::from)?;
         Ok(Response::new(proto::ListAccountsResponse {
             accounts: accounts.iter().map(convert::account_to_proto).collect(),
         }))
@@ -102,7 +76,7 @@ impl AdminService for AdminApi {
         request: Request<proto::ListPostingsRequest>,
     ) -> Result<Response<proto::ListPostingsResponse>, Status> {
         let (after, limit) = requests::list_postings(request.get_ref())?;
-        let postings = self.engine.store.postings(after, limit).await.map_err(ApiError::from)?;
+        let postings = self.engine.postings(after, limit).await.map_err(ApiError::from)?;
         Ok(Response::new(proto::ListPostingsResponse {
             postings: postings.iter().map(convert::posting_to_proto).collect(),
         }))
@@ -112,10 +86,7 @@ impl AdminService for AdminApi {
         &self,
         _request: Request<proto::VerifyLedgerRequest>,
     ) -> Result<Response<proto::VerifyLedgerResponse>, Status> {
-        let report = self.engine.store.verify().await.map_err(ApiError::from)?;
-        if !report.ok() {
-            tracing::error!(violations = report.violation_count, "ledger verification found violations");
-        }
+        let report = self.engine.verify().await.map_err(ApiError::from)?;
         Ok(Response::new(proto::VerifyLedgerResponse {
             ok: report.ok(),
             violations: report.violations,
@@ -130,12 +101,10 @@ impl AdminService for AdminApi {
         request: Request<proto::AddCarrierPrefixesRequest>,
     ) -> Result<Response<proto::AddCarrierPrefixesResponse>, Status> {
         let (carrier, prefixes) = requests::add_carrier_prefixes(request.get_ref())?;
-        match self.engine.store.execute(Command::AddPrefixes { carrier, prefixes }).await.map_err(ApiError::from)? {
-            CommandOutcome::Prefixes(p) => Ok(Response::new(proto::AddCarrierPrefixesResponse {
-                ip_prefixes: p.iter().map(ToString::to_string).collect(),
-            })),
-            _ => Err(ApiError::Internal("add prefixes: unexpected outcome".into()).into()),
-        }
+        let prefixes = self.engine.add_prefixes(&carrier, prefixes).await?;
+        Ok(Response::new(proto::AddCarrierPrefixesResponse {
+            ip_prefixes: prefixes.iter().map(ToString::to_string).collect(),
+        }))
     }
 
     async fn get_statement(
@@ -143,7 +112,7 @@ impl AdminService for AdminApi {
         request: Request<proto::GetStatementRequest>,
     ) -> Result<Response<proto::Statement>, Status> {
         let (carrier, number, month) = requests::admin_statement(request.get_ref())?;
-        let data = self.engine.store.statement(&carrier, &number, month).await.map_err(ApiError::from)?;
+        let data = self.engine.statement(&carrier, &number, month).await?;
         Ok(Response::new(convert::statement_to_proto(&data, month)))
     }
 
@@ -153,5 +122,48 @@ impl AdminService for AdminApi {
     ) -> Result<Response<proto::PruneLeasesResponse>, Status> {
         let deleted = self.engine.prune_leases().await.map_err(ApiError::from)?;
         Ok(Response::new(proto::PruneLeasesResponse { deleted }))
+    }
+
+    async fn get_receipt_keys(
+        &self,
+        _request: Request<proto::GetReceiptKeysRequest>,
+    ) -> Result<Response<proto::ReceiptKeys>, Status> {
+        Ok(Response::new(convert::receipt_keys_to_proto(&self.engine.receipt_keys())))
+    }
+
+    async fn rotate_receipt_key(
+        &self,
+        _request: Request<proto::RotateReceiptKeyRequest>,
+    ) -> Result<Response<proto::ReceiptKeys>, Status> {
+        let published = self.engine.rotate_receipt_key().await?;
+        Ok(Response::new(convert::receipt_keys_to_proto(&published)))
+    }
+
+    async fn dispute_trade(
+        &self,
+        request: Request<proto::DisputeTradeRequest>,
+    ) -> Result<Response<proto::DisputeReport>, Status> {
+        let id = requests::dispute_trade(request.get_ref())?;
+        let Dispute { trade, enrolled, receipt_public_key } = self.engine.dispute(id).await?;
+        let Some(receipt) = convert::receipt_for_shop(&trade) else {
+            return Err(ApiError::from(DisputeRefusal::NoReceipt(trade.state)).into());
+        };
+        let kept = match &trade.receipt {
+            Some(Receipt::Countersigned { handset_key, .. }) => Some(*handset_key),
+            Some(Receipt::Legacy { .. }) | None => None,
+        };
+        let key = kept.or(enrolled.as_ref().map(|h| h.public_key));
+        Ok(Response::new(proto::DisputeReport {
+            trade_id: trade.id.to_string(),
+            shop_id: trade.shop.to_string(),
+            subscriber_number: trade.request.payer.as_str().to_owned(),
+            carrier_id: trade.carrier.as_ref().map_or_else(String::new, ToString::to_string),
+            handset_public_key: key.map_or_else(Vec::new, |k| k.to_vec()),
+            key_from_receipt: kept.is_some(),
+            key_enrolled_now: key.is_some() && enrolled.as_ref().map(|h| h.public_key) == key,
+            enrolled_at_ms: enrolled.as_ref().map_or(0, |h| convert::ms(h.enrolled_at)),
+            receipt: Some(receipt),
+            receipt_public_key: receipt_public_key.map_or_else(Vec::new, |k| k.to_vec()),
+        }))
     }
 }

@@ -9,7 +9,8 @@
 //!   one principal. Only token hashes are stored.
 //!
 //! Each service admits one kind of principal and puts it into the
-//! request's extensions for the handlers.
+//! request's extensions for the handlers. Credentials are resolved through
+//! the engine; refusals become statuses in `error.rs`.
 
 use std::sync::Arc;
 
@@ -18,11 +19,11 @@ use rand::TryRng;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Status};
 
-use crate::domain::{CarrierId, ShopId};
-use crate::store::{Principal, Store};
+use crate::domain::{CarrierId, Principal, ShopId};
+use crate::identity::principal_from_cert;
 
-use super::error::ApiError;
-use super::tls::principal_from_cert;
+use super::engine::Engine;
+use super::error::{self, ApiError};
 
 pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
@@ -57,7 +58,7 @@ pub enum AuthMode {
 }
 
 pub struct Authenticator {
-    store: Store,
+    engine: Arc<Engine>,
     admin_hash: [u8; 32],
     mode: AuthMode,
 }
@@ -67,51 +68,47 @@ pub struct Authenticator {
 const MAX_AUTH_HEADER: usize = 512;
 
 impl Authenticator {
-    pub fn new(store: Store, admin_token: &str, mode: AuthMode) -> Self {
-        Authenticator { store, admin_hash: token_hash(admin_token), mode }
+    pub fn new(engine: Arc<Engine>, admin_token: &str, mode: AuthMode) -> Self {
+        Authenticator { engine, admin_hash: token_hash(admin_token), mode }
     }
 
-    pub fn authenticate<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+    pub fn authenticate<T>(&self, request: &Request<T>) -> Result<Principal, ApiError> {
         match self.mode {
             AuthMode::Certificates => self.by_certificate(request),
             AuthMode::Tokens => self.by_token(request),
         }
     }
 
-    fn by_certificate<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+    fn by_certificate<T>(&self, request: &Request<T>) -> Result<Principal, ApiError> {
+        let unauthenticated = |m: &str| ApiError::Unauthenticated(m.to_owned());
         // rustls has verified the chain to the client CA (and the CRL)
         // during the handshake; here we only read the name.
-        let certs = request.peer_certs().ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-        let leaf = certs.first().ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-        let principal = principal_from_cert(leaf).map_err(|e| Status::unauthenticated(e.to_string()))?;
-        match self.store.party_exists(&principal) {
-            Ok(true) => Ok(principal),
-            Ok(false) => Err(Status::unauthenticated("the client certificate names no known shop or carrier")),
-            Err(e) => Err(ApiError::from(e).into()),
+        let certs = request.peer_certs().ok_or_else(|| unauthenticated("a client certificate is required"))?;
+        let leaf = certs.first().ok_or_else(|| unauthenticated("a client certificate is required"))?;
+        let principal = principal_from_cert(leaf).map_err(|e| ApiError::Unauthenticated(e.to_string()))?;
+        match self.engine.party_exists(&principal)? {
+            true => Ok(principal),
+            false => Err(unauthenticated("the client certificate names no known shop or carrier")),
         }
     }
 
-    fn by_token<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+    fn by_token<T>(&self, request: &Request<T>) -> Result<Principal, ApiError> {
+        let unauthenticated = |m: &str| ApiError::Unauthenticated(m.to_owned());
         let header = request
             .metadata()
             .get("authorization")
-            .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <token>"))?;
-        let text = header.to_str().map_err(|_| Status::unauthenticated("authorization is not text"))?;
+            .ok_or_else(|| unauthenticated("missing authorization: Bearer <token>"))?;
+        let text = header.to_str().map_err(|_| unauthenticated("authorization is not text"))?;
         if text.len() > MAX_AUTH_HEADER {
-            return Err(Status::unauthenticated("authorization is too long"));
+            return Err(unauthenticated("authorization is too long"));
         }
-        let token = text
-            .strip_prefix("Bearer ")
-            .ok_or_else(|| Status::unauthenticated("authorization must be 'Bearer <token>'"))?;
+        let token =
+            text.strip_prefix("Bearer ").ok_or_else(|| unauthenticated("authorization must be 'Bearer <token>'"))?;
         let hash = token_hash(token);
         if hash == self.admin_hash {
             return Ok(Principal::Admin);
         }
-        match self.store.principal(&hash) {
-            Ok(Some(p)) => Ok(p),
-            Ok(None) => Err(Status::unauthenticated("unknown credential")),
-            Err(e) => Err(ApiError::from(e).into()),
-        }
+        self.engine.principal(&hash)?.ok_or_else(|| unauthenticated("unknown credential"))
     }
 }
 
@@ -121,7 +118,7 @@ pub fn interceptor(
     party: Party,
 ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |mut request: Request<()>| {
-        let principal = auth.authenticate(&request)?;
+        let principal = auth.authenticate(&request).map_err(error::status)?;
         let ok = matches!(
             (&principal, party),
             (Principal::Admin, Party::Admin)
@@ -129,11 +126,11 @@ pub fn interceptor(
                 | (Principal::Carrier(_), Party::Carrier)
         );
         if !ok {
-            return Err(Status::permission_denied(match party {
+            return Err(error::status(ApiError::PermissionDenied(match party {
                 Party::Admin => "this service needs the operator credential",
                 Party::Shop => "this service needs a shop credential",
                 Party::Carrier => "this service needs a carrier credential",
-            }));
+            })));
         }
         request.extensions_mut().insert(principal);
         Ok(request)
@@ -141,17 +138,17 @@ pub fn interceptor(
 }
 
 /// The calling shop (set by the interceptor).
-pub fn shop<T>(request: &Request<T>) -> Result<ShopId, Status> {
+pub fn shop<T>(request: &Request<T>) -> Result<ShopId, ApiError> {
     match request.extensions().get::<Principal>() {
         Some(Principal::Shop(id)) => Ok(id.clone()),
-        _ => Err(Status::permission_denied("this service needs a shop credential")),
+        _ => Err(ApiError::PermissionDenied("this service needs a shop credential")),
     }
 }
 
 /// The calling carrier (set by the interceptor).
-pub fn carrier<T>(request: &Request<T>) -> Result<CarrierId, Status> {
+pub fn carrier<T>(request: &Request<T>) -> Result<CarrierId, ApiError> {
     match request.extensions().get::<Principal>() {
         Some(Principal::Carrier(id)) => Ok(id.clone()),
-        _ => Err(Status::permission_denied("this service needs a carrier credential")),
+        _ => Err(ApiError::PermissionDenied("this service needs a carrier credential")),
     }
 }

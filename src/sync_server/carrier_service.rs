@@ -2,25 +2,26 @@
 //! A carrier acts only on its own subscribers and its own deliveries.
 
 use std::pin::Pin;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use futures_core::Stream;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::carrier::relay::{to_relay_down, RelayDownStream, RelayHub};
+use crate::carrier::relay::{to_relay_down, RelayEnd, RelayHub, RelayItem};
 use crate::domain::approval::key_sha256;
 use crate::domain::CarrierId;
+use crate::metrics;
 use crate::proto::{self, carrier_service_server::CarrierService};
-use crate::store::{Command, CommandOutcome, Funding, RejectedAnswer};
+use crate::store::{Funding, RejectedAnswer};
 
 use super::auth;
 use super::convert;
-use super::engine::{now, stopped, Engine};
-use super::error::ApiError;
+use super::engine::{stopped, Engine};
+use super::error::{self, ApiError};
 use super::limits;
-use super::metrics;
 use super::requests::{self, Uplink};
 
 pub struct CarrierApi {
@@ -66,15 +67,19 @@ async fn begin_up(
         }
     };
     match uplink {
-        Uplink::Ack { delivery_id } => Ok(Box::pin(engine.begin_ack(carrier, delivery_id).await?)),
+        Uplink::Ack { delivery_id } => {
+            let pending = engine.begin_ack(carrier, delivery_id).await.map_err(ApiError::from)?;
+            Ok(Box::pin(async move { pending.await.map_err(ApiError::from) }))
+        }
         Uplink::Answer { trade, decision, signature } => {
             let Some(proto::relay_up::Body::Answer(answer)) = message.body else {
                 return Err(ApiError::Internal("relay answer lost its body".into()));
             };
-            let pending = engine.begin_answer(carrier, trade, decision, signature.to_vec()).await?;
+            let pending =
+                engine.begin_answer(carrier, trade, decision, signature.to_vec()).await.map_err(ApiError::from)?;
             let (hub, carrier) = (hub.clone(), carrier.clone());
             Ok(Box::pin(async move {
-                let outcome = pending.await?;
+                let outcome = pending.await.map_err(ApiError::from)?;
                 let (accepted, message) = match outcome.rejected {
                     None => (true, String::new()),
                     Some(RejectedAnswer::UnknownTrade) => (false, "no such trade for this carrier".to_owned()),
@@ -84,12 +89,8 @@ async fn begin_up(
                 let result = proto::AnswerResult {
                     trade_id: answer.trade_id,
                     accepted,
-                    state: outcome
-                        .trade
-                        .as_ref()
-                        .map_or(proto::TradeState::Unspecified, |t| convert::state_to_proto(t.state))
-                        as i32,
-                    failure_reason: convert::failure_to_proto(outcome.trade.as_ref().and_then(|t| t.failure)) as i32,
+                    state: outcome.trade.as_ref().map_or(proto::TradeState::Unspecified, |t| t.state.into()) as i32,
+                    failure_reason: proto::FailureReason::from(outcome.trade.as_ref().and_then(|t| t.failure)) as i32,
                     message,
                 };
                 let down =
@@ -102,7 +103,7 @@ async fn begin_up(
 }
 
 fn log_refused(carrier: &CarrierId, e: ApiError) {
-    let status = Status::from(e);
+    let status = error::status(e);
     tracing::warn!(carrier = %carrier, code = ?status.code(), message = status.message(), "relay message refused");
 }
 
@@ -130,10 +131,10 @@ impl CarrierService for CarrierApi {
             // replay is paced by the carrier.
             let mut after = 0;
             loop {
-                let page = match replay_engine.store.outbox(&replay_carrier, after, limits::MAX_LIST).await {
+                let page = match replay_engine.outbox(&replay_carrier, after, limits::MAX_LIST).await {
                     Ok(p) => p,
                     Err(e) => {
-                        let _ = replay_tx.send(Err(ApiError::from(e).into())).await;
+                        let _ = replay_tx.send(Err(RelayEnd::Edge(error::status(e)))).await;
                         return;
                     }
                 };
@@ -168,7 +169,7 @@ impl CarrierService for CarrierApi {
                         tracing::info!(carrier = %carrier, code = ?status.code(), "relay stream ended");
                         // Tell the carrier why (an oversized or malformed
                         // message, say) instead of ending silently.
-                        hub.end(&carrier, link, status);
+                        hub.end(&carrier, link, RelayEnd::Edge(status));
                         break;
                     }
                 };
@@ -202,24 +203,21 @@ impl CarrierService for CarrierApi {
         request: Request<proto::EnrollSubscriberRequest>,
     ) -> Result<Response<proto::EnrollSubscriberResponse>, Status> {
         let carrier = auth::carrier(&request)?;
-        let (number, funding) = requests::enroll_subscriber(request.get_ref(), &self.engine.limits)?;
-        let command = Command::EnrollSubscriber { carrier, number, funding, now: now() };
-        match self.engine.store.execute(command).await.map_err(ApiError::from)? {
-            CommandOutcome::Subscriber(s) => Ok(Response::new(match s.funding {
-                Funding::Wallet => proto::EnrollSubscriberResponse {
-                    subscriber_number: s.number.as_str().to_owned(),
-                    funding: proto::Funding::Wallet as i32,
-                    ..Default::default()
-                },
-                Funding::CarrierBill { currency, monthly_cap } => proto::EnrollSubscriberResponse {
-                    subscriber_number: s.number.as_str().to_owned(),
-                    funding: proto::Funding::CarrierBill as i32,
-                    bill_currency: currency.code().to_owned(),
-                    monthly_cap_minor: monthly_cap.minor(),
-                },
-            })),
-            _ => Err(ApiError::Internal("enroll subscriber: unexpected outcome".into()).into()),
-        }
+        let (number, funding) = requests::enroll_subscriber(request.get_ref(), self.engine.limits())?;
+        let s = self.engine.enroll_subscriber(carrier, number, funding).await?;
+        Ok(Response::new(match s.funding {
+            Funding::Wallet => proto::EnrollSubscriberResponse {
+                subscriber_number: s.number.as_str().to_owned(),
+                funding: proto::Funding::Wallet as i32,
+                ..Default::default()
+            },
+            Funding::CarrierBill { currency, monthly_cap } => proto::EnrollSubscriberResponse {
+                subscriber_number: s.number.as_str().to_owned(),
+                funding: proto::Funding::CarrierBill as i32,
+                bill_currency: currency.code().to_owned(),
+                monthly_cap_minor: monthly_cap.minor(),
+            },
+        }))
     }
 
     async fn enroll_handset(
@@ -228,13 +226,8 @@ impl CarrierService for CarrierApi {
     ) -> Result<Response<proto::EnrollHandsetResponse>, Status> {
         let carrier = auth::carrier(&request)?;
         let (number, public_key) = requests::enroll_handset(request.get_ref())?;
-        let command = Command::EnrollHandset { carrier, number, public_key, now: now() };
-        match self.engine.store.execute(command).await.map_err(ApiError::from)? {
-            CommandOutcome::Handset(h) => {
-                Ok(Response::new(proto::EnrollHandsetResponse { key_sha256: key_sha256(&h.public_key).to_vec() }))
-            }
-            _ => Err(ApiError::Internal("enroll handset: unexpected outcome".into()).into()),
-        }
+        let h = self.engine.enroll_handset(carrier, number, public_key).await?;
+        Ok(Response::new(proto::EnrollHandsetResponse { key_sha256: key_sha256(&h.public_key).to_vec() }))
     }
 
     async fn report_leases(
@@ -243,18 +236,11 @@ impl CarrierService for CarrierApi {
     ) -> Result<Response<proto::ReportLeasesResponse>, Status> {
         let carrier = auth::carrier(&request)?;
         let (starts, stops) = requests::report_leases(request.get_ref())?;
-        match self
-            .engine
-            .store
-            .execute(Command::ReportLeases { carrier, starts, stops })
-            .await
-            .map_err(ApiError::from)?
-        {
-            CommandOutcome::Leases { starts, stops } => {
-                Ok(Response::new(proto::ReportLeasesResponse { starts_recorded: starts, stops_recorded: stops }))
-            }
-            _ => Err(ApiError::Internal("report leases: unexpected outcome".into()).into()),
-        }
+        let recorded = self.engine.report_leases(&carrier, starts, stops).await?;
+        Ok(Response::new(proto::ReportLeasesResponse {
+            starts_recorded: recorded.starts,
+            stops_recorded: recorded.stops,
+        }))
     }
 
     async fn accept_shop(
@@ -281,7 +267,7 @@ impl CarrierService for CarrierApi {
     ) -> Result<Response<proto::Statement>, Status> {
         let carrier = auth::carrier(&request)?;
         let (number, month) = requests::carrier_statement(request.get_ref())?;
-        let data = self.engine.store.statement(&carrier, &number, month).await.map_err(ApiError::from)?;
+        let data = self.engine.statement(&carrier, &number, month).await?;
         Ok(Response::new(convert::statement_to_proto(&data, month)))
     }
 }
@@ -293,14 +279,86 @@ impl CarrierApi {
         shop: crate::domain::ShopId,
         accept: bool,
     ) -> Result<Response<proto::AcceptShopResponse>, Status> {
-        let shop_id = shop.to_string();
-        let command = Command::SetAcceptance { carrier: carrier.clone(), shop, accept };
-        match self.engine.store.execute(command).await.map_err(ApiError::from)? {
-            CommandOutcome::Acceptance { accepted } => {
-                tracing::info!(carrier = %carrier, shop = %shop_id, accepted, "shop acceptance set");
-                Ok(Response::new(proto::AcceptShopResponse { shop_id, accepted }))
-            }
-            _ => Err(ApiError::Internal("set acceptance: unexpected outcome".into()).into()),
+        let accepted = self.engine.set_acceptance(&carrier, &shop, accept).await?;
+        Ok(Response::new(proto::AcceptShopResponse { shop_id: shop.to_string(), accepted }))
+    }
+}
+
+/// A relay stream's outgoing side: what the queue holds, each end the
+/// server gives it as a status, and, if the hub dropped the link because
+/// the queue overflowed, `RESOURCE_EXHAUSTED` naming the limit (instead of
+/// a silent end).
+pub struct RelayDownStream {
+    rx: mpsc::Receiver<RelayItem>,
+    overflowed: Arc<AtomicBool>,
+    depth: usize,
+    done: bool,
+}
+
+impl RelayDownStream {
+    pub fn new(rx: mpsc::Receiver<RelayItem>, overflowed: Arc<AtomicBool>, depth: usize) -> Self {
+        RelayDownStream { rx, overflowed, depth, done: false }
+    }
+}
+
+impl Stream for RelayDownStream {
+    type Item = Result<proto::RelayDown, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
         }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(None) => {
+                self.done = true;
+                if self.overflowed.load(Ordering::Acquire) {
+                    return Poll::Ready(Some(Err(error::relay_queue_overflow(self.depth))));
+                }
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(message))) => Poll::Ready(Some(Ok(message))),
+            Poll::Ready(Some(Err(end))) => Poll::Ready(Some(Err(error::relay_end(end)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::carrier::{CarrierGateway, PushResult};
+    use crate::domain::TradeId;
+    use crate::store::{Delivery, DeliveryBody};
+    use tokio_stream::StreamExt;
+
+    fn withdraw(carrier: &CarrierId, id: u64) -> Delivery {
+        Delivery {
+            delivery_id: id,
+            carrier: carrier.clone(),
+            body: DeliveryBody::Withdraw {
+                trade: TradeId::from_bytes([1; 16]),
+                payer: crate::domain::SubscriberNumber::parse("+818012345678").expect("valid"),
+                state: crate::domain::TradeState::Cancelled,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_relay_queue_ends_the_stream_resource_exhausted_naming_the_limit() {
+        let hub = RelayHub::new(2);
+        let carrier = CarrierId::parse("docomo").expect("valid");
+        let (tx, rx) = mpsc::channel(hub.depth());
+        let overflowed = Arc::new(AtomicBool::new(false));
+        hub.attach(&carrier, tx, overflowed.clone());
+        assert_eq!(hub.push(&withdraw(&carrier, 1)), PushResult::Queued);
+        assert_eq!(hub.push(&withdraw(&carrier, 2)), PushResult::Queued);
+        assert_eq!(hub.push(&withdraw(&carrier, 3)), PushResult::Dropped);
+        assert!(!hub.is_connected(&carrier));
+        let items: Vec<_> = RelayDownStream::new(rx, overflowed, 2).collect().await;
+        assert_eq!(items.len(), 3);
+        assert!(items[..2].iter().all(|i| i.is_ok()));
+        let status = items[2].as_ref().expect_err("ends with the limit");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(status.message().starts_with("relay queue depth: more than 2 messages"), "{}", status.message());
     }
 }

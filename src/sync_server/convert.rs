@@ -3,14 +3,15 @@
 //! see (a shop sees a pseudonym, never the subscriber).
 
 use crate::domain::approval::ServerSecret;
+use crate::domain::receipt::{handset_commitment, PublishedKey, STATEMENT_VERSION};
 use crate::domain::{
-    Amount, CarrierId, Currency, Decision, FailureReason, IpKey, IpPrefix, Month, PortRange, RegisterId, ShopId,
-    SubscriberNumber, TradeId, TradeState, UnixMs,
+    Amount, CarrierId, Currency, Decision, IpKey, IpPrefix, Month, PortRange, RegisterId, ShopId, SubscriberNumber,
+    TradeId, UnixMs,
 };
 use crate::proto;
 use crate::store::{
-    AccountRecord, EventKind, EventRecord, LeaseReport, NetworkIdentity, PostingRecord, RegisterRecord, StatementData,
-    TradeRecord,
+    AccountRecord, EventKind, EventRecord, Funding, LeaseReport, NetworkIdentity, PostingRecord, Receipt,
+    RegisterRecord, StatementData, TradeRecord,
 };
 
 use super::error::ApiError;
@@ -164,10 +165,8 @@ pub fn month(field: &'static str, text: &str) -> Result<Month, ApiError> {
 /// bill, shop names included.
 pub fn statement_to_proto(s: &StatementData, month: Month) -> proto::Statement {
     let (currency, cap) = match &s.subscriber.funding {
-        crate::store::Funding::CarrierBill { currency, monthly_cap } => {
-            (currency.code().to_owned(), monthly_cap.minor())
-        }
-        crate::store::Funding::Wallet => (String::new(), 0),
+        Funding::CarrierBill { currency, monthly_cap } => (currency.code().to_owned(), monthly_cap.minor()),
+        Funding::Wallet => (String::new(), 0),
     };
     let mut out = proto::Statement {
         subscriber_number: s.subscriber.number.as_str().to_owned(),
@@ -202,30 +201,6 @@ pub fn decision(field: &'static str, value: i32) -> Result<Decision, ApiError> {
     }
 }
 
-pub fn state_to_proto(state: TradeState) -> proto::TradeState {
-    match state {
-        TradeState::Pending => proto::TradeState::Pending,
-        TradeState::Offered => proto::TradeState::Offered,
-        TradeState::Settled => proto::TradeState::Settled,
-        TradeState::Declined => proto::TradeState::Declined,
-        TradeState::Expired => proto::TradeState::Expired,
-        TradeState::Cancelled => proto::TradeState::Cancelled,
-        TradeState::Failed => proto::TradeState::Failed,
-    }
-}
-
-pub fn failure_to_proto(reason: Option<FailureReason>) -> proto::FailureReason {
-    match reason {
-        None => proto::FailureReason::Unspecified,
-        Some(FailureReason::InsufficientFunds) => proto::FailureReason::InsufficientFunds,
-        Some(FailureReason::BadSignature) => proto::FailureReason::BadSignature,
-        Some(FailureReason::NoHandset) => proto::FailureReason::NoHandset,
-        Some(FailureReason::SpendingCap) => proto::FailureReason::SpendingCap,
-        Some(FailureReason::PayerUnknown) => proto::FailureReason::PayerUnknown,
-        Some(FailureReason::CarrierRefusedShop) => proto::FailureReason::CarrierRefusedShop,
-    }
-}
-
 /// Milliseconds for the wire (int64); saturates far beyond any real date.
 pub fn ms(t: crate::domain::UnixMs) -> i64 {
     i64::try_from(t.0).unwrap_or(i64::MAX)
@@ -239,20 +214,65 @@ pub fn trade_for_shop(t: &TradeRecord, secret: &ServerSecret) -> proto::Trade {
         amount_minor: t.request.amount.minor(),
         currency: t.request.currency.code().to_owned(),
         description: t.request.description.clone(),
-        state: state_to_proto(t.state) as i32,
-        failure_reason: failure_to_proto(t.failure) as i32,
+        state: proto::TradeState::from(t.state) as i32,
+        failure_reason: proto::FailureReason::from(t.failure) as i32,
         binding_code: t.binding_code.clone(),
         created_at_ms: ms(t.created_at),
         expires_at_ms: ms(t.expires_at),
         finished_at_ms: t.finished_at.map_or(0, ms),
         payer_pseudonym: secret.payer_pseudonym(&t.shop, &t.request.payer),
-        receipt: t.receipt.as_ref().map(|r| proto::ApprovalReceipt {
-            signed_payload: r.signed_payload.clone(),
-            signature: r.signature.clone(),
-            handset_key_fingerprint: r.shop_key_fingerprint.to_vec(),
-        }),
+        receipt: receipt_for_shop(t),
         idempotency_key: t.idempotency_key.clone().unwrap_or_default(),
         refunded_minor: t.refunded.minor(),
+    }
+}
+
+/// A settled trade's receipt as its shop receives it: never the handset
+/// key, only its per-trade commitment.
+pub fn receipt_for_shop(t: &TradeRecord) -> Option<proto::ApprovalReceipt> {
+    match t.receipt.as_ref()? {
+        Receipt::Legacy { signed_payload, signature, shop_key_fingerprint } => Some(proto::ApprovalReceipt {
+            signed_payload: signed_payload.clone(),
+            signature: signature.clone(),
+            handset_key_fingerprint: shop_key_fingerprint.to_vec(),
+            ..Default::default()
+        }),
+        Receipt::Countersigned { signature, handset_key, key_id, countersignature } => {
+            // The payload is rebuilt from the trade's fixed fields: the
+            // bytes the handset signed and the settlement verified.
+            let payload = match t.approval_payload(Decision::Approve) {
+                Ok(p) => p.to_bytes(),
+                Err(e) => {
+                    tracing::error!(trade_id = %t.id, error = %e, "receipt payload cannot be rebuilt");
+                    return None;
+                }
+            };
+            Some(proto::ApprovalReceipt {
+                signed_payload: payload,
+                signature: signature.0.to_vec(),
+                handset_key_fingerprint: Vec::new(),
+                handset_commitment: handset_commitment(t.id, handset_key).to_vec(),
+                settled_at_ms: t.finished_at.map_or(0, ms),
+                receipt_key_id: key_id.as_bytes().to_vec(),
+                countersignature: countersignature.0.to_vec(),
+                statement_version: u32::from(STATEMENT_VERSION),
+            })
+        }
+    }
+}
+
+/// The receipt-signing public keys as published.
+pub fn receipt_keys_to_proto(keys: &[PublishedKey]) -> proto::ReceiptKeys {
+    proto::ReceiptKeys {
+        keys: keys
+            .iter()
+            .map(|k| proto::ReceiptKey {
+                key_id: k.id.as_bytes().to_vec(),
+                public_key: k.public_key.to_vec(),
+                created_at_ms: ms(k.created_at),
+                retired_at_ms: k.retired_at.map_or(0, ms),
+            })
+            .collect(),
     }
 }
 

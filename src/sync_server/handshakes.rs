@@ -45,7 +45,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::metrics;
+use crate::metrics;
 
 /// Handshakes in progress at once, from all sources. Each holds a socket
 /// and a rustls state of a few KB until it finishes or is closed, so this

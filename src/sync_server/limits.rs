@@ -48,6 +48,10 @@ pub const SUBSCRIBER_OFFERS: Rate = Rate::new(5, Duration::from_secs(60));
 pub const MAX_WATCH_STREAMS_PER_SHOP: usize = 32;
 /// HTTP/2 streams (calls) in flight on one connection.
 pub const MAX_CONCURRENT_STREAMS_PER_CONNECTION: u32 = 256;
+/// Messages waiting for one carrier's relay stream. A carrier that falls
+/// this far behind is disconnected and catches up from the outbox on
+/// reconnect.
+pub const RELAY_QUEUE_DEPTH: usize = 1024;
 /// Uplink messages from one relay stream processed at once.
 pub const MAX_RELAY_INFLIGHT: usize = 1024;
 /// Characters of a caller's malformed id echoed back to it.
@@ -108,7 +112,7 @@ impl Default for Limits {
             max_request_bytes: MAX_REQUEST_BYTES,
             shop_trades: SHOP_TRADES,
             subscriber_offers: SUBSCRIBER_OFFERS,
-            relay_queue_depth: crate::carrier::relay::RELAY_QUEUE_DEPTH,
+            relay_queue_depth: RELAY_QUEUE_DEPTH,
             stream_buffer: STREAM_BUFFER,
             max_watch_streams_per_shop: MAX_WATCH_STREAMS_PER_SHOP,
         }

@@ -26,18 +26,10 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tonic::Status;
 
+use super::error;
+
 /// A gRPC message prefix: compression flag and big-endian u32 length.
 const PREFIX_LEN: usize = 5;
-
-/// The status for a message above the limit.
-pub fn too_large(max: usize, len: u64) -> Status {
-    Status::resource_exhausted(format!("request size: a message may be at most {max} bytes; this one has {len}"))
-}
-
-/// The status for a call that takes one request message and got none.
-pub fn no_message() -> Status {
-    Status::invalid_argument("request: the body holds no message; this call takes exactly one")
-}
 
 /// Paths (`/package.Service/Method`) of every method the server serves
 /// that takes exactly one request message (all but client streams), read
@@ -186,23 +178,14 @@ impl<B> LimitedBody<B> {
                     match self.prefix[0] {
                         0 => {}
                         1 if self.rules.encoded => {}
-                        1 => {
-                            return Err(Status::invalid_argument(
-                                "request: a message has the compressed flag set, but the call names no grpc-encoding \
-                                 to decompress it with (this server takes uncompressed messages)",
-                            ))
-                        }
-                        flag => {
-                            return Err(Status::invalid_argument(format!(
-                                "request: a message's compressed flag is {flag}; it must be 0 or 1"
-                            )))
-                        }
+                        1 => return Err(error::compressed_without_encoding()),
+                        flag => return Err(error::bad_compressed_flag(flag)),
                     }
                     let len =
                         u64::from(u32::from_be_bytes([self.prefix[1], self.prefix[2], self.prefix[3], self.prefix[4]]));
                     let max = self.rules.max;
                     if len > u64::try_from(max).unwrap_or(u64::MAX) {
-                        return Err(too_large(max, len));
+                        return Err(error::message_too_large(max, len));
                     }
                     self.framing =
                         if len == 0 { Framing::Prefix { got: 0 } } else { Framing::Message { remaining: len } };
@@ -253,13 +236,11 @@ where
             Poll::Ready(None) => {
                 if self.mid_message() {
                     self.failed = true;
-                    return Poll::Ready(Some(Err(Status::invalid_argument(
-                        "request: the body ended inside a gRPC message (truncated)",
-                    ))));
+                    return Poll::Ready(Some(Err(error::truncated_message())));
                 }
                 if self.owes_message() {
                     self.failed = true;
-                    return Poll::Ready(Some(Err(no_message())));
+                    return Poll::Ready(Some(Err(error::no_message())));
                 }
                 Poll::Ready(None)
             }

@@ -1,6 +1,8 @@
-//! The server: gRPC services, trade orchestration, expiry and event
-//! fan-out, assembled over a store and a carrier gateway. The caller binds
-//! the listener, so tests use `127.0.0.1:0` and never wait for readiness.
+//! The server: the engine (every use case: trade orchestration, expiry,
+//! event fan-out) and the gRPC edge over it (authentication, validation,
+//! presentation, the one place errors become statuses), assembled over a
+//! store and a carrier gateway. The caller binds the listener, so tests use
+//! `127.0.0.1:0` and never wait for readiness.
 //! With `ServerConfig::tls` the server speaks mutual TLS and callers are
 //! known by their client certificates; without it, plaintext with bearer
 //! tokens (for loopback development only: `syncpay serve` enforces that).
@@ -14,8 +16,9 @@ pub mod error;
 pub mod handshakes;
 pub mod limits;
 pub mod message_limit;
-pub mod metrics;
 pub mod rate_limit;
+pub mod receipt_keys;
+pub mod refusal;
 pub mod register_service;
 pub mod requests;
 pub mod secrets;
@@ -34,10 +37,13 @@ use tonic::transport::Server;
 
 use crate::carrier::relay::RelayHub;
 use crate::domain::approval::ServerSecret;
+use crate::domain::receipt::ReceiptKeyring;
+use crate::metrics;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::carrier_service_server::CarrierServiceServer;
 use crate::proto::register_service_server::RegisterServiceServer;
-use crate::store::{Durability, Store, StoreConfig, StoreError, SyncFault};
+use crate::store::sled::{Durability, SledStore, StoreConfig, SyncFault};
+use crate::store::{Failure, Store};
 
 use self::auth::{interceptor, AuthMode, Authenticator, Party};
 use self::engine::Engine;
@@ -49,7 +55,7 @@ use self::tls::{ReloadableTls, TlsError, TlsFiles};
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("store: {0}")]
-    Store(#[from] StoreError),
+    Store(#[from] Failure),
     #[error("secrets: {0}")]
     Secret(#[from] secrets::SecretError),
     #[error("listener: {0}")]
@@ -76,6 +82,8 @@ pub struct ServerConfig {
     pub cache_bytes: u64,
     pub admin_token: String,
     pub secret: ServerSecret,
+    /// The receipt-signing keys.
+    pub receipt_keys: ReceiptKeySource,
     pub limits: Limits,
     /// Mutual TLS: when set, callers are identified by their client
     /// certificates and bearer tokens are ignored.
@@ -86,16 +94,21 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// A data folder laid out as `store/`, `admin.token`, `server.secret`;
-    /// the secrets are created (mode 0600) on first use.
+    /// A data folder laid out as `store/`, `admin.token`, `server.secret`,
+    /// `receipt-signing.keys`; the secrets are created (mode 0600) on first
+    /// use.
     pub fn from_data_dir(data_dir: impl Into<PathBuf>) -> Result<ServerConfig, ServerError> {
         let data_dir = data_dir.into();
         // Durable names too: the secrets below and the store live in it.
         crate::store::files::create_dir_all(&data_dir)?;
+        let receipt_keys = data_dir.join(RECEIPT_KEYS_FILE);
+        // Made now, like the other secrets, so a bad file fails here.
+        secrets::load_or_create_receipt_keys(&receipt_keys, engine::now())?;
         Ok(ServerConfig {
+            receipt_keys: ReceiptKeySource::File(receipt_keys),
             store_dir: data_dir.join("store"),
             durability: Durability::Fsync,
-            cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
+            cache_bytes: crate::store::sled::DEFAULT_CACHE_BYTES,
             admin_token: secrets::load_or_create_admin_token(&data_dir.join("admin.token"))?,
             secret: secrets::load_or_create_secret(&data_dir.join("server.secret"))?,
             limits: Limits::default(),
@@ -103,6 +116,20 @@ impl ServerConfig {
             sync_fault: None,
         })
     }
+}
+
+/// The receipt-signing key file in the data folder.
+pub const RECEIPT_KEYS_FILE: &str = "receipt-signing.keys";
+
+/// Where the receipt-signing keys come from.
+#[derive(Debug, Clone)]
+pub enum ReceiptKeySource {
+    /// A key file, read at start (created if missing) and rewritten by a
+    /// rotation: the file is the truth, so a restart sees every rotation.
+    File(PathBuf),
+    /// Keys held in memory only (embedding, tests); rotations are lost
+    /// when the server stops.
+    Memory(Box<ReceiptKeyring>),
 }
 
 /// The listen backlog: connections the kernel has completed and queues
@@ -180,7 +207,7 @@ impl RunningServer {
         self.sweeper.await.map_err(|e| ServerError::Join(e.to_string()))?;
         // Streams and relay tasks let go of the engine as they see the
         // signal; once ours is the last handle, dropping it closes the store.
-        let mut closed = self.engine.store.closed();
+        let mut closed = self.engine.store_closed();
         let engine = self.engine;
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while Arc::strong_count(&engine) > 1 && tokio::time::Instant::now() < deadline {
@@ -200,29 +227,73 @@ impl RunningServer {
     }
 }
 
-/// Opens the store and serves on `listener` until `shutdown` is called.
-/// Bind the listener with [`bind`] for the server's listen backlog.
-pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<RunningServer, ServerError> {
-    let addr = listener.local_addr()?;
-    // Load TLS first: a bad certificate should fail before the store opens.
-    let tls = match &config.tls {
-        Some(files) => Some(Arc::new(ReloadableTls::load(files.clone())?)),
-        None => None,
-    };
+/// Opens the embedded sled store the config names.
+pub async fn open_store(config: &ServerConfig) -> Result<Store, ServerError> {
     let store_config = StoreConfig {
         durability: config.durability,
         cache_bytes: config.cache_bytes,
         sync_fault: config.sync_fault.clone(),
         ..StoreConfig::new(&config.store_dir)
     };
-    let store = tokio::task::spawn_blocking(move || Store::open(store_config))
+    let store = tokio::task::spawn_blocking(move || SledStore::open(store_config))
         .await
         .map_err(|e| ServerError::Join(e.to_string()))??;
-    metrics::set_open_trades(store.open_trade_count());
+    Ok(Arc::new(store))
+}
+
+/// Opens the store and serves on `listener` until `shutdown` is called.
+/// Bind the listener with [`bind`] for the server's listen backlog.
+pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<RunningServer, ServerError> {
+    // Load TLS first: a bad certificate should fail before the store opens.
+    let tls = load_tls(&config)?;
+    // The receipt keys too: a damaged key file fails before the store opens.
+    let receipts = load_receipt_keys(&config)?;
+    let store = open_store(&config).await?;
+    start_on(config, store, tls, receipts, listener).await
+}
+
+/// Serves `store` (any backend, opened by the caller) on `listener`.
+pub async fn start_with_store(
+    config: ServerConfig,
+    store: Store,
+    listener: TcpListener,
+) -> Result<RunningServer, ServerError> {
+    let tls = load_tls(&config)?;
+    let receipts = load_receipt_keys(&config)?;
+    start_on(config, store, tls, receipts, listener).await
+}
+
+fn load_tls(config: &ServerConfig) -> Result<Option<Arc<ReloadableTls>>, ServerError> {
+    Ok(match &config.tls {
+        Some(files) => Some(Arc::new(ReloadableTls::load(files.clone())?)),
+        None => None,
+    })
+}
+
+/// The receipt-signing keys the config names (created on first use).
+fn load_receipt_keys(config: &ServerConfig) -> Result<receipt_keys::ReceiptKeys, ServerError> {
+    Ok(match &config.receipt_keys {
+        ReceiptKeySource::File(path) => receipt_keys::ReceiptKeys::new(
+            secrets::load_or_create_receipt_keys(path, engine::now())?,
+            Some(path.clone()),
+        ),
+        ReceiptKeySource::Memory(ring) => receipt_keys::ReceiptKeys::new((**ring).clone(), None),
+    })
+}
+
+async fn start_on(
+    config: ServerConfig,
+    store: Store,
+    tls: Option<Arc<ReloadableTls>>,
+    receipts: receipt_keys::ReceiptKeys,
+    listener: TcpListener,
+) -> Result<RunningServer, ServerError> {
+    let addr = listener.local_addr()?;
+    metrics::set_open_trades(store.open_trade_count().await?);
     let hub = Arc::new(RelayHub::new(config.limits.relay_queue_depth));
-    let engine = Arc::new(Engine::new(store.clone(), hub.clone(), config.secret.clone(), config.limits.clone()));
+    let engine = Arc::new(Engine::new(store, hub.clone(), config.secret.clone(), receipts, config.limits.clone()));
     let mode = if tls.is_some() { AuthMode::Certificates } else { AuthMode::Tokens };
-    let auth = Arc::new(Authenticator::new(store, &config.admin_token, mode));
+    let auth = Arc::new(Authenticator::new(engine.clone(), &config.admin_token, mode));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -263,11 +334,10 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Runnin
     let sweeper = tokio::spawn(engine.clone().run_sweeper(shutdown_rx.clone()));
     // A store that stopped accepting writes makes every service unhealthy,
     // so load balancers and operators see it at once.
-    let (health_on_failure, store_for_health, mut stop_watch) =
-        (health.clone(), engine.store.clone(), shutdown_rx.clone());
+    let (health_on_failure, engine_for_health, mut stop_watch) = (health.clone(), engine.clone(), shutdown_rx.clone());
     tokio::spawn(async move {
         tokio::select! {
-            _ = store_for_health.wait_stopped() => {
+            _ = engine_for_health.wait_store_stopped() => {
                 tracing::error!("store stopped accepting writes; reporting NOT_SERVING");
                 set_all_not_serving(&health_on_failure).await;
             }

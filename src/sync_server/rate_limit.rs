@@ -22,7 +22,6 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 use crate::domain::{ShopId, SubscriberNumber, TradeId};
 use crate::store::OfferGate;
 
-use super::error::ApiError;
 use super::limits::Limits;
 
 /// Tracked keys beyond which a check first evicts idle ones. The keys a
@@ -85,14 +84,9 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
         }
     }
 
-    /// Counts one event for `key`, or refuses it.
-    pub fn check(&self, key: &K) -> Result<(), ApiError> {
-        self.take(key).map_err(ApiError::ResourceExhausted)
-    }
-
     /// Counts one event for `key`, or gives the refusal's message (which
     /// names the limit and when to retry, never the key).
-    fn take(&self, key: &K) -> Result<(), String> {
+    pub fn check(&self, key: &K) -> Result<(), String> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
@@ -100,7 +94,7 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
             limiter.retain_recent();
         }
         limiter.check_key(key).map_err(|not_until| {
-            super::metrics::rate_limited(self.name);
+            crate::metrics::rate_limited(self.name);
             let wait = not_until.wait_time_from(self.clock.now());
             format!("{}: at most {}; retry in {} ms", self.name, self.rate, wait.as_millis().max(1))
         })
@@ -153,7 +147,7 @@ impl RateLimits {
         let limit = Arc::clone(&self.subscriber_offers);
         let shop = shop.clone();
         Some(OfferGate::new(move |subscriber| {
-            limit.take(subscriber).inspect_err(|refusal| {
+            limit.check(subscriber).inspect_err(|refusal| {
                 // Runs on the store's writer thread, so it names the trade
                 // and shop itself. `subscriber` prints masked.
                 tracing::warn!(
@@ -190,12 +184,13 @@ impl<K: Hash + Eq + Clone> StreamSlots<K> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A slot for `key`, given back when the guard drops.
-    pub fn acquire(self: &Arc<Self>, key: &K) -> Result<SlotGuard<K>, ApiError> {
+    /// A slot for `key`, given back when the guard drops; refused with a
+    /// message naming the limit.
+    pub fn acquire(self: &Arc<Self>, key: &K) -> Result<SlotGuard<K>, String> {
         let mut open = self.lock();
         let n = open.entry(key.clone()).or_insert(0);
         if *n >= self.max {
-            return Err(ApiError::ResourceExhausted(format!("{}: at most {} open at once", self.name, self.max)));
+            return Err(format!("{}: at most {} open at once", self.name, self.max));
         }
         *n += 1;
         Ok(SlotGuard { slots: Arc::clone(self), key: key.clone() })
@@ -236,8 +231,7 @@ mod tests {
         let b = SubscriberNumber::parse("+818012345679").expect("valid");
         assert!(limit.check(&a).is_ok());
         assert!(limit.check(&a).is_ok());
-        let refused = limit.check(&a).expect_err("third in a minute");
-        let ApiError::ResourceExhausted(message) = refused else { panic!("{refused:?}") };
+        let message = limit.check(&a).expect_err("third in a minute");
         assert!(message.starts_with("offers per subscriber: at most 2 per minute; retry in "), "{message}");
         assert!(!message.contains("8012345678"), "{message}");
         // Keys are independent.
@@ -261,7 +255,7 @@ mod tests {
         let (a, b) = (ShopId::parse("a").expect("valid"), ShopId::parse("b").expect("valid"));
         let first = slots.acquire(&a).expect("1");
         let _second = slots.acquire(&a).expect("2");
-        let Err(ApiError::ResourceExhausted(m)) = slots.acquire(&a) else { panic!("third must be refused") };
+        let Err(m) = slots.acquire(&a) else { panic!("third must be refused") };
         assert_eq!(m, "watch streams per shop: at most 2 open at once");
         assert!(slots.acquire(&b).is_ok());
         drop(first);

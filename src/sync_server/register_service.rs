@@ -1,24 +1,25 @@
-//! `RegisterService`: what shops call. Every trade lookup is scoped to the
-//! calling shop; another shop's trade is NOT_FOUND, exactly like no trade.
+//! `RegisterService`: what shops call. Each handler validates its request
+//! (`requests.rs`), calls one engine use case and presents the result
+//! (`convert.rs`); every trade lookup is scoped to the calling shop, and
+//! another shop's trade is NOT_FOUND, exactly like no trade.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_core::Stream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
-use crate::domain::{RegisterId, ShopId, TradeId};
 use crate::proto::{self, register_service_server::RegisterService};
-use crate::store::{Command, CommandOutcome, PayoutEntry, TradeRecord};
+use crate::store::{PayoutEntry, TradeRecord};
 
 use super::auth;
 use super::convert;
-use super::engine::{now, stopped, Engine};
-use super::error::ApiError;
-use super::limits;
+use super::engine::Engine;
+use super::error::{self, ApiError};
 use super::requests;
 
 pub struct RegisterApi {
@@ -31,16 +32,8 @@ impl RegisterApi {
         RegisterApi { engine, shutdown }
     }
 
-    /// The shop's own trade, or NOT_FOUND.
-    async fn own_trade(&self, shop: &ShopId, id: &TradeId) -> Result<TradeRecord, ApiError> {
-        match self.engine.store.trade(id).await? {
-            Some(t) if &t.shop == shop => Ok(t),
-            _ => Err(ApiError::NotFound("trade")),
-        }
-    }
-
     fn to_proto(&self, t: &TradeRecord) -> proto::Trade {
-        convert::trade_for_shop(t, &self.engine.secret)
+        convert::trade_for_shop(t, self.engine.secret())
     }
 }
 
@@ -54,18 +47,8 @@ impl RegisterService for RegisterApi {
     ) -> Result<Response<proto::Register>, Status> {
         let shop = auth::shop(&request)?;
         let label = requests::open_register(request.get_ref())?;
-        let id = RegisterId::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
-        let command = Command::OpenRegister {
-            shop,
-            id,
-            label,
-            max_registers: self.engine.limits.max_open_registers_per_shop,
-            now: now(),
-        };
-        match self.engine.store.execute(command).await.map_err(ApiError::from)? {
-            CommandOutcome::Register(r) => Ok(Response::new(convert::register_to_proto(&r))),
-            _ => Err(ApiError::Internal("open register: unexpected outcome".into()).into()),
-        }
+        let register = self.engine.open_register(shop, label).await?;
+        Ok(Response::new(convert::register_to_proto(&register)))
     }
 
     async fn close_register(
@@ -74,16 +57,8 @@ impl RegisterService for RegisterApi {
     ) -> Result<Response<proto::Register>, Status> {
         let shop = auth::shop(&request)?;
         let id = requests::close_register(request.get_ref())?;
-        match self
-            .engine
-            .store
-            .execute(Command::CloseRegister { shop, id, now: now() })
-            .await
-            .map_err(ApiError::from)?
-        {
-            CommandOutcome::Register(r) => Ok(Response::new(convert::register_to_proto(&r))),
-            _ => Err(ApiError::Internal("close register: unexpected outcome".into()).into()),
-        }
+        let register = self.engine.close_register(&shop, id).await?;
+        Ok(Response::new(convert::register_to_proto(&register)))
     }
 
     async fn list_registers(
@@ -91,7 +66,7 @@ impl RegisterService for RegisterApi {
         request: Request<proto::ListRegistersRequest>,
     ) -> Result<Response<proto::ListRegistersResponse>, Status> {
         let shop = auth::shop(&request)?;
-        let registers = self.engine.store.registers(&shop, limits::MAX_LIST).await.map_err(ApiError::from)?;
+        let registers = self.engine.registers(&shop).await.map_err(ApiError::from)?;
         Ok(Response::new(proto::ListRegistersResponse {
             registers: registers.iter().map(convert::register_to_proto).collect(),
         }))
@@ -102,40 +77,23 @@ impl RegisterService for RegisterApi {
         request: Request<proto::CreateTradeRequest>,
     ) -> Result<Response<proto::Trade>, Status> {
         let shop = auth::shop(&request)?;
-        let new = requests::create_trade(request.get_ref(), &self.engine.limits)?;
-        let (trade, _replayed) = self.engine.create_trade(&shop, new).await?;
-        Ok(Response::new(self.to_proto(&trade)))
+        let trade = requests::create_trade(request.get_ref(), self.engine.limits())?;
+        let created = self.engine.create_trade(&shop, trade).await?;
+        Ok(Response::new(self.to_proto(&created.trade)))
     }
 
     async fn get_trade(&self, request: Request<proto::GetTradeRequest>) -> Result<Response<proto::Trade>, Status> {
         let shop = auth::shop(&request)?;
         let id = requests::get_trade(request.get_ref())?;
-        let trade = self.own_trade(&shop, &id).await?;
+        let trade = self.engine.trade(&shop, &id).await?;
         Ok(Response::new(self.to_proto(&trade)))
     }
 
     async fn await_trade(&self, request: Request<proto::AwaitTradeRequest>) -> Result<Response<proto::Trade>, Status> {
         let shop = auth::shop(&request)?;
         let (id, wait) = requests::await_trade(request.get_ref())?;
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut shutdown = self.shutdown.clone();
-        loop {
-            let guard = self.engine.finals.wait(id);
-            let notified = guard.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let trade = self.own_trade(&shop, &id).await?;
-            if trade.state.is_final() || tokio::time::Instant::now() >= deadline {
-                return Ok(Response::new(self.to_proto(&trade)));
-            }
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep_until(deadline) => {}
-                _ = stopped(&mut shutdown) => {
-                    return Err(Status::unavailable("server is shutting down; retry AwaitTrade"));
-                }
-            }
-        }
+        let trade = self.engine.await_trade(&shop, id, wait, &self.shutdown).await?;
+        Ok(Response::new(self.to_proto(&trade)))
     }
 
     async fn cancel_trade(
@@ -153,17 +111,24 @@ impl RegisterService for RegisterApi {
         request: Request<proto::RefundTradeRequest>,
     ) -> Result<Response<proto::RefundTradeResponse>, Status> {
         let shop = auth::shop(&request)?;
-        let refund = requests::refund_trade(request.get_ref(), &self.engine.limits)?;
-        let (trade, refund_id, amount) =
-            self.engine.refund(&shop, refund.trade, refund.amount, refund.idempotency_key).await?;
+        let refund = requests::refund_trade(request.get_ref(), self.engine.limits())?;
+        let refunded = self.engine.refund(&shop, refund.trade, refund.amount, refund.idempotency_key).await?;
         Ok(Response::new(proto::RefundTradeResponse {
-            trade: Some(self.to_proto(&trade)),
-            refund_id,
-            amount_minor: amount.minor(),
+            trade: Some(self.to_proto(&refunded.trade)),
+            refund_id: refunded.refund_id,
+            amount_minor: refunded.amount.minor(),
         }))
     }
 
     type WatchTradesStream = EventStream;
+
+    async fn get_receipt_keys(
+        &self,
+        request: Request<proto::GetReceiptKeysRequest>,
+    ) -> Result<Response<proto::ReceiptKeys>, Status> {
+        let _shop = auth::shop(&request)?;
+        Ok(Response::new(convert::receipt_keys_to_proto(&self.engine.receipt_keys())))
+    }
 
     async fn get_payout_report(
         &self,
@@ -172,7 +137,7 @@ impl RegisterService for RegisterApi {
         let shop = auth::shop(&request)?;
         let r = request.get_ref();
         let (from, to) = requests::payout_report(r)?;
-        let entries = self.engine.store.payout_entries(&shop, from, to).await.map_err(ApiError::from)?;
+        let entries = self.engine.payout_entries(&shop, from, to).await?;
         Ok(Response::new(payout_report(&entries, r.from_ms, r.to_ms)))
     }
 
@@ -182,79 +147,13 @@ impl RegisterService for RegisterApi {
     ) -> Result<Response<Self::WatchTradesStream>, Status> {
         let shop = auth::shop(&request)?;
         let watch = requests::watch_trades(request.get_ref())?;
-        let filter = watch.register;
-        if let Some(register) = filter {
-            // Another shop's register is NOT_FOUND, exactly like none.
-            if !self.engine.store.has_register(&shop, &register).map_err(ApiError::from)? {
-                return Err(ApiError::NotFound("register").into());
-            }
-        }
-        let slot = self.engine.watch_slots.acquire(&shop)?;
-        let mut head = self
-            .engine
-            .store
-            .event_heads()
-            .subscribe(&shop)
-            .ok_or_else(|| ApiError::Internal(format!("no event head for shop {shop}")))?;
-        let mut cursor = watch.after_sequence;
-        let known = *head.borrow();
-        if cursor > known {
-            // Not malformed, and not to be waited on: sequence numbers past
-            // the head are not this server's history (a cursor kept across
-            // a restore from an older backup, or from another server), and
-            // the events that will take those numbers are not the ones the
-            // client saw. OUT_OF_RANGE, as gRPC says for reading past the end.
-            return Err(
-                ApiError::OutOfRange(format!("after_sequence: is beyond the shop's last event ({known})")).into()
-            );
-        }
-        let (tx, rx) = mpsc::channel(self.engine.limits.stream_buffer.max(1));
-        let engine = self.engine.clone();
-        let mut shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            // Held for as long as the stream runs.
-            let _slot = slot;
-            loop {
-                let durable_head = *head.borrow_and_update();
-                // Send everything up to the durable head, a page at a time;
-                // the store is the buffer, so a slow client costs nothing.
-                while cursor < durable_head {
-                    let page = match engine.store.events_between(&shop, cursor, durable_head, limits::MAX_LIST) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            let _ = tx.send(Err(ApiError::from(e).into())).await;
-                            return;
-                        }
-                    };
-                    for event in page {
-                        // Gap-free by construction; checked anyway.
-                        if Some(event.seq) != cursor.checked_add(1) {
-                            let detail = format!("event gap for {shop}: after {cursor} came {}", event.seq);
-                            let _ = tx.send(Err(ApiError::Internal(detail).into())).await;
-                            return;
-                        }
-                        cursor = event.seq;
-                        if filter.is_some_and(|f| f != event.trade.request.register) {
-                            continue;
-                        }
-                        if tx.send(Ok(convert::event_for_shop(&event, &engine.secret))).await.is_err() {
-                            return; // the client left
-                        }
-                    }
-                }
-                tokio::select! {
-                    changed = head.changed() => if changed.is_err() { return },
-                    _ = tx.closed() => return,
-                    _ = stopped(&mut shutdown) => {
-                        let _ = tx.send(Err(Status::unavailable(format!(
-                            "server is shutting down; resume with after_sequence={cursor}"
-                        )))).await;
-                        return;
-                    }
-                }
-            }
+        let feed = self.engine.watch_trades(&shop, watch.after_sequence, watch.register, &self.shutdown).await?;
+        let secret = self.engine.secret().clone();
+        let stream = ReceiverStream::new(feed).map(move |item| match item {
+            Ok(event) => Ok(convert::event_for_shop(&event, &secret)),
+            Err(end) => Err(error::status(end)),
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as EventStream))
+        Ok(Response::new(Box::pin(stream) as EventStream))
     }
 }
 

@@ -11,10 +11,10 @@ use crate::domain::approval::valid_public_key;
 use crate::domain::{Amount, Currency, Decision, RegisterId, ShopId, SubscriberNumber, TradeId};
 use crate::domain::{CarrierId, ED25519_SIGNATURE_LEN};
 use crate::proto;
-use crate::store::{Funding, LeaseReport};
+use crate::store::{Funding, LeaseReport, PayerRef, TradeRequest};
 
 use super::convert;
-use super::engine::{NewTrade, Payer};
+use super::engine::ShopTrade;
 use super::error::ApiError;
 use super::limits::{self, Limits};
 use crate::domain::network::{IpPrefix, Month};
@@ -82,27 +82,27 @@ pub fn ttl(field: &'static str, seconds: u32, limits: &Limits) -> Result<Duratio
     Ok(ttl)
 }
 
-pub fn create_trade(r: &proto::CreateTradeRequest, limits: &Limits) -> Result<NewTrade, ApiError> {
+/// A CreateTrade, checked once here (the time to live included) and kept
+/// as the shop sent it: the payer by number or by network identity.
+pub fn create_trade(r: &proto::CreateTradeRequest, limits: &Limits) -> Result<ShopTrade, ApiError> {
     let payer = match &r.payer {
         Some(proto::create_trade_request::Payer::SubscriberNumber(n)) => {
-            Payer::Number(convert::subscriber("subscriber_number", n)?)
+            PayerRef::Number(convert::subscriber("subscriber_number", n)?)
         }
-        Some(proto::create_trade_request::Payer::NetworkIdentity(n)) => Payer::Network(convert::network_identity(n)?),
+        Some(proto::create_trade_request::Payer::NetworkIdentity(n)) => {
+            PayerRef::Network(convert::network_identity(n)?)
+        }
         None => return Err(ApiError::invalid("payer", "name the payer (subscriber_number or network_identity)")),
     };
-    Ok(NewTrade {
-        register: convert::register_id("register_id", &r.register_id)?,
-        payer,
-        amount: convert::amount("amount_minor", r.amount_minor, limits)?,
-        currency: convert::currency("currency", &r.currency)?,
-        description: convert::text("description", &r.description, limits::MAX_DESCRIPTION_CHARS, false)?,
-        ttl: ttl("ttl_seconds", r.ttl_seconds, limits)?,
-        idempotency_key: convert::idempotency_key(
-            "idempotency_key",
-            &r.idempotency_key,
-            limits::MAX_IDEMPOTENCY_KEY_LEN,
-        )?,
-    })
+    let register = convert::register_id("register_id", &r.register_id)?;
+    let amount = convert::amount("amount_minor", r.amount_minor, limits)?;
+    let currency = convert::currency("currency", &r.currency)?;
+    let description = convert::text("description", &r.description, limits::MAX_DESCRIPTION_CHARS, false)?;
+    let ttl = ttl("ttl_seconds", r.ttl_seconds, limits)?;
+    let idempotency_key =
+        convert::idempotency_key("idempotency_key", &r.idempotency_key, limits::MAX_IDEMPOTENCY_KEY_LEN)?;
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    Ok(ShopTrade { request: TradeRequest { register, payer, amount, currency, description, ttl_ms }, idempotency_key })
 }
 
 pub fn get_trade(r: &proto::GetTradeRequest) -> Result<TradeId, ApiError> {
@@ -128,6 +128,10 @@ pub fn await_trade(r: &proto::AwaitTradeRequest) -> Result<(TradeId, Duration), 
 }
 
 pub fn cancel_trade(r: &proto::CancelTradeRequest) -> Result<TradeId, ApiError> {
+    convert::trade_id("trade_id", &r.trade_id)
+}
+
+pub fn dispute_trade(r: &proto::DisputeTradeRequest) -> Result<TradeId, ApiError> {
     convert::trade_id("trade_id", &r.trade_id)
 }
 

@@ -190,7 +190,7 @@ impl SimState {
         let key = phone.public_key.ok_or(SimError::Phone(PhoneRefusal::NoKey))?;
         let offer = phone.answer(trade, decision).map_err(SimError::Phone)?;
         let signed = offer.offer.signing_bytes(decision);
-        let signature_valid = crate::domain::approval::verify_bytes(&key, &signed, &signature);
+        let signature_valid = crate::domain::approval::verify_bytes(&key, signed, &signature);
         self.counters.answers_planned += 1;
         Ok(PendingAnswer {
             after: Duration::ZERO,
@@ -836,8 +836,9 @@ mod tests {
         assert_eq!(shown, 1);
 
         // The page signs the bytes it was given; the answer carries exactly that.
-        let bytes =
-            s.browser_phone(&number()).and_then(|p| p.offers.front().map(|o| o.offer.signing_bytes(Decision::Approve)));
+        let bytes = s
+            .browser_phone(&number())
+            .and_then(|p| p.offers.front().map(|o| o.offer.signing_bytes(Decision::Approve).to_vec()));
         let signature = page_key.sign(&bytes.expect("offer kept")).to_bytes().to_vec();
         let answer = s.browser_answer(&number(), &trade(1), Decision::Approve, signature.clone()).expect("answered");
         assert!(answer.signature_valid);

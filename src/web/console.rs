@@ -350,7 +350,7 @@ async fn postings(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response
     if let Err(r) = c.authorised(&headers) {
         return r.into_response();
     }
-    match c.engine.store.recent_postings(POSTINGS_SHOWN).await {
+    match c.engine.recent_postings(POSTINGS_SHOWN).await {
         Ok(list) => {
             let list: Vec<Value> = list
                 .iter()
@@ -394,7 +394,7 @@ async fn trades(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
     if let Err(r) = c.authorised(&headers) {
         return r.into_response();
     }
-    match c.engine.store.recent_trades(TRADE_SHOPS, TRADES_PER_SHOP).await {
+    match c.engine.recent_trades(TRADE_SHOPS, TRADES_PER_SHOP).await {
         Ok(list) => {
             let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
             for t in &list {
@@ -535,7 +535,7 @@ pub mod metrics_text {
 
     use serde_json::{json, Value};
 
-    use crate::sync_server::metrics as m;
+    use crate::metrics as m;
 
     /// What the chart needs from one scrape. Counts are whole numbers in
     /// the exposition; latencies are seconds (an observation, not money).

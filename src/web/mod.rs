@@ -386,11 +386,6 @@ pub fn unb64(text: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(text).ok()
 }
 
-/// Lower-case hex, for fingerprints shown to people.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A rustls configuration for a page server over HTTPS: the server's own
 /// certificate and key, no client certificate (the browser logs in).
 pub fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<rustls::ServerConfig, WebError> {
@@ -479,6 +474,5 @@ mod tests {
     fn base64_round_trips_and_refuses_garbage() {
         assert_eq!(unb64(&b64(&[0, 1, 2, 250])), Some(vec![0, 1, 2, 250]));
         assert_eq!(unb64("not base64!"), None);
-        assert_eq!(hex(&[0xab, 0x01]), "ab01");
     }
 }

@@ -19,9 +19,10 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::{asset, b64, error, hex, json, live, parse_body, snapshot, unb64, WebError, WebServer, MAX_BODY_BYTES};
+use super::{asset, b64, error, json, live, parse_body, snapshot, unb64, WebError, WebServer, MAX_BODY_BYTES};
 use crate::domain::approval::key_sha256;
 use crate::domain::{Decision, SubscriberNumber, TradeId};
+use crate::hex;
 use crate::proto::{FailureReason, TradeState};
 use crate::terminal_sim::{BrowserPhone, CarrierSim, PhoneOffer, SimError};
 
@@ -153,7 +154,7 @@ async fn enroll(State(phones): State<Arc<Phones>>, Path(digits): Path<String>, b
         return error(StatusCode::BAD_REQUEST, "public_key: not base64");
     };
     match phones.sim.enroll_browser_key(phone.number.as_str(), &key).await {
-        Ok(digest) => json(StatusCode::OK, &json!({ "key_sha256": hex(&digest) })),
+        Ok(digest) => json(StatusCode::OK, &json!({ "key_sha256": hex::encode(&digest) })),
         Err(e) => refused(&e),
     }
 }
@@ -243,10 +244,6 @@ async fn answer(State(phones): State<Arc<Phones>>, Path(digits): Path<String>, b
     }
 }
 
-fn state_name(state: TradeState) -> &'static str {
-    state.as_str_name().trim_start_matches("TRADE_STATE_")
-}
-
 /// Why an offer left the screen, in the buyer's words.
 fn withdrawn_reason(state: TradeState) -> &'static str {
     match state {
@@ -297,7 +294,7 @@ fn offer_view(o: &PhoneOffer) -> Value {
     let result = match (&o.result, o.answered, o.withdrawn) {
         (Some(r), _, _) => Some(json!({
             "accepted": r.accepted,
-            "state": state_name(r.state),
+            "state": r.state.short_name(),
             "failure_reason": match r.failure_reason {
                 FailureReason::Unspecified => Value::Null,
                 other => json!(other.as_str_name().trim_start_matches("FAILURE_REASON_")),
@@ -306,7 +303,7 @@ fn offer_view(o: &PhoneOffer) -> Value {
         })),
         (None, Some(_), Some(state)) => Some(json!({
             "accepted": false,
-            "state": state_name(state),
+            "state": state.short_name(),
             "failure_reason": Value::Null,
             "text": withdrawn_reason(state),
         })),
@@ -323,15 +320,15 @@ fn offer_view(o: &PhoneOffer) -> Value {
         "status": status,
         "answered": o.answered.map(|d| match d { Decision::Approve => "approve", Decision::Decline => "decline" }),
         "result": result,
-        "withdrawn": o.withdrawn.map(state_name),
+        "withdrawn": o.withdrawn.map(TradeState::short_name),
         "withdrawn_reason": o.withdrawn.map(withdrawn_reason),
     });
     if o.is_open() {
         // The exact bytes to sign for each button: the page signs these and
         // nothing else, so it need not know the payload's layout.
         view["sign"] = json!({
-            "approve": b64(&p.signing_bytes(Decision::Approve)),
-            "decline": b64(&p.signing_bytes(Decision::Decline)),
+            "approve": b64(p.signing_bytes(Decision::Approve)),
+            "decline": b64(p.signing_bytes(Decision::Decline)),
         });
     }
     view
@@ -344,7 +341,75 @@ fn screen_view(entry: &PhoneEntry, phone: Option<BrowserPhone>, connected: bool)
         "number": entry.number.as_str(),
         "label": entry.label,
         "carrier_connected": connected,
-        "key_sha256": phone.public_key.map(|k| hex(&key_sha256(&k))),
+        "key_sha256": phone.public_key.map(|k| hex::encode(&key_sha256(&k))),
         "offers": offers,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{
+        Amount, ApprovalPayload, BindingCode, Currency, PayloadVersion, RegisterId, ScreenText, ShopId, UnixMs,
+    };
+    use crate::proto;
+    use crate::terminal_sim::ParsedOffer;
+
+    /// An offer as the server sends it, its payloads built here from its
+    /// fields (version 2).
+    fn offer() -> proto::Offer {
+        let mut o = proto::Offer {
+            trade_id: TradeId::from_bytes([3; 16]).to_string(),
+            subscriber_number: "+818012345678".into(),
+            shop_id: "acme-books".into(),
+            shop_name: "Acme Books".into(),
+            register_id: RegisterId::from_bytes([4; 16]).to_string(),
+            register_label: "Front desk".into(),
+            amount_minor: 1200,
+            currency: "JPY".into(),
+            description: "Two books".into(),
+            expires_at_ms: 1_700_000_120_000,
+            binding_code: "042917".into(),
+            payload_version: 2,
+            approve_payload: Vec::new(),
+            decline_payload: Vec::new(),
+        };
+        let payload = |decision| {
+            ApprovalPayload {
+                trade_id: TradeId::from_bytes([3; 16]),
+                amount: Amount::new(1200),
+                currency: Currency::parse("JPY").expect("known"),
+                shop_id: ShopId::parse("acme-books").expect("valid"),
+                register_id: RegisterId::from_bytes([4; 16]),
+                expires_at: UnixMs(1_700_000_120_000),
+                version: PayloadVersion::V2 {
+                    binding_code: BindingCode::parse("042917").expect("code"),
+                    screen_digest: ScreenText {
+                        shop_name: "Acme Books",
+                        register_label: "Front desk",
+                        description: "Two books",
+                    }
+                    .digest(),
+                },
+                decision,
+            }
+            .to_bytes()
+        };
+        o.approve_payload = payload(Decision::Approve);
+        o.decline_payload = payload(Decision::Decline);
+        o
+    }
+
+    #[test]
+    fn the_page_is_given_exactly_the_bytes_the_offer_carries() {
+        let sent = offer();
+        let mut phone = BrowserPhone::default();
+        phone.receive(ParsedOffer::parse(&sent).expect("valid offer"), 1);
+        let view = offer_view(phone.offers.front().expect("kept"));
+        assert_eq!(view["sign"]["approve"], json!(b64(&sent.approve_payload)));
+        assert_eq!(view["sign"]["decline"], json!(b64(&sent.decline_payload)));
+        // Once answered there is nothing left to sign.
+        phone.offers.front_mut().expect("kept").answered = Some(Decision::Approve);
+        assert!(offer_view(phone.offers.front().expect("kept")).get("sign").is_none());
+    }
 }

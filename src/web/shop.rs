@@ -29,9 +29,12 @@ use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 
 use super::{asset, error, json, live, parse_body, snapshot, WebError, WebServer, MAX_BODY_BYTES};
-use crate::domain::{Amount, ApprovalPayload, Currency, Decision, RegisterId, ShopId, TradeId, UnixMs};
+use crate::domain::{Amount, ApprovalPayload, Currency, Decision, ShopId, TradeId};
 use crate::proto::{self, FailureReason, TradeState};
-use crate::register::{is_final, ChargeRequest, NetworkPayer, RegisterError, VirtualRegister};
+use crate::register::{
+    is_final, verify_trade_receipt, ChargeRequest, NetworkPayer, ReceiptError, ReceiptKeySet, RegisterError,
+    VirtualRegister,
+};
 
 const INDEX_HTML: &str = include_str!("../../web/shop/index.html");
 const SHOP_JS: &str = include_str!("../../web/shop/shop.js");
@@ -177,6 +180,9 @@ fn progress(trade: &proto::Trade) -> u8 {
 struct Shop {
     register: VirtualRegister,
     config: ShopConfig,
+    /// The operator's receipt keys, read at start and again when a receipt
+    /// names a key not among them (after a rotation).
+    receipt_keys: Mutex<Option<ReceiptKeySet>>,
     tracked: Mutex<Tracked>,
     /// Bumped after every change of `tracked`.
     version: watch::Sender<u64>,
@@ -194,12 +200,32 @@ impl Shop {
         self.version.send_modify(|v| *v = v.wrapping_add(1));
     }
 
+    fn keys(&self) -> Option<ReceiptKeySet> {
+        self.receipt_keys.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reads the receipt keys if `trade`'s receipt names one we lack (or we
+    /// have none yet). A failure leaves the old keys; the check then says so.
+    async fn refresh_keys_for(&self, trade: &proto::Trade) {
+        let Some(receipt) = trade.receipt.as_ref().filter(|r| !r.receipt_key_id.is_empty()) else { return };
+        let known =
+            self.keys().is_some_and(|k| k.keys().iter().any(|k| k.id.as_bytes() == receipt.receipt_key_id.as_slice()));
+        if known {
+            return;
+        }
+        match self.register.receipt_keys().await {
+            Ok(keys) => *self.receipt_keys.lock().unwrap_or_else(|p| p.into_inner()) = Some(keys),
+            Err(e) => tracing::warn!(error = %e, "web shop: cannot read the receipt keys"),
+        }
+    }
+
     /// The page's view of one of our trades.
     fn view(&self, trade_id: &str) -> Option<Value> {
+        let keys = self.keys();
         let tracked = self.lock();
         let entry = tracked.trades.get(trade_id)?;
         let method = entry.ours?;
-        Some(trade_view(&entry.trade, method, &entry.item_name, &self.config.shop_id))
+        Some(trade_view(&entry.trade, method, &entry.item_name, &self.config.shop_id, keys.as_ref()))
     }
 }
 
@@ -233,6 +259,7 @@ pub fn start(listener: TcpListener, register: VirtualRegister, config: ShopConfi
     let shop = Arc::new(Shop {
         register,
         config,
+        receipt_keys: Mutex::new(None),
         tracked: Mutex::new(Tracked::default()),
         version: watch::Sender::new(0),
         stop: stop_rx.clone(),
@@ -274,6 +301,7 @@ async fn watch_register(shop: Arc<Shop>, mut stop: watch::Receiver<bool>) {
                         backoff = WATCH_BACKOFF;
                         after = events.last_sequence();
                         if let Some(trade) = event.trade {
+                            shop.refresh_keys_for(&trade).await;
                             shop.merge(trade, None);
                         }
                     }
@@ -427,6 +455,7 @@ async fn cancel(State(shop): State<Arc<Shop>>, Path(id): Path<String>) -> Respon
         // Too late (already final): the page shows how it ended.
         Err(RegisterError::Rpc { code: tonic::Code::FailedPrecondition, .. }) => {
             if let Ok(trade) = shop.register.get(trade_id).await {
+                shop.refresh_keys_for(&trade).await;
                 shop.merge(trade, None);
             }
         }
@@ -435,18 +464,6 @@ async fn cancel(State(shop): State<Arc<Shop>>, Path(id): Path<String>) -> Respon
     match shop.view(&id) {
         Some(view) => json(StatusCode::OK, &view),
         None => error(StatusCode::NOT_FOUND, "no such checkout"),
-    }
-}
-
-fn state_name(state: i32) -> &'static str {
-    TradeState::try_from(state).map_or("UNKNOWN", |s| s.as_str_name().trim_start_matches("TRADE_STATE_"))
-}
-
-fn reason_name(reason: i32) -> Option<&'static str> {
-    match FailureReason::try_from(reason) {
-        Ok(FailureReason::Unspecified) => None,
-        Ok(r) => Some(r.as_str_name().trim_start_matches("FAILURE_REASON_")),
-        Err(_) => Some("UNKNOWN"),
     }
 }
 
@@ -478,11 +495,17 @@ fn explain(trade: &proto::Trade, method: PayMethod) -> String {
 }
 
 /// A trade as the checkout page shows it.
-fn trade_view(trade: &proto::Trade, method: PayMethod, item: &str, shop: &ShopId) -> Value {
+fn trade_view(
+    trade: &proto::Trade,
+    method: PayMethod,
+    item: &str,
+    shop: &ShopId,
+    keys: Option<&ReceiptKeySet>,
+) -> Value {
     let amount = Currency::parse(&trade.currency)
         .map(|c| super::format_amount(c, Amount::new(trade.amount_minor)))
         .unwrap_or_else(|_| format!("{} {}", trade.amount_minor, trade.currency));
-    let receipt = check_receipt(trade, shop)
+    let receipt = check_receipt(trade, shop, keys)
         .map(|c| json!({ "verdict": c.verdict.name(), "summary": c.summary, "details": c.details }));
     json!({
         "trade_id": trade.trade_id,
@@ -490,8 +513,8 @@ fn trade_view(trade: &proto::Trade, method: PayMethod, item: &str, shop: &ShopId
         "method": method.name(),
         "amount": amount,
         "binding_code": trade.binding_code,
-        "state": state_name(trade.state),
-        "failure_reason": reason_name(trade.failure_reason),
+        "state": proto::state_name(trade.state),
+        "failure_reason": proto::reason_name(trade.failure_reason),
         "message": explain(trade, method),
         "final": is_final(trade),
         "created_at_ms": trade.created_at_ms,
@@ -531,66 +554,72 @@ pub struct ReceiptCheck {
 }
 
 /// The one check the checkout makes of a settled trade's receipt (`None`
-/// for a trade that did not settle). A version-1 receipt carries the
-/// signed bytes, the handset's signature and a per-shop fingerprint of the
-/// handset's key, but not the key: so the shop can check that the signed
-/// terms are exactly its order, and cannot check the signature. It says
-/// so ([`Verdict::TermsOnly`]) rather than show a check it did not make.
-pub fn check_receipt(trade: &proto::Trade, shop: &ShopId) -> Option<ReceiptCheck> {
+/// for a trade that did not settle): `register::verify_trade_receipt`,
+/// offline, with the operator's published receipt keys. A receipt settled
+/// before receipts were countersigned has no countersignature: the check
+/// says so ([`Verdict::TermsOnly`]) rather than show a check it did not
+/// make.
+pub fn check_receipt(trade: &proto::Trade, shop: &ShopId, keys: Option<&ReceiptKeySet>) -> Option<ReceiptCheck> {
     if TradeState::try_from(trade.state) != Ok(TradeState::Settled) {
         return None;
     }
-    let failed =
-        |summary: &str| ReceiptCheck { verdict: Verdict::Failed, summary: summary.to_owned(), details: vec![] };
-    let Some(receipt) = &trade.receipt else {
-        return Some(failed("The trade settled without a receipt."));
+    let failed = |summary: String| ReceiptCheck { verdict: Verdict::Failed, summary, details: vec![] };
+    let Some(keys) = keys else {
+        return Some(failed("The operator's receipt keys could not be read, so the receipt is not checked.".into()));
     };
-    let expected = (|| {
-        Some(
-            ApprovalPayload {
-                trade_id: TradeId::parse(&trade.trade_id).ok()?,
-                amount: Amount::new(trade.amount_minor),
-                currency: Currency::parse(&trade.currency).ok()?,
-                shop_id: shop,
-                register_id: RegisterId::parse(&trade.register_id).ok()?,
-                expires_at: UnixMs(u64::try_from(trade.expires_at_ms).ok()?),
-                decision: Decision::Approve,
-            }
-            .to_bytes(),
-        )
-    })();
-    let Some(expected) = expected else {
-        return Some(failed("The trade's fields cannot be read, so its receipt cannot be checked."));
-    };
-    if receipt.signed_payload != expected {
-        return Some(failed("The receipt's signed terms are not this order's."));
+    match verify_trade_receipt(trade, keys, shop) {
+        Ok(v) => {
+            let amount = super::format_amount(v.payload.currency, v.payload.amount);
+            Some(ReceiptCheck {
+                verdict: Verdict::Verified,
+                summary: format!("Countersigned by the operator's receipt key {}: the phone approved exactly this order.", v.key_id),
+                details: vec![
+                    format!(
+                        "The phone signed this trade, {amount}, this shop and register, the deadline, the binding code {} and APPROVE; the operator attests it verified and settled.",
+                        trade.binding_code
+                    ),
+                    "Checked here, offline, with the operator's published key. The phone's own key is never given to the shop: the receipt holds a commitment to it, different for every trade.".to_owned(),
+                    format!("Phone key commitment for this trade: {}…", crate::hex::encode(&v.commitment[..8])),
+                ],
+            })
+        }
+        Err(ReceiptError::NotCountersigned) => Some(match legacy_terms_mismatch(trade, shop) {
+            None => ReceiptCheck {
+                verdict: Verdict::TermsOnly,
+                summary: "Settled before receipts were countersigned: the signed terms are this order's, but the \
+                          signature cannot be checked here."
+                    .to_owned(),
+                details: vec!["The server verified the phone's signature before settling.".to_owned()],
+            },
+            Some(field) => failed(format!("The receipt's signed terms are not this order's ({field}).")),
+        }),
+        Err(e) => Some(failed(format!("The receipt does not verify: {e}."))),
     }
-    if receipt.signature.len() != crate::domain::approval::ED25519_SIGNATURE_LEN
-        || receipt.handset_key_fingerprint.len() != 32
-    {
-        return Some(failed("The receipt's signature or key fingerprint has the wrong length."));
-    }
-    Some(ReceiptCheck {
-        verdict: Verdict::TermsOnly,
-        summary: "Signed terms match this order; the signature is not checked.".to_owned(),
-        details: vec![
-            format!(
-                "The approval signed by the phone names this trade, {}, this shop and register, the deadline and APPROVE.",
-                Currency::parse(&trade.currency)
-                    .map(|c| super::format_amount(c, Amount::new(trade.amount_minor)))
-                    .unwrap_or_default()
-            ),
-            "This receipt does not carry the phone's public key (only a fingerprint of it for this shop), so the \
-             shop cannot verify the signature itself; the server verified it before settling."
-                .to_owned(),
-            format!("Phone key fingerprint for this shop: {}…", super::hex(&receipt.handset_key_fingerprint[..8])),
-        ],
-    })
+}
+
+/// For a receipt from before countersigning, which no shop can verify: the
+/// first signed term that is not this order's (`None` when all are), so the
+/// page claims no more than "the terms match".
+fn legacy_terms_mismatch(trade: &proto::Trade, shop: &ShopId) -> Option<&'static str> {
+    let Some(receipt) = &trade.receipt else { return Some("no receipt") };
+    let Ok(p) = ApprovalPayload::parse(&receipt.signed_payload) else { return Some("signed_payload") };
+    let checks = [
+        ("decision", p.decision == Decision::Approve),
+        ("shop_id", &p.shop_id == shop),
+        ("trade_id", p.trade_id.to_string() == trade.trade_id),
+        ("register_id", p.register_id.to_string() == trade.register_id),
+        ("amount_minor", p.amount.minor() == trade.amount_minor),
+        ("currency", p.currency.code() == trade.currency),
+        ("expires_at_ms", i64::try_from(p.expires_at.0).ok() == Some(trade.expires_at_ms)),
+        ("signature", receipt.signature.len() == crate::domain::approval::ED25519_SIGNATURE_LEN),
+    ];
+    checks.iter().find(|(_, ok)| !ok).map(|(field, _)| *field)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::RegisterId;
 
     fn trade(state: TradeState) -> proto::Trade {
         proto::Trade {
@@ -604,45 +633,90 @@ mod tests {
         }
     }
 
-    fn settled_with_receipt(shop: &ShopId) -> proto::Trade {
+    /// A settled trade with a receipt made as the server makes one, and the
+    /// key set that verifies it.
+    fn settled_with_receipt(shop: &ShopId) -> (proto::Trade, ReceiptKeySet) {
+        use crate::domain::receipt::{handset_commitment, ReceiptSigner, Statement};
+        use crate::domain::{ApprovalPayload, BindingCode, Decision, PayloadVersion, RegisterId, TradeId, UnixMs};
+        use ed25519_dalek::Signer;
         let mut t = trade(TradeState::Settled);
+        t.binding_code = "123456".into();
+        t.finished_at_ms = 1_699_999_999_000;
         let payload = ApprovalPayload {
             trade_id: TradeId::from_bytes([1; 16]),
             amount: Amount::new(1800),
             currency: Currency::parse("JPY").expect("known"),
-            shop_id: shop,
+            shop_id: shop.clone(),
             register_id: RegisterId::from_bytes([2; 16]),
             expires_at: UnixMs(1_700_000_000_000),
+            version: PayloadVersion::V2 {
+                binding_code: BindingCode::parse("123456").expect("code"),
+                screen_digest: [0; 32],
+            },
             decision: Decision::Approve,
-        };
-        t.receipt = Some(proto::ApprovalReceipt {
-            signed_payload: payload.to_bytes(),
-            signature: vec![7; 64],
-            handset_key_fingerprint: vec![9; 32],
+        }
+        .to_bytes();
+        let handset = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let signature = handset.sign(&payload).to_bytes();
+        let commitment = handset_commitment(TradeId::from_bytes([1; 16]), &handset.verifying_key().to_bytes());
+        let operator = ReceiptSigner::from_seed([8; 32], UnixMs(0));
+        let countersignature = operator.sign(&Statement {
+            key_id: operator.id(),
+            payload: &payload,
+            handset_signature: &signature,
+            commitment: &commitment,
+            settled_at: UnixMs(1_699_999_999_000),
         });
-        t
+        t.receipt = Some(proto::ApprovalReceipt {
+            signed_payload: payload,
+            signature: signature.to_vec(),
+            handset_key_fingerprint: Vec::new(),
+            handset_commitment: commitment.to_vec(),
+            settled_at_ms: 1_699_999_999_000,
+            receipt_key_id: operator.id().as_bytes().to_vec(),
+            countersignature: countersignature.to_vec(),
+            statement_version: 1,
+        });
+        (t, ReceiptKeySet::new(vec![operator.published()]).expect("keys"))
     }
 
     #[test]
     fn a_receipt_is_checked_only_as_far_as_it_can_be() {
         let shop = ShopId::parse("acme-books").expect("valid");
-        assert_eq!(check_receipt(&trade(TradeState::Declined), &shop), None);
-        assert_eq!(check_receipt(&trade(TradeState::Settled), &shop).map(|c| c.verdict), Some(Verdict::Failed));
-        let good = settled_with_receipt(&shop);
-        let check = check_receipt(&good, &shop).expect("settled");
-        // Never "verified": a v1 receipt carries no key to verify with.
-        assert_eq!(check.verdict, Verdict::TermsOnly, "{check:?}");
+        let (good, keys) = settled_with_receipt(&shop);
+        assert_eq!(check_receipt(&trade(TradeState::Declined), &shop, Some(&keys)), None);
+        let none = check_receipt(&trade(TradeState::Settled), &shop, Some(&keys));
+        assert_eq!(none.map(|c| c.verdict), Some(Verdict::Failed));
+        let check = check_receipt(&good, &shop, Some(&keys)).expect("settled");
+        assert_eq!(check.verdict, Verdict::Verified, "{check:?}");
+        // Without the keys nothing is claimed.
+        assert_eq!(check_receipt(&good, &shop, None).map(|c| c.verdict), Some(Verdict::Failed));
         // Another shop's terms, another amount, a short signature: failed.
         let other = ShopId::parse("other-shop").expect("valid");
-        assert_eq!(check_receipt(&good, &other).map(|c| c.verdict), Some(Verdict::Failed));
+        assert_eq!(check_receipt(&good, &other, Some(&keys)).map(|c| c.verdict), Some(Verdict::Failed));
         let mut more = good.clone();
         more.amount_minor = 1801;
-        assert_eq!(check_receipt(&more, &shop).map(|c| c.verdict), Some(Verdict::Failed));
+        assert_eq!(check_receipt(&more, &shop, Some(&keys)).map(|c| c.verdict), Some(Verdict::Failed));
         let mut short = good.clone();
         if let Some(r) = short.receipt.as_mut() {
             r.signature.truncate(63);
         }
-        assert_eq!(check_receipt(&short, &shop).map(|c| c.verdict), Some(Verdict::Failed));
+        assert_eq!(check_receipt(&short, &shop, Some(&keys)).map(|c| c.verdict), Some(Verdict::Failed));
+        // A receipt from before countersigning: terms only, and it says so.
+        let mut legacy = good.clone();
+        if let Some(r) = legacy.receipt.as_mut() {
+            *r = proto::ApprovalReceipt {
+                signed_payload: r.signed_payload.clone(),
+                signature: r.signature.clone(),
+                handset_key_fingerprint: vec![9; 32],
+                ..Default::default()
+            };
+        }
+        assert_eq!(check_receipt(&legacy, &shop, Some(&keys)).map(|c| c.verdict), Some(Verdict::TermsOnly));
+        // ... and only while its signed terms are this order's.
+        legacy.amount_minor = 1801;
+        assert_eq!(check_receipt(&legacy, &shop, Some(&keys)).map(|c| c.verdict), Some(Verdict::Failed));
+        assert_eq!(check_receipt(&legacy, &other, Some(&keys)).map(|c| c.verdict), Some(Verdict::Failed));
     }
 
     #[test]
@@ -670,11 +744,11 @@ mod tests {
         ] {
             let mut t = trade(state);
             t.failure_reason = reason as i32;
-            let view = trade_view(&t, PayMethod::Phone, "Moss", &shop);
+            let view = trade_view(&t, PayMethod::Phone, "Moss", &shop, None);
             assert_eq!(view["final"], json!(true));
             assert!(view["message"].as_str().is_some_and(|m| m.contains(needle)), "{view}");
         }
-        let view = trade_view(&trade(TradeState::Offered), PayMethod::Bill, "Moss", &shop);
+        let view = trade_view(&trade(TradeState::Offered), PayMethod::Bill, "Moss", &shop, None);
         assert_eq!((view["state"].as_str(), view["final"].as_bool()), (Some("OFFERED"), Some(false)));
         assert_eq!(view["amount"], json!("1,800 JPY"));
     }

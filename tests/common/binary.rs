@@ -1,23 +1,27 @@
 //! Running the real `syncpay` binary: `serve` as a child process whose
-//! stderr announces the bound addresses, and one-shot CLI commands.
+//! stderr announces the bound addresses, and one-shot CLI commands. The
+//! child processes go through the one launcher, `syncpay::child`.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, ExitStatus, Output};
 use std::time::Duration;
+
+use syncpay::child::{Echo, Process, Spec, Stream};
 
 /// Bound on waiting for a child to say something or to exit; hitting it
 /// means the child is stuck, not slow.
 pub const CHILD_WAIT: Duration = Duration::from_secs(60);
 
+/// The variables a child must not inherit: the tests choose every setting
+/// themselves.
+fn inherited_settings() -> Vec<String> {
+    std::env::vars().map(|(key, _)| key).filter(|key| key.starts_with("SYNCPAY_") || key == "RUST_LOG").collect()
+}
+
 pub fn syncpay() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_syncpay"));
-    // The tests choose every setting themselves.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("SYNCPAY_") || key == "RUST_LOG" {
-            c.env_remove(key);
-        }
+    for key in inherited_settings() {
+        c.env_remove(key);
     }
     c
 }
@@ -27,86 +31,55 @@ pub fn run(args: &[&str]) -> Output {
     syncpay().args(args).output().expect("run syncpay")
 }
 
-/// A child whose output lines arrive on a channel.
+/// A child whose output lines are read one by one (and shown in the test's
+/// output as `[child] …`).
 pub struct Running {
-    pub child: Child,
-    pub lines: mpsc::Receiver<String>,
+    process: Process,
 }
 
 impl Running {
     /// Spawns `syncpay args…`, reading `stream` ("stdout" or "stderr")
     /// line by line on a thread; the other stream is inherited.
     pub fn spawn(args: &[&str], stream: &str) -> Running {
-        let mut cmd = syncpay();
-        cmd.args(args).stdin(Stdio::null());
-        match stream {
-            "stdout" => cmd.stdout(Stdio::piped()),
-            _ => cmd.stderr(Stdio::piped()),
-        };
-        let mut child = cmd.spawn().expect("spawn syncpay");
-        let (tx, lines) = mpsc::channel();
-        let reader: Box<dyn std::io::Read + Send> = match stream {
-            "stdout" => Box::new(child.stdout.take().expect("stdout")),
-            _ => Box::new(child.stderr.take().expect("stderr")),
-        };
-        std::thread::spawn(move || {
-            for line in BufReader::new(reader).lines() {
-                let Ok(line) = line else { return };
-                eprintln!("[child] {line}");
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Running { child, lines }
+        let program = Path::new(env!("CARGO_BIN_EXE_syncpay"));
+        let mut spec = Spec::new(program, args);
+        spec.read = if stream == "stdout" { Stream::Stdout } else { Stream::Stderr };
+        spec.echo = Echo::All("[child] ");
+        spec.keep_lines = true;
+        spec.inherit_other = true;
+        spec.env_remove = inherited_settings();
+        Running { process: Process::spawn(spec).expect("spawn syncpay") }
     }
 
     /// The next line that `pick` accepts (earlier lines are skipped).
-    pub fn wait_line<T>(&self, mut pick: impl FnMut(&str) -> Option<T>) -> T {
-        let deadline = std::time::Instant::now() + CHILD_WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = self.lines.recv_timeout(left).expect("the child printed the expected line in time");
-            if let Some(found) = pick(&line) {
-                return found;
-            }
-        }
+    pub fn wait_line<T>(&self, pick: impl FnMut(&str) -> Option<T>) -> T {
+        self.process.wait_line(CHILD_WAIT, pick).expect("the child printed the expected line in time")
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
     }
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
+        self.process.terminate().expect("kill -TERM");
     }
 
-    /// Waits for the child to exit (bounded by `CHILD_WAIT`).
+    /// Waits for the child to exit (bounded by `CHILD_WAIT`; a child still
+    /// running then is killed and the test fails).
     pub fn wait_exit(&mut self) -> ExitStatus {
-        let pid = self.child.id();
-        let (tx, rx) = mpsc::channel();
-        // A watchdog kills the child if it has not exited in time, so the
-        // blocking wait below always returns.
-        let waiter = std::thread::spawn(move || {
-            let _ = rx.recv_timeout(CHILD_WAIT).map_err(|_| {
-                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-            });
-        });
-        let status = self.child.wait().expect("wait");
-        let _ = tx.send(());
-        let _ = waiter.join();
+        let Some(status) = self.process.wait_exit_blocking(CHILD_WAIT).expect("wait") else {
+            self.process.kill();
+            panic!("child did not exit by itself within {CHILD_WAIT:?}");
+        };
         assert!(status.code().is_some(), "child did not exit by itself within {CHILD_WAIT:?}: {status:?}");
         status
     }
 
     /// Remaining lines after the child exited.
     pub fn rest(&self) -> Vec<String> {
-        self.lines.try_iter().collect()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.rest()
     }
 }
 

@@ -33,17 +33,16 @@
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::io::{BufRead, BufReader};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use syncpay::child::{self, Process, Stream};
 use syncpay::client::with_token;
 use syncpay::domain::{RegisterId, TradeId};
 use syncpay::proto::admin_service_client::AdminServiceClient;
@@ -51,7 +50,7 @@ use syncpay::proto::register_service_client::RegisterServiceClient;
 use syncpay::proto::{self, EventKind, FailureReason as FR, TradeState as S};
 use syncpay::register::{ChargeRequest, RegisterError, VirtualRegister};
 use syncpay::terminal_sim::{CarrierSim, Policy};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
@@ -92,8 +91,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const WIND_DOWN: Duration = Duration::from_secs(30);
 /// One event of a stream that must still deliver some.
 const EVENT_WAIT: Duration = Duration::from_secs(30);
-/// The server's stderr lines kept for a failure report.
-const LOG_LINES: usize = 200;
 /// Violations printed in full when the test fails.
 const SHOWN_VIOLATIONS: usize = 40;
 
@@ -117,48 +114,41 @@ pub struct Launch {
     pub args: Vec<String>,
 }
 
-/// A running `syncpay serve`. Dropping it kills the process (SIGKILL) and
-/// reaps it, so no server outlives a failed test.
+/// A running `syncpay serve` (through the one launcher, `syncpay::child`).
+/// Dropping it kills the process (SIGKILL) and reaps it, so no server
+/// outlives a failed test; a failing test prints its last log lines.
 pub struct ServerProcess {
-    child: Child,
+    process: Process,
     url: String,
-    log: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl ServerProcess {
     /// Starts the server on a free loopback port and returns once it has
     /// printed the address it is serving on.
     pub async fn start(launch: &Launch) -> ServerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_syncpay"))
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir"])
-            .arg(&launch.data_dir)
-            // The load reuses a few buyers far faster than a person would;
-            // the rate limits are tested elsewhere (tests/limits.rs).
-            .args(["--set", "limits.subscriber_offers_per_minute=0", "--set", "limits.shop_trades_per_second=0"])
-            .args(&launch.args)
-            .env("RUST_LOG", "warn")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn syncpay serve");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let log = Arc::new(Mutex::new(VecDeque::new()));
-        let (ready, serving_on) = oneshot::channel();
-        let drained = log.clone();
-        std::thread::spawn(move || drain(stderr, ready, &drained));
-        // The guard exists before the wait, so a failed start is killed too.
-        let mut server = ServerProcess { child, url: String::new(), log };
-        match tokio::time::timeout(START_TIMEOUT, serving_on).await {
-            Ok(Ok(url)) => server.url = url,
-            Ok(Err(_)) => panic!("syncpay serve ended without serving:\n{}", server.log_tail()),
-            Err(_) => {
-                panic!("syncpay serve did not report its address within {START_TIMEOUT:?}:\n{}", server.log_tail())
-            }
+        let data_dir = launch.data_dir.display().to_string();
+        let mut args: Vec<String> = ["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        args.push(data_dir);
+        // The load reuses a few buyers far faster than a person would;
+        // the rate limits are tested elsewhere (tests/limits.rs).
+        for set in ["limits.subscriber_offers_per_minute=0", "limits.shop_trades_per_second=0"] {
+            args.extend(["--set".to_owned(), set.to_owned()]);
         }
-        server
+        args.extend(launch.args.iter().cloned());
+        let program = Path::new(env!("CARGO_BIN_EXE_syncpay"));
+        let mut spec = child::Spec::new(program, &args);
+        spec.read = Stream::Stderr;
+        spec.env = vec![("RUST_LOG".into(), "warn".into()), ("NO_COLOR".into(), "1".into())];
+        // The guard exists before the wait, so a failed start is killed too.
+        let mut process = Process::spawn(spec).expect("spawn syncpay serve");
+        let url = match process.serving_on(START_TIMEOUT).await {
+            Ok((url, _)) => url,
+            Err(e) => panic!("syncpay serve: {e}:\n{}", process.tail()),
+        };
+        ServerProcess { process, url }
     }
 
     pub async fn channel(&self) -> Channel {
@@ -166,7 +156,7 @@ impl ServerProcess {
     }
 
     pub fn log_tail(&self) -> String {
-        lock(&self.log).iter().cloned().collect::<Vec<_>>().join("\n")
+        self.process.tail()
     }
 
     /// SIGKILL: no shutdown, no flush, no goodbye. Returns once the
@@ -178,51 +168,11 @@ impl ServerProcess {
     /// Sends SIGKILL and returns at once; the process may still be dying.
     /// Dropping the `ServerProcess` reaps it.
     pub fn signal_kill(&mut self) {
-        // Fails only if the process is already gone, which is fine.
-        let _ = self.child.kill();
+        self.process.signal_kill();
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        // `Child::kill` sends SIGKILL on Unix; it fails only if the process
-        // is already gone, which is fine.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- last lines of syncpay serve ({}) ---\n{}", self.url, self.log_tail());
-        }
-    }
-}
-
-/// Reads the server's stderr until it closes: reports the "serving on"
-/// address once and keeps the last lines. Reading also keeps the pipe from
-/// filling up and blocking the server's logging.
-fn drain(stderr: ChildStderr, ready: oneshot::Sender<String>, log: &Mutex<VecDeque<String>>) {
-    let mut ready = Some(ready);
-    let mut reader = BufReader::new(stderr);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let line = String::from_utf8_lossy(&buf).trim_end().to_owned();
-        if let Some(rest) = line.strip_prefix("syncpay serving on ") {
-            if let (Some(url), Some(tx)) = (rest.split_whitespace().next(), ready.take()) {
-                let _ = tx.send(url.to_owned());
-            }
-        }
-        let mut log = lock(log);
-        if log.len() == LOG_LINES {
-            log.pop_front();
-        }
-        log.push_back(line);
+        self.process.pid()
     }
 }
 
@@ -290,10 +240,6 @@ fn rank(s: S) -> u8 {
         S::Offered => 2,
         S::Settled | S::Declined | S::Expired | S::Cancelled | S::Failed => 3,
     }
-}
-
-fn is_final(s: S) -> bool {
-    rank(s) == 3
 }
 
 /// One CreateTrade attempt (every one carries an idempotency key) and all
@@ -437,7 +383,7 @@ impl Record {
         if rank(state) > rank(rec.state) {
             rec.state = state;
         }
-        if is_final(state) {
+        if state.is_final() {
             let now = (state, reason_of(t));
             match rec.final_state {
                 None => rec.final_state = Some(now),
@@ -1481,7 +1427,7 @@ async fn check_events(ctx: &Ctx, session: &Session, shop: usize) {
         };
         let trade = e.trade.clone().unwrap_or_default();
         let s = state_of(&trade);
-        let counts = e.kind == EventKind::Refunded as i32 || is_final(s);
+        let counts = e.kind == EventKind::Refunded as i32 || s.is_final();
         if counts {
             if let Some(left) = missing.get_mut(&trade.trade_id) {
                 *left -= 1;
@@ -1553,7 +1499,7 @@ async fn check_events(ctx: &Ctx, session: &Session, shop: usize) {
             answered_while_pending += 1;
         }
         history.insert(id.to_string(), states.clone());
-        let finals = states.iter().filter(|s| is_final(**s)).count();
+        let finals = states.iter().filter(|s| s.is_final()).count();
         let ordered = states.windows(2).all(|w| rank(w[0]) < rank(w[1]));
         if states.first() != Some(&S::Pending) || !ordered || finals != 1 {
             found.push(format!("trade {id}: state events {states:?}"));

@@ -5,7 +5,10 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use syncpay::client::AuthedChannel;
-use syncpay::domain::{Amount, ApprovalPayload, Currency, Decision, RegisterId, ShopId, TradeId, UnixMs};
+use syncpay::domain::{
+    Amount, ApprovalPayload, BindingCode, Currency, Decision, PayloadVersion, RegisterId, ScreenText, ShopId, TradeId,
+    UnixMs,
+};
 use syncpay::proto::{self, carrier_service_client::CarrierServiceClient};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -110,19 +113,37 @@ impl ManualCarrier {
     }
 }
 
-/// The canonical bytes a handset signs for `offer` (with overrides).
+/// The version 2 bytes a handset signs for `offer` (with the amount
+/// overridden), rebuilt from its fields.
 pub fn payload_bytes(offer: &proto::Offer, decision: Decision, amount_minor: u64) -> Vec<u8> {
-    let shop = ShopId::parse(&offer.shop_id).expect("shop id");
+    let version = PayloadVersion::V2 {
+        binding_code: BindingCode::parse(&offer.binding_code).expect("binding code"),
+        screen_digest: ScreenText {
+            shop_name: &offer.shop_name,
+            register_label: &offer.register_label,
+            description: &offer.description,
+        }
+        .digest(),
+    };
+    payload(offer, decision, amount_minor, version).to_bytes()
+}
+
+/// The retired version 1 bytes of `offer`: what an old handset would sign.
+pub fn payload_bytes_v1(offer: &proto::Offer, decision: Decision) -> Vec<u8> {
+    payload(offer, decision, offer.amount_minor, PayloadVersion::V1).to_bytes()
+}
+
+fn payload(offer: &proto::Offer, decision: Decision, amount_minor: u64, version: PayloadVersion) -> ApprovalPayload {
     ApprovalPayload {
         trade_id: TradeId::parse(&offer.trade_id).expect("trade id"),
         amount: Amount::new(amount_minor),
         currency: Currency::parse(&offer.currency).expect("currency"),
-        shop_id: &shop,
+        shop_id: ShopId::parse(&offer.shop_id).expect("shop id"),
         register_id: RegisterId::parse(&offer.register_id).expect("register id"),
         expires_at: UnixMs(u64::try_from(offer.expires_at_ms).expect("time")),
+        version,
         decision,
     }
-    .to_bytes()
 }
 
 /// A handset key's signature over `offer` as it was sent.

@@ -1,11 +1,13 @@
-//! Test harness: a real server on 127.0.0.1:0 over a real sled store in a
+//! Test harness: a real server on 127.0.0.1:0 over a real store in a
 //! temporary folder, and real gRPC clients. `start` serves plaintext with
-//! bearer tokens (the loopback development mode); `start_tls` generates a
+//! bearer tokens (the loopback development mode) on the default backend;
+//! `start_on` on a chosen one (`backends.rs`); `start_tls` generates a
 //! development PKI into the folder and serves mutual TLS, every client
 //! known by its certificate.
 
 #![allow(dead_code)]
 
+pub mod backends;
 pub mod binary;
 pub mod manual_carrier;
 pub mod raw;
@@ -13,10 +15,11 @@ pub mod raw;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use backends::BackendFactory;
 use syncpay::client::{connect_tls, ClientTls};
+use syncpay::domain::Principal;
 use syncpay::domain::{CarrierId, ShopId};
 use syncpay::pki::{Ca, InitOptions, PkiFiles};
-use syncpay::store::Principal;
 use syncpay::sync_server::limits::Limits;
 use syncpay::sync_server::rate_limit::Rate;
 use syncpay::sync_server::tls::TlsFiles;
@@ -35,6 +38,9 @@ pub struct TestServer {
     pub config: ServerConfig,
     /// The development PKI, when the server speaks TLS.
     pub pki: Option<PkiFiles>,
+    /// The backend it was started on with `start_on` (a restart reopens
+    /// it); `None`: the embedded store `config` names.
+    pub backend: Option<&'static BackendFactory>,
     // Kept so the folder lives as long as the server.
     _dir: Option<tempfile::TempDir>,
 }
@@ -50,17 +56,60 @@ impl TestServer {
         Self::start_with(config, data_dir, Some(dir)).await
     }
 
+    /// As `start`, over `backend`'s store.
+    pub async fn start_on(backend: &'static BackendFactory) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().to_owned();
+        let mut config = ServerConfig::from_data_dir(&data_dir).expect("config");
+        config.limits = functional_limits();
+        Self::serve(config, data_dir, Some(dir), Some(backend)).await
+    }
+
     pub async fn start_with(config: ServerConfig, data_dir: PathBuf, dir: Option<tempfile::TempDir>) -> TestServer {
+        Self::serve(config, data_dir, dir, None).await
+    }
+
+    async fn serve(
+        config: ServerConfig,
+        data_dir: PathBuf,
+        dir: Option<tempfile::TempDir>,
+        backend: Option<&'static BackendFactory>,
+    ) -> TestServer {
         // As `serve` binds it (the server's listen backlog).
         let listener = sync_server::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
-        let server = sync_server::start(config.clone(), listener).await.expect("start");
-        TestServer { server, data_dir, config, pki: None, _dir: dir }
+        let server = match backend {
+            Some(b) => {
+                let store = (b.open)(&config.store_dir, backends::Fsync::On);
+                sync_server::start_with_store(config.clone(), store, listener).await.expect("start")
+            }
+            None => sync_server::start(config.clone(), listener).await.expect("start"),
+        };
+        TestServer { server, data_dir, config, pki: None, backend, _dir: dir }
     }
 
     /// Mutual TLS with a fresh development PKI (in the data folder's
     /// `pki/`) holding certificates for the operator and for `shops` and
     /// `carriers`, which are created on the server too.
     pub async fn start_tls(shops: &[&str], carriers: &[&str], limits: Limits) -> TestServer {
+        Self::tls(None, shops, carriers, limits).await
+    }
+
+    /// As `start_tls`, over `backend`'s store.
+    pub async fn start_tls_on(
+        backend: &'static BackendFactory,
+        shops: &[&str],
+        carriers: &[&str],
+        limits: Limits,
+    ) -> TestServer {
+        Self::tls(Some(backend), shops, carriers, limits).await
+    }
+
+    async fn tls(
+        backend: Option<&'static BackendFactory>,
+        shops: &[&str],
+        carriers: &[&str],
+        limits: Limits,
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path().to_owned();
         let pki = make_pki(&data_dir.join("pki"), shops, carriers);
@@ -72,7 +121,7 @@ impl TestServer {
             client_ca: pki.ca_cert.clone(),
             client_crl: None,
         });
-        let mut t = Self::start_with(config, data_dir, Some(dir)).await;
+        let mut t = Self::serve(config, data_dir, Some(dir), backend).await;
         t.pki = Some(pki);
         for shop in shops {
             t.create_shop(shop, &format!("Shop {shop}")).await;
@@ -85,9 +134,9 @@ impl TestServer {
 
     /// Stops the server cleanly and starts a new one on the same store.
     pub async fn restart(self) -> TestServer {
-        let TestServer { server, data_dir, config, pki, _dir } = self;
+        let TestServer { server, data_dir, config, pki, backend, _dir } = self;
         server.shutdown().await.expect("shutdown");
-        let mut t = Self::start_with(config, data_dir, _dir).await;
+        let mut t = Self::serve(config, data_dir, _dir, backend).await;
         t.pki = pki;
         t
     }

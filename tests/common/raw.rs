@@ -74,6 +74,9 @@ pub const UNARY_METHODS: &[&str] = &[
     "/syncpay.v1.CarrierService/GetStatement",
     "/syncpay.v1.AdminService/AddCarrierPrefixes",
     "/syncpay.v1.AdminService/GetStatement",
+    "/syncpay.v1.RegisterService/GetReceiptKeys",
+    "/syncpay.v1.AdminService/GetReceiptKeys",
+    "/syncpay.v1.AdminService/DisputeTrade",
 ];
 
 /// One unary call with `body` as the request message's bytes.

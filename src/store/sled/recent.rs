@@ -1,34 +1,38 @@
-//! Reads for the operator console: the newest postings and the newest
-//! trades. Trade keys are random, so there is no global order of trades in
-//! the store; the newest trades of each shop are found from the end of its
-//! event log (events are numbered per shop), which is where a trade's
-//! every change is written.
+//! Reads for the operator console in the sled backend: the newest postings
+//! and the newest trades. Trade keys are random, so there is no global
+//! order of trades in the store; the newest trades of each shop are found
+//! from the end of its event log (events are numbered per shop), which is
+//! where a trade's every change is written.
 
 use std::collections::HashSet;
 
-use super::records::{self, ShopRecord, StoredEvent};
-use super::{keys, PostingRecord, Store, StoreError, TradeRecord, T};
+use crate::store::records::{PostingRecord, ShopRecord, TradeRecord};
+use crate::store::Failure;
 
-impl Store {
+use super::codec::{self, StoredEvent};
+use super::tx::T;
+use super::{io, keys, SledStore};
+
+impl SledStore {
     /// The newest `limit` postings, newest first.
-    pub async fn recent_postings(&self, limit: usize) -> Result<Vec<PostingRecord>, StoreError> {
+    pub(crate) fn newest_postings(&self, limit: usize) -> Result<Vec<PostingRecord>, Failure> {
         let mut out = Vec::new();
         for item in self.tree(T::Postings).iter().rev().take(limit) {
-            let (_, v) = item?;
-            out.push(records::decode(&v)?);
+            let (_, v) = item.map_err(io)?;
+            out.push(codec::decode(&v)?);
         }
-        self.durable(out).await
+        Ok(out)
     }
 
     /// The trades behind the newest `per_shop` events of each of the first
     /// `max_shops` shops (in shop id order), each once, as they are now.
     /// Newest activity first.
-    pub async fn recent_trades(&self, max_shops: usize, per_shop: usize) -> Result<Vec<TradeRecord>, StoreError> {
+    pub(crate) fn newest_trades(&self, max_shops: usize, per_shop: usize) -> Result<Vec<TradeRecord>, Failure> {
         let mut ids = Vec::new();
         let mut seen = HashSet::new();
         for item in self.tree(T::Shops).iter().take(max_shops) {
-            let (_, v) = item?;
-            let shop: ShopRecord = records::decode(&v)?;
+            let (_, v) = item.map_err(io)?;
+            let shop: ShopRecord = codec::decode(&v)?;
             let Some(head) = shop.next_event_seq.checked_sub(1).filter(|h| *h > 0) else {
                 continue;
             };
@@ -38,8 +42,8 @@ impl Store {
                 if distinct >= per_shop {
                     break;
                 }
-                let (_, v) = event?;
-                let trade = match records::decode_event(&v)? {
+                let (_, v) = event.map_err(io)?;
+                let trade = match codec::decode_event(&v)? {
                     StoredEvent::Whole(e) => e.trade.id,
                     StoredEvent::CompactV2(c) | StoredEvent::Compact(c) => c.trade,
                 };
@@ -57,6 +61,6 @@ impl Store {
         }
         let latest = |t: &TradeRecord| t.finished_at.unwrap_or(t.created_at);
         trades.sort_by(|a, b| latest(b).cmp(&latest(a)).then(b.created_at.cmp(&a.created_at)));
-        self.durable(trades).await
+        Ok(trades)
     }
 }

@@ -17,7 +17,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use syncpay::domain::approval::key_sha256;
-use syncpay::domain::{RegisterId, TradeId};
+use syncpay::domain::{
+    Amount, ApprovalPayload, BindingCode, Currency, Decision, PayloadVersion, RegisterId, ScreenText, ShopId, TradeId,
+    UnixMs,
+};
 use syncpay::proto::carrier_service_server::{CarrierService, CarrierServiceServer};
 use syncpay::proto::register_service_server::{RegisterService, RegisterServiceServer};
 use syncpay::proto::{self, TradeState};
@@ -207,7 +210,7 @@ impl RegisterService for Ceiling {
         let delivery_id = self.inner.next_delivery.fetch_add(1, Ordering::Relaxed) + 1;
         lock(&self.inner.offered).insert(delivery_id, (shop.clone(), trade.clone()));
         self.inner.emit(&shop, trade.clone()).await;
-        let offer = proto::Offer {
+        let mut offer = proto::Offer {
             trade_id,
             subscriber_number: number,
             shop_id: shop.clone(),
@@ -219,7 +222,15 @@ impl RegisterService for Ceiling {
             description: r.description,
             expires_at_ms: expires,
             binding_code: "123456".to_owned(),
+            payload_version: 2,
+            approve_payload: Vec::new(),
+            decline_payload: Vec::new(),
         };
+        // The same bytes the server sends, so the handsets sign as they do
+        // against syncpay (they refuse an offer whose bytes differ).
+        let payload = signing_payload(&offer).ok_or_else(|| Status::invalid_argument("offer fields"))?;
+        offer.approve_payload = payload.to_bytes();
+        offer.decline_payload = ApprovalPayload { decision: Decision::Decline, ..payload }.to_bytes();
         let relay = lock(&self.inner.relay).clone();
         match relay {
             Some(relay) => {
@@ -264,6 +275,13 @@ impl RegisterService for Ceiling {
         &self,
         _: Request<proto::GetPayoutReportRequest>,
     ) -> Result<Response<proto::PayoutReport>, Status> {
+        Err(Status::unimplemented("ceiling"))
+    }
+
+    async fn get_receipt_keys(
+        &self,
+        _: Request<proto::GetReceiptKeysRequest>,
+    ) -> Result<Response<proto::ReceiptKeys>, Status> {
         Err(Status::unimplemented("ceiling"))
     }
 }
@@ -334,4 +352,26 @@ impl CarrierService for Ceiling {
     ) -> Result<Response<proto::Statement>, Status> {
         Err(Status::unimplemented("ceiling"))
     }
+}
+
+/// The version 2 approval payload of `o` (approve), from its fields.
+fn signing_payload(o: &proto::Offer) -> Option<ApprovalPayload> {
+    Some(ApprovalPayload {
+        trade_id: TradeId::parse(&o.trade_id).ok()?,
+        amount: Amount::new(o.amount_minor),
+        currency: Currency::parse(&o.currency).ok()?,
+        shop_id: ShopId::parse(&o.shop_id).ok()?,
+        register_id: RegisterId::parse(&o.register_id).ok()?,
+        expires_at: UnixMs(u64::try_from(o.expires_at_ms).ok()?),
+        version: PayloadVersion::V2 {
+            binding_code: BindingCode::parse(&o.binding_code)?,
+            screen_digest: ScreenText {
+                shop_name: &o.shop_name,
+                register_label: &o.register_label,
+                description: &o.description,
+            }
+            .digest(),
+        },
+        decision: Decision::Approve,
+    })
 }

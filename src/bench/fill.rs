@@ -20,8 +20,7 @@ use tokio::task::JoinSet;
 use super::child::{free_port, mib, Memory, Server, START_WAIT};
 use super::restart::{Probe, Restarted, Stop};
 use super::rig;
-use super::{dir_bytes, number, process_cpu, serve_args, BenchArgs, Setup, Target};
-use crate::cli::Exit;
+use super::{dir_bytes, number, process_cpu, serve_args, Options, Setup, Target};
 
 /// The credentials a later `--restart-only` needs, beside the store.
 const CREDENTIALS: &str = "bench-fill.json";
@@ -43,15 +42,15 @@ struct Credentials {
     settled: u64,
 }
 
-pub async fn fill(args: &BenchArgs, n: u64, dir: &Path) -> anyhow::Result<Value> {
+pub async fn fill(args: &Options, n: u64, dir: &Path) -> anyhow::Result<Value> {
     if std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()) {
-        return Err(Exit::usage(format!("{} is not empty: --fill needs a new or empty folder", dir.display())));
+        return Err(super::usage(format!("{} is not empty: --fill needs a new or empty folder", dir.display())));
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let port = free_port()?;
     let server = Server::spawn(&serve_args(dir, &format!("127.0.0.1:{port}"), &args.durability)).await?;
     let pid = server.pid();
-    let admin_token = crate::cli::read_token(None, Some(&dir.join("admin.token")), "operator")?;
+    let admin_token = super::read_token(&dir.join("admin.token"))?;
     let target = Target { url: server.url.clone(), pid: Some(pid), data_dir: Some(dir.to_owned()) };
     let plan = rig::Plan { shops: args.shops, registers_per_shop: 1, handsets: args.handsets, policy: Policy::Approve };
     let rig = rig::build(&target, &Setup::Syncpay { admin_token }, &plan).await?;
@@ -123,10 +122,10 @@ pub async fn fill(args: &BenchArgs, n: u64, dir: &Path) -> anyhow::Result<Value>
     Ok(json!({ "fill": fill, "restart": restart }))
 }
 
-pub async fn restart_only(args: &BenchArgs, dir: &Path) -> anyhow::Result<Value> {
+pub async fn restart_only(args: &Options, dir: &Path) -> anyhow::Result<Value> {
     let path = dir.join(CREDENTIALS);
     let text = std::fs::read_to_string(&path)
-        .map_err(|e| Exit::usage(format!("{}: {e} (was the folder made by --fill?)", path.display())))?;
+        .map_err(|e| super::usage(format!("{}: {e} (was the folder made by --fill?)", path.display())))?;
     let credentials: Credentials =
         serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
     let port = free_port()?;

@@ -20,8 +20,7 @@ use tokio::task::JoinSet;
 
 use super::child::{mib, Server};
 use super::rig::{self, trade_request};
-use super::{dir_bytes, serve_args, BenchArgs, Setup, Target, ERROR_PAUSE};
-use crate::cli::Exit;
+use super::{dir_bytes, serve_args, Options, Setup, Target, ERROR_PAUSE};
 
 /// How long the server is left alone before its memory is read: the last
 /// write group commits, and nothing else is due (no answer comes, and no
@@ -46,12 +45,12 @@ allocator keeps after frees. The server holds no per-trade state outside the sto
 exist only while a caller waits; rate limits are off). The curve shows the cache filling: beyond \
 cache_bytes the slope falls towards the allocator's and sled's per-page overhead.";
 
-pub async fn run(args: &BenchArgs, n: u64) -> anyhow::Result<Value> {
+pub async fn run(args: &Options, n: u64) -> anyhow::Result<Value> {
     let per_register = u64::from(limits::MAX_OPEN_TRADES_PER_REGISTER);
     let shops = u64::try_from(args.shops)?;
     let registers_per_shop = n.div_ceil(per_register).max(1).div_ceil(shops);
     if registers_per_shop > u64::from(limits::MAX_OPEN_REGISTERS_PER_SHOP) {
-        return Err(Exit::usage(format!(
+        return Err(super::usage(format!(
             "{n} open trades need {registers_per_shop} registers per shop, more than {}: use more --shops",
             limits::MAX_OPEN_REGISTERS_PER_SHOP
         )));
@@ -59,7 +58,7 @@ pub async fn run(args: &BenchArgs, n: u64) -> anyhow::Result<Value> {
     let dir = tempfile::tempdir().context("creating a temporary folder")?;
     let mut server = Server::spawn(&serve_args(dir.path(), "127.0.0.1:0", &args.durability)).await?;
     let pid = server.pid();
-    let admin_token = crate::cli::read_token(None, Some(&dir.path().join("admin.token")), "operator")?;
+    let admin_token = super::read_token(&dir.path().join("admin.token"))?;
     let target = Target { url: server.url.clone(), pid: Some(pid), data_dir: Some(dir.path().to_owned()) };
     let plan = rig::Plan {
         shops: args.shops,

@@ -6,11 +6,16 @@
 //! measurement, not a check): `SYNCPAY_FOOTPRINT=50000 cargo test --release
 //! --lib footprint -- --nocapture`.
 
-use ed25519_dalek::{Signer, SigningKey};
+use std::path::Path;
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
 
 use super::*;
-use crate::domain::approval::ApprovalPayload;
+use crate::domain::receipt::ReceiptSigner;
 use crate::domain::{Amount, Currency, Decision, TradeState};
+use crate::store::fixture::{sign, Fixture};
+use crate::store::{Funding, PayerRef, Store, TradeRequest};
 
 const T0: UnixMs = UnixMs(1_800_000_000_000);
 
@@ -46,8 +51,8 @@ fn dir_bytes(dir: &Path) -> u64 {
     total
 }
 
-fn live_bytes(store: &Store) -> Vec<(&'static str, u64, u64)> {
-    TREE_NAMES
+fn live_bytes(store: &SledStore) -> Vec<(&'static str, u64, u64)> {
+    tx::TREE_NAMES
         .iter()
         .zip(store.shared.trees.iter())
         .map(|(name, tree)| {
@@ -69,50 +74,24 @@ async fn footprint_per_settled_trade() {
     };
     let shops_n: usize = std::env::var("SYNCPAY_FOOTPRINT_SHOPS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(StoreConfig::new(dir.path())).expect("open");
+    let sled = SledStore::open(StoreConfig::new(dir.path())).expect("open");
+    let store: Store = Arc::new(sled.clone());
     let jpy = Currency::parse("JPY").expect("known");
-    let carrier = CarrierId::parse("bench-carrier-1").expect("id");
-    let run = |c: Command| {
-        let store = store.clone();
-        async move { store.execute(c).await.expect("command") }
-    };
-    run(Command::CreateCarrier {
-        id: carrier.clone(),
-        display_name: "Bench Mobile".into(),
-        token_hash: [0; 32],
-        prefixes: Vec::new(),
-        fee_bps: 0,
-        now: T0,
-    })
-    .await;
+    let fixture = Fixture::new(store.clone(), T0);
+    let carrier = fixture.carrier("bench-carrier-1", "Bench Mobile", &[], 0).await;
+    let signer = Arc::new(ReceiptSigner::from_seed([77; 32], T0));
     let mut shops = Vec::new();
     for i in 0..shops_n {
-        let shop = ShopId::parse(&format!("bench-1-shop-{i}")).expect("id");
-        run(Command::CreateShop {
-            id: shop.clone(),
-            display_name: format!("Bench shop {i}"),
-            token_hash: [u8::try_from(i + 1).expect("few shops"); 32],
-            max_shops: 100,
-            now: T0,
-        })
-        .await;
-        let register = RegisterId::generate().expect("id");
-        run(Command::OpenRegister {
-            shop: shop.clone(),
-            id: register,
-            label: "bench".into(),
-            max_registers: 5,
-            now: T0,
-        })
-        .await;
+        let shop = fixture.shop(&format!("bench-1-shop-{i}"), &format!("Bench shop {i}")).await;
+        let register = fixture.register(&shop, "bench").await;
         shops.push((shop, register));
     }
     let mut handsets = Vec::new();
     for i in 0..256u32 {
         let number = SubscriberNumber::parse(&format!("+8190{:08}", i + 1)).expect("number");
         let key = SigningKey::from_bytes(&[u8::try_from(i).expect("256 handsets"); 32]);
-        super::tests::enroll(&store, &carrier, &number, &key, T0).await;
-        run(Command::TopUp { number: number.clone(), amount: Amount::new(1 << 40), currency: jpy, now: T0 }).await;
+        fixture.payer(&carrier, &number, Funding::Wallet, &key).await;
+        fixture.top_up(&number, 1 << 40, jpy).await;
         handsets.push((number, key));
     }
     let before = dir_bytes(dir.path());
@@ -129,12 +108,12 @@ async fn footprint_per_settled_trade() {
             let seq = done + j;
             let (shop, register) = &shops[(seq as usize) % shops.len()];
             let (payer, _) = &handsets[(seq as usize) % handsets.len()];
-            let c = CreateTrade {
+            let t = NewTrade {
                 shop: shop.clone(),
                 trade_id: TradeId::generate().expect("id"),
                 request: TradeRequest {
                     register: *register,
-                    payer: payer.clone(),
+                    payer: PayerRef::Number(payer.clone()),
                     amount: Amount::new(100 + seq % 900),
                     currency: jpy,
                     description: format!("bench {seq}"),
@@ -146,21 +125,17 @@ async fn footprint_per_settled_trade() {
                 offer_gate: None,
                 now: T0,
             };
-            pending.push(store.submit(Command::CreateTrade(c)).await.expect("queued"));
+            pending.push(sled.queue(create_trade::CreateTrade::new(t)).await.expect("queued"));
         }
         let mut created = Vec::new();
         for p in pending {
-            match p.outcome().await.expect("create") {
-                CommandOutcome::Trade { trade: Some(t), deliveries, .. } => {
-                    created.push((t, deliveries[0].delivery_id))
-                }
-                other => panic!("{other:?}"),
-            }
+            let c = p.outcome().await.expect("create");
+            let delivery_id = c.deliveries[0].delivery_id;
+            created.push((c.trade, delivery_id))
         }
         let mut pending = Vec::new();
         for (_, delivery_id) in &created {
-            let c = Command::Ack { carrier: carrier.clone(), delivery_id: *delivery_id, now: T0 };
-            pending.push(store.submit(c).await.expect("queued"));
+            pending.push(store.submit_ack(&carrier, *delivery_id, T0).await.expect("queued"));
         }
         for p in pending {
             p.outcome().await.expect("ack");
@@ -168,31 +143,20 @@ async fn footprint_per_settled_trade() {
         let mut pending = Vec::new();
         for (j, (t, _)) in created.iter().enumerate() {
             let (_, key) = &handsets[((done + j as u64) as usize) % handsets.len()];
-            let payload = ApprovalPayload {
-                trade_id: t.id,
-                amount: t.request.amount,
-                currency: t.request.currency,
-                shop_id: &t.shop,
-                register_id: t.request.register,
-                expires_at: t.expires_at,
-                decision: Decision::Approve,
-            };
-            let signature = key.sign(&payload.to_bytes()).to_bytes().to_vec();
-            let c = Command::Answer {
+            let answer = HandsetAnswer {
                 carrier: carrier.clone(),
                 trade: t.id,
                 decision: Decision::Approve,
-                signature,
+                signature: sign(key, t, Decision::Approve),
                 now: T0,
                 checked: None,
+                signer: signer.clone(),
             };
-            pending.push(store.submit(c).await.expect("queued"));
+            pending.push(store.submit_answer(answer).await.expect("queued"));
         }
         for p in pending {
-            match p.outcome().await.expect("answer") {
-                CommandOutcome::Answer(a) => assert_eq!(a.trade.expect("trade").state, TradeState::Settled),
-                other => panic!("{other:?}"),
-            }
+            let a = p.outcome().await.expect("answer");
+            assert_eq!(a.trade.expect("trade").state, TradeState::Settled);
         }
         done += n;
         if done >= report_at || done == total {
@@ -209,7 +173,7 @@ async fn footprint_per_settled_trade() {
         }
     }
     let mut live_total = 0;
-    for (name, n, bytes) in live_bytes(&store) {
+    for (name, n, bytes) in live_bytes(&sled) {
         live_total += bytes;
         if n > 0 {
             println!(

@@ -40,13 +40,13 @@ pub const TLS_HANDSHAKES_PENDING: &str = "syncpay_tls_handshakes_pending";
 // Recorded by the store's writer thread (`store::writer`), named here so
 // the whole list is in one place.
 /// Seconds one group commit spends in sled flush + fdatasync.
-pub const STORE_SYNC_SECONDS: &str = crate::store::metric_names::SYNC_SECONDS;
+pub const STORE_SYNC_SECONDS: &str = crate::store::sled::metric_names::SYNC_SECONDS;
 /// Commands per group commit.
-pub const STORE_GROUP_SIZE: &str = crate::store::metric_names::GROUP_SIZE;
+pub const STORE_GROUP_SIZE: &str = crate::store::sled::metric_names::GROUP_SIZE;
 /// Write requests waiting for the writer after it took a group.
-pub const STORE_QUEUE_DEPTH: &str = crate::store::metric_names::QUEUE_DEPTH;
+pub const STORE_QUEUE_DEPTH: &str = crate::store::sled::metric_names::QUEUE_DEPTH;
 /// Failed syncs (each one stops the store).
-pub const STORE_SYNC_FAILURES: &str = crate::store::metric_names::SYNC_FAILURES;
+pub const STORE_SYNC_FAILURES: &str = crate::store::sled::metric_names::SYNC_FAILURES;
 
 /// Registers units and descriptions with the installed recorder; call once
 /// after installing it.

@@ -1,0 +1,246 @@
+//! The storage boundary: what the engine asks of a store, by area. A
+//! backend implements the five traits and so [`Backend`]; the engine holds
+//! one as a [`super::Store`] (`Arc<dyn Backend>`) and never learns which.
+//!
+//! The promises every backend keeps, whatever its concurrency:
+//!
+//! - **Durable before answered.** A write's result (and any read's) is
+//!   returned only once what it reports is on stable storage, so no caller
+//!   ever reports a state that a crash could take back.
+//! - **One atomic change per operation.** A trade's state change, its
+//!   postings, balances, event and outbox deliveries are one commit.
+//!   Refused means nothing was written.
+//! - **Nothing outside the store inside a commit.** Outgoing work
+//!   (offers, withdrawals) is recorded in the commit as outbox
+//!   [`super::Delivery`]s and returned for the caller to push afterwards.
+//! - **Exactly once.** A trade reaches a final state at most once and is
+//!   settled by at most one posting set; an idempotent retry is compared
+//!   with the request as the shop sent it and returns the original.
+//! - **Gap-free events.** Each shop's events are numbered 1, 2, 3, … in
+//!   commit order; [`Trades::event_head`] moves only over durable events.
+//! - **The offer gate is asked once per created trade** (see
+//!   [`super::OfferGate`]).
+//!
+//! Writes the relay stream issues in order (`submit_*`) return a
+//! [`super::Pending`] as soon as they are queued; queued writes apply in
+//! queue order.
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::domain::receipt::ReceiptSigner;
+use crate::domain::{
+    AccountName, CarrierId, Decision, IpKey, IpPrefix, Month, Principal, RegisterId, ShopId, SubscriberNumber, TradeId,
+    UnixMs,
+};
+
+use super::ops::{
+    AckOutcome, AnswerOutcome, CancelOutcome, Created, ExpireOutcome, HandsetAnswer, LeaseReport, LeasesRecorded,
+    NewCarrier, NewHandset, NewRefund, NewRegister, NewShop, NewSubscriber, NewTrade, Pending, Refunded,
+    SignatureCheck, StatementData, TopUp, ToppedUp,
+};
+use super::records::{
+    AccountRecord, CarrierRecord, Delivery, EventRecord, HandsetRecord, PayoutEntry, PostingRecord, RegisterRecord,
+    ShopRecord, SubscriberRecord, TradeRecord,
+};
+use super::refusals::{
+    AcceptanceRefusal, AddPrefixesRefusal, AnswerRefusal, CancelRefusal, CloseRegisterRefusal, CreateCarrierRefusal,
+    CreateShopRefusal, CreateTradeRefusal, EnrollHandsetRefusal, EnrollSubscriberRefusal, Failure, LeaseRefusal,
+    NoRefusal, OpenRegisterRefusal, PayoutRefusal, RefundRefusal, StatementRefusal, StoreError, TopUpRefusal,
+};
+use super::verify::VerifyReport;
+
+/// Shops, carriers, subscribers and their handsets, registers, and who
+/// holds a credential.
+#[async_trait]
+pub trait Parties: Send + Sync {
+    async fn create_shop(&self, shop: NewShop) -> Result<ShopRecord, StoreError<CreateShopRefusal>>;
+    /// Refuses prefixes that overlap another carrier's.
+    async fn create_carrier(&self, carrier: NewCarrier) -> Result<CarrierRecord, StoreError<CreateCarrierRefusal>>;
+    async fn enroll_subscriber(
+        &self,
+        s: NewSubscriber,
+    ) -> Result<SubscriberRecord, StoreError<EnrollSubscriberRefusal>>;
+    async fn enroll_handset(&self, h: NewHandset) -> Result<HandsetRecord, StoreError<EnrollHandsetRefusal>>;
+    async fn open_register(&self, r: NewRegister) -> Result<RegisterRecord, StoreError<OpenRegisterRefusal>>;
+    async fn close_register(
+        &self,
+        shop: &ShopId,
+        id: RegisterId,
+        now: UnixMs,
+    ) -> Result<RegisterRecord, StoreError<CloseRegisterRefusal>>;
+
+    /// Who holds a credential (by SHA-256 of its token). Synchronous: the
+    /// authentication interceptor asks on every call and cannot wait; a
+    /// backend that cannot answer from a local read keeps the credentials
+    /// in memory (they change only when a party is created or rotated).
+    fn principal(&self, token_hash: &[u8; 32]) -> Result<Option<Principal>, Failure>;
+    /// Whether the shop or carrier a certificate names exists (the
+    /// operator always does). Synchronous, as [`Parties::principal`].
+    fn party_exists(&self, principal: &Principal) -> Result<bool, Failure>;
+
+    async fn shop(&self, id: &ShopId) -> Result<Option<ShopRecord>, Failure>;
+    /// The shop's registers (open and closed), at most `limit`.
+    async fn registers(&self, shop: &ShopId, limit: usize) -> Result<Vec<RegisterRecord>, Failure>;
+    /// Whether `shop` has a register `id` (open or closed).
+    async fn has_register(&self, shop: &ShopId, id: &RegisterId) -> Result<bool, Failure>;
+    async fn subscriber(&self, number: &SubscriberNumber) -> Result<Option<SubscriberRecord>, Failure>;
+    /// The handset key enrolled for `number` now.
+    async fn handset(&self, number: &SubscriberNumber) -> Result<Option<HandsetRecord>, Failure>;
+}
+
+/// A trade's life: creation, the carrier's acknowledgements and the
+/// handset's answer, cancellation, expiry and refunds; its events and the
+/// outbox.
+#[async_trait]
+pub trait Trades: Send + Sync {
+    /// Resolves the payer (a number is itself; a network identity is
+    /// resolved for this shop before the commit), replays an idempotent
+    /// retry (compared as sent), then creates the trade: PENDING with its
+    /// offer queued (if the offer gate admits it), or FAILED at once when
+    /// nothing could ever answer it.
+    async fn create_trade(&self, trade: NewTrade) -> Result<Created, StoreError<CreateTradeRefusal>>;
+    async fn cancel(
+        &self,
+        shop: &ShopId,
+        trade: TradeId,
+        now: UnixMs,
+    ) -> Result<CancelOutcome, StoreError<CancelRefusal>>;
+    async fn refund(&self, refund: NewRefund) -> Result<Refunded, StoreError<RefundRefusal>>;
+
+    /// Queues the carrier's acknowledgement of an outbox delivery.
+    async fn submit_ack(
+        &self,
+        carrier: &CarrierId,
+        delivery_id: u64,
+        now: UnixMs,
+    ) -> Result<Pending<AckOutcome, NoRefusal>, Failure>;
+    /// Verifies a handset's answer against the trade and enrolled key as
+    /// they are now, off the write path; `None` when there is nothing to
+    /// check against yet (the store then decides alone). Trade fields a
+    /// signature covers never change; a handset can be re-enrolled, so the
+    /// store takes the verdict only while it covers the same bytes. A valid
+    /// approval's receipt is countersigned here too, at `now` (the answer's
+    /// time) with `signer`, for the store to take if the answer settles.
+    async fn check_answer(
+        &self,
+        carrier: &CarrierId,
+        trade: &TradeId,
+        decision: Decision,
+        signature: &[u8],
+        signer: &ReceiptSigner,
+        now: UnixMs,
+    ) -> Option<SignatureCheck>;
+    /// Queues a handset's answer: settled, declined or failed, or refused
+    /// with the reason (unknown, already final, late: a late answer expires
+    /// the trade).
+    async fn submit_answer(&self, answer: HandsetAnswer) -> Result<Pending<AnswerOutcome, AnswerRefusal>, Failure>;
+    /// Queues the expiry of a trade whose deadline is at or before `now`.
+    async fn submit_expire(&self, trade: TradeId, now: UnixMs) -> Result<Pending<ExpireOutcome, NoRefusal>, Failure>;
+
+    async fn trade(&self, id: &TradeId) -> Result<Option<TradeRecord>, Failure>;
+    /// Events of `shop` with `after < seq <= head`, at most `limit`, each
+    /// with its trade as it was right after the event.
+    async fn events(&self, shop: &ShopId, after: u64, head: u64, limit: usize) -> Result<Vec<EventRecord>, Failure>;
+    /// The shop's durable event head (the highest sequence number on
+    /// stable storage), moving as events become durable; `None` for an
+    /// unknown shop.
+    fn event_head(&self, shop: &ShopId) -> Option<watch::Receiver<u64>>;
+    /// Unacknowledged deliveries for a carrier with ids above `after`,
+    /// oldest first, at most `limit`.
+    async fn outbox(&self, carrier: &CarrierId, after: u64, limit: usize) -> Result<Vec<Delivery>, Failure>;
+    /// Open trades whose deadline is at or before `now`, at most `limit`.
+    async fn due(&self, now: UnixMs, limit: usize) -> Result<Vec<TradeId>, Failure>;
+    /// How many trades are open (for start-up, not the hot path).
+    async fn open_trade_count(&self) -> Result<usize, Failure>;
+    /// The earliest deadline of any open trade (the sweeper sleeps until it).
+    async fn next_deadline(&self) -> Result<Option<UnixMs>, Failure>;
+    /// The trades behind the newest `per_shop` events of each of the first
+    /// `max_shops` shops (in shop id order), each once, as they are now;
+    /// newest activity first (the operator console).
+    async fn recent_trades(&self, max_shops: usize, per_shop: usize) -> Result<Vec<TradeRecord>, Failure>;
+}
+
+/// Money: top-ups, accounts, postings and the ledger's verification.
+#[async_trait]
+pub trait Ledger: Send + Sync {
+    async fn top_up(&self, top_up: TopUp) -> Result<ToppedUp, StoreError<TopUpRefusal>>;
+    async fn account(&self, name: &AccountName) -> Result<Option<AccountRecord>, Failure>;
+    /// Accounts whose name starts with `prefix`, at most `limit`, as of one
+    /// moment (the balances of a page always belong together).
+    async fn accounts(&self, prefix: &str, limit: usize) -> Result<Vec<AccountRecord>, Failure>;
+    /// Postings with ids above `after`, at most `limit`.
+    async fn postings(&self, after: u64, limit: usize) -> Result<Vec<PostingRecord>, Failure>;
+    /// Checks every ledger invariant on one consistent state.
+    async fn verify(&self) -> Result<VerifyReport, Failure>;
+    /// The newest `limit` postings, newest first (the operator console).
+    async fn recent_postings(&self, limit: usize) -> Result<Vec<PostingRecord>, Failure>;
+}
+
+/// Network identity and carrier billing: prefixes, leases, acceptance,
+/// statements and payout entries.
+#[async_trait]
+pub trait Network: Send + Sync {
+    /// Every prefix of the carrier after the change.
+    async fn add_prefixes(
+        &self,
+        carrier: &CarrierId,
+        prefixes: Vec<IpPrefix>,
+    ) -> Result<Vec<IpPrefix>, StoreError<AddPrefixesRefusal>>;
+    async fn report_leases(
+        &self,
+        carrier: &CarrierId,
+        starts: Vec<LeaseReport>,
+        stops: Vec<LeaseReport>,
+    ) -> Result<LeasesRecorded, StoreError<LeaseRefusal>>;
+    /// The carrier accepts (or revokes) a shop; returns whether accepted.
+    async fn set_acceptance(
+        &self,
+        carrier: &CarrierId,
+        shop: &ShopId,
+        accept: bool,
+    ) -> Result<bool, StoreError<AcceptanceRefusal>>;
+    /// Who held `addr` (and `port`) at `at`, if anyone.
+    async fn lease_holder(
+        &self,
+        addr: IpKey,
+        port: Option<u16>,
+        at: UnixMs,
+    ) -> Result<Option<(CarrierId, SubscriberNumber)>, Failure>;
+    /// How many lease records are kept (for tools).
+    async fn lease_count(&self) -> Result<usize, Failure>;
+    /// Deletes lease records no lookup at or after `cutoff` can reach;
+    /// returns how many.
+    async fn prune_leases(&self, cutoff: UnixMs) -> Result<u64, Failure>;
+    /// The bill of `number` at `carrier` for `month`.
+    async fn statement(
+        &self,
+        carrier: &CarrierId,
+        number: &SubscriberNumber,
+        month: Month,
+    ) -> Result<StatementData, StoreError<StatementRefusal>>;
+    /// The shop's payout entries committed in `[from, to)`.
+    async fn payout_entries(
+        &self,
+        shop: &ShopId,
+        from: UnixMs,
+        to: UnixMs,
+    ) -> Result<Vec<PayoutEntry>, StoreError<PayoutRefusal>>;
+}
+
+/// The store's own health and life.
+#[async_trait]
+pub trait Lifecycle: Send + Sync {
+    /// True once the store stopped accepting writes (a sync failed).
+    fn is_stopped(&self) -> bool;
+    /// Resolves once the store has stopped accepting writes.
+    async fn wait_stopped(&self);
+    /// Turns true once every handle of the store is gone and its files or
+    /// connections are closed.
+    fn closed(&self) -> watch::Receiver<bool>;
+}
+
+/// A whole store: what the engine holds.
+pub trait Backend: Parties + Trades + Ledger + Network + Lifecycle {}
+
+impl<T: Parties + Trades + Ledger + Network + Lifecycle> Backend for T {}

@@ -1,0 +1,549 @@
+//! How the sled backend writes records: one version byte, then postcard.
+//! Each record type has its own version ([`Record::VERSION`]); a type whose
+//! layout changed decodes its older layouts too. A record of an unknown
+//! version or a malformed body is reported as corruption, never a panic.
+//! Events are stored compactly (only what can change about their trade
+//! afterwards) and joined with their trade when read; idempotency keys,
+//! prefixes, carrier terms and leases are records only this backend has.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::domain::{
+    Amount, CarrierId, Decision, FailureReason, IpPrefix, PortRange, ShopId, SubscriberNumber, TradeId, TradeState,
+    UnixMs,
+};
+use crate::store::records::{
+    AccountRecord, BillLine, CapUsage, CarrierRecord, Delivery, EventKind, EventRecord, HandsetRecord, NetworkIdentity,
+    PayoutEntry, PostingRecord, Receipt, RegisterRecord, ShopRecord, SignedTerms, SubscriberRecord, TradeRecord,
+    TradeRequest,
+};
+use crate::store::Failure;
+
+/// The version byte of every record type whose layout never changed.
+pub const RECORD_VERSION: u8 = 1;
+
+/// A stored record type. A type whose layout changes gets a new `VERSION`
+/// and reads its older layouts in `decode_older` (keeping a copy of the
+/// old structs); the others stay at [`RECORD_VERSION`].
+pub trait Record: Serialize + DeserializeOwned {
+    /// The version byte this type is written with.
+    const VERSION: u8 = RECORD_VERSION;
+
+    /// Decodes a body written under an older `version` of this type.
+    fn decode_older(version: u8, _body: &[u8]) -> Result<Self, Failure> {
+        Err(Failure::Corrupt(format!("unknown record version {version}")))
+    }
+}
+
+pub fn encode<T: Record>(value: &T) -> Result<Vec<u8>, Failure> {
+    let mut out = vec![T::VERSION];
+    let body = postcard::to_stdvec(value).map_err(|e| Failure::Corrupt(format!("encode: {e}")))?;
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, Failure> {
+    match bytes.split_first() {
+        Some((&v, body)) if v == T::VERSION => body_of(body),
+        Some((&v, body)) => T::decode_older(v, body),
+        None => Err(Failure::Corrupt("empty record".into())),
+    }
+}
+
+fn body_of<T: DeserializeOwned>(body: &[u8]) -> Result<T, Failure> {
+    postcard::from_bytes(body).map_err(|e| Failure::Corrupt(format!("decode: {e}")))
+}
+
+/// Record types at [`RECORD_VERSION`], unchanged since the first layout.
+macro_rules! first_layout {
+    ($($t:ty),* $(,)?) => { $(impl Record for $t {})* };
+}
+
+first_layout!(
+    crate::domain::Principal,
+    ShopRecord,
+    CarrierRecord,
+    SubscriberRecord,
+    HandsetRecord,
+    RegisterRecord,
+    AccountRecord,
+    PostingRecord,
+    IdempotencyRecord,
+    Delivery,
+    PrefixRecord,
+    CarrierTerms,
+    LeaseRecord,
+    CapUsage,
+    BillLine,
+    PayoutEntry,
+    (),
+    u64,
+    u128,
+);
+
+/// Version byte of trade records since payload version 2 (`terms`, and
+/// receipts countersigned by the operator).
+pub const TRADE_VERSION: u8 = 2;
+
+impl Record for TradeRecord {
+    const VERSION: u8 = TRADE_VERSION;
+
+    fn decode_older(version: u8, body: &[u8]) -> Result<Self, Failure> {
+        match version {
+            RECORD_VERSION => body_of::<TradeRecordV1>(body).map(TradeRecord::from),
+            v => Err(Failure::Corrupt(format!("unknown trade record version {v}"))),
+        }
+    }
+}
+
+/// A trade record as written before [`TRADE_VERSION`] 2 (kept to read
+/// stores of that time; also the trade inside a version 1 whole event).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct TradeRecordV1 {
+    id: TradeId,
+    shop: ShopId,
+    carrier: Option<CarrierId>,
+    request: TradeRequest,
+    state: TradeState,
+    failure: Option<FailureReason>,
+    binding_code: String,
+    created_at: UnixMs,
+    expires_at: UnixMs,
+    finished_at: Option<UnixMs>,
+    decision: Option<Decision>,
+    receipt: Option<ReceiptV1>,
+    idempotency_key: Option<String>,
+    offer_delivery: Option<u64>,
+    refunded: Amount,
+}
+
+/// The receipt layout of [`TradeRecordV1`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ReceiptV1 {
+    signed_payload: Vec<u8>,
+    signature: Vec<u8>,
+    shop_key_fingerprint: [u8; 32],
+}
+
+impl From<TradeRecordV1> for TradeRecord {
+    fn from(t: TradeRecordV1) -> TradeRecord {
+        TradeRecord {
+            id: t.id,
+            shop: t.shop,
+            carrier: t.carrier,
+            request: t.request,
+            state: t.state,
+            failure: t.failure,
+            binding_code: t.binding_code,
+            created_at: t.created_at,
+            expires_at: t.expires_at,
+            finished_at: t.finished_at,
+            decision: t.decision,
+            receipt: t.receipt.map(|r| Receipt::Legacy {
+                signed_payload: r.signed_payload,
+                signature: r.signature,
+                shop_key_fingerprint: r.shop_key_fingerprint,
+            }),
+            idempotency_key: t.idempotency_key,
+            offer_delivery: t.offer_delivery,
+            refunded: t.refunded,
+            terms: SignedTerms::V1,
+        }
+    }
+}
+
+/// A whole event as written before compact events (version 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct EventRecordV1 {
+    seq: u64,
+    at: UnixMs,
+    kind: EventKind,
+    trade: TradeRecordV1,
+}
+
+/// Version byte of the compact event layout. Version 1 events (the
+/// generic [`RECORD_VERSION`]) hold a whole [`TradeRecord`]; they still
+/// decode. Version 3 has version 2's layout; what changed is the meaning
+/// of a refund's `refund_id` (see [`EventKind::Refunded`]).
+pub const EVENT_VERSION: u8 = 3;
+/// Compact events written before refund ids named posting sets.
+pub const EVENT_VERSION_V2: u8 = 2;
+
+/// An event as stored since [`EVENT_VERSION`] 2: only the fields of the
+/// trade that can change after the event (state, failure, decision,
+/// finish time, refunds, the pending offer, whether the receipt exists).
+/// Everything else about a trade is fixed when it is created, and the
+/// receipt when it settles, so the rest is joined from the trade record
+/// when the event is read ([`CompactEvent::join`]). Three whole trade
+/// copies per trade were over half of the store's live bytes (issue 6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactEvent {
+    pub seq: u64,
+    pub at: UnixMs,
+    pub kind: EventKind,
+    pub trade: TradeId,
+    pub state: TradeState,
+    pub failure: Option<FailureReason>,
+    pub decision: Option<Decision>,
+    pub finished_at: Option<UnixMs>,
+    pub refunded: Amount,
+    pub offer_delivery: Option<u64>,
+    pub has_receipt: bool,
+}
+
+impl CompactEvent {
+    pub fn of(event: &EventRecord) -> CompactEvent {
+        let t = &event.trade;
+        CompactEvent {
+            seq: event.seq,
+            at: event.at,
+            kind: event.kind,
+            trade: t.id,
+            state: t.state,
+            failure: t.failure,
+            decision: t.decision,
+            finished_at: t.finished_at,
+            refunded: t.refunded,
+            offer_delivery: t.offer_delivery,
+            has_receipt: t.receipt.is_some(),
+        }
+    }
+
+    /// The event with its trade as it was then: the trade's current record
+    /// with the fields that may have changed since set back to the event's.
+    pub fn join(self, mut trade: TradeRecord) -> Result<EventRecord, Failure> {
+        if trade.id != self.trade {
+            return Err(Failure::Corrupt(format!("event {} joined with trade {}", self.seq, trade.id)));
+        }
+        trade.state = self.state;
+        trade.failure = self.failure;
+        trade.decision = self.decision;
+        trade.finished_at = self.finished_at;
+        trade.refunded = self.refunded;
+        trade.offer_delivery = self.offer_delivery;
+        match (self.has_receipt, trade.receipt.is_some()) {
+            (true, true) | (false, false) => {}
+            (false, true) => trade.receipt = None,
+            (true, false) => {
+                return Err(Failure::Corrupt(format!("event {} has a receipt its trade lacks", self.seq)));
+            }
+        }
+        Ok(EventRecord { seq: self.seq, at: self.at, kind: self.kind, trade })
+    }
+}
+
+/// An event as read from disk: a whole one (version 1) or a compact one
+/// that still needs its trade. Versions 1 and 2 hold a refund's first
+/// posting id where version 3 holds its posting set id; the store's reader
+/// converts them ([`EventKind::Refunded`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredEvent {
+    Whole(Box<EventRecord>),
+    /// Version 2: compact, refund ids are first posting ids.
+    CompactV2(CompactEvent),
+    Compact(CompactEvent),
+}
+
+pub fn encode_event(event: &EventRecord) -> Result<Vec<u8>, Failure> {
+    let mut out = vec![EVENT_VERSION];
+    let body = postcard::to_stdvec(&CompactEvent::of(event)).map_err(|e| Failure::Corrupt(format!("encode: {e}")))?;
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+pub fn decode_event(bytes: &[u8]) -> Result<StoredEvent, Failure> {
+    let compact = |body: &[u8]| {
+        postcard::from_bytes::<CompactEvent>(body).map_err(|e| Failure::Corrupt(format!("decode event: {e}")))
+    };
+    match bytes.split_first() {
+        Some((&EVENT_VERSION, body)) => compact(body).map(StoredEvent::Compact),
+        Some((&EVENT_VERSION_V2, body)) => compact(body).map(StoredEvent::CompactV2),
+        Some((&RECORD_VERSION, body)) => {
+            let e: EventRecordV1 = body_of(body)?;
+            Ok(StoredEvent::Whole(Box::new(EventRecord { seq: e.seq, at: e.at, kind: e.kind, trade: e.trade.into() })))
+        }
+        Some((v, _)) => Err(Failure::Corrupt(format!("unknown event version {v}"))),
+        None => Err(Failure::Corrupt("empty record".into())),
+    }
+}
+
+/// The version 1 bytes of a whole event whose trade a version 1 server
+/// could have written (no countersigned receipt), for tests of old stores.
+#[cfg(test)]
+pub(crate) fn encode_whole_event_v1(e: &EventRecord) -> Option<Vec<u8>> {
+    let t = &e.trade;
+    let receipt = match &t.receipt {
+        None => None,
+        Some(Receipt::Legacy { signed_payload, signature, shop_key_fingerprint }) => Some(ReceiptV1 {
+            signed_payload: signed_payload.clone(),
+            signature: signature.clone(),
+            shop_key_fingerprint: *shop_key_fingerprint,
+        }),
+        Some(Receipt::Countersigned { .. }) => return None,
+    };
+    let trade = TradeRecordV1 {
+        id: t.id,
+        shop: t.shop.clone(),
+        carrier: t.carrier.clone(),
+        request: t.request.clone(),
+        state: t.state,
+        failure: t.failure,
+        binding_code: t.binding_code.clone(),
+        created_at: t.created_at,
+        expires_at: t.expires_at,
+        finished_at: t.finished_at,
+        decision: t.decision,
+        receipt,
+        idempotency_key: t.idempotency_key.clone(),
+        offer_delivery: t.offer_delivery,
+        refunded: t.refunded,
+    };
+    let mut out = vec![RECORD_VERSION];
+    out.extend(postcard::to_stdvec(&EventRecordV1 { seq: e.seq, at: e.at, kind: e.kind, trade }).ok()?);
+    Some(out)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum IdempotencyRecord {
+    /// A CreateTrade key: the trade it made and the request, to compare.
+    Trade { trade: TradeId, request: TradeRequest<SubscriberNumber> },
+    /// A RefundTrade key as written before refund ids named posting sets:
+    /// the refund's first posting id, read back as its set's id. No longer
+    /// written.
+    RefundV1 { trade: TradeId, amount: Amount, first_posting: u64 },
+    /// A CreateTrade key whose payer was a network identity: the request
+    /// as the shop sent it (never the resolved subscriber, so a retry's
+    /// conflict message cannot reveal who was resolved).
+    NetworkTrade { trade: TradeId, request: TradeRequest<NetworkIdentity> },
+    /// A RefundTrade key: the refund it made, by posting set id. (Appended:
+    /// postcard numbers variants, so older records still decode.)
+    Refund { trade: TradeId, amount: Amount, set_id: u64 },
+}
+
+/// One of a carrier's IP prefixes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrefixRecord {
+    pub carrier: CarrierId,
+    pub prefix: IpPrefix,
+}
+
+/// A carrier's billing terms.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct CarrierTerms {
+    /// Fee on carrier-billed charges in basis points (0..=10 000).
+    pub fee_bps: u32,
+}
+
+/// What a lease record says from its instant on, for its port range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseMark {
+    /// The subscriber holds the address (port range) from here.
+    Start { carrier: CarrierId, subscriber: SubscriberNumber },
+    /// Nobody holds it from here.
+    Stop { carrier: CarrierId },
+}
+
+/// One lease start or stop. The key holds address, instant, first port and
+/// kind; the value the rest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    pub ports: PortRange,
+    pub mark: LeaseMark,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::receipt::ReceiptKeyId;
+    use crate::domain::{Currency, RegisterId};
+    use crate::store::records::Sig64;
+
+    #[test]
+    fn records_round_trip_and_reject_unknown_versions() {
+        let rec = CarrierRecord {
+            id: CarrierId::parse("docomo").expect("valid"),
+            display_name: "Docomo".into(),
+            created_at: UnixMs(5),
+        };
+        let bytes = encode(&rec).expect("encode");
+        let back: CarrierRecord = decode(&bytes).expect("decode");
+        assert_eq!(back.id, rec.id);
+        let mut wrong = bytes.clone();
+        wrong[0] = 9;
+        assert!(matches!(decode::<CarrierRecord>(&wrong), Err(Failure::Corrupt(_))));
+        assert!(matches!(decode::<CarrierRecord>(&[]), Err(Failure::Corrupt(_))));
+        assert!(matches!(decode::<CarrierRecord>(&bytes[..3]), Err(Failure::Corrupt(_))));
+    }
+
+    fn hex(text: &str) -> Vec<u8> {
+        crate::hex::decode(text).expect("hex")
+    }
+
+    /// A settled, partly refunded trade, as in the golden records below.
+    fn golden_trade() -> TradeRecord {
+        TradeRecord {
+            id: TradeId::from_bytes([7; 16]),
+            shop: ShopId::parse("acme").expect("id"),
+            carrier: Some(CarrierId::parse("docomo").expect("id")),
+            request: TradeRequest {
+                register: RegisterId::from_bytes([9; 16]),
+                payer: SubscriberNumber::parse("+818012345678").expect("number"),
+                amount: Amount::new(1200),
+                currency: Currency::parse("JPY").expect("known"),
+                description: "book".into(),
+                ttl_ms: 60_000,
+            },
+            state: TradeState::Settled,
+            failure: None,
+            binding_code: "123456".into(),
+            created_at: UnixMs(1_800_000_000_000),
+            expires_at: UnixMs(1_800_000_060_000),
+            finished_at: Some(UnixMs(1_800_000_001_000)),
+            decision: Some(Decision::Approve),
+            receipt: Some(Receipt::Legacy {
+                signed_payload: vec![1, 2, 3],
+                signature: vec![4; 64],
+                shop_key_fingerprint: [5; 32],
+            }),
+            idempotency_key: Some("order-1".into()),
+            offer_delivery: None,
+            refunded: Amount::new(300),
+            terms: SignedTerms::V1,
+        }
+    }
+
+    /// The same trade as this version writes it: version 2 terms and a
+    /// countersigned receipt.
+    fn golden_trade_v2() -> TradeRecord {
+        TradeRecord {
+            receipt: Some(Receipt::Countersigned {
+                signature: Sig64([4; 64]),
+                handset_key: [5; 32],
+                key_id: ReceiptKeyId::from_bytes([6; 8]),
+                countersignature: Sig64([7; 64]),
+            }),
+            terms: SignedTerms::V2 { screen_digest: [8; 32] },
+            ..golden_trade()
+        }
+    }
+
+    // Written by the encoder of commit ade2827 (before compact events): a
+    // store of that time must still read the same.
+    const GOLDEN_TRADE_V1: &str =
+        "01070707070707070707070707070707070461636d650106646f636f6d6f090909090909090909090909090909090d2b\
+        383138303132333435363738b0094a505904626f6f6be0d40302000631323334353680a0f1c2b134e0f4f4c2b13401e8\
+        a7f1c2b13401000103010203400404040404040404040404040404040404040404040404040404040404040404040404\
+        040404040404040404040404040404040404040404040404040404040405050505050505050505050505050505050505\
+        0505050505050505050505050501076f726465722d3100ac02";
+    const GOLDEN_EVENT_V1: &str =
+        "0104d0aff1c2b13401ac0206070707070707070707070707070707070461636d650106646f636f6d6f09090909090909\
+        0909090909090909090d2b383138303132333435363738b0094a505904626f6f6be0d40302000631323334353680a0f1\
+        c2b134e0f4f4c2b13401e8a7f1c2b1340100010301020340040404040404040404040404040404040404040404040404\
+        040404040404040404040404040404040404040404040404040404040404040404040404040404040505050505050505\
+        05050505050505050505050505050505050505050505050501076f726465722d3100ac02";
+
+    #[test]
+    fn records_written_before_compact_events_still_decode() {
+        let trade: TradeRecord = decode(&hex(GOLDEN_TRADE_V1)).expect("trade v1");
+        assert_eq!(trade, golden_trade());
+        let expected = EventRecord {
+            seq: 4,
+            at: UnixMs(1_800_000_002_000),
+            kind: EventKind::Refunded { amount: Amount::new(300), refund_id: 6 },
+            trade: golden_trade(),
+        };
+        assert_eq!(
+            decode_event(&hex(GOLDEN_EVENT_V1)).expect("event v1"),
+            StoredEvent::Whole(Box::new(expected.clone()))
+        );
+        // The test encoder of the old layout writes exactly those bytes.
+        assert_eq!(encode_whole_event_v1(&expected), Some(hex(GOLDEN_EVENT_V1)));
+    }
+
+    // Written by this version's encoder: the layout of trade records since
+    // countersigned receipts, pinned so it cannot change by accident.
+    const GOLDEN_TRADE_V2: &str =
+        "02070707070707070707070707070707070461636d650106646f636f6d6f090909090909090909090909090909090d2b\
+        383138303132333435363738b0094a505904626f6f6be0d40302000631323334353680a0f1c2b134e0f4f4c2b13401e8\
+        a7f1c2b13401000101040404040404040404040404040404040404040404040404040404040404040404040404040404\
+        040404040404040404040404040404040404040404040404040505050505050505050505050505050505050505050505\
+        050505050505050505060606060606060607070707070707070707070707070707070707070707070707070707070707\
+        07070707070707070707070707070707070707070707070707070707070707070701076f726465722d3100ac02010808\
+        080808080808080808080808080808080808080808080808080808080808";
+
+    #[test]
+    fn trade_records_have_their_own_version_and_read_the_old_one() {
+        let bytes = encode(&golden_trade_v2()).expect("encode");
+        assert_eq!(bytes[0], TRADE_VERSION);
+        assert_eq!(bytes, hex(GOLDEN_TRADE_V2), "{}", crate::hex::encode(&bytes));
+        assert_eq!(decode::<TradeRecord>(&bytes).expect("v2"), golden_trade_v2());
+        // A version 1 trade reads as a version 1 trade with a legacy receipt.
+        let old: TradeRecord = decode(&hex(GOLDEN_TRADE_V1)).expect("v1");
+        assert_eq!((old.terms, matches!(old.receipt, Some(Receipt::Legacy { .. }))), (SignedTerms::V1, true));
+        // Other records stay at version 1, and nothing reads version 3.
+        assert_eq!(encode(&CarrierTerms { fee_bps: 1 }).expect("encode")[0], RECORD_VERSION);
+        let mut future = bytes.clone();
+        future[0] = 3;
+        assert!(matches!(decode::<TradeRecord>(&future), Err(Failure::Corrupt(_))));
+    }
+
+    // Written by the encoders of commit 8c50b13, before refund ids named
+    // posting sets: a refund key whose refund was first posting 6, and a
+    // compact (version 2) REFUNDED event with refund id 6.
+    const GOLDEN_REFUND_KEY_V1: &str = "010107070707070707070707070707070707ac0206";
+    const GOLDEN_EVENT_V2: &str =
+        "0204d0aff1c2b13401ac0206070707070707070707070707070707070200010001e8a7f1c2b134ac020001";
+
+    #[test]
+    fn refund_records_written_before_set_ids_still_decode_as_such() {
+        let key: IdempotencyRecord = decode(&hex(GOLDEN_REFUND_KEY_V1)).expect("refund key v1");
+        let IdempotencyRecord::RefundV1 { trade, amount, first_posting } = key else { panic!("{key:?}") };
+        assert_eq!((trade, amount, first_posting), (TradeId::from_bytes([7; 16]), Amount::new(300), 6));
+        let StoredEvent::CompactV2(event) = decode_event(&hex(GOLDEN_EVENT_V2)).expect("event v2") else {
+            panic!("not a version 2 event")
+        };
+        assert_eq!(event.kind, EventKind::Refunded { amount: Amount::new(300), refund_id: 6 });
+        let settled = EventRecord { seq: 4, at: UnixMs(1_800_000_002_000), kind: event.kind, trade: golden_trade() };
+        assert_eq!(event.join(golden_trade()).expect("join"), settled);
+        // Today's encoder writes version 3 and the new key variant.
+        assert_eq!(encode_event(&settled).expect("encode")[0], 3);
+        let now =
+            IdempotencyRecord::Refund { trade: TradeId::from_bytes([7; 16]), amount: Amount::new(300), set_id: 3 };
+        assert!(matches!(decode(&encode(&now).expect("encode")), Ok(IdempotencyRecord::Refund { set_id: 3, .. })));
+    }
+
+    #[test]
+    fn compact_events_join_their_trade_as_it_was() {
+        // The PENDING event of a trade that has since settled and been
+        // refunded: joined with today's record it shows PENDING, no
+        // receipt, no decision, nothing refunded.
+        let mut then = golden_trade();
+        then.state = TradeState::Pending;
+        then.finished_at = None;
+        then.decision = None;
+        then.receipt = None;
+        then.refunded = Amount::ZERO;
+        then.offer_delivery = Some(11);
+        let event = EventRecord { seq: 1, at: then.created_at, kind: EventKind::StateChanged, trade: then };
+        let bytes = encode_event(&event).expect("encode");
+        assert_eq!(bytes[0], EVENT_VERSION);
+        let StoredEvent::Compact(compact) = decode_event(&bytes).expect("decode") else { panic!("not compact") };
+        assert_eq!(compact.clone().join(golden_trade()).expect("join"), event);
+        // Joined with another trade, or with a trade lacking the receipt the
+        // event saw, it is corruption, not a wrong answer.
+        let mut other = golden_trade();
+        other.id = TradeId::from_bytes([8; 16]);
+        assert!(matches!(compact.join(other), Err(Failure::Corrupt(_))));
+        let settled = EventRecord { seq: 2, at: UnixMs(5), kind: EventKind::StateChanged, trade: golden_trade() };
+        let StoredEvent::Compact(compact) = decode_event(&encode_event(&settled).expect("encode")).expect("decode")
+        else {
+            panic!("not compact")
+        };
+        let mut no_receipt = golden_trade();
+        no_receipt.receipt = None;
+        assert!(matches!(compact.clone().join(no_receipt), Err(Failure::Corrupt(_))));
+        assert_eq!(compact.join(golden_trade()).expect("join"), settled);
+        assert!(matches!(decode_event(&[EVENT_VERSION, 0xff]), Err(Failure::Corrupt(_))));
+        assert!(matches!(decode_event(&[]), Err(Failure::Corrupt(_))));
+    }
+}

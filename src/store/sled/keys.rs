@@ -1,0 +1,120 @@
+//! Key layouts of the sled backend. Variable parts are slugs or E.164
+//! numbers, which never contain 0x00, so `owner 0x00 …` prefixes are
+//! unambiguous; integers are big-endian so keys sort by number.
+
+use crate::domain::{AccountName, CarrierId, RegisterId, ShopId, SubscriberNumber, TradeId, UnixMs};
+
+pub fn owned(owner: &str, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(owner.len() + 1 + rest.len());
+    k.extend_from_slice(owner.as_bytes());
+    k.push(0);
+    k.extend_from_slice(rest);
+    k
+}
+pub fn register(shop: &ShopId, id: &RegisterId) -> Vec<u8> {
+    owned(shop.as_str(), id.as_bytes())
+}
+pub fn event(shop: &ShopId, seq: u64) -> Vec<u8> {
+    owned(shop.as_str(), &seq.to_be_bytes())
+}
+pub fn outbox(carrier: &CarrierId, delivery_id: u64) -> Vec<u8> {
+    owned(carrier.as_str(), &delivery_id.to_be_bytes())
+}
+pub fn idempotency(shop: &ShopId, key: &str) -> Vec<u8> {
+    owned(shop.as_str(), key.as_bytes())
+}
+/// Refund keys live beside trade keys; 0xff never occurs in a key
+/// (visible ASCII), so the two namespaces cannot collide.
+pub fn refund_idempotency(shop: &ShopId, key: &str) -> Vec<u8> {
+    let mut rest = Vec::with_capacity(1 + key.len());
+    rest.push(0xff);
+    rest.extend_from_slice(key.as_bytes());
+    owned(shop.as_str(), &rest)
+}
+pub fn deadline(at: UnixMs, trade: &TradeId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(24);
+    k.extend_from_slice(&at.0.to_be_bytes());
+    k.extend_from_slice(trade.as_bytes());
+    k
+}
+pub fn account(name: &AccountName) -> Vec<u8> {
+    name.key().into_bytes()
+}
+
+/// Keys of the `network` tree. The first byte names the record kind;
+/// slugs and numbers never contain 0x00, so `x 0x00 y` is unambiguous.
+pub mod net {
+    use super::*;
+    use crate::domain::{Currency, IpPrefix, Month};
+
+    /// `P` ‖ network (16) ‖ length: one prefix.
+    pub fn prefix(p: &IpPrefix) -> Vec<u8> {
+        let mut k = Vec::with_capacity(18);
+        k.push(b'P');
+        k.extend_from_slice(&p.network().0);
+        k.push(p.len());
+        k
+    }
+    /// The set of prefix lengths in use (17-byte bitmap).
+    pub const LENGTHS: &[u8] = b"Lengths";
+    /// `F` ‖ carrier: its terms.
+    pub fn terms(carrier: &CarrierId) -> Vec<u8> {
+        [&b"F"[..], carrier.as_str().as_bytes()].concat()
+    }
+    /// `A` ‖ carrier 0 shop: the carrier accepts the shop.
+    pub fn acceptance(carrier: &CarrierId, shop: &ShopId) -> Vec<u8> {
+        [&b"A"[..], carrier.as_str().as_bytes(), b"\0", shop.as_str().as_bytes()].concat()
+    }
+    fn bill_owner(tag: u8, carrier: &CarrierId, number: &SubscriberNumber) -> Vec<u8> {
+        [&[tag][..], carrier.as_str().as_bytes(), b"\0", number.as_str().as_bytes(), b"\0"].concat()
+    }
+    /// `U` ‖ carrier 0 number 0 ‖ currency ‖ month: cap use.
+    pub fn cap_usage(carrier: &CarrierId, number: &SubscriberNumber, currency: Currency, month: Month) -> Vec<u8> {
+        let mut k = bill_owner(b'U', carrier, number);
+        k.extend_from_slice(currency.as_bytes());
+        k.extend_from_slice(&month.number().to_be_bytes());
+        k
+    }
+    /// `B` ‖ carrier 0 number 0 ‖ month: the prefix of a month's lines.
+    pub fn bill_month(carrier: &CarrierId, number: &SubscriberNumber, month: Month) -> Vec<u8> {
+        let mut k = bill_owner(b'B', carrier, number);
+        k.extend_from_slice(&month.number().to_be_bytes());
+        k
+    }
+    /// A bill line, ordered by its settlement's posting set.
+    pub fn bill_line(carrier: &CarrierId, number: &SubscriberNumber, month: Month, set_id: u64) -> Vec<u8> {
+        let mut k = bill_month(carrier, number, month);
+        k.extend_from_slice(&set_id.to_be_bytes());
+        k
+    }
+    /// `I` ‖ trade: the key of the trade's bill line, if carrier-billed.
+    pub fn bill_of_trade(trade: &TradeId) -> Vec<u8> {
+        [&b"I"[..], &trade.as_bytes()[..]].concat()
+    }
+    /// `S` ‖ shop 0 ‖ at ‖ set: a payout entry, in time order per shop.
+    pub fn payout(shop: &ShopId, at: UnixMs, set_id: u64) -> Vec<u8> {
+        let mut k = [&b"S"[..], shop.as_str().as_bytes(), b"\0"].concat();
+        k.extend_from_slice(&at.0.to_be_bytes());
+        k.extend_from_slice(&set_id.to_be_bytes());
+        k
+    }
+}
+
+/// A lease record: address (16) ‖ instant (8) ‖ first port (2) ‖ kind
+/// (0 stop, 1 start), all big-endian. One address's history is one
+/// contiguous run in time order, so "who held it at t" is a reverse
+/// range scan from (address, t); at the same instant a start sorts
+/// after a stop and so wins (lease intervals are [start, end)).
+pub fn lease(addr: &crate::domain::IpKey, at: UnixMs, port_lo: u16, start: bool) -> [u8; 27] {
+    let mut k = [0u8; 27];
+    k[..16].copy_from_slice(&addr.0);
+    k[16..24].copy_from_slice(&at.0.to_be_bytes());
+    k[24..26].copy_from_slice(&port_lo.to_be_bytes());
+    k[26] = u8::from(start);
+    k
+}
+
+/// The count of a shop's open registers, in the meta tree.
+pub fn open_registers(shop: &ShopId) -> Vec<u8> {
+    owned("open_registers", shop.as_str().as_bytes())
+}

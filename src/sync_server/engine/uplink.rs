@@ -1,0 +1,83 @@
+//! What a carrier's relay stream sends and receives: acknowledgements of
+//! deliveries, handsets' answers, and the outbox replayed when it connects.
+//! Uplink messages are queued in arrival order (so one stream's messages
+//! apply in order) and each finishes, durable, in a future of its own.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tracing::Instrument;
+
+use crate::domain::{CarrierId, Decision, TradeId};
+use crate::metrics;
+use crate::store::{AnswerOutcome, AnswerRefusal, Delivery, Failure, HandsetAnswer, NoRefusal, RejectedAnswer};
+
+use super::{now, Engine, EngineError};
+
+impl Engine {
+    /// Queues the carrier's acknowledgement of a delivery; the returned
+    /// future resolves once it is durable.
+    pub async fn begin_ack(
+        &self,
+        carrier: &CarrierId,
+        delivery_id: u64,
+    ) -> Result<impl Future<Output = Result<(), EngineError<NoRefusal>>> + Send + 'static, EngineError<NoRefusal>> {
+        let pending = self.store.submit_ack(carrier, delivery_id, now()).await?;
+        Ok(async move {
+            pending.outcome().await?;
+            Ok(())
+        })
+    }
+
+    /// Queues a handset's answer (ordered like `begin_ack`); the returned
+    /// future resolves once it is durable and its effects are sent: the
+    /// trade settled, declined or failed, or the answer refused with the
+    /// reason (late, unknown, already final).
+    pub async fn begin_answer(
+        self: &Arc<Self>,
+        carrier: &CarrierId,
+        trade: TradeId,
+        decision: Decision,
+        signature: Vec<u8>,
+    ) -> Result<
+        impl Future<Output = Result<AnswerOutcome, EngineError<AnswerRefusal>>> + Send + 'static,
+        EngineError<AnswerRefusal>,
+    > {
+        // Ed25519 verification and the receipt's countersignature are the
+        // costliest steps of an answer: do them here, in parallel with the
+        // store's writer, which reuses them if nothing changed in between.
+        let (at, signer) = (now(), self.receipts.signer());
+        let checked = self.store.check_answer(carrier, &trade, decision, &signature, &signer, at).await;
+        let answer = HandsetAnswer { carrier: carrier.clone(), trade, decision, signature, now: at, checked, signer };
+        let pending = self.store.submit_answer(answer).await?;
+        let engine = self.clone();
+        // The settlement path: everything logged until the outcome is sent
+        // carries the trade id.
+        let span = tracing::info_span!("answer", trade_id = %trade, carrier = %carrier, ?decision);
+        Ok(async move {
+            let outcome = pending.outcome().await?;
+            match (&outcome.rejected, &outcome.trade) {
+                (None, Some(t)) => {
+                    metrics::trade_finished(t);
+                    tracing::info!(state = t.state.name(), failure = ?t.failure, "handset answer taken")
+                }
+                (Some(RejectedAnswer::Expired), Some(t)) => {
+                    // This commit expired the trade.
+                    metrics::trade_finished(t);
+                    tracing::info!(rejected = "expired", "handset answer came after the deadline")
+                }
+                (Some(why), _) => tracing::info!(rejected = ?why, "handset answer refused"),
+                (None, None) => {}
+            }
+            engine.settled_effects(outcome.trade.as_ref(), &outcome.deliveries);
+            Ok(outcome)
+        }
+        .instrument(span))
+    }
+
+    /// A page of the carrier's unacknowledged deliveries with ids above
+    /// `after`, for the replay when its relay connects.
+    pub async fn outbox(&self, carrier: &CarrierId, after: u64, limit: usize) -> Result<Vec<Delivery>, Failure> {
+        self.store.outbox(carrier, after, limit).await
+    }
+}
