@@ -3,7 +3,9 @@
 # sections, one after another (run it on an otherwise idle machine):
 #   cargo build --release && scripts/bench_report.sh OUT_DIR [STORE_DIR]
 # OUT_DIR gets each run's summary (.txt), JSON, SVG and stderr, and
-# runs.log with the load average at the start of each run. STORE_DIR
+# runs.log with the load average at the start of each run, and the
+# PostgreSQL anchor (scripts/pgbench_settle.sh, when PostgreSQL is
+# installed) with syncpay's ratio to it at 64 in flight. STORE_DIR
 # (default OUT_DIR/store-1m, about 1.5 GB) keeps the million-trade store.
 # Takes about 15 minutes on the 2-core machine of the report.
 set -euo pipefail
@@ -19,6 +21,16 @@ for n in 4 16 64 256; do
   log "syncpay and ceiling, $n in flight"
   "$bin" bench --duration 20s --inflight "$n" --shops 8 --out "both-$n.json" --svg "both-$n.svg" > "both-$n.txt" 2> "both-$n.err"
 done
+log "PostgreSQL anchor: pgbench, the settle transaction only, 64 clients"
+here="$(cd "$(dirname "$bin")/../.." && pwd)"
+if "$here/scripts/pgbench_settle.sh" 64 20 8 > pgbench-64.txt 2> pgbench-64.err; then
+  pg_tps=$(sed -n 's/^pgbench_settle_tps=//p' pgbench-64.txt)
+  sp_tps=$(grep -m1 '"settled_per_s"' both-64.json | sed 's/[^0-9.]//g')
+  awk -v s="$sp_tps" -v p="$pg_tps" 'BEGIN { printf "syncpay %.0f settled/s, PostgreSQL settle-only %.0f tx/s: %.2fx\n", s, p, s / p }' \
+    | tee -a pgbench-64.txt | tee -a runs.log
+else
+  log "no PostgreSQL anchor: $(tail -n 1 pgbench-64.err)"
+fi
 log "one shop, 64 in flight"
 "$bin" bench --mode syncpay --duration 20s --inflight 64 --shops 1 --out oneshop-64.json > oneshop-64.txt 2> oneshop-64.err
 log "flush-only, 64 in flight"
