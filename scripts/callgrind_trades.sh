@@ -2,6 +2,7 @@
 # Instructions per settled trade of the server, counted by callgrind (it
 # repeats where wall-clock figures on a shared 2-core machine do not):
 #   cargo build --release && scripts/callgrind_trades.sh OUT_DIR [WINDOW_S] [INFLIGHT] [SHOPS] [DURABILITY]
+# (SYNCPAY_BIN=path runs another build of the binary, for an A/B)
 # Runs `syncpay serve` under `valgrind --tool=callgrind --instr-atstart=no
 # --separate-threads=yes`, loads it with `syncpay bench --server` (same
 # settings as the bench's own child server), switches instrumentation on 5 s
@@ -17,7 +18,7 @@ inflight=${3:-64}
 shops=${4:-8}
 durability=${5:-fsync}
 root="$(cd "$(dirname "$0")/.." && pwd)"
-bin="$root/target/release/syncpay"
+bin="${SYNCPAY_BIN:-$root/target/release/syncpay}"
 [ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 2; }
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"

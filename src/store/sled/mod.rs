@@ -20,6 +20,7 @@ pub mod codec;
 mod config;
 mod create_trade;
 mod events;
+mod hot;
 mod keys;
 mod ledger;
 mod network;
@@ -160,12 +161,31 @@ impl SledStore {
         // Whatever recovery found is made durable before anything reads it.
         shared.db.flush().map_err(io)?;
         syncer.sync_now()?;
+        // Each shop's event head is its highest event key (the shop record
+        // no longer holds it: `hot`). Shop records of the first layout
+        // (whose `next_event_seq` an older binary would trust) are
+        // rewritten in the second, which an older binary refuses to read,
+        // so it cannot reuse event numbers on a store this one wrote.
+        let hot = hot::Hot::new(shared.tree(T::Events).clone());
+        let mut migrated = 0usize;
         for item in shared.tree(T::Shops).iter() {
-            let (_, v) = item.map_err(io)?;
-            let shop: ShopRecord = codec::decode(&v)?;
-            shared.heads.set(&shop.id, shop.next_event_seq.saturating_sub(1));
+            let (k, v) = item.map_err(io)?;
+            let mut shop: ShopRecord = codec::decode(&v)?;
+            let head = hot::last_event_seq(shared.tree(T::Events), &shop.id)?;
+            shared.heads.set(&shop.id, head);
+            hot.set_next_event(shop.id.clone(), head.saturating_add(1));
+            if v.first() != Some(&codec::SHOP_VERSION) {
+                shop.next_event_seq = head.saturating_add(1);
+                shared.tree(T::Shops).insert(k, codec::encode(&shop)?).map_err(io)?;
+                migrated += 1;
+            }
         }
-        let writes = writer::spawn(shared.clone(), syncer)?;
+        if migrated > 0 {
+            shared.db.flush().map_err(io)?;
+            syncer.sync_now()?;
+            tracing::info!(shops = migrated, "shop records rewritten in their second layout");
+        }
+        let writes = writer::spawn(shared.clone(), syncer, hot)?;
         Ok(SledStore { shared, writes })
     }
 
@@ -286,8 +306,14 @@ impl Parties for SledStore {
     }
 
     async fn shop(&self, id: &ShopId) -> Result<Option<ShopRecord>, Failure> {
-        let v = self.get(T::Shops, id.as_str().as_bytes())?;
-        self.durable(v).await
+        let v: Option<ShopRecord> = self.get(T::Shops, id.as_str().as_bytes())?;
+        let mut v = self.durable(v).await?;
+        // The stored field is the value at creation (`hot`); the next
+        // number is one above the durable head.
+        if let (Some(shop), Some(head)) = (v.as_mut(), self.shared.heads.subscribe(id)) {
+            shop.next_event_seq = head.borrow().saturating_add(1);
+        }
+        Ok(v)
     }
 
     async fn registers(&self, shop: &ShopId, limit: usize) -> Result<Vec<RegisterRecord>, Failure> {
