@@ -20,7 +20,7 @@ use common::binary::{Running, Serve};
 use syncpay::domain::{Amount, ShopId, TradeId, UnixMs};
 use syncpay::store::fixture::{jpy, number, Fixture};
 use syncpay::store::records::{PayerRef, TradeRequest};
-use syncpay::store::sled::{SledStore, StoreConfig};
+use syncpay::store::sled::{SledStore, StoreConfig, NEW_STORE_SEGMENT_SIZE};
 use syncpay::store::{NewTrade, Parties, Store, Trades};
 
 /// Kills of the default run.
@@ -46,7 +46,13 @@ fn next(state: &mut u64) -> u64 {
 
 /// The full recomputation: every shop's event numbers, from sled itself.
 fn events_per_shop(store_dir: &Path) -> BTreeMap<String, Vec<u64>> {
-    let db = sled::Config::new().path(store_dir).open().expect("open the store with sled");
+    // The store was made by this binary, so with its segment size (sled
+    // refuses a different one).
+    let db = sled::Config::new()
+        .path(store_dir)
+        .segment_size(NEW_STORE_SEGMENT_SIZE)
+        .open()
+        .expect("open the store with sled");
     let mut shops: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for item in db.open_tree("shops").expect("shops tree").iter() {
         let (key, _) = item.expect("read a shop");
@@ -77,8 +83,21 @@ async fn event_heads_rebuilt_at_open_match_a_full_recomputation_after_kill_9() {
         let token = token.display().to_string();
         let bench = Running::spawn(
             &[
-                "bench", "--mode", "syncpay", "--server", &serve.url, "--token-file", &token, "--duration", "120s",
-                "--inflight", "32", "--shops", "3", "--handsets", "16",
+                "bench",
+                "--mode",
+                "syncpay",
+                "--server",
+                &serve.url,
+                "--token-file",
+                &token,
+                "--duration",
+                "120s",
+                "--inflight",
+                "32",
+                "--shops",
+                "3",
+                "--handsets",
+                "16",
             ],
             "stderr",
         );
@@ -129,7 +148,8 @@ async fn event_heads_rebuilt_at_open_match_a_full_recomputation_after_kill_9() {
 /// Creates one trade at a new register of `shop` (its payer is whoever the
 /// number is: a trade that fails at once emits an event too).
 async fn next_trade(store: &SledStore, shop: &ShopId) -> TradeId {
-    let now = UnixMs(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64);
+    let now =
+        UnixMs(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64);
     let handle: Store = std::sync::Arc::new(store.clone());
     let register = Fixture::new(handle, now).register(shop, "after the kill").await;
     let trade = NewTrade {

@@ -524,7 +524,10 @@ mod tests {
         assert_eq!(bytes[0], SHOP_VERSION);
         assert_eq!(bytes, hex(GOLDEN_SHOP_V2), "{}", crate::hex::encode(&bytes));
         let old: ShopRecord = decode(&hex(GOLDEN_SHOP_V1)).expect("v1");
-        assert_eq!((old.id, old.display_name, old.next_event_seq, old.created_at), (shop.id, shop.display_name, 7, shop.created_at));
+        assert_eq!(
+            (old.id, old.display_name, old.next_event_seq, old.created_at),
+            (shop.id, shop.display_name, 7, shop.created_at)
+        );
         let mut future = bytes.clone();
         future[0] = 3;
         assert!(matches!(decode::<ShopRecord>(&future), Err(Failure::Corrupt(_))));
