@@ -10,6 +10,8 @@
 //!   expiry, event fan-out) and the gRPC edge over it;
 //!   `sync_server::start(config, listener)`.
 //! - [`carrier`]: the carrier-gateway trait and the relay-stream gateway.
+//! - [`conformance`]: the carrier conformance check: a sandbox playing
+//!   `CarrierService` for a relay under test, and the steps that judge it.
 //! - [`metrics`]: every metric name and the helpers that record them.
 //! - [`identity`]: the caller's identity as a client certificate names it.
 //! - [`child`]: running `syncpay` as a child process (the benchmark, the
@@ -18,6 +20,8 @@
 //!   gRPC clients.
 //! - [`codec`]: the prost codec that reports malformed requests as
 //!   `INVALID_ARGUMENT`.
+//! - [`pg_cluster`]: throwaway PostgreSQL clusters (primary and standby)
+//!   for the tests and the benchmark.
 //! - [`hex`]: lowercase hex for key files and receipts in JSON.
 //! - [`pki`]: the development PKI (CA, server and client certificates).
 //! - [`proto`]: the generated `syncpay.v1` gRPC types.
@@ -32,10 +36,12 @@ pub mod carrier;
 pub mod child;
 pub mod client;
 pub mod codec;
+pub mod conformance;
 pub mod domain;
 pub mod hex;
 pub mod identity;
 pub mod metrics;
+pub mod pg_cluster;
 pub mod pki;
 pub mod proto;
 pub mod register;

@@ -38,6 +38,10 @@ enum Command {
     /// A simulated carrier relay with N handsets against a running server,
     /// until Ctrl-C or SIGTERM.
     CarrierSim(cli::carrier_sim::CarrierSimArgs),
+    /// Checks a carrier's relay against the carrier contract: a sandbox
+    /// the relay connects to, then one PASS/FAIL line per step (exit 0
+    /// only when all pass).
+    CarrierConformance(cli::carrier_conformance::CarrierConformanceArgs),
     /// Development PKI: a CA, the server certificate and client
     /// certificates for the operator, shops and carriers (no OpenSSL needed).
     Pki(cli::pki::PkiArgs),
@@ -63,6 +67,7 @@ fn main() -> std::process::ExitCode {
             Command::Admin(a) => cli::admin::run(a).await,
             Command::Shop(a) => cli::shop::run(a).await,
             Command::CarrierSim(a) => cli::carrier_sim::run(a).await,
+            Command::CarrierConformance(a) => cli::carrier_conformance::run(a).await,
             Command::Pki(a) => cli::pki::run(a),
             Command::Bench(a) => cli::bench::run(a).await,
         }

@@ -367,7 +367,7 @@ async fn month_of_bills_on(backend: &BackendFactory) {
         for e in &entries {
             net += match e {
                 PayoutEntry::Settlement { gross, fee, .. } => i128::from(gross.minor()) - i128::from(fee.minor()),
-                PayoutEntry::Refund { amount, .. } => -i128::from(amount.minor()),
+                PayoutEntry::Refund { amount, .. } | PayoutEntry::Payout { amount, .. } => -i128::from(amount.minor()),
             };
         }
         let mut from_postings: i128 = 0;

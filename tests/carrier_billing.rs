@@ -8,6 +8,7 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::backends::{backends, BackendFactory};
 use common::{code_of, TestServer};
 use prost::Message;
 use syncpay::client::AuthedChannel;
@@ -43,8 +44,8 @@ struct World {
     base: i64,
 }
 
-async fn world() -> World {
-    let t = TestServer::start().await;
+async fn world(backend: &'static BackendFactory) -> World {
+    let t = TestServer::start_on(backend).await;
     let shop_token = t.create_shop("acme", "Acme Books").await;
     let other_token = t.create_shop("other", "Other Shop").await;
     let carrier_token = t
@@ -168,7 +169,13 @@ fn refusal(r: Result<tonic::Response<proto::Trade>, tonic::Status>) -> (Code, St
 
 #[tokio::test]
 async fn prefixes_are_validated_and_carriers_never_overlap() {
-    let w = world().await;
+    for backend in backends() {
+        prefixes_are_validated_and_carriers_never_overlap_on(backend).await;
+    }
+}
+
+async fn prefixes_are_validated_and_carriers_never_overlap_on(backend: &'static BackendFactory) {
+    let w = world(backend).await;
     let mut admin = w.t.admin().await;
     let add = |prefixes: &[&str], carrier: &str| {
         let request = proto::AddCarrierPrefixesRequest {
@@ -222,7 +229,13 @@ async fn prefixes_are_validated_and_carriers_never_overlap() {
 
 #[tokio::test]
 async fn network_identity_resolves_the_payer_and_the_shop_learns_nothing() {
-    let mut w = world().await;
+    for backend in backends() {
+        network_identity_resolves_the_payer_and_the_shop_learns_nothing_on(backend).await;
+    }
+}
+
+async fn network_identity_resolves_the_payer_and_the_shop_learns_nothing_on(backend: &'static BackendFactory) {
+    let mut w = world(backend).await;
     let b = w.base;
     let leases = proto::ReportLeasesRequest {
         starts: vec![
@@ -370,8 +383,14 @@ async fn network_identity_resolves_the_payer_and_the_shop_learns_nothing() {
 /// No trade is created for any of them.
 #[tokio::test]
 async fn a_network_identity_refusal_reveals_nothing_about_who_held_the_address() {
+    for backend in backends() {
+        a_network_identity_refusal_reveals_nothing_about_who_held_the_address_on(backend).await;
+    }
+}
+
+async fn a_network_identity_refusal_reveals_nothing_about_who_held_the_address_on(backend: &'static BackendFactory) {
     const DAVE: &str = "+818020000004";
-    let mut w = world().await;
+    let mut w = world(backend).await;
     let b = w.base;
     // Dave is the carrier's subscriber but has no handset.
     w.carrier
@@ -445,7 +464,13 @@ async fn a_network_identity_refusal_reveals_nothing_about_who_held_the_address()
 
 #[tokio::test]
 async fn caps_refunds_acceptance_statements_and_payouts_reconcile() {
-    let mut w = world().await;
+    for backend in backends() {
+        caps_refunds_acceptance_statements_and_payouts_reconcile_on(backend).await;
+    }
+}
+
+async fn caps_refunds_acceptance_statements_and_payouts_reconcile_on(backend: &'static BackendFactory) {
+    let mut w = world(backend).await;
     let reg = w.register_id.clone();
     let month = Month::of(UnixMs(u64::try_from(now_ms()).expect("positive"))).to_string();
     let first = w.pay(by_number(&reg, 6_000, "JPY", ALICE)).await;
@@ -543,7 +568,13 @@ async fn caps_refunds_acceptance_statements_and_payouts_reconcile() {
 /// check), after which the store refused every write.
 #[tokio::test]
 async fn single_address_prefixes_are_ranges_like_any_other() {
-    let w = world().await;
+    for backend in backends() {
+        single_address_prefixes_are_ranges_like_any_other_on(backend).await;
+    }
+}
+
+async fn single_address_prefixes_are_ranges_like_any_other_on(backend: &'static BackendFactory) {
+    let w = world(backend).await;
     let mut admin = w.t.admin().await;
     let created = admin
         .create_carrier(proto::CreateCarrierRequest {

@@ -19,6 +19,9 @@
 mod backends;
 #[path = "common/crash_rig.rs"]
 mod crash_rig;
+#[path = "common/pg.rs"]
+#[allow(dead_code)]
+mod pg;
 
 use crash_rig::{Crash, Launch, ServerProcess, Spec};
 

@@ -28,6 +28,11 @@ const TRADES: usize = 50;
 /// Median of the sweeper's lateness: a quarter of the old poll interval.
 /// Waking at the deadline gives a millisecond or two on a quiet machine.
 const MEDIAN_BOUND_MS: i64 = 25;
+/// The same bound on PostgreSQL, where one expiry is a transaction of
+/// about eight round trips to the database and a commit, and one sweep
+/// round costs a few of those: still far below the sweeper's 1-s poll,
+/// which is what the test tells apart.
+const MEDIAN_BOUND_ON_POSTGRES_MS: i64 = 150;
 /// Every trade, as the shop sees it through AwaitTrade, with room for a
 /// loaded machine's fsyncs; the old sweeper needed up to 1.1 s.
 const MAX_OBSERVED_BOUND_MS: i64 = 500;
@@ -91,6 +96,7 @@ async fn trades_expire_at_their_deadline_not_at_the_next_poll_on(backend: &'stat
         "expiry lateness over {TRADES} trades (ms): sweeper p50 {p50} p90 {p90} max {max}; \
          AwaitTrade p50 {o50} p90 {o90} max {omax}"
     );
-    assert!(p50 <= MEDIAN_BOUND_MS, "the sweeper expired trades a median of {p50} ms late: {swept:?}");
+    let bound = if backend.name == "postgres" { MEDIAN_BOUND_ON_POSTGRES_MS } else { MEDIAN_BOUND_MS };
+    assert!(p50 <= bound, "{}: the sweeper expired trades a median of {p50} ms late: {swept:?}", backend.name);
     assert!(omax <= MAX_OBSERVED_BOUND_MS, "AwaitTrade saw EXPIRED up to {omax} ms late: {observed:?}");
 }

@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::backends::{backends, BackendFactory};
 use common::manual_carrier::ManualCarrier;
 use common::{functional_limits, TestServer};
 use syncpay::proto;
@@ -40,8 +41,14 @@ fn exhausted<T: std::fmt::Debug>(r: Result<T, tonic::Status>, starts: &str) -> S
 
 #[tokio::test]
 async fn trades_per_shop_are_rate_limited() {
+    for backend in backends() {
+        trades_per_shop_are_rate_limited_on(backend).await;
+    }
+}
+
+async fn trades_per_shop_are_rate_limited_on(backend: &'static BackendFactory) {
     let limits = Limits { shop_trades: Rate::new(3, Duration::from_secs(3600)), ..functional_limits() };
-    let t = TestServer::start_tls(&["acme", "bobs"], &[], limits).await;
+    let t = TestServer::start_tls_on(backend, &["acme", "bobs"], &[], limits).await;
     let (reg_a, reg_b) = (t.open_register_as("acme").await, t.open_register_as("bobs").await);
     let mut acme = t.as_shop("acme").await;
     for _ in 0..3 {
@@ -54,8 +61,14 @@ async fn trades_per_shop_are_rate_limited() {
 
 #[tokio::test]
 async fn offers_per_subscriber_are_rate_limited_across_shops() {
+    for backend in backends() {
+        offers_per_subscriber_are_rate_limited_across_shops_on(backend).await;
+    }
+}
+
+async fn offers_per_subscriber_are_rate_limited_across_shops_on(backend: &'static BackendFactory) {
     let limits = Limits { subscriber_offers: Rate::new(2, Duration::from_secs(60)), ..functional_limits() };
-    let t = TestServer::start_tls(&["acme", "bobs"], &["docomo"], limits).await;
+    let t = TestServer::start_tls_on(backend, &["acme", "bobs"], &["docomo"], limits).await;
     // Only a trade that sends an offer counts, so the buyers have handsets.
     enroll_buyers(&t, &[PAYER, OTHER]).await;
     let (reg_a, reg_b) = (t.open_register_as("acme").await, t.open_register_as("bobs").await);
@@ -74,8 +87,14 @@ async fn offers_per_subscriber_are_rate_limited_across_shops() {
 
 #[tokio::test]
 async fn the_request_size_is_limited_on_calls_and_on_the_relay_stream() {
+    for backend in backends() {
+        the_request_size_is_limited_on_calls_and_on_the_relay_stream_on(backend).await;
+    }
+}
+
+async fn the_request_size_is_limited_on_calls_and_on_the_relay_stream_on(backend: &'static BackendFactory) {
     // The default limit.
-    let t = TestServer::start_tls(&["acme"], &["docomo"], functional_limits()).await;
+    let t = TestServer::start_tls_on(backend, &["acme"], &["docomo"], functional_limits()).await;
     let reg = t.open_register_as("acme").await;
     let mut acme = t.as_shop("acme").await;
     let big = proto::CreateTradeRequest { description: "x".repeat(70_000), ..trade(&reg, PAYER) };
@@ -86,7 +105,7 @@ async fn the_request_size_is_limited_on_calls_and_on_the_relay_stream() {
 
     // A configured limit, on a unary call and on the relay stream.
     let limits = Limits { max_request_bytes: 1024, ..functional_limits() };
-    let t = TestServer::start_tls(&["acme"], &["docomo"], limits).await;
+    let t = TestServer::start_tls_on(backend, &["acme"], &["docomo"], limits).await;
     let mut acme = t.as_shop("acme").await;
     let label = proto::OpenRegisterRequest { label: "x".repeat(2000) };
     exhausted(acme.open_register(label).await, "request size: a message may be at most 1024 bytes; this one has 2003");
@@ -105,8 +124,14 @@ async fn the_request_size_is_limited_on_calls_and_on_the_relay_stream() {
 
 #[tokio::test]
 async fn watch_streams_per_shop_are_limited() {
+    for backend in backends() {
+        watch_streams_per_shop_are_limited_on(backend).await;
+    }
+}
+
+async fn watch_streams_per_shop_are_limited_on(backend: &'static BackendFactory) {
     let limits = Limits { max_watch_streams_per_shop: 2, ..functional_limits() };
-    let t = TestServer::start_tls(&["acme", "bobs"], &[], limits).await;
+    let t = TestServer::start_tls_on(backend, &["acme", "bobs"], &[], limits).await;
     let mut acme = t.as_shop("acme").await;
     let watch = proto::WatchTradesRequest { after_sequence: 0, register_id: String::new() };
     let first = acme.watch_trades(watch.clone()).await.expect("first");
@@ -133,8 +158,14 @@ async fn watch_streams_per_shop_are_limited() {
 
 #[tokio::test]
 async fn open_trades_per_register_and_open_registers_per_shop_are_limited() {
+    for backend in backends() {
+        open_trades_per_register_and_open_registers_per_shop_are_limited_on(backend).await;
+    }
+}
+
+async fn open_trades_per_register_and_open_registers_per_shop_are_limited_on(backend: &'static BackendFactory) {
     let limits = Limits { max_open_trades_per_register: 2, max_open_registers_per_shop: 1, ..functional_limits() };
-    let t = TestServer::start_tls(&["acme"], &[], limits).await;
+    let t = TestServer::start_tls_on(backend, &["acme"], &[], limits).await;
     // The payer needs a handset for a trade to stay open.
     t.create_carrier("docomo", "Docomo").await;
     let mut carrier = t.as_carrier("docomo").await;
@@ -180,8 +211,14 @@ fn code_and_message<T>(r: Result<T, tonic::Status>) -> (Code, String) {
 /// allowance is, and neither spends any of it.
 #[tokio::test]
 async fn an_idempotent_retry_is_not_a_new_offer() {
+    for backend in backends() {
+        an_idempotent_retry_is_not_a_new_offer_on(backend).await;
+    }
+}
+
+async fn an_idempotent_retry_is_not_a_new_offer_on(backend: &'static BackendFactory) {
     let limits = Limits { subscriber_offers: Rate::new(2, Duration::from_secs(60)), ..functional_limits() };
-    let t = TestServer::start_tls(&["acme", "bobs"], &["docomo"], limits).await;
+    let t = TestServer::start_tls_on(backend, &["acme", "bobs"], &["docomo"], limits).await;
     enroll_buyers(&t, &[PAYER]).await;
     let (reg_a, reg_b) = (t.open_register_as("acme").await, t.open_register_as("bobs").await);
     let (mut acme, mut bobs) = (t.as_shop("acme").await, t.as_shop("bobs").await);
@@ -212,8 +249,14 @@ async fn an_idempotent_retry_is_not_a_new_offer() {
 /// retry then returns the original trade.
 #[tokio::test]
 async fn a_replay_refused_by_the_shops_rate_gets_its_trade_back_after_the_wait() {
+    for backend in backends() {
+        a_replay_refused_by_the_shops_rate_gets_its_trade_back_after_the_wait_on(backend).await;
+    }
+}
+
+async fn a_replay_refused_by_the_shops_rate_gets_its_trade_back_after_the_wait_on(backend: &'static BackendFactory) {
     let limits = Limits { shop_trades: Rate::new(2, Duration::from_secs(1)), ..functional_limits() };
-    let t = TestServer::start_tls(&["acme"], &["docomo"], limits).await;
+    let t = TestServer::start_tls_on(backend, &["acme"], &["docomo"], limits).await;
     enroll_buyers(&t, &[PAYER]).await;
     let reg = t.open_register_as("acme").await;
     let mut acme = t.as_shop("acme").await;
@@ -239,12 +282,18 @@ async fn a_replay_refused_by_the_shops_rate_gets_its_trade_back_after_the_wait()
 /// many open trades, an unknown payer, a payer without a handset.
 #[tokio::test]
 async fn only_a_trade_that_sends_an_offer_counts_against_the_buyer() {
+    for backend in backends() {
+        only_a_trade_that_sends_an_offer_counts_against_the_buyer_on(backend).await;
+    }
+}
+
+async fn only_a_trade_that_sends_an_offer_counts_against_the_buyer_on(backend: &'static BackendFactory) {
     let limits = Limits {
         subscriber_offers: Rate::new(2, Duration::from_secs(60)),
         max_open_trades_per_register: 1,
         ..functional_limits()
     };
-    let t = TestServer::start_tls(&["acme", "bobs"], &["docomo"], limits).await;
+    let t = TestServer::start_tls_on(backend, &["acme", "bobs"], &["docomo"], limits).await;
     enroll_buyers(&t, &[PAYER]).await;
     let (reg_a, reg_b) = (t.open_register_as("acme").await, t.open_register_as("bobs").await);
     let (mut acme, mut bobs) = (t.as_shop("acme").await, t.as_shop("bobs").await);
@@ -313,11 +362,17 @@ async fn only_a_trade_that_sends_an_offer_counts_against_the_buyer() {
 /// send exactly the allowance, never more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_shops_send_a_buyer_exactly_the_allowance() {
+    for backend in backends() {
+        racing_shops_send_a_buyer_exactly_the_allowance_on(backend).await;
+    }
+}
+
+async fn racing_shops_send_a_buyer_exactly_the_allowance_on(backend: &'static BackendFactory) {
     const ALLOWANCE: usize = 3;
     let rate = Rate::new(u32::try_from(ALLOWANCE).expect("small"), Duration::from_secs(60));
     let limits = Limits { subscriber_offers: rate, ..functional_limits() };
     let shops = ["acme", "bobs", "carl"];
-    let t = TestServer::start_tls(&shops, &["docomo"], limits).await;
+    let t = TestServer::start_tls_on(backend, &shops, &["docomo"], limits).await;
     enroll_buyers(&t, &[PAYER]).await;
     let nowhere = syncpay::domain::RegisterId::generate().expect("id").to_string();
     let mut calls = Vec::new();

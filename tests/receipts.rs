@@ -349,14 +349,19 @@ async fn the_dispute_report_names_the_handset_that_signed_even_after_reenrollmen
     w.sim.shutdown().await.expect("sim");
 }
 
-/// Python with `cryptography`, or why not. Under `CI` its absence fails.
+/// Python with `cryptography`, or why not: `python3` on the path, then the
+/// distribution's `/usr/bin/python3` (where Debian's python3-cryptography
+/// lands when `python3` is another installation). Under `CI` its absence
+/// fails.
 fn python() -> Option<&'static str> {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import cryptography"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some("python3");
+    for python in ["python3", "/usr/bin/python3"] {
+        let ok = std::process::Command::new(python)
+            .args(["-c", "import cryptography"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Some(python);
+        }
     }
     assert!(std::env::var_os("CI").is_none(), "CI: python3 with the cryptography package is required");
     eprintln!("SKIPPED the Python check: python3 with the cryptography package is not installed");

@@ -136,7 +136,8 @@ impl Kind for CreateTradeRefusal {
             CreateTradeRefusal::RegisterClosed
             | CreateTradeRefusal::DeadlineOverflows
             | CreateTradeRefusal::NotAccepted
-            | CreateTradeRefusal::NoOneToOffer => "failed_precondition",
+            | CreateTradeRefusal::NoOneToOffer
+            | CreateTradeRefusal::ShopSuspended => "failed_precondition",
         }
     }
 }

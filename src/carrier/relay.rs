@@ -19,6 +19,10 @@ use crate::store::{Delivery, DeliveryBody};
 pub enum RelayEnd {
     /// A newer stream of the same carrier replaced this one.
     Replaced,
+    /// The server is shutting down: the carrier reconnects (to this server
+    /// once it is back, or another node) and gets what it had not
+    /// acknowledged again.
+    ShuttingDown,
     /// The gRPC edge ended it, with the status it made (the carrier's
     /// uplink was refused, or the outbox replay failed).
     Edge(tonic::Status),
@@ -34,7 +38,16 @@ struct Link {
     tx: RelaySender,
     /// Set when the queue overflowed, so the stream ends RESOURCE_EXHAUSTED.
     overflowed: Arc<AtomicBool>,
+    /// Deliveries pushed live on this link, newest last, at most
+    /// [`LIVE_IDS_KEPT`]: an outbox poll skips them (several nodes).
+    live: std::collections::VecDeque<u64>,
+    live_set: std::collections::HashSet<u64>,
 }
+
+/// Live-pushed delivery ids a link remembers for the outbox poll: more
+/// than a relay queue holds, so an offer pushed live is not pushed again
+/// by the poll while it waits for its acknowledgement.
+const LIVE_IDS_KEPT: usize = 8192;
 
 /// The live relay links, at most one per carrier.
 pub struct RelayHub {
@@ -58,7 +71,10 @@ impl RelayHub {
     /// earlier one. Returns the link id for `detach`.
     pub fn attach(&self, carrier: &CarrierId, tx: RelaySender, overflowed: Arc<AtomicBool>) -> u64 {
         let id = self.next_link.fetch_add(1, Ordering::Relaxed);
-        let old = self.lock().insert(carrier.clone(), Link { id, tx, overflowed });
+        let old = self.lock().insert(
+            carrier.clone(),
+            Link { id, tx, overflowed, live: Default::default(), live_set: Default::default() },
+        );
         if let Some(old) = old {
             // The old stream's receiver ends when its sender is dropped; tell
             // the carrier why first.
@@ -92,13 +108,32 @@ impl RelayHub {
         self.try_send(carrier, message)
     }
 
+    /// Whether `link` of `carrier` pushed delivery `id` live.
+    pub fn pushed_live(&self, carrier: &CarrierId, link: u64, id: u64) -> bool {
+        self.lock().get(carrier).is_some_and(|l| l.id == link && l.live_set.contains(&id))
+    }
+
     fn try_send(&self, carrier: &CarrierId, message: proto::RelayDown) -> PushResult {
+        self.try_send_delivery(carrier, message, None)
+    }
+
+    fn try_send_delivery(&self, carrier: &CarrierId, message: proto::RelayDown, id: Option<u64>) -> PushResult {
         let mut links = self.lock();
-        let Some(link) = links.get(carrier) else {
+        let Some(link) = links.get_mut(carrier) else {
             return PushResult::NotConnected;
         };
         match link.tx.try_send(Ok(message)) {
             Ok(()) => {
+                if let Some(id) = id {
+                    if link.live.len() >= LIVE_IDS_KEPT {
+                        if let Some(old) = link.live.pop_front() {
+                            link.live_set.remove(&old);
+                        }
+                    }
+                    if link.live_set.insert(id) {
+                        link.live.push_back(id);
+                    }
+                }
                 metrics::relay_queue_depth(carrier.as_str(), self.depth.saturating_sub(link.tx.capacity()));
                 PushResult::Queued
             }
@@ -124,7 +159,7 @@ impl RelayHub {
 
 impl CarrierGateway for RelayHub {
     fn push(&self, delivery: &Delivery) -> PushResult {
-        self.try_send(&delivery.carrier, to_relay_down(delivery))
+        self.try_send_delivery(&delivery.carrier, to_relay_down(delivery), Some(delivery.delivery_id))
     }
 
     fn is_connected(&self, carrier: &CarrierId) -> bool {
@@ -174,12 +209,14 @@ pub fn to_relay_down(delivery: &Delivery) -> proto::RelayDown {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::domain::{TradeId, UnixMs};
     use crate::store::DeliveryBody;
 
-    fn withdraw(carrier: &CarrierId, id: u64) -> Delivery {
+    /// A withdrawal delivery for `carrier` (the relay stream's tests use it
+    /// too).
+    pub(crate) fn withdraw(carrier: &CarrierId, id: u64) -> Delivery {
         Delivery {
             delivery_id: id,
             carrier: carrier.clone(),

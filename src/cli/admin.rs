@@ -88,6 +88,8 @@ enum AdminCommand {
         #[arg(long)]
         receipt: Option<PathBuf>,
     },
+    #[command(flatten)]
+    Operator(super::operator::OperatorCommand),
 }
 
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
@@ -251,6 +253,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             let keys = admin.get_receipt_keys(proto::GetReceiptKeysRequest {}).await?.into_inner();
             dispute(&report, &keys, receipt.as_deref(), args.json)?;
         }
+        AdminCommand::Operator(command) => super::operator::run(&mut admin, command, args.json).await?,
     }
     Ok(())
 }

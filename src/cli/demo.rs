@@ -474,8 +474,58 @@ async fn with_sim(
 
     let billed = network_billing(channel, sim, shop_token, carrier_token, &register, &mut checks).await?;
     check_balances(admin, &scenarios, billed, currency, &mut checks).await?;
+    payout(admin, currency, &mut checks).await?;
     verify_ledger(admin, &mut checks).await?;
     Ok(checks)
+}
+
+/// The end of the day: the operator pays the shop's whole payable balance
+/// out to its bank (AdminService.PayoutShop), and a retry with the same key
+/// pays nothing more.
+async fn payout(
+    admin: &mut AdminServiceClient<AuthedChannel>,
+    currency: Currency,
+    checks: &mut Checks,
+) -> anyhow::Result<()> {
+    let payable = format!("shop:{SHOP_ID}:{CURRENCY}");
+    let balance_of = |accounts: &[proto::Account], name: &str| {
+        accounts.iter().find(|a| a.name == name).map_or(0, |a| a.balance_minor)
+    };
+    let before = admin
+        .list_accounts(proto::ListAccountsRequest { prefix: String::new() })
+        .await
+        .context("listing accounts")?
+        .into_inner()
+        .accounts;
+    let owed = balance_of(&before, &payable);
+    println!("\nPayout: the shop's whole payable balance to its bank (AdminService.PayoutShop)");
+    let request = proto::PayoutShopRequest {
+        shop_id: SHOP_ID.into(),
+        currency: CURRENCY.into(),
+        amount_minor: 0,
+        whole_balance: true,
+        idempotency_key: "demo-payout-1".into(),
+    };
+    let paid = admin.payout_shop(request.clone()).await.context("paying the shop out")?.into_inner();
+    let p = paid.payout.clone().unwrap_or_default();
+    println!("  payout   {} of {} to {SHOP_ID}", p.payout_id, currency.format(Amount::new(p.amount_minor)));
+    println!("  bank transfer reference {}", p.reference);
+    let again = admin.payout_shop(request).await.context("retrying the payout")?.into_inner();
+    let after = admin
+        .list_accounts(proto::ListAccountsRequest { prefix: String::new() })
+        .await
+        .context("listing accounts")?
+        .into_inner()
+        .accounts;
+    println!("  checks");
+    checks.equal("paid out, the shop's whole balance", i64::try_from(p.amount_minor)?, owed);
+    checks.equal("the shop's payable balance after it", balance_of(&after, &payable), 0);
+    checks.equal("the system payout account holds it", balance_of(&after, &format!("system:payout:{CURRENCY}")), owed);
+    checks.check(
+        again.replayed && again.payout == paid.payout,
+        "a retry with the same key returns the same payout and pays nothing more",
+    );
+    Ok(())
 }
 
 /// The network-identity flow: the carrier leases a CGNAT port block to a

@@ -13,9 +13,11 @@
 
 pub mod admin;
 pub mod bench;
+pub mod carrier_conformance;
 pub mod carrier_sim;
 pub mod demo;
 pub mod metrics_http;
+pub mod operator;
 pub mod pki;
 pub mod serve;
 pub mod serve_config;

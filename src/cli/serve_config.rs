@@ -23,6 +23,9 @@ use syncpay::sync_server::limits::{self, Limits};
 use syncpay::sync_server::rate_limit::Rate;
 use syncpay::sync_server::tls::TlsFiles;
 
+/// Most connections one node may hold to PostgreSQL (`store.pool_size`).
+const MAX_POOL_SIZE: u64 = syncpay::store::postgres::pool::MAX_POOL_SIZE as u64;
+
 /// Bounds of sled's page cache, in MiB.
 const MIN_CACHE_MIB: u64 = 8;
 const MAX_CACHE_MIB: u64 = 65_536;
@@ -48,6 +51,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting { key: "data_dir", env: "SYNCPAY_DATA_DIR", flag: Some("--data-dir"), default: "\"syncpay-data\"" },
     Setting { key: "durability", env: "SYNCPAY_DURABILITY", flag: Some("--durability"), default: "\"fsync\"" },
     Setting { key: "cache_mib", env: "SYNCPAY_CACHE_MIB", flag: None, default: "32" },
+    Setting { key: "store.url", env: "SYNCPAY_STORE_URL", flag: None, default: "\"\"" },
+    Setting { key: "store.pool_size", env: "SYNCPAY_STORE_POOL_SIZE", flag: None, default: "16" },
     Setting { key: "log.format", env: "SYNCPAY_LOG_FORMAT", flag: Some("--log-format"), default: "\"human\"" },
     Setting { key: "log.level", env: "SYNCPAY_LOG_LEVEL", flag: Some("--log-level"), default: "\"info\"" },
     Setting {
@@ -127,9 +132,20 @@ pub struct Flags {
     pub sets: Vec<String>,
 }
 
+/// Which store holds the data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// The embedded sled store in `data_dir` (the default).
+    Sled,
+    /// PostgreSQL at `url` (`store.url`), with at most `pool_size`
+    /// connections from this node.
+    Postgres { url: String, pool_size: usize },
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
+    pub store: StoreChoice,
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub durability: Durability,
@@ -359,6 +375,7 @@ fn resolve(figment: &Figment, config_path: Option<&Path>, problems: &mut Vec<Str
     let metrics = std::cell::Cell::new(None::<Option<SocketAddr>>);
     let console = std::cell::Cell::new(None::<Option<SocketAddr>>);
     let numbers = std::cell::RefCell::new(BTreeMap::<&'static str, u64>::new());
+    let store_url = std::cell::RefCell::new(None::<String>);
 
     // TLS first: it decides which listen addresses are allowed.
     let tls_paths = std::cell::RefCell::new(BTreeMap::<&'static str, PathBuf>::new());
@@ -420,6 +437,15 @@ fn resolve(figment: &Figment, config_path: Option<&Path>, problems: &mut Vec<Str
             return Err("exists and is not a folder".into());
         }
         *data_dir.borrow_mut() = Some(path);
+        Ok(())
+    });
+    check("store.url", problems, &|v| {
+        let text = string(v)?;
+        if text.is_empty() {
+            return Ok(());
+        }
+        syncpay::store::postgres::pool::parse_url(&text)?;
+        *store_url.borrow_mut() = Some(text);
         Ok(())
     });
     check("durability", problems, &|v| {
@@ -494,8 +520,9 @@ fn resolve(figment: &Figment, config_path: Option<&Path>, problems: &mut Vec<Str
         /// tests; `serve` warns).
         Rate,
     }
-    let bounds: [(&'static str, u64, u64, Bound); 10] = [
+    let bounds: [(&'static str, u64, u64, Bound); 11] = [
         ("cache_mib", MIN_CACHE_MIB, MAX_CACHE_MIB, Bound::Range),
+        ("store.pool_size", 1, MAX_POOL_SIZE, Bound::Range),
         ("limits.max_amount_minor", 1, limits::MAX_AMOUNT_MINOR, Bound::Limit),
         ("limits.max_open_trades_per_register", 1, u64::from(limits::MAX_OPEN_TRADES_PER_REGISTER), Bound::Limit),
         ("limits.max_open_registers_per_shop", 1, u64::from(limits::MAX_OPEN_REGISTERS_PER_SHOP), Bound::Limit),
@@ -568,7 +595,18 @@ fn resolve(figment: &Figment, config_path: Option<&Path>, problems: &mut Vec<Str
     };
     let data_dir = data_dir.into_inner()?;
     let log_level = log_level.into_inner()?;
+    let store = match store_url.into_inner() {
+        None => StoreChoice::Sled,
+        Some(url) => StoreChoice::Postgres { url, pool_size: usize::try_from(ttl("store.pool_size")?).ok()? },
+    };
+    // A password in the URL is never printed (`--check-config`).
+    for (key, value, _) in effective.iter_mut() {
+        if key == "store.url" {
+            *value = format!("{:?}", syncpay::store::postgres::pool::redact_url(value.trim_matches('"')));
+        }
+    }
     Some(ServeConfig {
+        store,
         listen: listen.get()?,
         data_dir,
         durability: durability.get()?,
@@ -647,6 +685,37 @@ mod tests {
         let cli =
             Flags { config, values: flags_in.iter().map(|(f, v)| (*f, (*v).to_owned())).collect(), sets: Vec::new() };
         load(&cli, &|k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn the_store_is_sled_unless_a_postgres_url_is_given_in_any_layer() {
+        assert_eq!(check(None, &[], &[]).expect("defaults").store, StoreChoice::Sled);
+        let url = "postgres://syncpay:secret@127.0.0.1:5432,127.0.0.1:5433/syncpay?target_session_attrs=read-write";
+        let file = format!("[store]\nurl = \"{url}\"\npool_size = 4\n");
+        let c = check(Some(&file), &[], &[]).expect("valid");
+        assert_eq!(c.store, StoreChoice::Postgres { url: url.to_owned(), pool_size: 4 });
+        // The environment overrides the file; the password is never shown.
+        let c = check(Some(&file), &[("SYNCPAY_STORE_URL", "postgres://other@localhost/db")], &[]).expect("valid");
+        assert_eq!(c.store, StoreChoice::Postgres { url: "postgres://other@localhost/db".into(), pool_size: 4 });
+        let c = check(Some(&file), &[], &[]).expect("valid");
+        let shown = c.effective.iter().find(|(k, _, _)| k == "store.url").expect("listed");
+        assert!(!shown.1.contains("secret") && shown.1.contains("syncpay:***@"), "{shown:?}");
+        // Refusals name the key.
+        for (env, needle) in [
+            (("SYNCPAY_STORE_URL", "postgres://u@db.example.com/db"), "not loopback"),
+            (("SYNCPAY_STORE_URL", "mysql://u@127.0.0.1/db"), "postgres://"),
+            (("SYNCPAY_STORE_URL", "postgres://u@127.0.0.1:5432"), "names no database"),
+            (("SYNCPAY_STORE_POOL_SIZE", "0"), "must be 1..=256"),
+        ] {
+            let problems = check(None, &[env], &[]).expect_err("refused");
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.starts_with(&env.0.replace("SYNCPAY_STORE_", "store.").to_lowercase())
+                        && p.contains(needle)),
+                "{env:?}: {problems:?}"
+            );
+        }
     }
 
     #[test]

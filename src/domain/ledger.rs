@@ -37,6 +37,10 @@ pub enum AccountName {
     CarrierBill(CarrierId, SubscriberNumber, Currency),
     /// What the carrier earned in fees on carrier-billed charges.
     CarrierFees(CarrierId, Currency),
+    /// Where shop payouts go: its balance is all money ever paid out to
+    /// shops' banks. (Appended: postcard numbers variants, so records
+    /// written before it still decode.)
+    SystemPayout(Currency),
 }
 
 impl AccountName {
@@ -46,18 +50,21 @@ impl AccountName {
             | AccountName::ShopPayable(_, c)
             | AccountName::Wallet(_, c)
             | AccountName::CarrierBill(_, _, c)
-            | AccountName::CarrierFees(_, c) => *c,
+            | AccountName::CarrierFees(_, c)
+            | AccountName::SystemPayout(c) => *c,
         }
     }
 
-    /// Accounts whose credits must always cover their debits.
+    /// Accounts whose credits must always cover their debits: a wallet,
+    /// and what the server owes a shop (refunds and payouts come out of it
+    /// only while it covers them).
     pub fn must_not_go_negative(&self) -> bool {
         match self {
-            AccountName::Wallet(..) => true,
+            AccountName::Wallet(..) | AccountName::ShopPayable(..) => true,
             AccountName::SystemFunding(_)
-            | AccountName::ShopPayable(..)
             | AccountName::CarrierBill(..)
-            | AccountName::CarrierFees(..) => false,
+            | AccountName::CarrierFees(..)
+            | AccountName::SystemPayout(_) => false,
         }
     }
 
@@ -69,6 +76,7 @@ impl AccountName {
             AccountName::Wallet(n, c) => format!("wallet:{}:{c}", n.as_str()),
             AccountName::CarrierBill(carrier, n, c) => format!("bill:{carrier}:{}:{c}", n.as_str()),
             AccountName::CarrierFees(carrier, c) => format!("carrier:{carrier}:fees:{c}"),
+            AccountName::SystemPayout(c) => format!("system:payout:{c}"),
         }
     }
 }

@@ -36,8 +36,8 @@ use crate::domain::{
 
 use super::ops::{
     AckOutcome, AnswerOutcome, CancelOutcome, Created, ExpireOutcome, HandsetAnswer, LeaseReport, LeasesRecorded,
-    NewCarrier, NewHandset, NewRefund, NewRegister, NewShop, NewSubscriber, NewTrade, Pending, Refunded,
-    SignatureCheck, StatementData, TopUp, ToppedUp,
+    NewCarrier, NewHandset, NewPayout, NewRefund, NewRegister, NewShop, NewSubscriber, NewTrade, PaidOut, Pending,
+    Refunded, ShopStatus, SignatureCheck, StatementData, TopUp, ToppedUp, TradeHistory,
 };
 use super::records::{
     AccountRecord, CarrierRecord, Delivery, EventRecord, HandsetRecord, PayoutEntry, PostingRecord, RegisterRecord,
@@ -46,7 +46,8 @@ use super::records::{
 use super::refusals::{
     AcceptanceRefusal, AddPrefixesRefusal, AnswerRefusal, CancelRefusal, CloseRegisterRefusal, CreateCarrierRefusal,
     CreateShopRefusal, CreateTradeRefusal, EnrollHandsetRefusal, EnrollSubscriberRefusal, Failure, LeaseRefusal,
-    NoRefusal, OpenRegisterRefusal, PayoutRefusal, RefundRefusal, StatementRefusal, StoreError, TopUpRefusal,
+    NoRefusal, OpenRegisterRefusal, PayoutRefusal, RefundRefusal, RotateCredentialRefusal, ShopPayoutRefusal,
+    StatementRefusal, StoreError, SuspendRefusal, TopUpRefusal,
 };
 use super::verify::VerifyReport;
 
@@ -87,6 +88,35 @@ pub trait Parties: Send + Sync {
     async fn subscriber(&self, number: &SubscriberNumber) -> Result<Option<SubscriberRecord>, Failure>;
     /// The handset key enrolled for `number` now.
     async fn handset(&self, number: &SubscriberNumber) -> Result<Option<HandsetRecord>, Failure>;
+
+    /// Shops with ids after `after` (exclusive), in id order, at most
+    /// `limit`, each with its suspension.
+    async fn shops(&self, after: Option<&ShopId>, limit: usize) -> Result<Vec<ShopStatus>, Failure>;
+    /// Carriers with ids after `after` (exclusive), in id order, at most
+    /// `limit`.
+    async fn carriers(&self, after: Option<&CarrierId>, limit: usize) -> Result<Vec<CarrierRecord>, Failure>;
+    /// Suspends (`true`) or resumes a shop. Must guarantee: once this
+    /// returns, no trade of the shop is created until it is resumed, i.e.
+    /// `create_trade` reads the suspension in the same transaction that
+    /// creates the trade (a row lock or serializable read in PostgreSQL);
+    /// open trades, answers, expiry and refunds are not affected.
+    /// Suspending a suspended shop keeps its first instant.
+    async fn set_shop_suspended(
+        &self,
+        shop: &ShopId,
+        suspended: bool,
+        now: UnixMs,
+    ) -> Result<ShopStatus, StoreError<SuspendRefusal>>;
+    /// Replaces every credential of `party` (a shop or carrier) with the
+    /// one hashed as `token_hash`, in one transaction. Must guarantee:
+    /// from the moment this returns, [`Parties::principal`] answers `None`
+    /// for every old token, on every server process sharing the store (a
+    /// backend that caches credentials invalidates them before returning).
+    async fn rotate_credential(
+        &self,
+        party: &Principal,
+        token_hash: [u8; 32],
+    ) -> Result<(), StoreError<RotateCredentialRefusal>>;
 }
 
 /// A trade's life: creation, the carrier's acknowledgements and the
@@ -159,6 +189,11 @@ pub trait Trades: Send + Sync {
     /// `max_shops` shops (in shop id order), each once, as they are now;
     /// newest activity first (the operator console).
     async fn recent_trades(&self, max_shops: usize, per_shop: usize) -> Result<Vec<TradeRecord>, Failure>;
+    /// Any shop's trade with its history for the operator: every event it
+    /// caused (states with times, refunds) and every posting naming it,
+    /// each in commit order and at most `limit`. Must guarantee the three
+    /// belong to one committed state (one snapshot in PostgreSQL).
+    async fn trade_history(&self, id: &TradeId, limit: usize) -> Result<Option<TradeHistory>, Failure>;
 }
 
 /// Money: top-ups, accounts, postings and the ledger's verification.
@@ -173,6 +208,17 @@ pub trait Ledger: Send + Sync {
     async fn postings(&self, after: u64, limit: usize) -> Result<Vec<PostingRecord>, Failure>;
     /// Checks every ledger invariant on one consistent state.
     async fn verify(&self) -> Result<VerifyReport, Failure>;
+    /// Pays out part or all of a shop's payable balance in one currency
+    /// through the system payout account: one balanced posting set (shop
+    /// payable → system payout) whose id is the payout's id, the payout
+    /// record, its payout entry and its idempotency key. Must guarantee:
+    /// the balance check and the postings in one transaction, serialised
+    /// with every other write of that account (PostgreSQL: `SELECT … FOR
+    /// UPDATE` on the payable account row, or SERIALIZABLE), so concurrent
+    /// payouts and refunds together never take more than the balance; an
+    /// idempotency key is operator-wide and a retry is compared with the
+    /// request as sent (shop, currency, amount), returning the original.
+    async fn payout_shop(&self, payout: NewPayout) -> Result<PaidOut, StoreError<ShopPayoutRefusal>>;
     /// The newest `limit` postings, newest first (the operator console).
     async fn recent_postings(&self, limit: usize) -> Result<Vec<PostingRecord>, Failure>;
 }
@@ -238,6 +284,12 @@ pub trait Lifecycle: Send + Sync {
     /// Turns true once every handle of the store is gone and its files or
     /// connections are closed.
     fn closed(&self) -> watch::Receiver<bool>;
+    /// Whether other processes write to the same data (several nodes on
+    /// one database): then work committed elsewhere reaches this node only
+    /// by reading (the relay polls the outbox; `AwaitTrade` re-reads).
+    fn other_writers(&self) -> bool {
+        false
+    }
 }
 
 /// A whole store: what the engine holds.

@@ -5,13 +5,15 @@
 //! What every backend shares lives here: the records, the refusals, the
 //! offer gate, the durable event heads and the ledger's verification over
 //! an abstract view. [`sled`] is the embedded backend, the only module
-//! that knows sled.
+//! that knows sled; [`postgres`] the backend for several nodes on one
+//! PostgreSQL database.
 
 mod backend;
 pub mod files;
 pub mod fixture;
 mod heads;
 mod ops;
+pub mod postgres;
 pub mod records;
 pub mod refusals;
 pub mod sled;
@@ -23,19 +25,21 @@ pub use backend::{Backend, Ledger, Lifecycle, Network, Parties, Trades};
 pub use heads::EventHeads;
 pub use ops::{
     AckOutcome, AnswerOutcome, CancelOutcome, Created, ExpireOutcome, HandsetAnswer, LeaseReport, LeasesRecorded,
-    NewCarrier, NewHandset, NewRefund, NewRegister, NewShop, NewSubscriber, NewTrade, OfferGate, Pending, Refunded,
-    RejectedAnswer, SignatureCheck, StatementData, TopUp, ToppedUp,
+    NewCarrier, NewHandset, NewPayout, NewRefund, NewRegister, NewShop, NewSubscriber, NewTrade, OfferGate, PaidOut,
+    PayoutAmount, Pending, Refunded, RejectedAnswer, ShopStatus, SignatureCheck, StatementData, TopUp, ToppedUp,
+    TradeHistory,
 };
 pub use records::{
     AccountRecord, BillLine, CapUsage, CarrierRecord, Delivery, DeliveryBody, EventKind, EventRecord, Funding,
-    HandsetRecord, NetworkIdentity, OfferBody, PayerRef, PayoutEntry, PostingKind, PostingRecord, Receipt,
-    RegisterRecord, ShopRecord, Sig64, SignedTerms, SubscriberRecord, TradeRecord, TradeRequest,
+    HandsetRecord, NetworkIdentity, OfferBody, PayerRef, PayoutEntry, PayoutRecord, PostingKind, PostingRecord,
+    Receipt, RegisterRecord, ShopRecord, Sig64, SignedTerms, SubscriberRecord, TradeRecord, TradeRequest,
 };
 pub use refusals::{
     AcceptanceRefusal, AddPrefixesRefusal, AnswerRefusal, CancelRefusal, CloseRegisterRefusal, CreateCarrierRefusal,
     CreateShopRefusal, CreateTradeRefusal, Difference, EnrollHandsetRefusal, EnrollSubscriberRefusal, Failure,
-    LeaseList, LeaseRefusal, NoRefusal, OpenRegisterRefusal, PayerKind, PayoutRefusal, PostingRefusal, PrefixOverlap,
-    RefundField, RefundRefusal, StatementRefusal, StoreError, TopUpRefusal, TradeField,
+    LeaseList, LeaseRefusal, NoRefusal, OpenRegisterRefusal, PayerKind, PayoutField, PayoutRefusal, PostingRefusal,
+    PrefixOverlap, RefundField, RefundRefusal, RotateCredentialRefusal, ShopPayoutRefusal, StatementRefusal,
+    StoreError, SuspendRefusal, TopUpRefusal, TradeField,
 };
 pub use verify::VerifyReport;
 

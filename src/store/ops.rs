@@ -13,7 +13,8 @@ use crate::domain::{
 };
 
 use super::records::{
-    AccountRecord, Delivery, Funding, PayerRef, Receipt, Sig64, SubscriberRecord, TradeRecord, TradeRequest,
+    AccountRecord, Delivery, EventRecord, Funding, PayerRef, PayoutRecord, PostingRecord, Receipt, ShopRecord, Sig64,
+    SubscriberRecord, TradeRecord, TradeRequest,
 };
 use super::refusals::{Failure, StoreError};
 
@@ -406,4 +407,51 @@ impl<T, R> Pending<T, R> {
     pub async fn outcome(self) -> Result<T, StoreError<R>> {
         self.0.await.map_err(|_| StoreError::Failed(Failure::Stopped))?
     }
+}
+
+/// How much of the balance a payout pays out, as the operator asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum PayoutAmount {
+    Exact(Amount),
+    /// All of the shop's payable balance in the currency at the payout.
+    WholeBalance,
+}
+
+/// A payout of a shop's payable balance in one currency, through the
+/// system payout account; idempotent by key across all shops.
+#[derive(Debug, Clone)]
+pub struct NewPayout {
+    pub shop: ShopId,
+    pub currency: Currency,
+    pub amount: PayoutAmount,
+    pub idempotency_key: String,
+    pub now: UnixMs,
+}
+
+/// A payout written, or the original one for an idempotent retry.
+#[derive(Debug, Clone)]
+pub struct PaidOut {
+    pub payout: PayoutRecord,
+    /// The shop's payable account right after this call (for a retry: as
+    /// it is now).
+    pub payable: AccountRecord,
+    pub replayed: bool,
+}
+
+/// A shop as the operator sees it: its record and whether it is suspended.
+#[derive(Debug, Clone)]
+pub struct ShopStatus {
+    pub shop: ShopRecord,
+    /// When the operator suspended it; `None` while it trades.
+    pub suspended_at: Option<UnixMs>,
+}
+
+/// A trade's whole history for the operator: the trade as it is now, every
+/// event it caused (states with their times, refunds) and every posting
+/// naming it, in order.
+#[derive(Debug, Clone)]
+pub struct TradeHistory {
+    pub trade: TradeRecord,
+    pub events: Vec<EventRecord>,
+    pub postings: Vec<PostingRecord>,
 }

@@ -81,6 +81,8 @@ pub enum PostingKind {
     TopUp,
     Settlement,
     Refund,
+    /// A shop payout (appended: postcard numbers variants).
+    Payout,
 }
 
 impl PostingKind {
@@ -89,6 +91,7 @@ impl PostingKind {
             PostingKind::TopUp => "TOP_UP",
             PostingKind::Settlement => "SETTLEMENT",
             PostingKind::Refund => "REFUND",
+            PostingKind::Payout => "PAYOUT",
         }
     }
 }
@@ -479,73 +482,35 @@ pub enum PayoutEntry {
         currency: Currency,
         amount: Amount,
     },
+    /// Money paid out of the shop's payable balance to its bank
+    /// (appended: postcard numbers variants, so older entries decode).
+    Payout {
+        payout_id: u64,
+        currency: Currency,
+        amount: Amount,
+        reference: String,
+        at: UnixMs,
+    },
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::{Currency, RegisterId};
+/// A shop payout: part or all of the shop's payable balance in one
+/// currency, paid to the shop's bank through the system payout account.
+/// Its id is its posting set's id; immutable once written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayoutRecord {
+    pub payout_id: u64,
+    pub shop: ShopId,
+    pub currency: Currency,
+    pub amount: Amount,
+    /// What the bank transfer carries, so the shop can match it:
+    /// [`payout_reference`] of the id.
+    pub reference: String,
+    pub idempotency_key: String,
+    pub at: UnixMs,
+}
 
-    /// A settled trade with version 2 terms and a countersigned receipt.
-    fn trade_v2() -> TradeRecord {
-        TradeRecord {
-            id: TradeId::from_bytes([7; 16]),
-            shop: ShopId::parse("acme").expect("id"),
-            carrier: Some(CarrierId::parse("docomo").expect("id")),
-            request: TradeRequest {
-                register: RegisterId::from_bytes([9; 16]),
-                payer: SubscriberNumber::parse("+818012345678").expect("number"),
-                amount: Amount::new(1200),
-                currency: Currency::parse("JPY").expect("known"),
-                description: "book".into(),
-                ttl_ms: 60_000,
-            },
-            state: TradeState::Settled,
-            failure: None,
-            binding_code: "123456".into(),
-            created_at: UnixMs(1_800_000_000_000),
-            expires_at: UnixMs(1_800_000_060_000),
-            finished_at: Some(UnixMs(1_800_000_001_000)),
-            decision: Some(Decision::Approve),
-            receipt: Some(Receipt::Countersigned {
-                signature: Sig64([4; 64]),
-                handset_key: [5; 32],
-                key_id: ReceiptKeyId::from_bytes([6; 8]),
-                countersignature: Sig64([7; 64]),
-            }),
-            idempotency_key: Some("order-1".into()),
-            offer_delivery: None,
-            refunded: Amount::new(300),
-            terms: SignedTerms::V2 { screen_digest: [8; 32] },
-        }
-    }
-
-    #[test]
-    fn the_payload_of_a_trade_is_its_offers_payload() {
-        let t = trade_v2();
-        let digest = ScreenText { shop_name: "Acme", register_label: "Front", description: "book" }.digest();
-        let t = TradeRecord { terms: SignedTerms::V2 { screen_digest: digest }, ..t };
-        let offer = OfferBody {
-            trade: t.id,
-            payer: t.request.payer.clone(),
-            shop: t.shop.clone(),
-            shop_name: "Acme".into(),
-            register: t.request.register,
-            register_label: "Front".into(),
-            amount: t.request.amount,
-            currency: t.request.currency,
-            description: "book".into(),
-            expires_at: t.expires_at,
-            binding_code: t.binding_code.clone(),
-        };
-        for decision in [Decision::Approve, Decision::Decline] {
-            let from_trade = t.approval_payload(decision).expect("payload");
-            assert_eq!(Some(from_trade.clone()), offer.approval_payload(2, decision));
-            assert_eq!(from_trade.version.number(), 2);
-        }
-        let v1 = TradeRecord { terms: SignedTerms::V1, ..t.clone() };
-        assert_eq!(v1.approval_payload(Decision::Approve).ok(), offer.approval_payload(1, Decision::Approve));
-        let broken = TradeRecord { binding_code: "12345".into(), ..t };
-        assert!(matches!(broken.approval_payload(Decision::Approve), Err(Failure::Corrupt(_))));
-    }
+/// The bank-transfer reference of payout `payout_id`: unique because the
+/// id is, at most 22 ASCII characters (fits a SEPA or SWIFT reference).
+pub fn payout_reference(payout_id: u64) -> String {
+    format!("SYNCPAY-PO-{payout_id:011}")
 }

@@ -10,7 +10,8 @@ use crate::domain::{AccountName, Amount, IpPrefix, LedgerError, TradeState};
 
 /// The store could not do its part. `Corrupt` and `Io` are the server's
 /// problem; `Stopped` means a sync failed and the store accepts no more
-/// writes (fail-stop: nothing after it is acknowledged).
+/// writes (fail-stop: nothing after it is acknowledged); `Unavailable`
+/// passes (a backend with a remote database, during a failover).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Failure {
     #[error("corrupt record: {0}")]
@@ -19,6 +20,11 @@ pub enum Failure {
     Io(String),
     #[error("the store stopped accepting writes after a failed sync")]
     Stopped,
+    /// The store cannot be reached for now (a database failover, a lost
+    /// connection): nothing of the operation was acknowledged, and a retry
+    /// (with its idempotency key) may succeed.
+    #[error("the store is unavailable for now: {0}")]
+    Unavailable(String),
 }
 
 /// An operation's answer besides success: its own refusal `R`, or a
@@ -95,6 +101,9 @@ pub enum CreateTradeRefusal {
     /// The idempotency key was used for a different request.
     Differs(Difference),
     UnknownShop,
+    /// The operator suspended the shop: it takes no new trades until
+    /// resumed (a retry of a trade made before still returns it).
+    ShopSuspended,
     UnknownRegister,
     RegisterClosed,
     /// The register has as many open trades as it may.
@@ -252,4 +261,37 @@ pub enum StatementRefusal {
 pub enum PayoutRefusal {
     /// More entries in the period than one report reads.
     TooMany { max: usize },
+}
+
+/// A field of a PayoutShop request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayoutField {
+    Shop,
+    Currency,
+    Amount,
+}
+
+/// Why a shop payout was not made (nothing was written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShopPayoutRefusal {
+    /// The idempotency key was used for a payout that differs here.
+    Differs(PayoutField),
+    UnknownShop,
+    /// The shop's payable balance in the currency does not cover the
+    /// amount (or, for the whole balance, is zero).
+    BalanceShort {
+        available: Amount,
+    },
+    Postings(PostingRefusal),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuspendRefusal {
+    UnknownShop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotateCredentialRefusal {
+    /// No such shop or carrier.
+    UnknownParty,
 }

@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 use crate::domain::{carrier_fee, AccountName, CarrierId, Currency, Month, RegisterId, ShopId, Side, SubscriberNumber};
 use crate::domain::{TradeId, TradeState};
 
-use super::records::{AccountRecord, BillLine, CapUsage, PostingKind, PostingRecord, RegisterRecord, TradeRecord};
+use super::records::{
+    AccountRecord, BillLine, CapUsage, PayoutRecord, PostingKind, PostingRecord, RegisterRecord, TradeRecord,
+};
 use super::Failure;
 
 /// What verification reads, from one consistent state. Each `for_each_*`
@@ -38,6 +40,8 @@ pub trait LedgerView {
     /// Whether an open trade has its deadline entry.
     fn has_deadline(&self, trade: &TradeRecord) -> Result<bool, Failure>;
     fn for_each_register(&self, visit: &mut dyn FnMut(RegisterRecord) -> Result<(), Failure>) -> Result<(), Failure>;
+    /// Every shop payout record.
+    fn for_each_payout(&self, visit: &mut dyn FnMut(PayoutRecord) -> Result<(), Failure>) -> Result<(), Failure>;
 }
 
 /// At most this many violations are listed; the count is always exact.
@@ -99,8 +103,14 @@ pub fn verify<V: LedgerView>(view: &V) -> Result<VerifyReport, Failure> {
     let mut per_account: BTreeMap<AccountName, Sums> = BTreeMap::new();
     let mut per_set: BTreeMap<(u64, Currency), Sums> = BTreeMap::new();
     let mut per_trade: HashMap<TradeId, TradeMoney> = HashMap::new();
+    // Payout sets: their legs, as (account, side, amount).
+    let mut payout_sets: BTreeMap<u64, Vec<(AccountName, bool, u64)>> = BTreeMap::new();
     view.for_each_posting(&mut |p| {
         report.postings_checked += 1;
+        if p.kind == PostingKind::Payout {
+            let debit = matches!(p.side, Side::Debit);
+            payout_sets.entry(p.set_id).or_default().push((p.account.clone(), debit, p.amount.minor()));
+        }
         per_account.entry(p.account.clone()).or_default().add(p.side, p.amount.minor());
         per_set.entry((p.set_id, p.account.currency())).or_default().add(p.side, p.amount.minor());
         if let Some(trade) = p.trade {
@@ -233,6 +243,65 @@ pub fn verify<V: LedgerView>(view: &V) -> Result<VerifyReport, Failure> {
         if i128::try_from(owed).ok() != Some(balance) {
             report.violation(format!("{bill:?}: lines say {owed} owed but the balance says {balance}"));
         }
+    }
+
+    // Shop payouts: each record against its own posting set (exactly the
+    // shop's payable debited and the system payout account credited by its
+    // amount), every payout set with its record, and each currency's
+    // payout account holding exactly the payouts' sum. (A payable below
+    // zero, a payout beyond the balance, is caught with the accounts.)
+    let mut paid_out: BTreeMap<Currency, u128> = BTreeMap::new();
+    view.for_each_payout(&mut |payout| {
+        let id = payout.payout_id;
+        let expected = vec![
+            (AccountName::ShopPayable(payout.shop.clone(), payout.currency), true, payout.amount.minor()),
+            (AccountName::SystemPayout(payout.currency), false, payout.amount.minor()),
+        ];
+        match payout_sets.remove(&id) {
+            Some(mut legs) => {
+                legs.sort();
+                let mut want = expected;
+                want.sort();
+                if legs != want {
+                    report.violation(format!(
+                        "payout {id} of {} {} to shop {} disagrees with its postings",
+                        payout.amount.minor(),
+                        payout.currency,
+                        payout.shop
+                    ));
+                }
+            }
+            None => report.violation(format!("payout {id} has no posting set")),
+        }
+        if payout.amount.minor() == 0 {
+            report.violation(format!("payout {id} is of zero"));
+        }
+        *paid_out.entry(payout.currency).or_default() += u128::from(payout.amount.minor());
+        Ok(())
+    })?;
+    for set in payout_sets.keys() {
+        report.violation(format!("posting set {set} is a payout without a payout record"));
+    }
+    let mut payout_accounts: Vec<AccountRecord> = Vec::new();
+    view.for_each_account(&mut |a, _| {
+        if matches!(a.name, AccountName::SystemPayout(_)) {
+            payout_accounts.push(a);
+        }
+        Ok(())
+    })?;
+    for a in payout_accounts {
+        let counted = paid_out.remove(&a.name.currency()).unwrap_or(0);
+        if a.balance.debits.minor() != 0 || u128::from(a.balance.credits.minor()) != counted {
+            report.violation(format!(
+                "{:?} holds {}/{} (debits/credits) but payouts sum to {counted}",
+                a.name,
+                a.balance.debits.minor(),
+                a.balance.credits.minor()
+            ));
+        }
+    }
+    for (currency, sum) in paid_out {
+        report.violation(format!("payouts in {currency} sum to {sum} but no payout account holds them"));
     }
 
     // Trades against their postings, and registers against their trades.

@@ -1,5 +1,6 @@
 //! `AdminService`: the operator's API: shops, carriers, wallet top-ups,
-//! accounts, postings, ledger verification, receipt keys and disputes.
+//! accounts, postings, ledger verification, receipt keys and disputes,
+//! shop payouts, trade histories, suspension and credential rotation.
 //! Each handler validates its request, calls one engine use case and
 //! presents the result.
 
@@ -14,6 +15,7 @@ use super::auth::{new_token, token_hash};
 use super::convert;
 use super::engine::{Dispute, DisputeRefusal, Engine};
 use super::error::ApiError;
+use super::register_service::payout_report;
 use super::requests;
 
 pub struct AdminApi {
@@ -165,5 +167,106 @@ impl AdminService for AdminApi {
             receipt: Some(receipt),
             receipt_public_key: receipt_public_key.map_or_else(Vec::new, |k| k.to_vec()),
         }))
+    }
+
+    async fn payout_shop(
+        &self,
+        request: Request<proto::PayoutShopRequest>,
+    ) -> Result<Response<proto::PayoutShopResponse>, Status> {
+        let requests::Payout { shop, currency, amount, idempotency_key } = requests::payout_shop(request.get_ref())?;
+        let paid = self.engine.payout_shop(shop, currency, amount, idempotency_key).await?;
+        Ok(Response::new(proto::PayoutShopResponse {
+            payout: Some(convert::payout_to_proto(&paid.payout)),
+            payable_balance_minor: i64::try_from(paid.payable.balance.net()).unwrap_or(i64::MAX),
+            replayed: paid.replayed,
+        }))
+    }
+
+    async fn get_shop_payout_report(
+        &self,
+        request: Request<proto::GetShopPayoutReportRequest>,
+    ) -> Result<Response<proto::PayoutReport>, Status> {
+        let r = request.get_ref();
+        let (shop, from, to) = requests::shop_payout_report(r)?;
+        if self.engine.shop(&shop).await.map_err(ApiError::from)?.is_none() {
+            return Err(ApiError::NotFound("shop").into());
+        }
+        let entries = self.engine.payout_entries(&shop, from, to).await?;
+        Ok(Response::new(payout_report(&shop, &entries, r.from_ms, r.to_ms)))
+    }
+
+    async fn get_trade_history(
+        &self,
+        request: Request<proto::GetTradeHistoryRequest>,
+    ) -> Result<Response<proto::TradeHistory>, Status> {
+        let id = requests::trade_history(request.get_ref())?;
+        match self.engine.trade_history(&id).await.map_err(ApiError::from)? {
+            Some(history) => Ok(Response::new(convert::trade_history_to_proto(&history, self.engine.secret()))),
+            None => Err(ApiError::NotFound("trade").into()),
+        }
+    }
+
+    async fn list_shops(
+        &self,
+        request: Request<proto::ListShopsRequest>,
+    ) -> Result<Response<proto::ListShopsResponse>, Status> {
+        let (after, limit) = requests::list_shops(request.get_ref())?;
+        let shops = self.engine.shops(after.as_ref(), limit).await.map_err(ApiError::from)?;
+        let next = match shops.last() {
+            Some(last) if shops.len() == limit => last.shop.id.to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(proto::ListShopsResponse {
+            shops: shops.iter().map(convert::shop_info).collect(),
+            next_after_shop_id: next,
+        }))
+    }
+
+    async fn list_carriers(
+        &self,
+        request: Request<proto::ListCarriersRequest>,
+    ) -> Result<Response<proto::ListCarriersResponse>, Status> {
+        let (after, limit) = requests::list_carriers(request.get_ref())?;
+        let carriers = self.engine.carriers(after.as_ref(), limit).await.map_err(ApiError::from)?;
+        let next = match carriers.last() {
+            Some(last) if carriers.len() == limit => last.id.to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(proto::ListCarriersResponse {
+            carriers: carriers.iter().map(convert::carrier_info).collect(),
+            next_after_carrier_id: next,
+        }))
+    }
+
+    async fn suspend_shop(
+        &self,
+        request: Request<proto::SuspendShopRequest>,
+    ) -> Result<Response<proto::ShopInfo>, Status> {
+        let shop = requests::shop_acceptance(&request.get_ref().shop_id)?;
+        let status = self.engine.set_shop_suspended(&shop, true).await?;
+        Ok(Response::new(convert::shop_info(&status)))
+    }
+
+    async fn resume_shop(
+        &self,
+        request: Request<proto::ResumeShopRequest>,
+    ) -> Result<Response<proto::ShopInfo>, Status> {
+        let shop = requests::shop_acceptance(&request.get_ref().shop_id)?;
+        let status = self.engine.set_shop_suspended(&shop, false).await?;
+        Ok(Response::new(convert::shop_info(&status)))
+    }
+
+    async fn rotate_credential(
+        &self,
+        request: Request<proto::RotateCredentialRequest>,
+    ) -> Result<Response<proto::RotateCredentialResponse>, Status> {
+        let party = requests::rotate_credential(request.get_ref())?;
+        let prefix = match &party {
+            crate::domain::Principal::Carrier(_) => "carrier",
+            crate::domain::Principal::Shop(_) | crate::domain::Principal::Admin => "shop",
+        };
+        let token = new_token(prefix)?;
+        self.engine.rotate_credential(&party, token_hash(&token)).await?;
+        Ok(Response::new(proto::RotateCredentialResponse { token }))
     }
 }

@@ -1,6 +1,7 @@
 //! `CarrierService`: the relay stream and subscriber/handset enrollment.
 //! A carrier acts only on its own subscribers and its own deliveries.
 
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -107,6 +108,12 @@ fn log_refused(carrier: &CarrierId, e: ApiError) {
     tracing::warn!(carrier = %carrier, code = ?status.code(), message = status.message(), "relay message refused");
 }
 
+/// How often a relay stream reads the outbox for deliveries committed by
+/// other nodes on the same store (PostgreSQL, several nodes); unused on a
+/// store no one else writes. An offer made on another node reaches the
+/// carrier within this, plus the push.
+const OUTBOX_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
 #[tonic::async_trait]
 impl CarrierService for CarrierApi {
     type RelayStream = RelayStream;
@@ -116,41 +123,68 @@ impl CarrierService for CarrierApi {
         let mut inbound = request.into_inner();
         let depth = self.hub.depth();
         let (tx, rx) = mpsc::channel(depth);
+        let (replay_tx, replay_rx) = mpsc::channel(limits::RELAY_REPLAY_BUFFER);
         let overflowed = Arc::new(AtomicBool::new(false));
         // Attach first, then replay the outbox: anything committed after the
         // replay's read is pushed live, so nothing falls between the two.
-        let link = self.hub.attach(&carrier, tx.clone(), overflowed.clone());
+        let link = self.hub.attach(&carrier, tx, overflowed.clone());
         tracing::info!(carrier = %carrier, link, "relay connected");
         metrics::relay_connected(true);
 
         let replay_engine = self.engine.clone();
         let replay_carrier = carrier.clone();
-        let replay_tx = tx.clone();
+        let replay_hub = self.hub.clone();
         tokio::spawn(async move {
             // Page through the whole outbox; sends wait for room, so the
-            // replay is paced by the carrier.
-            let mut after = 0;
+            // replay is paced by the carrier. With other nodes on the same
+            // store, keep reading it every OUTBOX_POLL for deliveries they
+            // committed, skipping what this stream already sent and what
+            // this node pushed live (a poll is not a redelivery: a lost
+            // acknowledgement is still redelivered on reconnect).
+            let poll = replay_engine.store_has_other_writers();
+            let mut sent: HashSet<u64> = HashSet::new();
+            let mut first = true;
             loop {
-                let page = match replay_engine.outbox(&replay_carrier, after, limits::MAX_LIST).await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        let _ = replay_tx.send(Err(RelayEnd::Edge(error::status(e)))).await;
-                        return;
+                let mut seen = HashSet::new();
+                let mut after = 0;
+                loop {
+                    let page = match replay_engine.outbox(&replay_carrier, after, limits::MAX_LIST).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            let _ = replay_tx.send(Err(RelayEnd::Edge(error::status(e)))).await;
+                            return;
+                        }
+                    };
+                    let Some(last) = page.last().map(|d| d.delivery_id) else {
+                        break;
+                    };
+                    if first {
+                        tracing::info!(carrier = %replay_carrier, count = page.len(), "replaying outbox");
                     }
-                };
-                let Some(last) = page.last().map(|d| d.delivery_id) else {
-                    return;
-                };
-                tracing::info!(carrier = %replay_carrier, count = page.len(), "replaying outbox");
-                for d in page {
-                    if replay_tx.send(Ok(to_relay_down(&d))).await.is_err() {
-                        return;
+                    for d in page {
+                        let id = d.delivery_id;
+                        seen.insert(id);
+                        if !first && (sent.contains(&id) || replay_hub.pushed_live(&replay_carrier, link, id)) {
+                            continue;
+                        }
+                        if replay_tx.send(Ok(to_relay_down(&d))).await.is_err() {
+                            return;
+                        }
                     }
+                    after = last;
                 }
-                after = last;
+                if !poll {
+                    return;
+                }
+                first = false;
+                // What was acknowledged left the outbox and is forgotten.
+                sent = seen;
+                tokio::select! {
+                    _ = tokio::time::sleep(OUTBOX_POLL) => {}
+                    _ = replay_tx.closed() => return,
+                }
             }
         });
-        drop(tx);
 
         let engine = self.engine.clone();
         let hub = self.hub.clone();
@@ -160,7 +194,12 @@ impl CarrierService for CarrierApi {
             loop {
                 let next = tokio::select! {
                     m = inbound.message() => m,
-                    _ = stopped(&mut shutdown) => break,
+                    _ = stopped(&mut shutdown) => {
+                        // Say why, so the carrier reconnects rather than
+                        // taking a silent end for a fault of its own.
+                        hub.end(&carrier, link, RelayEnd::ShuttingDown);
+                        break;
+                    }
                 };
                 let message = match next {
                     Ok(Some(m)) => m,
@@ -195,7 +234,7 @@ impl CarrierService for CarrierApi {
             metrics::relay_connected(false);
             tracing::info!(carrier = %carrier, link, "relay disconnected");
         });
-        Ok(Response::new(Box::pin(RelayDownStream::new(rx, overflowed, depth)) as RelayStream))
+        Ok(Response::new(Box::pin(RelayDownStream::new(rx, replay_rx, overflowed, depth)) as RelayStream))
     }
 
     async fn enroll_subscriber(
@@ -284,21 +323,36 @@ impl CarrierApi {
     }
 }
 
-/// A relay stream's outgoing side: what the queue holds, each end the
-/// server gives it as a status, and, if the hub dropped the link because
-/// the queue overflowed, `RESOURCE_EXHAUSTED` naming the limit (instead of
-/// a silent end).
+/// A relay stream's outgoing side. Two sources: the live queue the hub
+/// feeds (bounded, never waited on: a full one means the carrier does not
+/// keep up with live traffic), and the outbox replay of a new stream (its
+/// own channel, which the replay waits on). Live messages go first, so a
+/// catch-up however long never fills the live queue. Each end the server
+/// gives the stream becomes its status; the stream ends when the hub lets
+/// go of the live queue, and if that was because it overflowed, with
+/// `RESOURCE_EXHAUSTED` naming the limit (instead of a silent end).
 pub struct RelayDownStream {
-    rx: mpsc::Receiver<RelayItem>,
+    live: mpsc::Receiver<RelayItem>,
+    /// `None` once the replay has sent everything.
+    replay: Option<mpsc::Receiver<RelayItem>>,
     overflowed: Arc<AtomicBool>,
     depth: usize,
     done: bool,
 }
 
 impl RelayDownStream {
-    pub fn new(rx: mpsc::Receiver<RelayItem>, overflowed: Arc<AtomicBool>, depth: usize) -> Self {
-        RelayDownStream { rx, overflowed, depth, done: false }
+    pub fn new(
+        live: mpsc::Receiver<RelayItem>,
+        replay: mpsc::Receiver<RelayItem>,
+        overflowed: Arc<AtomicBool>,
+        depth: usize,
+    ) -> Self {
+        RelayDownStream { live, replay: Some(replay), overflowed, depth, done: false }
     }
+}
+
+fn wire(item: RelayItem) -> Result<proto::RelayDown, Status> {
+    item.map_err(error::relay_end)
 }
 
 impl Stream for RelayDownStream {
@@ -308,40 +362,36 @@ impl Stream for RelayDownStream {
         if self.done {
             return Poll::Ready(None);
         }
-        match self.rx.poll_recv(cx) {
+        match self.live.poll_recv(cx) {
+            Poll::Ready(Some(item)) => return Poll::Ready(Some(wire(item))),
             Poll::Ready(None) => {
                 self.done = true;
                 if self.overflowed.load(Ordering::Acquire) {
                     return Poll::Ready(Some(Err(error::relay_queue_overflow(self.depth))));
                 }
-                Poll::Ready(None)
+                return Poll::Ready(None);
             }
-            Poll::Ready(Some(Ok(message))) => Poll::Ready(Some(Ok(message))),
-            Poll::Ready(Some(Err(end))) => Poll::Ready(Some(Err(error::relay_end(end)))),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {}
         }
+        // Nothing live: the replay, if it is still going. Its end is not
+        // the stream's (the live receiver's waker is registered above).
+        if let Some(replay) = self.replay.as_mut() {
+            match replay.poll_recv(cx) {
+                Poll::Ready(Some(item)) => return Poll::Ready(Some(wire(item))),
+                Poll::Ready(None) => self.replay = None,
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::carrier::relay::tests::withdraw;
     use crate::carrier::{CarrierGateway, PushResult};
-    use crate::domain::TradeId;
-    use crate::store::{Delivery, DeliveryBody};
     use tokio_stream::StreamExt;
-
-    fn withdraw(carrier: &CarrierId, id: u64) -> Delivery {
-        Delivery {
-            delivery_id: id,
-            carrier: carrier.clone(),
-            body: DeliveryBody::Withdraw {
-                trade: TradeId::from_bytes([1; 16]),
-                payer: crate::domain::SubscriberNumber::parse("+818012345678").expect("valid"),
-                state: crate::domain::TradeState::Cancelled,
-            },
-        }
-    }
 
     #[tokio::test]
     async fn a_full_relay_queue_ends_the_stream_resource_exhausted_naming_the_limit() {
@@ -354,11 +404,41 @@ mod tests {
         assert_eq!(hub.push(&withdraw(&carrier, 2)), PushResult::Queued);
         assert_eq!(hub.push(&withdraw(&carrier, 3)), PushResult::Dropped);
         assert!(!hub.is_connected(&carrier));
-        let items: Vec<_> = RelayDownStream::new(rx, overflowed, 2).collect().await;
+        let (_replay_tx, replay_rx) = mpsc::channel(1);
+        let items: Vec<_> = RelayDownStream::new(rx, replay_rx, overflowed, 2).collect().await;
         assert_eq!(items.len(), 3);
         assert!(items[..2].iter().all(|i| i.is_ok()));
         let status = items[2].as_ref().expect_err("ends with the limit");
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
         assert!(status.message().starts_with("relay queue depth: more than 2 messages"), "{}", status.message());
+    }
+
+    #[tokio::test]
+    async fn live_messages_go_before_the_replay_whose_end_is_not_the_streams() {
+        let carrier = CarrierId::parse("docomo").expect("valid");
+        let down = |id| Ok(crate::carrier::relay::to_relay_down(&withdraw(&carrier, id)));
+        let (live_tx, live_rx) = mpsc::channel(4);
+        let (replay_tx, replay_rx) = mpsc::channel(4);
+        for id in [1, 2] {
+            replay_tx.send(down(id)).await.expect("room");
+        }
+        drop(replay_tx);
+        live_tx.send(down(9)).await.expect("room");
+        let mut stream = RelayDownStream::new(live_rx, replay_rx, Arc::new(AtomicBool::new(false)), 4);
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(stream.next().await.expect("item").expect("ok").delivery_id);
+        }
+        assert_eq!(ids, [9, 1, 2]);
+        // The replay is over; the stream waits for live messages.
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(20), stream.next()).await;
+        assert!(pending.is_err(), "the replay's end ended the stream: {pending:?}");
+        live_tx.send(down(10)).await.expect("room");
+        assert_eq!(stream.next().await.expect("item").expect("ok").delivery_id, 10);
+        live_tx.send(Err(RelayEnd::ShuttingDown)).await.expect("room");
+        let ended = stream.next().await.expect("item").expect_err("the end's status");
+        assert_eq!(ended.code(), tonic::Code::Unavailable);
+        drop(live_tx);
+        assert!(stream.next().await.is_none(), "the live queue's end is the stream's");
     }
 }

@@ -331,6 +331,77 @@ pub fn posting_to_proto(p: &PostingRecord) -> proto::Posting {
     }
 }
 
+/// A shop payout on the wire.
+pub fn payout_to_proto(p: &crate::store::PayoutRecord) -> proto::ShopPayout {
+    proto::ShopPayout {
+        payout_id: p.payout_id,
+        shop_id: p.shop.to_string(),
+        currency: p.currency.code().to_owned(),
+        amount_minor: p.amount.minor(),
+        reference: p.reference.clone(),
+        paid_at_ms: ms(p.at),
+        idempotency_key: p.idempotency_key.clone(),
+    }
+}
+
+/// A shop as the operator sees it.
+pub fn shop_info(s: &crate::store::ShopStatus) -> proto::ShopInfo {
+    proto::ShopInfo {
+        shop_id: s.shop.id.to_string(),
+        display_name: s.shop.display_name.clone(),
+        created_at_ms: ms(s.shop.created_at),
+        suspended: s.suspended_at.is_some(),
+        suspended_at_ms: s.suspended_at.map_or(0, ms),
+        last_sequence: s.shop.next_event_seq.saturating_sub(1),
+    }
+}
+
+pub fn carrier_info(c: &crate::store::CarrierRecord) -> proto::CarrierInfo {
+    proto::CarrierInfo {
+        carrier_id: c.id.to_string(),
+        display_name: c.display_name.clone(),
+        created_at_ms: ms(c.created_at),
+    }
+}
+
+/// A trade's whole history as the operator may see it: the payer's
+/// number, carrier and handset key beside the shop's view.
+pub fn trade_history_to_proto(h: &crate::store::TradeHistory, secret: &ServerSecret) -> proto::TradeHistory {
+    let t = &h.trade;
+    let handset = match &t.receipt {
+        Some(Receipt::Countersigned { handset_key, .. }) => handset_key.to_vec(),
+        Some(Receipt::Legacy { .. }) | None => Vec::new(),
+    };
+    proto::TradeHistory {
+        shop_id: t.shop.to_string(),
+        trade: Some(trade_for_shop(t, secret)),
+        subscriber_number: t.request.payer.as_str().to_owned(),
+        carrier_id: t.carrier.as_ref().map_or_else(String::new, ToString::to_string),
+        handset_public_key: handset,
+        events: h
+            .events
+            .iter()
+            .map(|e| {
+                let (kind, refund_minor, refund_id) = match e.kind {
+                    EventKind::StateChanged => (proto::EventKind::StateChanged, 0, 0),
+                    EventKind::Refunded { amount, refund_id } => {
+                        (proto::EventKind::Refunded, amount.minor(), refund_id)
+                    }
+                };
+                proto::TradeHistoryEvent {
+                    sequence: e.seq,
+                    at_ms: ms(e.at),
+                    kind: kind as i32,
+                    state: proto::TradeState::from(e.trade.state) as i32,
+                    refund_minor,
+                    refund_id,
+                }
+            })
+            .collect(),
+        postings: h.postings.iter().map(posting_to_proto).collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -92,6 +92,10 @@ pub fn status(e: impl Into<ApiError>) -> Status {
 pub fn relay_end(end: RelayEnd) -> Status {
     match end {
         RelayEnd::Replaced => Status::new(Code::Aborted, "replaced by a newer relay stream of this carrier"),
+        RelayEnd::ShuttingDown => Status::new(
+            Code::Unavailable,
+            "server is shutting down; reconnect, and unacknowledged messages are sent again",
+        ),
         RelayEnd::Edge(status) => status,
     }
 }

@@ -52,6 +52,11 @@ pub const MAX_CONCURRENT_STREAMS_PER_CONNECTION: u32 = 256;
 /// this far behind is disconnected and catches up from the outbox on
 /// reconnect.
 pub const RELAY_QUEUE_DEPTH: usize = 1024;
+/// Replayed outbox messages read ahead of the carrier on a new relay
+/// stream. The replay waits for room here (it is paced by the carrier,
+/// however long the outbox), so this bounds memory, not the outbox; it
+/// never counts against the live relay queue.
+pub const RELAY_REPLAY_BUFFER: usize = 64;
 /// Uplink messages from one relay stream processed at once.
 pub const MAX_RELAY_INFLIGHT: usize = 1024;
 /// Characters of a caller's malformed id echoed back to it.

@@ -91,6 +91,8 @@ pub struct ServerConfig {
     /// Test hook: fail a chosen fsync (see `SyncFault`). Always `None` in
     /// the CLI.
     pub sync_fault: Option<Arc<SyncFault>>,
+    /// PostgreSQL instead of the sled store in `store_dir` (`store.url`).
+    pub postgres: Option<crate::store::postgres::PgConfig>,
 }
 
 impl ServerConfig {
@@ -114,6 +116,7 @@ impl ServerConfig {
             limits: Limits::default(),
             tls: None,
             sync_fault: None,
+            postgres: None,
         })
     }
 }
@@ -227,8 +230,17 @@ impl RunningServer {
     }
 }
 
-/// Opens the embedded sled store the config names.
+/// Opens the store the config names: PostgreSQL when `postgres` is set,
+/// else the embedded sled store.
 pub async fn open_store(config: &ServerConfig) -> Result<Store, ServerError> {
+    if let Some(pg) = config.postgres.clone() {
+        // Blocking: it connects, checks and migrates before answering.
+        let store = tokio::task::spawn_blocking(move || crate::store::postgres::PgStore::open(pg))
+            .await
+            .map_err(|e| ServerError::Join(e.to_string()))?
+            .map_err(|e| ServerError::Store(crate::store::postgres::store_failure(e)))?;
+        return Ok(Arc::new(store));
+    }
     let store_config = StoreConfig {
         durability: config.durability,
         cache_bytes: config.cache_bytes,

@@ -7,8 +7,9 @@ use crate::domain::{AccountName, TradeState};
 use crate::store::{
     AcceptanceRefusal, AddPrefixesRefusal, AnswerRefusal, CancelRefusal, CloseRegisterRefusal, CreateCarrierRefusal,
     CreateShopRefusal, CreateTradeRefusal, Difference, EnrollHandsetRefusal, EnrollSubscriberRefusal, Failure,
-    LeaseList, LeaseRefusal, NoRefusal, OpenRegisterRefusal, PayerKind, PayoutRefusal, PostingRefusal, PrefixOverlap,
-    RefundField, RefundRefusal, StatementRefusal, TopUpRefusal, TradeField,
+    LeaseList, LeaseRefusal, NoRefusal, OpenRegisterRefusal, PayerKind, PayoutField, PayoutRefusal, PostingRefusal,
+    PrefixOverlap, RefundField, RefundRefusal, RotateCredentialRefusal, ShopPayoutRefusal, StatementRefusal,
+    SuspendRefusal, TopUpRefusal, TradeField,
 };
 
 use super::engine::{AwaitRefusal, DisputeRefusal, EngineError, RotateRefusal, UnknownTrade, WatchEnd, WatchRefusal};
@@ -26,6 +27,10 @@ pub const NETWORK_NOT_ACCEPTED: &str = "network_identity: the carrier for this a
 /// message, so the answer never tells who was where.
 pub const NETWORK_MISS: &str =
     "network_identity: no carrier subscriber can be offered a trade for this address at that time";
+
+/// The refusal of a new trade at a shop the operator suspended.
+pub const SHOP_SUSPENDED: &str =
+    "shop is suspended: the operator refuses its new trades until it is resumed (open trades and refunds still work)";
 
 /// A CreateTrade field by its name on the wire.
 pub fn trade_field(field: TradeField) -> &'static str {
@@ -61,6 +66,7 @@ impl From<Failure> for ApiError {
     fn from(f: Failure) -> Self {
         match f {
             Failure::Stopped => ApiError::Unavailable("the store is not accepting writes".into()),
+            Failure::Unavailable(m) => ApiError::Unavailable(m),
             Failure::Corrupt(m) | Failure::Io(m) => ApiError::Internal(m),
         }
     }
@@ -115,6 +121,7 @@ impl From<CreateTradeRefusal> for ApiError {
                 ))
             }
             CreateTradeRefusal::UnknownShop => ApiError::NotFound("shop"),
+            CreateTradeRefusal::ShopSuspended => ApiError::FailedPrecondition(SHOP_SUSPENDED.into()),
             CreateTradeRefusal::UnknownRegister => ApiError::NotFound("register"),
             CreateTradeRefusal::RegisterClosed => {
                 ApiError::FailedPrecondition("register_id: the register is closed".into())
@@ -189,6 +196,45 @@ impl From<RefundRefusal> for ApiError {
                 ApiError::FailedPrecondition("amount_minor: the shop's balance does not cover the refund".into())
             }
             RefundRefusal::Postings(p) => p.into(),
+        }
+    }
+}
+
+impl From<ShopPayoutRefusal> for ApiError {
+    fn from(r: ShopPayoutRefusal) -> Self {
+        match r {
+            ShopPayoutRefusal::Differs(field) => {
+                let field = match field {
+                    PayoutField::Shop => "shop_id",
+                    PayoutField::Currency => "currency",
+                    PayoutField::Amount => "amount_minor",
+                };
+                ApiError::AlreadyExists(format!(
+                    "{field}: the idempotency key was used for a payout with a different {field}"
+                ))
+            }
+            ShopPayoutRefusal::UnknownShop => ApiError::NotFound("shop"),
+            ShopPayoutRefusal::BalanceShort { available } => ApiError::FailedPrecondition(format!(
+                "amount_minor: more than the shop's payable balance, which is {}",
+                available.minor()
+            )),
+            ShopPayoutRefusal::Postings(p) => p.into(),
+        }
+    }
+}
+
+impl From<SuspendRefusal> for ApiError {
+    fn from(r: SuspendRefusal) -> Self {
+        match r {
+            SuspendRefusal::UnknownShop => ApiError::NotFound("shop"),
+        }
+    }
+}
+
+impl From<RotateCredentialRefusal> for ApiError {
+    fn from(r: RotateCredentialRefusal) -> Self {
+        match r {
+            RotateCredentialRefusal::UnknownParty => ApiError::NotFound("party"),
         }
     }
 }

@@ -138,7 +138,7 @@ impl RegisterService for RegisterApi {
         let r = request.get_ref();
         let (from, to) = requests::payout_report(r)?;
         let entries = self.engine.payout_entries(&shop, from, to).await?;
-        Ok(Response::new(payout_report(&entries, r.from_ms, r.to_ms)))
+        Ok(Response::new(payout_report(&shop, &entries, r.from_ms, r.to_ms)))
     }
 
     async fn watch_trades(
@@ -180,14 +180,35 @@ fn sat(v: u128) -> u64 {
 
 /// Sums payout entries per (carrier, currency) and, for wallet payments,
 /// per currency. Sums are u128: a period of entries cannot overflow them.
-fn payout_report(entries: &[PayoutEntry], from_ms: i64, to_ms: i64) -> proto::PayoutReport {
+pub(super) fn payout_report(
+    shop: &crate::domain::ShopId,
+    entries: &[PayoutEntry],
+    from_ms: i64,
+    to_ms: i64,
+) -> proto::PayoutReport {
     let mut carriers: BTreeMap<(String, String), PayoutSums> = BTreeMap::new();
     let mut wallet: BTreeMap<String, PayoutSums> = BTreeMap::new();
+    let mut payouts = Vec::new();
     for e in entries {
+        if let PayoutEntry::Payout { payout_id, currency, amount, reference, at } = e {
+            payouts.push(proto::ShopPayout {
+                payout_id: *payout_id,
+                shop_id: shop.to_string(),
+                currency: currency.code().to_owned(),
+                amount_minor: amount.minor(),
+                reference: reference.clone(),
+                paid_at_ms: convert::ms(*at),
+                // Kept with the payout, not its entry; see PayoutShop.
+                idempotency_key: String::new(),
+            });
+        }
         let (carrier, currency) = match e {
             PayoutEntry::Settlement { carrier, currency, .. } | PayoutEntry::Refund { carrier, currency, .. } => {
                 (carrier, currency.code().to_owned())
             }
+            // Listed on their own below: money leaving the payable
+            // balance, not part of any carrier's or the wallets' net.
+            PayoutEntry::Payout { .. } => continue,
         };
         let sums = match carrier {
             Some(c) => carriers.entry((c.to_string(), currency)).or_default(),
@@ -200,6 +221,7 @@ fn payout_report(entries: &[PayoutEntry], from_ms: i64, to_ms: i64) -> proto::Pa
                 sums.settlements = sums.settlements.saturating_add(1);
             }
             PayoutEntry::Refund { amount, .. } => sums.refunded += u128::from(amount.minor()),
+            PayoutEntry::Payout { .. } => {}
         }
     }
     proto::PayoutReport {
@@ -227,5 +249,6 @@ fn payout_report(entries: &[PayoutEntry], from_ms: i64, to_ms: i64) -> proto::Pa
                 settlements: s.settlements,
             })
             .collect(),
+        payouts,
     }
 }

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use crate::domain::approval::valid_public_key;
 use crate::domain::{Amount, Currency, Decision, RegisterId, ShopId, SubscriberNumber, TradeId};
-use crate::domain::{CarrierId, ED25519_SIGNATURE_LEN};
+use crate::domain::{CarrierId, Principal, ED25519_SIGNATURE_LEN};
 use crate::proto;
-use crate::store::{Funding, LeaseReport, PayerRef, TradeRequest};
+use crate::store::{Funding, LeaseReport, PayerRef, PayoutAmount, TradeRequest};
 
 use super::convert;
 use super::engine::ShopTrade;
@@ -309,6 +309,81 @@ pub fn add_carrier_prefixes(r: &proto::AddCarrierPrefixesRequest) -> Result<(Car
         convert::carrier_id("carrier_id", &r.carrier_id)?,
         convert::prefixes(&r.ip_prefixes, limits::MAX_PREFIXES_PER_CALL)?,
     ))
+}
+
+// The operator's tools.
+
+/// A validated PayoutShop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payout {
+    pub shop: ShopId,
+    pub currency: Currency,
+    pub amount: PayoutAmount,
+    pub idempotency_key: String,
+}
+
+pub fn payout_shop(r: &proto::PayoutShopRequest) -> Result<Payout, ApiError> {
+    let shop = convert::shop_id("shop_id", &r.shop_id)?;
+    let currency = convert::currency("currency", &r.currency)?;
+    // No per-trade maximum here: a payout is many trades' worth.
+    let amount = match (r.amount_minor, r.whole_balance) {
+        (0, true) => PayoutAmount::WholeBalance,
+        (0, false) => {
+            return Err(ApiError::invalid("amount_minor", "must be greater than zero (or set whole_balance)"))
+        }
+        (n, false) => PayoutAmount::Exact(Amount::new(n)),
+        (_, true) => return Err(ApiError::invalid("amount_minor", "must be 0 when whole_balance is set")),
+    };
+    let Some(idempotency_key) =
+        convert::idempotency_key("idempotency_key", &r.idempotency_key, limits::MAX_IDEMPOTENCY_KEY_LEN)?
+    else {
+        return Err(ApiError::invalid("idempotency_key", "is required: a payout must be safe to retry"));
+    };
+    Ok(Payout { shop, currency, amount, idempotency_key })
+}
+
+pub fn shop_payout_report(r: &proto::GetShopPayoutReportRequest) -> Result<(ShopId, UnixMs, UnixMs), ApiError> {
+    let shop = convert::shop_id("shop_id", &r.shop_id)?;
+    let (from, to) = payout_report(&proto::GetPayoutReportRequest { from_ms: r.from_ms, to_ms: r.to_ms })?;
+    Ok((shop, from, to))
+}
+
+pub fn trade_history(r: &proto::GetTradeHistoryRequest) -> Result<TradeId, ApiError> {
+    convert::trade_id("trade_id", &r.trade_id)
+}
+
+/// A page size: 0 means the largest page.
+fn page_limit(field: &'static str, limit: u32) -> Result<usize, ApiError> {
+    match usize::try_from(limit) {
+        Ok(0) => Ok(limits::MAX_LIST),
+        Ok(n) if n <= limits::MAX_LIST => Ok(n),
+        _ => Err(ApiError::invalid(field, format!("must be at most {}", limits::MAX_LIST))),
+    }
+}
+
+pub fn list_shops(r: &proto::ListShopsRequest) -> Result<(Option<ShopId>, usize), ApiError> {
+    let after = match r.after_shop_id.as_str() {
+        "" => None,
+        id => Some(convert::shop_id("after_shop_id", id)?),
+    };
+    Ok((after, page_limit("limit", r.limit)?))
+}
+
+pub fn list_carriers(r: &proto::ListCarriersRequest) -> Result<(Option<CarrierId>, usize), ApiError> {
+    let after = match r.after_carrier_id.as_str() {
+        "" => None,
+        id => Some(convert::carrier_id("after_carrier_id", id)?),
+    };
+    Ok((after, page_limit("limit", r.limit)?))
+}
+
+pub fn rotate_credential(r: &proto::RotateCredentialRequest) -> Result<Principal, ApiError> {
+    use proto::rotate_credential_request::Party;
+    match &r.party {
+        Some(Party::ShopId(id)) => Ok(Principal::Shop(convert::shop_id("shop_id", id)?)),
+        Some(Party::CarrierId(id)) => Ok(Principal::Carrier(convert::carrier_id("carrier_id", id)?)),
+        None => Err(ApiError::invalid("party", "name a shop_id or a carrier_id")),
+    }
 }
 
 #[cfg(test)]

@@ -46,6 +46,7 @@ impl Handset {
             // Flipping one bit of R keeps the length and the encoding
             // plausible; only verification can tell.
             Signing::Corrupted => signature[0] ^= 0x01,
+            Signing::TrimmedText => signature = self.key.sign(&offer.trimmed_payload(step.decision)).to_bytes(),
         }
         proto::HandsetAnswer {
             trade_id: offer.trade_id.to_string(),
@@ -178,6 +179,22 @@ impl ParsedOffer {
             Decision::Approve => &self.approve_payload,
             Decision::Decline => &self.decline_payload,
         }
+    }
+
+    /// The bytes a relay that trims the display texts before rebuilding
+    /// the payload would sign (`Deviation::SignTrimmedText`); equal to the
+    /// right ones only when no text has spaces at either end.
+    pub fn trimmed_payload(&self, decision: Decision) -> Vec<u8> {
+        let trimmed = ScreenText {
+            shop_name: self.shop_name.trim(),
+            register_label: self.register_label.trim(),
+            description: self.description.trim(),
+        };
+        ApprovalPayload {
+            version: PayloadVersion::V2 { binding_code: self.binding, screen_digest: trimmed.digest() },
+            ..self.payload(decision)
+        }
+        .to_bytes()
     }
 
     /// The canonical payload this offer's answer signs.

@@ -26,6 +26,7 @@
 //! ```
 
 mod browser;
+mod deviation;
 mod faults;
 mod handset;
 mod policy;
@@ -43,6 +44,7 @@ use tonic::transport::Channel;
 use tracing::info;
 
 pub use browser::{BrowserPhone, PhoneOffer, PhoneRefusal, MAX_OFFERS_PER_PHONE};
+pub use deviation::Deviation;
 pub use faults::{Chance, Faults, MessageFaults, SimConfig, MAX_DELAYED_PER_LANE, MAX_FAULT_DELAY};
 pub use handset::ParsedOffer;
 pub use policy::{Plan, Policy, Signing, Step, MAX_ANSWERS_PER_OFFER};
@@ -208,6 +210,7 @@ impl CarrierSim {
         let (version, _) = watch::channel(0u64);
         let mut state = SimState::new(LIMITS);
         state.reanswer_on_redelivery = config.reanswer_on_redelivery;
+        state.deviation = config.deviation;
         let shared = Arc::new(Shared { state: Mutex::new(state), version });
         let (stop, stop_rx) = watch::channel(false);
         let (cut, cut_rx) = watch::channel(0u64);

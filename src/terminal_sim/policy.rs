@@ -36,6 +36,10 @@ pub enum Signing {
     Valid,
     /// The valid signature with one bit flipped.
     Corrupted,
+    /// A signature over the payload rebuilt from the offer's display texts
+    /// trimmed of spaces (`Deviation::SignTrimmedText`), not the bytes the
+    /// offer carries.
+    TrimmedText,
 }
 
 /// One answer a handset will send for an offer.

@@ -126,6 +126,8 @@ pub(super) struct Relay {
     net: Injector,
     up: Lane<Up>,
     down: Lane<proto::RelayDown>,
+    /// `Deviation::NoReconnect`: stop when the stream is lost.
+    give_up: bool,
 }
 
 /// Resolves once shutdown is asked for, or the handle is gone.
@@ -177,6 +179,7 @@ impl Relay {
             net: Injector::new(config.faults, config.seed),
             up: Lane::default(),
             down: Lane::default(),
+            give_up: config.deviation == Some(super::Deviation::NoReconnect),
         }
     }
 
@@ -193,6 +196,10 @@ impl Relay {
                     info!(reason, "relay stream cut; reconnecting");
                     backoff = INITIAL_BACKOFF;
                     INITIAL_BACKOFF
+                }
+                End::Lost(reason) if self.give_up => {
+                    warn!(%reason, "relay stream lost; not reconnecting (Deviation::NoReconnect)");
+                    return;
                 }
                 End::Lost(reason) => {
                     if started.elapsed() >= STABLE_CONNECTION {

@@ -11,9 +11,9 @@ use tracing::{debug, warn};
 
 use super::browser::{self, BrowserPhone, PhoneRefusal};
 use super::handset::{display, Handset, ParsedOffer};
-use super::policy::{Signing, MAX_ANSWERS_PER_OFFER};
+use super::policy::{Signing, Step, MAX_ANSWERS_PER_OFFER};
 use super::transcript::{AnswerOutcome, SimCounters, SimEvent};
-use super::{Policy, SimError};
+use super::{Deviation, Policy, SimError};
 use crate::domain::{Decision, SubscriberNumber, TradeId};
 use crate::proto;
 use crate::proto::{relay_down, relay_up};
@@ -86,6 +86,8 @@ pub struct SimState {
     pub connected: bool,
     /// Answer a redelivered offer again with the answers sent before.
     pub reanswer_on_redelivery: bool,
+    /// A deliberate breach of the contract (tests of a conformance check).
+    pub deviation: Option<Deviation>,
 }
 
 impl SimState {
@@ -100,6 +102,7 @@ impl SimState {
             counters: SimCounters::default(),
             connected: false,
             reanswer_on_redelivery: false,
+            deviation: None,
         }
     }
 
@@ -252,6 +255,14 @@ impl SimState {
             Some(relay_down::Body::AnswerResult(result)) => self.on_answer_result(&result),
             None => warn!(delivery_id = down.delivery_id, "relay message with no body (newer server?)"),
         }
+        match self.deviation {
+            Some(Deviation::NeverAck) => ack = false,
+            Some(Deviation::AckWrongId) if ack => {
+                out.insert(0, Outbound::Ack(down.delivery_id.wrapping_add(1)));
+                ack = false;
+            }
+            _ => {}
+        }
         if ack {
             out.insert(0, Outbound::Ack(down.delivery_id));
         }
@@ -273,10 +284,12 @@ impl SimState {
         };
         let id = parsed.trade_id;
         let number = parsed.number.clone();
-        match self.trades.get(&id) {
+        let remembered = if self.deviation == Some(Deviation::Forgetful) { None } else { self.trades.get(&id) };
+        match remembered {
             Some(seen) if seen.shown => {
-                // At-least-once delivery: acked again above, shown once.
-                let again = if self.reanswer_on_redelivery && seen.withdrawn.is_none() {
+                // At-least-once delivery: acked again above, shown once;
+                // answered again unless a verdict says the answer arrived.
+                let again = if self.reanswer_on_redelivery && seen.withdrawn.is_none() && seen.results.is_empty() {
                     seen.sent
                         .iter()
                         .map(|a| PendingAnswer { after: Duration::ZERO, resend: true, ..a.clone() })
@@ -319,14 +332,26 @@ impl SimState {
             .plan()
             .answers
             .iter()
-            .map(|step| PendingAnswer {
-                after: step.after,
-                number: number.clone(),
-                trade_id: id,
-                decision: step.decision,
-                signature_valid: step.signing == Signing::Valid,
-                message: proto::RelayUp { body: Some(relay_up::Body::Answer(handset.answer(&parsed, step))) },
-                resend: false,
+            .map(|step| {
+                let step = match self.deviation {
+                    Some(Deviation::SignTrimmedText) => Step { signing: Signing::TrimmedText, ..*step },
+                    _ => *step,
+                };
+                PendingAnswer {
+                    after: step.after,
+                    number: number.clone(),
+                    trade_id: id,
+                    decision: step.decision,
+                    signature_valid: match step.signing {
+                        Signing::Valid => true,
+                        Signing::Corrupted => false,
+                        Signing::TrimmedText => {
+                            parsed.trimmed_payload(step.decision) == parsed.signing_bytes(step.decision)
+                        }
+                    },
+                    message: proto::RelayUp { body: Some(relay_up::Body::Answer(handset.answer(&parsed, &step))) },
+                    resend: false,
+                }
             })
             .collect();
         self.counters.answers_planned += u64::try_from(answers.len()).unwrap_or(u64::MAX);
@@ -356,6 +381,9 @@ impl SimState {
 
     fn on_withdraw(&mut self, withdraw: &proto::Withdraw) {
         self.counters.withdraws_received += 1;
+        if matches!(self.deviation, Some(Deviation::IgnoreWithdrawals | Deviation::Forgetful)) {
+            return;
+        }
         let Ok(id) = TradeId::parse(&withdraw.trade_id) else {
             warn!(trade_id = %display(&withdraw.trade_id), "unreadable withdrawal ignored");
             return;
@@ -644,6 +672,70 @@ mod tests {
             }),
         ));
         check(&mut s, offer_down(1, trade(3)), &["ack 1"]);
+        // Once a verdict came, the answer arrived: a copy is only acked.
+        let mut s = state(Policy::Approve);
+        s.reanswer_on_redelivery = true;
+        let out = s.handle(offer_down(1, trade(4)));
+        send_all(&mut s, &out);
+        s.handle(down(
+            0,
+            relay_down::Body::AnswerResult(proto::AnswerResult {
+                trade_id: trade(4).to_string(),
+                accepted: true,
+                state: proto::TradeState::Settled as i32,
+                ..Default::default()
+            }),
+        ));
+        check(&mut s, offer_down(1, trade(4)), &["ack 1"]);
+    }
+
+    #[test]
+    fn each_deviation_breaks_its_rule() {
+        use crate::terminal_sim::Deviation;
+        let with = |deviation| {
+            let mut s = state(Policy::Approve);
+            s.deviation = Some(deviation);
+            s
+        };
+        check(&mut with(Deviation::NeverAck), offer_down(7, trade(1)), &["answer Approve valid +0ms"]);
+        check(&mut with(Deviation::AckWrongId), offer_down(7, trade(1)), &["ack 8", "answer Approve valid +0ms"]);
+        let mut forgetful = with(Deviation::Forgetful);
+        check(&mut forgetful, offer_down(7, trade(1)), &["ack 7", "answer Approve valid +0ms"]);
+        check(&mut forgetful, offer_down(7, trade(1)), &["ack 7", "answer Approve valid +0ms"]);
+        let withdraw = down(
+            9,
+            relay_down::Body::Withdraw(proto::Withdraw {
+                trade_id: trade(2).to_string(),
+                subscriber_number: NUMBER.to_owned(),
+                state: proto::TradeState::Cancelled as i32,
+            }),
+        );
+        let mut ignoring = with(Deviation::IgnoreWithdrawals);
+        check(&mut ignoring, withdraw.clone(), &["ack 9"]);
+        check(&mut ignoring, offer_down(8, trade(2)), &["ack 8", "answer Approve valid +0ms"]);
+        // Following the contract, the same two messages show nothing.
+        let mut s = state(Policy::Approve);
+        check(&mut s, withdraw, &["ack 9"]);
+        check(&mut s, offer_down(8, trade(2)), &["ack 8"]);
+        // A trimmed-text signature is valid only for texts with nothing
+        // to trim.
+        check(&mut with(Deviation::SignTrimmedText), offer_down(7, trade(1)), &["ack 7", "answer Approve valid +0ms"]);
+        let mut spaced = offer(trade(3), NUMBER);
+        spaced.description.push(' ');
+        let spaced = crate::terminal_sim::handset::tests::with_payloads(spaced);
+        let mut trims = with(Deviation::SignTrimmedText);
+        let out = trims.handle(down(7, relay_down::Body::Offer(spaced.clone())));
+        let Some(Outbound::Answer(a)) = out.get(1) else { panic!("no answer: {out:?}") };
+        assert!(!a.signature_valid);
+        let Some(relay_up::Body::Answer(answer)) = &a.message.body else { panic!("not an answer") };
+        let public = trims.handset(&number()).expect("hosted").public_key();
+        let parsed = ParsedOffer::parse(&spaced).expect("valid");
+        assert!(!parsed.payload(Decision::Approve).verify(&public, &answer.signature));
+        assert!(crate::domain::approval::verify_bytes(
+            &public,
+            &parsed.trimmed_payload(Decision::Approve),
+            &answer.signature
+        ));
     }
 
     #[test]

@@ -92,7 +92,12 @@ impl ManualCarrier {
     }
 
     pub async fn send(&self, body: proto::relay_up::Body) {
-        self.up.send(proto::RelayUp { body: Some(body) }).await.expect("relay open");
+        self.send_message(proto::RelayUp { body: Some(body) }).await;
+    }
+
+    /// Sends any message, a malformed one (no body) included.
+    pub async fn send_message(&self, message: proto::RelayUp) {
+        self.up.send(message).await.expect("relay open");
     }
 
     pub async fn ack(&self, delivery_id: u64) {

@@ -10,6 +10,7 @@
 pub mod backends;
 pub mod binary;
 pub mod manual_carrier;
+pub mod pg;
 pub mod raw;
 
 use std::path::PathBuf;

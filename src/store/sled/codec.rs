@@ -9,15 +9,15 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::domain::{
-    Amount, CarrierId, Decision, FailureReason, IpPrefix, PortRange, ShopId, SubscriberNumber, TradeId, TradeState,
-    UnixMs,
+    Amount, CarrierId, Currency, Decision, FailureReason, IpPrefix, PortRange, ShopId, SubscriberNumber, TradeId,
+    TradeState, UnixMs,
 };
 use crate::store::records::{
     AccountRecord, BillLine, CapUsage, CarrierRecord, Delivery, EventKind, EventRecord, HandsetRecord, NetworkIdentity,
-    PayoutEntry, PostingRecord, Receipt, RegisterRecord, ShopRecord, SignedTerms, SubscriberRecord, TradeRecord,
-    TradeRequest,
+    PayoutEntry, PayoutRecord, PostingRecord, Receipt, RegisterRecord, ShopRecord, SignedTerms, SubscriberRecord,
+    TradeRecord, TradeRequest,
 };
-use crate::store::Failure;
+use crate::store::{Failure, PayoutAmount};
 
 /// The version byte of every record type whose layout never changed.
 pub const RECORD_VERSION: u8 = 1;
@@ -75,6 +75,7 @@ first_layout!(
     CapUsage,
     BillLine,
     PayoutEntry,
+    PayoutRecord,
     (),
     u64,
     u128,
@@ -338,6 +339,9 @@ pub enum IdempotencyRecord {
     /// A RefundTrade key: the refund it made, by posting set id. (Appended:
     /// postcard numbers variants, so older records still decode.)
     Refund { trade: TradeId, amount: Amount, set_id: u64 },
+    /// A PayoutShop key (operator-wide): the request as the operator sent
+    /// it, and the payout it made. (Appended, as `Refund`.)
+    Payout { shop: ShopId, currency: Currency, amount: PayoutAmount, payout_id: u64 },
 }
 
 /// One of a carrier's IP prefixes.
@@ -375,7 +379,8 @@ pub struct LeaseRecord {
 mod tests {
     use super::*;
     use crate::domain::receipt::ReceiptKeyId;
-    use crate::domain::{Currency, RegisterId};
+    use crate::domain::{Currency, RegisterId, ScreenText};
+    use crate::store::records::OfferBody;
     use crate::store::records::Sig64;
 
     #[test]
@@ -531,6 +536,35 @@ mod tests {
         let mut future = bytes.clone();
         future[0] = 3;
         assert!(matches!(decode::<ShopRecord>(&future), Err(Failure::Corrupt(_))));
+    }
+
+    #[test]
+    fn the_payload_of_a_trade_is_its_offers_payload() {
+        let t = golden_trade_v2();
+        let digest = ScreenText { shop_name: "Acme", register_label: "Front", description: "book" }.digest();
+        let t = TradeRecord { terms: SignedTerms::V2 { screen_digest: digest }, ..t };
+        let offer = OfferBody {
+            trade: t.id,
+            payer: t.request.payer.clone(),
+            shop: t.shop.clone(),
+            shop_name: "Acme".into(),
+            register: t.request.register,
+            register_label: "Front".into(),
+            amount: t.request.amount,
+            currency: t.request.currency,
+            description: "book".into(),
+            expires_at: t.expires_at,
+            binding_code: t.binding_code.clone(),
+        };
+        for decision in [Decision::Approve, Decision::Decline] {
+            let from_trade = t.approval_payload(decision).expect("payload");
+            assert_eq!(Some(from_trade.clone()), offer.approval_payload(2, decision));
+            assert_eq!(from_trade.version.number(), 2);
+        }
+        let v1 = TradeRecord { terms: SignedTerms::V1, ..t.clone() };
+        assert_eq!(v1.approval_payload(Decision::Approve).ok(), offer.approval_payload(1, Decision::Approve));
+        let broken = TradeRecord { binding_code: "12345".into(), ..t };
+        assert!(matches!(broken.approval_payload(Decision::Approve), Err(Failure::Corrupt(_))));
     }
 
     // Written by the encoders of commit 8c50b13, before refund ids named

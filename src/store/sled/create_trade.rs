@@ -58,9 +58,9 @@ impl WriteOp for CreateTrade {
                 let (prior_trade, sent) = match prior {
                     IdempotencyRecord::Trade { trade, request } => (trade, request.map_payer(PayerRef::Number)),
                     IdempotencyRecord::NetworkTrade { trade, request } => (trade, request.map_payer(PayerRef::Network)),
-                    IdempotencyRecord::Refund { .. } | IdempotencyRecord::RefundV1 { .. } => {
-                        return corrupt("trade idempotency key holds a refund")
-                    }
+                    IdempotencyRecord::Refund { .. }
+                    | IdempotencyRecord::RefundV1 { .. }
+                    | IdempotencyRecord::Payout { .. } => return corrupt("trade idempotency key holds a refund"),
                 };
                 if let Some(difference) = sent.first_difference(&t.request) {
                     return refuse(CreateTradeRefusal::Differs(difference));
@@ -70,6 +70,11 @@ impl WriteOp for CreateTrade {
                 };
                 return Ok(Created { trade, replayed: true, deliveries: Vec::new() });
             }
+        }
+        // A suspended shop takes no new trades (a retry above still returns
+        // the trade it made before); its open trades finish as usual.
+        if tx.tree(T::Meta)?.get(keys::suspended(&t.shop))?.is_some() {
+            return refuse(CreateTradeRefusal::ShopSuspended);
         }
         let payer = match (&t.request.payer, &self.resolved) {
             (PayerRef::Number(number), _) => number.clone(),

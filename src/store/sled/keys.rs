@@ -91,6 +91,22 @@ pub mod net {
     pub fn bill_of_trade(trade: &TradeId) -> Vec<u8> {
         [&b"I"[..], &trade.as_bytes()[..]].concat()
     }
+    /// `O` ‖ payout id: a shop payout, in id order.
+    pub fn payout_record(payout_id: u64) -> Vec<u8> {
+        [&b"O"[..], &payout_id.to_be_bytes()].concat()
+    }
+    /// `H` ‖ trade ‖ `E` ‖ seq: an event of the trade (value empty).
+    pub fn trade_event(trade: &TradeId, seq: u64) -> Vec<u8> {
+        [&b"H"[..], &trade.as_bytes()[..], b"E", &seq.to_be_bytes()].concat()
+    }
+    /// `H` ‖ trade ‖ `P` ‖ posting id: a posting naming the trade.
+    pub fn trade_posting(trade: &TradeId, posting_id: u64) -> Vec<u8> {
+        [&b"H"[..], &trade.as_bytes()[..], b"P", &posting_id.to_be_bytes()].concat()
+    }
+    /// The prefix of a trade's history keys.
+    pub fn trade_history(trade: &TradeId) -> Vec<u8> {
+        [&b"H"[..], &trade.as_bytes()[..]].concat()
+    }
     /// `S` ‖ shop 0 ‖ at ‖ set: a payout entry, in time order per shop.
     pub fn payout(shop: &ShopId, at: UnixMs, set_id: u64) -> Vec<u8> {
         let mut k = [&b"S"[..], shop.as_str().as_bytes(), b"\0"].concat();
@@ -98,6 +114,20 @@ pub mod net {
         k.extend_from_slice(&set_id.to_be_bytes());
         k
     }
+}
+
+/// An operator-wide PayoutShop idempotency key in the idempotency tree:
+/// 0x01 never begins a shop slug, so it cannot collide with a shop's keys.
+pub fn payout_idempotency(key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(0x01);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// A shop's suspension, in the meta tree (its instant).
+pub fn suspended(shop: &ShopId) -> Vec<u8> {
+    owned("suspended", shop.as_str().as_bytes())
 }
 
 /// A lease record: address (16) ‖ instant (8) ‖ first port (2) ‖ kind

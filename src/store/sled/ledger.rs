@@ -48,6 +48,10 @@ pub(crate) fn post(
             at: now,
         };
         tx.put(T::Postings, &posting_id.to_be_bytes(), &record)?;
+        if let Some(trade) = &trade {
+            // The trade's own index of its postings, for the operator.
+            tx.tree(T::Network)?.insert(keys::net::trade_posting(trade, posting_id), &[][..])?;
+        }
     }
     match first {
         Some(first) => Ok((set_id, first)),

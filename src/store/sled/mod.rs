@@ -24,7 +24,9 @@ mod hot;
 mod keys;
 mod ledger;
 mod network;
+mod operator;
 mod parties;
+mod payout;
 mod recent;
 mod refund;
 mod tx;
@@ -54,9 +56,10 @@ use crate::store::{
     AcceptanceRefusal, AckOutcome, AddPrefixesRefusal, AnswerOutcome, AnswerRefusal, CancelOutcome, CancelRefusal,
     CloseRegisterRefusal, CreateCarrierRefusal, CreateShopRefusal, CreateTradeRefusal, Created, EnrollHandsetRefusal,
     EnrollSubscriberRefusal, ExpireOutcome, Failure, HandsetAnswer, LeaseRefusal, LeaseReport, LeasesRecorded,
-    NewCarrier, NewHandset, NewRefund, NewRegister, NewShop, NewSubscriber, NewTrade, NoRefusal, OpenRegisterRefusal,
-    PayoutRefusal, Pending, RefundRefusal, Refunded, SignatureCheck, StatementData, StatementRefusal, StoreError,
-    TopUp, TopUpRefusal, ToppedUp,
+    NewCarrier, NewHandset, NewPayout, NewRefund, NewRegister, NewShop, NewSubscriber, NewTrade, NoRefusal,
+    OpenRegisterRefusal, PaidOut, PayoutRefusal, Pending, RefundRefusal, Refunded, RotateCredentialRefusal,
+    ShopPayoutRefusal, ShopStatus, SignatureCheck, StatementData, StatementRefusal, StoreError, SuspendRefusal, TopUp,
+    TopUpRefusal, ToppedUp, TradeHistory,
 };
 
 pub use billing::MAX_PAYOUT_ENTRIES;
@@ -334,6 +337,36 @@ impl Parties for SledStore {
         let v = self.get(T::Handsets, number.as_str().as_bytes())?;
         self.durable(v).await
     }
+
+    async fn shops(&self, after: Option<&ShopId>, limit: usize) -> Result<Vec<ShopStatus>, Failure> {
+        let v = self.shops_after(after, limit)?;
+        self.durable(v).await
+    }
+
+    async fn carriers(&self, after: Option<&CarrierId>, limit: usize) -> Result<Vec<CarrierRecord>, Failure> {
+        let v = self.carriers_after(after, limit)?;
+        self.durable(v).await
+    }
+
+    async fn set_shop_suspended(
+        &self,
+        shop: &ShopId,
+        suspended: bool,
+        now: UnixMs,
+    ) -> Result<ShopStatus, StoreError<SuspendRefusal>> {
+        self.write(operator::SetSuspended { shop: shop.clone(), suspended, now }).await
+    }
+
+    async fn rotate_credential(
+        &self,
+        party: &Principal,
+        token_hash: [u8; 32],
+    ) -> Result<(), StoreError<RotateCredentialRefusal>> {
+        // The old tokens leave the tree when the write applies, before it
+        // is durable: `principal` reads the tree, so they are refused from
+        // then on (a crash before the sync brings them back, unanswered).
+        self.write(operator::RotateCredential { party: party.clone(), token_hash, old: Vec::new() }).await
+    }
 }
 
 #[async_trait]
@@ -420,6 +453,14 @@ impl Trades for SledStore {
         let v = self.newest_trades(max_shops, per_shop)?;
         self.durable(v).await
     }
+
+    async fn trade_history(&self, id: &TradeId, limit: usize) -> Result<Option<TradeHistory>, Failure> {
+        // On the writer thread, so the trade, events and postings are read
+        // between two write groups: one state.
+        let store = self.clone();
+        let id = *id;
+        self.read_on_writer(move |_| store.history_of(&id, limit)).await
+    }
 }
 
 #[async_trait]
@@ -445,6 +486,10 @@ impl Ledger for SledStore {
 
     async fn verify(&self) -> Result<VerifyReport, Failure> {
         self.read_on_writer(|shared| crate::store::verify::verify(&verify::View(shared))).await
+    }
+
+    async fn payout_shop(&self, payout: NewPayout) -> Result<PaidOut, StoreError<ShopPayoutRefusal>> {
+        self.write(payout).await
     }
 
     async fn recent_postings(&self, limit: usize) -> Result<Vec<PostingRecord>, Failure> {
@@ -541,5 +586,7 @@ impl Lifecycle for SledStore {
 
 #[cfg(test)]
 mod footprint_tests;
+#[cfg(test)]
+mod payout_tests;
 #[cfg(test)]
 mod tests;

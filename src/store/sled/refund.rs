@@ -32,9 +32,9 @@ impl WriteOp for NewRefund {
                             None => return corrupt("refund key names a missing posting"),
                         }
                     }
-                    IdempotencyRecord::Trade { .. } | IdempotencyRecord::NetworkTrade { .. } => {
-                        return corrupt("refund idempotency key holds a trade")
-                    }
+                    IdempotencyRecord::Trade { .. }
+                    | IdempotencyRecord::NetworkTrade { .. }
+                    | IdempotencyRecord::Payout { .. } => return corrupt("refund idempotency key holds a trade"),
                 };
                 if prior_trade != *trade_id {
                     return refuse(RefundRefusal::Differs(RefundField::Trade));

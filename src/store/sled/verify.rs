@@ -5,7 +5,9 @@
 use super::codec::Record;
 
 use crate::domain::{AccountName, CarrierId, Currency, Month, SubscriberNumber, TradeId};
-use crate::store::records::{AccountRecord, BillLine, CapUsage, PostingRecord, RegisterRecord, TradeRecord};
+use crate::store::records::{
+    AccountRecord, BillLine, CapUsage, PayoutRecord, PostingRecord, RegisterRecord, TradeRecord,
+};
 use crate::store::verify::LedgerView;
 use crate::store::Failure;
 
@@ -76,5 +78,9 @@ impl LedgerView for View<'_> {
 
     fn for_each_register(&self, visit: &mut dyn FnMut(RegisterRecord) -> Result<(), Failure>) -> Result<(), Failure> {
         self.each(self.0.tree(T::Registers).iter(), &mut |_, r| visit(r))
+    }
+
+    fn for_each_payout(&self, visit: &mut dyn FnMut(PayoutRecord) -> Result<(), Failure>) -> Result<(), Failure> {
+        self.each(self.0.tree(T::Network).scan_prefix(b"O"), &mut |_, p| visit(p))
     }
 }

@@ -15,6 +15,7 @@
 
 mod ledger;
 mod network;
+mod operator;
 mod parties;
 mod receipts;
 mod sweeper;
@@ -38,6 +39,7 @@ use super::limits::Limits;
 use super::rate_limit::{RateLimits, StreamSlots, WATCH_STREAMS};
 use super::receipt_keys::ReceiptKeys;
 
+pub use operator::{payout_amount, MAX_HISTORY_ITEMS};
 pub use receipts::{Dispute, DisputeRefusal, RotateRefusal};
 pub use sweeper::{SWEEP_BATCH, SWEEP_MAX_SLEEP, SWEEP_RETRY};
 pub use trades::{AwaitRefusal, ShopTrade, UnknownTrade};

@@ -35,6 +35,12 @@ pub enum AwaitRefusal {
     ShuttingDown,
 }
 
+/// How often `AwaitTrade` reads its trade again besides the local wake-up:
+/// with several nodes on one database (the PostgreSQL backend) another
+/// node may finish the trade, which wakes nobody here. A read every 250 ms
+/// per waiting call is cheap; correctness never rests on a wake-up.
+pub const AWAIT_REREAD: Duration = Duration::from_millis(250);
+
 impl Engine {
     /// Creates a trade; answers once it is durable, with the trade and
     /// whether it is an idempotent replay of an earlier one.
@@ -118,6 +124,7 @@ impl Engine {
             }
             tokio::select! {
                 _ = &mut notified => {}
+                _ = tokio::time::sleep(AWAIT_REREAD) => {}
                 _ = tokio::time::sleep_until(deadline) => {}
                 _ = stopped(&mut shutdown) => return Err(EngineError::Refused(AwaitRefusal::ShuttingDown)),
             }

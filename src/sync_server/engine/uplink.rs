@@ -75,6 +75,12 @@ impl Engine {
         .instrument(span))
     }
 
+    /// Whether other nodes write to the same store, so that outbox work
+    /// for this node's relays may be committed elsewhere.
+    pub fn store_has_other_writers(&self) -> bool {
+        self.store.other_writers()
+    }
+
     /// A page of the carrier's unacknowledged deliveries with ids above
     /// `after`, for the replay when its relay connects.
     pub async fn outbox(&self, carrier: &CarrierId, after: u64, limit: usize) -> Result<Vec<Delivery>, Failure> {

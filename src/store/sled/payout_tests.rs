@@ -1,0 +1,365 @@
+//! Store tests of shop payouts and the operator's tools on a real sled
+//! store: exact amounts, never more than the balance (concurrent payouts
+//! included), idempotent retries, VerifyLedger over payouts (each check
+//! failing on a planted inconsistency), suspension, credential rotation
+//! and a trade's history.
+
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+
+use super::*;
+use crate::domain::receipt::ReceiptSigner;
+use crate::domain::{Amount, Currency, Decision, TradeState};
+use crate::store::fixture::{jpy, number, sign, Fixture};
+use crate::store::{
+    EventKind, Funding, NewPayout, PaidOut, PayerRef, PayoutAmount, PayoutField, PayoutRecord, PostingKind,
+    ShopPayoutRefusal, Store, TradeRequest,
+};
+
+const T0: UnixMs = UnixMs(1_800_000_000_000);
+
+struct P {
+    _dir: tempfile::TempDir,
+    sled: SledStore,
+    store: Store,
+    shop: ShopId,
+    carrier: CarrierId,
+    payer: SubscriberNumber,
+    key: SigningKey,
+    register: RegisterId,
+}
+
+async fn fixture() -> P {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sled = SledStore::open(StoreConfig::new(dir.path())).expect("open");
+    let store: Store = Arc::new(sled.clone());
+    let fixture = Fixture::new(store.clone(), T0);
+    let shop = fixture.shop("acme", "Acme").await;
+    let carrier = fixture.carrier("docomo", "Docomo", &[], 0).await;
+    let payer = number("+818012345678");
+    let key = SigningKey::from_bytes(&[42u8; 32]);
+    fixture.payer(&carrier, &payer, Funding::Wallet, &key).await;
+    fixture.top_up(&payer, 1_000_000, jpy()).await;
+    let register = fixture.register(&shop, "till").await;
+    P { _dir: dir, sled, store, shop, carrier, payer, key, register }
+}
+
+impl P {
+    async fn open_trade(&self, minor: u64) -> Result<TradeRecord, StoreError<CreateTradeRefusal>> {
+        let trade = NewTrade {
+            shop: self.shop.clone(),
+            trade_id: TradeId::generate().expect("id"),
+            request: TradeRequest {
+                register: self.register,
+                payer: PayerRef::Number(self.payer.clone()),
+                amount: Amount::new(minor),
+                currency: jpy(),
+                description: "book".into(),
+                ttl_ms: 60_000,
+            },
+            idempotency_key: None,
+            binding_code: "123456".into(),
+            max_open_per_register: 100,
+            offer_gate: None,
+            now: T0,
+        };
+        Ok(self.store.create_trade(trade).await?.trade)
+    }
+
+    async fn approve(&self, trade: &TradeRecord) -> TradeRecord {
+        let answer = HandsetAnswer {
+            carrier: self.carrier.clone(),
+            trade: trade.id,
+            decision: Decision::Approve,
+            signature: sign(&self.key, trade, Decision::Approve),
+            now: T0,
+            checked: None,
+            signer: Arc::new(ReceiptSigner::from_seed([77; 32], T0)),
+        };
+        let out = self.store.submit_answer(answer).await.expect("queued").outcome().await.expect("answer");
+        out.trade.expect("settled")
+    }
+
+    /// Settles a trade of `minor` for the shop.
+    async fn sale(&self, minor: u64) -> TradeRecord {
+        let t = self.open_trade(minor).await.expect("create");
+        let settled = self.approve(&t).await;
+        assert_eq!(settled.state, TradeState::Settled);
+        settled
+    }
+
+    fn payout(&self, amount: PayoutAmount, key: &str) -> NewPayout {
+        NewPayout { shop: self.shop.clone(), currency: jpy(), amount, idempotency_key: key.to_owned(), now: T0 }
+    }
+
+    async fn pay(&self, minor: u64, key: &str) -> Result<PaidOut, StoreError<ShopPayoutRefusal>> {
+        self.store.payout_shop(self.payout(PayoutAmount::Exact(Amount::new(minor)), key)).await
+    }
+
+    async fn net(&self, name: &AccountName) -> i128 {
+        self.store.account(name).await.expect("read").map_or(0, |a| a.balance.net())
+    }
+
+    fn payable(&self) -> AccountName {
+        AccountName::ShopPayable(self.shop.clone(), jpy())
+    }
+
+    async fn violations(&self) -> Vec<String> {
+        self.store.verify().await.expect("verify").violations
+    }
+}
+
+#[tokio::test]
+async fn a_payout_moves_exactly_its_amount_and_verifies() {
+    let p = fixture().await;
+    p.sale(1_200).await;
+    p.sale(800).await;
+    let paid = p.pay(1_500, "po-1").await.expect("payout");
+    assert!(!paid.replayed);
+    assert_eq!(paid.payout.amount, Amount::new(1_500));
+    assert_eq!(paid.payout.reference, format!("SYNCPAY-PO-{:011}", paid.payout.payout_id));
+    assert_eq!(paid.payable.balance.net(), 500);
+    assert_eq!(p.net(&p.payable()).await, 500);
+    assert_eq!(p.net(&AccountName::SystemPayout(jpy())).await, 1_500);
+    // Its id is its posting set's: two legs, shop payable → payout account.
+    let legs: Vec<_> = p
+        .store
+        .postings(0, 1000)
+        .await
+        .expect("postings")
+        .into_iter()
+        .filter(|x| x.set_id == paid.payout.payout_id)
+        .collect();
+    assert_eq!(legs.len(), 2);
+    assert!(legs.iter().all(|l| l.kind == PostingKind::Payout && l.amount == Amount::new(1_500)));
+    // It is on the shop's payout report.
+    let entries = p.store.payout_entries(&p.shop, T0, UnixMs(T0.0 + 1)).await.expect("entries");
+    assert!(entries.iter().any(|e| matches!(e,
+        PayoutEntry::Payout { payout_id, amount, reference, .. }
+            if *payout_id == paid.payout.payout_id && *amount == Amount::new(1_500) && *reference == paid.payout.reference)));
+    // The rest, as the whole balance.
+    let rest = p.store.payout_shop(p.payout(PayoutAmount::WholeBalance, "po-2")).await.expect("rest");
+    assert_eq!(rest.payout.amount, Amount::new(500));
+    assert_eq!(p.net(&p.payable()).await, 0);
+    assert_eq!(p.violations().await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_payout_never_exceeds_the_balance() {
+    let p = fixture().await;
+    p.sale(1_000).await;
+    assert_eq!(
+        p.pay(1_001, "too-much").await.err(),
+        Some(StoreError::Refused(ShopPayoutRefusal::BalanceShort { available: Amount::new(1_000) }))
+    );
+    p.pay(1_000, "all").await.expect("exact");
+    assert_eq!(
+        p.store.payout_shop(p.payout(PayoutAmount::WholeBalance, "nothing")).await.err(),
+        Some(StoreError::Refused(ShopPayoutRefusal::BalanceShort { available: Amount::ZERO }))
+    );
+    let other = NewPayout {
+        currency: Currency::parse("USD").expect("usd"),
+        ..p.payout(PayoutAmount::Exact(Amount::new(1)), "usd")
+    };
+    assert!(matches!(
+        p.store.payout_shop(other).await,
+        Err(StoreError::Refused(ShopPayoutRefusal::BalanceShort { .. }))
+    ));
+    assert_eq!(p.violations().await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_payouts_never_overdraw() {
+    let p = Arc::new(fixture().await);
+    p.sale(10_000).await;
+    // 8 tasks × 5 payouts of 300 each ask for 12 000 of a 10 000 balance.
+    let mut tasks = Vec::new();
+    for task in 0..8 {
+        let p = p.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut paid = 0u64;
+            for n in 0..5 {
+                match p.pay(300, &format!("t{task}-{n}")).await {
+                    Ok(out) => paid += out.payout.amount.minor(),
+                    Err(StoreError::Refused(ShopPayoutRefusal::BalanceShort { .. })) => {}
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+            paid
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("task");
+    }
+    // 33 payouts of 300 fit in 10 000; the 34th would not.
+    assert_eq!(total, 9_900);
+    assert_eq!(p.net(&p.payable()).await, 100);
+    assert_eq!(p.net(&AccountName::SystemPayout(jpy())).await, 9_900);
+    assert_eq!(p.violations().await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_repeated_key_returns_the_original_and_a_conflicting_one_names_the_field() {
+    let p = fixture().await;
+    p.sale(2_000).await;
+    let first = p.pay(700, "po-1").await.expect("payout");
+    let again = p.pay(700, "po-1").await.expect("retry");
+    assert!(again.replayed);
+    assert_eq!(again.payout, first.payout);
+    assert_eq!(p.net(&p.payable()).await, 1_300, "a retry pays nothing");
+    assert_eq!(
+        p.pay(701, "po-1").await.err(),
+        Some(StoreError::Refused(ShopPayoutRefusal::Differs(PayoutField::Amount)))
+    );
+    let usd = NewPayout {
+        currency: Currency::parse("USD").expect("usd"),
+        ..p.payout(PayoutAmount::Exact(Amount::new(700)), "po-1")
+    };
+    assert_eq!(
+        p.store.payout_shop(usd).await.err(),
+        Some(StoreError::Refused(ShopPayoutRefusal::Differs(PayoutField::Currency)))
+    );
+    let other_shop = NewPayout {
+        shop: ShopId::parse("other").expect("id"),
+        ..p.payout(PayoutAmount::Exact(Amount::new(700)), "po-1")
+    };
+    assert_eq!(
+        p.store.payout_shop(other_shop).await.err(),
+        Some(StoreError::Refused(ShopPayoutRefusal::Differs(PayoutField::Shop)))
+    );
+    let whole = p.store.payout_shop(p.payout(PayoutAmount::WholeBalance, "po-1")).await.err();
+    assert_eq!(whole, Some(StoreError::Refused(ShopPayoutRefusal::Differs(PayoutField::Amount))));
+    assert_eq!(p.net(&p.payable()).await, 1_300);
+}
+
+/// Rewrites a stored payout record behind the ledger's back.
+fn plant_payout(p: &P, payout: &PayoutRecord) {
+    p.sled
+        .tree(T::Network)
+        .insert(keys::net::payout_record(payout.payout_id), codec::encode(payout).expect("encode"))
+        .expect("insert");
+}
+
+#[tokio::test]
+async fn verify_catches_a_payout_that_disagrees_with_its_postings() {
+    let p = fixture().await;
+    p.sale(1_000).await;
+    let paid = p.pay(400, "po").await.expect("payout");
+    assert_eq!(p.violations().await, Vec::<String>::new());
+    let mut planted = paid.payout.clone();
+    planted.amount = Amount::new(40);
+    plant_payout(&p, &planted);
+    let v = p.violations().await;
+    assert!(v.iter().any(|v| v.contains("disagrees with its postings")), "{v:?}");
+    assert!(v.iter().any(|v| v.contains("payouts sum to 40")), "{v:?}");
+}
+
+#[tokio::test]
+async fn verify_catches_a_payout_set_without_its_record() {
+    let p = fixture().await;
+    p.sale(1_000).await;
+    let paid = p.pay(400, "po").await.expect("payout");
+    p.sled.tree(T::Network).remove(keys::net::payout_record(paid.payout.payout_id)).expect("remove");
+    let v = p.violations().await;
+    assert!(v.iter().any(|v| v.contains("is a payout without a payout record")), "{v:?}");
+}
+
+#[tokio::test]
+async fn verify_catches_a_payout_beyond_the_balance() {
+    let p = fixture().await;
+    p.sale(1_000).await;
+    let paid = p.pay(400, "po").await.expect("payout");
+    // Plant a payout of 2 000 (its record, both legs and both totals,
+    // consistent with each other) that the balance never covered.
+    let mut postings = p.store.postings(0, 1000).await.expect("postings");
+    postings.retain(|x| x.set_id == paid.payout.payout_id);
+    let next_set = paid.payout.payout_id + 100;
+    let first_planted = postings.iter().map(|x| x.posting_id).max().expect("legs") + 100;
+    for (posting_id, leg) in (first_planted..).zip(postings.iter()) {
+        let mut planted = leg.clone();
+        planted.set_id = next_set;
+        planted.posting_id = posting_id;
+        planted.amount = Amount::new(2_000);
+        p.sled
+            .tree(T::Postings)
+            .insert(planted.posting_id.to_be_bytes(), codec::encode(&planted).expect("encode"))
+            .expect("insert");
+        let mut account = p.store.account(&leg.account).await.expect("read").expect("exists");
+        account.balance = account.balance.post(leg.side, Amount::new(2_000)).expect("fits");
+        p.sled
+            .tree(T::Accounts)
+            .insert(keys::account(&leg.account), codec::encode(&account).expect("encode"))
+            .expect("insert");
+    }
+    let planted = PayoutRecord { payout_id: next_set, amount: Amount::new(2_000), ..paid.payout.clone() };
+    plant_payout(&p, &planted);
+    let v = p.violations().await;
+    assert!(v.iter().any(|v| v.contains("shop:acme:JPY") && v.contains("below zero")), "{v:?}");
+    assert_eq!(v.len(), 1, "only the overdraft: {v:?}");
+}
+
+#[tokio::test]
+async fn a_suspended_shop_takes_no_new_trades_but_its_open_ones_settle_and_refunds_work() {
+    let p = fixture().await;
+    let sold = p.sale(500).await;
+    let open = p.open_trade(700).await.expect("open before the suspension");
+    let status = p.store.set_shop_suspended(&p.shop, true, T0).await.expect("suspend");
+    assert_eq!(status.suspended_at, Some(T0));
+    assert_eq!(p.open_trade(100).await.err(), Some(StoreError::Refused(CreateTradeRefusal::ShopSuspended)));
+    // The open trade still settles; refunds still work.
+    assert_eq!(p.approve(&open).await.state, TradeState::Settled);
+    let refund =
+        NewRefund { shop: p.shop.clone(), trade: sold.id, amount: Amount::new(100), idempotency_key: None, now: T0 };
+    p.store.refund(refund).await.expect("refund while suspended");
+    let listed = p.store.shops(None, 10).await.expect("shops");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].suspended_at, Some(T0));
+    let resumed = p.store.set_shop_suspended(&p.shop, false, T0).await.expect("resume");
+    assert_eq!(resumed.suspended_at, None);
+    p.open_trade(100).await.expect("trades again");
+    assert_eq!(p.violations().await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn rotating_a_credential_refuses_the_old_token_at_once() {
+    let p = fixture().await;
+    let party = Principal::Shop(p.shop.clone());
+    // The fixture's shop token hash is not known here: find it.
+    let old: Vec<[u8; 32]> = p
+        .sled
+        .tree(T::Credentials)
+        .iter()
+        .filter_map(|i| i.ok())
+        .filter(|(_, v)| codec::decode::<Principal>(v).ok() == Some(party.clone()))
+        .filter_map(|(k, _)| <[u8; 32]>::try_from(k.as_ref()).ok())
+        .collect();
+    assert_eq!(old.len(), 1);
+    assert_eq!(p.store.principal(&old[0]).expect("read"), Some(party.clone()));
+    p.store.rotate_credential(&party, [9; 32]).await.expect("rotate");
+    assert_eq!(p.store.principal(&old[0]).expect("read"), None);
+    assert_eq!(p.store.principal(&[9; 32]).expect("read"), Some(party.clone()));
+    assert_eq!(
+        p.store.rotate_credential(&Principal::Shop(ShopId::parse("nobody").expect("id")), [8; 32]).await.err(),
+        Some(StoreError::Refused(crate::store::RotateCredentialRefusal::UnknownParty))
+    );
+}
+
+#[tokio::test]
+async fn a_trade_history_has_every_event_and_posting() {
+    let p = fixture().await;
+    let sold = p.sale(900).await;
+    let refund =
+        NewRefund { shop: p.shop.clone(), trade: sold.id, amount: Amount::new(200), idempotency_key: None, now: T0 };
+    let refunded = p.store.refund(refund).await.expect("refund");
+    let h = p.store.trade_history(&sold.id, 100).await.expect("read").expect("exists");
+    let states: Vec<TradeState> = h.events.iter().map(|e| e.trade.state).collect();
+    assert_eq!(states, [TradeState::Pending, TradeState::Settled, TradeState::Settled]);
+    assert_eq!(h.events[2].kind, EventKind::Refunded { amount: Amount::new(200), refund_id: refunded.refund_id });
+    let kinds: Vec<PostingKind> = h.postings.iter().map(|x| x.kind).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == PostingKind::Settlement).count(), 2);
+    assert_eq!(kinds.iter().filter(|k| **k == PostingKind::Refund).count(), 2);
+    assert!(h.postings.iter().all(|x| x.trade == Some(sold.id)));
+    assert!(p.store.trade_history(&TradeId::from_bytes([1; 16]), 100).await.expect("read").is_none());
+}
