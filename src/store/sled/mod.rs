@@ -196,6 +196,16 @@ impl SledStore {
         self.shared.tree(t)
     }
 
+    /// A shop record as the boundary reports it: the stored
+    /// `next_event_seq` is the value at creation (`hot`), so it is set to
+    /// one above the durable head.
+    fn with_head(&self, mut shop: ShopRecord) -> ShopRecord {
+        if let Some(head) = self.shared.heads.subscribe(&shop.id) {
+            shop.next_event_seq = head.borrow().saturating_add(1);
+        }
+        shop
+    }
+
     fn get<V: Record>(&self, t: T, key: &[u8]) -> Result<Option<V>, Failure> {
         self.shared.get(t, key)
     }
@@ -310,13 +320,7 @@ impl Parties for SledStore {
 
     async fn shop(&self, id: &ShopId) -> Result<Option<ShopRecord>, Failure> {
         let v: Option<ShopRecord> = self.get(T::Shops, id.as_str().as_bytes())?;
-        let mut v = self.durable(v).await?;
-        // The stored field is the value at creation (`hot`); the next
-        // number is one above the durable head.
-        if let (Some(shop), Some(head)) = (v.as_mut(), self.shared.heads.subscribe(id)) {
-            shop.next_event_seq = head.borrow().saturating_add(1);
-        }
-        Ok(v)
+        Ok(self.durable(v).await?.map(|shop| self.with_head(shop)))
     }
 
     async fn registers(&self, shop: &ShopId, limit: usize) -> Result<Vec<RegisterRecord>, Failure> {
@@ -340,7 +344,8 @@ impl Parties for SledStore {
 
     async fn shops(&self, after: Option<&ShopId>, limit: usize) -> Result<Vec<ShopStatus>, Failure> {
         let v = self.shops_after(after, limit)?;
-        self.durable(v).await
+        let v = self.durable(v).await?;
+        Ok(v.into_iter().map(|s| ShopStatus { shop: self.with_head(s.shop), ..s }).collect())
     }
 
     async fn carriers(&self, after: Option<&CarrierId>, limit: usize) -> Result<Vec<CarrierRecord>, Failure> {
@@ -354,7 +359,8 @@ impl Parties for SledStore {
         suspended: bool,
         now: UnixMs,
     ) -> Result<ShopStatus, StoreError<SuspendRefusal>> {
-        self.write(operator::SetSuspended { shop: shop.clone(), suspended, now }).await
+        let s = self.write(operator::SetSuspended { shop: shop.clone(), suspended, now }).await?;
+        Ok(ShopStatus { shop: self.with_head(s.shop), ..s })
     }
 
     async fn rotate_credential(
