@@ -10,7 +10,6 @@
 
 mod common;
 #[path = "common/crash_rig.rs"]
-#[allow(dead_code)]
 mod crash_rig;
 
 use std::collections::BTreeMap;

@@ -221,9 +221,12 @@ async fn an_answer_sent_twice_settles_once_on(backend: &'static BackendFactory) 
     let t = w.register.charge(charge(APPROVER, 1_000, 60)).await.expect("charge");
     assert_eq!(state(&t).0, S::Settled);
     let results = w.sim.wait_for_answer_results(trade_id(&t), 2, WAIT).await.expect("two results");
-    assert!(results[0].accepted);
-    assert!(!results[1].accepted);
-    assert!(results[1].message.contains("already SETTLED"), "{}", results[1].message);
+    // Each verdict is sent when its own answer's commit is durable; two
+    // answers made durable by one group commit may have their verdicts
+    // sent in either order (no order between verdicts is promised).
+    let (taken, refused): (Vec<_>, Vec<_>) = results.iter().partition(|r| r.accepted);
+    assert_eq!((taken.len(), refused.len()), (1, 1), "{results:?}");
+    assert!(refused[0].message.contains("already SETTLED"), "{}", refused[0].message);
     assert_eq!(w.t.balance(&format!("wallet:{APPROVER}:JPY")).await, 4_000);
     w.t.assert_ledger_ok().await;
 }

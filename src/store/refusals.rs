@@ -25,6 +25,11 @@ pub enum Failure {
     /// (with its idempotency key) may succeed.
     #[error("the store is unavailable for now: {0}")]
     Unavailable(String),
+    /// This backend does not implement the operation yet (the operator's
+    /// money tools exist on the embedded sled store first); nothing was
+    /// written.
+    #[error("{0} is not available on this store backend yet")]
+    Unsupported(&'static str),
 }
 
 /// An operation's answer besides success: its own refusal `R`, or a

@@ -35,6 +35,9 @@ pub enum ApiError {
     PermissionDenied(&'static str),
     #[error("{0}")]
     Unavailable(String),
+    /// An operation this server's store backend does not offer.
+    #[error("{0}")]
+    Unimplemented(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -62,6 +65,7 @@ impl From<ApiError> for Status {
             ApiError::Unauthenticated(m) => Status::new(Code::Unauthenticated, m),
             ApiError::PermissionDenied(m) => Status::new(Code::PermissionDenied, m),
             ApiError::Unavailable(m) => Status::new(Code::Unavailable, m),
+            ApiError::Unimplemented(m) => Status::new(Code::Unimplemented, m),
             ApiError::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");
                 Status::new(Code::Internal, "internal error; the operator's log has the details")

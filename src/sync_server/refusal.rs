@@ -67,6 +67,7 @@ impl From<Failure> for ApiError {
         match f {
             Failure::Stopped => ApiError::Unavailable("the store is not accepting writes".into()),
             Failure::Unavailable(m) => ApiError::Unavailable(m),
+            f @ Failure::Unsupported(_) => ApiError::Unimplemented(f.to_string()),
             Failure::Corrupt(m) | Failure::Io(m) => ApiError::Internal(m),
         }
     }

@@ -40,9 +40,10 @@ use crate::store::{
     AcceptanceRefusal, AckOutcome, AddPrefixesRefusal, AnswerOutcome, AnswerRefusal, CancelOutcome, CancelRefusal,
     CloseRegisterRefusal, CreateCarrierRefusal, CreateShopRefusal, CreateTradeRefusal, Created, EnrollHandsetRefusal,
     EnrollSubscriberRefusal, EventHeads, ExpireOutcome, Failure, HandsetAnswer, LeaseRefusal, LeaseReport,
-    LeasesRecorded, Ledger, Lifecycle, Network, NewCarrier, NewHandset, NewRefund, NewRegister, NewShop, NewSubscriber,
-    NewTrade, NoRefusal, OpenRegisterRefusal, Parties, PayoutRefusal, Pending, RefundRefusal, Refunded, SignatureCheck,
-    StatementData, StatementRefusal, StoreError, TopUp, TopUpRefusal, ToppedUp, Trades,
+    LeasesRecorded, Ledger, Lifecycle, Network, NewCarrier, NewHandset, NewPayout, NewRefund, NewRegister, NewShop,
+    NewSubscriber, NewTrade, NoRefusal, OpenRegisterRefusal, PaidOut, Parties, PayoutRefusal, Pending, RefundRefusal,
+    Refunded, RotateCredentialRefusal, ShopPayoutRefusal, ShopStatus, SignatureCheck, StatementData, StatementRefusal,
+    StoreError, SuspendRefusal, TopUp, TopUpRefusal, ToppedUp, TradeHistory, Trades,
 };
 
 /// How often a node re-reads the event heads of the shops it serves, so
@@ -487,6 +488,34 @@ async fn lookup_party(c: Option<&tokio_postgres::Client>, p: &Principal) -> Resu
 
 #[async_trait]
 impl Parties for PgStore {
+    // The operator's money tools (issue 16) exist on the sled store
+    // first: here they refuse with UNIMPLEMENTED and write nothing, so no
+    // shop can be suspended, and no credential rotated, on PostgreSQL yet.
+    async fn shops(&self, _after: Option<&ShopId>, _limit: usize) -> Result<Vec<ShopStatus>, Failure> {
+        Err(Failure::Unsupported("listing shops"))
+    }
+
+    async fn carriers(&self, _after: Option<&CarrierId>, _limit: usize) -> Result<Vec<CarrierRecord>, Failure> {
+        Err(Failure::Unsupported("listing carriers"))
+    }
+
+    async fn set_shop_suspended(
+        &self,
+        _shop: &ShopId,
+        _suspended: bool,
+        _now: UnixMs,
+    ) -> Result<ShopStatus, StoreError<SuspendRefusal>> {
+        Err(StoreError::Failed(Failure::Unsupported("suspending a shop")))
+    }
+
+    async fn rotate_credential(
+        &self,
+        _party: &Principal,
+        _token_hash: [u8; 32],
+    ) -> Result<(), StoreError<RotateCredentialRefusal>> {
+        Err(StoreError::Failed(Failure::Unsupported("rotating a credential")))
+    }
+
     async fn create_shop(&self, shop: NewShop) -> Result<ShopRecord, StoreError<CreateShopRefusal>> {
         let record = in_tx!(self, |tx, cx| parties::create_shop(&tx, &shop, cx))?;
         self.learn(shop.token_hash, Principal::Shop(shop.id.clone()));
@@ -658,6 +687,10 @@ async fn subscriber_row(
 
 #[async_trait]
 impl Trades for PgStore {
+    async fn trade_history(&self, _id: &TradeId, _limit: usize) -> Result<Option<TradeHistory>, Failure> {
+        Err(Failure::Unsupported("a trade's history"))
+    }
+
     async fn create_trade(&self, trade: NewTrade) -> Result<Created, StoreError<CreateTradeRefusal>> {
         in_tx!(self, |tx, cx| trades::create_trade(&tx, &trade, cx))
     }
@@ -855,6 +888,10 @@ impl Trades for PgStore {
 
 #[async_trait]
 impl Ledger for PgStore {
+    async fn payout_shop(&self, _payout: NewPayout) -> Result<PaidOut, StoreError<ShopPayoutRefusal>> {
+        Err(StoreError::Failed(Failure::Unsupported("paying out a shop")))
+    }
+
     async fn top_up(&self, top_up: TopUp) -> Result<ToppedUp, StoreError<TopUpRefusal>> {
         in_tx!(self, |tx, _cx| parties::top_up(&tx, &top_up))
     }
@@ -1177,6 +1214,14 @@ impl PgStore {
 }
 
 impl LedgerView for Snapshot {
+    /// No payouts exist on this backend (`payout_shop` is unsupported).
+    fn for_each_payout(
+        &self,
+        _visit: &mut dyn FnMut(crate::store::PayoutRecord) -> Result<(), Failure>,
+    ) -> Result<(), Failure> {
+        Ok(())
+    }
+
     type CapKey = (String, String, String, u32);
 
     fn for_each_posting(&self, visit: &mut dyn FnMut(PostingRecord) -> Result<(), Failure>) -> Result<(), Failure> {
