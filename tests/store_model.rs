@@ -537,8 +537,15 @@ async fn step(r: &Real, m: &mut Model, op: &Op, now: u64) -> (Seen, Seen) {
     }
 }
 
+/// Cases per run: `PROPTEST_CASES` when set (docs/TESTING.md's longer
+/// runs), 64 otherwise. An explicit `cases` in the config overrides
+/// proptest's own reading of the variable, so it is read here.
+fn model_cases() -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, max_shrink_iters: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: model_cases(), max_shrink_iters: 200, ..ProptestConfig::default() })]
 
     #[test]
     fn store_matches_the_model(ops in prop::collection::vec(op(), 1..40)) {

@@ -61,7 +61,6 @@ macro_rules! first_layout {
 
 first_layout!(
     crate::domain::Principal,
-    ShopRecord,
     CarrierRecord,
     SubscriberRecord,
     HandsetRecord,
@@ -81,6 +80,27 @@ first_layout!(
     u64,
     u128,
 );
+
+/// Version byte of shop records since issue 14. The layout is the first
+/// one's; what changed is that `next_event_seq` holds the value at the
+/// shop's creation, not the next event number (the backend derives that
+/// from the events tree at open and keeps it in the writer's memory,
+/// `sled::hot`). The new version byte is what makes a binary older than
+/// issue 14, which trusted the field, refuse the store (unknown record
+/// version) instead of reusing event numbers; the store rewrites shop
+/// records of the first layout when it opens.
+pub const SHOP_VERSION: u8 = 2;
+
+impl Record for ShopRecord {
+    const VERSION: u8 = SHOP_VERSION;
+
+    fn decode_older(version: u8, body: &[u8]) -> Result<Self, Failure> {
+        match version {
+            RECORD_VERSION => body_of(body),
+            v => Err(Failure::Corrupt(format!("unknown shop record version {v}"))),
+        }
+    }
+}
 
 /// Version byte of trade records since payload version 2 (`terms`, and
 /// receipts countersigned by the operator).
@@ -490,6 +510,32 @@ mod tests {
         let mut future = bytes.clone();
         future[0] = 3;
         assert!(matches!(decode::<TradeRecord>(&future), Err(Failure::Corrupt(_))));
+    }
+
+    // A shop record of the first layout (the encoder before issue 14:
+    // version 1, `next_event_seq` 7) and of the second.
+    const GOLDEN_SHOP_V1: &str = "010461636d650441636d6507d0aff1c2b134";
+    const GOLDEN_SHOP_V2: &str = "020461636d650441636d6507d0aff1c2b134";
+
+    #[test]
+    fn shop_records_have_their_own_version_and_read_the_old_one() {
+        let shop = ShopRecord {
+            id: ShopId::parse("acme").expect("valid"),
+            display_name: "Acme".into(),
+            next_event_seq: 7,
+            created_at: UnixMs(1_800_000_002_000),
+        };
+        let bytes = encode(&shop).expect("encode");
+        assert_eq!(bytes[0], SHOP_VERSION);
+        assert_eq!(bytes, hex(GOLDEN_SHOP_V2), "{}", crate::hex::encode(&bytes));
+        let old: ShopRecord = decode(&hex(GOLDEN_SHOP_V1)).expect("v1");
+        assert_eq!(
+            (old.id, old.display_name, old.next_event_seq, old.created_at),
+            (shop.id, shop.display_name, 7, shop.created_at)
+        );
+        let mut future = bytes.clone();
+        future[0] = 3;
+        assert!(matches!(decode::<ShopRecord>(&future), Err(Failure::Corrupt(_))));
     }
 
     #[test]

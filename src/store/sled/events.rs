@@ -17,16 +17,21 @@ use super::{keys, SledStore};
 
 /// Appends an event for the trade's shop with the next sequence number.
 pub(crate) fn emit(tx: &Tx, trade: &TradeRecord, kind: EventKind, now: UnixMs, cx: &mut Cx) -> TxResult<()> {
-    let key = trade.shop.as_str().as_bytes();
-    let Some(mut shop) = tx.get::<ShopRecord>(T::Shops, key)? else {
-        return corrupt(format!("trade {} names a missing shop", trade.id));
+    // The shop's next number: after this transaction's own events, else as
+    // committed (`hot`; the shop record no longer holds it, issue 14).
+    let seq = match cx.next_event.get(&trade.shop) {
+        Some(next) => *next,
+        None => {
+            if tx.get::<ShopRecord>(T::Shops, trade.shop.as_str().as_bytes())?.is_none() {
+                return corrupt(format!("trade {} names a missing shop", trade.id));
+            }
+            tx.hot.next_event(&trade.shop)?
+        }
     };
-    let seq = shop.next_event_seq;
     let Some(next) = seq.checked_add(1) else {
         return corrupt("event sequence overflow");
     };
-    shop.next_event_seq = next;
-    tx.put(T::Shops, key, &shop)?;
+    cx.next_event.insert(trade.shop.clone(), next);
     let event = EventRecord { seq, at: now, kind, trade: trade.clone() };
     let bytes = codec::encode_event(&event)?;
     tx.tree(T::Events)?.insert(keys::event(&trade.shop, seq), bytes)?;
@@ -36,7 +41,6 @@ pub(crate) fn emit(tx: &Tx, trade: &TradeRecord, kind: EventKind, now: UnixMs, c
     Ok(())
 }
 
-/// Queues a delivery to a carrier in the outbox; returns its id.
 pub(crate) fn enqueue(
     tx: &Tx,
     carrier: &CarrierId,

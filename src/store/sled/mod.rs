@@ -20,6 +20,7 @@ pub mod codec;
 mod config;
 mod create_trade;
 mod events;
+mod hot;
 mod keys;
 mod ledger;
 mod network;
@@ -163,17 +164,46 @@ impl SledStore {
         // Whatever recovery found is made durable before anything reads it.
         shared.db.flush().map_err(io)?;
         syncer.sync_now()?;
+        // Each shop's event head is its highest event key (the shop record
+        // no longer holds it: `hot`). Shop records of the first layout
+        // (whose `next_event_seq` an older binary would trust) are
+        // rewritten in the second, which an older binary refuses to read,
+        // so it cannot reuse event numbers on a store this one wrote.
+        let hot = hot::Hot::new(shared.tree(T::Events).clone());
+        let mut migrated = 0usize;
         for item in shared.tree(T::Shops).iter() {
-            let (_, v) = item.map_err(io)?;
-            let shop: ShopRecord = codec::decode(&v)?;
-            shared.heads.set(&shop.id, shop.next_event_seq.saturating_sub(1));
+            let (k, v) = item.map_err(io)?;
+            let mut shop: ShopRecord = codec::decode(&v)?;
+            let head = hot::last_event_seq(shared.tree(T::Events), &shop.id)?;
+            shared.heads.set(&shop.id, head);
+            hot.set_next_event(shop.id.clone(), head.saturating_add(1));
+            if v.first() != Some(&codec::SHOP_VERSION) {
+                shop.next_event_seq = head.saturating_add(1);
+                shared.tree(T::Shops).insert(k, codec::encode(&shop)?).map_err(io)?;
+                migrated += 1;
+            }
         }
-        let writes = writer::spawn(shared.clone(), syncer)?;
+        if migrated > 0 {
+            shared.db.flush().map_err(io)?;
+            syncer.sync_now()?;
+            tracing::info!(shops = migrated, "shop records rewritten in their second layout");
+        }
+        let writes = writer::spawn(shared.clone(), syncer, hot)?;
         Ok(SledStore { shared, writes })
     }
 
     pub(crate) fn tree(&self, t: T) -> &sled::Tree {
         self.shared.tree(t)
+    }
+
+    /// A shop record as the boundary reports it: the stored
+    /// `next_event_seq` is the value at creation (`hot`), so it is set to
+    /// one above the durable head.
+    fn with_head(&self, mut shop: ShopRecord) -> ShopRecord {
+        if let Some(head) = self.shared.heads.subscribe(&shop.id) {
+            shop.next_event_seq = head.borrow().saturating_add(1);
+        }
+        shop
     }
 
     fn get<V: Record>(&self, t: T, key: &[u8]) -> Result<Option<V>, Failure> {
@@ -289,8 +319,8 @@ impl Parties for SledStore {
     }
 
     async fn shop(&self, id: &ShopId) -> Result<Option<ShopRecord>, Failure> {
-        let v = self.get(T::Shops, id.as_str().as_bytes())?;
-        self.durable(v).await
+        let v: Option<ShopRecord> = self.get(T::Shops, id.as_str().as_bytes())?;
+        Ok(self.durable(v).await?.map(|shop| self.with_head(shop)))
     }
 
     async fn registers(&self, shop: &ShopId, limit: usize) -> Result<Vec<RegisterRecord>, Failure> {
@@ -314,7 +344,8 @@ impl Parties for SledStore {
 
     async fn shops(&self, after: Option<&ShopId>, limit: usize) -> Result<Vec<ShopStatus>, Failure> {
         let v = self.shops_after(after, limit)?;
-        self.durable(v).await
+        let v = self.durable(v).await?;
+        Ok(v.into_iter().map(|s| ShopStatus { shop: self.with_head(s.shop), ..s }).collect())
     }
 
     async fn carriers(&self, after: Option<&CarrierId>, limit: usize) -> Result<Vec<CarrierRecord>, Failure> {
@@ -328,7 +359,8 @@ impl Parties for SledStore {
         suspended: bool,
         now: UnixMs,
     ) -> Result<ShopStatus, StoreError<SuspendRefusal>> {
-        self.write(operator::SetSuspended { shop: shop.clone(), suspended, now }).await
+        let s = self.write(operator::SetSuspended { shop: shop.clone(), suspended, now }).await?;
+        Ok(ShopStatus { shop: self.with_head(s.shop), ..s })
     }
 
     async fn rotate_credential(

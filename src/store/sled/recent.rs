@@ -33,9 +33,10 @@ impl SledStore {
         for item in self.tree(T::Shops).iter().take(max_shops) {
             let (_, v) = item.map_err(io)?;
             let shop: ShopRecord = codec::decode(&v)?;
-            let Some(head) = shop.next_event_seq.checked_sub(1).filter(|h| *h > 0) else {
+            let head = self.shared.heads.subscribe(&shop.id).map_or(0, |h| *h.borrow());
+            if head == 0 {
                 continue;
-            };
+            }
             let range = keys::event(&shop.id, 1)..=keys::event(&shop.id, head);
             let mut distinct = 0usize;
             for event in self.tree(T::Events).range(range).rev() {

@@ -385,6 +385,26 @@ async fn events_are_numbered_per_shop_without_gaps() {
     assert_eq!(f.store.events(&f.shop, 1, head, 100).await.expect("events").len(), 1);
 }
 
+/// The shop record's stored `next_event_seq` is the value at creation
+/// (`hot`): every read of a shop reports one above the durable head.
+#[tokio::test]
+async fn every_read_of_a_shop_reports_its_next_event_number() {
+    let f = fixture().await;
+    f.top_up(100).await;
+    let (t, _) = f.create(10, None).await.expect("create");
+    f.answer(&t, Decision::Approve, f.sign(&t, Decision::Approve), T0).await;
+    assert_eq!(f.head(), 2);
+    let shop = f.store.shop(&f.shop).await.expect("shop").expect("exists");
+    assert_eq!(shop.next_event_seq, 3);
+    let listed = f.store.shops(None, 10).await.expect("shops");
+    assert_eq!(
+        listed.iter().map(|s| (s.shop.id.clone(), s.shop.next_event_seq)).collect::<Vec<_>>(),
+        vec![(f.shop.clone(), 3)]
+    );
+    let suspended = f.store.set_shop_suspended(&f.shop, true, T0).await.expect("suspend");
+    assert_eq!(suspended.shop.next_event_seq, 3);
+}
+
 #[tokio::test]
 async fn verify_reports_tampering() {
     let f = fixture().await;

@@ -8,6 +8,7 @@
 use sled::transaction::{TransactionalTree, UnabortableTransactionError};
 
 use super::codec;
+use super::hot::Hot;
 use crate::store::Failure;
 
 /// The trees. The order is the index into a transaction's view.
@@ -123,12 +124,16 @@ pub(crate) fn corrupt<T, E: From<Failure>>(what: impl Into<String>) -> Result<T,
     Err(E::from(Failure::Corrupt(what.into())))
 }
 
-/// Typed access to the transaction's view of every tree.
-pub(crate) struct Tx<'a>(pub(crate) &'a [TransactionalTree]);
+/// Typed access to the transaction's view of every tree, and to what the
+/// writer keeps in memory ([`Hot`]).
+pub(crate) struct Tx<'a> {
+    pub(crate) trees: &'a [TransactionalTree],
+    pub(crate) hot: &'a Hot,
+}
 
 impl Tx<'_> {
     pub(crate) fn tree(&self, t: T) -> TxResult<&TransactionalTree> {
-        match self.0.get(t as usize) {
+        match self.trees.get(t as usize) {
             Some(tree) => Ok(tree),
             None => corrupt(format!("tree {t:?} missing from transaction")),
         }

@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::domain::{ShopId, SubscriberNumber, TradeId};
 use crate::store::{Failure, OfferGate, StoreError};
 
+use super::hot::Hot;
 use super::tx::{Fault, Step, Stop, Tx};
 use super::{metric_names, Durability, Shared, SyncFault};
 
@@ -48,6 +49,8 @@ const PIPELINE_DEPTH: usize = 2;
 pub(crate) struct Cx {
     /// Shops whose event head moved (published once the group is durable).
     pub heads: Vec<(ShopId, u64)>,
+    /// Each shop's next event number after this transaction's own events.
+    pub next_event: HashMap<ShopId, u64>,
 }
 
 /// One write, typed: its output and its refusal are its own.
@@ -238,19 +241,28 @@ impl Admissions {
 }
 
 /// Applies one write in its own transaction (after its preparation).
-fn apply_one(shared: &Shared, job: &mut Box<dyn Job>, admissions: &Admissions, heads: &mut Vec<(ShopId, u64)>) {
+fn apply_one(
+    shared: &Shared,
+    hot: &Hot,
+    job: &mut Box<dyn Job>,
+    admissions: &Admissions,
+    heads: &mut Vec<(ShopId, u64)>,
+) {
     if !job.prepare(shared) {
         return;
     }
     let trees: Vec<&sled::Tree> = shared.trees.iter().collect();
     let result = trees.as_slice().transaction(|view| {
-        let tx = Tx(view.as_slice());
+        let tx = Tx { trees: view.as_slice(), hot };
         let mut cx = Cx::default();
         job.apply(&tx, &mut cx, admissions)?;
         Ok(cx.heads)
     });
     match result {
-        Ok(moved) => heads.extend(moved),
+        Ok(moved) => {
+            hot.committed(&moved);
+            heads.extend(moved);
+        }
         // The job holds its refusal.
         Err(TransactionError::Abort(Abort::Refused)) => {}
         Err(TransactionError::Abort(Abort::Failed(f))) => job.failed(f),
@@ -271,17 +283,17 @@ fn apply_one(shared: &Shared, job: &mut Box<dyn Job>, admissions: &Admissions, h
 /// read earlier ones' (sled transactions read their own writes), so the
 /// results equal applying them one after another; the group commits
 /// atomically, and nothing is acknowledged before the group is durable.
-fn apply_writes(shared: &Shared, jobs: &mut [Box<dyn Job>], heads: &mut Vec<(ShopId, u64)>) {
+fn apply_writes(shared: &Shared, hot: &Hot, jobs: &mut [Box<dyn Job>], heads: &mut Vec<(ShopId, u64)>) {
     let admissions = Admissions::default();
     if jobs.len() < 2 || !jobs.iter().all(|j| j.groupable()) {
         for job in jobs.iter_mut() {
-            apply_one(shared, job, &admissions, heads);
+            apply_one(shared, hot, job, &admissions, heads);
         }
         return;
     }
     let trees: Vec<&sled::Tree> = shared.trees.iter().collect();
     let result = trees.as_slice().transaction(|view| {
-        let tx = Tx(view.as_slice());
+        let tx = Tx { trees: view.as_slice(), hot };
         let mut cx = Cx::default();
         for job in jobs.iter() {
             job.apply(&tx, &mut cx, &admissions)?;
@@ -289,12 +301,15 @@ fn apply_writes(shared: &Shared, jobs: &mut [Box<dyn Job>], heads: &mut Vec<(Sho
         Ok(cx.heads)
     });
     match result {
-        Ok(moved) => heads.extend(moved),
+        Ok(moved) => {
+            hot.committed(&moved);
+            heads.extend(moved);
+        }
         // Nothing of the group was written: apply each alone, so the one
         // that refused gets its refusal and the others their outcomes.
         Err(_) => {
             for job in jobs.iter_mut() {
-                apply_one(shared, job, &admissions, heads);
+                apply_one(shared, hot, job, &admissions, heads);
             }
         }
     }
@@ -348,7 +363,7 @@ impl Syncer {
     }
 }
 
-pub(crate) fn spawn(shared: Arc<Shared>, syncer: Syncer) -> Result<mpsc::Sender<Queue>, Failure> {
+pub(crate) fn spawn(shared: Arc<Shared>, syncer: Syncer, hot: Hot) -> Result<mpsc::Sender<Queue>, Failure> {
     let (tx, rx) = mpsc::channel(WRITE_QUEUE_DEPTH);
     let (applied_tx, applied_rx) = std_mpsc::sync_channel(PIPELINE_DEPTH);
     let sync_shared = shared.clone();
@@ -358,14 +373,14 @@ pub(crate) fn spawn(shared: Arc<Shared>, syncer: Syncer) -> Result<mpsc::Sender<
         .map_err(|e| Failure::Io(format!("spawn syncer: {e}")))?;
     std::thread::Builder::new()
         .name("syncpay-writer".into())
-        .spawn(move || write_loop(shared, rx, applied_tx))
+        .spawn(move || write_loop(shared, hot, rx, applied_tx))
         .map_err(|e| Failure::Io(format!("spawn writer: {e}")))?;
     Ok(tx)
 }
 
 /// Applies a batch in queue order: the writes between two reads as one
 /// group transaction, each read after the writes queued before it.
-fn apply_batch(shared: &Shared, batch: &mut Vec<Queue>, heads: &mut Vec<(ShopId, u64)>) {
+fn apply_batch(shared: &Shared, hot: &Hot, batch: &mut Vec<Queue>, heads: &mut Vec<(ShopId, u64)>) {
     let mut start = 0;
     while start < batch.len() {
         let end = batch[start..].iter().position(|q| matches!(q, Queue::Read(_))).map_or(batch.len(), |p| start + p);
@@ -377,7 +392,7 @@ fn apply_batch(shared: &Shared, batch: &mut Vec<Queue>, heads: &mut Vec<(ShopId,
                     writes.push(job);
                 }
             }
-            apply_writes(shared, &mut writes, heads);
+            apply_writes(shared, hot, &mut writes, heads);
             let n = writes.len();
             batch.splice(start..start, writes.into_iter().map(Queue::Write));
             start += n;
@@ -389,7 +404,7 @@ fn apply_batch(shared: &Shared, batch: &mut Vec<Queue>, heads: &mut Vec<(ShopId,
     }
 }
 
-fn write_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Queue>, applied: std_mpsc::SyncSender<Applied>) {
+fn write_loop(shared: Arc<Shared>, hot: Hot, mut rx: mpsc::Receiver<Queue>, applied: std_mpsc::SyncSender<Applied>) {
     let mut group: u64 = 0;
     let mut batch: Vec<Queue> = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = rx.blocking_recv() {
@@ -408,7 +423,7 @@ fn write_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Queue>, applied: std_m
         group += 1;
         shared.applying.store(group, Ordering::SeqCst);
         let mut heads = Vec::new();
-        apply_batch(&shared, &mut batch, &mut heads);
+        apply_batch(&shared, &hot, &mut batch, &mut heads);
         let jobs = std::mem::replace(&mut batch, Vec::with_capacity(MAX_GROUP));
         if let Err(std_mpsc::SendError(lost)) = applied.send(Applied { group, jobs, heads }) {
             // The syncer is gone (it cannot be, while this thread holds
