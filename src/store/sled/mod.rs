@@ -29,6 +29,7 @@ mod parties;
 mod payout;
 mod recent;
 mod refund;
+mod remit;
 mod tx;
 mod verify;
 mod writer;
@@ -48,18 +49,18 @@ use crate::domain::{
 use crate::store::backend::{Ledger, Lifecycle, Network, Parties, Trades};
 use crate::store::heads::EventHeads;
 use crate::store::records::{
-    AccountRecord, CarrierRecord, Delivery, EventRecord, HandsetRecord, PayoutEntry, PostingRecord, RegisterRecord,
-    ShopRecord, SubscriberRecord, TradeRecord,
+    AccountRecord, CarrierRecord, CarrierStatementLine, Delivery, EventRecord, HandsetRecord, PayoutEntry,
+    PostingRecord, RegisterRecord, ShopRecord, SubscriberRecord, TradeRecord,
 };
 use crate::store::verify::VerifyReport;
 use crate::store::{
     AcceptanceRefusal, AckOutcome, AddPrefixesRefusal, AnswerOutcome, AnswerRefusal, CancelOutcome, CancelRefusal,
-    CloseRegisterRefusal, CreateCarrierRefusal, CreateShopRefusal, CreateTradeRefusal, Created, EnrollHandsetRefusal,
-    EnrollSubscriberRefusal, ExpireOutcome, Failure, HandsetAnswer, LeaseRefusal, LeaseReport, LeasesRecorded,
-    NewCarrier, NewHandset, NewPayout, NewRefund, NewRegister, NewShop, NewSubscriber, NewTrade, NoRefusal,
-    OpenRegisterRefusal, PaidOut, PayoutRefusal, Pending, RefundRefusal, Refunded, RotateCredentialRefusal,
-    ShopPayoutRefusal, ShopStatus, SignatureCheck, StatementData, StatementRefusal, StoreError, SuspendRefusal, TopUp,
-    TopUpRefusal, ToppedUp, TradeHistory,
+    CarrierStatementRefusal, CloseRegisterRefusal, CreateCarrierRefusal, CreateShopRefusal, CreateTradeRefusal,
+    Created, EnrollHandsetRefusal, EnrollSubscriberRefusal, ExpireOutcome, Failure, HandsetAnswer, LeaseRefusal,
+    LeaseReport, LeasesRecorded, NewCarrier, NewHandset, NewPayout, NewRefund, NewRegister, NewRemittance, NewShop,
+    NewSubscriber, NewTrade, NoRefusal, OpenRegisterRefusal, PaidOut, PayoutRefusal, Pending, RefundRefusal, Refunded,
+    RemittanceRefusal, Remitted, RotateCredentialRefusal, ShopPayoutRefusal, ShopStatus, SignatureCheck, StatementData,
+    StatementRefusal, StoreError, SuspendRefusal, TopUp, TopUpRefusal, ToppedUp, TradeHistory,
 };
 
 pub use billing::MAX_PAYOUT_ENTRIES;
@@ -498,6 +499,10 @@ impl Ledger for SledStore {
         self.write(payout).await
     }
 
+    async fn remit(&self, remittance: NewRemittance) -> Result<Remitted, StoreError<RemittanceRefusal>> {
+        self.write(remit::Remit::new(remittance)).await
+    }
+
     async fn recent_postings(&self, limit: usize) -> Result<Vec<PostingRecord>, Failure> {
         let v = self.newest_postings(limit)?;
         self.durable(v).await
@@ -568,6 +573,19 @@ impl Network for SledStore {
         let v = self.payout_entries_now(shop, from, to)?;
         Ok(self.durable(v).await?)
     }
+
+    async fn carrier_statement(
+        &self,
+        carrier: &CarrierId,
+        month: Month,
+        after: Option<&ShopId>,
+        limit: usize,
+    ) -> Result<Vec<CarrierStatementLine>, StoreError<CarrierStatementRefusal>> {
+        let (carrier, after) = (carrier.clone(), after.cloned());
+        self.read_on_writer(move |shared| remit::statement_on_writer(shared, &carrier, month, after.as_ref(), limit))
+            .await?
+            .ok_or(StoreError::Refused(CarrierStatementRefusal::UnknownCarrier))
+    }
 }
 
 #[async_trait]
@@ -594,5 +612,7 @@ impl Lifecycle for SledStore {
 mod footprint_tests;
 #[cfg(test)]
 mod payout_tests;
+#[cfg(test)]
+mod remit_tests;
 #[cfg(test)]
 mod tests;
