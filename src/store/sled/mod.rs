@@ -8,7 +8,8 @@
 //! helper and the `Step` a write returns), `keys.rs` and `codec.rs` (key
 //! layouts and record encoding), one file per use case (`parties.rs`,
 //! `create_trade.rs`, `answer.rs`, `cancel.rs`, `refund.rs`, `ledger.rs`,
-//! `network.rs`, `billing.rs`), `events.rs` (events, outbox, the effects
+//! `network.rs`, `billing.rs`, `payout.rs`, `remit.rs` for carrier
+//! remittances and statements, `operator.rs`), `events.rs` (events, outbox, the effects
 //! of a final state), `recent.rs` (the console's newest postings and
 //! trades), `verify.rs` (the view the shared checks read) and `config.rs`
 //! (settings and opening).
