@@ -363,3 +363,21 @@ async fn a_trade_history_has_every_event_and_posting() {
     assert!(h.postings.iter().all(|x| x.trade == Some(sold.id)));
     assert!(p.store.trade_history(&TradeId::from_bytes([1; 16]), 100).await.expect("read").is_none());
 }
+
+#[tokio::test]
+async fn verify_catches_a_zero_payout_in_a_currency_no_payout_account_holds() {
+    let p = fixture().await;
+    p.sale(1_000).await;
+    let paid = p.pay(400, "po").await.expect("payout");
+    let usd = Currency::parse("USD").expect("usd");
+    let planted = PayoutRecord { payout_id: 9_999, amount: Amount::ZERO, currency: usd, ..paid.payout.clone() };
+    plant_payout(&p, &planted);
+    let v = p.violations().await;
+    for want in [
+        "payout 9999 has no posting set",
+        "payout 9999 is of zero",
+        "payouts in USD sum to 0 but no payout account holds them",
+    ] {
+        assert!(v.iter().any(|v| v == want), "want {want:?} in {v:?}");
+    }
+}

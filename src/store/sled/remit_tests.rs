@@ -108,3 +108,21 @@ async fn verify_catches_payout_entries_that_disagree_with_the_bills() {
             .to_owned()]
     );
 }
+
+#[tokio::test]
+async fn verify_catches_a_zero_remittance_in_a_currency_no_account_holds() {
+    let w = world().await;
+    let r = w.remit(5_000).await;
+    let usd = crate::domain::Currency::parse("USD").expect("usd");
+    let planted = RemittanceRecord { remittance_id: 9_999, amount: Amount::ZERO, currency: usd, ..r };
+    w.plant(&R::key(&planted), &planted);
+    let v = w.violations().await;
+    for want in [
+        "remittance 9999 has no posting set",
+        "remittance 9999 is of zero",
+        "carrier docomo's remittances in USD sum to 0 but no remitted account holds them",
+        "remittances in USD sum to 0 but no remittance account holds them",
+    ] {
+        assert!(v.iter().any(|v| v == want), "want {want:?} in {v:?}");
+    }
+}
