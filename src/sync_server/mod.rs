@@ -21,6 +21,7 @@ pub mod receipt_keys;
 pub mod refusal;
 pub mod register_service;
 pub mod requests;
+pub mod restore;
 pub mod secrets;
 pub mod tls;
 
@@ -108,11 +109,11 @@ impl ServerConfig {
         secrets::load_or_create_receipt_keys(&receipt_keys, engine::now())?;
         Ok(ServerConfig {
             receipt_keys: ReceiptKeySource::File(receipt_keys),
-            store_dir: data_dir.join("store"),
+            store_dir: data_dir.join(STORE_FOLDER),
             durability: Durability::Fsync,
             cache_bytes: crate::store::sled::DEFAULT_CACHE_BYTES,
             admin_token: secrets::load_or_create_admin_token(&data_dir.join("admin.token"))?,
-            secret: secrets::load_or_create_secret(&data_dir.join("server.secret"))?,
+            secret: secrets::load_or_create_secret(&data_dir.join(SECRET_FILE))?,
             limits: Limits::default(),
             tls: None,
             sync_fault: None,
@@ -123,6 +124,10 @@ impl ServerConfig {
 
 /// The receipt-signing key file in the data folder.
 pub const RECEIPT_KEYS_FILE: &str = "receipt-signing.keys";
+/// The server secret (binding codes, payer pseudonyms) in the data folder.
+pub const SECRET_FILE: &str = "server.secret";
+/// The store's folder in the data folder.
+pub const STORE_FOLDER: &str = "store";
 
 /// Where the receipt-signing keys come from.
 #[derive(Debug, Clone)]
