@@ -17,10 +17,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::backends::{BackendFactory, Fsync, SLED};
 use common::{code_of, functional_limits, TestServer};
 use syncpay::proto::{self, TradeState as S};
 use syncpay::register::{ChargeRequest, VirtualRegister};
 use syncpay::store::backup::{Manifest, RestoreError, DUMP_FILE, MANIFEST_FILE};
+use syncpay::store::sled::{SledStore, StoreConfig};
 use syncpay::sync_server::restore::restore;
 use syncpay::sync_server::ServerConfig;
 use syncpay::terminal_sim::{CarrierSim, Policy};
@@ -113,8 +115,8 @@ impl Load {
 
 /// A world of one carrier with an approving handset per shop and `SHOPS`
 /// shops; returns the server, the shop tokens and the running simulator.
-async fn world() -> (TestServer, Vec<String>, CarrierSim) {
-    let t = TestServer::start().await;
+async fn world(backend: &'static BackendFactory) -> (TestServer, Vec<String>, CarrierSim) {
+    let t = TestServer::start_on(backend).await;
     let carrier_token = t.create_carrier("docomo", "Docomo").await;
     let sim = CarrierSim::start(t.channel().await, &carrier_token).expect("sim");
     let mut tokens = Vec::new();
@@ -162,7 +164,7 @@ fn manifest(dir: &Path) -> Manifest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backup_under_load_restores_to_a_verified_prefix_holding_every_acknowledged_change() {
-    let (t, tokens, sim) = world().await;
+    let (t, tokens, sim) = world(&SLED).await;
     let scratch = tempfile::tempdir().expect("tempdir");
     let backup_dir = scratch.path().join("backup-1");
     let mut load = start_load(&t, &tokens).await;
@@ -301,6 +303,48 @@ async fn a_backup_under_load_restores_to_a_verified_prefix_holding_every_acknowl
     restored.assert_ledger_ok().await;
     sim.shutdown().await.expect("sim");
     restored.server.shutdown().await.expect("shutdown restored");
+    t.server.shutdown().await.expect("shutdown");
+}
+
+fn open_torn(dir: &Path, _fsync: Fsync) -> syncpay::store::Store {
+    let config = StoreConfig { torn_backup: true, ..StoreConfig::new(dir) };
+    Arc::new(SledStore::open(config).expect("open the sled store"))
+}
+
+/// The sled store with the planted bug: each tree copied at its own point.
+const TORN: BackendFactory = BackendFactory { name: "sled-torn", open: open_torn, serve_args: |_| Vec::new() };
+
+/// Backups taken with the planted bug under load are caught.
+const TORN_ATTEMPTS: usize = 5;
+
+/// The test above must be able to fail: with the planted bug (each tree
+/// copied by its own writer job while shops buy), the copy is no single
+/// point of the writer's order, and restoring it finds the ledger broken
+/// (account balances that are not the sum of their postings, settled
+/// trades without their postings).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_torn_across_write_groups_is_caught_on_restore() {
+    let (t, tokens, sim) = world(&TORN).await;
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let mut load = start_load(&t, &tokens).await;
+    load.wait_settled(4).await;
+    let mut admin = t.admin().await;
+    let mut caught = Vec::new();
+    for attempt in 0..TORN_ATTEMPTS {
+        let dir = scratch.path().join(format!("torn-{attempt}"));
+        admin.backup_store(proto::BackupStoreRequest { dir: dir.display().to_string() }).await.expect("backup");
+        match restore(&dir, &scratch.path().join(format!("restored-{attempt}"))).await {
+            Ok(report) if report.verify.ok() => {}
+            Ok(report) => caught.push(format!("ledger: {:?}", report.verify.violations.first())),
+            Err(e) => caught.push(format!("restore: {e}")),
+        }
+        let now = *load.settled.borrow();
+        load.wait_settled(now + 2).await;
+    }
+    load.stop().await;
+    sim.shutdown().await.expect("sim");
+    eprintln!("torn backups caught: {} of {TORN_ATTEMPTS}: {caught:?}", caught.len());
+    assert!(!caught.is_empty(), "no torn backup was caught in {TORN_ATTEMPTS} attempts");
     t.server.shutdown().await.expect("shutdown");
 }
 

@@ -98,11 +98,20 @@ fn len32(n: usize) -> io::Result<[u8; 4]> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "a record is larger than a dump holds"))
 }
 
-/// Writes every record to `path` (a new file, mode 0600), on the writer
-/// thread, between two write groups. A failure to write the file is the
-/// target's (a refusal); a failure to read the store is the store's.
-pub(crate) fn dump(shared: &Shared, path: &Path) -> Result<Result<Dumped, BackupRefusal>, Failure> {
-    let started = Instant::now();
+/// A dump being written: the file behind its buffer and what it holds so
+/// far. Moved into each writer job that adds trees to it.
+pub(crate) struct Dump {
+    out: BufWriter<File>,
+    records: BTreeMap<String, u64>,
+    events: EventTally,
+    /// The last posting key copied.
+    last_posting: Option<Vec<u8>>,
+    total: u64,
+    pause_us: u64,
+}
+
+/// Starts a dump at `path` (a new file, mode 0600) with its header.
+pub(crate) fn start(path: &Path) -> Result<Dump, BackupRefusal> {
     let target = |e: io::Error| BackupRefusal::Target(format!("{}: {e}", path.display()));
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
@@ -111,32 +120,43 @@ pub(crate) fn dump(shared: &Shared, path: &Path) -> Result<Result<Dumped, Backup
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let file = match options.open(path) {
-        Ok(f) => f,
-        Err(e) => return Ok(Err(target(e))),
-    };
+    let file = options.open(path).map_err(target)?;
     let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
-    let mut records = BTreeMap::new();
-    let mut events = EventTally::default();
-    let mut total = 0u64;
     let mut header = MAGIC.to_vec();
     header.push(DUMP_VERSION);
-    header.push(u8::try_from(TREE_NAMES.len()).map_err(|_| Failure::Corrupt("too many trees".into()))?);
+    // 16 trees of short names: both fit a byte (`tx::TREE_NAMES`).
+    header.push(TREE_NAMES.len() as u8);
     for name in TREE_NAMES {
-        header.push(u8::try_from(name.len()).map_err(|_| Failure::Corrupt("tree name".into()))?);
+        header.push(name.len() as u8);
         header.extend_from_slice(name.as_bytes());
     }
-    if let Err(e) = out.write_all(&header) {
-        return Ok(Err(target(e)));
-    }
-    for (index, tree) in shared.trees.iter().enumerate() {
+    out.write_all(&header).map_err(target)?;
+    Ok(Dump { out, records: BTreeMap::new(), events: EventTally::default(), last_posting: None, total: 0, pause_us: 0 })
+}
+
+/// Adds every record of the trees `trees` (indexes) to the dump, on the
+/// writer thread: nothing changes while it reads. A failure to write the
+/// file is the target's (a refusal); a failure to read the store is the
+/// store's.
+pub(crate) fn add_trees(
+    shared: &Shared,
+    dump: &mut Dump,
+    trees: std::ops::Range<usize>,
+) -> Result<Result<(), BackupRefusal>, Failure> {
+    let started = Instant::now();
+    for index in trees {
+        let Some(tree) = shared.trees.get(index) else { continue };
         let tag = u8::try_from(index).map_err(|_| Failure::Corrupt("tree index".into()))?;
         let mut count = 0u64;
         for item in tree.iter() {
             let (k, v) = item.map_err(io)?;
             if index == T::Events as usize {
-                events.add(&k).map_err(|m| Failure::Corrupt(m.to_owned()))?;
+                dump.events.add(&k).map_err(|m| Failure::Corrupt(m.to_owned()))?;
             }
+            if index == T::Postings as usize {
+                dump.last_posting = Some(k.to_vec());
+            }
+            let out = &mut dump.out;
             let written = len32(k.len()).and_then(|kl| {
                 let vl = len32(v.len())?;
                 out.write_all(&[tag])?;
@@ -146,15 +166,23 @@ pub(crate) fn dump(shared: &Shared, path: &Path) -> Result<Result<Dumped, Backup
                 out.write_all(&v)
             });
             if let Err(e) = written {
-                return Ok(Err(target(e)));
+                return Ok(Err(BackupRefusal::Target(format!("{DUMP_FILE}: {e}"))));
             }
             count += 1;
         }
-        total += count;
-        records.insert(TREE_NAMES[index].to_owned(), count);
+        dump.total += count;
+        dump.records.insert(TREE_NAMES[index].to_owned(), count);
     }
-    let last_key = shared.tree(T::Postings).last().map_err(io)?;
-    let last_posting_id = last_posting_id(last_key.as_ref().map(|(k, _)| &k[..])).map_err(Failure::Corrupt)?;
+    let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    dump.pause_us = dump.pause_us.saturating_add(us);
+    Ok(Ok(()))
+}
+
+/// Ends the dump (its trailer, the buffer written out; not yet synced).
+pub(crate) fn end(dump: Dump) -> Result<Result<Dumped, BackupRefusal>, Failure> {
+    let Dump { mut out, records, events, last_posting, total, pause_us } = dump;
+    let last_posting_id = last_posting_id(last_posting.as_deref()).map_err(Failure::Corrupt)?;
+    let target = |e: io::Error| BackupRefusal::Target(format!("{DUMP_FILE}: {e}"));
     let end = out.write_all(&[END]).and_then(|()| out.write_all(&total.to_be_bytes())).and_then(|()| out.flush());
     if let Err(e) = end {
         return Ok(Err(target(e)));
@@ -163,8 +191,16 @@ pub(crate) fn dump(shared: &Shared, path: &Path) -> Result<Result<Dumped, Backup
         Ok(f) => f,
         Err(e) => return Ok(Err(target(e.into_error()))),
     };
-    let pause_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     Ok(Ok(Dumped { file, point: BackupPoint { event_heads: events.heads(), last_posting_id, records }, pause_us }))
+}
+
+/// The whole dump in one writer job: the copy is one point of the
+/// writer's order.
+pub(crate) fn dump_all(shared: &Shared, mut dump: Dump) -> Result<Result<Dumped, BackupRefusal>, Failure> {
+    if let Err(refusal) = add_trees(shared, &mut dump, 0..TREE_NAMES.len())? {
+        return Ok(Err(refusal));
+    }
+    end(dump)
 }
 
 /// Off the writer thread, after the dump: sync it and its folder, then

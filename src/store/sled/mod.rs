@@ -145,6 +145,8 @@ pub(crate) fn never_refused<T>(outcome: Result<T, StoreError<NoRefusal>>) -> Res
 pub struct SledStore {
     shared: Arc<Shared>,
     writes: mpsc::Sender<Queue>,
+    /// `StoreConfig::torn_backup` (a test's planted bug).
+    torn_backup: bool,
 }
 
 impl SledStore {
@@ -194,7 +196,7 @@ impl SledStore {
             tracing::info!(shops = migrated, "shop records rewritten in their second layout");
         }
         let writes = writer::spawn(shared.clone(), syncer, hot)?;
-        Ok(SledStore { shared, writes })
+        Ok(SledStore { shared, writes, torn_backup: config.torn_backup })
     }
 
     pub(crate) fn tree(&self, t: T) -> &sled::Tree {
@@ -251,6 +253,24 @@ impl SledStore {
         let (queued, rx) = Queue::read(read);
         self.writes.send(queued).await.map_err(|_| Failure::Stopped)?;
         rx.await.map_err(|_| Failure::Stopped)?
+    }
+
+    /// The planted bug of [`StoreConfig::torn_backup`]: each tree copied
+    /// by its own writer job, at its own point of the writer's order.
+    async fn torn_dump(&self, mut dump: backup::Dump) -> Result<Result<backup::Dumped, BackupRefusal>, Failure> {
+        for index in 0..tx::TREE_NAMES.len() {
+            let (back, refused) = self
+                .read_on_writer(move |shared| {
+                    let added = backup::add_trees(shared, &mut dump, index..index + 1)?;
+                    Ok((dump, added.err()))
+                })
+                .await?;
+            if let Some(refusal) = refused {
+                return Ok(Err(refusal));
+            }
+            dump = back;
+        }
+        self.read_on_writer(move |_| backup::end(dump)).await
     }
 
     /// Waits until every write group begun before this call is durable.
@@ -602,10 +622,19 @@ impl Lifecycle for SledStore {
             .map_err(joined)?
             .map_err(StoreError::Refused)?;
         let path = dir.join(crate::store::backup::DUMP_FILE);
-        // On the writer thread, between two write groups: the copy is a
-        // prefix of the writer's order, answered once that prefix is durable.
-        let dumped =
-            self.read_on_writer(move |shared| backup::dump(shared, &path)).await?.map_err(StoreError::Refused)?;
+        let dump = tokio::task::spawn_blocking(move || backup::start(&path))
+            .await
+            .map_err(joined)?
+            .map_err(StoreError::Refused)?;
+        let dumped = if self.torn_backup {
+            self.torn_dump(dump).await?
+        } else {
+            // On the writer thread, between two write groups: the copy is
+            // a prefix of the writer's order, answered once that prefix is
+            // durable.
+            self.read_on_writer(move |shared| backup::dump_all(shared, dump)).await?
+        }
+        .map_err(StoreError::Refused)?;
         metrics::histogram!(metric_names::BACKUP_PAUSE_SECONDS).record(dumped.pause_us as f64 / 1e6);
         let (dump, dumped) =
             tokio::task::spawn_blocking(move || (backup::finish(&dir, &dumped), dumped)).await.map_err(joined)?;
