@@ -124,10 +124,10 @@ pub(crate) fn start(path: &Path) -> Result<Dump, BackupRefusal> {
     let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
     let mut header = MAGIC.to_vec();
     header.push(DUMP_VERSION);
-    // 16 trees of short names: both fit a byte (`tx::TREE_NAMES`).
-    header.push(TREE_NAMES.len() as u8);
+    let byte = |n: usize| u8::try_from(n).map_err(|_| BackupRefusal::Target("a tree name too long for a dump".into()));
+    header.push(byte(TREE_NAMES.len())?);
     for name in TREE_NAMES {
-        header.push(name.len() as u8);
+        header.push(byte(name.len())?);
         header.extend_from_slice(name.as_bytes());
     }
     out.write_all(&header).map_err(target)?;
@@ -238,7 +238,8 @@ fn read_bytes(r: &mut impl Read, path: &Path) -> Result<Vec<u8>, RestoreError> {
     if n > MAX_RECORD_BYTES {
         return Err(damaged(path, format!("a record of {n} bytes, above the {MAX_RECORD_BYTES} a dump holds")));
     }
-    let mut buf = vec![0u8; n as usize];
+    let n = usize::try_from(n).map_err(|_| damaged(path, "a record larger than memory"))?;
+    let mut buf = vec![0u8; n];
     read_exact(r, &mut buf, path)?;
     Ok(buf)
 }

@@ -635,7 +635,8 @@ impl Lifecycle for SledStore {
             self.read_on_writer(move |shared| backup::dump_all(shared, dump)).await?
         }
         .map_err(StoreError::Refused)?;
-        metrics::histogram!(metric_names::BACKUP_PAUSE_SECONDS).record(dumped.pause_us as f64 / 1e6);
+        metrics::histogram!(metric_names::BACKUP_PAUSE_SECONDS)
+            .record(std::time::Duration::from_micros(dumped.pause_us).as_secs_f64());
         let (dump, dumped) =
             tokio::task::spawn_blocking(move || (backup::finish(&dir, &dumped), dumped)).await.map_err(joined)?;
         let dump = dump.map_err(StoreError::Refused)?;
