@@ -23,7 +23,7 @@ use syncpay::proto::{self, TradeState as S};
 use syncpay::register::{ChargeRequest, VirtualRegister};
 use syncpay::store::backup::{Manifest, RestoreError, DUMP_FILE, MANIFEST_FILE};
 use syncpay::store::sled::{SledStore, StoreConfig};
-use syncpay::sync_server::restore::restore;
+use syncpay::sync_server::restore;
 use syncpay::sync_server::ServerConfig;
 use syncpay::terminal_sim::{CarrierSim, Policy};
 use tokio::sync::watch;

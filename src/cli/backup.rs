@@ -55,7 +55,7 @@ pub struct RestoreArgs {
 /// receipt keys) and verifies the ledger on it. Exit 4 for a damaged
 /// backup or an existing target, 1 if the ledger does not verify.
 pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
-    let report = syncpay::sync_server::restore::restore(&args.backup, &args.data_dir)
+    let report = syncpay::sync_server::restore(&args.backup, &args.data_dir)
         .await
         .map_err(|e| anyhow::Error::new(Exit { code: EXIT_REFUSED, message: format!("restore refused: {e}") }))?;
     let m = &report.manifest;

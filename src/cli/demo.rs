@@ -343,9 +343,8 @@ async fn backup(
         "  backup   {} records ({} trades, {} postings), writes waited {} µs",
         r.records, r.trades, r.postings, r.writer_pause_us
     );
-    let restored = syncpay::sync_server::restore::restore(&dir, &scratch.join("restored"))
-        .await
-        .context("restoring the backup")?;
+    let restored =
+        syncpay::sync_server::restore(&dir, &scratch.join("restored")).await.context("restoring the backup")?;
     checks.equal("records restored from the backup", restored.records, r.records);
     checks.check(
         restored.verify.ok() && restored.verify.trades_checked == r.trades,
