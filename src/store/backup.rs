@@ -59,6 +59,8 @@ pub struct BackupPoint {
 /// What a store's backup wrote (its dump file, synced) and where it was.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreBackup {
+    /// The backend that made it (the manifest's `backend`).
+    pub backend: &'static str,
     pub point: BackupPoint,
     pub dump: BackupFile,
     /// How long writes waited for the copy (the writer's pause).

@@ -648,7 +648,7 @@ impl Lifecycle for SledStore {
         let (dump, dumped) =
             tokio::task::spawn_blocking(move || (backup::finish(&dir, &dumped), dumped)).await.map_err(joined)?;
         let dump = dump.map_err(StoreError::Refused)?;
-        Ok(StoreBackup { point: dumped.point, dump, pause_us: dumped.pause_us })
+        Ok(StoreBackup { backend: "sled", point: dumped.point, dump, pause_us: dumped.pause_us })
     }
 }
 

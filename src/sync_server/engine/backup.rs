@@ -37,7 +37,7 @@ impl Engine {
         let manifest = Manifest {
             format: MANIFEST_FORMAT.to_owned(),
             version: MANIFEST_VERSION,
-            backend: "sled".to_owned(),
+            backend: copy.backend.to_owned(),
             taken_at_ms: taken_at.0,
             point: copy.point,
             writer_pause_us: copy.pause_us,
