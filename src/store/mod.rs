@@ -9,6 +9,7 @@
 //! PostgreSQL database.
 
 mod backend;
+pub mod backup;
 pub mod files;
 pub mod fixture;
 mod heads;
@@ -36,11 +37,12 @@ pub use records::{
     SubscriberRecord, TradeRecord, TradeRequest,
 };
 pub use refusals::{
-    AcceptanceRefusal, AddPrefixesRefusal, AnswerRefusal, CancelRefusal, CarrierStatementRefusal, CloseRegisterRefusal,
-    CreateCarrierRefusal, CreateShopRefusal, CreateTradeRefusal, Difference, EnrollHandsetRefusal,
-    EnrollSubscriberRefusal, Failure, LeaseList, LeaseRefusal, NoRefusal, OpenRegisterRefusal, PayerKind, PayoutField,
-    PayoutRefusal, PostingRefusal, PrefixOverlap, RefundField, RefundRefusal, RemittanceField, RemittanceRefusal,
-    RotateCredentialRefusal, ShopPayoutRefusal, StatementRefusal, StoreError, SuspendRefusal, TopUpRefusal, TradeField,
+    AcceptanceRefusal, AddPrefixesRefusal, AnswerRefusal, BackupRefusal, CancelRefusal, CarrierStatementRefusal,
+    CloseRegisterRefusal, CreateCarrierRefusal, CreateShopRefusal, CreateTradeRefusal, Difference,
+    EnrollHandsetRefusal, EnrollSubscriberRefusal, Failure, LeaseList, LeaseRefusal, NoRefusal, OpenRegisterRefusal,
+    PayerKind, PayoutField, PayoutRefusal, PostingRefusal, PrefixOverlap, RefundField, RefundRefusal, RemittanceField,
+    RemittanceRefusal, RotateCredentialRefusal, ShopPayoutRefusal, StatementRefusal, StoreError, SuspendRefusal,
+    TopUpRefusal, TradeField,
 };
 pub use verify::VerifyReport;
 

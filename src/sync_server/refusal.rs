@@ -5,11 +5,12 @@
 
 use crate::domain::{AccountName, TradeState};
 use crate::store::{
-    AcceptanceRefusal, AddPrefixesRefusal, AnswerRefusal, CancelRefusal, CarrierStatementRefusal, CloseRegisterRefusal,
-    CreateCarrierRefusal, CreateShopRefusal, CreateTradeRefusal, Difference, EnrollHandsetRefusal,
-    EnrollSubscriberRefusal, Failure, LeaseList, LeaseRefusal, NoRefusal, OpenRegisterRefusal, PayerKind, PayoutField,
-    PayoutRefusal, PostingRefusal, PrefixOverlap, RefundField, RefundRefusal, RemittanceField, RemittanceRefusal,
-    RotateCredentialRefusal, ShopPayoutRefusal, StatementRefusal, SuspendRefusal, TopUpRefusal, TradeField,
+    AcceptanceRefusal, AddPrefixesRefusal, AnswerRefusal, BackupRefusal, CancelRefusal, CarrierStatementRefusal,
+    CloseRegisterRefusal, CreateCarrierRefusal, CreateShopRefusal, CreateTradeRefusal, Difference,
+    EnrollHandsetRefusal, EnrollSubscriberRefusal, Failure, LeaseList, LeaseRefusal, NoRefusal, OpenRegisterRefusal,
+    PayerKind, PayoutField, PayoutRefusal, PostingRefusal, PrefixOverlap, RefundField, RefundRefusal, RemittanceField,
+    RemittanceRefusal, RotateCredentialRefusal, ShopPayoutRefusal, StatementRefusal, SuspendRefusal, TopUpRefusal,
+    TradeField,
 };
 
 use super::engine::{AwaitRefusal, DisputeRefusal, EngineError, RotateRefusal, UnknownTrade, WatchEnd, WatchRefusal};
@@ -258,6 +259,23 @@ impl From<CarrierStatementRefusal> for ApiError {
     fn from(r: CarrierStatementRefusal) -> Self {
         match r {
             CarrierStatementRefusal::UnknownCarrier => ApiError::NotFound("carrier"),
+        }
+    }
+}
+
+/// What the operator reads when the PostgreSQL backend is asked for an
+/// online backup.
+pub const BACKUP_USE_DATABASE_TOOLS: &str = "online backups are for the embedded sled store; on PostgreSQL use its \
+own tools: pg_basebackup for a base backup and WAL archiving for point-in-time recovery (docs/DEPLOY.md)";
+
+impl From<BackupRefusal> for ApiError {
+    fn from(r: BackupRefusal) -> Self {
+        match r {
+            BackupRefusal::Target(m) => ApiError::FailedPrecondition(format!("dir: {m}")),
+            BackupRefusal::Busy => {
+                ApiError::FailedPrecondition("dir: another backup is being taken; try again once it is done".into())
+            }
+            BackupRefusal::UseDatabaseTools => ApiError::Unimplemented(BACKUP_USE_DATABASE_TOOLS.into()),
         }
     }
 }
