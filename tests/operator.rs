@@ -326,3 +326,139 @@ async fn the_operator_sees_any_trade_history_and_pages_of_shops_and_carriers_on(
     assert_eq!(carriers.carriers.iter().map(|c| c.carrier_id.as_str()).collect::<Vec<_>>(), ["docomo"]);
     assert!(carriers.next_after_carrier_id.is_empty());
 }
+
+const BILLED: &str = "+818010000003";
+/// The fee of `world`'s carrier (created with the default terms).
+const CARRIER_FEE_BPS: u32 = 0;
+
+/// Runs `syncpay admin ARGS` (the real binary) against the test server.
+fn admin_cli(t: &TestServer, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_syncpay"))
+        .arg("admin")
+        .args(["--server", &t.server.url()])
+        .args(["--token-file", &t.data_dir.join("admin.token").display().to_string()])
+        .args(args)
+        .output()
+        .expect("run syncpay admin")
+}
+
+fn remittance(month: &str, amount: u64, key: &str) -> proto::RecordRemittanceRequest {
+    proto::RecordRemittanceRequest {
+        carrier_id: "docomo".into(),
+        shop_id: "acme".into(),
+        month: month.into(),
+        currency: "JPY".into(),
+        amount_minor: amount,
+        idempotency_key: key.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carrier_remittances_and_the_statement_over_grpc_and_the_cli() {
+    for backend in backends() {
+        carrier_remittances_and_the_statement_over_grpc_and_the_cli_on(backend).await;
+    }
+}
+
+async fn carrier_remittances_and_the_statement_over_grpc_and_the_cli_on(backend: &'static BackendFactory) {
+    let w = world(backend).await;
+    w._sim.add_handset(BILLED, Policy::Approve).await.expect("handset");
+    let mut carrier = w.t.carrier(&w.carrier_token).await;
+    carrier
+        .enroll_subscriber(proto::EnrollSubscriberRequest {
+            subscriber_number: BILLED.into(),
+            funding: proto::Funding::CarrierBill as i32,
+            bill_currency: "JPY".into(),
+            monthly_cap_minor: 100_000,
+        })
+        .await
+        .expect("billing");
+    carrier.accept_shop(proto::AcceptShopRequest { shop_id: "acme".into() }).await.expect("accept");
+    let trade = w.register.charge(ChargeRequest::new(BILLED, 7_000, "JPY", "book")).await.expect("charge");
+    assert_eq!(S::try_from(trade.state), Ok(S::Settled));
+    w.sale(500).await; // from a wallet: not the carrier's
+    let month =
+        syncpay::domain::Month::of(syncpay::domain::UnixMs(u64::try_from(trade.created_at_ms).expect("after 1970")))
+            .to_string();
+
+    let mut admin = w.t.admin().await;
+    let statement = |after: &str, limit: u32| proto::GetCarrierStatementRequest {
+        carrier_id: "docomo".into(),
+        month: month.clone(),
+        after_shop_id: after.into(),
+        limit,
+    };
+    let s = admin.get_carrier_statement(statement("", 0)).await.expect("statement").into_inner();
+    assert_eq!((s.carrier_id.as_str(), s.month.as_str(), s.next_after_shop_id.as_str()), ("docomo", &*month, ""));
+    let fee = 7_000 * u64::from(CARRIER_FEE_BPS) / 10_000;
+    let owed = i64::try_from(7_000 - fee).expect("small");
+    assert_eq!(s.lines.len(), 1, "{backend:?}: {s:?}");
+    let l = &s.lines[0];
+    assert_eq!(
+        (l.shop_id.as_str(), l.gross_minor, l.fee_minor, l.owed_minor, l.remitted_minor, l.outstanding_minor),
+        ("acme", 7_000, fee, owed, 0, owed),
+        "{backend:?}"
+    );
+    // A full page names its last shop as the cursor.
+    let page = admin.get_carrier_statement(statement("", 1)).await.expect("page").into_inner();
+    assert_eq!(page.next_after_shop_id, "acme");
+    let rest = admin.get_carrier_statement(statement("acme", 1)).await.expect("page").into_inner();
+    assert!(rest.lines.is_empty() && rest.next_after_shop_id.is_empty(), "{rest:?}");
+
+    // The month is still running: its sales can change, nothing is remitted.
+    let (code, text) = message(admin.record_remittance(remittance(&month, 1, "rm-1")).await);
+    assert_eq!(code, Code::FailedPrecondition, "{backend:?}: {text}");
+    assert!(text.starts_with("month: has not ended"), "{text}");
+    // A month long over, in which docomo owed acme nothing.
+    let (code, text) = message(admin.record_remittance(remittance("2020-01", 1, "rm-2")).await);
+    assert_eq!(code, Code::FailedPrecondition, "{text}");
+    assert!(text.starts_with("amount_minor:") && text.ends_with("outstanding is 0"), "{text}");
+    // Validation names the field; unknown parties are NOT_FOUND.
+    for (request, field) in [
+        (remittance("2020-13", 1, "k"), "month:"),
+        (remittance("2020-01", 0, "k"), "amount_minor:"),
+        (remittance("2020-01", 1, ""), "idempotency_key:"),
+        (proto::RecordRemittanceRequest { currency: "XXQ".into(), ..remittance("2020-01", 1, "k") }, "currency:"),
+        (proto::RecordRemittanceRequest { carrier_id: "NO".into(), ..remittance("2020-01", 1, "k") }, "carrier_id:"),
+    ] {
+        let (code, text) = message(admin.record_remittance(request).await);
+        assert_eq!((code, text.starts_with(field)), (Code::InvalidArgument, true), "{field} {text}");
+    }
+    let nobody = proto::RecordRemittanceRequest { shop_id: "nobody".into(), ..remittance("2020-01", 1, "k3") };
+    assert_eq!(code_of(admin.record_remittance(nobody).await), Code::NotFound);
+    let no_carrier = proto::GetCarrierStatementRequest { carrier_id: "nobody".into(), ..statement("", 0) };
+    assert_eq!(code_of(admin.get_carrier_statement(no_carrier).await), Code::NotFound);
+    let too_many = statement("", 1001);
+    assert_eq!(code_of(admin.get_carrier_statement(too_many).await), Code::InvalidArgument);
+    // Only the operator.
+    let mut as_shop = proto::admin_service_client::AdminServiceClient::new(w.t.authed(&w.shop_token).await);
+    assert!(matches!(
+        code_of(as_shop.get_carrier_statement(statement("", 0)).await),
+        Code::PermissionDenied | Code::Unauthenticated
+    ));
+    assert!(matches!(
+        code_of(as_shop.record_remittance(remittance("2020-01", 1, "x")).await),
+        Code::PermissionDenied | Code::Unauthenticated
+    ));
+
+    // The CLI exports the statement as CSV and JSON.
+    let out = admin_cli(&w.t, &["carrier-statement", "docomo", &month, "--csv"]);
+    assert!(out.status.success(), "{out:?}");
+    let csv = String::from_utf8_lossy(&out.stdout).into_owned();
+    let want = format!(
+        "carrier_id,month,shop_id,currency,gross_minor,fee_minor,refunded_minor,owed_minor,remitted_minor,outstanding_minor,settlements\n\
+         docomo,{month},acme,JPY,7000,{fee},0,{owed},0,{owed},1\n\
+         docomo,{month},TOTAL,JPY,,,,{owed},0,{owed},\n"
+    );
+    assert_eq!(csv, want, "{backend:?}");
+    let out = admin_cli(&w.t, &["carrier-statement", "docomo", &month, "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(json["lines"][0]["owed_minor"], owed);
+    assert_eq!(json["lines"][0]["shop_id"], "acme");
+    assert_eq!(json["totals"][0]["outstanding_minor"], owed.to_string());
+    let out = admin_cli(&w.t, &["remittance", "docomo", "acme", &month, "JPY", "1", "--key", "cli"]);
+    assert_eq!(out.status.code(), Some(4), "refused: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has not ended"), "{out:?}");
+    w.t.assert_ledger_ok().await;
+}

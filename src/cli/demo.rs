@@ -506,8 +506,9 @@ async fn with_sim(
     );
 
     let billed = network_billing(channel, sim, shop_token, carrier_token, &register, &mut checks).await?;
-    check_balances(admin, &scenarios, billed, currency, &mut checks).await?;
+    check_balances(admin, &scenarios, billed.clone(), currency, &mut checks).await?;
     payout(admin, currency, &mut checks).await?;
+    carrier_statement(admin, billed.as_ref(), currency, &mut checks).await?;
     verify_ledger(admin, &mut checks).await?;
     Ok(checks)
 }
@@ -557,6 +558,56 @@ async fn payout(
     checks.check(
         again.replayed && again.payout == paid.payout,
         "a retry with the same key returns the same payout and pays nothing more",
+    );
+    Ok(())
+}
+
+/// What the carrier owes the shop for the billed sale, on its statement of
+/// the running month (AdminService.GetCarrierStatement). The carrier pays
+/// once the month is over, so recording a remittance now is refused.
+async fn carrier_statement(
+    admin: &mut AdminServiceClient<AuthedChannel>,
+    billed: Option<&proto::Trade>,
+    currency: Currency,
+    checks: &mut Checks,
+) -> anyhow::Result<()> {
+    let Some(trade) = billed else {
+        return Ok(());
+    };
+    let month = syncpay::domain::Month::of(UnixMs(u64::try_from(trade.finished_at_ms)?)).to_string();
+    println!("\nCarrier statement: what {CARRIER_ID} owes {SHOP_ID} for {month} (AdminService.GetCarrierStatement)");
+    let request = proto::GetCarrierStatementRequest {
+        carrier_id: CARRIER_ID.into(),
+        month: month.clone(),
+        after_shop_id: String::new(),
+        limit: 0,
+    };
+    let statement = admin.get_carrier_statement(request).await.context("reading the carrier statement")?.into_inner();
+    let line = statement.lines.iter().find(|l| l.shop_id == SHOP_ID).cloned().unwrap_or_default();
+    let show = |minor: i64| signed(currency, minor);
+    println!(
+        "  owed {}  remitted {}  outstanding {}",
+        show(line.owed_minor),
+        currency.format(Amount::new(line.remitted_minor)),
+        show(line.outstanding_minor)
+    );
+    let fee = syncpay::domain::carrier_fee(Amount::new(trade.amount_minor), FEE_BPS);
+    let owed = i64::try_from(trade.amount_minor.saturating_sub(fee.minor()))?;
+    let remit = proto::RecordRemittanceRequest {
+        carrier_id: CARRIER_ID.into(),
+        shop_id: SHOP_ID.into(),
+        month,
+        currency: CURRENCY.into(),
+        amount_minor: 1,
+        idempotency_key: "demo-remittance-1".into(),
+    };
+    let refused = admin.record_remittance(remit).await;
+    println!("  checks");
+    checks.equal("owed: the billed sale less the carrier's fee", line.owed_minor, owed);
+    checks.equal("outstanding before any remittance", line.outstanding_minor, owed);
+    checks.check(
+        matches!(&refused, Err(s) if s.code() == tonic::Code::FailedPrecondition),
+        "a remittance for the running month is refused: the carrier pays once it has ended",
     );
     Ok(())
 }

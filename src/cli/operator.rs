@@ -1,5 +1,6 @@
 //! `syncpay admin` commands of the operator's daily tools: payouts and the
-//! payout report (text, JSON or CSV), a trade's whole history, shops and
+//! payout report (text, JSON or CSV), carrier remittances and the carrier
+//! statement (text, JSON or CSV), a trade's whole history, shops and
 //! carriers a page at a time, suspending and resuming a shop, rotating a
 //! party's bearer token.
 
@@ -36,6 +37,30 @@ pub enum OperatorCommand {
         shop_id: String,
         from_ms: i64,
         to_ms: i64,
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Record a carrier's remittance of AMOUNT_MINOR for SHOP_ID's
+    /// carrier-billed sales of MONTH (YYYY-MM, ended) in CURRENCY; prints
+    /// the remittance id and what is still outstanding. Retry with the
+    /// same --key.
+    Remittance {
+        carrier_id: String,
+        shop_id: String,
+        month: String,
+        currency: String,
+        amount_minor: u64,
+        /// Idempotency key (operator-wide): a retry with it returns the
+        /// original remittance.
+        #[arg(long)]
+        key: String,
+    },
+    /// A carrier's statement for MONTH (YYYY-MM): per shop and currency
+    /// what it owes, remitted and still owes, every page, with totals.
+    /// --csv prints one row per line; --json one document.
+    CarrierStatement {
+        carrier_id: String,
+        month: String,
         #[arg(long)]
         csv: bool,
     },
@@ -165,6 +190,105 @@ pub fn payout_report_json(shop: &str, r: &proto::PayoutReport) -> serde_json::Va
     })
 }
 
+/// One CSV line of already-formatted fields, each quoted as [`csv`] says.
+fn csv_line(fields: &[String]) -> String {
+    let mut line = fields.iter().map(|f| csv(f)).collect::<Vec<_>>().join(",");
+    line.push('\n');
+    line
+}
+
+/// Per-currency totals of a statement's lines: (owed, remitted,
+/// outstanding), summed exactly.
+fn statement_totals(lines: &[proto::CarrierStatementLine]) -> std::collections::BTreeMap<String, (i128, u128, i128)> {
+    let mut totals = std::collections::BTreeMap::new();
+    for l in lines {
+        let t: &mut (i128, u128, i128) = totals.entry(l.currency.clone()).or_default();
+        t.0 += i128::from(l.owed_minor);
+        t.1 += u128::from(l.remitted_minor);
+        t.2 += i128::from(l.outstanding_minor);
+    }
+    totals
+}
+
+const STATEMENT_COLUMNS: [&str; 11] = [
+    "carrier_id",
+    "month",
+    "shop_id",
+    "currency",
+    "gross_minor",
+    "fee_minor",
+    "refunded_minor",
+    "owed_minor",
+    "remitted_minor",
+    "outstanding_minor",
+    "settlements",
+];
+
+/// A carrier statement as CSV: one row per shop and currency, then one
+/// `TOTAL` row per currency (shop_id "TOTAL", only the three sums).
+pub fn carrier_statement_csv(carrier: &str, month: &str, lines: &[proto::CarrierStatementLine]) -> String {
+    let mut out = STATEMENT_COLUMNS.join(",");
+    out.push('\n');
+    for l in lines {
+        out.push_str(&csv_line(&[
+            carrier.to_owned(),
+            month.to_owned(),
+            l.shop_id.clone(),
+            l.currency.clone(),
+            l.gross_minor.to_string(),
+            l.fee_minor.to_string(),
+            l.refunded_minor.to_string(),
+            l.owed_minor.to_string(),
+            l.remitted_minor.to_string(),
+            l.outstanding_minor.to_string(),
+            l.settlements.to_string(),
+        ]));
+    }
+    for (currency, (owed, remitted, outstanding)) in statement_totals(lines) {
+        out.push_str(&csv_line(&[
+            carrier.to_owned(),
+            month.to_owned(),
+            "TOTAL".to_owned(),
+            currency,
+            String::new(),
+            String::new(),
+            String::new(),
+            owed.to_string(),
+            remitted.to_string(),
+            outstanding.to_string(),
+            String::new(),
+        ]));
+    }
+    out
+}
+
+fn statement_line_json(l: &proto::CarrierStatementLine) -> serde_json::Value {
+    json!({
+        "shop_id": l.shop_id, "currency": l.currency, "gross_minor": l.gross_minor, "fee_minor": l.fee_minor,
+        "refunded_minor": l.refunded_minor, "settlements": l.settlements, "owed_minor": l.owed_minor,
+        "remitted_minor": l.remitted_minor, "outstanding_minor": l.outstanding_minor,
+        "remittances": l.remittances,
+    })
+}
+
+pub fn carrier_statement_json(carrier: &str, month: &str, lines: &[proto::CarrierStatementLine]) -> serde_json::Value {
+    json!({
+        "carrier_id": carrier,
+        "month": month,
+        "lines": lines.iter().map(statement_line_json).collect::<Vec<_>>(),
+        // Strings: exact sums that may pass a JSON number's safe range.
+        "totals": statement_totals(lines).into_iter().map(|(currency, (owed, remitted, outstanding))| json!({
+            "currency": currency, "owed_minor": owed.to_string(), "remitted_minor": remitted.to_string(),
+            "outstanding_minor": outstanding.to_string(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Pages of a statement fetched at most (each up to 1000 shops): far
+/// more shops than one carrier serves; a bound on a server that keeps
+/// answering full pages.
+const MAX_STATEMENT_PAGES: usize = 10_000;
+
 pub async fn run(
     admin: &mut AdminServiceClient<InterceptedService<Channel, BearerAuth>>,
     command: OperatorCommand,
@@ -231,6 +355,78 @@ pub async fn run(
                         "  payout {} {} {} ref {} at {}",
                         p.payout_id, p.amount_minor, p.currency, p.reference, p.paid_at_ms
                     );
+                }
+            }
+        }
+        OperatorCommand::Remittance { carrier_id, shop_id, month, currency, amount_minor, key } => {
+            let request = proto::RecordRemittanceRequest {
+                carrier_id,
+                shop_id,
+                month,
+                currency,
+                amount_minor,
+                idempotency_key: key,
+            };
+            let r = admin.record_remittance(request).await?.into_inner();
+            let m = r.remittance.unwrap_or_default();
+            let line = r.line.unwrap_or_default();
+            if json_out {
+                print_json(&json!({
+                    "remittance_id": m.remittance_id, "carrier_id": m.carrier_id, "shop_id": m.shop_id,
+                    "month": m.month, "currency": m.currency, "amount_minor": m.amount_minor,
+                    "reference": m.reference, "remitted_at_ms": m.remitted_at_ms,
+                    "idempotency_key": m.idempotency_key, "line": statement_line_json(&line),
+                    "replayed": r.replayed,
+                }));
+            } else {
+                println!(
+                    "remittance {} of {} {} from carrier {} to shop {} for {}{}",
+                    m.remittance_id,
+                    m.amount_minor,
+                    m.currency,
+                    m.carrier_id,
+                    m.shop_id,
+                    m.month,
+                    if r.replayed { " (already recorded: this is the original)" } else { "" }
+                );
+                println!("reference: {}", m.reference);
+                println!(
+                    "owed {} remitted {} outstanding {}",
+                    line.owed_minor, line.remitted_minor, line.outstanding_minor
+                );
+            }
+        }
+        OperatorCommand::CarrierStatement { carrier_id, month, csv: as_csv } => {
+            let mut lines = Vec::new();
+            let mut after = String::new();
+            for _ in 0..MAX_STATEMENT_PAGES {
+                let request = proto::GetCarrierStatementRequest {
+                    carrier_id: carrier_id.clone(),
+                    month: month.clone(),
+                    after_shop_id: after.clone(),
+                    limit: 0,
+                };
+                let page = admin.get_carrier_statement(request).await?.into_inner();
+                lines.extend(page.lines);
+                if page.next_after_shop_id.is_empty() {
+                    break;
+                }
+                after = page.next_after_shop_id;
+            }
+            if as_csv {
+                print!("{}", carrier_statement_csv(&carrier_id, &month, &lines));
+            } else if json_out {
+                print_json(&carrier_statement_json(&carrier_id, &month, &lines));
+            } else {
+                println!("statement of carrier {carrier_id} for {month}");
+                for l in &lines {
+                    println!(
+                        "  shop {:<24} {} owed {} remitted {} outstanding {} ({} settlements)",
+                        l.shop_id, l.currency, l.owed_minor, l.remitted_minor, l.outstanding_minor, l.settlements
+                    );
+                }
+                for (currency, (owed, remitted, outstanding)) in statement_totals(&lines) {
+                    println!("  total {currency} owed {owed} remitted {remitted} outstanding {outstanding}");
                 }
             }
         }

@@ -41,6 +41,15 @@ pub enum AccountName {
     /// shops' banks. (Appended: postcard numbers variants, so records
     /// written before it still decode.)
     SystemPayout(Currency),
+    /// Where carriers' remittances come from: its balance is minus all
+    /// money carriers ever remitted for their carrier-billed sales.
+    /// (Appended, as `SystemPayout`.)
+    SystemRemittance(Currency),
+    /// What a carrier has remitted of its carrier-billed sales: credited
+    /// by each remittance, so a carrier's bills, fees and this account sum
+    /// to minus what it still owes the shops (docs/CARRIER.md).
+    /// (Appended, as `SystemPayout`.)
+    CarrierRemitted(CarrierId, Currency),
 }
 
 impl AccountName {
@@ -51,7 +60,9 @@ impl AccountName {
             | AccountName::Wallet(_, c)
             | AccountName::CarrierBill(_, _, c)
             | AccountName::CarrierFees(_, c)
-            | AccountName::SystemPayout(c) => *c,
+            | AccountName::SystemPayout(c)
+            | AccountName::SystemRemittance(c)
+            | AccountName::CarrierRemitted(_, c) => *c,
         }
     }
 
@@ -64,7 +75,9 @@ impl AccountName {
             AccountName::SystemFunding(_)
             | AccountName::CarrierBill(..)
             | AccountName::CarrierFees(..)
-            | AccountName::SystemPayout(_) => false,
+            | AccountName::SystemPayout(_)
+            | AccountName::SystemRemittance(_)
+            | AccountName::CarrierRemitted(..) => false,
         }
     }
 
@@ -77,6 +90,8 @@ impl AccountName {
             AccountName::CarrierBill(carrier, n, c) => format!("bill:{carrier}:{}:{c}", n.as_str()),
             AccountName::CarrierFees(carrier, c) => format!("carrier:{carrier}:fees:{c}"),
             AccountName::SystemPayout(c) => format!("system:payout:{c}"),
+            AccountName::SystemRemittance(c) => format!("system:remittance:{c}"),
+            AccountName::CarrierRemitted(carrier, c) => format!("carrier:{carrier}:remitted:{c}"),
         }
     }
 }

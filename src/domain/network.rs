@@ -226,6 +226,31 @@ impl Month {
     pub fn number(&self) -> u32 {
         self.0
     }
+
+    /// The month's first instant (UTC midnight of its first day).
+    pub fn start(&self) -> UnixMs {
+        UnixMs(days_from_civil(self.0 / 100, self.0 % 100) * 86_400_000)
+    }
+
+    /// The first instant after the month (the next month's start).
+    pub fn end(&self) -> UnixMs {
+        let (y, m) = (self.0 / 100, self.0 % 100);
+        let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+        UnixMs(days_from_civil(y, m) * 86_400_000)
+    }
+}
+
+/// Days since 1970-01-01 of the first day of month `m` of year `y`
+/// (Howard Hinnant's inverse of [`civil_from_days`], unsigned: y >= 1970).
+fn days_from_civil(y: u32, m: u32) -> u64 {
+    let (y, m) = (u64::from(y), u64::from(m));
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 impl fmt::Display for Month {
@@ -339,6 +364,27 @@ mod tests {
         assert_eq!(Month::parse("2026-11").map(|m| m.number()), Some(202_611));
         assert_eq!(Month::parse("2026-13"), None);
         assert_eq!(Month::parse("26-11"), None);
+    }
+
+    #[test]
+    fn a_month_starts_and_ends_where_month_of_changes() {
+        let m = |t: &str| Month::parse(t).expect(t);
+        assert_eq!(m("2027-01").start(), UnixMs(1_798_761_600_000));
+        assert_eq!(m("2026-12").end(), UnixMs(1_798_761_600_000));
+        assert_eq!(m("2000-02").end(), UnixMs(951_868_800_000));
+        assert_eq!(m("1970-01").start(), UnixMs(0));
+        // Every month of four years, leap years included: its start is in
+        // it, the instant before is in the month before, its end is the
+        // next month's start.
+        for n in [1999u32, 2000, 2024, 2100] {
+            for mm in 1..=12 {
+                let month = Month::from_number(n * 100 + mm).expect("month");
+                assert_eq!(Month::of(month.start()), month);
+                assert_eq!(Month::of(UnixMs(month.end().0 - 1)), month);
+                assert_ne!(Month::of(month.end()), month);
+                assert_ne!(Month::of(UnixMs(month.start().0 - 1)), month);
+            }
+        }
     }
 
     #[test]

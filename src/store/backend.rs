@@ -37,18 +37,19 @@ use crate::domain::{
 use super::backup::StoreBackup;
 use super::ops::{
     AckOutcome, AnswerOutcome, CancelOutcome, Created, ExpireOutcome, HandsetAnswer, LeaseReport, LeasesRecorded,
-    NewCarrier, NewHandset, NewPayout, NewRefund, NewRegister, NewShop, NewSubscriber, NewTrade, PaidOut, Pending,
-    Refunded, ShopStatus, SignatureCheck, StatementData, TopUp, ToppedUp, TradeHistory,
+    NewCarrier, NewHandset, NewPayout, NewRefund, NewRegister, NewRemittance, NewShop, NewSubscriber, NewTrade,
+    PaidOut, Pending, Refunded, Remitted, ShopStatus, SignatureCheck, StatementData, TopUp, ToppedUp, TradeHistory,
 };
 use super::records::{
-    AccountRecord, CarrierRecord, Delivery, EventRecord, HandsetRecord, PayoutEntry, PostingRecord, RegisterRecord,
-    ShopRecord, SubscriberRecord, TradeRecord,
+    AccountRecord, CarrierRecord, CarrierStatementLine, Delivery, EventRecord, HandsetRecord, PayoutEntry,
+    PostingRecord, RegisterRecord, ShopRecord, SubscriberRecord, TradeRecord,
 };
 use super::refusals::{
-    AcceptanceRefusal, AddPrefixesRefusal, AnswerRefusal, BackupRefusal, CancelRefusal, CloseRegisterRefusal,
-    CreateCarrierRefusal, CreateShopRefusal, CreateTradeRefusal, EnrollHandsetRefusal, EnrollSubscriberRefusal,
-    Failure, LeaseRefusal, NoRefusal, OpenRegisterRefusal, PayoutRefusal, RefundRefusal, RotateCredentialRefusal,
-    ShopPayoutRefusal, StatementRefusal, StoreError, SuspendRefusal, TopUpRefusal,
+    AcceptanceRefusal, AddPrefixesRefusal, AnswerRefusal, BackupRefusal, CancelRefusal, CarrierStatementRefusal,
+    CloseRegisterRefusal, CreateCarrierRefusal, CreateShopRefusal, CreateTradeRefusal, EnrollHandsetRefusal,
+    EnrollSubscriberRefusal, Failure, LeaseRefusal, NoRefusal, OpenRegisterRefusal, PayoutRefusal, RefundRefusal,
+    RemittanceRefusal, RotateCredentialRefusal, ShopPayoutRefusal, StatementRefusal, StoreError, SuspendRefusal,
+    TopUpRefusal,
 };
 use super::verify::VerifyReport;
 
@@ -220,6 +221,20 @@ pub trait Ledger: Send + Sync {
     /// idempotency key is operator-wide and a retry is compared with the
     /// request as sent (shop, currency, amount), returning the original.
     async fn payout_shop(&self, payout: NewPayout) -> Result<PaidOut, StoreError<ShopPayoutRefusal>>;
+    /// Records a carrier's remittance for one shop's carrier-billed sales
+    /// of one month in one currency: one balanced posting set (system
+    /// remittance account → the carrier's remitted account) whose id is
+    /// the remittance's id, and the remittance record. What is owed is the
+    /// month's payout entries of that carrier and shop (gross − fee −
+    /// refunded); the caller has checked the month is over, so they no
+    /// longer change. Must guarantee: the sum of the month's remittances
+    /// and this one read and checked against what is owed in the same
+    /// transaction as the postings, serialised with every other remittance
+    /// of the same (carrier, shop, month, currency) (PostgreSQL: an
+    /// advisory transaction lock on it), so concurrent remittances never
+    /// together exceed what is owed; the idempotency key is operator-wide
+    /// and a retry is compared as sent, returning the original.
+    async fn remit(&self, remittance: NewRemittance) -> Result<Remitted, StoreError<RemittanceRefusal>>;
     /// The newest `limit` postings, newest first (the operator console).
     async fn recent_postings(&self, limit: usize) -> Result<Vec<PostingRecord>, Failure>;
 }
@@ -273,6 +288,18 @@ pub trait Network: Send + Sync {
         from: UnixMs,
         to: UnixMs,
     ) -> Result<Vec<PayoutEntry>, StoreError<PayoutRefusal>>;
+    /// A carrier's statement for `month`: per shop (ids after `after`, in
+    /// id order, at most `limit` shops) and currency, the month's
+    /// carrier-billed sales of the shop (from its payout entries) and the
+    /// carrier's remittances for them; shops with neither are left out.
+    /// One consistent state (one snapshot in PostgreSQL).
+    async fn carrier_statement(
+        &self,
+        carrier: &CarrierId,
+        month: Month,
+        after: Option<&ShopId>,
+        limit: usize,
+    ) -> Result<Vec<CarrierStatementLine>, StoreError<CarrierStatementRefusal>>;
 }
 
 /// The store's own health and life.

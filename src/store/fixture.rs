@@ -9,7 +9,15 @@ use sha2::{Digest, Sha256};
 
 use crate::domain::{Amount, CarrierId, Currency, Decision, IpPrefix, RegisterId, ShopId, SubscriberNumber, UnixMs};
 
-use super::{Funding, NewCarrier, NewHandset, NewRegister, NewShop, NewSubscriber, Store, TopUp, TradeRecord};
+use std::sync::Arc;
+
+use crate::domain::receipt::ReceiptSigner;
+use crate::domain::{TradeId, TradeState};
+
+use super::{
+    Funding, HandsetAnswer, NewCarrier, NewHandset, NewRefund, NewRegister, NewShop, NewSubscriber, NewTrade, PayerRef,
+    Store, TopUp, TradeRecord, TradeRequest,
+};
 
 /// Shops a fixture store may hold (far more than any test makes).
 const FIXTURE_MAX_SHOPS: u32 = 1_000_000;
@@ -115,4 +123,117 @@ impl Fixture {
     pub async fn accept(&self, carrier: &CarrierId, shop: &ShopId) {
         self.store.set_acceptance(carrier, shop, true).await.expect("accept the shop");
     }
+
+    /// A trade of `minor` from `payer` (whose handset holds `key`, at
+    /// `carrier`) at `shop`'s `register`, created and approved at `at`:
+    /// settled from the payer's wallet or onto their carrier bill.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn settle(
+        &self,
+        shop: &ShopId,
+        register: RegisterId,
+        carrier: &CarrierId,
+        payer: &SubscriberNumber,
+        key: &SigningKey,
+        minor: u64,
+        currency: Currency,
+        at: UnixMs,
+    ) -> TradeRecord {
+        let trade = NewTrade {
+            shop: shop.clone(),
+            trade_id: TradeId::generate().expect("entropy"),
+            request: TradeRequest {
+                register,
+                payer: PayerRef::Number(payer.clone()),
+                amount: Amount::new(minor),
+                currency,
+                description: "fixture sale".into(),
+                ttl_ms: 60_000,
+            },
+            idempotency_key: None,
+            binding_code: "123456".into(),
+            max_open_per_register: FIXTURE_MAX_REGISTERS,
+            offer_gate: None,
+            now: at,
+        };
+        let created = self.store.create_trade(trade).await.expect("create the trade").trade;
+        let answer = HandsetAnswer {
+            carrier: carrier.clone(),
+            trade: created.id,
+            decision: Decision::Approve,
+            signature: sign(key, &created, Decision::Approve),
+            now: at,
+            checked: None,
+            signer: Arc::new(ReceiptSigner::from_seed([77; 32], at)),
+        };
+        let out = self.store.submit_answer(answer).await.expect("queue the answer").outcome().await.expect("answer");
+        let settled = out.trade.expect("the trade after its answer");
+        assert_eq!(settled.state, TradeState::Settled, "the fixture sale settles");
+        settled
+    }
+
+    /// Refunds `minor` of a settled trade at `at`.
+    pub async fn refund(&self, trade: &TradeRecord, minor: u64, at: UnixMs) {
+        let r = NewRefund {
+            shop: trade.shop.clone(),
+            trade: trade.id,
+            amount: Amount::new(minor),
+            idempotency_key: None,
+            now: at,
+        };
+        self.store.refund(r).await.expect("refund");
+    }
+}
+
+/// 2027-01-15T08:00:00Z: the sales of [`billed_month`] are in January 2027.
+pub const JAN_2027: UnixMs = UnixMs(1_800_000_000_000);
+/// 2027-02-10T00:00:00Z: a sale of [`billed_month`] in February.
+pub const FEB_2027: UnixMs = UnixMs(1_802_217_600_000);
+
+/// A month of carrier-billed sales to remit: shops `acme` and `beta`,
+/// carrier `docomo` (fee 250 bps) that accepts both, a carrier-billed
+/// payer and a wallet payer. In January 2027 acme sells 10 000 (fee 250)
+/// and 2 000 (fee 50, 500 refunded in January) on the bill and 3 000 from
+/// the wallet; beta sells 4 000 (fee 100). In February acme sells 1 000
+/// (fee 25). So docomo owes acme 11 200 and beta 3 900 for January, and
+/// acme 975 for February.
+pub struct BilledMonth {
+    pub fixture: Fixture,
+    pub acme: ShopId,
+    pub beta: ShopId,
+    pub docomo: CarrierId,
+}
+
+impl BilledMonth {
+    /// What docomo owes acme for January 2027.
+    pub const ACME_JAN_OWED: u64 = 11_200;
+    pub const BETA_JAN_OWED: u64 = 3_900;
+    pub const ACME_FEB_OWED: u64 = 975;
+}
+
+pub async fn billed_month(store: Store) -> BilledMonth {
+    let fixture = Fixture::new(store, JAN_2027);
+    let acme = fixture.shop("acme", "Acme").await;
+    let beta = fixture.shop("beta", "Beta").await;
+    let docomo = fixture.carrier("docomo", "Docomo", &[], 250).await;
+    fixture.accept(&docomo, &acme).await;
+    fixture.accept(&docomo, &beta).await;
+    let billed = number("+818030000001");
+    let billed_key = SigningKey::from_bytes(&[31u8; 32]);
+    let cap = Amount::new(1_000_000);
+    fixture.payer(&docomo, &billed, Funding::CarrierBill { currency: jpy(), monthly_cap: cap }, &billed_key).await;
+    let wallet = number("+818030000002");
+    let wallet_key = SigningKey::from_bytes(&[32u8; 32]);
+    fixture.payer(&docomo, &wallet, Funding::Wallet, &wallet_key).await;
+    fixture.top_up(&wallet, 100_000, jpy()).await;
+    let acme_till = fixture.register(&acme, "till").await;
+    let beta_till = fixture.register(&beta, "till").await;
+    let at = JAN_2027;
+    fixture.settle(&acme, acme_till, &docomo, &billed, &billed_key, 10_000, jpy(), at).await;
+    let refunded = fixture.settle(&acme, acme_till, &docomo, &billed, &billed_key, 2_000, jpy(), at).await;
+    fixture.refund(&refunded, 500, UnixMs(at.0 + 60_000)).await;
+    fixture.settle(&acme, acme_till, &docomo, &wallet, &wallet_key, 3_000, jpy(), at).await;
+    fixture.settle(&beta, beta_till, &docomo, &billed, &billed_key, 4_000, jpy(), at).await;
+    fixture.settle(&acme, acme_till, &docomo, &billed, &billed_key, 1_000, jpy(), FEB_2027).await;
+    BilledMonth { fixture, acme, beta, docomo }
 }

@@ -26,21 +26,23 @@ pub use backend::{Backend, Ledger, Lifecycle, Network, Parties, Trades};
 pub use heads::EventHeads;
 pub use ops::{
     AckOutcome, AnswerOutcome, CancelOutcome, Created, ExpireOutcome, HandsetAnswer, LeaseReport, LeasesRecorded,
-    NewCarrier, NewHandset, NewPayout, NewRefund, NewRegister, NewShop, NewSubscriber, NewTrade, OfferGate, PaidOut,
-    PayoutAmount, Pending, Refunded, RejectedAnswer, ShopStatus, SignatureCheck, StatementData, TopUp, ToppedUp,
-    TradeHistory,
+    NewCarrier, NewHandset, NewPayout, NewRefund, NewRegister, NewRemittance, NewShop, NewSubscriber, NewTrade,
+    OfferGate, PaidOut, PayoutAmount, Pending, Refunded, RejectedAnswer, Remitted, ShopStatus, SignatureCheck,
+    StatementData, TopUp, ToppedUp, TradeHistory,
 };
 pub use records::{
-    AccountRecord, BillLine, CapUsage, CarrierRecord, Delivery, DeliveryBody, EventKind, EventRecord, Funding,
-    HandsetRecord, NetworkIdentity, OfferBody, PayerRef, PayoutEntry, PayoutRecord, PostingKind, PostingRecord,
-    Receipt, RegisterRecord, ShopRecord, Sig64, SignedTerms, SubscriberRecord, TradeRecord, TradeRequest,
+    AccountRecord, BillLine, CapUsage, CarrierRecord, CarrierSales, CarrierStatementLine, Delivery, DeliveryBody,
+    EventKind, EventRecord, Funding, HandsetRecord, NetworkIdentity, OfferBody, PayerRef, PayoutEntry, PayoutRecord,
+    PostingKind, PostingRecord, Receipt, RegisterRecord, RemittanceRecord, ShopRecord, Sig64, SignedTerms,
+    SubscriberRecord, TradeRecord, TradeRequest,
 };
 pub use refusals::{
-    AcceptanceRefusal, AddPrefixesRefusal, AnswerRefusal, BackupRefusal, CancelRefusal, CloseRegisterRefusal,
-    CreateCarrierRefusal, CreateShopRefusal, CreateTradeRefusal, Difference, EnrollHandsetRefusal,
-    EnrollSubscriberRefusal, Failure, LeaseList, LeaseRefusal, NoRefusal, OpenRegisterRefusal, PayerKind, PayoutField,
-    PayoutRefusal, PostingRefusal, PrefixOverlap, RefundField, RefundRefusal, RotateCredentialRefusal,
-    ShopPayoutRefusal, StatementRefusal, StoreError, SuspendRefusal, TopUpRefusal, TradeField,
+    AcceptanceRefusal, AddPrefixesRefusal, AnswerRefusal, BackupRefusal, CancelRefusal, CarrierStatementRefusal,
+    CloseRegisterRefusal, CreateCarrierRefusal, CreateShopRefusal, CreateTradeRefusal, Difference,
+    EnrollHandsetRefusal, EnrollSubscriberRefusal, Failure, LeaseList, LeaseRefusal, NoRefusal, OpenRegisterRefusal,
+    PayerKind, PayoutField, PayoutRefusal, PostingRefusal, PrefixOverlap, RefundField, RefundRefusal, RemittanceField,
+    RemittanceRefusal, RotateCredentialRefusal, ShopPayoutRefusal, StatementRefusal, StoreError, SuspendRefusal,
+    TopUpRefusal, TradeField,
 };
 pub use verify::VerifyReport;
 

@@ -9,13 +9,13 @@ use tokio::sync::oneshot;
 use crate::domain::receipt::{handset_commitment, ReceiptKeyId, ReceiptSigner, Statement};
 use crate::domain::IpKey;
 use crate::domain::{
-    Amount, BindingCode, CarrierId, Currency, Decision, IpPrefix, PortRange, RegisterId, ScreenText, ShopId,
+    Amount, BindingCode, CarrierId, Currency, Decision, IpPrefix, Month, PortRange, RegisterId, ScreenText, ShopId,
     SubscriberNumber, TradeId, TradeState, UnixMs,
 };
 
 use super::records::{
-    AccountRecord, Delivery, EventRecord, Funding, PayerRef, PayoutRecord, PostingRecord, Receipt, ShopRecord, Sig64,
-    SignedTerms, SubscriberRecord, TradeRecord, TradeRequest,
+    AccountRecord, CarrierStatementLine, Delivery, EventRecord, Funding, PayerRef, PayoutRecord, PostingRecord,
+    Receipt, RemittanceRecord, ShopRecord, Sig64, SignedTerms, SubscriberRecord, TradeRecord, TradeRequest,
 };
 use super::refusals::{Failure, StoreError};
 
@@ -475,6 +475,29 @@ pub struct PaidOut {
     /// The shop's payable account right after this call (for a retry: as
     /// it is now).
     pub payable: AccountRecord,
+    pub replayed: bool,
+}
+
+/// A carrier's remittance for one shop's carrier-billed sales of one
+/// closed month, in one currency; idempotent by key across the operator.
+#[derive(Debug, Clone)]
+pub struct NewRemittance {
+    pub carrier: CarrierId,
+    pub shop: ShopId,
+    pub month: Month,
+    pub currency: Currency,
+    pub amount: Amount,
+    pub idempotency_key: String,
+    pub now: UnixMs,
+}
+
+/// A remittance written, or the original one for an idempotent retry,
+/// with the (carrier, shop, month, currency) totals right after it (for a
+/// retry: as they are now).
+#[derive(Debug, Clone)]
+pub struct Remitted {
+    pub remittance: RemittanceRecord,
+    pub line: CarrierStatementLine,
     pub replayed: bool,
 }
 

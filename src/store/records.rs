@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::domain::approval::{ApprovalPayload, BindingCode, PayloadVersion, ScreenText};
 use crate::domain::receipt::ReceiptKeyId;
 use crate::domain::{
-    AccountName, Amount, Balance, CarrierId, Currency, Decision, FailureReason, IpKey, RegisterId, ShopId, Side,
+    AccountName, Amount, Balance, CarrierId, Currency, Decision, FailureReason, IpKey, Month, RegisterId, ShopId, Side,
     SubscriberNumber, TradeId, TradeState, UnixMs,
 };
 
@@ -83,6 +83,9 @@ pub enum PostingKind {
     Refund,
     /// A shop payout (appended: postcard numbers variants).
     Payout,
+    /// A carrier's remittance of a month's carrier-billed sales to a shop
+    /// (appended, as `Payout`).
+    Remittance,
 }
 
 impl PostingKind {
@@ -92,6 +95,7 @@ impl PostingKind {
             PostingKind::Settlement => "SETTLEMENT",
             PostingKind::Refund => "REFUND",
             PostingKind::Payout => "PAYOUT",
+            PostingKind::Remittance => "REMITTANCE",
         }
     }
 }
@@ -513,4 +517,94 @@ pub struct PayoutRecord {
 /// id is, at most 22 ASCII characters (fits a SEPA or SWIFT reference).
 pub fn payout_reference(payout_id: u64) -> String {
     format!("SYNCPAY-PO-{payout_id:011}")
+}
+
+/// A carrier's remittance: money the carrier paid for one shop's
+/// carrier-billed sales of one closed UTC month, in one currency. Its id is
+/// its posting set's id (system remittance account → the carrier's
+/// remitted account); immutable once written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemittanceRecord {
+    pub remittance_id: u64,
+    pub carrier: CarrierId,
+    pub shop: ShopId,
+    pub month: Month,
+    pub currency: Currency,
+    pub amount: Amount,
+    /// What the carrier's transfer carries: [`remittance_reference`].
+    pub reference: String,
+    pub idempotency_key: String,
+    pub at: UnixMs,
+}
+
+/// The reference of remittance `id` (unique because the id is).
+pub fn remittance_reference(id: u64) -> String {
+    format!("SYNCPAY-RM-{id:011}")
+}
+
+/// What one carrier's billed sales of one shop came to in a period, in
+/// one currency, from the shop's payout entries: the carrier owes the
+/// shop `gross - fee - refunded`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CarrierSales {
+    pub gross: u128,
+    pub fee: u128,
+    pub refunded: u128,
+    pub settlements: u64,
+}
+
+impl CarrierSales {
+    /// Adds one payout entry (the caller picks the carrier's and
+    /// currency's with [`billed_by`]).
+    pub fn add(&mut self, entry: &PayoutEntry) {
+        match entry {
+            PayoutEntry::Settlement { gross, fee, .. } => {
+                self.gross += u128::from(gross.minor());
+                self.fee += u128::from(fee.minor());
+                self.settlements = self.settlements.saturating_add(1);
+            }
+            PayoutEntry::Refund { amount, .. } => self.refunded += u128::from(amount.minor()),
+            PayoutEntry::Payout { .. } => {}
+        }
+    }
+
+    /// What the carrier owes the shop: negative when refunds exceed the
+    /// period's sales net of fees (then nothing is owed).
+    pub fn owed(&self) -> i128 {
+        // Each sum is of u64 values, far below i128's range.
+        i128::try_from(self.gross).unwrap_or(i128::MAX)
+            - i128::try_from(self.fee).unwrap_or(i128::MAX)
+            - i128::try_from(self.refunded).unwrap_or(i128::MAX)
+    }
+}
+
+/// The carrier and currency of a payout entry of a carrier-billed sale or
+/// refund; `None` for wallet payments and payouts.
+pub fn billed_by(entry: &PayoutEntry) -> Option<(&CarrierId, Currency)> {
+    match entry {
+        PayoutEntry::Settlement { carrier: Some(c), currency, .. }
+        | PayoutEntry::Refund { carrier: Some(c), currency, .. } => Some((c, *currency)),
+        PayoutEntry::Settlement { carrier: None, .. }
+        | PayoutEntry::Refund { carrier: None, .. }
+        | PayoutEntry::Payout { .. } => None,
+    }
+}
+
+/// One shop's line of a carrier's statement for a month, in one currency.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CarrierStatementLine {
+    pub shop: ShopId,
+    pub currency: Currency,
+    pub sales: CarrierSales,
+    /// Sum of the carrier's remittances to the shop for the month.
+    pub remitted: u128,
+    pub remittances: u64,
+}
+
+impl CarrierStatementLine {
+    /// Owed minus remitted (negative if the carrier paid more than owed,
+    /// which the remittance check prevents).
+    pub fn outstanding(&self) -> i128 {
+        self.sales.owed() - i128::try_from(self.remitted).unwrap_or(i128::MAX)
+    }
 }

@@ -290,6 +290,41 @@ pub enum ShopPayoutRefusal {
     Postings(PostingRefusal),
 }
 
+/// A field of a RecordRemittance request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemittanceField {
+    Carrier,
+    Shop,
+    Month,
+    Currency,
+    Amount,
+}
+
+/// Why a remittance was not recorded (nothing was written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemittanceRefusal {
+    /// The idempotency key was used for a remittance that differs here.
+    Differs(RemittanceField),
+    UnknownCarrier,
+    UnknownShop,
+    /// The month has not ended (with its grace) at `open_until`: its sales
+    /// can still change, so what is owed is not known yet.
+    MonthOpen {
+        open_until: crate::domain::UnixMs,
+    },
+    /// The amount is more than the carrier still owes the shop for the
+    /// month (`outstanding`, zero when nothing is owed).
+    Exceeds {
+        outstanding: Amount,
+    },
+    Postings(PostingRefusal),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CarrierStatementRefusal {
+    UnknownCarrier,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SuspendRefusal {
     UnknownShop,

@@ -7,10 +7,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::domain::{carrier_fee, AccountName, CarrierId, Currency, Month, RegisterId, ShopId, Side, SubscriberNumber};
-use crate::domain::{TradeId, TradeState};
+use crate::domain::{TradeId, TradeState, UnixMs};
 
 use super::records::{
-    AccountRecord, BillLine, CapUsage, PayoutRecord, PostingKind, PostingRecord, RegisterRecord, TradeRecord,
+    billed_by, AccountRecord, BillLine, CapUsage, CarrierSales, PayoutEntry, PayoutRecord, PostingKind, PostingRecord,
+    RegisterRecord, RemittanceRecord, TradeRecord,
 };
 use super::Failure;
 
@@ -42,6 +43,16 @@ pub trait LedgerView {
     fn for_each_register(&self, visit: &mut dyn FnMut(RegisterRecord) -> Result<(), Failure>) -> Result<(), Failure>;
     /// Every shop payout record.
     fn for_each_payout(&self, visit: &mut dyn FnMut(PayoutRecord) -> Result<(), Failure>) -> Result<(), Failure>;
+    /// Every payout entry, with its shop and the instant it is filed under.
+    fn for_each_payout_entry(
+        &self,
+        visit: &mut dyn FnMut(ShopId, UnixMs, PayoutEntry) -> Result<(), Failure>,
+    ) -> Result<(), Failure>;
+    /// Every carrier remittance record.
+    fn for_each_remittance(
+        &self,
+        visit: &mut dyn FnMut(RemittanceRecord) -> Result<(), Failure>,
+    ) -> Result<(), Failure>;
 }
 
 /// At most this many violations are listed; the count is always exact.
@@ -105,11 +116,19 @@ pub fn verify<V: LedgerView>(view: &V) -> Result<VerifyReport, Failure> {
     let mut per_trade: HashMap<TradeId, TradeMoney> = HashMap::new();
     // Payout sets: their legs, as (account, side, amount).
     let mut payout_sets: BTreeMap<u64, Vec<(AccountName, bool, u64)>> = BTreeMap::new();
+    // Remittance sets, the same way.
+    let mut remittance_sets: BTreeMap<u64, Vec<(AccountName, bool, u64)>> = BTreeMap::new();
     view.for_each_posting(&mut |p| {
         report.postings_checked += 1;
-        if p.kind == PostingKind::Payout {
-            let debit = matches!(p.side, Side::Debit);
-            payout_sets.entry(p.set_id).or_default().push((p.account.clone(), debit, p.amount.minor()));
+        let debit = matches!(p.side, Side::Debit);
+        match p.kind {
+            PostingKind::Payout => {
+                payout_sets.entry(p.set_id).or_default().push((p.account.clone(), debit, p.amount.minor()));
+            }
+            PostingKind::Remittance => {
+                remittance_sets.entry(p.set_id).or_default().push((p.account.clone(), debit, p.amount.minor()));
+            }
+            PostingKind::TopUp | PostingKind::Settlement | PostingKind::Refund => {}
         }
         per_account.entry(p.account.clone()).or_default().add(p.side, p.amount.minor());
         per_set.entry((p.set_id, p.account.currency())).or_default().add(p.side, p.amount.minor());
@@ -304,6 +323,8 @@ pub fn verify<V: LedgerView>(view: &V) -> Result<VerifyReport, Failure> {
         report.violation(format!("payouts in {currency} sum to {sum} but no payout account holds them"));
     }
 
+    check_remittances(view, &mut report, remittance_sets)?;
+
     // Trades against their postings, and registers against their trades.
     let mut open_per_register: HashMap<(ShopId, RegisterId), u32> = HashMap::new();
     view.for_each_trade(&mut |t| {
@@ -398,4 +419,152 @@ pub fn verify<V: LedgerView>(view: &V) -> Result<VerifyReport, Failure> {
         report.violation(format!("{} open trades name a missing register", open_per_register.len()));
     }
     Ok(report)
+}
+
+/// Carrier remittances: each record against its own posting set (the
+/// system remittance account debited and the carrier's remitted account
+/// credited by its amount), every remittance set with its record; per
+/// carrier, shop, month and currency the remittances never above what the
+/// month's payout entries say the carrier owes; per carrier and currency
+/// the remitted account holding exactly the remittances and the system
+/// remittance account their sum; and the statement's sums reconciling with
+/// the ledger: what the payout entries say a carrier's billed sales came to
+/// (gross − fee − refunded) is exactly minus its bills and fees accounts.
+fn check_remittances<V: LedgerView>(
+    view: &V,
+    report: &mut VerifyReport,
+    mut sets: BTreeMap<u64, Vec<(AccountName, bool, u64)>>,
+) -> Result<(), Failure> {
+    type Slot = (CarrierId, ShopId, Month, Currency);
+    let mut remitted: BTreeMap<Slot, u128> = BTreeMap::new();
+    let mut per_carrier: BTreeMap<(CarrierId, Currency), u128> = BTreeMap::new();
+    let mut per_currency: BTreeMap<Currency, u128> = BTreeMap::new();
+    view.for_each_remittance(&mut |r| {
+        let id = r.remittance_id;
+        let mut want = vec![
+            (AccountName::SystemRemittance(r.currency), true, r.amount.minor()),
+            (AccountName::CarrierRemitted(r.carrier.clone(), r.currency), false, r.amount.minor()),
+        ];
+        match sets.remove(&id) {
+            Some(mut legs) => {
+                legs.sort();
+                want.sort();
+                if legs != want {
+                    report.violation(format!(
+                        "remittance {id} of {} {} from carrier {} disagrees with its postings",
+                        r.amount.minor(),
+                        r.currency,
+                        r.carrier
+                    ));
+                }
+            }
+            None => report.violation(format!("remittance {id} has no posting set")),
+        }
+        if r.amount.minor() == 0 {
+            report.violation(format!("remittance {id} is of zero"));
+        }
+        let minor = u128::from(r.amount.minor());
+        *remitted.entry((r.carrier.clone(), r.shop.clone(), r.month, r.currency)).or_default() += minor;
+        *per_carrier.entry((r.carrier, r.currency)).or_default() += minor;
+        *per_currency.entry(r.currency).or_default() += minor;
+        Ok(())
+    })?;
+    for set in sets.keys() {
+        report.violation(format!("posting set {set} is a remittance without a remittance record"));
+    }
+
+    // What the payout entries say each carrier owes, per shop and month,
+    // and in all.
+    let mut owed: BTreeMap<Slot, CarrierSales> = BTreeMap::new();
+    let mut sales_per_carrier: BTreeMap<(CarrierId, Currency), CarrierSales> = BTreeMap::new();
+    view.for_each_payout_entry(&mut |shop, at, entry| {
+        if let Some((carrier, currency)) = billed_by(&entry) {
+            owed.entry((carrier.clone(), shop, Month::of(at), currency)).or_default().add(&entry);
+            sales_per_carrier.entry((carrier.clone(), currency)).or_default().add(&entry);
+        }
+        Ok(())
+    })?;
+    for ((carrier, shop, month, currency), sum) in &remitted {
+        let key = (carrier.clone(), shop.clone(), *month, *currency);
+        let due = owed.get(&key).map_or(0, CarrierSales::owed).max(0);
+        if i128::try_from(*sum).unwrap_or(i128::MAX) > due {
+            report.violation(format!(
+                "carrier {carrier} remitted {sum} {currency} to shop {shop} for {month} but owed {due}"
+            ));
+        }
+    }
+
+    // Per carrier and currency: the accounts against the records and the
+    // entries.
+    let mut accounts: Vec<AccountRecord> = Vec::new();
+    let mut bills: BTreeMap<(CarrierId, Currency), i128> = BTreeMap::new();
+    view.for_each_account(&mut |a, _| {
+        match &a.name {
+            AccountName::CarrierBill(carrier, _, currency) => {
+                *bills.entry((carrier.clone(), *currency)).or_default() += a.balance.net();
+            }
+            AccountName::SystemRemittance(_) | AccountName::CarrierRemitted(..) | AccountName::CarrierFees(..) => {
+                accounts.push(a)
+            }
+            AccountName::SystemFunding(_)
+            | AccountName::ShopPayable(..)
+            | AccountName::Wallet(..)
+            | AccountName::SystemPayout(_) => {}
+        }
+        Ok(())
+    })?;
+    let mut fees: BTreeMap<(CarrierId, Currency), i128> = BTreeMap::new();
+    for a in accounts {
+        let currency = a.name.currency();
+        match &a.name {
+            AccountName::CarrierRemitted(carrier, _) => {
+                let counted = per_carrier.remove(&(carrier.clone(), currency)).unwrap_or(0);
+                if a.balance.debits.minor() != 0 || u128::from(a.balance.credits.minor()) != counted {
+                    report.violation(format!(
+                        "{:?} holds {}/{} (debits/credits) but the carrier's remittances sum to {counted}",
+                        a.name,
+                        a.balance.debits.minor(),
+                        a.balance.credits.minor()
+                    ));
+                }
+            }
+            AccountName::SystemRemittance(_) => {
+                let counted = per_currency.remove(&currency).unwrap_or(0);
+                if a.balance.credits.minor() != 0 || u128::from(a.balance.debits.minor()) != counted {
+                    report.violation(format!(
+                        "{:?} holds {}/{} (debits/credits) but remittances sum to {counted}",
+                        a.name,
+                        a.balance.debits.minor(),
+                        a.balance.credits.minor()
+                    ));
+                }
+            }
+            AccountName::CarrierFees(carrier, _) => {
+                fees.insert((carrier.clone(), currency), a.balance.net());
+            }
+            _ => {}
+        }
+    }
+    for ((carrier, currency), sum) in per_carrier {
+        report.violation(format!(
+            "carrier {carrier}'s remittances in {currency} sum to {sum} but no remitted account holds them"
+        ));
+    }
+    for (currency, sum) in per_currency {
+        report.violation(format!("remittances in {currency} sum to {sum} but no remittance account holds them"));
+    }
+    let mut carriers: Vec<(CarrierId, Currency)> = bills.keys().chain(sales_per_carrier.keys()).cloned().collect();
+    carriers.sort();
+    carriers.dedup();
+    for key in carriers {
+        let ledger = -(bills.get(&key).copied().unwrap_or(0) + fees.get(&key).copied().unwrap_or(0));
+        let entries = sales_per_carrier.get(&key).map_or(0, CarrierSales::owed);
+        if ledger != entries {
+            report.violation(format!(
+                "carrier {}'s billed sales in {} net {entries} by the payout entries but {ledger} by its bills and fees",
+                key.0, key.1
+            ));
+        }
+    }
+    Ok(())
 }

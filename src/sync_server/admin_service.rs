@@ -1,6 +1,7 @@
 //! `AdminService`: the operator's API: shops, carriers, wallet top-ups,
 //! accounts, postings, ledger verification, receipt keys and disputes,
-//! shop payouts, trade histories, suspension and credential rotation.
+//! shop payouts, carrier remittances and statements, trade histories,
+//! suspension and credential rotation.
 //! Each handler validates its request, calls one engine use case and
 //! presents the result.
 
@@ -202,6 +203,39 @@ impl AdminService for AdminApi {
         }
         let entries = self.engine.payout_entries(&shop, from, to).await?;
         Ok(Response::new(payout_report(&shop, &entries, r.from_ms, r.to_ms)))
+    }
+
+    async fn record_remittance(
+        &self,
+        request: Request<proto::RecordRemittanceRequest>,
+    ) -> Result<Response<proto::RecordRemittanceResponse>, Status> {
+        let remittance = requests::record_remittance(request.get_ref())?;
+        let done = self.engine.remit(remittance).await?;
+        Ok(Response::new(proto::RecordRemittanceResponse {
+            remittance: Some(convert::remittance_to_proto(&done.remittance)),
+            line: Some(convert::statement_line_to_proto(&done.line)),
+            replayed: done.replayed,
+        }))
+    }
+
+    async fn get_carrier_statement(
+        &self,
+        request: Request<proto::GetCarrierStatementRequest>,
+    ) -> Result<Response<proto::CarrierStatement>, Status> {
+        let (carrier, month, after, limit) = requests::carrier_month_statement(request.get_ref())?;
+        let lines = self.engine.carrier_statement(&carrier, month, after.as_ref(), limit).await?;
+        // A full page may have more after it; the last shop listed is the
+        // cursor (a shop's currencies are never split across pages).
+        let mut shops: Vec<&crate::domain::ShopId> = lines.iter().map(|l| &l.shop).collect();
+        shops.dedup();
+        let next =
+            if shops.len() >= limit { shops.last().map_or_else(String::new, |s| s.to_string()) } else { String::new() };
+        Ok(Response::new(proto::CarrierStatement {
+            carrier_id: carrier.to_string(),
+            month: month.to_string(),
+            lines: lines.iter().map(convert::statement_line_to_proto).collect(),
+            next_after_shop_id: next,
+        }))
     }
 
     async fn get_trade_history(

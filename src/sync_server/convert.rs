@@ -344,6 +344,44 @@ pub fn payout_to_proto(p: &crate::store::PayoutRecord) -> proto::ShopPayout {
     }
 }
 
+pub fn remittance_to_proto(r: &crate::store::RemittanceRecord) -> proto::Remittance {
+    proto::Remittance {
+        remittance_id: r.remittance_id,
+        carrier_id: r.carrier.to_string(),
+        shop_id: r.shop.to_string(),
+        month: r.month.to_string(),
+        currency: r.currency.code().to_owned(),
+        amount_minor: r.amount.minor(),
+        reference: r.reference.clone(),
+        remitted_at_ms: ms(r.at),
+        idempotency_key: r.idempotency_key.clone(),
+    }
+}
+
+/// Sums of u64 amounts saturated into the wire's integer types (a month
+/// of one shop never comes near them).
+fn sat_u64(v: u128) -> u64 {
+    u64::try_from(v).unwrap_or(u64::MAX)
+}
+fn sat_i64(v: i128) -> i64 {
+    i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX })
+}
+
+pub fn statement_line_to_proto(l: &crate::store::CarrierStatementLine) -> proto::CarrierStatementLine {
+    proto::CarrierStatementLine {
+        shop_id: l.shop.to_string(),
+        currency: l.currency.code().to_owned(),
+        gross_minor: sat_u64(l.sales.gross),
+        fee_minor: sat_u64(l.sales.fee),
+        refunded_minor: sat_u64(l.sales.refunded),
+        settlements: l.sales.settlements,
+        owed_minor: sat_i64(l.sales.owed()),
+        remitted_minor: sat_u64(l.remitted),
+        outstanding_minor: sat_i64(l.outstanding()),
+        remittances: l.remittances,
+    }
+}
+
 /// A backup as its manifest describes it.
 pub fn backup_to_proto(dir: &std::path::Path, m: &crate::store::backup::Manifest) -> proto::BackupStoreResponse {
     let dump = m.files.first();

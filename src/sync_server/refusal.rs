@@ -5,11 +5,12 @@
 
 use crate::domain::{AccountName, TradeState};
 use crate::store::{
-    AcceptanceRefusal, AddPrefixesRefusal, AnswerRefusal, BackupRefusal, CancelRefusal, CloseRegisterRefusal,
-    CreateCarrierRefusal, CreateShopRefusal, CreateTradeRefusal, Difference, EnrollHandsetRefusal,
-    EnrollSubscriberRefusal, Failure, LeaseList, LeaseRefusal, NoRefusal, OpenRegisterRefusal, PayerKind, PayoutField,
-    PayoutRefusal, PostingRefusal, PrefixOverlap, RefundField, RefundRefusal, RotateCredentialRefusal,
-    ShopPayoutRefusal, StatementRefusal, SuspendRefusal, TopUpRefusal, TradeField,
+    AcceptanceRefusal, AddPrefixesRefusal, AnswerRefusal, BackupRefusal, CancelRefusal, CarrierStatementRefusal,
+    CloseRegisterRefusal, CreateCarrierRefusal, CreateShopRefusal, CreateTradeRefusal, Difference,
+    EnrollHandsetRefusal, EnrollSubscriberRefusal, Failure, LeaseList, LeaseRefusal, NoRefusal, OpenRegisterRefusal,
+    PayerKind, PayoutField, PayoutRefusal, PostingRefusal, PrefixOverlap, RefundField, RefundRefusal, RemittanceField,
+    RemittanceRefusal, RotateCredentialRefusal, ShopPayoutRefusal, StatementRefusal, SuspendRefusal, TopUpRefusal,
+    TradeField,
 };
 
 use super::engine::{AwaitRefusal, DisputeRefusal, EngineError, RotateRefusal, UnknownTrade, WatchEnd, WatchRefusal};
@@ -220,6 +221,44 @@ impl From<ShopPayoutRefusal> for ApiError {
                 available.minor()
             )),
             ShopPayoutRefusal::Postings(p) => p.into(),
+        }
+    }
+}
+
+impl From<RemittanceRefusal> for ApiError {
+    fn from(r: RemittanceRefusal) -> Self {
+        match r {
+            RemittanceRefusal::Differs(field) => {
+                let field = match field {
+                    RemittanceField::Carrier => "carrier_id",
+                    RemittanceField::Shop => "shop_id",
+                    RemittanceField::Month => "month",
+                    RemittanceField::Currency => "currency",
+                    RemittanceField::Amount => "amount_minor",
+                };
+                ApiError::AlreadyExists(format!(
+                    "{field}: the idempotency key was used for a remittance with a different {field}"
+                ))
+            }
+            RemittanceRefusal::UnknownCarrier => ApiError::NotFound("carrier"),
+            RemittanceRefusal::UnknownShop => ApiError::NotFound("shop"),
+            RemittanceRefusal::MonthOpen { open_until } => ApiError::FailedPrecondition(format!(
+                "month: has not ended: what the carrier owes for it can still change; it can be remitted from {} ms",
+                open_until.0
+            )),
+            RemittanceRefusal::Exceeds { outstanding } => ApiError::FailedPrecondition(format!(
+                "amount_minor: more than the carrier owes the shop for the month: outstanding is {}",
+                outstanding.minor()
+            )),
+            RemittanceRefusal::Postings(p) => p.into(),
+        }
+    }
+}
+
+impl From<CarrierStatementRefusal> for ApiError {
+    fn from(r: CarrierStatementRefusal) -> Self {
+        match r {
+            CarrierStatementRefusal::UnknownCarrier => ApiError::NotFound("carrier"),
         }
     }
 }

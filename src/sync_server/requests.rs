@@ -343,6 +343,42 @@ pub fn payout_shop(r: &proto::PayoutShopRequest) -> Result<Payout, ApiError> {
     Ok(Payout { shop, currency, amount, idempotency_key })
 }
 
+pub fn record_remittance(r: &proto::RecordRemittanceRequest) -> Result<super::engine::NewRemittanceRequest, ApiError> {
+    let carrier = convert::carrier_id("carrier_id", &r.carrier_id)?;
+    let shop = convert::shop_id("shop_id", &r.shop_id)?;
+    let month = convert::month("month", &r.month)?;
+    let currency = convert::currency("currency", &r.currency)?;
+    // No per-trade maximum here: a remittance is a month of trades.
+    if r.amount_minor == 0 {
+        return Err(ApiError::invalid("amount_minor", "must be greater than zero"));
+    }
+    let Some(idempotency_key) =
+        convert::idempotency_key("idempotency_key", &r.idempotency_key, limits::MAX_IDEMPOTENCY_KEY_LEN)?
+    else {
+        return Err(ApiError::invalid("idempotency_key", "is required: a remittance must be safe to retry"));
+    };
+    Ok(super::engine::NewRemittanceRequest {
+        carrier,
+        shop,
+        month,
+        currency,
+        amount: Amount::new(r.amount_minor),
+        idempotency_key,
+    })
+}
+
+pub fn carrier_month_statement(
+    r: &proto::GetCarrierStatementRequest,
+) -> Result<(CarrierId, Month, Option<ShopId>, usize), ApiError> {
+    let carrier = convert::carrier_id("carrier_id", &r.carrier_id)?;
+    let month = convert::month("month", &r.month)?;
+    let after = match r.after_shop_id.as_str() {
+        "" => None,
+        id => Some(convert::shop_id("after_shop_id", id)?),
+    };
+    Ok((carrier, month, after, page_limit("limit", r.limit)?))
+}
+
 pub fn shop_payout_report(r: &proto::GetShopPayoutReportRequest) -> Result<(ShopId, UnixMs, UnixMs), ApiError> {
     let shop = convert::shop_id("shop_id", &r.shop_id)?;
     let (from, to) = payout_report(&proto::GetPayoutReportRequest { from_ms: r.from_ms, to_ms: r.to_ms })?;

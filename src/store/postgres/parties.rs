@@ -11,16 +11,20 @@ use super::rows::{self, big, corrupt, REGISTER_COLS};
 use super::sql::{self, SetKind};
 use super::trades::{Cx, Step};
 use super::PgError;
-use crate::domain::{AccountName, Amount, CarrierId, IpPrefix, PostingSet, Principal, RegisterId, ShopId, UnixMs};
+use crate::domain::{
+    AccountName, Amount, CarrierId, IpPrefix, Month, PostingSet, Principal, RegisterId, ShopId, UnixMs,
+};
 use crate::store::records::{
-    payout_reference, CarrierRecord, Funding, HandsetRecord, PayoutRecord, RegisterRecord, ShopRecord, SubscriberRecord,
+    payout_reference, remittance_reference, CarrierRecord, CarrierSales, CarrierStatementLine, Funding, HandsetRecord,
+    PayoutRecord, RegisterRecord, RemittanceRecord, ShopRecord, SubscriberRecord,
 };
 use crate::store::refusals::{LeaseList, PostingRefusal, PrefixOverlap};
 use crate::store::{
     AcceptanceRefusal, AccountRecord, AddPrefixesRefusal, CloseRegisterRefusal, CreateCarrierRefusal,
     CreateShopRefusal, EnrollHandsetRefusal, EnrollSubscriberRefusal, LeaseRefusal, LeaseReport, LeasesRecorded,
-    NewCarrier, NewHandset, NewPayout, NewRegister, NewShop, NewSubscriber, OpenRegisterRefusal, PaidOut, PayoutAmount,
-    PayoutField, RotateCredentialRefusal, ShopPayoutRefusal, ShopStatus, SuspendRefusal, TopUp, TopUpRefusal, ToppedUp,
+    NewCarrier, NewHandset, NewPayout, NewRegister, NewRemittance, NewShop, NewSubscriber, OpenRegisterRefusal,
+    PaidOut, PayoutAmount, PayoutField, RemittanceField, RemittanceRefusal, Remitted, RotateCredentialRefusal,
+    ShopPayoutRefusal, ShopStatus, SuspendRefusal, TopUp, TopUpRefusal, ToppedUp,
 };
 
 /// Advisory lock under which a shop is created (its count checked
@@ -518,4 +522,191 @@ pub async fn rotate_credential(
     tx.execute("DELETE FROM credentials WHERE kind = $1 AND party = $2", &[&kind, &id]).await?;
     put_credential(tx, token_hash, party).await?;
     Ok(Ok(()))
+}
+
+/// The advisory lock text of a remittance idempotency key (operator-wide).
+fn remittance_lock_text(key: &str) -> String {
+    format!("syncpay remittance/{key}")
+}
+
+/// The advisory lock text of one (carrier, shop, month, currency): every
+/// remittance of it holds this lock from before it reads what was remitted
+/// until its commit, so two never both pass the check on the same sums.
+fn remittance_slot_lock_text(r: &NewRemittance) -> String {
+    format!("syncpay remittance slot/{}/{}/{}/{}", r.carrier, r.shop, r.month, r.currency)
+}
+
+/// A sum of u64 amounts read as `numeric::text` (it may pass u64).
+fn sum_of(text: &str) -> Result<u128, PgError> {
+    text.parse().map_err(|_| corrupt(format!("sum {text:?}")))
+}
+
+/// The (carrier, shop, month, currency) line as this transaction sees it:
+/// the month's carrier-billed sales from payout_entries and the
+/// remittances recorded for it.
+async fn remittance_line(tx: &Transaction<'_>, r: &NewRemittance) -> Result<CarrierStatementLine, PgError> {
+    let sales = tx
+        .query_one(
+            "SELECT coalesce(sum(gross) FILTER (WHERE kind = 'SETTLEMENT'), 0)::text,
+                    coalesce(sum(fee) FILTER (WHERE kind = 'SETTLEMENT'), 0)::text,
+                    coalesce(sum(gross) FILTER (WHERE kind = 'REFUND'), 0)::text,
+                    count(*) FILTER (WHERE kind = 'SETTLEMENT')
+             FROM payout_entries
+             WHERE shop = $1 AND carrier = $2 AND currency = $3 AND at >= $4 AND at < $5",
+            &[
+                &r.shop.as_str(),
+                &r.carrier.as_str(),
+                &r.currency.code(),
+                &big(r.month.start().0)?,
+                &big(r.month.end().0)?,
+            ],
+        )
+        .await?;
+    let remitted = tx
+        .query_one(
+            "SELECT coalesce(sum(amount), 0)::text, count(*) FROM remittances
+             WHERE carrier = $1 AND shop = $2 AND month = $3 AND currency = $4",
+            &[&r.carrier.as_str(), &r.shop.as_str(), &month_int(r.month)?, &r.currency.code()],
+        )
+        .await?;
+    Ok(CarrierStatementLine {
+        shop: r.shop.clone(),
+        currency: r.currency,
+        sales: CarrierSales {
+            gross: sum_of(sales.try_get(0)?)?,
+            fee: sum_of(sales.try_get(1)?)?,
+            refunded: sum_of(sales.try_get(2)?)?,
+            settlements: rows::unbig(sales.try_get(3)?)?,
+        },
+        remitted: sum_of(remitted.try_get(0)?)?,
+        remittances: rows::unbig(remitted.try_get(1)?)?,
+    })
+}
+
+/// A month as stored (`yyyy * 100 + mm`).
+pub fn month_int(m: Month) -> Result<i32, PgError> {
+    i32::try_from(m.number()).map_err(|_| corrupt("month"))
+}
+
+/// A carrier's remittance: under the key's advisory lock (a retry finds
+/// the original) and then the slot's (remittances of one carrier, shop,
+/// month and currency one after another), what is owed and what was
+/// remitted are read, checked, and the posting set and record written in
+/// the same transaction.
+pub async fn remit(tx: &Transaction<'_>, r: &NewRemittance) -> Step<Remitted, RemittanceRefusal> {
+    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&remittance_lock_text(&r.idempotency_key)])
+        .await?;
+    let prior = tx
+        .query_opt(
+            "SELECT remittance_id, carrier, shop, month, currency, amount, reference, at FROM remittances
+             WHERE idempotency_key = $1",
+            &[&r.idempotency_key],
+        )
+        .await?;
+    if let Some(row) = prior {
+        let carrier = rows::carrier_id(row.try_get(1)?)?;
+        let shop = rows::shop_id(row.try_get(2)?)?;
+        let month = u32::try_from(row.try_get::<_, i32>(3)?)
+            .ok()
+            .and_then(Month::from_number)
+            .ok_or_else(|| corrupt("remittance month"))?;
+        let currency = rows::currency(row.try_get(4)?)?;
+        let amount = rows::amount(row.try_get(5)?);
+        // Compared as sent, in the request's field order.
+        let differs = if carrier != r.carrier {
+            Some(RemittanceField::Carrier)
+        } else if shop != r.shop {
+            Some(RemittanceField::Shop)
+        } else if month != r.month {
+            Some(RemittanceField::Month)
+        } else if currency != r.currency {
+            Some(RemittanceField::Currency)
+        } else if amount != r.amount {
+            Some(RemittanceField::Amount)
+        } else {
+            None
+        };
+        if let Some(field) = differs {
+            return Ok(Err(RemittanceRefusal::Differs(field)));
+        }
+        let remittance = RemittanceRecord {
+            remittance_id: rows::unbig(row.try_get(0)?)?,
+            carrier,
+            shop,
+            month,
+            currency,
+            amount,
+            reference: row.try_get(6)?,
+            idempotency_key: r.idempotency_key.clone(),
+            at: rows::ms(row.try_get(7)?)?,
+        };
+        let line = remittance_line(tx, r).await?;
+        return Ok(Ok(Remitted { remittance, line, replayed: true }));
+    }
+    if tx.query_opt("SELECT 1 FROM carriers WHERE id = $1", &[&r.carrier.as_str()]).await?.is_none() {
+        return Ok(Err(RemittanceRefusal::UnknownCarrier));
+    }
+    if tx.query_opt("SELECT 1 FROM shops WHERE id = $1", &[&r.shop.as_str()]).await?.is_none() {
+        return Ok(Err(RemittanceRefusal::UnknownShop));
+    }
+    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&remittance_slot_lock_text(r)]).await?;
+    let before = remittance_line(tx, r).await?;
+    let outstanding = before.outstanding().max(0);
+    let exceeds =
+        || RemittanceRefusal::Exceeds { outstanding: Amount::new(u64::try_from(outstanding).unwrap_or(u64::MAX)) };
+    if r.amount == Amount::ZERO || i128::from(r.amount.minor()) > outstanding {
+        return Ok(Err(exceeds()));
+    }
+    let set = match PostingSet::transfer(
+        AccountName::SystemRemittance(r.currency),
+        AccountName::CarrierRemitted(r.carrier.clone(), r.currency),
+        r.amount,
+    ) {
+        Ok(set) => set,
+        Err(e) => return Ok(Err(RemittanceRefusal::Postings(PostingRefusal::Invalid(e)))),
+    };
+    let posted = match sql::post(tx, &set, SetKind::Remittance, None, r.now).await? {
+        Ok(posted) => posted,
+        Err(sql::PostRefusal::Overflow(a)) => {
+            return Ok(Err(RemittanceRefusal::Postings(PostingRefusal::TotalOverflows(a))))
+        }
+        Err(sql::PostRefusal::BelowZero(a)) => {
+            return Ok(Err(RemittanceRefusal::Postings(PostingRefusal::BelowZero(a))))
+        }
+    };
+    let remittance_id = posted.set_id;
+    let reference = remittance_reference(remittance_id);
+    tx.execute(
+        "INSERT INTO remittances (remittance_id, carrier, shop, month, currency, amount, reference, idempotency_key, at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        &[
+            &big(remittance_id)?,
+            &r.carrier.as_str(),
+            &r.shop.as_str(),
+            &month_int(r.month)?,
+            &r.currency.code(),
+            &Minor::from(r.amount),
+            &reference,
+            &r.idempotency_key,
+            &big(r.now.0)?,
+        ],
+    )
+    .await?;
+    let remittance = RemittanceRecord {
+        remittance_id,
+        carrier: r.carrier.clone(),
+        shop: r.shop.clone(),
+        month: r.month,
+        currency: r.currency,
+        amount: r.amount,
+        reference,
+        idempotency_key: r.idempotency_key.clone(),
+        at: r.now,
+    };
+    let line = CarrierStatementLine {
+        remitted: before.remitted + u128::from(r.amount.minor()),
+        remittances: before.remittances.saturating_add(1),
+        ..before
+    };
+    Ok(Ok(Remitted { remittance, line, replayed: false }))
 }

@@ -120,7 +120,7 @@ pub fn decision(name: Option<&str>) -> Result<Option<Decision>, PgError> {
 }
 
 pub fn posting_kind(name: &str) -> Result<PostingKind, PgError> {
-    [PostingKind::TopUp, PostingKind::Settlement, PostingKind::Refund, PostingKind::Payout]
+    [PostingKind::TopUp, PostingKind::Settlement, PostingKind::Refund, PostingKind::Payout, PostingKind::Remittance]
         .into_iter()
         .find(|k| k.name() == name)
         .ok_or_else(|| corrupt(format!("posting kind {name}")))
@@ -134,10 +134,12 @@ pub fn account_name(key: &str) -> Result<AccountName, PgError> {
     let name = match parts.as_slice() {
         ["system", "funding", c] => AccountName::SystemFunding(currency(c)?),
         ["system", "payout", c] => AccountName::SystemPayout(currency(c)?),
+        ["system", "remittance", c] => AccountName::SystemRemittance(currency(c)?),
         ["shop", s, c] => AccountName::ShopPayable(shop_id(s)?, currency(c)?),
         ["wallet", n, c] => AccountName::Wallet(number(n)?, currency(c)?),
         ["bill", carrier, n, c] => AccountName::CarrierBill(carrier_id(carrier)?, number(n)?, currency(c)?),
         ["carrier", carrier, "fees", c] => AccountName::CarrierFees(carrier_id(carrier)?, currency(c)?),
+        ["carrier", carrier, "remitted", c] => AccountName::CarrierRemitted(carrier_id(carrier)?, currency(c)?),
         _ => return Err(bad()),
     };
     if name.key() != key {

@@ -55,6 +55,7 @@ pub enum SetKind {
     Settlement,
     Refund,
     Payout,
+    Remittance,
 }
 
 impl SetKind {
@@ -64,6 +65,7 @@ impl SetKind {
             SetKind::Settlement => "SETTLEMENT",
             SetKind::Refund => "REFUND",
             SetKind::Payout => "PAYOUT",
+            SetKind::Remittance => "REMITTANCE",
         }
     }
 }

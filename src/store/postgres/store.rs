@@ -31,20 +31,21 @@ use crate::domain::{
     AccountName, Balance, CarrierId, Currency, Decision, IpKey, IpPrefix, Month, Principal, RegisterId, ShopId,
     SubscriberNumber, TradeId, UnixMs,
 };
-use crate::store::records::PayoutRecord;
 use crate::store::records::{
     AccountRecord, CapUsage, CarrierRecord, Delivery, EventRecord, Funding, HandsetRecord, PayoutEntry, PostingRecord,
     RegisterRecord, ShopRecord, SubscriberRecord, TradeRecord,
 };
+use crate::store::records::{CarrierSales, CarrierStatementLine, PayoutRecord, RemittanceRecord};
 use crate::store::verify::{LedgerView, VerifyReport};
 use crate::store::{
     AcceptanceRefusal, AckOutcome, AddPrefixesRefusal, AnswerOutcome, AnswerRefusal, CancelOutcome, CancelRefusal,
-    CloseRegisterRefusal, CreateCarrierRefusal, CreateShopRefusal, CreateTradeRefusal, Created, EnrollHandsetRefusal,
-    EnrollSubscriberRefusal, EventHeads, ExpireOutcome, Failure, HandsetAnswer, LeaseRefusal, LeaseReport,
-    LeasesRecorded, Ledger, Lifecycle, Network, NewCarrier, NewHandset, NewPayout, NewRefund, NewRegister, NewShop,
-    NewSubscriber, NewTrade, NoRefusal, OpenRegisterRefusal, PaidOut, Parties, PayoutRefusal, Pending, RefundRefusal,
-    Refunded, RotateCredentialRefusal, ShopPayoutRefusal, ShopStatus, SignatureCheck, StatementData, StatementRefusal,
-    StoreError, SuspendRefusal, TopUp, TopUpRefusal, ToppedUp, TradeHistory, Trades,
+    CarrierStatementRefusal, CloseRegisterRefusal, CreateCarrierRefusal, CreateShopRefusal, CreateTradeRefusal,
+    Created, EnrollHandsetRefusal, EnrollSubscriberRefusal, EventHeads, ExpireOutcome, Failure, HandsetAnswer,
+    LeaseRefusal, LeaseReport, LeasesRecorded, Ledger, Lifecycle, Network, NewCarrier, NewHandset, NewPayout,
+    NewRefund, NewRegister, NewRemittance, NewShop, NewSubscriber, NewTrade, NoRefusal, OpenRegisterRefusal, PaidOut,
+    Parties, PayoutRefusal, Pending, RefundRefusal, Refunded, RemittanceRefusal, Remitted, RotateCredentialRefusal,
+    ShopPayoutRefusal, ShopStatus, SignatureCheck, StatementData, StatementRefusal, StoreError, SuspendRefusal, TopUp,
+    TopUpRefusal, ToppedUp, TradeHistory, Trades,
 };
 
 /// How often a node re-reads the event heads of the shops it serves, so
@@ -994,6 +995,10 @@ impl Ledger for PgStore {
         in_tx!(self, |tx, _cx| parties::payout_shop(&tx, &payout))
     }
 
+    async fn remit(&self, remittance: NewRemittance) -> Result<Remitted, StoreError<RemittanceRefusal>> {
+        in_tx!(self, |tx, _cx| parties::remit(&tx, &remittance))
+    }
+
     async fn account(&self, name: &AccountName) -> Result<Option<AccountRecord>, Failure> {
         let c = self.client().await.map_err(failure)?;
         let row = c
@@ -1204,6 +1209,109 @@ impl Network for PgStore {
         }
         found.iter().map(payout_row).collect::<Result<_, _>>().map_err(failed)
     }
+
+    async fn carrier_statement(
+        &self,
+        carrier: &CarrierId,
+        month: Month,
+        after: Option<&ShopId>,
+        limit: usize,
+    ) -> Result<Vec<CarrierStatementLine>, StoreError<CarrierStatementRefusal>> {
+        self.carrier_statement_in(carrier, month, after, limit)
+            .await
+            .map_err(failed)?
+            .ok_or(StoreError::Refused(CarrierStatementRefusal::UnknownCarrier))
+    }
+}
+
+impl PgStore {
+    /// A carrier's statement (see `Network::carrier_statement`) from one
+    /// snapshot: the page's shops first (those with entries or
+    /// remittances of the month, in byte order as the sled backend), then
+    /// their sums.
+    async fn carrier_statement_in(
+        &self,
+        carrier: &CarrierId,
+        month: Month,
+        after: Option<&ShopId>,
+        limit: usize,
+    ) -> Result<Option<Vec<CarrierStatementLine>>, PgError> {
+        let mut pooled = self.client().await?;
+        let c: &mut tokio_postgres::Client = &mut pooled;
+        let tx = c.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
+        if tx.query_opt("SELECT 1 FROM carriers WHERE id = $1", &[&carrier.as_str()]).await?.is_none() {
+            return Ok(None);
+        }
+        let (from, to) = (big(month.start().0)?, big(month.end().0)?);
+        let m = parties::month_int(month)?;
+        let after = after.map_or("", |a| a.as_str());
+        let shops: Vec<String> = tx
+            .query(
+                "SELECT shop FROM (
+                     SELECT shop FROM payout_entries WHERE carrier = $1 AND at >= $2 AND at < $3
+                     UNION SELECT shop FROM remittances WHERE carrier = $1 AND month = $4
+                 ) s WHERE shop COLLATE \"C\" > $5 ORDER BY shop COLLATE \"C\" LIMIT $6",
+                &[&carrier.as_str(), &from, &to, &m, &after, &limit_of(limit)],
+            )
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        let mut lines: std::collections::BTreeMap<(String, String), CarrierStatementLine> =
+            std::collections::BTreeMap::new();
+        let blank = |shop: &str, currency: &str| -> Result<CarrierStatementLine, PgError> {
+            Ok(CarrierStatementLine {
+                shop: rows::shop_id(shop)?,
+                currency: rows::currency(currency)?,
+                sales: CarrierSales::default(),
+                remitted: 0,
+                remittances: 0,
+            })
+        };
+        let sum = |t: &str| -> Result<u128, PgError> { t.parse().map_err(|_| corrupt(format!("sum {t:?}"))) };
+        for r in tx
+            .query(
+                "SELECT shop, currency,
+                        coalesce(sum(gross) FILTER (WHERE kind = 'SETTLEMENT'), 0)::text,
+                        coalesce(sum(fee) FILTER (WHERE kind = 'SETTLEMENT'), 0)::text,
+                        coalesce(sum(gross) FILTER (WHERE kind = 'REFUND'), 0)::text,
+                        count(*) FILTER (WHERE kind = 'SETTLEMENT')
+                 FROM payout_entries WHERE carrier = $1 AND at >= $2 AND at < $3 AND shop = ANY($4)
+                 GROUP BY shop, currency",
+                &[&carrier.as_str(), &from, &to, &shops],
+            )
+            .await?
+        {
+            let (shop, currency): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+            let mut line = blank(&shop, &currency)?;
+            line.sales = CarrierSales {
+                gross: sum(r.try_get(2)?)?,
+                fee: sum(r.try_get(3)?)?,
+                refunded: sum(r.try_get(4)?)?,
+                settlements: rows::unbig(r.try_get(5)?)?,
+            };
+            lines.insert((shop, currency), line);
+        }
+        for r in tx
+            .query(
+                "SELECT shop, currency, sum(amount)::text, count(*) FROM remittances
+                 WHERE carrier = $1 AND month = $2 AND shop = ANY($3) GROUP BY shop, currency",
+                &[&carrier.as_str(), &m, &shops],
+            )
+            .await?
+        {
+            let (shop, currency): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+            let line = match lines.entry((shop.clone(), currency.clone())) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => e.insert(blank(&shop, &currency)?),
+            };
+            line.remitted = sum(r.try_get(2)?)?;
+            line.remittances = rows::unbig(r.try_get(3)?)?;
+        }
+        tx.commit().await?;
+        // String order of ASCII slugs and codes is their byte order.
+        Ok(Some(lines.into_values().collect()))
+    }
 }
 
 fn cap_usage(r: &tokio_postgres::Row) -> Result<CapUsage, PgError> {
@@ -1277,6 +1385,8 @@ struct Snapshot {
     trades: HashMap<TradeId, TradeRecord>,
     registers: Vec<RegisterRecord>,
     payouts: Vec<PayoutRecord>,
+    payout_entries: Vec<(ShopId, UnixMs, PayoutEntry)>,
+    remittances: Vec<RemittanceRecord>,
 }
 
 impl PgStore {
@@ -1344,8 +1454,53 @@ impl PgStore {
                 at: rows::ms(r.try_get(6)?)?,
             });
         }
+        let mut payout_entries = Vec::new();
+        for r in tx
+            .query(
+                "SELECT kind, trade, carrier, currency, gross, fee, set_id, reference, at, shop FROM payout_entries
+                 ORDER BY shop, at, set_id",
+                &[],
+            )
+            .await?
+        {
+            payout_entries.push((rows::shop_id(r.try_get(9)?)?, rows::ms(r.try_get(8)?)?, payout_row(&r)?));
+        }
+        let mut remittances = Vec::new();
+        for r in tx
+            .query(
+                "SELECT remittance_id, carrier, shop, month, currency, amount, reference, idempotency_key, at
+                 FROM remittances ORDER BY remittance_id",
+                &[],
+            )
+            .await?
+        {
+            remittances.push(RemittanceRecord {
+                remittance_id: rows::unbig(r.try_get(0)?)?,
+                carrier: rows::carrier_id(r.try_get(1)?)?,
+                shop: rows::shop_id(r.try_get(2)?)?,
+                month: u32::try_from(r.try_get::<_, i32>(3)?)
+                    .ok()
+                    .and_then(Month::from_number)
+                    .ok_or_else(|| corrupt("remittance month"))?,
+                currency: rows::currency(r.try_get(4)?)?,
+                amount: rows::amount(r.try_get(5)?),
+                reference: r.try_get(6)?,
+                idempotency_key: r.try_get(7)?,
+                at: rows::ms(r.try_get(8)?)?,
+            });
+        }
         tx.commit().await?;
-        Ok(Snapshot { postings, accounts, bill_lines, cap_use, trades, registers, payouts })
+        Ok(Snapshot {
+            postings,
+            accounts,
+            bill_lines,
+            cap_use,
+            trades,
+            registers,
+            payouts,
+            payout_entries,
+            remittances,
+        })
     }
 }
 
@@ -1412,5 +1567,19 @@ impl LedgerView for Snapshot {
 
     fn for_each_payout(&self, visit: &mut dyn FnMut(PayoutRecord) -> Result<(), Failure>) -> Result<(), Failure> {
         self.payouts.iter().try_for_each(|p| visit(p.clone()))
+    }
+
+    fn for_each_payout_entry(
+        &self,
+        visit: &mut dyn FnMut(ShopId, UnixMs, PayoutEntry) -> Result<(), Failure>,
+    ) -> Result<(), Failure> {
+        self.payout_entries.iter().try_for_each(|(s, at, e)| visit(s.clone(), *at, e.clone()))
+    }
+
+    fn for_each_remittance(
+        &self,
+        visit: &mut dyn FnMut(RemittanceRecord) -> Result<(), Failure>,
+    ) -> Result<(), Failure> {
+        self.remittances.iter().try_for_each(|r| visit(r.clone()))
     }
 }

@@ -9,13 +9,13 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::domain::{
-    Amount, CarrierId, Currency, Decision, FailureReason, IpPrefix, PortRange, ShopId, SubscriberNumber, TradeId,
-    TradeState, UnixMs,
+    Amount, CarrierId, Currency, Decision, FailureReason, IpPrefix, Month, PortRange, ShopId, SubscriberNumber,
+    TradeId, TradeState, UnixMs,
 };
 use crate::store::records::{
     AccountRecord, BillLine, CapUsage, CarrierRecord, Delivery, EventKind, EventRecord, HandsetRecord, NetworkIdentity,
-    PayoutEntry, PayoutRecord, PostingRecord, Receipt, RegisterRecord, ShopRecord, SignedTerms, SubscriberRecord,
-    TradeRecord, TradeRequest,
+    PayoutEntry, PayoutRecord, PostingRecord, Receipt, RegisterRecord, RemittanceRecord, ShopRecord, SignedTerms,
+    SubscriberRecord, TradeRecord, TradeRequest,
 };
 use crate::store::{Failure, PayoutAmount};
 
@@ -76,6 +76,7 @@ first_layout!(
     BillLine,
     PayoutEntry,
     PayoutRecord,
+    RemittanceRecord,
     (),
     u64,
     u128,
@@ -342,6 +343,16 @@ pub enum IdempotencyRecord {
     /// A PayoutShop key (operator-wide): the request as the operator sent
     /// it, and the payout it made. (Appended, as `Refund`.)
     Payout { shop: ShopId, currency: Currency, amount: PayoutAmount, payout_id: u64 },
+    /// A RecordRemittance key (operator-wide): the request as sent and the
+    /// remittance it made. (Appended, as `Refund`.)
+    Remittance {
+        carrier: CarrierId,
+        shop: ShopId,
+        month: Month,
+        currency: Currency,
+        amount: Amount,
+        remittance_id: u64,
+    },
 }
 
 /// One of a carrier's IP prefixes.

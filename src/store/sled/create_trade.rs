@@ -60,7 +60,8 @@ impl WriteOp for CreateTrade {
                     IdempotencyRecord::NetworkTrade { trade, request } => (trade, request.map_payer(PayerRef::Network)),
                     IdempotencyRecord::Refund { .. }
                     | IdempotencyRecord::RefundV1 { .. }
-                    | IdempotencyRecord::Payout { .. } => return corrupt("trade idempotency key holds a refund"),
+                    | IdempotencyRecord::Payout { .. }
+                    | IdempotencyRecord::Remittance { .. } => return corrupt("trade idempotency key holds a refund"),
                 };
                 if let Some(difference) = sent.first_difference(&t.request) {
                     return refuse(CreateTradeRefusal::Differs(difference));

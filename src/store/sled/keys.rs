@@ -107,6 +107,28 @@ pub mod net {
     pub fn trade_history(trade: &TradeId) -> Vec<u8> {
         [&b"H"[..], &trade.as_bytes()[..]].concat()
     }
+    /// `R` ‖ carrier 0 ‖ month: the prefix of a carrier's remittances for
+    /// a month.
+    pub fn remittance_month(carrier: &CarrierId, month: Month) -> Vec<u8> {
+        let mut k = [&b"R"[..], carrier.as_str().as_bytes(), b"\0"].concat();
+        k.extend_from_slice(&month.number().to_be_bytes());
+        k
+    }
+    /// `R` ‖ carrier 0 ‖ month ‖ shop 0 ‖ currency: the prefix of one
+    /// shop's remittances of the month in one currency.
+    pub fn remittance_slot(carrier: &CarrierId, month: Month, shop: &ShopId, currency: Currency) -> Vec<u8> {
+        let mut k = remittance_month(carrier, month);
+        k.extend_from_slice(shop.as_str().as_bytes());
+        k.push(0);
+        k.extend_from_slice(currency.as_bytes());
+        k
+    }
+    /// A remittance record, in id order within its slot.
+    pub fn remittance(carrier: &CarrierId, month: Month, shop: &ShopId, currency: Currency, id: u64) -> Vec<u8> {
+        let mut k = remittance_slot(carrier, month, shop, currency);
+        k.extend_from_slice(&id.to_be_bytes());
+        k
+    }
     /// `S` ‖ shop 0 ‖ at ‖ set: a payout entry, in time order per shop.
     pub fn payout(shop: &ShopId, at: UnixMs, set_id: u64) -> Vec<u8> {
         let mut k = [&b"S"[..], shop.as_str().as_bytes(), b"\0"].concat();
@@ -121,6 +143,15 @@ pub mod net {
 pub fn payout_idempotency(key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + key.len());
     k.push(0x01);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// An operator-wide RecordRemittance idempotency key in the idempotency
+/// tree: 0x02, like 0x01, never begins a shop slug.
+pub fn remittance_idempotency(key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(0x02);
     k.extend_from_slice(key.as_bytes());
     k
 }

@@ -8,7 +8,8 @@
 //! helper and the `Step` a write returns), `keys.rs` and `codec.rs` (key
 //! layouts and record encoding), one file per use case (`parties.rs`,
 //! `create_trade.rs`, `answer.rs`, `cancel.rs`, `refund.rs`, `ledger.rs`,
-//! `network.rs`, `billing.rs`), `events.rs` (events, outbox, the effects
+//! `network.rs`, `billing.rs`, `payout.rs`, `remit.rs` for carrier
+//! remittances and statements, `operator.rs`), `events.rs` (events, outbox, the effects
 //! of a final state), `recent.rs` (the console's newest postings and
 //! trades), `verify.rs` (the view the shared checks read) and `config.rs`
 //! (settings and opening).
@@ -30,6 +31,7 @@ mod parties;
 mod payout;
 mod recent;
 mod refund;
+mod remit;
 mod tx;
 mod verify;
 mod writer;
@@ -51,18 +53,19 @@ use crate::store::backend::{Ledger, Lifecycle, Network, Parties, Trades};
 use crate::store::backup::StoreBackup;
 use crate::store::heads::EventHeads;
 use crate::store::records::{
-    AccountRecord, CarrierRecord, Delivery, EventRecord, HandsetRecord, PayoutEntry, PostingRecord, RegisterRecord,
-    ShopRecord, SubscriberRecord, TradeRecord,
+    AccountRecord, CarrierRecord, CarrierStatementLine, Delivery, EventRecord, HandsetRecord, PayoutEntry,
+    PostingRecord, RegisterRecord, ShopRecord, SubscriberRecord, TradeRecord,
 };
 use crate::store::verify::VerifyReport;
 use crate::store::{
     AcceptanceRefusal, AckOutcome, AddPrefixesRefusal, AnswerOutcome, AnswerRefusal, BackupRefusal, CancelOutcome,
-    CancelRefusal, CloseRegisterRefusal, CreateCarrierRefusal, CreateShopRefusal, CreateTradeRefusal, Created,
-    EnrollHandsetRefusal, EnrollSubscriberRefusal, ExpireOutcome, Failure, HandsetAnswer, LeaseRefusal, LeaseReport,
-    LeasesRecorded, NewCarrier, NewHandset, NewPayout, NewRefund, NewRegister, NewShop, NewSubscriber, NewTrade,
-    NoRefusal, OpenRegisterRefusal, PaidOut, PayoutRefusal, Pending, RefundRefusal, Refunded, RotateCredentialRefusal,
-    ShopPayoutRefusal, ShopStatus, SignatureCheck, StatementData, StatementRefusal, StoreError, SuspendRefusal, TopUp,
-    TopUpRefusal, ToppedUp, TradeHistory,
+    CancelRefusal, CarrierStatementRefusal, CloseRegisterRefusal, CreateCarrierRefusal, CreateShopRefusal,
+    CreateTradeRefusal, Created, EnrollHandsetRefusal, EnrollSubscriberRefusal, ExpireOutcome, Failure, HandsetAnswer,
+    LeaseRefusal, LeaseReport, LeasesRecorded, NewCarrier, NewHandset, NewPayout, NewRefund, NewRegister,
+    NewRemittance, NewShop, NewSubscriber, NewTrade, NoRefusal, OpenRegisterRefusal, PaidOut, PayoutRefusal, Pending,
+    RefundRefusal, Refunded, RemittanceRefusal, Remitted, RotateCredentialRefusal, ShopPayoutRefusal, ShopStatus,
+    SignatureCheck, StatementData, StatementRefusal, StoreError, SuspendRefusal, TopUp, TopUpRefusal, ToppedUp,
+    TradeHistory,
 };
 
 pub use billing::MAX_PAYOUT_ENTRIES;
@@ -531,6 +534,10 @@ impl Ledger for SledStore {
         self.write(payout).await
     }
 
+    async fn remit(&self, remittance: NewRemittance) -> Result<Remitted, StoreError<RemittanceRefusal>> {
+        self.write(remit::Remit::new(remittance)).await
+    }
+
     async fn recent_postings(&self, limit: usize) -> Result<Vec<PostingRecord>, Failure> {
         let v = self.newest_postings(limit)?;
         self.durable(v).await
@@ -601,6 +608,19 @@ impl Network for SledStore {
         let v = self.payout_entries_now(shop, from, to)?;
         Ok(self.durable(v).await?)
     }
+
+    async fn carrier_statement(
+        &self,
+        carrier: &CarrierId,
+        month: Month,
+        after: Option<&ShopId>,
+        limit: usize,
+    ) -> Result<Vec<CarrierStatementLine>, StoreError<CarrierStatementRefusal>> {
+        let (carrier, after) = (carrier.clone(), after.cloned());
+        self.read_on_writer(move |shared| remit::statement_on_writer(shared, &carrier, month, after.as_ref(), limit))
+            .await?
+            .ok_or(StoreError::Refused(CarrierStatementRefusal::UnknownCarrier))
+    }
 }
 
 #[async_trait]
@@ -656,5 +676,7 @@ impl Lifecycle for SledStore {
 mod footprint_tests;
 #[cfg(test)]
 mod payout_tests;
+#[cfg(test)]
+mod remit_tests;
 #[cfg(test)]
 mod tests;

@@ -365,6 +365,24 @@ async fn a_trade_history_has_every_event_and_posting() {
 }
 
 #[tokio::test]
+async fn verify_catches_a_zero_payout_in_a_currency_no_payout_account_holds() {
+    let p = fixture().await;
+    p.sale(1_000).await;
+    let paid = p.pay(400, "po").await.expect("payout");
+    let usd = Currency::parse("USD").expect("usd");
+    let planted = PayoutRecord { payout_id: 9_999, amount: Amount::ZERO, currency: usd, ..paid.payout.clone() };
+    plant_payout(&p, &planted);
+    let v = p.violations().await;
+    for want in [
+        "payout 9999 has no posting set",
+        "payout 9999 is of zero",
+        "payouts in USD sum to 0 but no payout account holds them",
+    ] {
+        assert!(v.iter().any(|v| v == want), "want {want:?} in {v:?}");
+    }
+}
+
+#[tokio::test]
 async fn a_store_from_before_the_history_index_gets_it_at_open() {
     let p = fixture().await;
     let sold = p.sale(900).await;

@@ -34,7 +34,8 @@ impl WriteOp for NewRefund {
                     }
                     IdempotencyRecord::Trade { .. }
                     | IdempotencyRecord::NetworkTrade { .. }
-                    | IdempotencyRecord::Payout { .. } => return corrupt("refund idempotency key holds a trade"),
+                    | IdempotencyRecord::Payout { .. }
+                    | IdempotencyRecord::Remittance { .. } => return corrupt("refund idempotency key holds a trade"),
                 };
                 if prior_trade != *trade_id {
                     return refuse(RefundRefusal::Differs(RefundField::Trade));

@@ -4,9 +4,10 @@
 
 use super::codec::Record;
 
-use crate::domain::{AccountName, CarrierId, Currency, Month, SubscriberNumber, TradeId};
+use crate::domain::{AccountName, CarrierId, Currency, Month, ShopId, SubscriberNumber, TradeId, UnixMs};
 use crate::store::records::{
-    AccountRecord, BillLine, CapUsage, PayoutRecord, PostingRecord, RegisterRecord, TradeRecord,
+    AccountRecord, BillLine, CapUsage, PayoutEntry, PayoutRecord, PostingRecord, RegisterRecord, RemittanceRecord,
+    TradeRecord,
 };
 use crate::store::verify::LedgerView;
 use crate::store::Failure;
@@ -82,5 +83,28 @@ impl LedgerView for View<'_> {
 
     fn for_each_payout(&self, visit: &mut dyn FnMut(PayoutRecord) -> Result<(), Failure>) -> Result<(), Failure> {
         self.each(self.0.tree(T::Network).scan_prefix(b"O"), &mut |_, p| visit(p))
+    }
+
+    /// Entries are `S ‖ shop 0 ‖ at (8) ‖ set (8)`: the shop and instant
+    /// come from the key.
+    fn for_each_payout_entry(
+        &self,
+        visit: &mut dyn FnMut(ShopId, UnixMs, PayoutEntry) -> Result<(), Failure>,
+    ) -> Result<(), Failure> {
+        self.each(self.0.tree(T::Network).scan_prefix(b"S"), &mut |k, e| {
+            let bad = || Failure::Corrupt("payout entry key".into());
+            let rest = k.get(1..).ok_or_else(bad)?;
+            let nul = rest.iter().position(|b| *b == 0).ok_or_else(bad)?;
+            let shop = std::str::from_utf8(&rest[..nul]).ok().and_then(|s| ShopId::parse(s).ok()).ok_or_else(bad)?;
+            let at: [u8; 8] = rest.get(nul + 1..nul + 9).and_then(|b| b.try_into().ok()).ok_or_else(bad)?;
+            visit(shop, UnixMs(u64::from_be_bytes(at)), e)
+        })
+    }
+
+    fn for_each_remittance(
+        &self,
+        visit: &mut dyn FnMut(RemittanceRecord) -> Result<(), Failure>,
+    ) -> Result<(), Failure> {
+        self.each(self.0.tree(T::Network).scan_prefix(b"R"), &mut |_, r| visit(r))
     }
 }

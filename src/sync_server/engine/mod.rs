@@ -40,7 +40,7 @@ use super::limits::Limits;
 use super::rate_limit::{RateLimits, StreamSlots, WATCH_STREAMS};
 use super::receipt_keys::ReceiptKeys;
 
-pub use operator::{payout_amount, MAX_HISTORY_ITEMS};
+pub use operator::{payout_amount, NewRemittanceRequest, MAX_HISTORY_ITEMS, REMITTANCE_GRACE_MS};
 pub use receipts::{Dispute, DisputeRefusal, RotateRefusal};
 pub use sweeper::{SWEEP_BATCH, SWEEP_MAX_SLEEP, SWEEP_RETRY};
 pub use trades::{AwaitRefusal, ShopTrade, UnknownTrade};

@@ -1,11 +1,13 @@
-//! The operator's daily tools: shop payouts, shops and carriers a page at
-//! a time, suspending and resuming a shop, rotating a party's credential,
-//! and any trade's whole history.
+//! The operator's daily tools: shop payouts, carrier remittances and
+//! statements, shops and carriers a page at a time, suspending and
+//! resuming a shop, rotating a party's credential, and any trade's whole
+//! history.
 
-use crate::domain::{Amount, CarrierId, Currency, Principal, ShopId, TradeId};
+use crate::domain::{Amount, CarrierId, Currency, Month, Principal, ShopId, TradeId, UnixMs};
 use crate::store::{
-    CarrierRecord, Failure, NewPayout, PaidOut, PayoutAmount, RotateCredentialRefusal, ShopPayoutRefusal, ShopStatus,
-    SuspendRefusal, TradeHistory,
+    CarrierRecord, CarrierStatementLine, CarrierStatementRefusal, Failure, NewPayout, NewRemittance, PaidOut,
+    PayoutAmount, RemittanceRefusal, Remitted, RotateCredentialRefusal, ShopPayoutRefusal, ShopStatus, SuspendRefusal,
+    TradeHistory,
 };
 
 use super::super::limits::MAX_LIST;
@@ -16,7 +18,63 @@ use super::{now, Engine, EngineError};
 /// amount, so this bounds a pathological trade's answer, not a real one.
 pub const MAX_HISTORY_ITEMS: usize = 1000;
 
+/// How long after a month ends its remittances may begin: what a carrier
+/// owes for a month is its payout entries filed in it, each stamped with
+/// its node's clock when its write began, so one may still commit a
+/// moment after the month ended (a queued write, a node's clock behind
+/// another's). An hour is far beyond both, so once remittances may begin
+/// the month's sales no longer change and a remittance checked against
+/// them stays within what is owed.
+pub const REMITTANCE_GRACE_MS: u64 = 3_600_000;
+
 impl Engine {
+    /// Records a carrier's remittance of `amount` for the shop's
+    /// carrier-billed sales of `month` (closed, see
+    /// [`REMITTANCE_GRACE_MS`]); idempotent by `key` across the operator.
+    pub async fn remit(&self, r: NewRemittanceRequest) -> Result<Remitted, EngineError<RemittanceRefusal>> {
+        let now = now();
+        let open_until = UnixMs(r.month.end().0.saturating_add(REMITTANCE_GRACE_MS));
+        if now < open_until {
+            return Err(EngineError::Refused(RemittanceRefusal::MonthOpen { open_until }));
+        }
+        let done = self
+            .store
+            .remit(NewRemittance {
+                carrier: r.carrier,
+                shop: r.shop,
+                month: r.month,
+                currency: r.currency,
+                amount: r.amount,
+                idempotency_key: r.idempotency_key,
+                now,
+            })
+            .await?;
+        if !done.replayed {
+            tracing::info!(
+                carrier = %done.remittance.carrier,
+                shop = %done.remittance.shop,
+                month = %done.remittance.month,
+                remittance_id = done.remittance.remittance_id,
+                amount_minor = done.remittance.amount.minor(),
+                currency = %done.remittance.currency,
+                "carrier remittance recorded"
+            );
+        }
+        Ok(done)
+    }
+
+    /// A carrier's statement for `month`: one page of at most `limit`
+    /// shops (capped at [`MAX_LIST`]) after `after`.
+    pub async fn carrier_statement(
+        &self,
+        carrier: &CarrierId,
+        month: Month,
+        after: Option<&ShopId>,
+        limit: usize,
+    ) -> Result<Vec<CarrierStatementLine>, EngineError<CarrierStatementRefusal>> {
+        Ok(self.store.carrier_statement(carrier, month, after, limit.min(MAX_LIST)).await?)
+    }
+
     /// Pays out `amount` (or the whole balance) of the shop's payable
     /// balance in `currency`; idempotent by `key` across all shops.
     pub async fn payout_shop(
@@ -90,4 +148,15 @@ pub fn payout_amount(minor: Option<Amount>) -> PayoutAmount {
         Some(a) => PayoutAmount::Exact(a),
         None => PayoutAmount::WholeBalance,
     }
+}
+
+/// A RecordRemittance request as validated at the edge.
+#[derive(Debug, Clone)]
+pub struct NewRemittanceRequest {
+    pub carrier: CarrierId,
+    pub shop: ShopId,
+    pub month: Month,
+    pub currency: Currency,
+    pub amount: Amount,
+    pub idempotency_key: String,
 }
