@@ -146,6 +146,7 @@ impl World {
                 binding_code: "000000".into(),
                 max_open_per_register: 100,
                 offer_gate: None,
+                asked: None,
                 now: UnixMs(at),
             })
             .await

@@ -30,12 +30,12 @@ use tokio::sync::watch;
 
 use crate::domain::receipt::ReceiptSigner;
 use crate::domain::{
-    AccountName, CarrierId, Decision, IpKey, IpPrefix, Month, Principal, RegisterId, ShopId, SubscriberNumber, TradeId,
-    UnixMs,
+    AccountName, CarrierId, Decision, IpKey, IpPrefix, Month, Principal, RegisterId, ResolveMode, ShopId,
+    SubscriberNumber, TradeId, UnixMs,
 };
 
 use super::ops::{
-    AckOutcome, AnswerOutcome, CancelOutcome, Created, ExpireOutcome, HandsetAnswer, LeaseReport, LeasesRecorded,
+    AckOutcome, AnswerOutcome, CancelOutcome, Created, Route, ExpireOutcome, HandsetAnswer, LeaseReport, LeasesRecorded,
     NewCarrier, NewHandset, NewPayout, NewRefund, NewRegister, NewShop, NewSubscriber, NewTrade, PaidOut, Pending,
     Refunded, ShopStatus, SignatureCheck, StatementData, TopUp, ToppedUp, TradeHistory,
 };
@@ -125,7 +125,8 @@ pub trait Parties: Send + Sync {
 #[async_trait]
 pub trait Trades: Send + Sync {
     /// Resolves the payer (a number is itself; a network identity is
-    /// resolved for this shop before the commit), replays an idempotent
+    /// resolved for this shop before the commit, from the lease records
+    /// or, in ask mode, as [`NewTrade::asked`] says), replays an idempotent
     /// retry (compared as sent), then creates the trade: PENDING with its
     /// offer queued (if the offer gate admits it), or FAILED at once when
     /// nothing could ever answer it.
@@ -246,6 +247,13 @@ pub trait Network: Send + Sync {
         shop: &ShopId,
         accept: bool,
     ) -> Result<bool, StoreError<AcceptanceRefusal>>;
+    /// The carrier owning `addr`'s range (longest prefix), its resolve
+    /// mode and whether it accepts `shop`; `None` outside every range.
+    async fn route(&self, addr: IpKey, shop: &ShopId) -> Result<Option<Route>, Failure>;
+    /// Sets the carrier's resolve mode (its terms); returns it. Must
+    /// guarantee: once it returns, a ReportLeases of the carrier checks
+    /// the new mode (read in the batch's own transaction).
+    async fn set_resolve_mode(&self, carrier: &CarrierId, mode: ResolveMode) -> Result<ResolveMode, Failure>;
     /// Who held `addr` (and `port`) at `at`, if anyone.
     async fn lease_holder(
         &self,

@@ -24,9 +24,9 @@ use std::sync::Arc;
 pub use backend::{Backend, Ledger, Lifecycle, Network, Parties, Trades};
 pub use heads::EventHeads;
 pub use ops::{
-    AckOutcome, AnswerOutcome, CancelOutcome, Created, ExpireOutcome, HandsetAnswer, LeaseReport, LeasesRecorded,
+    AckOutcome, AnswerOutcome, AskedPayer, CancelOutcome, Created, ExpireOutcome, HandsetAnswer, LeaseReport, LeasesRecorded,
     NewCarrier, NewHandset, NewPayout, NewRefund, NewRegister, NewShop, NewSubscriber, NewTrade, OfferGate, PaidOut,
-    PayoutAmount, Pending, Refunded, RejectedAnswer, ShopStatus, SignatureCheck, StatementData, TopUp, ToppedUp,
+    PayoutAmount, Pending, Refunded, RejectedAnswer, Route, ShopStatus, SignatureCheck, StatementData, TopUp, ToppedUp,
     TradeHistory,
 };
 pub use records::{

@@ -26,6 +26,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "payouts_and_suspension",
         sql: include_str!("../../../migrations/0002_payouts_and_suspension.sql"),
     },
+    Migration { version: 3, name: "resolve_mode", sql: include_str!("../../../migrations/0003_resolve_mode.sql") },
 ];
 
 /// The schema version this binary writes.
