@@ -35,9 +35,9 @@ use crate::domain::{
 };
 
 use super::ops::{
-    AckOutcome, AnswerOutcome, CancelOutcome, Created, Route, ExpireOutcome, HandsetAnswer, LeaseReport, LeasesRecorded,
+    AckOutcome, AnswerOutcome, CancelOutcome, Created, ExpireOutcome, HandsetAnswer, LeaseReport, LeasesRecorded,
     NewCarrier, NewHandset, NewPayout, NewRefund, NewRegister, NewShop, NewSubscriber, NewTrade, PaidOut, Pending,
-    Refunded, ShopStatus, SignatureCheck, StatementData, TopUp, ToppedUp, TradeHistory,
+    Refunded, Route, ShopStatus, SignatureCheck, StatementData, TopUp, ToppedUp, TradeHistory,
 };
 use super::records::{
     AccountRecord, CarrierRecord, Delivery, EventRecord, HandsetRecord, PayoutEntry, PostingRecord, RegisterRecord,

@@ -24,10 +24,10 @@ use std::sync::Arc;
 pub use backend::{Backend, Ledger, Lifecycle, Network, Parties, Trades};
 pub use heads::EventHeads;
 pub use ops::{
-    AckOutcome, AnswerOutcome, AskedPayer, CancelOutcome, Created, ExpireOutcome, HandsetAnswer, LeaseReport, LeasesRecorded,
-    NewCarrier, NewHandset, NewPayout, NewRefund, NewRegister, NewShop, NewSubscriber, NewTrade, OfferGate, PaidOut,
-    PayoutAmount, Pending, Refunded, RejectedAnswer, Route, ShopStatus, SignatureCheck, StatementData, TopUp, ToppedUp,
-    TradeHistory,
+    AckOutcome, AnswerOutcome, AskedPayer, CancelOutcome, Created, ExpireOutcome, HandsetAnswer, LeaseReport,
+    LeasesRecorded, NewCarrier, NewHandset, NewPayout, NewRefund, NewRegister, NewShop, NewSubscriber, NewTrade,
+    OfferGate, PaidOut, PayoutAmount, Pending, Refunded, RejectedAnswer, Route, ShopStatus, SignatureCheck,
+    StatementData, TopUp, ToppedUp, TradeHistory,
 };
 pub use records::{
     AccountRecord, BillLine, CapUsage, CarrierRecord, Delivery, DeliveryBody, EventKind, EventRecord, Funding,

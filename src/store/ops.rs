@@ -111,7 +111,10 @@ pub struct NewTrade {
 /// retry is replayed before any of these is looked at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AskedPayer {
-    Found { carrier: CarrierId, subscriber: SubscriberNumber },
+    Found {
+        carrier: CarrierId,
+        subscriber: SubscriberNumber,
+    },
     /// No one, the carrier's refusal, no answer in time, or an answer the
     /// server refused: one outcome, so the shop cannot tell them apart.
     Miss,

@@ -250,11 +250,20 @@ pub enum LeaseList {
 /// batch is refused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseRefusal {
-    OutsidePrefixes { list: LeaseList, index: usize },
-    NotOwnSubscriber { list: LeaseList, index: usize },
+    OutsidePrefixes {
+        list: LeaseList,
+        index: usize,
+    },
+    NotOwnSubscriber {
+        list: LeaseList,
+        index: usize,
+    },
     /// The carrier resolves addresses itself (ask mode): no lease record
     /// is kept for it. Names the batch's first entry.
-    AskMode { list: LeaseList, index: usize },
+    AskMode {
+        list: LeaseList,
+        index: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
+use crate::carrier::ResolveReply;
 use crate::domain::approval::valid_public_key;
 use crate::domain::{Amount, Currency, Decision, RegisterId, ShopId, SubscriberNumber, TradeId};
-use crate::carrier::ResolveReply;
 use crate::domain::{CarrierId, Principal, ResolveMode, ED25519_SIGNATURE_LEN};
 use crate::proto;
 use crate::store::{Funding, LeaseReport, PayerRef, PayoutAmount, TradeRequest};
@@ -179,12 +179,21 @@ pub fn watch_trades(r: &proto::WatchTradesRequest) -> Result<Watch, ApiError> {
 /// One validated message from a carrier's relay stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Uplink {
-    Ack { delivery_id: u64 },
-    Answer { trade: TradeId, decision: Decision, signature: [u8; ED25519_SIGNATURE_LEN] },
+    Ack {
+        delivery_id: u64,
+    },
+    Answer {
+        trade: TradeId,
+        decision: Decision,
+        signature: [u8; ED25519_SIGNATURE_LEN],
+    },
     /// A carrier's answer to a resolve request (ask mode). A malformed
     /// answer is still an answer to its request: it ends the wait as
     /// refused, instead of letting the shop wait for the timeout.
-    Resolved { request_id: u64, reply: ResolveReply },
+    Resolved {
+        request_id: u64,
+        reply: ResolveReply,
+    },
 }
 
 pub fn relay_up(m: &proto::RelayUp) -> Result<Uplink, ApiError> {
@@ -201,7 +210,9 @@ pub fn relay_up(m: &proto::RelayUp) -> Result<Uplink, ApiError> {
             })?;
             Ok(Uplink::Answer { trade, decision, signature })
         }
-        Some(proto::relay_up::Body::Resolved(r)) => Ok(Uplink::Resolved { request_id: r.request_id, reply: resolved(r) }),
+        Some(proto::relay_up::Body::Resolved(r)) => {
+            Ok(Uplink::Resolved { request_id: r.request_id, reply: resolved(r) })
+        }
         None => Err(ApiError::invalid("body", "must be ack, answer or resolved")),
     }
 }

@@ -342,7 +342,8 @@ impl Relay {
         }
         let up = self.up.due(now);
         self.push_all(tx, up).await?;
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.resolves).into_iter().partition(|(d, _)| *d <= now);
+        let (due, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.resolves).into_iter().partition(|(d, _)| *d <= now);
         self.resolves = later;
         for (_, message) in due {
             self.send_resolve(tx, message).await?;
@@ -372,8 +373,12 @@ impl Relay {
                 Outbound::Ack(delivery_id) => acks.push(delivery_id),
                 Outbound::Answer(answer) => self.schedule(now, answer),
                 Outbound::Resolve(ResolveAction::Nothing) => {}
-                Outbound::Resolve(ResolveAction::Cut) => return Err(self.cut("resolve policy: disconnect mid-request", true)),
-                Outbound::Resolve(ResolveAction::Send { messages, after }) if after.is_zero() => resolved.extend(messages),
+                Outbound::Resolve(ResolveAction::Cut) => {
+                    return Err(self.cut("resolve policy: disconnect mid-request", true))
+                }
+                Outbound::Resolve(ResolveAction::Send { messages, after }) if after.is_zero() => {
+                    resolved.extend(messages)
+                }
                 Outbound::Resolve(ResolveAction::Send { messages, after }) => {
                     for message in messages {
                         if self.resolves.len() >= MAX_DELAYED_RESOLVES {

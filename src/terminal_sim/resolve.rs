@@ -204,7 +204,10 @@ mod tests {
         let found = (proto::ResolveOutcome::Found as i32, a.as_str().to_owned());
         let miss = (proto::ResolveOutcome::Miss as i32, String::new());
         assert_eq!(outcome(&decide(&t, &none, &ResolvePolicy::Answer, &held)), [found.clone()]);
-        assert_eq!(outcome(&decide(&t, &none, &ResolvePolicy::Answer, &request("198.51.100.9", 0, 1_500, "acme"))), [miss]);
+        assert_eq!(
+            outcome(&decide(&t, &none, &ResolvePolicy::Answer, &request("198.51.100.9", 0, 1_500, "acme"))),
+            [miss]
+        );
         assert_eq!(outcome(&decide(&t, &none, &ResolvePolicy::Twice, &held)), [found.clone(), found.clone()]);
         let slow = decide(&t, &none, &ResolvePolicy::Slow(Duration::from_secs(9)), &held);
         assert!(matches!(slow, ResolveAction::Send { after, .. } if after == Duration::from_secs(9)));

@@ -22,7 +22,8 @@ use crate::store::{
     AcceptanceRefusal, AccountRecord, AddPrefixesRefusal, CloseRegisterRefusal, CreateCarrierRefusal,
     CreateShopRefusal, EnrollHandsetRefusal, EnrollSubscriberRefusal, LeaseRefusal, LeaseReport, LeasesRecorded,
     NewCarrier, NewHandset, NewPayout, NewRegister, NewShop, NewSubscriber, OpenRegisterRefusal, PaidOut, PayoutAmount,
-    PayoutField, RotateCredentialRefusal, Route, ShopPayoutRefusal, ShopStatus, SuspendRefusal, TopUp, TopUpRefusal, ToppedUp,
+    PayoutField, RotateCredentialRefusal, Route, ShopPayoutRefusal, ShopStatus, SuspendRefusal, TopUp, TopUpRefusal,
+    ToppedUp,
 };
 
 /// Advisory lock under which a shop is created (its count checked
@@ -323,7 +324,11 @@ pub async fn route(client: &impl GenericClient, addr: IpKey, shop: &ShopId) -> R
     Ok(Some(Route { carrier, mode: parse_mode(row.try_get(1)?)?, accepted: row.try_get(2)? }))
 }
 
-pub async fn set_resolve_mode(tx: &Transaction<'_>, carrier: &CarrierId, mode: ResolveMode) -> Result<ResolveMode, PgError> {
+pub async fn set_resolve_mode(
+    tx: &Transaction<'_>,
+    carrier: &CarrierId,
+    mode: ResolveMode,
+) -> Result<ResolveMode, PgError> {
     tx.execute("UPDATE carriers SET resolve_mode = $2 WHERE id = $1", &[&carrier.as_str(), &mode_text(mode)]).await?;
     Ok(mode)
 }
@@ -340,7 +345,8 @@ pub async fn report_leases(
     // share lock orders this batch with SetResolveMode's update.
     let first = starts.first().map(|r| (LeaseList::Starts, r.index));
     if let Some((list, index)) = first.or_else(|| stops.first().map(|r| (LeaseList::Stops, r.index))) {
-        let row = tx.query_opt("SELECT resolve_mode FROM carriers WHERE id = $1 FOR SHARE", &[&carrier.as_str()]).await?;
+        let row =
+            tx.query_opt("SELECT resolve_mode FROM carriers WHERE id = $1 FOR SHARE", &[&carrier.as_str()]).await?;
         let mode = match row {
             Some(row) => parse_mode(row.try_get(0)?)?,
             None => ResolveMode::Push,

@@ -30,8 +30,8 @@ use crate::store::records::{
 };
 use crate::store::refusals::{PostingRefusal, RefundField};
 use crate::store::{
-    AckOutcome, AnswerOutcome, AnswerRefusal, AskedPayer, CancelOutcome, CancelRefusal, CreateTradeRefusal, Created, ExpireOutcome,
-    HandsetAnswer, NewRefund, NewTrade, RefundRefusal, Refunded, RejectedAnswer, SignatureCheck,
+    AckOutcome, AnswerOutcome, AnswerRefusal, AskedPayer, CancelOutcome, CancelRefusal, CreateTradeRefusal, Created,
+    ExpireOutcome, HandsetAnswer, NewRefund, NewTrade, RefundRefusal, Refunded, RejectedAnswer, SignatureCheck,
 };
 
 /// What a committed transaction tells the node afterwards: event heads
@@ -249,7 +249,10 @@ pub async fn finish(
 
 /// What a network identity resolved to for a shop.
 enum Resolution {
-    Found { carrier: CarrierId, subscriber: SubscriberNumber },
+    Found {
+        carrier: CarrierId,
+        subscriber: SubscriberNumber,
+    },
     NotAccepted,
     Miss,
     /// Ask mode: the carrier could not be asked.

@@ -64,8 +64,12 @@ impl Engine {
             return Ok(Some(AskedPayer::NotAccepted));
         }
         let carrier = route.carrier;
-        let query =
-            ResolveQuery { ip: identity.ip, port: identity.port, observed_at: identity.observed_at, shop: shop.clone() };
+        let query = ResolveQuery {
+            ip: identity.ip,
+            port: identity.port,
+            observed_at: identity.observed_at,
+            shop: shop.clone(),
+        };
         let mut pending = match self.gateway.resolve(&carrier, &query) {
             Ok(p) => p,
             Err(ResolveUnsent::NotConnected) => {
