@@ -401,6 +401,66 @@ pub(crate) mod tests {
         }
     }
 
+    fn query() -> ResolveQuery {
+        ResolveQuery {
+            ip: crate::domain::IpKey::parse("198.51.100.7").expect("ip"),
+            port: Some(4711),
+            observed_at: UnixMs(1_700_000_000_000),
+            shop: crate::domain::ShopId::parse("acme").expect("shop"),
+        }
+    }
+
+    /// A resolve request goes on the carrier's live queue with delivery id
+    /// 0 and exactly the query's fields; only its own carrier's first
+    /// answer is taken; repeats, strangers and late answers are ignored;
+    /// a dropped request is forgotten; the map is bounded; a link's end
+    /// fails what it carried.
+    #[tokio::test]
+    async fn resolve_requests_are_answered_once_by_their_own_carrier() {
+        let hub = RelayHub::new(8, 2);
+        let (docomo, kddi) = (CarrierId::parse("docomo").expect("id"), CarrierId::parse("kddi").expect("id"));
+        assert_eq!(hub.resolve(&docomo, &query()).err(), Some(ResolveUnsent::NotConnected));
+        let (tx, mut rx) = mpsc::channel(hub.depth());
+        let link = hub.attach(&docomo, tx, Arc::new(AtomicBool::new(false)));
+        let mut first = hub.resolve(&docomo, &query()).expect("sent");
+        let Some(Ok(down)) = rx.recv().await else { panic!("nothing queued") };
+        let Some(proto::relay_down::Body::Resolve(r)) = down.body else { panic!("not a resolve request") };
+        assert_eq!(down.delivery_id, 0);
+        assert_eq!(
+            r,
+            proto::ResolveRequest {
+                request_id: first.request_id,
+                ip: "198.51.100.7".into(),
+                port: 4711,
+                observed_at_ms: 1_700_000_000_000,
+                shop_id: "acme".into()
+            }
+        );
+        let alice = crate::domain::SubscriberNumber::parse("+818012345678").expect("number");
+        let found = ResolveReply::Found(alice);
+        assert_eq!(hub.answer_resolve(&kddi, first.request_id, found.clone()), AnswerFate::Ignored);
+        assert_eq!(hub.answer_resolve(&docomo, first.request_id, found.clone()), AnswerFate::Taken);
+        assert_eq!(hub.answer_resolve(&docomo, first.request_id, ResolveReply::Miss), AnswerFate::Ignored);
+        assert_eq!((&mut first.reply).await, Ok(found));
+        assert_eq!(hub.answer_resolve(&docomo, 9_999, ResolveReply::Miss), AnswerFate::Ignored);
+        // Dropping a request (a timeout) forgets it: its answer is late.
+        let late = hub.resolve(&docomo, &query()).expect("sent");
+        let late_id = late.request_id;
+        assert_eq!(hub.resolves_waiting(), 1);
+        drop(late);
+        assert_eq!(hub.resolves_waiting(), 0, "a dropped request is forgotten");
+        drop(first);
+        assert_eq!(hub.answer_resolve(&docomo, late_id, ResolveReply::Miss), AnswerFate::Ignored);
+        // Bounded: two wait at most; the link's end fails both at once.
+        let mut a = hub.resolve(&docomo, &query()).expect("sent");
+        let mut b = hub.resolve(&docomo, &query()).expect("sent");
+        assert_eq!(hub.resolve(&docomo, &query()).err(), Some(ResolveUnsent::TooMany));
+        hub.detach(&docomo, link);
+        assert_eq!((&mut a.reply).await, Ok(ResolveReply::Disconnected));
+        assert_eq!((&mut b.reply).await, Ok(ResolveReply::Disconnected));
+        assert_eq!(hub.resolve(&docomo, &query()).err(), Some(ResolveUnsent::NotConnected));
+    }
+
     /// Keeps the last value each gauge was set to, by metric name.
     #[derive(Default)]
     struct Gauges(Arc<Mutex<HashMap<String, f64>>>);
