@@ -65,8 +65,12 @@ pub enum LeaseError {
 /// answers the port — the server's own semantics in push mode.
 #[derive(Debug, Default)]
 pub struct LeaseTable {
-    records: BTreeMap<(IpKey, UnixMs, u16, bool), (PortRange, Option<SubscriberNumber>)>,
+    records: BTreeMap<LeaseKey, (PortRange, Option<SubscriberNumber>)>,
 }
+
+/// Address, instant, first port, start (a start sorts after a stop at the
+/// same instant, as at the server).
+type LeaseKey = (IpKey, UnixMs, u16, bool);
 
 impl LeaseTable {
     /// Records that `holder` (or, for `None`, nobody) holds `ip`'s `ports`
@@ -203,7 +207,7 @@ mod tests {
         let held = request("198.51.100.7", 0, 1_500, "acme");
         let found = (proto::ResolveOutcome::Found as i32, a.as_str().to_owned());
         let miss = (proto::ResolveOutcome::Miss as i32, String::new());
-        assert_eq!(outcome(&decide(&t, &none, &ResolvePolicy::Answer, &held)), [found.clone()]);
+        assert_eq!(outcome(&decide(&t, &none, &ResolvePolicy::Answer, &held)), std::slice::from_ref(&found));
         assert_eq!(
             outcome(&decide(&t, &none, &ResolvePolicy::Answer, &request("198.51.100.9", 0, 1_500, "acme"))),
             [miss]
