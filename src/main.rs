@@ -1,6 +1,7 @@
 //! The `syncpay` command: `serve` runs the server, `demo` runs the whole
 //! system in one process and prints a transcript, `shop`, `carrier-sim` and
-//! `admin` are the clients of the three parties. Exit codes are listed in
+//! `admin` are the clients of the three parties, `restore` builds a data
+//! folder from an online backup. Exit codes are listed in
 //! `cli/mod.rs` (0 ok, 1 negative answer, 2 usage/config, 3 unavailable,
 //! 4 refused).
 
@@ -30,8 +31,12 @@ enum Command {
     /// the ledger are right.
     Demo(cli::demo::DemoArgs),
     /// Operator commands against a running server (verify, shops,
-    /// carriers, top-ups, accounts, postings).
+    /// carriers, top-ups, accounts, postings, payouts, backups).
     Admin(cli::admin::AdminArgs),
+    /// Build a new data folder from an online backup (`admin backup`):
+    /// checks the manifest's checksums, refuses an existing store, and
+    /// verifies the ledger on the result; then `serve --data-dir` it.
+    Restore(cli::backup::RestoreArgs),
     /// Shop commands against a running server: registers, charge, status,
     /// await, cancel, refund, watch.
     Shop(cli::shop::ShopArgs),
@@ -65,6 +70,7 @@ fn main() -> std::process::ExitCode {
             Command::Serve(a) => cli::serve::run(a).await,
             Command::Demo(a) => cli::demo::run(a).await,
             Command::Admin(a) => cli::admin::run(a).await,
+            Command::Restore(a) => cli::backup::run_restore(a).await,
             Command::Shop(a) => cli::shop::run(a).await,
             Command::CarrierSim(a) => cli::carrier_sim::run(a).await,
             Command::CarrierConformance(a) => cli::carrier_conformance::run(a).await,

@@ -43,7 +43,7 @@ fn check<M: Message + Default + PartialEq + std::fmt::Debug, T>(
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, bytes)) = data.split_first() else { return };
     let limits = Limits::default();
-    match selector % 26 {
+    match selector % 27 {
         0 => check::<proto::OpenRegisterRequest, _>(bytes, requests::open_register),
         1 => check::<proto::CloseRegisterRequest, _>(bytes, requests::close_register),
         2 => check::<proto::CreateTradeRequest, _>(bytes, |m| requests::create_trade(m, &limits)),
@@ -70,6 +70,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = identity::principal_from_cert(bytes);
         }
         24 => check::<proto::DisputeTradeRequest, _>(bytes, requests::dispute_trade),
+        26 => check::<proto::BackupStoreRequest, _>(bytes, requests::backup_store),
         25 => {
             if let Ok(p) = ApprovalPayload::parse(bytes) {
                 assert_eq!(p.to_bytes(), bytes, "a parsed payload encodes back to its bytes");

@@ -36,6 +36,13 @@ pub struct AdminArgs {
 enum AdminCommand {
     /// Check every ledger invariant; exits 1 and lists the violations if any.
     Verify,
+    /// Take an online backup of the embedded store into DIR, an absolute
+    /// path on the server's host that does not exist yet (or is an empty
+    /// folder), while the server serves: the records at one point of the
+    /// store's writer, the server secret and receipt keys, and a manifest
+    /// with checksums. Restore it with `syncpay restore DIR DATA_DIR`. The
+    /// PostgreSQL backend refuses (use pg_basebackup; docs/DEPLOY.md).
+    Backup { dir: String },
     /// Create a shop and print its token (shown once).
     CreateShop { shop_id: String, display_name: String },
     /// Create a carrier and print its token (shown once).
@@ -127,6 +134,10 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             if !r.ok {
                 return Err(Exit::negative(format!("{} ledger violation(s)", r.violations.len())));
             }
+        }
+        AdminCommand::Backup { dir } => {
+            let r = admin.backup_store(proto::BackupStoreRequest { dir }).await?.into_inner();
+            super::backup::print_backup(&r, args.json);
         }
         AdminCommand::CreateShop { shop_id, display_name } => {
             let r = admin.create_shop(proto::CreateShopRequest { shop_id, display_name }).await?.into_inner();

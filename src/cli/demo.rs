@@ -207,7 +207,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("syncpay demo");
     println!("  server   {} (sled store in a temporary folder, fsync before every acknowledgement)", server.url());
 
-    let outcome = script(&server.url(), &admin_token).await;
+    let outcome = script(&server.url(), &admin_token, dir.path()).await;
     let stopped = server.shutdown().await;
     let checks = outcome?;
     stopped.context("shutting the server down")?;
@@ -295,7 +295,7 @@ async fn run_web(args: &DemoArgs) -> anyhow::Result<()> {
 
 /// Everything between starting and stopping the server. The simulator is
 /// stopped here whatever happens, so the server can stop cleanly after.
-async fn script(url: &str, admin_token: &str) -> anyhow::Result<Checks> {
+async fn script(url: &str, admin_token: &str, scratch: &std::path::Path) -> anyhow::Result<Checks> {
     let channel = connect(url).await.context("connecting to the server")?;
     let mut admin = AdminServiceClient::new(with_token(channel.clone(), admin_token)?);
     let shop_token = admin
@@ -320,9 +320,42 @@ async fn script(url: &str, admin_token: &str) -> anyhow::Result<Checks> {
     let sim = CarrierSim::start(channel.clone(), &carrier_token)?;
     let result = with_sim(&channel, &mut admin, &sim, &shop_token, &carrier_token).await;
     let stopped = sim.shutdown().await;
-    let checks = result?;
+    let mut checks = result?;
     stopped.context("stopping the simulated carrier")?;
+    backup(&mut admin, scratch, &mut checks).await?;
     Ok(checks)
+}
+
+/// The night's backup while the server still serves
+/// (AdminService.BackupStore), restored into a new folder beside it
+/// (`syncpay restore`), where the ledger verifies again.
+async fn backup(
+    admin: &mut AdminServiceClient<AuthedChannel>,
+    scratch: &std::path::Path,
+    checks: &mut Checks,
+) -> anyhow::Result<()> {
+    let dir = scratch.join("backup");
+    let r = admin
+        .backup_store(proto::BackupStoreRequest { dir: dir.display().to_string() })
+        .await
+        .context("backing the store up")?
+        .into_inner();
+    println!("\nOnline backup (AdminService.BackupStore, then syncpay restore)");
+    println!(
+        "  backup   {} records ({} trades, {} postings), writes waited {} µs",
+        r.records, r.trades, r.postings, r.writer_pause_us
+    );
+    let restored =
+        syncpay::sync_server::restore(&dir, &scratch.join("restored")).await.context("restoring the backup")?;
+    checks.equal("records restored from the backup", restored.records, r.records);
+    checks.check(
+        restored.verify.ok() && restored.verify.trades_checked == r.trades,
+        format!(
+            "the restored store verifies ({} trades, {} violations)",
+            restored.verify.trades_checked, restored.verify.violation_count
+        ),
+    );
+    Ok(())
 }
 
 async fn with_sim(

@@ -12,6 +12,7 @@
 //! | 4 | the server refused the request (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, ALREADY_EXISTS, RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED, …) |
 
 pub mod admin;
+pub mod backup;
 pub mod bench;
 pub mod carrier_conformance;
 pub mod carrier_sim;

@@ -270,6 +270,11 @@ impl ServerSecret {
         ServerSecret(bytes)
     }
 
+    /// The secret itself, for the server's secret file and its backups.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0
+    }
+
     fn mac(&self, label: &[u8], parts: &[&[u8]]) -> [u8; 32] {
         // HMAC accepts keys of any length, so this cannot fail.
         let mut mac = match Hmac::<Sha256>::new_from_slice(&self.0) {

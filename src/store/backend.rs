@@ -34,6 +34,7 @@ use crate::domain::{
     SubscriberNumber, TradeId, UnixMs,
 };
 
+use super::backup::StoreBackup;
 use super::ops::{
     AckOutcome, AnswerOutcome, CancelOutcome, Created, ExpireOutcome, HandsetAnswer, LeaseReport, LeasesRecorded,
     NewCarrier, NewHandset, NewPayout, NewRefund, NewRegister, NewShop, NewSubscriber, NewTrade, PaidOut, Pending,
@@ -44,10 +45,10 @@ use super::records::{
     ShopRecord, SubscriberRecord, TradeRecord,
 };
 use super::refusals::{
-    AcceptanceRefusal, AddPrefixesRefusal, AnswerRefusal, CancelRefusal, CloseRegisterRefusal, CreateCarrierRefusal,
-    CreateShopRefusal, CreateTradeRefusal, EnrollHandsetRefusal, EnrollSubscriberRefusal, Failure, LeaseRefusal,
-    NoRefusal, OpenRegisterRefusal, PayoutRefusal, RefundRefusal, RotateCredentialRefusal, ShopPayoutRefusal,
-    StatementRefusal, StoreError, SuspendRefusal, TopUpRefusal,
+    AcceptanceRefusal, AddPrefixesRefusal, AnswerRefusal, BackupRefusal, CancelRefusal, CloseRegisterRefusal,
+    CreateCarrierRefusal, CreateShopRefusal, CreateTradeRefusal, EnrollHandsetRefusal, EnrollSubscriberRefusal,
+    Failure, LeaseRefusal, NoRefusal, OpenRegisterRefusal, PayoutRefusal, RefundRefusal, RotateCredentialRefusal,
+    ShopPayoutRefusal, StatementRefusal, StoreError, SuspendRefusal, TopUpRefusal,
 };
 use super::verify::VerifyReport;
 
@@ -298,6 +299,15 @@ pub trait Lifecycle: Send + Sync {
     fn other_writers(&self) -> bool {
         false
     }
+    /// Copies every record, at one point of the store's commit order, into
+    /// `dir` (absolute; absent or empty: [`super::backup::prepare_target`])
+    /// as [`super::backup::DUMP_FILE`], synced with its folder before it
+    /// answers. Every change answered before the call is in the copy, and
+    /// the copy is a prefix of the commit order (no later change without
+    /// every earlier one). Writes may wait while the copy is taken (the
+    /// sled backend's writer pauses; `pause_us` says how long). The caller
+    /// writes the manifest.
+    async fn backup(&self, dir: std::path::PathBuf) -> Result<StoreBackup, StoreError<BackupRefusal>>;
 }
 
 /// A whole store: what the engine holds.

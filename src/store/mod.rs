@@ -9,6 +9,7 @@
 //! PostgreSQL database.
 
 mod backend;
+pub mod backup;
 pub mod files;
 pub mod fixture;
 mod heads;
@@ -35,11 +36,11 @@ pub use records::{
     Receipt, RegisterRecord, ShopRecord, Sig64, SignedTerms, SubscriberRecord, TradeRecord, TradeRequest,
 };
 pub use refusals::{
-    AcceptanceRefusal, AddPrefixesRefusal, AnswerRefusal, CancelRefusal, CloseRegisterRefusal, CreateCarrierRefusal,
-    CreateShopRefusal, CreateTradeRefusal, Difference, EnrollHandsetRefusal, EnrollSubscriberRefusal, Failure,
-    LeaseList, LeaseRefusal, NoRefusal, OpenRegisterRefusal, PayerKind, PayoutField, PayoutRefusal, PostingRefusal,
-    PrefixOverlap, RefundField, RefundRefusal, RotateCredentialRefusal, ShopPayoutRefusal, StatementRefusal,
-    StoreError, SuspendRefusal, TopUpRefusal, TradeField,
+    AcceptanceRefusal, AddPrefixesRefusal, AnswerRefusal, BackupRefusal, CancelRefusal, CloseRegisterRefusal,
+    CreateCarrierRefusal, CreateShopRefusal, CreateTradeRefusal, Difference, EnrollHandsetRefusal,
+    EnrollSubscriberRefusal, Failure, LeaseList, LeaseRefusal, NoRefusal, OpenRegisterRefusal, PayerKind, PayoutField,
+    PayoutRefusal, PostingRefusal, PrefixOverlap, RefundField, RefundRefusal, RotateCredentialRefusal,
+    ShopPayoutRefusal, StatementRefusal, StoreError, SuspendRefusal, TopUpRefusal, TradeField,
 };
 pub use verify::VerifyReport;
 

@@ -315,3 +315,16 @@ pub enum RotateCredentialRefusal {
     /// No such shop or carrier.
     UnknownParty,
 }
+
+/// Why an online backup wrote nothing usable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackupRefusal {
+    /// The target folder cannot take a backup (relative, exists and is
+    /// not empty, no parent, or a write into it failed), in words.
+    Target(String),
+    /// Another backup is being taken; one at a time.
+    Busy,
+    /// This backend has no online backup of its own: the database's tools
+    /// do it (PostgreSQL: `pg_basebackup` and WAL archiving).
+    UseDatabaseTools,
+}

@@ -100,6 +100,15 @@ impl AdminService for AdminApi {
         }))
     }
 
+    async fn backup_store(
+        &self,
+        request: Request<proto::BackupStoreRequest>,
+    ) -> Result<Response<proto::BackupStoreResponse>, Status> {
+        let dir = requests::backup_store(request.get_ref())?;
+        let manifest = self.engine.backup(dir.clone()).await?;
+        Ok(Response::new(convert::backup_to_proto(&dir, &manifest)))
+    }
+
     async fn add_carrier_prefixes(
         &self,
         request: Request<proto::AddCarrierPrefixesRequest>,

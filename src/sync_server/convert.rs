@@ -344,6 +344,25 @@ pub fn payout_to_proto(p: &crate::store::PayoutRecord) -> proto::ShopPayout {
     }
 }
 
+/// A backup as its manifest describes it.
+pub fn backup_to_proto(dir: &std::path::Path, m: &crate::store::backup::Manifest) -> proto::BackupStoreResponse {
+    let dump = m.files.first();
+    proto::BackupStoreResponse {
+        dir: dir.display().to_string(),
+        taken_at_ms: ms(crate::domain::UnixMs(m.taken_at_ms)),
+        last_posting_id: m.point.last_posting_id,
+        shops_with_events: u64::try_from(m.point.event_heads.len()).unwrap_or(u64::MAX),
+        trades: m.records("trades"),
+        postings: m.records("postings"),
+        accounts: m.records("accounts"),
+        events: m.records("events"),
+        records: m.point.records.values().fold(0u64, |a, n| a.saturating_add(*n)),
+        writer_pause_us: m.writer_pause_us,
+        dump_bytes: dump.map_or(0, |f| f.bytes),
+        dump_sha256: dump.map(|f| f.sha256.clone()).unwrap_or_default(),
+    }
+}
+
 /// A shop as the operator sees it.
 pub fn shop_info(s: &crate::store::ShopStatus) -> proto::ShopInfo {
     proto::ShopInfo {

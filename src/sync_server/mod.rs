@@ -25,7 +25,7 @@ pub mod secrets;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -42,6 +42,7 @@ use crate::metrics;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::carrier_service_server::CarrierServiceServer;
 use crate::proto::register_service_server::RegisterServiceServer;
+use crate::store::backup::{self, RestoreError};
 use crate::store::sled::{Durability, SledStore, StoreConfig, SyncFault};
 use crate::store::{Failure, Store};
 
@@ -108,11 +109,11 @@ impl ServerConfig {
         secrets::load_or_create_receipt_keys(&receipt_keys, engine::now())?;
         Ok(ServerConfig {
             receipt_keys: ReceiptKeySource::File(receipt_keys),
-            store_dir: data_dir.join("store"),
+            store_dir: data_dir.join(STORE_FOLDER),
             durability: Durability::Fsync,
             cache_bytes: crate::store::sled::DEFAULT_CACHE_BYTES,
             admin_token: secrets::load_or_create_admin_token(&data_dir.join("admin.token"))?,
-            secret: secrets::load_or_create_secret(&data_dir.join("server.secret"))?,
+            secret: secrets::load_or_create_secret(&data_dir.join(SECRET_FILE))?,
             limits: Limits::default(),
             tls: None,
             sync_fault: None,
@@ -123,6 +124,10 @@ impl ServerConfig {
 
 /// The receipt-signing key file in the data folder.
 pub const RECEIPT_KEYS_FILE: &str = "receipt-signing.keys";
+/// The server secret (binding codes, payer pseudonyms) in the data folder.
+pub const SECRET_FILE: &str = "server.secret";
+/// The store's folder in the data folder.
+pub const STORE_FOLDER: &str = "store";
 
 /// Where the receipt-signing keys come from.
 #[derive(Debug, Clone)]
@@ -251,6 +256,68 @@ pub async fn open_store(config: &ServerConfig) -> Result<Store, ServerError> {
         .await
         .map_err(|e| ServerError::Join(e.to_string()))??;
     Ok(Arc::new(store))
+}
+
+// `syncpay restore`: a data folder built from an online backup. The
+// backup's checksums are checked before anything is built, the new store
+// is compared with the manifest while it is built (`store::sled::backup`),
+// the server's secrets are copied beside it, and the ledger is verified on
+// the result before it answers. Here because this module alone opens
+// stores outside the engine.
+
+/// What a restore built.
+#[derive(Debug)]
+pub struct RestoreReport {
+    pub manifest: backup::Manifest,
+    pub data_dir: PathBuf,
+    /// Records written into the new store.
+    pub records: u64,
+    /// The ledger's verification on the new store.
+    pub verify: crate::store::VerifyReport,
+}
+
+/// The secret files a backup carries and a data folder needs, by name.
+const SECRET_FILES: [&str; 2] = [SECRET_FILE, RECEIPT_KEYS_FILE];
+
+/// Builds `data_dir` (absent or empty: a restore never writes over a
+/// store) from the backup in `backup_dir`: `store/`, `server.secret` and
+/// `receipt-signing.keys`. A new `admin.token` is made when the server
+/// first starts on it (the backup holds none). Refuses a damaged backup
+/// before writing anything.
+pub async fn restore(backup_dir: &Path, data_dir: &Path) -> Result<RestoreReport, RestoreError> {
+    let (b, d) = (backup_dir.to_owned(), data_dir.to_owned());
+    let (manifest, records) = tokio::task::spawn_blocking(move || -> Result<(backup::Manifest, u64), RestoreError> {
+        let manifest = backup::check(&b)?;
+        if manifest.backend != "sled" {
+            return Err(backup::damaged(&b.join(backup::MANIFEST_FILE), "not a backup of the sled store"));
+        }
+        backup::prepare_restore_target(&d)?;
+        let restored = crate::store::sled::backup::restore(&b, &manifest, &d.join(STORE_FOLDER))?;
+        for name in SECRET_FILES {
+            if manifest.files.iter().any(|f| f.name == name) {
+                let content = std::fs::read(b.join(name)).map_err(backup::io_at(&b.join(name)))?;
+                crate::store::files::write_new_file(&d.join(name), &content, 0o600)
+                    .map_err(backup::io_at(&d.join(name)))?;
+            }
+        }
+        Ok((manifest, restored.records))
+    })
+    .await
+    .map_err(|e| RestoreError::Target(format!("restore task: {e}")))??;
+    // Opened as the server opens it (event heads derived, files synced),
+    // verified, and closed before this answers.
+    let store_dir = data_dir.join(STORE_FOLDER);
+    let failed = |f: crate::store::Failure| RestoreError::Target(format!("{}: {f}", store_dir.display()));
+    let config = StoreConfig::new(&store_dir);
+    let store = tokio::task::spawn_blocking(move || SledStore::open(config))
+        .await
+        .map_err(|e| RestoreError::Target(format!("open task: {e}")))?
+        .map_err(failed)?;
+    let verify = crate::store::Ledger::verify(&store).await.map_err(failed)?;
+    let mut closed = crate::store::Lifecycle::closed(&store);
+    drop(store);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, closed.wait_for(|c| *c)).await;
+    Ok(RestoreReport { manifest, data_dir: data_dir.to_owned(), records, verify })
 }
 
 /// Opens the store and serves on `listener` until `shutdown` is called.

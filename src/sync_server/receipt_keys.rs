@@ -62,6 +62,12 @@ impl ReceiptKeys {
         self.read().ring.public_key(id)
     }
 
+    /// The key file's content for the keys in force (an online backup
+    /// copies it).
+    pub fn key_file(&self) -> Result<Vec<u8>, String> {
+        secrets::receipt_key_file(&self.read().ring).map_err(|e| e.to_string())
+    }
+
     /// Makes a fresh key the active one at `now`; the old one stays
     /// published as retired. Blocking (file I/O): call it off the async
     /// threads. A failure changes nothing.

@@ -5,11 +5,11 @@
 
 use crate::domain::{AccountName, TradeState};
 use crate::store::{
-    AcceptanceRefusal, AddPrefixesRefusal, AnswerRefusal, CancelRefusal, CloseRegisterRefusal, CreateCarrierRefusal,
-    CreateShopRefusal, CreateTradeRefusal, Difference, EnrollHandsetRefusal, EnrollSubscriberRefusal, Failure,
-    LeaseList, LeaseRefusal, NoRefusal, OpenRegisterRefusal, PayerKind, PayoutField, PayoutRefusal, PostingRefusal,
-    PrefixOverlap, RefundField, RefundRefusal, RotateCredentialRefusal, ShopPayoutRefusal, StatementRefusal,
-    SuspendRefusal, TopUpRefusal, TradeField,
+    AcceptanceRefusal, AddPrefixesRefusal, AnswerRefusal, BackupRefusal, CancelRefusal, CloseRegisterRefusal,
+    CreateCarrierRefusal, CreateShopRefusal, CreateTradeRefusal, Difference, EnrollHandsetRefusal,
+    EnrollSubscriberRefusal, Failure, LeaseList, LeaseRefusal, NoRefusal, OpenRegisterRefusal, PayerKind, PayoutField,
+    PayoutRefusal, PostingRefusal, PrefixOverlap, RefundField, RefundRefusal, RotateCredentialRefusal,
+    ShopPayoutRefusal, StatementRefusal, SuspendRefusal, TopUpRefusal, TradeField,
 };
 
 use super::engine::{AwaitRefusal, DisputeRefusal, EngineError, RotateRefusal, UnknownTrade, WatchEnd, WatchRefusal};
@@ -227,6 +227,23 @@ impl From<ShopPayoutRefusal> for ApiError {
                 available.minor()
             )),
             ShopPayoutRefusal::Postings(p) => p.into(),
+        }
+    }
+}
+
+/// What the operator reads when the PostgreSQL backend is asked for an
+/// online backup.
+pub const BACKUP_USE_DATABASE_TOOLS: &str = "online backups are for the embedded sled store; on PostgreSQL use its \
+own tools: pg_basebackup for a base backup and WAL archiving for point-in-time recovery (docs/DEPLOY.md)";
+
+impl From<BackupRefusal> for ApiError {
+    fn from(r: BackupRefusal) -> Self {
+        match r {
+            BackupRefusal::Target(m) => ApiError::FailedPrecondition(format!("dir: {m}")),
+            BackupRefusal::Busy => {
+                ApiError::FailedPrecondition("dir: another backup is being taken; try again once it is done".into())
+            }
+            BackupRefusal::UseDatabaseTools => ApiError::Unimplemented(BACKUP_USE_DATABASE_TOOLS.into()),
         }
     }
 }

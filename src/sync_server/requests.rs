@@ -23,6 +23,7 @@ use crate::domain::UnixMs;
 
 /// Every field name an `INVALID_ARGUMENT` from this module may start with.
 pub const FIELDS: &[&str] = &[
+    "dir",
     "label",
     "register_id",
     "amount_minor",
@@ -428,6 +429,30 @@ pub fn list_carriers(r: &proto::ListCarriersRequest) -> Result<(Option<CarrierId
         id => Some(convert::carrier_id("after_carrier_id", id)?),
     };
     Ok((after, page_limit("limit", r.limit)?))
+}
+
+/// The backup folder: an absolute path on the server's host, at most
+/// [`crate::store::backup::MAX_BACKUP_PATH_BYTES`], no NUL and no `..`
+/// (a path the operator reads in the answer is the one written).
+pub fn backup_store(r: &proto::BackupStoreRequest) -> Result<std::path::PathBuf, ApiError> {
+    let dir = r.dir.as_str();
+    if dir.is_empty() {
+        return Err(ApiError::invalid("dir", "name the folder to back up into"));
+    }
+    if dir.len() > crate::store::backup::MAX_BACKUP_PATH_BYTES {
+        return Err(ApiError::invalid("dir", format!("at most {} bytes", crate::store::backup::MAX_BACKUP_PATH_BYTES)));
+    }
+    if dir.contains('\0') || dir.chars().any(char::is_control) {
+        return Err(ApiError::invalid("dir", "contains a control character"));
+    }
+    let path = std::path::Path::new(dir);
+    if !path.is_absolute() {
+        return Err(ApiError::invalid("dir", "must be an absolute path on the server's host"));
+    }
+    if path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(ApiError::invalid("dir", "must not contain .."));
+    }
+    Ok(path.to_owned())
 }
 
 pub fn rotate_credential(r: &proto::RotateCredentialRequest) -> Result<Principal, ApiError> {

@@ -169,7 +169,7 @@ fn parse_receipt_keys(path: &Path, bytes: &[u8]) -> Result<ReceiptKeyring, Secre
     ReceiptKeyring::new(active, retired).map_err(|_| invalid(path, "retired keys are invalid or repeated"))
 }
 
-fn receipt_key_file(ring: &ReceiptKeyring) -> Result<Vec<u8>, SecretError> {
+pub(crate) fn receipt_key_file(ring: &ReceiptKeyring) -> Result<Vec<u8>, SecretError> {
     let file = KeyFile {
         format: KEY_FILE_FORMAT.to_owned(),
         version: KEY_FILE_VERSION,

@@ -1269,6 +1269,15 @@ impl Lifecycle for PgStore {
     fn other_writers(&self) -> bool {
         true
     }
+
+    /// PostgreSQL backs itself up: `pg_basebackup` and WAL archiving give
+    /// online, consistent copies and point-in-time recovery (docs/DEPLOY.md).
+    async fn backup(
+        &self,
+        _dir: std::path::PathBuf,
+    ) -> Result<crate::store::backup::StoreBackup, StoreError<crate::store::BackupRefusal>> {
+        Err(StoreError::Refused(crate::store::BackupRefusal::UseDatabaseTools))
+    }
 }
 
 // Verification ----------------------------------------------------------

@@ -64,6 +64,11 @@ pub struct StoreConfig {
     pub cache_bytes: u64,
     /// Test hook: fail a chosen sync.
     pub sync_fault: Option<Arc<SyncFault>>,
+    /// Test hook, a planted bug: an online backup copies each tree in its
+    /// own writer job, so the trees come from different points of the
+    /// writer's order. `tests/backup.rs` shows its checks catch that.
+    /// Always false in the CLI.
+    pub torn_backup: bool,
 }
 
 impl StoreConfig {
@@ -73,6 +78,7 @@ impl StoreConfig {
             durability: Durability::Fsync,
             cache_bytes: DEFAULT_CACHE_BYTES,
             sync_fault: None,
+            torn_backup: false,
         }
     }
 }

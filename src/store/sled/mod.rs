@@ -14,6 +14,7 @@
 //! (settings and opening).
 
 mod answer;
+pub mod backup;
 mod billing;
 mod cancel;
 pub mod codec;
@@ -33,6 +34,7 @@ mod tx;
 mod verify;
 mod writer;
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -46,6 +48,7 @@ use crate::domain::{
     UnixMs,
 };
 use crate::store::backend::{Ledger, Lifecycle, Network, Parties, Trades};
+use crate::store::backup::StoreBackup;
 use crate::store::heads::EventHeads;
 use crate::store::records::{
     AccountRecord, CarrierRecord, Delivery, EventRecord, HandsetRecord, PayoutEntry, PostingRecord, RegisterRecord,
@@ -53,11 +56,11 @@ use crate::store::records::{
 };
 use crate::store::verify::VerifyReport;
 use crate::store::{
-    AcceptanceRefusal, AckOutcome, AddPrefixesRefusal, AnswerOutcome, AnswerRefusal, CancelOutcome, CancelRefusal,
-    CloseRegisterRefusal, CreateCarrierRefusal, CreateShopRefusal, CreateTradeRefusal, Created, EnrollHandsetRefusal,
-    EnrollSubscriberRefusal, ExpireOutcome, Failure, HandsetAnswer, LeaseRefusal, LeaseReport, LeasesRecorded,
-    NewCarrier, NewHandset, NewPayout, NewRefund, NewRegister, NewShop, NewSubscriber, NewTrade, NoRefusal,
-    OpenRegisterRefusal, PaidOut, PayoutRefusal, Pending, RefundRefusal, Refunded, RotateCredentialRefusal,
+    AcceptanceRefusal, AckOutcome, AddPrefixesRefusal, AnswerOutcome, AnswerRefusal, BackupRefusal, CancelOutcome,
+    CancelRefusal, CloseRegisterRefusal, CreateCarrierRefusal, CreateShopRefusal, CreateTradeRefusal, Created,
+    EnrollHandsetRefusal, EnrollSubscriberRefusal, ExpireOutcome, Failure, HandsetAnswer, LeaseRefusal, LeaseReport,
+    LeasesRecorded, NewCarrier, NewHandset, NewPayout, NewRefund, NewRegister, NewShop, NewSubscriber, NewTrade,
+    NoRefusal, OpenRegisterRefusal, PaidOut, PayoutRefusal, Pending, RefundRefusal, Refunded, RotateCredentialRefusal,
     ShopPayoutRefusal, ShopStatus, SignatureCheck, StatementData, StatementRefusal, StoreError, SuspendRefusal, TopUp,
     TopUpRefusal, ToppedUp, TradeHistory,
 };
@@ -84,6 +87,8 @@ pub mod metric_names {
     pub const QUEUE_DEPTH: &str = "syncpay_store_write_queue_depth";
     /// Failed syncs (each one stops the store).
     pub const SYNC_FAILURES: &str = "syncpay_store_sync_failures_total";
+    /// Seconds writes waited while an online backup copied the store.
+    pub const BACKUP_PAUSE_SECONDS: &str = "syncpay_store_backup_pause_seconds";
 }
 
 /// What the writer thread and the readers share.
@@ -140,6 +145,8 @@ pub(crate) fn never_refused<T>(outcome: Result<T, StoreError<NoRefusal>>) -> Res
 pub struct SledStore {
     shared: Arc<Shared>,
     writes: mpsc::Sender<Queue>,
+    /// `StoreConfig::torn_backup` (a test's planted bug).
+    torn_backup: bool,
 }
 
 impl SledStore {
@@ -197,7 +204,7 @@ impl SledStore {
             tracing::info!(keys = indexed, "trade history index built for trades stored before it existed");
         }
         let writes = writer::spawn(shared.clone(), syncer, hot)?;
-        Ok(SledStore { shared, writes })
+        Ok(SledStore { shared, writes, torn_backup: config.torn_backup })
     }
 
     pub(crate) fn tree(&self, t: T) -> &sled::Tree {
@@ -254,6 +261,24 @@ impl SledStore {
         let (queued, rx) = Queue::read(read);
         self.writes.send(queued).await.map_err(|_| Failure::Stopped)?;
         rx.await.map_err(|_| Failure::Stopped)?
+    }
+
+    /// The planted bug of [`StoreConfig::torn_backup`]: each tree copied
+    /// by its own writer job, at its own point of the writer's order.
+    async fn torn_dump(&self, mut dump: backup::Dump) -> Result<Result<backup::Dumped, BackupRefusal>, Failure> {
+        for index in 0..tx::TREE_NAMES.len() {
+            let (back, refused) = self
+                .read_on_writer(move |shared| {
+                    let added = backup::add_trees(shared, &mut dump, index..index + 1)?;
+                    Ok((dump, added.err()))
+                })
+                .await?;
+            if let Some(refusal) = refused {
+                return Ok(Err(refusal));
+            }
+            dump = back;
+        }
+        self.read_on_writer(move |_| backup::end(dump)).await
     }
 
     /// Waits until every write group begun before this call is durable.
@@ -607,6 +632,35 @@ impl Lifecycle for SledStore {
 
     fn closed(&self) -> watch::Receiver<bool> {
         self.shared.closed.0.subscribe()
+    }
+
+    async fn backup(&self, dir: PathBuf) -> Result<StoreBackup, StoreError<BackupRefusal>> {
+        let joined = |e: tokio::task::JoinError| Failure::Io(format!("backup task: {e}"));
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || crate::store::backup::prepare_target(&d))
+            .await
+            .map_err(joined)?
+            .map_err(StoreError::Refused)?;
+        let path = dir.join(crate::store::backup::DUMP_FILE);
+        let dump = tokio::task::spawn_blocking(move || backup::start(&path))
+            .await
+            .map_err(joined)?
+            .map_err(StoreError::Refused)?;
+        let dumped = if self.torn_backup {
+            self.torn_dump(dump).await?
+        } else {
+            // On the writer thread, between two write groups: the copy is
+            // a prefix of the writer's order, answered once that prefix is
+            // durable.
+            self.read_on_writer(move |shared| backup::dump_all(shared, dump)).await?
+        }
+        .map_err(StoreError::Refused)?;
+        metrics::histogram!(metric_names::BACKUP_PAUSE_SECONDS)
+            .record(std::time::Duration::from_micros(dumped.pause_us).as_secs_f64());
+        let (dump, dumped) =
+            tokio::task::spawn_blocking(move || (backup::finish(&dir, &dumped), dumped)).await.map_err(joined)?;
+        let dump = dump.map_err(StoreError::Refused)?;
+        Ok(StoreBackup { backend: "sled", point: dumped.point, dump, pause_us: dumped.pause_us })
     }
 }
 

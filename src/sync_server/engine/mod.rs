@@ -13,6 +13,7 @@
 //! payouts), `receipts.rs` (receipt-signing keys and disputes),
 //! `sweeper.rs` (expiry and housekeeping) and `waiters.rs`.
 
+mod backup;
 mod ledger;
 mod network;
 mod operator;
@@ -113,6 +114,8 @@ pub struct Engine {
     /// looking or has nothing to wait for, so any new deadline wakes it.
     sweep_target: AtomicU64,
     sweep_wake: Notify,
+    /// Set while an online backup is taken (one at a time).
+    backing_up: std::sync::atomic::AtomicBool,
 }
 
 impl Engine {
@@ -136,6 +139,7 @@ impl Engine {
             watch_slots,
             sweep_target: AtomicU64::new(u64::MAX),
             sweep_wake: Notify::new(),
+            backing_up: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
