@@ -26,6 +26,13 @@ pub const RELAY_CONNECTIONS: &str = "syncpay_relay_connections";
 pub const RELAY_QUEUE_DEPTH: &str = "syncpay_relay_queue_depth";
 /// Carriers disconnected because their relay queue was full.
 pub const RELAY_QUEUE_FULL: &str = "syncpay_relay_queue_full_total";
+/// Resolve requests to carriers in ask mode, by how they ended, labelled
+/// `result`: `found`, `miss`, `refused_by_carrier`, `refused` (a malformed
+/// answer, or one naming someone not that carrier's subscriber),
+/// `timeout`, `not_connected`, `disconnected`, `too_many`.
+pub const RESOLVES: &str = "syncpay_resolve_answers_total";
+/// Resolve answers ignored: repeated, late, unknown or another carrier's.
+pub const RESOLVE_ANSWERS_IGNORED: &str = "syncpay_resolve_answers_ignored_total";
 /// Requests refused by a rate limit, labelled `limit`. The rate limiter
 /// itself lands separately; the name is fixed here so dashboards can be
 /// built now.
@@ -60,6 +67,8 @@ pub fn describe() {
     describe_gauge!(RELAY_CONNECTIONS, "Open carrier relay streams");
     describe_gauge!(RELAY_QUEUE_DEPTH, "Messages waiting in a carrier's relay queue, sampled at each push");
     describe_counter!(RELAY_QUEUE_FULL, "Carriers disconnected because their relay queue was full");
+    describe_counter!(RESOLVES, "Resolve requests to carriers in ask mode, by result");
+    describe_counter!(RESOLVE_ANSWERS_IGNORED, "Resolve answers ignored: repeated, late, unknown or another carrier's");
     describe_counter!(RATE_LIMIT_REJECTIONS, "Requests refused by a rate limit, by limit");
     describe_counter!(TLS_HANDSHAKES_REFUSED, "TLS handshakes closed without finishing, by reason");
     describe_gauge!(TLS_HANDSHAKES_PENDING, "TLS handshakes in progress");
@@ -125,6 +134,16 @@ pub fn relay_queue_depth(carrier: &str, depth: usize) {
 /// A carrier was disconnected for a full relay queue.
 pub fn relay_queue_full(carrier: &str) {
     metrics::counter!(RELAY_QUEUE_FULL, "carrier" => carrier.to_owned()).increment(1);
+}
+
+/// A resolve request ended with `result` (one of the [`RESOLVES`] labels).
+pub fn resolved(result: &'static str) {
+    metrics::counter!(RESOLVES, "result" => result).increment(1);
+}
+
+/// A resolve answer was ignored.
+pub fn resolve_answer_ignored() {
+    metrics::counter!(RESOLVE_ANSWERS_IGNORED).increment(1);
 }
 
 /// A request was refused by the named rate limit (for the rate limiter).

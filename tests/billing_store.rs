@@ -146,6 +146,7 @@ impl World {
                 binding_code: "000000".into(),
                 max_open_per_register: 100,
                 offer_gate: None,
+                asked: None,
                 now: UnixMs(at),
             })
             .await
@@ -478,4 +479,99 @@ async fn lease_lookup_bench() {
         lookup.as_secs_f64() / get.as_secs_f64()
     );
     assert!(records >= usize::try_from(total).expect("fits") * 99 / 100);
+}
+
+/// Ask mode on the store (issue 18): the mode is a carrier's term, read
+/// by `route`; a carrier in ask mode cannot store a lease; a trade whose
+/// payer the engine learnt by asking uses that answer instead of a
+/// lookup, still checked to be that carrier's subscriber with a handset,
+/// and an idempotent retry is replayed before the answer is looked at.
+#[tokio::test]
+async fn ask_mode_stores_no_lease_and_takes_the_carriers_answer_as_checked() {
+    for backend in backends() {
+        ask_mode_on(backend).await;
+    }
+}
+
+async fn ask_mode_on(backend: &BackendFactory) {
+    use syncpay::domain::ResolveMode;
+    use syncpay::store::{AskedPayer, CreateTradeRefusal, Route};
+    let w = world(backend).await;
+    let fixture = Fixture::new(w.store.clone(), UnixMs(JAN_END));
+    let kddi = fixture.carrier("kddi", "KDDI", &["203.0.113.0/24"], 0).await;
+    const KEN: &str = "+818040000001";
+    fixture.payer(&kddi, &num(KEN), Funding::Wallet, &SigningKey::from_bytes(&[40; 32])).await;
+    let route = |addr: &str| {
+        let store = w.store.clone();
+        let shop = w.shop.clone();
+        let addr = ip(addr);
+        async move { store.route(addr, &shop).await.expect("route") }
+    };
+    assert_eq!(route("192.0.2.1").await, None);
+    assert_eq!(
+        route("198.51.100.7").await,
+        Some(Route { carrier: w.carrier.clone(), mode: ResolveMode::Push, accepted: true })
+    );
+    assert_eq!(
+        route("203.0.113.5").await,
+        Some(Route { carrier: kddi.clone(), mode: ResolveMode::Push, accepted: false })
+    );
+    assert_eq!(w.store.set_resolve_mode(&w.carrier, ResolveMode::Ask).await.expect("ask"), ResolveMode::Ask);
+    assert_eq!(route("198.51.100.7").await.map(|r| r.mode), Some(ResolveMode::Ask));
+    let before = w.store.lease_count().await.expect("count");
+    assert_eq!(
+        w.report(vec![], vec![stop("198.51.100.7", 0, 65535, JAN_END)]).await.err(),
+        Some(StoreError::Refused(LeaseRefusal::AskMode { list: LeaseList::Stops, index: 0 }))
+    );
+    assert_eq!(w.report(vec![], vec![]).await.expect("empty"), LeasesRecorded { starts: 0, stops: 0 });
+    assert_eq!(w.store.lease_count().await.expect("count"), before, "nothing stored in ask mode");
+
+    let create = |asked: AskedPayer, key: Option<&str>| {
+        let request = TradeRequest {
+            register: w.register,
+            payer: PayerRef::Network(syncpay::store::NetworkIdentity {
+                ip: ip("198.51.100.7"),
+                port: None,
+                observed_at: UnixMs(JAN_END),
+            }),
+            amount: Amount::new(100),
+            currency: jpy(),
+            description: String::new(),
+            ttl_ms: TTL_MS,
+        };
+        let trade = NewTrade {
+            shop: w.shop.clone(),
+            trade_id: TradeId::generate().expect("id"),
+            request,
+            idempotency_key: key.map(str::to_owned),
+            binding_code: "000000".into(),
+            max_open_per_register: 100,
+            offer_gate: None,
+            asked: Some(asked),
+            now: UnixMs(JAN_END),
+        };
+        let store = w.store.clone();
+        async move { store.create_trade(trade).await }
+    };
+    let refused = |r: Result<syncpay::store::Created, StoreError<CreateTradeRefusal>>| match r {
+        Err(StoreError::Refused(why)) => why,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let found = |carrier: &CarrierId, n: &str| AskedPayer::Found { carrier: carrier.clone(), subscriber: num(n) };
+    // Another carrier's subscriber, named as if the asked carrier's, or a
+    // number nobody enrolled: the one miss.
+    assert_eq!(refused(create(found(&w.carrier, KEN), None).await), CreateTradeRefusal::NoOneToOffer);
+    assert_eq!(refused(create(found(&w.carrier, "+818099999999"), None).await), CreateTradeRefusal::NoOneToOffer);
+    assert_eq!(refused(create(AskedPayer::Miss, None).await), CreateTradeRefusal::NoOneToOffer);
+    assert_eq!(refused(create(AskedPayer::NotAccepted, None).await), CreateTradeRefusal::NotAccepted);
+    assert_eq!(refused(create(AskedPayer::Unavailable, None).await), CreateTradeRefusal::CarrierUnavailable);
+    // The carrier's own subscriber: a trade for them, keeping the number,
+    // not the address.
+    let made = create(found(&w.carrier, BILLED), Some("k1")).await.expect("created");
+    assert_eq!((made.trade.state, made.trade.request.payer.as_str()), (TradeState::Pending, BILLED));
+    // A retry is the original trade, whatever the carrier answers now.
+    let again = create(AskedPayer::Unavailable, Some("k1")).await.expect("replayed");
+    assert!(again.replayed);
+    assert_eq!(again.trade.id, made.trade.id);
+    assert_eq!(w.store.lease_count().await.expect("count"), before);
 }

@@ -1,5 +1,6 @@
-//! Network identity and carrier billing end to end: a real server, carriers
-//! with IP prefixes, leases reported over gRPC, a shop naming payers by the
+//! Network identity and carrier billing end to end in push mode (ask mode:
+//! `carrier_ask.rs`): a real server, carriers with IP prefixes, leases
+//! reported over gRPC, a shop naming payers by the
 //! address it saw, handsets in `terminal_sim` approving, charges landing on
 //! carrier bills within their caps; statements and payout reports equal to
 //! the ledger; and nothing the shop receives names the subscriber.
@@ -56,6 +57,8 @@ async fn world(backend: &'static BackendFactory) -> World {
             display_name: "Docomo".into(),
             ip_prefixes: vec!["198.51.100.0/24".into(), "2001:db8:1::/48".into()],
             fee_bps: 250,
+            // This suite is push mode's (ask mode: tests/carrier_ask.rs).
+            resolve_mode: proto::ResolveMode::Push as i32,
         })
         .await
         .expect("carrier")
@@ -68,6 +71,7 @@ async fn world(backend: &'static BackendFactory) -> World {
             display_name: "KDDI".into(),
             ip_prefixes: vec!["203.0.113.0/24".into()],
             fee_bps: 0,
+            resolve_mode: proto::ResolveMode::Push as i32,
         })
         .await
         .expect("second carrier");
@@ -582,6 +586,7 @@ async fn single_address_prefixes_are_ranges_like_any_other_on(backend: &'static 
             display_name: "Loopback Mobile".into(),
             ip_prefixes: vec!["127.0.0.1/32".into(), "::1/128".into()],
             fee_bps: 0,
+            ..Default::default()
         })
         .await
         .expect("single-address prefixes are accepted");

@@ -324,6 +324,18 @@ async fn each_carrier_rpc_answers_the_codes_the_proto_lists() {
         start_ms: 1_700_000_000_000,
     };
     let leases = |starts: Vec<proto::LeaseStart>| proto::ReportLeasesRequest { starts, stops: Vec::new() };
+    // A new carrier is in ask mode: it keeps its leases, and a non-empty
+    // batch is refused naming its first entry (an empty one records
+    // nothing). SetResolveMode chooses push; an unknown mode is refused.
+    let status = c.report_leases(leases(vec![start("198.51.100.7", PAYER)])).await.expect_err("ask mode");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().starts_with("starts[0]: this carrier resolves addresses itself"), "{}", status.message());
+    let empty = c.report_leases(leases(Vec::new())).await.expect("an empty batch").into_inner();
+    assert_eq!((empty.starts_recorded, empty.stops_recorded), (0, 0));
+    let mode = |mode: i32| proto::SetResolveModeRequest { mode };
+    assert_eq!(code_of(c.set_resolve_mode(mode(99)).await), Code::InvalidArgument);
+    let set = c.set_resolve_mode(mode(proto::ResolveMode::Push as i32)).await.expect("push").into_inner();
+    assert_eq!(set.mode, proto::ResolveMode::Push as i32);
     let status = c.report_leases(leases(vec![start("198.51.100.7", PAYER)])).await.expect_err("outside");
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert!(status.message().starts_with("starts[0].ip: "), "{}", status.message());

@@ -167,6 +167,7 @@ async fn next_trade(store: &SledStore, shop: &ShopId) -> TradeId {
         binding_code: "123456".into(),
         max_open_per_register: 10,
         offer_gate: None,
+        asked: None,
         now,
     };
     store.create_trade(trade).await.expect("create a trade after the restart").trade.id

@@ -138,6 +138,7 @@ impl Kind for CreateTradeRefusal {
             | CreateTradeRefusal::NotAccepted
             | CreateTradeRefusal::NoOneToOffer
             | CreateTradeRefusal::ShopSuspended => "failed_precondition",
+            CreateTradeRefusal::CarrierUnavailable => "unavailable",
         }
     }
 }
@@ -319,6 +320,7 @@ async fn step(r: &Real, m: &mut Model, op: &Op, now: u64) -> (Seen, Seen) {
                 binding_code: "000000".into(),
                 max_open_per_register: 1_000,
                 offer_gate: None,
+                asked: None,
                 now: UnixMs(now),
             };
             let got = match r.store.create_trade(c).await {

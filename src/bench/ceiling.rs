@@ -124,7 +124,8 @@ impl Inner {
                     let _ = relay.send(Ok(down)).await;
                 }
             }
-            None => {}
+            // The ceiling asks no carrier to resolve anything.
+            Some(proto::relay_up::Body::Resolved(_)) | None => {}
         }
     }
 }
@@ -329,6 +330,13 @@ impl CarrierService for Ceiling {
         &self,
         _: Request<proto::ReportLeasesRequest>,
     ) -> Result<Response<proto::ReportLeasesResponse>, Status> {
+        Err(Status::unimplemented("ceiling"))
+    }
+
+    async fn set_resolve_mode(
+        &self,
+        _: Request<proto::SetResolveModeRequest>,
+    ) -> Result<Response<proto::SetResolveModeResponse>, Status> {
         Err(Status::unimplemented("ceiling"))
     }
 

@@ -75,6 +75,7 @@ pub async fn build(target: &Target, setup: &Setup, plan: &Plan) -> anyhow::Resul
                     display_name: "Bench Mobile".into(),
                     ip_prefixes: vec![],
                     fee_bps: 0,
+                    ..Default::default()
                 })
                 .await
                 .context("creating the carrier")?

@@ -56,6 +56,11 @@ enum AdminCommand {
         /// The carrier's fee on carrier-billed charges, in basis points.
         #[arg(long, default_value_t = 0)]
         fee_bps: u32,
+        /// How the server learns who held the carrier's addresses: `ask`
+        /// (the carrier answers resolve requests on its relay stream; no
+        /// lease is stored here) or `push` (the carrier reports leases).
+        #[arg(long, default_value = "ask", value_parser = ["ask", "push"])]
+        resolve_mode: String,
     },
     /// Add IP prefixes to a carrier.
     AddPrefixes { carrier_id: String, prefixes: Vec<String> },
@@ -158,13 +163,18 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             let s = admin.get_statement(request).await?.into_inner();
             print_statement(&s, args.json);
         }
-        AdminCommand::CreateCarrier { carrier_id, display_name, prefixes, fee_bps } => {
+        AdminCommand::CreateCarrier { carrier_id, display_name, prefixes, fee_bps, resolve_mode } => {
+            let resolve_mode = match resolve_mode.as_str() {
+                "push" => proto::ResolveMode::Push,
+                _ => proto::ResolveMode::Ask,
+            } as i32;
             let r = admin
                 .create_carrier(proto::CreateCarrierRequest {
                     carrier_id,
                     display_name,
                     ip_prefixes: prefixes,
                     fee_bps,
+                    resolve_mode,
                 })
                 .await?
                 .into_inner();

@@ -47,10 +47,16 @@ pub struct CarrierSimArgs {
     /// NUMBER=CURRENCY:CAP_MINOR (repeatable), e.g. +819000000001=JPY:10000.
     #[arg(long = "billed", value_name = "NUMBER=CURRENCY:CAP")]
     billed: Vec<String>,
-    /// Report a lease starting now: IP=NUMBER or IP:LO-HI=NUMBER for a
-    /// CGNAT port block (repeatable).
+    /// A lease starting now: IP=NUMBER or IP:LO-HI=NUMBER for a CGNAT
+    /// port block (repeatable). In ask mode it stays in the simulated
+    /// carrier's own table, which answers the server's resolve requests;
+    /// in push mode it is reported (ReportLeases).
     #[arg(long = "lease", value_name = "IP[:LO-HI]=NUMBER")]
     leases: Vec<String>,
+    /// The carrier's resolve mode, set at the server when leases are
+    /// given: `ask` (the default: leases stay here) or `push`.
+    #[arg(long, default_value = "ask", value_parser = ["ask", "push"])]
+    resolve_mode: String,
     /// Accept a shop (lets it name this carrier's payers by network
     /// identity and charge carrier bills; repeatable).
     #[arg(long = "accept", value_name = "SHOP_ID")]
@@ -167,7 +173,7 @@ pub async fn run(args: CarrierSimArgs) -> anyhow::Result<()> {
             .with_context(|| format!("enrolling browser phone {}", number.as_str()))?;
     }
     sim.wait_connected(CONNECT_WAIT).await.context("waiting for the relay stream")?;
-    network_setup(&args, &conn).await?;
+    network_setup(&args, &conn, &sim).await?;
     let page = match args.web {
         Some(addr) => {
             let listener =
@@ -415,8 +421,9 @@ mod tests {
 }
 
 /// Carrier billing and network identity from the command line: billed
-/// enrollments, shop acceptances, then one ReportLeases batch.
-async fn network_setup(args: &CarrierSimArgs, conn: &Connection) -> anyhow::Result<()> {
+/// enrollments, shop acceptances, then the resolve mode and the leases
+/// (kept here in ask mode, one ReportLeases batch in push mode).
+async fn network_setup(args: &CarrierSimArgs, conn: &Connection, sim: &CarrierSim) -> anyhow::Result<()> {
     if args.billed.is_empty() && args.leases.is_empty() && args.accept.is_empty() {
         return Ok(());
     }
@@ -443,9 +450,22 @@ async fn network_setup(args: &CarrierSimArgs, conn: &Connection) -> anyhow::Resu
         let now = i64::try_from(syncpay::sync_server::engine::now().0)?;
         let starts =
             args.leases.iter().map(|l| parse_lease(l, now)).collect::<Result<Vec<_>, _>>().map_err(Exit::usage)?;
-        let r = carrier.report_leases(proto::ReportLeasesRequest { starts, stops: vec![] }).await?.into_inner();
-        if !args.json {
-            println!("reported {} leases", r.starts_recorded);
+        let push = args.resolve_mode == "push";
+        let mode = if push { proto::ResolveMode::Push } else { proto::ResolveMode::Ask };
+        carrier.set_resolve_mode(proto::SetResolveModeRequest { mode: mode as i32 }).await?;
+        if push {
+            let r = carrier.report_leases(proto::ReportLeasesRequest { starts, stops: vec![] }).await?.into_inner();
+            if !args.json {
+                println!("reported {} leases (push mode)", r.starts_recorded);
+            }
+        } else {
+            for l in &starts {
+                let ports = (u16::try_from(l.port_lo)?, u16::try_from(l.port_hi)?);
+                sim.lease(&l.ip, ports, &l.subscriber_number, u64::try_from(l.start_ms)?)?;
+            }
+            if !args.json {
+                println!("kept {} leases in the carrier's own table (ask mode)", starts.len());
+            }
         }
     }
     Ok(())

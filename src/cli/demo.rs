@@ -68,7 +68,7 @@ const BILLED_NUMBER: &str = "+819000000077";
 /// leases to the billed buyer; the shop sees a connection from `PORT`.
 const CARRIER_PREFIX: &str = "198.51.100.0/24";
 const BILLED_IP: &str = "198.51.100.23";
-const BILLED_PORTS: (u32, u32) = (1024, 2047);
+const BILLED_PORTS: (u16, u16) = (1024, 2047);
 const BILLED_PORT: u32 = 1500;
 /// The carrier's fee (2.5%) and the buyer's monthly cap.
 const FEE_BPS: u32 = 250;
@@ -310,6 +310,8 @@ async fn script(url: &str, admin_token: &str, scratch: &std::path::Path) -> anyh
             display_name: CARRIER_NAME.into(),
             ip_prefixes: vec![CARRIER_PREFIX.into()],
             fee_bps: FEE_BPS,
+            // The default: the carrier keeps its lease records.
+            resolve_mode: proto::ResolveMode::Ask as i32,
         })
         .await
         .context("creating the carrier")?
@@ -640,21 +642,15 @@ async fn network_billing(
         .context("enrolling the carrier-billed buyer")?;
     carrier.accept_shop(proto::AcceptShopRequest { shop_id: SHOP_ID.into() }).await.context("accepting the shop")?;
     let now = i64::try_from(sync_server::engine::now().0)?;
-    carrier
-        .report_leases(proto::ReportLeasesRequest {
-            starts: vec![proto::LeaseStart {
-                ip: BILLED_IP.into(),
-                port_lo: BILLED_PORTS.0,
-                port_hi: BILLED_PORTS.1,
-                subscriber_number: BILLED_NUMBER.into(),
-                start_ms: now - 60_000,
-            }],
-            stops: vec![],
-        })
-        .await
-        .context("reporting the lease")?;
+    // Ask mode: the lease stays in the carrier's own table; the server
+    // asks the carrier over its relay stream when the shop names the
+    // address, and stores no lease.
+    sim.lease(BILLED_IP, BILLED_PORTS, BILLED_NUMBER, u64::try_from(now - 60_000)?)
+        .context("recording the lease at the carrier")?;
+    let asked_before = sim.counters().resolves_answered;
     println!(
-        "  carrier  {CARRIER_ID}: prefix {CARRIER_PREFIX}, fee {FEE_BPS} bps; leased {BILLED_IP} ports {}-{} to {} (cap {})",
+        "  carrier  {CARRIER_ID}: prefix {CARRIER_PREFIX}, fee {FEE_BPS} bps, resolve mode ASK; its own lease table \
+         says {BILLED_IP} ports {}-{} is {} (cap {})",
         BILLED_PORTS.0,
         BILLED_PORTS.1,
         masked(BILLED_NUMBER),
@@ -679,6 +675,8 @@ async fn network_billing(
         .into_inner();
     let trade_id = TradeId::parse(&created.trade_id).map_err(|e| anyhow!("trade id: {e}"))?;
     let trade = register.await_final(trade_id, WAIT).await.context("waiting for the trade")?;
+    let asked = sim.counters().resolves_answered.saturating_sub(asked_before);
+    println!("  server asked the carrier who held {BILLED_IP} port {BILLED_PORT} (ask mode); the carrier answered {asked} resolve request(s)");
     println!("  shop named the payer as {BILLED_IP} port {BILLED_PORT} and saw");
     println!("    trade    {}", trade.trade_id);
     println!("    outcome  {}", outcome_name(trade.state, trade.failure_reason));
@@ -704,6 +702,7 @@ async fn network_billing(
         !text.contains(BILLED_NUMBER.trim_start_matches('+')) && !text.contains(BILLED_IP),
         "the shop's trade names neither the number nor the address",
     );
+    checks.equal("resolve requests the carrier answered (ask mode)", asked, 1);
     checks.equal("statement total", statement.total_minor, PRICE);
     checks.check(
         statement.lines.len() == 1 && statement.lines[0].trade_id == trade.trade_id,

@@ -112,6 +112,12 @@ pub enum Event {
     Empty {
         stream: u64,
     },
+    /// An answer to a resolve request (ask mode), as validated.
+    Resolved {
+        stream: u64,
+        request_id: u64,
+        reply: crate::carrier::ResolveReply,
+    },
     /// A call refused before it reached the sandbox (credentials).
     Refused {
         why: String,
@@ -422,6 +428,7 @@ impl Shared {
                     });
                     s.record(Event::Answer { stream, answer, verdict });
                 }
+                Ok(Uplink::Resolved { request_id, reply }) => s.record(Event::Resolved { stream, request_id, reply }),
                 Err(e) => match message.body {
                     Some(proto::relay_up::Body::Answer(answer)) => {
                         let verdict = proto::AnswerResult {
@@ -785,6 +792,17 @@ impl CarrierService for SandboxService {
         Ok(Response::new(proto::ReportLeasesResponse {
             starts_recorded: count(starts.len()),
             stops_recorded: count(stops.len()),
+        }))
+    }
+
+    async fn set_resolve_mode(
+        &self,
+        request: Request<proto::SetResolveModeRequest>,
+    ) -> Result<Response<proto::SetResolveModeResponse>, Status> {
+        // Validated like the server; the sandbox resolves nothing.
+        let mode = requests::resolve_mode("mode", request.get_ref().mode)?;
+        Ok(Response::new(proto::SetResolveModeResponse {
+            mode: crate::sync_server::convert::resolve_mode(mode) as i32,
         }))
     }
 

@@ -16,7 +16,7 @@ pub use approval::{
 pub use ids::{CarrierId, IdError, Principal, RegisterId, ShopId, SubscriberNumber, TradeId};
 pub use ledger::{AccountName, Balance, LedgerError, Leg, PostingSet, Side};
 pub use money::{Amount, Currency, MoneyError};
-pub use network::{carrier_fee, IpKey, IpPrefix, Month, NetworkError, PortRange};
+pub use network::{carrier_fee, IpKey, IpPrefix, Month, NetworkError, PortRange, ResolveMode};
 pub use trade::{FailureReason, TradeEvent, TradeState, Transition, TransitionError};
 
 /// Milliseconds since the Unix epoch, UTC. The only time type in the domain;

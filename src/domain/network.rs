@@ -1,7 +1,7 @@
 //! Network identity and carrier billing, the pure parts: addresses
 //! normalised to 16 bytes (IPv4 as IPv4-mapped IPv6), CIDR prefixes, port
-//! ranges for carrier-grade NAT, the UTC calendar month of an instant, and
-//! the carrier fee.
+//! ranges for carrier-grade NAT, the UTC calendar month of an instant, the
+//! carrier fee, and how a carrier's addresses are resolved.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
@@ -21,6 +21,27 @@ pub enum NetworkError {
     HostBits(String),
     #[error("port range {0}..={1} is empty or reversed")]
     BadPorts(u16, u16),
+}
+
+/// How the server learns who held an address of a carrier's prefixes: a
+/// carrier's choice, in its terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ResolveMode {
+    /// The carrier pushes its lease records; the server looks them up.
+    Push,
+    /// The carrier keeps its lease records and answers a resolve request
+    /// on its relay stream; the server stores no address history. The
+    /// default for new carriers.
+    Ask,
+}
+
+impl ResolveMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ResolveMode::Push => "push",
+            ResolveMode::Ask => "ask",
+        }
+    }
 }
 
 /// An address as 16 bytes; IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`),

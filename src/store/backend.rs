@@ -30,15 +30,16 @@ use tokio::sync::watch;
 
 use crate::domain::receipt::ReceiptSigner;
 use crate::domain::{
-    AccountName, CarrierId, Decision, IpKey, IpPrefix, Month, Principal, RegisterId, ShopId, SubscriberNumber, TradeId,
-    UnixMs,
+    AccountName, CarrierId, Decision, IpKey, IpPrefix, Month, Principal, RegisterId, ResolveMode, ShopId,
+    SubscriberNumber, TradeId, UnixMs,
 };
 
 use super::backup::StoreBackup;
 use super::ops::{
     AckOutcome, AnswerOutcome, CancelOutcome, Created, ExpireOutcome, HandsetAnswer, LeaseReport, LeasesRecorded,
     NewCarrier, NewHandset, NewPayout, NewRefund, NewRegister, NewRemittance, NewShop, NewSubscriber, NewTrade,
-    PaidOut, Pending, Refunded, Remitted, ShopStatus, SignatureCheck, StatementData, TopUp, ToppedUp, TradeHistory,
+    PaidOut, Pending, Refunded, Remitted, Route, ShopStatus, SignatureCheck, StatementData, TopUp, ToppedUp,
+    TradeHistory,
 };
 use super::records::{
     AccountRecord, CarrierRecord, CarrierStatementLine, Delivery, EventRecord, HandsetRecord, PayoutEntry,
@@ -127,7 +128,8 @@ pub trait Parties: Send + Sync {
 #[async_trait]
 pub trait Trades: Send + Sync {
     /// Resolves the payer (a number is itself; a network identity is
-    /// resolved for this shop before the commit), replays an idempotent
+    /// resolved for this shop before the commit, from the lease records
+    /// or, in ask mode, as [`NewTrade::asked`] says), replays an idempotent
     /// retry (compared as sent), then creates the trade: PENDING with its
     /// offer queued (if the offer gate admits it), or FAILED at once when
     /// nothing could ever answer it.
@@ -262,6 +264,13 @@ pub trait Network: Send + Sync {
         shop: &ShopId,
         accept: bool,
     ) -> Result<bool, StoreError<AcceptanceRefusal>>;
+    /// The carrier owning `addr`'s range (longest prefix), its resolve
+    /// mode and whether it accepts `shop`; `None` outside every range.
+    async fn route(&self, addr: IpKey, shop: &ShopId) -> Result<Option<Route>, Failure>;
+    /// Sets the carrier's resolve mode (its terms); returns it. Must
+    /// guarantee: once it returns, a ReportLeases of the carrier checks
+    /// the new mode (read in the batch's own transaction).
+    async fn set_resolve_mode(&self, carrier: &CarrierId, mode: ResolveMode) -> Result<ResolveMode, Failure>;
     /// Who held `addr` (and `port`) at `at`, if anyone.
     async fn lease_holder(
         &self,

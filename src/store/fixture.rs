@@ -75,6 +75,8 @@ impl Fixture {
             token_hash: token_hash("carrier", id.as_str()),
             prefixes: prefixes.iter().map(|p| IpPrefix::parse(p).expect("a valid prefix")).collect(),
             fee_bps,
+            // The lease suites push leases; ask mode is the engine's.
+            resolve_mode: crate::domain::ResolveMode::Push,
             now: self.now,
         };
         self.store.create_carrier(carrier).await.expect("create the carrier");

@@ -25,10 +25,10 @@ use std::sync::Arc;
 pub use backend::{Backend, Ledger, Lifecycle, Network, Parties, Trades};
 pub use heads::EventHeads;
 pub use ops::{
-    AckOutcome, AnswerOutcome, CancelOutcome, Created, ExpireOutcome, HandsetAnswer, LeaseReport, LeasesRecorded,
-    NewCarrier, NewHandset, NewPayout, NewRefund, NewRegister, NewRemittance, NewShop, NewSubscriber, NewTrade,
-    OfferGate, PaidOut, PayoutAmount, Pending, Refunded, RejectedAnswer, Remitted, ShopStatus, SignatureCheck,
-    StatementData, TopUp, ToppedUp, TradeHistory,
+    AckOutcome, AnswerOutcome, AskedPayer, CancelOutcome, Created, ExpireOutcome, HandsetAnswer, LeaseReport,
+    LeasesRecorded, NewCarrier, NewHandset, NewPayout, NewRefund, NewRegister, NewRemittance, NewShop, NewSubscriber,
+    NewTrade, OfferGate, PaidOut, PayoutAmount, Pending, Refunded, RejectedAnswer, Remitted, Route, ShopStatus,
+    SignatureCheck, StatementData, TopUp, ToppedUp, TradeHistory,
 };
 pub use records::{
     AccountRecord, BillLine, CapUsage, CarrierRecord, CarrierSales, CarrierStatementLine, Delivery, DeliveryBody,

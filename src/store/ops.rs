@@ -9,8 +9,8 @@ use tokio::sync::oneshot;
 use crate::domain::receipt::{handset_commitment, ReceiptKeyId, ReceiptSigner, Statement};
 use crate::domain::IpKey;
 use crate::domain::{
-    Amount, BindingCode, CarrierId, Currency, Decision, IpPrefix, Month, PortRange, RegisterId, ScreenText, ShopId,
-    SubscriberNumber, TradeId, TradeState, UnixMs,
+    Amount, BindingCode, CarrierId, Currency, Decision, IpPrefix, Month, PortRange, RegisterId, ResolveMode,
+    ScreenText, ShopId, SubscriberNumber, TradeId, TradeState, UnixMs,
 };
 
 use super::records::{
@@ -38,6 +38,7 @@ pub struct NewCarrier {
     pub token_hash: [u8; 32],
     pub prefixes: Vec<IpPrefix>,
     pub fee_bps: u32,
+    pub resolve_mode: ResolveMode,
     pub now: UnixMs,
 }
 
@@ -97,6 +98,10 @@ pub struct NewTrade {
     pub max_open_per_register: u32,
     /// Asked only when the trade is about to send its offer.
     pub offer_gate: Option<OfferGate>,
+    /// For a network identity in the range of a carrier in ask mode: what
+    /// the engine learnt from the carrier (or that it could not ask), used
+    /// in place of the store's own lease lookup. `None` otherwise.
+    pub asked: Option<AskedPayer>,
     pub now: UnixMs,
 }
 
@@ -137,6 +142,35 @@ impl NewTrade {
             terms: SignedTerms::V2 { screen_digest },
         })
     }
+}
+
+/// What asking the carrier that owns a network identity's range gave
+/// (ask mode). The store still checks, in the trade's transaction, that a
+/// found subscriber is that carrier's and has a handset; an idempotent
+/// retry is replayed before any of these is looked at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AskedPayer {
+    Found {
+        carrier: CarrierId,
+        subscriber: SubscriberNumber,
+    },
+    /// No one, the carrier's refusal, no answer in time, or an answer the
+    /// server refused: one outcome, so the shop cannot tell them apart.
+    Miss,
+    /// The carrier has not accepted the shop (it was not asked).
+    NotAccepted,
+    /// The carrier has no relay stream here (or it ended mid-request).
+    Unavailable,
+}
+
+/// The carrier owning an address's range, as the engine needs it to
+/// decide how to resolve a network identity for a shop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub carrier: CarrierId,
+    pub mode: ResolveMode,
+    /// Whether the carrier accepts the shop asking.
+    pub accepted: bool,
 }
 
 /// A trade created, or the original one for an idempotent retry.

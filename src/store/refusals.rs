@@ -125,6 +125,9 @@ pub enum CreateTradeRefusal {
     /// handset): one refusal for all, so the answer never tells who was
     /// where.
     NoOneToOffer,
+    /// The network identity's carrier resolves in ask mode and has no
+    /// relay stream here (or it ended while the request waited): retry.
+    CarrierUnavailable,
     /// The offer gate refused (the subscriber's allowance); its message.
     OfferLimited(String),
     /// The network identity is observed later than the clock skew allows.
@@ -247,8 +250,20 @@ pub enum LeaseList {
 /// batch is refused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseRefusal {
-    OutsidePrefixes { list: LeaseList, index: usize },
-    NotOwnSubscriber { list: LeaseList, index: usize },
+    OutsidePrefixes {
+        list: LeaseList,
+        index: usize,
+    },
+    NotOwnSubscriber {
+        list: LeaseList,
+        index: usize,
+    },
+    /// The carrier resolves addresses itself (ask mode): no lease record
+    /// is kept for it. Names the batch's first entry.
+    AskMode {
+        list: LeaseList,
+        index: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

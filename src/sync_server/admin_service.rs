@@ -45,9 +45,11 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::CreateCarrierRequest>,
     ) -> Result<Response<proto::CreateCarrierResponse>, Status> {
-        let requests::NewCarrier { id, display_name, prefixes, fee_bps } = requests::create_carrier(request.get_ref())?;
+        let requests::NewCarrier { id, display_name, prefixes, fee_bps, resolve_mode } =
+            requests::create_carrier(request.get_ref())?;
         let token = new_token("carrier")?;
-        let carrier = self.engine.create_carrier(id, display_name, prefixes, fee_bps, token_hash(&token)).await?;
+        let carrier =
+            self.engine.create_carrier(id, display_name, prefixes, fee_bps, resolve_mode, token_hash(&token)).await?;
         Ok(Response::new(proto::CreateCarrierResponse { carrier_id: carrier.id.to_string(), token }))
     }
 

@@ -1,5 +1,6 @@
 //! `CarrierService`: the relay stream and subscriber/handset enrollment.
-//! A carrier acts only on its own subscribers and its own deliveries.
+//! A carrier acts only on its own subscribers, its own deliveries and its
+//! own resolve requests.
 
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -11,7 +12,8 @@ use futures_core::Stream;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::carrier::relay::{to_relay_down, RelayEnd, RelayHub, RelayItem};
+use crate::carrier::relay::{to_relay_down, AnswerFate, RelayEnd, RelayHub, RelayItem};
+use crate::carrier::ResolveReply;
 use crate::domain::approval::key_sha256;
 use crate::domain::CarrierId;
 use crate::metrics;
@@ -68,6 +70,17 @@ async fn begin_up(
         }
     };
     match uplink {
+        Uplink::Resolved { request_id, reply } => {
+            // Nothing to make durable: the waiting CreateTrade takes it (or
+            // nobody does, and it is ignored). No reply on the stream.
+            if let ResolveReply::Malformed(why) = &reply {
+                tracing::debug!(carrier = %carrier, request_id, why, "malformed resolve answer");
+            }
+            if hub.answer_resolve(carrier, request_id, reply) == AnswerFate::Ignored {
+                tracing::debug!(carrier = %carrier, request_id, "resolve answer ignored (repeated, late or unknown)");
+            }
+            Ok(Box::pin(async { Ok(()) }))
+        }
         Uplink::Ack { delivery_id } => {
             let pending = engine.begin_ack(carrier, delivery_id).await.map_err(ApiError::from)?;
             Ok(Box::pin(async move { pending.await.map_err(ApiError::from) }))
@@ -282,6 +295,16 @@ impl CarrierService for CarrierApi {
         }))
     }
 
+    async fn set_resolve_mode(
+        &self,
+        request: Request<proto::SetResolveModeRequest>,
+    ) -> Result<Response<proto::SetResolveModeResponse>, Status> {
+        let carrier = auth::carrier(&request)?;
+        let mode = requests::resolve_mode("mode", request.get_ref().mode)?;
+        let mode = self.engine.set_resolve_mode(&carrier, mode).await?;
+        Ok(Response::new(proto::SetResolveModeResponse { mode: convert::resolve_mode(mode) as i32 }))
+    }
+
     async fn accept_shop(
         &self,
         request: Request<proto::AcceptShopRequest>,
@@ -395,7 +418,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_relay_queue_ends_the_stream_resource_exhausted_naming_the_limit() {
-        let hub = RelayHub::new(2);
+        let hub = RelayHub::new(2, 2);
         let carrier = CarrierId::parse("docomo").expect("valid");
         let (tx, rx) = mpsc::channel(hub.depth());
         let overflowed = Arc::new(AtomicBool::new(false));

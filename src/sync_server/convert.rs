@@ -459,6 +459,14 @@ pub fn trade_history_to_proto(h: &crate::store::TradeHistory, secret: &ServerSec
     }
 }
 
+/// A resolve mode on the wire.
+pub fn resolve_mode(mode: crate::domain::ResolveMode) -> proto::ResolveMode {
+    match mode {
+        crate::domain::ResolveMode::Push => proto::ResolveMode::Push,
+        crate::domain::ResolveMode::Ask => proto::ResolveMode::Ask,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -74,6 +74,17 @@ pub const MAX_OBSERVED_SKEW: Duration = Duration::from_secs(5 * 60);
 /// How long lease records are kept (and so how old a network identity may
 /// be): 90 days, a common retention for carrier session records.
 pub const LEASE_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+/// How long the server waits for a carrier in ask mode to answer a resolve
+/// request. The shop's CreateTrade waits this long at most (a checkout is
+/// on hold); a carrier answers from its own lease records in milliseconds,
+/// so 3 s leaves room for a slow link and a busy relay without letting a
+/// silent carrier hold checkouts for long.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Resolve requests waiting for answers at once, all carriers together:
+/// each holds one shop call open for at most `RESOLVE_TIMEOUT`, so 1024
+/// is far above what fifty trades a second per shop need, and bounds the
+/// memory a silent carrier can pin. More are RESOURCE_EXHAUSTED.
+pub const MAX_PENDING_RESOLVES: usize = 1024;
 /// How often superseded lease records older than the retention are pruned.
 pub const LEASE_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -101,6 +112,8 @@ pub struct Limits {
     /// the store is the buffer).
     pub stream_buffer: usize,
     pub max_watch_streams_per_shop: usize,
+    /// How long a resolve request to a carrier in ask mode may take.
+    pub resolve_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -120,6 +133,7 @@ impl Default for Limits {
             relay_queue_depth: RELAY_QUEUE_DEPTH,
             stream_buffer: STREAM_BUFFER,
             max_watch_streams_per_shop: MAX_WATCH_STREAMS_PER_SHOP,
+            resolve_timeout: RESOLVE_TIMEOUT,
         }
     }
 }

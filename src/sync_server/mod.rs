@@ -369,7 +369,7 @@ async fn start_on(
 ) -> Result<RunningServer, ServerError> {
     let addr = listener.local_addr()?;
     metrics::set_open_trades(store.open_trade_count().await?);
-    let hub = Arc::new(RelayHub::new(config.limits.relay_queue_depth));
+    let hub = Arc::new(RelayHub::new(config.limits.relay_queue_depth, self::limits::MAX_PENDING_RESOLVES));
     let engine = Arc::new(Engine::new(store, hub.clone(), config.secret.clone(), receipts, config.limits.clone()));
     let mode = if tls.is_some() { AuthMode::Certificates } else { AuthMode::Tokens };
     let auth = Arc::new(Authenticator::new(engine.clone(), &config.admin_token, mode));

@@ -29,6 +29,12 @@ pub const NETWORK_NOT_ACCEPTED: &str = "network_identity: the carrier for this a
 pub const NETWORK_MISS: &str =
     "network_identity: no carrier subscriber can be offered a trade for this address at that time";
 
+/// A network identity whose carrier resolves in ask mode but has no relay
+/// stream here (or it ended while the request waited). Says nothing about
+/// any subscriber, only that the carrier cannot be asked now: retry.
+pub const NETWORK_CARRIER_UNAVAILABLE: &str =
+    "network_identity: the carrier for this address is not connected; retry (with the same idempotency key)";
+
 /// The refusal of a new trade at a shop the operator suspended.
 pub const SHOP_SUSPENDED: &str =
     "shop is suspended: the operator refuses its new trades until it is resumed (open trades and refunds still work)";
@@ -136,6 +142,7 @@ impl From<CreateTradeRefusal> for ApiError {
             }
             CreateTradeRefusal::NotAccepted => ApiError::FailedPrecondition(NETWORK_NOT_ACCEPTED.into()),
             CreateTradeRefusal::NoOneToOffer => ApiError::FailedPrecondition(NETWORK_MISS.into()),
+            CreateTradeRefusal::CarrierUnavailable => ApiError::Unavailable(NETWORK_CARRIER_UNAVAILABLE.into()),
             CreateTradeRefusal::OfferLimited(m) => ApiError::ResourceExhausted(m),
             CreateTradeRefusal::ObservedInFuture => {
                 ApiError::invalid("network_identity.observed_at_ms", "is in the future")
@@ -425,6 +432,11 @@ impl From<LeaseRefusal> for ApiError {
             LeaseRefusal::NotOwnSubscriber { list, index } => {
                 format!("{}[{index}].subscriber_number: not a subscriber of this carrier", name(list))
             }
+            LeaseRefusal::AskMode { list, index } => format!(
+                "{}[{index}]: this carrier resolves addresses itself (ask mode), so the server keeps no lease \
+                 records; answer ResolveRequests on the relay stream, or choose push mode (SetResolveMode)",
+                name(list)
+            ),
         })
     }
 }

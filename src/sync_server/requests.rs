@@ -7,9 +7,10 @@
 
 use std::time::Duration;
 
+use crate::carrier::ResolveReply;
 use crate::domain::approval::valid_public_key;
 use crate::domain::{Amount, Currency, Decision, RegisterId, ShopId, SubscriberNumber, TradeId};
-use crate::domain::{CarrierId, Principal, ED25519_SIGNATURE_LEN};
+use crate::domain::{CarrierId, Principal, ResolveMode, ED25519_SIGNATURE_LEN};
 use crate::proto;
 use crate::store::{Funding, LeaseReport, PayerRef, PayoutAmount, TradeRequest};
 
@@ -39,6 +40,10 @@ pub const FIELDS: &[&str] = &[
     "answer.trade_id",
     "answer.decision",
     "answer.signature",
+    "resolved.outcome",
+    "resolved.subscriber_number",
+    "mode",
+    "resolve_mode",
     "funding",
     "public_key",
     "shop_id",
@@ -175,8 +180,21 @@ pub fn watch_trades(r: &proto::WatchTradesRequest) -> Result<Watch, ApiError> {
 /// One validated message from a carrier's relay stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Uplink {
-    Ack { delivery_id: u64 },
-    Answer { trade: TradeId, decision: Decision, signature: [u8; ED25519_SIGNATURE_LEN] },
+    Ack {
+        delivery_id: u64,
+    },
+    Answer {
+        trade: TradeId,
+        decision: Decision,
+        signature: [u8; ED25519_SIGNATURE_LEN],
+    },
+    /// A carrier's answer to a resolve request (ask mode). A malformed
+    /// answer is still an answer to its request: it ends the wait as
+    /// refused, instead of letting the shop wait for the timeout.
+    Resolved {
+        request_id: u64,
+        reply: ResolveReply,
+    },
 }
 
 pub fn relay_up(m: &proto::RelayUp) -> Result<Uplink, ApiError> {
@@ -193,7 +211,40 @@ pub fn relay_up(m: &proto::RelayUp) -> Result<Uplink, ApiError> {
             })?;
             Ok(Uplink::Answer { trade, decision, signature })
         }
-        None => Err(ApiError::invalid("body", "must be ack or answer")),
+        Some(proto::relay_up::Body::Resolved(r)) => {
+            Ok(Uplink::Resolved { request_id: r.request_id, reply: resolved(r) })
+        }
+        None => Err(ApiError::invalid("body", "must be ack, answer or resolved")),
+    }
+}
+
+/// A resolve answer as a reply: FOUND with a valid number, MISS or REFUSED
+/// with none; anything else is malformed, naming the field.
+fn resolved(r: &proto::ResolveAnswer) -> ResolveReply {
+    let malformed = |field: &str, why: &str| ResolveReply::Malformed(format!("{field}: {why}"));
+    match (proto::ResolveOutcome::try_from(r.outcome), r.subscriber_number.is_empty()) {
+        (Ok(proto::ResolveOutcome::Found), false) => match SubscriberNumber::parse(&r.subscriber_number) {
+            Ok(n) => ResolveReply::Found(n),
+            Err(_) => malformed("resolved.subscriber_number", "must be an E.164 number"),
+        },
+        (Ok(proto::ResolveOutcome::Found), true) => malformed("resolved.subscriber_number", "required with FOUND"),
+        (Ok(proto::ResolveOutcome::Miss), true) => ResolveReply::Miss,
+        (Ok(proto::ResolveOutcome::Refused), true) => ResolveReply::Refused,
+        (Ok(proto::ResolveOutcome::Miss | proto::ResolveOutcome::Refused), false) => {
+            malformed("resolved.subscriber_number", "must be empty unless FOUND")
+        }
+        (Ok(proto::ResolveOutcome::Unspecified) | Err(_), _) => {
+            malformed("resolved.outcome", "must be FOUND, MISS or REFUSED")
+        }
+    }
+}
+
+/// A resolve mode: UNSPECIFIED means ASK, the default.
+pub fn resolve_mode(field: &'static str, mode: i32) -> Result<ResolveMode, ApiError> {
+    match proto::ResolveMode::try_from(mode) {
+        Ok(proto::ResolveMode::Push) => Ok(ResolveMode::Push),
+        Ok(proto::ResolveMode::Ask | proto::ResolveMode::Unspecified) => Ok(ResolveMode::Ask),
+        Err(_) => Err(ApiError::invalid(field, "must be PUSH or ASK")),
     }
 }
 
@@ -234,6 +285,7 @@ pub struct NewCarrier {
     pub display_name: String,
     pub prefixes: Vec<IpPrefix>,
     pub fee_bps: u32,
+    pub resolve_mode: ResolveMode,
 }
 
 pub fn create_carrier(r: &proto::CreateCarrierRequest) -> Result<NewCarrier, ApiError> {
@@ -243,7 +295,8 @@ pub fn create_carrier(r: &proto::CreateCarrierRequest) -> Result<NewCarrier, Api
     if r.fee_bps > crate::domain::network::MAX_FEE_BPS {
         return Err(ApiError::invalid("fee_bps", "must be 0..=10000 (basis points)"));
     }
-    Ok(NewCarrier { id, display_name, prefixes, fee_bps: r.fee_bps })
+    let resolve_mode = resolve_mode("resolve_mode", r.resolve_mode)?;
+    Ok(NewCarrier { id, display_name, prefixes, fee_bps: r.fee_bps, resolve_mode })
 }
 
 pub fn top_up(

@@ -7,6 +7,11 @@
 //! duplicates, delays and reorders messages and cuts the stream, from a
 //! seed so a failing run can be replayed.
 //!
+//! For a carrier in ask mode it keeps its own lease table
+//! ([`CarrierSim::lease`]) and answers the server's resolve requests from
+//! it, as its [`ResolvePolicy`] says (or with a fault: slow, silent, a
+//! wrong subscriber, a broken stream).
+//!
 //! Besides simulated handsets (a key made here, answers by [`Policy`]) it
 //! hosts *browser phones* ([`CarrierSim::add_browser_phone`]): the key is
 //! made in a web page, which enrolls its public key through the carrier,
@@ -31,6 +36,7 @@ mod faults;
 mod handset;
 mod policy;
 mod relay;
+mod resolve;
 mod state;
 mod transcript;
 
@@ -48,6 +54,7 @@ pub use deviation::Deviation;
 pub use faults::{Chance, Faults, MessageFaults, SimConfig, MAX_DELAYED_PER_LANE, MAX_FAULT_DELAY};
 pub use handset::ParsedOffer;
 pub use policy::{Plan, Policy, Signing, Step, MAX_ANSWERS_PER_OFFER};
+pub use resolve::{LeaseError, ResolvePolicy, MAX_RESOLVE_DELAY, MAX_SIM_LEASES};
 pub use transcript::{AnswerOutcome, FaultCounters, SimCounters, SimEvent};
 
 use crate::client::{with_token, AuthedChannel};
@@ -73,6 +80,8 @@ pub enum SimError {
     Rpc { code: tonic::Code, message: String },
     #[error("subscriber number: {0}")]
     InvalidNumber(IdError),
+    #[error("shop id: {0}")]
+    InvalidShop(IdError),
     /// The number has no handset in this simulator (printed masked).
     #[error("no handset for {0:?}")]
     UnknownHandset(SubscriberNumber),
@@ -100,6 +109,9 @@ pub enum SimError {
     /// Too many acks and answers are waiting for the relay.
     #[error("the carrier is busy; try again")]
     Busy,
+    /// A lease the carrier's own table could not record.
+    #[error("lease: {0}")]
+    Lease(LeaseError),
 }
 
 impl From<tonic::Status> for SimError {
@@ -368,6 +380,41 @@ impl CarrierSim {
     /// state (for pages that show it live).
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.shared.version.subscribe()
+    }
+
+    /// Records in the carrier's own lease table that `number` holds `ip`
+    /// (its `ports` block; `(0, 0)` the whole address) from `start_ms`.
+    /// Nothing is sent to the server: in ask mode the table answers its
+    /// resolve requests.
+    pub fn lease(&self, ip: &str, ports: (u16, u16), number: &str, start_ms: u64) -> Result<(), SimError> {
+        let number = SubscriberNumber::parse(number).map_err(SimError::InvalidNumber)?;
+        self.shared
+            .update(|s| s.leases.record(ip, ports, Some(number), crate::domain::UnixMs(start_ms)))
+            .map_err(SimError::Lease)
+    }
+
+    /// Records that nobody holds `ip`'s `ports` from `end_ms`.
+    pub fn end_lease(&self, ip: &str, ports: (u16, u16), end_ms: u64) -> Result<(), SimError> {
+        self.shared.update(|s| s.leases.record(ip, ports, None, crate::domain::UnixMs(end_ms))).map_err(SimError::Lease)
+    }
+
+    /// How the carrier answers resolve requests from now on.
+    pub fn set_resolve_policy(&self, policy: ResolvePolicy) {
+        self.shared.update(|s| s.resolve_policy = policy);
+    }
+
+    /// The carrier refuses (`true`) or stops refusing a shop by its own
+    /// rules when asked to resolve an address for it.
+    pub fn refuse_shop(&self, shop: &str, refuse: bool) -> Result<(), SimError> {
+        let shop = crate::domain::ShopId::parse(shop).map_err(SimError::InvalidShop)?;
+        self.shared.update(|s| {
+            if refuse {
+                s.refused_shops.insert(shop);
+            } else {
+                s.refused_shops.remove(&shop);
+            }
+        });
+        Ok(())
     }
 
     /// Changes how a handset answers offers that arrive from now on.

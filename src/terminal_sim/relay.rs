@@ -17,6 +17,7 @@ use tonic::codec::Streaming;
 use tracing::{debug, info, warn};
 
 use super::faults::{Injector, Lane, SimConfig};
+use super::resolve::ResolveAction;
 use super::state::{ack, Outbound, PendingAnswer};
 use super::transcript::FaultCounters;
 use super::Shared;
@@ -40,6 +41,9 @@ const MAX_SCHEDULED_ANSWERS: usize = 10_000;
 /// Longest delay an answer can have; above the longest trade TTL (15 min)
 /// so late approvals can still be provoked.
 const MAX_ANSWER_DELAY: Duration = Duration::from_secs(20 * 60);
+/// Slow resolve answers waiting for their time; more are dropped (the
+/// server then times the request out, as for a silent carrier).
+const MAX_DELAYED_RESOLVES: usize = 1024;
 
 /// An answer with the time it is due; ordered by (due, seq) so answers due
 /// at the same instant go in the order they were planned.
@@ -128,6 +132,9 @@ pub(super) struct Relay {
     down: Lane<proto::RelayDown>,
     /// `Deviation::NoReconnect`: stop when the stream is lost.
     give_up: bool,
+    /// Slow resolve answers, with when they are due; they belong to the
+    /// stream that carried the request and are lost with it.
+    resolves: Vec<(Instant, proto::RelayUp)>,
 }
 
 /// Resolves once shutdown is asked for, or the handle is gone.
@@ -151,7 +158,7 @@ async fn cut_requested(cut: &mut watch::Receiver<u64>) {
     }
 }
 
-fn earliest(times: [Option<Instant>; 3]) -> Option<Instant> {
+fn earliest(times: [Option<Instant>; 4]) -> Option<Instant> {
     times.into_iter().flatten().min()
 }
 
@@ -180,6 +187,7 @@ impl Relay {
             up: Lane::default(),
             down: Lane::default(),
             give_up: config.deviation == Some(super::Deviation::NoReconnect),
+            resolves: Vec::new(),
         }
     }
 
@@ -246,8 +254,9 @@ impl Relay {
             End::Lost(reason) => reason.clone(),
             End::Cut(reason) => (*reason).to_owned(),
         };
-        // What the network held for this stream goes down with it.
-        let lost = self.up.clear() + self.down.clear();
+        // What the network held for this stream goes down with it, and so
+        // do slow resolve answers (the server failed their requests).
+        let lost = self.up.clear() + self.down.clear() + std::mem::take(&mut self.resolves).len();
         self.shared.update(|s| {
             s.counters.lost_in_flight += u64::try_from(lost).unwrap_or(u64::MAX);
             s.relay_lost(connection, reason);
@@ -272,8 +281,12 @@ impl Relay {
     ) -> Result<Infallible, End> {
         loop {
             self.release_due(tx).await?;
-            let next_due =
-                earliest([self.scheduled.peek().map(|Reverse(s)| s.due), self.up.next_due(), self.down.next_due()]);
+            let next_due = earliest([
+                self.scheduled.peek().map(|Reverse(s)| s.due),
+                self.up.next_due(),
+                self.down.next_due(),
+                self.resolves.iter().map(|(due, _)| *due).min(),
+            ]);
             let wake = tokio::select! {
                 biased;
                 _ = stop_requested(&mut self.stop) => Wake::Stop,
@@ -329,7 +342,20 @@ impl Relay {
         }
         let up = self.up.due(now);
         self.push_all(tx, up).await?;
+        let (due, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.resolves).into_iter().partition(|(d, _)| *d <= now);
+        self.resolves = later;
+        for (_, message) in due {
+            self.send_resolve(tx, message).await?;
+        }
         self.send_due(tx).await
+    }
+
+    /// Sends a resolve answer. It bypasses the fault layer: resolve faults
+    /// are the carrier's own ([`super::ResolvePolicy`]), not the network's.
+    async fn send_resolve(&mut self, tx: &mpsc::Sender<proto::RelayUp>, message: proto::RelayUp) -> Result<(), End> {
+        self.shared.update(|s| s.counters.resolves_answered += 1);
+        self.push(tx, message).await
     }
 
     /// The carrier's handling of one message that reached it.
@@ -341,11 +367,31 @@ impl Relay {
         // redelivery will not plan them again. They still leave after the
         // ack, at the top of the loop.
         let mut acks = Vec::new();
+        let mut resolved = Vec::new();
         for item in outbound {
             match item {
                 Outbound::Ack(delivery_id) => acks.push(delivery_id),
                 Outbound::Answer(answer) => self.schedule(now, answer),
+                Outbound::Resolve(ResolveAction::Nothing) => {}
+                Outbound::Resolve(ResolveAction::Cut) => {
+                    return Err(self.cut("resolve policy: disconnect mid-request", true))
+                }
+                Outbound::Resolve(ResolveAction::Send { messages, after }) if after.is_zero() => {
+                    resolved.extend(messages)
+                }
+                Outbound::Resolve(ResolveAction::Send { messages, after }) => {
+                    for message in messages {
+                        if self.resolves.len() >= MAX_DELAYED_RESOLVES {
+                            warn!(max = MAX_DELAYED_RESOLVES, "too many slow resolve answers; dropped");
+                            continue;
+                        }
+                        self.resolves.push((now + after, message));
+                    }
+                }
             }
+        }
+        for message in resolved {
+            self.send_resolve(tx, message).await?;
         }
         for delivery_id in acks {
             self.shared.update(|s| s.ack_sent());

@@ -1,10 +1,11 @@
 //! The simulator's state, shared by the handle and the relay task: the
 //! handsets, the trades they have seen (for dedupe and for waiting), the
-//! bounded transcript and the counters; and the handling of one message
+//! bounded transcript and the counters, the carrier's own lease records;
+//! and the handling of one message
 //! from the server. Synchronous and clock-free: the relay task does the I/O
 //! and the timing.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use tracing::{debug, warn};
@@ -12,9 +13,10 @@ use tracing::{debug, warn};
 use super::browser::{self, BrowserPhone, PhoneRefusal};
 use super::handset::{display, Handset, ParsedOffer};
 use super::policy::{Signing, Step, MAX_ANSWERS_PER_OFFER};
+use super::resolve::{decide, LeaseTable, ResolveAction, ResolvePolicy};
 use super::transcript::{AnswerOutcome, SimCounters, SimEvent};
 use super::{Deviation, Policy, SimError};
-use crate::domain::{Decision, SubscriberNumber, TradeId};
+use crate::domain::{Decision, ShopId, SubscriberNumber, TradeId};
 use crate::proto;
 use crate::proto::{relay_down, relay_up};
 
@@ -66,6 +68,8 @@ pub struct PendingAnswer {
 pub enum Outbound {
     Ack(u64),
     Answer(PendingAnswer),
+    /// What to do about a resolve request (ask mode).
+    Resolve(ResolveAction),
 }
 
 pub fn ack(delivery_id: u64) -> proto::RelayUp {
@@ -88,6 +92,11 @@ pub struct SimState {
     pub reanswer_on_redelivery: bool,
     /// A deliberate breach of the contract (tests of a conformance check).
     pub deviation: Option<Deviation>,
+    /// The carrier's own lease records (ask mode: they stay here).
+    pub leases: LeaseTable,
+    pub resolve_policy: ResolvePolicy,
+    /// Shops this carrier refuses by its own rules when asked to resolve.
+    pub refused_shops: HashSet<ShopId>,
 }
 
 impl SimState {
@@ -103,6 +112,9 @@ impl SimState {
             connected: false,
             reanswer_on_redelivery: false,
             deviation: None,
+            leases: LeaseTable::default(),
+            resolve_policy: ResolvePolicy::default(),
+            refused_shops: HashSet::new(),
         }
     }
 
@@ -253,6 +265,10 @@ impl SimState {
                 self.on_withdraw(&withdraw);
             }
             Some(relay_down::Body::AnswerResult(result)) => self.on_answer_result(&result),
+            Some(relay_down::Body::Resolve(request)) => {
+                self.counters.resolves_received += 1;
+                out.push(Outbound::Resolve(decide(&self.leases, &self.refused_shops, &self.resolve_policy, &request)));
+            }
             None => warn!(delivery_id = down.delivery_id, "relay message with no body (newer server?)"),
         }
         match self.deviation {
@@ -544,6 +560,7 @@ mod tests {
         out.iter()
             .map(|o| match o {
                 Outbound::Ack(id) => format!("ack {id}"),
+                Outbound::Resolve(action) => format!("resolve {action:?}"),
                 Outbound::Answer(a) => {
                     let Some(relay_up::Body::Answer(answer)) = &a.message.body else {
                         return "not an answer".to_owned();
@@ -595,7 +612,7 @@ mod tests {
             .iter()
             .filter_map(|o| match o {
                 Outbound::Answer(a) => Some(a.message.clone()),
-                Outbound::Ack(_) => None,
+                Outbound::Ack(_) | Outbound::Resolve(_) => None,
             })
             .collect();
         assert_eq!(answers.len(), 2);
@@ -620,7 +637,7 @@ mod tests {
         let send_all = |s: &mut SimState, out: &[Outbound]| {
             for o in out {
                 match o {
-                    Outbound::Ack(_) => s.ack_sent(),
+                    Outbound::Ack(_) | Outbound::Resolve(_) => s.ack_sent(),
                     Outbound::Answer(a) => s.answer_sent(a),
                 }
             }
@@ -635,14 +652,14 @@ mod tests {
             out.iter()
                 .filter_map(|o| match o {
                     Outbound::Answer(a) => Some(a.message.clone()),
-                    Outbound::Ack(_) => None,
+                    Outbound::Ack(_) | Outbound::Resolve(_) => None,
                 })
                 .collect()
         };
         assert_eq!(messages(&again), messages(&first));
         assert!(again.iter().all(|o| match o {
             Outbound::Answer(a) => a.resend,
-            Outbound::Ack(_) => true,
+            Outbound::Ack(_) | Outbound::Resolve(_) => true,
         }));
         // Resent answers are not stored again, so a third delivery resends
         // the same two, not four.
@@ -854,7 +871,7 @@ mod tests {
         let out = s.handle(offer_down(7, trade(1)));
         for o in &out {
             match o {
-                Outbound::Ack(_) => s.ack_sent(),
+                Outbound::Ack(_) | Outbound::Resolve(_) => s.ack_sent(),
                 Outbound::Answer(a) => s.answer_sent(a),
             }
         }

@@ -84,6 +84,10 @@ pub struct SimCounters {
     pub answer_faults: FaultCounters,
     /// What the fault layer did to messages coming down.
     pub down_faults: FaultCounters,
+    /// Resolve requests received (ask mode).
+    pub resolves_received: u64,
+    /// Resolve answers sent into the network (a `Twice` policy counts two).
+    pub resolves_answered: u64,
     /// Relay streams cut on purpose (by a fault or `CarrierSim::disconnect`).
     pub disconnects: u64,
     /// Messages the fault layer lost because the stream broke while they

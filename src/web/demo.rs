@@ -133,6 +133,8 @@ pub async fn start(
             display_name: CARRIER_NAME.into(),
             ip_prefixes: CARRIER_PREFIXES.iter().map(|p| (*p).to_owned()).collect(),
             fee_bps: FEE_BPS,
+            // The carrier keeps its lease records; the server asks it.
+            resolve_mode: proto::ResolveMode::Ask as i32,
         })
         .await?
         .into_inner()
@@ -141,7 +143,7 @@ pub async fn start(
     let sim = Arc::new(CarrierSim::start(channel.clone(), &carrier_token)?);
     let mut entries = Vec::new();
     let mut carrier = CarrierServiceClient::new(with_token(channel.clone(), &carrier_token)?);
-    let started = i64::try_from(now().0).unwrap_or(i64::MAX).saturating_sub(60_000);
+    let started = now().0.saturating_sub(60_000);
     for p in PHONES {
         let funding = match p.funding {
             DemoFunding::Wallet(_) => PhoneFunding::Wallet,
@@ -160,18 +162,11 @@ pub async fn start(
             }
             DemoFunding::Bill(_) => {
                 // Every connection from this computer is this phone's, as
-                // far as the carrier's lease records go.
-                let starts = ["127.0.0.1", "::1"]
-                    .iter()
-                    .map(|ip| proto::LeaseStart {
-                        ip: (*ip).to_owned(),
-                        port_lo: 0,
-                        port_hi: 0,
-                        subscriber_number: p.number.into(),
-                        start_ms: started,
-                    })
-                    .collect();
-                carrier.report_leases(proto::ReportLeasesRequest { starts, stops: vec![] }).await?;
+                // far as the carrier's own lease records go (ask mode: they
+                // stay at the carrier, which the server asks).
+                for ip in ["127.0.0.1", "::1"] {
+                    sim.lease(ip, (0, 0), p.number, started)?;
+                }
             }
         }
         let number = SubscriberNumber::parse(p.number).map_err(|e| DemoError::Invalid(format!("{}: {e}", p.number)))?;

@@ -123,7 +123,11 @@ async fn list(State(phones): State<Arc<Phones>>) -> Response {
 /// A simulator refusal as the page sees it.
 fn refused(e: &SimError) -> Response {
     let status = match e {
-        SimError::Phone(_) | SimError::InvalidKey | SimError::InvalidNumber(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        SimError::Phone(_)
+        | SimError::InvalidKey
+        | SimError::InvalidNumber(_)
+        | SimError::InvalidShop(_)
+        | SimError::Lease(_) => StatusCode::UNPROCESSABLE_ENTITY,
         SimError::UnknownHandset(_) => StatusCode::NOT_FOUND,
         SimError::Busy | SimError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
         SimError::Rpc { .. }

@@ -27,6 +27,7 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/0002_payouts_and_suspension.sql"),
     },
     Migration { version: 3, name: "remittances", sql: include_str!("../../../migrations/0003_remittances.sql") },
+    Migration { version: 4, name: "resolve_mode", sql: include_str!("../../../migrations/0004_resolve_mode.sql") },
 ];
 
 /// The schema version this binary writes.

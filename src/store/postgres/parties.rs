@@ -4,7 +4,7 @@
 //! transaction-level advisory lock; the rest rest on primary keys and
 //! guarded updates (docs/POSTGRES.md).
 
-use tokio_postgres::Transaction;
+use tokio_postgres::{GenericClient, Transaction};
 
 use super::numeric::Minor;
 use super::rows::{self, big, corrupt, REGISTER_COLS};
@@ -12,7 +12,8 @@ use super::sql::{self, SetKind};
 use super::trades::{Cx, Step};
 use super::PgError;
 use crate::domain::{
-    AccountName, Amount, CarrierId, IpPrefix, Month, PostingSet, Principal, RegisterId, ShopId, UnixMs,
+    AccountName, Amount, CarrierId, IpKey, IpPrefix, Month, PostingSet, Principal, RegisterId, ResolveMode, ShopId,
+    UnixMs,
 };
 use crate::store::records::{
     payout_reference, remittance_reference, CarrierRecord, CarrierSales, CarrierStatementLine, Funding, HandsetRecord,
@@ -23,7 +24,7 @@ use crate::store::{
     AcceptanceRefusal, AccountRecord, AddPrefixesRefusal, CloseRegisterRefusal, CreateCarrierRefusal,
     CreateShopRefusal, EnrollHandsetRefusal, EnrollSubscriberRefusal, LeaseRefusal, LeaseReport, LeasesRecorded,
     NewCarrier, NewHandset, NewPayout, NewRegister, NewRemittance, NewShop, NewSubscriber, OpenRegisterRefusal,
-    PaidOut, PayoutAmount, PayoutField, RemittanceField, RemittanceRefusal, Remitted, RotateCredentialRefusal,
+    PaidOut, PayoutAmount, PayoutField, RemittanceField, RemittanceRefusal, Remitted, RotateCredentialRefusal, Route,
     ShopPayoutRefusal, ShopStatus, SuspendRefusal, TopUp, TopUpRefusal, ToppedUp,
 };
 
@@ -81,9 +82,15 @@ fn overlap(o: sql::Overlap) -> PrefixOverlap {
 pub async fn create_carrier(tx: &Transaction<'_>, c: &NewCarrier) -> Step<CarrierRecord, CreateCarrierRefusal> {
     let n = tx
         .execute(
-            "INSERT INTO carriers (id, display_name, created_at, fee_bps) VALUES ($1, $2, $3, $4)
+            "INSERT INTO carriers (id, display_name, created_at, fee_bps, resolve_mode) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (id) DO NOTHING",
-            &[&c.id.as_str(), &c.display_name, &big(c.now.0)?, &i32::try_from(c.fee_bps).map_err(|_| corrupt("fee"))?],
+            &[
+                &c.id.as_str(),
+                &c.display_name,
+                &big(c.now.0)?,
+                &i32::try_from(c.fee_bps).map_err(|_| corrupt("fee"))?,
+                &mode_text(c.resolve_mode),
+            ],
         )
         .await?;
     if n == 0 {
@@ -283,6 +290,51 @@ pub async fn set_acceptance(
     Ok(Ok(accept))
 }
 
+/// A resolve mode as the `carriers.resolve_mode` column spells it.
+pub fn mode_text(mode: ResolveMode) -> &'static str {
+    match mode {
+        ResolveMode::Push => "PUSH",
+        ResolveMode::Ask => "ASK",
+    }
+}
+
+pub fn parse_mode(text: &str) -> Result<ResolveMode, PgError> {
+    match text {
+        "PUSH" => Ok(ResolveMode::Push),
+        "ASK" => Ok(ResolveMode::Ask),
+        other => Err(corrupt(format!("resolve mode {other:?}"))),
+    }
+}
+
+/// The carrier owning `addr`'s range, its mode and whether it accepts
+/// `shop`, in one statement (one snapshot).
+pub async fn route(client: &impl GenericClient, addr: IpKey, shop: &ShopId) -> Result<Option<Route>, PgError> {
+    let text = std::net::Ipv6Addr::from(addr.0).to_string();
+    let row = client
+        .query_opt(
+            "SELECT p.carrier, c.resolve_mode,
+                    EXISTS (SELECT 1 FROM acceptances a WHERE a.carrier = p.carrier AND a.shop = $2)
+             FROM carrier_prefixes p JOIN carriers c ON c.id = p.carrier
+             WHERE p.prefix >>= $1::text::inet ORDER BY masklen(p.prefix) DESC LIMIT 1",
+            &[&text, &shop.as_str()],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let carrier = CarrierId::parse(row.try_get(0)?).map_err(|e| corrupt(format!("carrier id: {e}")))?;
+    Ok(Some(Route { carrier, mode: parse_mode(row.try_get(1)?)?, accepted: row.try_get(2)? }))
+}
+
+pub async fn set_resolve_mode(
+    tx: &Transaction<'_>,
+    carrier: &CarrierId,
+    mode: ResolveMode,
+) -> Result<ResolveMode, PgError> {
+    tx.execute("UPDATE carriers SET resolve_mode = $2 WHERE id = $1", &[&carrier.as_str(), &mode_text(mode)]).await?;
+    Ok(mode)
+}
+
 /// A batch of lease starts and stops, all or nothing: every address in
 /// the carrier's own prefixes, every subscriber the carrier's own.
 pub async fn report_leases(
@@ -291,6 +343,20 @@ pub async fn report_leases(
     starts: &[LeaseReport],
     stops: &[LeaseReport],
 ) -> Step<LeasesRecorded, LeaseRefusal> {
+    // A carrier in ask mode keeps its leases: none is stored here. The
+    // share lock orders this batch with SetResolveMode's update.
+    let first = starts.first().map(|r| (LeaseList::Starts, r.index));
+    if let Some((list, index)) = first.or_else(|| stops.first().map(|r| (LeaseList::Stops, r.index))) {
+        let row =
+            tx.query_opt("SELECT resolve_mode FROM carriers WHERE id = $1 FOR SHARE", &[&carrier.as_str()]).await?;
+        let mode = match row {
+            Some(row) => parse_mode(row.try_get(0)?)?,
+            None => ResolveMode::Push,
+        };
+        if mode == ResolveMode::Ask {
+            return Ok(Err(LeaseRefusal::AskMode { list, index }));
+        }
+    }
     for (reports, list) in [(starts, LeaseList::Starts), (stops, LeaseList::Stops)] {
         for r in reports {
             match sql::carrier_of(tx, r.ip).await? {

@@ -1102,6 +1102,21 @@ impl Network for PgStore {
         in_tx!(self, |tx, _cx| parties::set_acceptance(&tx, carrier, shop, accept))
     }
 
+    async fn route(&self, addr: IpKey, shop: &ShopId) -> Result<Option<crate::store::Route>, Failure> {
+        let c = self.client().await.map_err(failure)?;
+        parties::route(&**c, addr, shop).await.map_err(failure)
+    }
+
+    async fn set_resolve_mode(
+        &self,
+        carrier: &CarrierId,
+        mode: crate::domain::ResolveMode,
+    ) -> Result<crate::domain::ResolveMode, Failure> {
+        let outcome: Result<_, StoreError<NoRefusal>> =
+            async { in_tx!(self, |tx, _cx| never(parties::set_resolve_mode(&tx, carrier, mode))) }.await;
+        no_refusal(outcome)
+    }
+
     async fn lease_holder(
         &self,
         addr: IpKey,

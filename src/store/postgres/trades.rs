@@ -30,8 +30,8 @@ use crate::store::records::{
 };
 use crate::store::refusals::{PostingRefusal, RefundField};
 use crate::store::{
-    AckOutcome, AnswerOutcome, AnswerRefusal, CancelOutcome, CancelRefusal, CreateTradeRefusal, Created, ExpireOutcome,
-    HandsetAnswer, NewRefund, NewTrade, RefundRefusal, Refunded, RejectedAnswer, SignatureCheck,
+    AckOutcome, AnswerOutcome, AnswerRefusal, AskedPayer, CancelOutcome, CancelRefusal, CreateTradeRefusal, Created,
+    ExpireOutcome, HandsetAnswer, NewRefund, NewTrade, RefundRefusal, Refunded, RejectedAnswer, SignatureCheck,
 };
 
 /// What a committed transaction tells the node afterwards: event heads
@@ -249,9 +249,27 @@ pub async fn finish(
 
 /// What a network identity resolved to for a shop.
 enum Resolution {
-    Found { carrier: CarrierId, subscriber: SubscriberNumber },
+    Found {
+        carrier: CarrierId,
+        subscriber: SubscriberNumber,
+    },
     NotAccepted,
     Miss,
+    /// Ask mode: the carrier could not be asked.
+    Unavailable,
+}
+
+impl From<&AskedPayer> for Resolution {
+    fn from(a: &AskedPayer) -> Resolution {
+        match a {
+            AskedPayer::Found { carrier, subscriber } => {
+                Resolution::Found { carrier: carrier.clone(), subscriber: subscriber.clone() }
+            }
+            AskedPayer::Miss => Resolution::Miss,
+            AskedPayer::NotAccepted => Resolution::NotAccepted,
+            AskedPayer::Unavailable => Resolution::Unavailable,
+        }
+    }
 }
 
 /// Who a network identity names, for `shop`. Acceptance is checked before
@@ -394,7 +412,11 @@ pub async fn create_trade(tx: &Transaction<'_>, t: &NewTrade, cx: &mut Cx) -> St
     }
     let payer = match &t.request.payer {
         PayerRef::Number(n) => n.clone(),
-        PayerRef::Network(identity) => match resolve(tx, &t.shop, identity).await? {
+        PayerRef::Network(identity) => match match t.asked.as_ref() {
+            // Ask mode: the engine asked the carrier; no lease here.
+            Some(asked) => Resolution::from(asked),
+            None => resolve(tx, &t.shop, identity).await?,
+        } {
             Resolution::Found { carrier, subscriber } => {
                 // Not the carrier's, or no handset: a miss like any other.
                 let enrolled = tx
@@ -411,6 +433,7 @@ pub async fn create_trade(tx: &Transaction<'_>, t: &NewTrade, cx: &mut Cx) -> St
             }
             Resolution::NotAccepted => return Ok(Err(CreateTradeRefusal::NotAccepted)),
             Resolution::Miss => return Ok(Err(CreateTradeRefusal::NoOneToOffer)),
+            Resolution::Unavailable => return Ok(Err(CreateTradeRefusal::CarrierUnavailable)),
         },
     };
     open_trade(tx, t, payer, shop_name, cx).await

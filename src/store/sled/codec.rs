@@ -71,6 +71,7 @@ first_layout!(
     Delivery,
     PrefixRecord,
     CarrierTerms,
+    crate::domain::ResolveMode,
     LeaseRecord,
     CapUsage,
     BillLine,

@@ -4,7 +4,8 @@
 //! transaction an idempotent retry is compared with the request as the
 //! shop sent it (never with whom it resolved to), then the trade is
 //! created: PENDING with its offer in the outbox, or FAILED at once when
-//! nothing could ever answer it.
+//! nothing could ever answer it. For a carrier in ask mode the engine has
+//! already asked the carrier, and its answer stands in for the lookup.
 
 use crate::domain::{FailureReason, TradeState};
 use crate::store::records::{
@@ -39,7 +40,11 @@ impl WriteOp for CreateTrade {
 
     fn prepare(&mut self, shared: &Shared) -> Step<(), CreateTradeRefusal> {
         if let PayerRef::Network(identity) = &self.trade.request.payer {
-            self.resolved = Some(resolve(shared, &self.trade.shop, identity)?);
+            self.resolved = Some(match &self.trade.asked {
+                // Ask mode: the engine asked the carrier; no lease here.
+                Some(asked) => Resolution::from(asked),
+                None => resolve(shared, &self.trade.shop, identity)?,
+            });
         }
         Ok(())
     }
@@ -93,6 +98,9 @@ impl WriteOp for CreateTrade {
             }
             (PayerRef::Network(_), Some(Resolution::NotAccepted)) => return refuse(CreateTradeRefusal::NotAccepted),
             (PayerRef::Network(_), Some(Resolution::Miss)) => return refuse(CreateTradeRefusal::NoOneToOffer),
+            (PayerRef::Network(_), Some(Resolution::Unavailable)) => {
+                return refuse(CreateTradeRefusal::CarrierUnavailable)
+            }
             (PayerRef::Network(_), None) => return corrupt("a network trade without a resolution"),
         };
         let mut deliveries = Vec::new();

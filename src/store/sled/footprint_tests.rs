@@ -123,6 +123,7 @@ async fn footprint_per_settled_trade() {
                 binding_code: "123456".into(),
                 max_open_per_register: 10_000,
                 offer_gate: None,
+                asked: None,
                 now: T0,
             };
             pending.push(sled.queue(create_trade::CreateTrade::new(t)).await.expect("queued"));

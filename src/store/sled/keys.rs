@@ -61,6 +61,11 @@ pub mod net {
     pub fn terms(carrier: &CarrierId) -> Vec<u8> {
         [&b"F"[..], carrier.as_str().as_bytes()].concat()
     }
+    /// `R` ‖ carrier: its resolve mode (absent: push, as every carrier
+    /// created before ask mode existed).
+    pub fn resolve_mode(carrier: &CarrierId) -> Vec<u8> {
+        [&b"R"[..], carrier.as_str().as_bytes()].concat()
+    }
     /// `A` ‖ carrier 0 shop: the carrier accepts the shop.
     pub fn acceptance(carrier: &CarrierId, shop: &ShopId) -> Vec<u8> {
         [&b"A"[..], carrier.as_str().as_bytes(), b"\0", shop.as_str().as_bytes()].concat()

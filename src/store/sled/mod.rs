@@ -572,6 +572,18 @@ impl Network for SledStore {
         self.write(network::SetAcceptance { carrier: carrier.clone(), shop: shop.clone(), accept }).await
     }
 
+    async fn route(&self, addr: IpKey, shop: &ShopId) -> Result<Option<crate::store::Route>, Failure> {
+        network::route(&self.shared, addr, shop)
+    }
+
+    async fn set_resolve_mode(
+        &self,
+        carrier: &CarrierId,
+        mode: crate::domain::ResolveMode,
+    ) -> Result<crate::domain::ResolveMode, Failure> {
+        never_refused(self.write(network::SetResolveMode { carrier: carrier.clone(), mode }).await)
+    }
+
     async fn lease_holder(
         &self,
         addr: IpKey,

@@ -9,10 +9,11 @@
 //! before the write's transaction (`WriteOp::prepare`). The writer is the
 //! only writer, so what they read is exactly what the transaction sees.
 
-use crate::domain::{CarrierId, IpKey, IpPrefix, PortRange, ShopId, SubscriberNumber, UnixMs};
+use crate::domain::{CarrierId, IpKey, IpPrefix, PortRange, ResolveMode, ShopId, SubscriberNumber, UnixMs};
 use crate::store::records::{CarrierRecord, NetworkIdentity, ShopRecord, SubscriberRecord};
 use crate::store::{
-    AcceptanceRefusal, AddPrefixesRefusal, Failure, LeaseList, LeaseRefusal, LeaseReport, LeasesRecorded, PrefixOverlap,
+    AcceptanceRefusal, AddPrefixesRefusal, AskedPayer, Failure, LeaseList, LeaseRefusal, LeaseReport, LeasesRecorded,
+    NoRefusal, PrefixOverlap, Route,
 };
 
 use super::codec::{self, CarrierTerms, LeaseMark, LeaseRecord, PrefixRecord};
@@ -44,6 +45,64 @@ pub(crate) enum Resolution {
     /// No carrier owns the range, or nobody held the address (and port)
     /// at that instant. One variant for both, so no answer tells them apart.
     Miss,
+    /// Ask mode: the carrier could not be asked (no relay stream here).
+    Unavailable,
+}
+
+impl From<&AskedPayer> for Resolution {
+    fn from(a: &AskedPayer) -> Resolution {
+        match a {
+            AskedPayer::Found { carrier, subscriber } => {
+                Resolution::Found { carrier: carrier.clone(), subscriber: subscriber.clone() }
+            }
+            AskedPayer::Miss => Resolution::Miss,
+            AskedPayer::NotAccepted => Resolution::NotAccepted,
+            AskedPayer::Unavailable => Resolution::Unavailable,
+        }
+    }
+}
+
+fn mode_of(network: &sled::Tree, carrier: &CarrierId) -> Result<ResolveMode, Failure> {
+    match network.get(keys::net::resolve_mode(carrier)).map_err(io)? {
+        Some(v) => codec::decode(&v),
+        None => Ok(ResolveMode::Push),
+    }
+}
+
+fn mode_of_tx(tx: &Tx, carrier: &CarrierId) -> TxResult<ResolveMode> {
+    Ok(tx.get::<ResolveMode>(T::Network, &keys::net::resolve_mode(carrier))?.unwrap_or(ResolveMode::Push))
+}
+
+pub(crate) fn put_resolve_mode(tx: &Tx, carrier: &CarrierId, mode: ResolveMode) -> TxResult<()> {
+    tx.put(T::Network, &keys::net::resolve_mode(carrier), &mode)
+}
+
+/// The carrier owning `addr`'s range, its mode, and whether it accepts
+/// `shop` (plain reads: the engine asks before the trade's write).
+pub(crate) fn route(shared: &Shared, addr: IpKey, shop: &ShopId) -> Result<Option<Route>, Failure> {
+    let network = shared.tree(T::Network);
+    let Some(owner) = carrier_of(network, addr)? else {
+        return Ok(None);
+    };
+    let mode = mode_of(network, &owner.carrier)?;
+    let accepted = network.get(keys::net::acceptance(&owner.carrier, shop)).map_err(io)?.is_some();
+    Ok(Some(Route { carrier: owner.carrier, mode, accepted }))
+}
+
+/// A carrier's choice of resolve mode.
+pub(crate) struct SetResolveMode {
+    pub carrier: CarrierId,
+    pub mode: ResolveMode,
+}
+
+impl WriteOp for SetResolveMode {
+    type Output = ResolveMode;
+    type Refusal = NoRefusal;
+
+    fn apply(&self, tx: &Tx, _cx: &mut Cx, _: &Admissions) -> Step<ResolveMode, NoRefusal> {
+        put_resolve_mode(tx, &self.carrier, self.mode)?;
+        Ok(self.mode)
+    }
 }
 
 fn lengths_in_use(bitmap: Option<&[u8]>) -> impl Iterator<Item = u8> + '_ {
@@ -255,6 +314,15 @@ impl WriteOp for ReportLeases {
     type Refusal = LeaseRefusal;
 
     fn apply(&self, tx: &Tx, _cx: &mut Cx, _: &Admissions) -> Step<LeasesRecorded, LeaseRefusal> {
+        // A carrier in ask mode keeps its leases: none is stored here. The
+        // mode is read in this transaction, so a batch never lands after
+        // the carrier chose ask.
+        let first = self.starts.first().map(|r| (LeaseList::Starts, r.index));
+        if let Some((list, index)) = first.or_else(|| self.stops.first().map(|r| (LeaseList::Stops, r.index))) {
+            if mode_of_tx(tx, &self.carrier)? == ResolveMode::Ask {
+                return refuse(LeaseRefusal::AskMode { list, index });
+            }
+        }
         for (reports, list) in [(&self.starts, LeaseList::Starts), (&self.stops, LeaseList::Stops)] {
             for r in reports {
                 match carrier_of_tx(tx, r.ip)? {

@@ -9,7 +9,7 @@ use crate::store::{
 };
 
 use super::keys;
-use super::network::{check_overlaps, put_prefixes, put_terms};
+use super::network::{check_overlaps, put_prefixes, put_resolve_mode, put_terms};
 use super::tx::{corrupt, refuse, Step, Tx, TxResult, T};
 use super::writer::{Admissions, Cx, WriteOp};
 use super::Shared;
@@ -65,6 +65,7 @@ impl WriteOp for NewCarrier {
         tx.put(T::Credentials, &self.token_hash, &Principal::Carrier(self.id.clone()))?;
         put_prefixes(tx, &self.id, &self.prefixes)?;
         put_terms(tx, &self.id, self.fee_bps)?;
+        put_resolve_mode(tx, &self.id, self.resolve_mode)?;
         Ok(carrier)
     }
 }

@@ -62,6 +62,7 @@ impl P {
             binding_code: "123456".into(),
             max_open_per_register: 100,
             offer_gate: None,
+            asked: None,
             now: T0,
         };
         Ok(self.store.create_trade(trade).await?.trade)

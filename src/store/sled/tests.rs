@@ -74,6 +74,7 @@ impl F {
             binding_code: "123456".into(),
             max_open_per_register: 100,
             offer_gate: gate,
+            asked: None,
             now: T0,
         }
     }

@@ -1,10 +1,13 @@
-//! Network identity and carrier billing: a carrier's prefixes, leases and
-//! accepted shops, subscribers' statements and shops' payout entries.
+//! Network identity and carrier billing: a carrier's prefixes, leases,
+//! resolve mode and accepted shops, asking a carrier in ask mode who held
+//! an address, subscribers' statements and shops' payout entries.
 
-use crate::domain::{CarrierId, IpPrefix, Month, ShopId, SubscriberNumber, UnixMs};
+use crate::carrier::{ResolveQuery, ResolveReply, ResolveUnsent};
+use crate::domain::{CarrierId, IpPrefix, Month, ResolveMode, ShopId, SubscriberNumber, UnixMs};
+use crate::metrics;
 use crate::store::{
-    AcceptanceRefusal, AddPrefixesRefusal, Failure, LeaseRefusal, LeaseReport, LeasesRecorded, PayoutEntry,
-    PayoutRefusal, StatementData, StatementRefusal,
+    AcceptanceRefusal, AddPrefixesRefusal, AskedPayer, CreateTradeRefusal, Failure, LeaseRefusal, LeaseReport,
+    LeasesRecorded, NetworkIdentity, PayoutEntry, PayoutRefusal, StatementData, StatementRefusal,
 };
 
 use super::{now, Engine, EngineError};
@@ -26,6 +29,91 @@ impl Engine {
         stops: Vec<LeaseReport>,
     ) -> Result<LeasesRecorded, EngineError<LeaseRefusal>> {
         Ok(self.store.report_leases(carrier, starts, stops).await?)
+    }
+
+    /// The carrier chooses how its addresses are resolved (its terms).
+    pub async fn set_resolve_mode(
+        &self,
+        carrier: &CarrierId,
+        mode: ResolveMode,
+    ) -> Result<ResolveMode, EngineError<std::convert::Infallible>> {
+        let mode = self.store.set_resolve_mode(carrier, mode).await?;
+        tracing::info!(carrier = %carrier, mode = mode.name(), "resolve mode set");
+        Ok(mode)
+    }
+
+    /// For a network identity in the range of a carrier in ask mode: asks
+    /// that carrier (only it, only for a shop it accepted) who held the
+    /// address, and waits at most the resolve timeout. `None` when the
+    /// store resolves it itself (push mode, or no carrier's range). The
+    /// answer is kept nowhere but in the trade it creates; every way it
+    /// can fail but "not connected" is one miss to the shop.
+    pub(super) async fn ask_carrier(
+        &self,
+        shop: &ShopId,
+        identity: &NetworkIdentity,
+    ) -> Result<Option<AskedPayer>, EngineError<CreateTradeRefusal>> {
+        let Some(route) = self.store.route(identity.ip, shop).await? else {
+            return Ok(None);
+        };
+        match route.mode {
+            ResolveMode::Push => return Ok(None),
+            ResolveMode::Ask => {}
+        }
+        if !route.accepted {
+            return Ok(Some(AskedPayer::NotAccepted));
+        }
+        let carrier = route.carrier;
+        let query = ResolveQuery {
+            ip: identity.ip,
+            port: identity.port,
+            observed_at: identity.observed_at,
+            shop: shop.clone(),
+        };
+        let mut pending = match self.gateway.resolve(&carrier, &query) {
+            Ok(p) => p,
+            Err(ResolveUnsent::NotConnected) => {
+                metrics::resolved("not_connected");
+                tracing::info!(carrier = %carrier, "resolve: carrier not connected");
+                return Ok(Some(AskedPayer::Unavailable));
+            }
+            Err(ResolveUnsent::TooMany) => {
+                metrics::resolved("too_many");
+                return Err(EngineError::Limited(format!(
+                    "pending resolve requests: at most {} wait for carriers at once; retry shortly",
+                    crate::sync_server::limits::MAX_PENDING_RESOLVES
+                )));
+            }
+        };
+        let request = pending.request_id;
+        let reply = tokio::time::timeout(self.limits.resolve_timeout, &mut pending.reply).await;
+        // Never log the number or the address: the log must not become the
+        // address history this mode exists to avoid.
+        let (result, asked) = match reply {
+            Err(_) => {
+                tracing::info!(carrier = %carrier, request, "resolve: no answer in time");
+                ("timeout", AskedPayer::Miss)
+            }
+            Ok(Err(_)) | Ok(Ok(ResolveReply::Disconnected)) => {
+                tracing::info!(carrier = %carrier, request, "resolve: the relay stream ended before its answer");
+                ("disconnected", AskedPayer::Unavailable)
+            }
+            Ok(Ok(ResolveReply::Miss)) => ("miss", AskedPayer::Miss),
+            Ok(Ok(ResolveReply::Refused)) => ("refused_by_carrier", AskedPayer::Miss),
+            Ok(Ok(ResolveReply::Malformed(why))) => {
+                tracing::warn!(carrier = %carrier, request, why, "resolve answer refused: malformed");
+                ("refused", AskedPayer::Miss)
+            }
+            Ok(Ok(ResolveReply::Found(subscriber))) => match self.store.subscriber(&subscriber).await? {
+                Some(s) if s.carrier == carrier => ("found", AskedPayer::Found { carrier, subscriber }),
+                _ => {
+                    tracing::warn!(carrier = %carrier, request, "resolve answer refused: not a subscriber of this carrier");
+                    ("refused", AskedPayer::Miss)
+                }
+            },
+        };
+        metrics::resolved(result);
+        Ok(Some(asked))
     }
 
     /// The carrier accepts (or revokes) a shop; returns whether accepted.

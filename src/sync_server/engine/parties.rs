@@ -33,11 +33,12 @@ impl Engine {
         display_name: String,
         prefixes: Vec<IpPrefix>,
         fee_bps: u32,
+        resolve_mode: crate::domain::ResolveMode,
         token_hash: [u8; 32],
     ) -> Result<CarrierRecord, EngineError<CreateCarrierRefusal>> {
-        let carrier = NewCarrier { id, display_name, token_hash, prefixes, fee_bps, now: now() };
+        let carrier = NewCarrier { id, display_name, token_hash, prefixes, fee_bps, resolve_mode, now: now() };
         let created = self.store.create_carrier(carrier).await?;
-        tracing::info!(carrier = %created.id, "carrier created");
+        tracing::info!(carrier = %created.id, resolve_mode = resolve_mode.name(), "carrier created");
         Ok(created)
     }
 

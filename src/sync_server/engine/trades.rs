@@ -56,9 +56,15 @@ impl Engine {
         let trade_id = TradeId::generate().map_err(|e| EngineError::Internal(e.to_string()))?;
         tracing::Span::current().record("trade_id", tracing::field::display(trade_id));
         let at = now();
-        if let PayerRef::Network(identity) = &t.request.payer {
-            self.check_observed_at(identity.observed_at, at)?;
-        }
+        let asked = match &t.request.payer {
+            PayerRef::Network(identity) => {
+                self.check_observed_at(identity.observed_at, at)?;
+                self.ask_carrier(shop, identity).await?
+            }
+            PayerRef::Number(_) => None,
+        };
+        // Asking a carrier takes time: the trade starts when it is created.
+        let at = now();
         let new = NewTrade {
             shop: shop.clone(),
             trade_id,
@@ -67,6 +73,7 @@ impl Engine {
             binding_code: self.secret.binding_code(trade_id).to_string(),
             max_open_per_register: self.limits.max_open_trades_per_register,
             offer_gate: self.rates.offer_gate(shop, trade_id),
+            asked,
             now: at,
         };
         let created = self.store.create_trade(new).await?;
