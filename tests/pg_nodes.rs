@@ -154,6 +154,108 @@ async fn three_nodes_on_one_database_share_trades_relays_events_and_the_sweep() 
     drop((a, b, c));
 }
 
+/// A poll interval far beyond every deadline of the test below: with it,
+/// only a notification can wake another node in time.
+const NEVER_POLL_MS: &str = "3600000";
+
+/// Three nodes started with `args`, sharing the database and the secrets.
+async fn three_nodes(db: &common::pg::PgDb, args: &[&str]) -> (Vec<ServerProcess>, Vec<tempfile::TempDir>, String) {
+    let mut all = vec!["--set".to_owned(), format!("store.url={}", db.url)];
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+    let mut nodes =
+        vec![ServerProcess::start(&Launch { data_dir: dirs[0].path().to_owned(), args: all.clone() }).await];
+    for file in ["admin.token", "server.secret"] {
+        for dir in &dirs[1..] {
+            std::fs::copy(dirs[0].path().join(file), dir.path().join(file)).expect("share the secrets");
+        }
+    }
+    for dir in &dirs[1..] {
+        nodes.push(ServerProcess::start(&Launch { data_dir: dir.path().to_owned(), args: all.clone() }).await);
+    }
+    let token = std::fs::read_to_string(dirs[0].path().join("admin.token")).expect("admin.token").trim().to_owned();
+    (nodes, dirs, token)
+}
+
+/// The cross-node flow on nodes started with `args`: a trade created on A
+/// is offered through the relay on B and settled there; one `AwaitTrade`
+/// call on C returns it settled, and a `WatchTrades` stream opened on C
+/// before the trade was created delivers its PENDING, OFFERED and SETTLED
+/// events, each within `WAIT`.
+async fn cross_node_flow(hint: &str, args: &[&str]) {
+    let Some(db) = common::pg::database(hint) else { return };
+    let (nodes, _dirs, admin_token) = three_nodes(&db, args).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let admin = |channel| AdminServiceClient::new(with_token(channel, &admin_token).expect("token"));
+    let shop_token = admin(a.channel().await)
+        .create_shop(proto::CreateShopRequest { shop_id: "acme".into(), display_name: "Acme".into() })
+        .await
+        .expect("create shop")
+        .into_inner()
+        .token;
+    let carrier_token = admin(a.channel().await)
+        .create_carrier(proto::CreateCarrierRequest {
+            carrier_id: "docomo".into(),
+            display_name: "Docomo".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create carrier")
+        .into_inner()
+        .token;
+    let sim = CarrierSim::start(b.channel().await, &carrier_token).expect("sim on B");
+    sim.add_handset(APPROVER, Policy::Approve).await.expect("handset");
+    sim.wait_connected(WAIT).await.expect("relay on B");
+    admin(a.channel().await)
+        .top_up_wallet(proto::TopUpWalletRequest {
+            subscriber_number: APPROVER.into(),
+            amount_minor: 10_000,
+            currency: "JPY".into(),
+        })
+        .await
+        .expect("top up");
+    let on_a = VirtualRegister::open(a.channel().await, &shop_token, "till").await.expect("register on A");
+    let on_c = VirtualRegister::attach(c.channel().await, &shop_token, on_a.id()).await.expect("register on C");
+    let mut events = on_c.watch(0).await.expect("watch on C");
+
+    for (i, amount) in [1_200u64, 800].into_iter().enumerate() {
+        let created = on_a.create(ChargeRequest::new(APPROVER, amount, "JPY", "coat")).await.expect("create on A");
+        let awaited = tokio::time::timeout(WAIT, on_c.await_final(trade_id(&created), WAIT))
+            .await
+            .expect("AwaitTrade on C in time")
+            .expect("AwaitTrade on C");
+        assert_eq!(state(&awaited), S::Settled, "trade {i}: {awaited:?}");
+        let mut seen = Vec::new();
+        while seen.last() != Some(&S::Settled) {
+            let e = tokio::time::timeout(WAIT, events.next())
+                .await
+                .unwrap_or_else(|_| panic!("trade {i}: an event on C in time; so far {seen:?}"))
+                .expect("open")
+                .expect("ok");
+            let t = e.trade.expect("trade");
+            assert_eq!(t.trade_id, created.trade_id, "one trade at a time");
+            seen.push(state(&t));
+        }
+        assert_eq!(seen, [S::Pending, S::Offered, S::Settled], "trade {i}");
+    }
+    sim.shutdown().await.expect("sim");
+}
+
+/// With LISTEN/NOTIFY and a poll interval of an hour, another node's
+/// commit still wakes the relay on B, `AwaitTrade` on C and `WatchTrades`
+/// on C within the test's deadline: the notifications do the waking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_wake_other_nodes_without_waiting_for_the_poll() {
+    cross_node_flow("notify", &["--set", &format!("store.poll_ms={NEVER_POLL_MS}")]).await;
+}
+
+/// With notifications off, the same flow works by polling alone:
+/// correctness never depends on a notification arriving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_notifications_other_nodes_still_see_every_commit_by_polling() {
+    cross_node_flow("polling", &["--set", "store.notify=false", "--set", "store.poll_ms=200"]).await;
+}
+
 /// Writers of the failover test, each topping up its own wallet by 1 yen
 /// per call.
 const FAILOVER_WRITERS: usize = 4;

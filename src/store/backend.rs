@@ -290,6 +290,36 @@ pub trait Lifecycle: Send + Sync {
     fn other_writers(&self) -> bool {
         false
     }
+    /// With other writers: how often this node reads what they committed
+    /// (the relay's outbox, an awaited trade), and the announcements of
+    /// their commits (a hint to read now instead). `None` on a store no
+    /// one else writes.
+    fn remote(&self) -> Option<Remote> {
+        None
+    }
+}
+
+/// How a node learns of commits made by other writers of its store. The
+/// announcements only say when to read again: one may be lost (a dropped
+/// connection, a full queue), so readers also read every `poll`, and
+/// correctness never rests on an announcement.
+#[derive(Clone)]
+pub struct Remote {
+    pub poll: std::time::Duration,
+    /// Subscribe for the announcements; `None` when they are off.
+    pub changes: Option<tokio::sync::broadcast::Sender<RemoteChange>>,
+}
+
+/// What another writer announced it committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteChange {
+    /// The trade reached a final state.
+    TradeFinal(TradeId),
+    /// The carrier's outbox has new deliveries.
+    Outbox(CarrierId),
+    /// Announcements may have been missed (the listener reconnected):
+    /// read everything again.
+    Resync,
 }
 
 /// A whole store: what the engine holds.

@@ -16,11 +16,11 @@ use crate::domain::approval::key_sha256;
 use crate::domain::CarrierId;
 use crate::metrics;
 use crate::proto::{self, carrier_service_server::CarrierService};
-use crate::store::{Funding, RejectedAnswer};
+use crate::store::{Funding, RejectedAnswer, RemoteChange};
 
 use super::auth;
 use super::convert;
-use super::engine::{stopped, Engine};
+use super::engine::{self, stopped, Engine};
 use super::error::{self, ApiError};
 use super::limits;
 use super::requests::{self, Uplink};
@@ -109,9 +109,11 @@ fn log_refused(carrier: &CarrierId, e: ApiError) {
 }
 
 /// How often a relay stream reads the outbox for deliveries committed by
-/// other nodes on the same store (PostgreSQL, several nodes); unused on a
-/// store no one else writes. An offer made on another node reaches the
-/// carrier within this, plus the push.
+/// other nodes on the same store (PostgreSQL, several nodes) when the
+/// store names no interval of its own (`Remote::poll`); unused on a store
+/// no one else writes. Another node's announcement of new outbox work
+/// wakes the read at once; without one, an offer made on another node
+/// reaches the carrier within this, plus the push.
 const OUTBOX_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 #[tonic::async_trait]
@@ -142,6 +144,12 @@ impl CarrierService for CarrierApi {
             // this node pushed live (a poll is not a redelivery: a lost
             // acknowledgement is still redelivered on reconnect).
             let poll = replay_engine.store_has_other_writers();
+            // Other nodes announce new outbox work (subscribed before the
+            // first read, so none falls between); the poll covers a lost
+            // announcement.
+            let remote = replay_engine.remote();
+            let poll_every = remote.as_ref().map_or(OUTBOX_POLL, |r| r.poll);
+            let mut changes = engine::subscribe(remote.as_ref());
             let mut sent: HashSet<u64> = HashSet::new();
             let mut first = true;
             loop {
@@ -179,9 +187,18 @@ impl CarrierService for CarrierApi {
                 first = false;
                 // What was acknowledged left the outbox and is forgotten.
                 sent = seen;
-                tokio::select! {
-                    _ = tokio::time::sleep(OUTBOX_POLL) => {}
-                    _ = replay_tx.closed() => return,
+                let next_read = tokio::time::sleep(poll_every);
+                tokio::pin!(next_read);
+                loop {
+                    tokio::select! {
+                        _ = &mut next_read => break,
+                        change = engine::remote_change(&mut changes) => match change {
+                            RemoteChange::Outbox(c) if c == replay_carrier => break,
+                            RemoteChange::Resync => break,
+                            _ => {}
+                        },
+                        _ = replay_tx.closed() => return,
+                    }
                 }
             }
         });

@@ -11,7 +11,9 @@
 //! event heads) is served from memory, filled at start and on a miss by a
 //! lookup thread with its own connection; event heads also follow other
 //! nodes' commits by polling (`HEAD_POLL`), so correctness never depends
-//! on a notification.
+//! on a notification; with `store.notify` on they also follow other
+//! nodes' announcements (`notify.rs`: LISTEN/NOTIFY), which wake this
+//! node's readers at once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,9 +22,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_postgres::{IsolationLevel, NoTls, Transaction};
 
+use super::notify::{self, Note};
 use super::rows::{self, big, corrupt, BILL_COLS, EVENT_COLS, OUTBOX_COLS, POSTING_COLS, REGISTER_COLS, TRADE_COLS};
 use super::trades::{self, Cx, Step};
 use super::{migrate, parties, pool, PgError};
@@ -43,8 +46,8 @@ use crate::store::{
     EnrollSubscriberRefusal, EventHeads, ExpireOutcome, Failure, HandsetAnswer, LeaseRefusal, LeaseReport,
     LeasesRecorded, Ledger, Lifecycle, Network, NewCarrier, NewHandset, NewPayout, NewRefund, NewRegister, NewShop,
     NewSubscriber, NewTrade, NoRefusal, OpenRegisterRefusal, PaidOut, Parties, PayoutRefusal, Pending, RefundRefusal,
-    Refunded, RotateCredentialRefusal, ShopPayoutRefusal, ShopStatus, SignatureCheck, StatementData, StatementRefusal,
-    StoreError, SuspendRefusal, TopUp, TopUpRefusal, ToppedUp, TradeHistory, Trades,
+    Refunded, Remote, RemoteChange, RotateCredentialRefusal, ShopPayoutRefusal, ShopStatus, SignatureCheck,
+    StatementData, StatementRefusal, StoreError, SuspendRefusal, TopUp, TopUpRefusal, ToppedUp, TradeHistory, Trades,
 };
 
 /// How often a node re-reads the event heads of the shops it serves, so
@@ -77,6 +80,19 @@ pub const MAX_PAYOUT_ENTRIES: usize = 1_000_000;
 pub struct PgConfig {
     pub url: String,
     pub pool_size: usize,
+    /// How often this node reads what other nodes committed (event heads,
+    /// the relay's outbox, awaited trades) besides their announcements.
+    pub poll: Duration,
+    /// Announce commits to other nodes and listen for theirs
+    /// (LISTEN/NOTIFY); off, they are seen by polling only.
+    pub notify: bool,
+}
+
+impl PgConfig {
+    /// The defaults of `serve`: polls every [`HEAD_POLL`], notifications on.
+    pub fn new(url: impl Into<String>, pool_size: usize) -> PgConfig {
+        PgConfig { url: url.into(), pool_size, poll: HEAD_POLL, notify: true }
+    }
 }
 
 /// A handle to the PostgreSQL store; cheap to clone.
@@ -96,6 +112,12 @@ struct Inner {
     lookups: std::sync::mpsc::SyncSender<Lookup>,
     ordered: Vec<mpsc::Sender<OrderedJob>>,
     stopped: AtomicBool,
+    /// Announcements of this node's commits, for the notifier (`None`
+    /// with `store.notify` off).
+    notes: Option<mpsc::Sender<Note>>,
+    /// Other nodes' announcements, for the engine.
+    changes: Option<broadcast::Sender<RemoteChange>>,
+    poll: Duration,
     closed: CloseSignal,
 }
 
@@ -174,6 +196,14 @@ impl PgStore {
             heads.set(&shop, head);
             followed.insert(shop);
         }
+        let (notes, notes_rx) = if config.notify {
+            let (tx, rx) = mpsc::channel(notify::NOTE_QUEUE);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let changes = config.notify.then(|| broadcast::channel(notify::CHANGE_BUFFER).0);
+        let heads_wake = Arc::new(tokio::sync::Notify::new());
         let store = PgStore {
             inner: Arc::new(Inner {
                 pool,
@@ -184,6 +214,9 @@ impl PgStore {
                 lookups,
                 ordered,
                 stopped: AtomicBool::new(false),
+                notes,
+                changes: changes.clone(),
+                poll: config.poll,
                 closed: CloseSignal(watch::Sender::new(false)),
             }),
         };
@@ -193,7 +226,18 @@ impl PgStore {
         for queue in queues {
             runtime.spawn(run_ordered(Arc::downgrade(&store.inner), queue, budget.clone()));
         }
-        runtime.spawn(poll_heads(Arc::downgrade(&store.inner)));
+        runtime.spawn(poll_heads(Arc::downgrade(&store.inner), heads_wake.clone(), config.poll));
+        if let (Some(rx), Some(changes)) = (notes_rx, changes) {
+            let node = notify::node_name();
+            runtime.spawn(notify::run_notifier(config.url.clone(), node.clone(), rx));
+            runtime.spawn(notify::run_listener(notify::Listening {
+                url: config.url.clone(),
+                node,
+                changes,
+                heads: heads_wake,
+                closed: store.inner.closed.0.subscribe(),
+            }));
+        }
         Ok(store)
     }
 
@@ -203,6 +247,16 @@ impl PgStore {
 
     /// After a commit: heads moved, parties known.
     fn committed(&self, cx: Cx) {
+        if let Some(notes) = &self.inner.notes {
+            // Without waiting: a full queue drops the note, and the other
+            // nodes' polls see the commit anyway.
+            let heads = cx.heads.iter().map(|(shop, _)| Note::Shop(shop.clone()));
+            let finals = cx.finals.iter().map(|t| Note::TradeFinal(*t));
+            let outboxes = cx.carriers.iter().map(|c| Note::Outbox(c.clone()));
+            for note in heads.chain(finals).chain(outboxes) {
+                let _ = notes.try_send(note);
+            }
+        }
         for (shop, head) in cx.heads {
             self.follow(&shop);
             self.inner.heads.set(&shop, head);
@@ -333,11 +387,16 @@ async fn run_ordered(
     }
 }
 
-async fn poll_heads(inner: Weak<Inner>) {
-    let mut tick = tokio::time::interval(HEAD_POLL);
+/// Reads the followed shops' event heads every `poll`, and at once when
+/// another node announces a commit (`wake`).
+async fn poll_heads(inner: Weak<Inner>, wake: Arc<tokio::sync::Notify>, poll: Duration) {
+    let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = wake.notified() => {}
+        }
         let Some(inner) = inner.upgrade() else { return };
         let shops: Vec<String> = {
             let f = inner.followed.lock().unwrap_or_else(|p| p.into_inner());
@@ -1253,6 +1312,10 @@ impl Lifecycle for PgStore {
 
     fn other_writers(&self) -> bool {
         true
+    }
+
+    fn remote(&self) -> Option<Remote> {
+        Some(Remote { poll: self.inner.poll, changes: self.inner.changes.clone() })
     }
 }
 

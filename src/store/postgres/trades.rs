@@ -40,6 +40,8 @@ use crate::store::{
 pub struct Cx {
     pub heads: Vec<(ShopId, u64)>,
     pub carriers: Vec<CarrierId>,
+    /// Trades this transaction made final (announced to other nodes).
+    pub finals: Vec<TradeId>,
     /// A queued relay write's turn: given back once its event counter is
     /// locked (or when the write ends), so the next queued write starts.
     pub turn: Option<super::store::Turn>,
@@ -215,6 +217,7 @@ pub async fn finish(
     };
     trade.state = next;
     trade.finished_at = Some(now);
+    cx.finals.push(trade.id);
     if let TradeEvent::Fail(reason) = event {
         trade.failure = Some(reason);
     }

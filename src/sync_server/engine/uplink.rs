@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use crate::domain::{CarrierId, Decision, TradeId};
 use crate::metrics;
-use crate::store::{AnswerOutcome, AnswerRefusal, Delivery, Failure, HandsetAnswer, NoRefusal, RejectedAnswer};
+use crate::store::{AnswerOutcome, AnswerRefusal, Delivery, Failure, HandsetAnswer, NoRefusal, RejectedAnswer, Remote};
 
 use super::{now, Engine, EngineError};
 
@@ -79,6 +79,11 @@ impl Engine {
     /// for this node's relays may be committed elsewhere.
     pub fn store_has_other_writers(&self) -> bool {
         self.store.other_writers()
+    }
+
+    /// How this node hears of other nodes' commits, if others write.
+    pub fn remote(&self) -> Option<Remote> {
+        self.store.remote()
     }
 
     /// A page of the carrier's unacknowledged deliveries with ids above
