@@ -256,6 +256,112 @@ async fn without_notifications_other_nodes_still_see_every_commit_by_polling() {
     cross_node_flow("polling", &["--set", "store.notify=false", "--set", "store.poll_ms=200"]).await;
 }
 
+/// Trades whose offers the two relays of the claims test share.
+const CLAIMED_TRADES: usize = 12;
+/// How long the claims test keeps watching after every offer arrived: two
+/// claim leases (5 s each), so a claim that was not renewed would have
+/// lapsed and its delivery been pushed again by the other node.
+const CLAIM_WATCH: Duration = Duration::from_secs(10);
+
+/// Relays of one carrier on two nodes (B and C), neither acknowledging:
+/// every offer of trades created on A reaches exactly one of them, and
+/// stays with it while its claim is renewed (`claim_outbox`: `FOR UPDATE
+/// SKIP LOCKED` and a lease). Without claims both relays' polls push every
+/// offer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_of_one_carrier_on_two_nodes_each_get_an_offer_once() {
+    use syncpay::proto::carrier_service_client::CarrierServiceClient;
+
+    let Some(db) = common::pg::database("claims") else { return };
+    let (nodes, _dirs, admin_token) = three_nodes(&db, &[]).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut admin = AdminServiceClient::new(with_token(a.channel().await, &admin_token).expect("token"));
+    let shop_token = admin
+        .create_shop(proto::CreateShopRequest { shop_id: "acme".into(), display_name: "Acme".into() })
+        .await
+        .expect("create shop")
+        .into_inner()
+        .token;
+    let carrier_token = admin
+        .create_carrier(proto::CreateCarrierRequest {
+            carrier_id: "docomo".into(),
+            display_name: "Docomo".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create carrier")
+        .into_inner()
+        .token;
+    let carrier = |channel| CarrierServiceClient::new(with_token(channel, &carrier_token).expect("token"));
+    let mut enroll = carrier(a.channel().await);
+    enroll
+        .enroll_subscriber(proto::EnrollSubscriberRequest {
+            subscriber_number: APPROVER.into(),
+            funding: proto::Funding::Wallet as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("enroll subscriber");
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    enroll
+        .enroll_handset(proto::EnrollHandsetRequest {
+            subscriber_number: APPROVER.into(),
+            public_key: key.verifying_key().to_bytes().to_vec(),
+        })
+        .await
+        .expect("enroll handset");
+    let mut relays = vec![
+        common::manual_carrier::ManualCarrier::connect(carrier(b.channel().await)).await,
+        common::manual_carrier::ManualCarrier::connect(carrier(c.channel().await)).await,
+    ];
+
+    let on_a = VirtualRegister::open(a.channel().await, &shop_token, "till").await.expect("register on A");
+    let mut trades = std::collections::BTreeSet::new();
+    for i in 0..CLAIMED_TRADES {
+        let t = on_a.create(ChargeRequest::new(APPROVER, 100, "JPY", &format!("item {i}"))).await.expect("create");
+        assert_eq!(state(&t), S::Pending, "{t:?}");
+        trades.insert(t.trade_id);
+    }
+    // (relay, delivery id, trade) for every offer pushed.
+    let mut pushed: Vec<(usize, u64, String)> = Vec::new();
+    let take = |relays: &mut Vec<common::manual_carrier::ManualCarrier>, pushed: &mut Vec<(usize, u64, String)>| {
+        for (r, relay) in relays.iter_mut().enumerate() {
+            for m in relay.drain() {
+                if let Some(proto::relay_down::Body::Offer(o)) = &m.body {
+                    pushed.push((r, m.delivery_id, o.trade_id.clone()));
+                }
+            }
+        }
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        take(&mut relays, &mut pushed);
+        let offered: std::collections::BTreeSet<String> = pushed.iter().map(|(_, _, t)| t.clone()).collect();
+        if offered == trades {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "offers of {} of {CLAIMED_TRADES} trades arrived",
+            offered.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Keep watching for a second push of any of them.
+    let watch_until = tokio::time::Instant::now() + CLAIM_WATCH;
+    while tokio::time::Instant::now() < watch_until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        take(&mut relays, &mut pushed);
+    }
+    let mut per_delivery: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    for (r, id, _) in &pushed {
+        per_delivery.entry(*id).or_default().push(*r);
+    }
+    let twice: Vec<_> = per_delivery.iter().filter(|(_, rs)| rs.len() > 1).collect();
+    assert!(twice.is_empty(), "offers pushed more than once (delivery → relays 0=B, 1=C): {twice:?}");
+    assert_eq!(per_delivery.len(), CLAIMED_TRADES);
+}
+
 /// Writers of the failover test, each topping up its own wallet by 1 yen
 /// per call.
 const FAILOVER_WRITERS: usize = 4;

@@ -179,6 +179,21 @@ pub trait Trades: Send + Sync {
     /// Unacknowledged deliveries for a carrier with ids above `after`,
     /// oldest first, at most `limit`.
     async fn outbox(&self, carrier: &CarrierId, after: u64, limit: usize) -> Result<Vec<Delivery>, Failure>;
+    /// As [`Trades::outbox`], for a relay of this node about to push them:
+    /// on a store with other writers, only deliveries no other node has
+    /// claimed (or whose claim lapsed), now claimed for this node, with
+    /// this node's own claims renewed (`Remote::lease`). A store no one
+    /// else writes has nothing to claim against.
+    async fn claim_outbox(
+        &self,
+        carrier: &CarrierId,
+        after: u64,
+        limit: usize,
+        now: UnixMs,
+    ) -> Result<Vec<Delivery>, Failure> {
+        let _ = now;
+        self.outbox(carrier, after, limit).await
+    }
     /// Open trades whose deadline is at or before `now`, at most `limit`.
     async fn due(&self, now: UnixMs, limit: usize) -> Result<Vec<TradeId>, Failure>;
     /// How many trades are open (for start-up, not the hot path).
@@ -297,6 +312,12 @@ pub trait Lifecycle: Send + Sync {
     fn remote(&self) -> Option<Remote> {
         None
     }
+    /// A relay of `carrier` attached to this node (or left it): deliveries
+    /// this node commits for a carrier it has a relay of are claimed for
+    /// it at once, since it pushes them live.
+    fn relay_attached(&self, carrier: &CarrierId, attached: bool) {
+        let _ = (carrier, attached);
+    }
 }
 
 /// How a node learns of commits made by other writers of its store. The
@@ -306,6 +327,10 @@ pub trait Lifecycle: Send + Sync {
 #[derive(Clone)]
 pub struct Remote {
     pub poll: std::time::Duration,
+    /// How long a node's claim of an outbox delivery holds unless renewed
+    /// (`Trades::claim_outbox`); a relay holding claims reads again well
+    /// within it.
+    pub lease: std::time::Duration,
     /// Subscribe for the announcements; `None` when they are off.
     pub changes: Option<tokio::sync::broadcast::Sender<RemoteChange>>,
 }

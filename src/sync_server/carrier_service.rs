@@ -116,6 +116,11 @@ fn log_refused(carrier: &CarrierId, e: ApiError) {
 /// reaches the carrier within this, plus the push.
 const OUTBOX_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// How many times a relay stream holding claims reads the outbox within
+/// one claim lease: a few, so a busy machine delaying a read or two does
+/// not let a claim lapse (and another node push the delivery again).
+const CLAIM_RENEWALS_PER_LEASE: u32 = 5;
+
 #[tonic::async_trait]
 impl CarrierService for CarrierApi {
     type RelayStream = RelayStream;
@@ -130,6 +135,7 @@ impl CarrierService for CarrierApi {
         // Attach first, then replay the outbox: anything committed after the
         // replay's read is pushed live, so nothing falls between the two.
         let link = self.hub.attach(&carrier, tx, overflowed.clone());
+        self.engine.relay_attached(&carrier, true);
         tracing::info!(carrier = %carrier, link, "relay connected");
         metrics::relay_connected(true);
 
@@ -149,6 +155,9 @@ impl CarrierService for CarrierApi {
             // announcement.
             let remote = replay_engine.remote();
             let poll_every = remote.as_ref().map_or(OUTBOX_POLL, |r| r.poll);
+            // While this stream holds pushed, unacknowledged deliveries it
+            // reads (and so renews its claims) well within their lease.
+            let renew_every = remote.as_ref().map_or(OUTBOX_POLL, |r| r.lease / CLAIM_RENEWALS_PER_LEASE);
             let mut changes = engine::subscribe(remote.as_ref());
             let mut sent: HashSet<u64> = HashSet::new();
             let mut first = true;
@@ -156,7 +165,9 @@ impl CarrierService for CarrierApi {
                 let mut seen = HashSet::new();
                 let mut after = 0;
                 loop {
-                    let page = match replay_engine.outbox(&replay_carrier, after, limits::MAX_LIST).await {
+                    // With other nodes, only what no other node's relay
+                    // holds (claimed for this node, our claims renewed).
+                    let page = match replay_engine.claim_outbox(&replay_carrier, after, limits::MAX_LIST).await {
                         Ok(p) => p,
                         Err(e) => {
                             let _ = replay_tx.send(Err(RelayEnd::Edge(error::status(e)))).await;
@@ -187,7 +198,8 @@ impl CarrierService for CarrierApi {
                 first = false;
                 // What was acknowledged left the outbox and is forgotten.
                 sent = seen;
-                let next_read = tokio::time::sleep(poll_every);
+                let wait = if sent.is_empty() { poll_every } else { poll_every.min(renew_every) };
+                let next_read = tokio::time::sleep(wait);
                 tokio::pin!(next_read);
                 loop {
                     tokio::select! {
@@ -248,6 +260,7 @@ impl CarrierService for CarrierApi {
                 }
             }
             hub.detach(&carrier, link);
+            engine.relay_attached(&carrier, false);
             metrics::relay_connected(false);
             tracing::info!(carrier = %carrier, link, "relay disconnected");
         });

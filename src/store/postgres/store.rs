@@ -27,7 +27,7 @@ use tokio_postgres::{IsolationLevel, NoTls, Transaction};
 
 use super::notify::{self, Note};
 use super::rows::{self, big, corrupt, BILL_COLS, EVENT_COLS, OUTBOX_COLS, POSTING_COLS, REGISTER_COLS, TRADE_COLS};
-use super::trades::{self, Cx, Step};
+use super::trades::{self, Cx, LocalRelays, Step, CLAIM_LEASE};
 use super::{migrate, parties, pool, PgError};
 use crate::domain::receipt::ReceiptSigner;
 use crate::domain::{
@@ -118,6 +118,8 @@ struct Inner {
     /// Other nodes' announcements, for the engine.
     changes: Option<broadcast::Sender<RemoteChange>>,
     poll: Duration,
+    /// This node's relays and its name in outbox claims.
+    relays: Arc<LocalRelays>,
     closed: CloseSignal,
 }
 
@@ -204,6 +206,7 @@ impl PgStore {
         };
         let changes = config.notify.then(|| broadcast::channel(notify::CHANGE_BUFFER).0);
         let heads_wake = Arc::new(tokio::sync::Notify::new());
+        let node = notify::node_name();
         let store = PgStore {
             inner: Arc::new(Inner {
                 pool,
@@ -217,6 +220,7 @@ impl PgStore {
                 notes,
                 changes: changes.clone(),
                 poll: config.poll,
+                relays: Arc::new(LocalRelays::new(node.clone())),
                 closed: CloseSignal(watch::Sender::new(false)),
             }),
         };
@@ -228,7 +232,6 @@ impl PgStore {
         }
         runtime.spawn(poll_heads(Arc::downgrade(&store.inner), heads_wake.clone(), config.poll));
         if let (Some(rx), Some(changes)) = (notes_rx, changes) {
-            let node = notify::node_name();
             runtime.spawn(notify::run_notifier(config.url.clone(), node.clone(), rx));
             runtime.spawn(notify::run_listener(notify::Listening {
                 url: config.url.clone(),
@@ -325,7 +328,7 @@ macro_rules! in_tx {
         let mut client = store.client().await.map_err(failed)?;
         let raw: &mut tokio_postgres::Client = &mut client;
         let $tx = raw.transaction().await.map_err(PgError::from).map_err(failed)?;
-        let mut cx_value = Cx { turn: $turn, ..Cx::default() };
+        let mut cx_value = Cx { turn: $turn, relays: Some(store.inner.relays.clone()), ..Cx::default() };
         let outcome = {
             let $cx = &mut cx_value;
             $body.await
@@ -933,6 +936,56 @@ impl Trades for PgStore {
         found.iter().map(rows::delivery).collect::<Result<_, _>>().map_err(failure)
     }
 
+    /// Lock: `FOR UPDATE SKIP LOCKED` on the carrier's outbox rows that
+    /// are unclaimed, whose claim lapsed, or that this node holds; then
+    /// the claim columns (this node, until `now` + `CLAIM_LEASE`). Nodes
+    /// with relays of one carrier so claim disjoint deliveries and never
+    /// wait for each other (`docs/POSTGRES.md`). A claim is not money: it
+    /// commits with `synchronous_commit = local` (one lost in a failover
+    /// costs one more push at most).
+    async fn claim_outbox(
+        &self,
+        carrier: &CarrierId,
+        after: u64,
+        limit: usize,
+        now: UnixMs,
+    ) -> Result<Vec<Delivery>, Failure> {
+        let lease = u64::try_from(CLAIM_LEASE.as_millis()).unwrap_or(u64::MAX);
+        let until = big(now.0.saturating_add(lease)).map_err(failure)?;
+        let mut client = self.client().await.map_err(failure)?;
+        let raw: &mut tokio_postgres::Client = &mut client;
+        let tx = raw.transaction().await.map_err(PgError::from).map_err(failure)?;
+        tx.batch_execute("SET LOCAL synchronous_commit = local").await.map_err(PgError::from).map_err(failure)?;
+        let found = tx
+            .query(
+                &format!(
+                    "UPDATE outbox SET claimed_by = $2, claimed_until = $4
+                     WHERE delivery_id IN (
+                         SELECT delivery_id FROM outbox
+                         WHERE carrier = $1 AND delivery_id > $5
+                           AND (claimed_until IS NULL OR claimed_until <= $3 OR claimed_by = $2)
+                         ORDER BY delivery_id LIMIT $6 FOR UPDATE SKIP LOCKED)
+                     RETURNING {OUTBOX_COLS}"
+                ),
+                &[
+                    &carrier.as_str(),
+                    &self.inner.relays.node,
+                    &big(now.0).map_err(failure)?,
+                    &until,
+                    &big(after).map_err(failure)?,
+                    &limit_of(limit),
+                ],
+            )
+            .await
+            .map_err(PgError::from)
+            .map_err(failure)?;
+        tx.commit().await.map_err(PgError::from).map_err(failure)?;
+        let mut deliveries: Vec<Delivery> =
+            found.iter().map(rows::delivery).collect::<Result<_, _>>().map_err(failure)?;
+        deliveries.sort_unstable_by_key(|d| d.delivery_id);
+        Ok(deliveries)
+    }
+
     async fn due(&self, now: UnixMs, limit: usize) -> Result<Vec<TradeId>, Failure> {
         let c = self.client().await.map_err(failure)?;
         let found = c
@@ -1315,7 +1368,11 @@ impl Lifecycle for PgStore {
     }
 
     fn remote(&self) -> Option<Remote> {
-        Some(Remote { poll: self.inner.poll, changes: self.inner.changes.clone() })
+        Some(Remote { poll: self.inner.poll, lease: CLAIM_LEASE, changes: self.inner.changes.clone() })
+    }
+
+    fn relay_attached(&self, carrier: &CarrierId, attached: bool) {
+        self.inner.relays.attach(carrier, attached);
     }
 }
 

@@ -81,6 +81,18 @@ impl Engine {
         self.store.other_writers()
     }
 
+    /// As [`Engine::outbox`], for a relay about to push what it gets: only
+    /// what no other node's relay holds, now held for this node
+    /// (`Trades::claim_outbox`).
+    pub async fn claim_outbox(&self, carrier: &CarrierId, after: u64, limit: usize) -> Result<Vec<Delivery>, Failure> {
+        self.store.claim_outbox(carrier, after, limit, now()).await
+    }
+
+    /// A relay of `carrier` attached to this node, or left it.
+    pub fn relay_attached(&self, carrier: &CarrierId, attached: bool) {
+        self.store.relay_attached(carrier, attached);
+    }
+
     /// How this node hears of other nodes' commits, if others write.
     pub fn remote(&self) -> Option<Remote> {
         self.store.remote()
