@@ -64,6 +64,12 @@ async fn check_sim(sandbox: &Sandbox, channel: Channel, token: &str, config: Sim
     report
 }
 
+/// The plaintext run of a simulator with one deviation, its approver
+/// approving.
+async fn deviant_run(deviation: Deviation) -> Report {
+    plaintext_run(SimConfig { deviation: Some(deviation), ..SimConfig::default() }, Policy::Approve).await
+}
+
 async fn plaintext_run(config: SimConfig, approver: Policy) -> Report {
     let sandbox = sandbox(SandboxAuth::Token(TOKEN.into())).await;
     let channel = syncpay::client::connect(&sandbox.url()).await.expect("connect");
@@ -171,9 +177,7 @@ async fn a_given_key_is_what_the_check_verifies_with() {
 
 #[tokio::test]
 async fn a_relay_that_never_acknowledges_is_named() {
-    let report =
-        plaintext_run(SimConfig { deviation: Some(Deviation::NeverAck), ..SimConfig::default() }, Policy::Approve)
-            .await;
+    let report = deviant_run(Deviation::NeverAck).await;
     assert_faults(
         &report,
         &[
@@ -188,9 +192,7 @@ async fn a_relay_that_never_acknowledges_is_named() {
 
 #[tokio::test]
 async fn a_relay_that_acknowledges_the_wrong_delivery_id_is_named() {
-    let report =
-        plaintext_run(SimConfig { deviation: Some(Deviation::AckWrongId), ..SimConfig::default() }, Policy::Approve)
-            .await;
+    let report = deviant_run(Deviation::AckWrongId).await;
     assert_faults(
         &report,
         &[
@@ -205,9 +207,7 @@ async fn a_relay_that_acknowledges_the_wrong_delivery_id_is_named() {
 
 #[tokio::test]
 async fn a_relay_that_shows_every_copy_and_forgets_withdrawals_is_named() {
-    let report =
-        plaintext_run(SimConfig { deviation: Some(Deviation::Forgetful), ..SimConfig::default() }, Policy::Approve)
-            .await;
+    let report = deviant_run(Deviation::Forgetful).await;
     assert_faults(&report, &[(Step::OfferAfterWithdrawal, "remember withdrawn trades")]);
 }
 
@@ -239,9 +239,7 @@ async fn a_relay_that_signs_other_bytes_than_the_offer_carries_is_named() {
 
 #[tokio::test]
 async fn a_relay_that_does_not_reconnect_is_named() {
-    let report =
-        plaintext_run(SimConfig { deviation: Some(Deviation::NoReconnect), ..SimConfig::default() }, Policy::Approve)
-            .await;
+    let report = deviant_run(Deviation::NoReconnect).await;
     assert_faults(&report, &[(Step::Reconnect, "did not reconnect within 30 s")]);
 }
 

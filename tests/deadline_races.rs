@@ -14,11 +14,11 @@ mod common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::backends::{backends, BackendFactory};
-use common::TestServer;
+use common::world::{world, World};
 use syncpay::domain::TradeId;
 use syncpay::proto::{self, TradeState as S};
-use syncpay::register::{ChargeRequest, VirtualRegister};
-use syncpay::terminal_sim::{CarrierSim, Policy};
+use syncpay::register::ChargeRequest;
+use syncpay::terminal_sim::Policy;
 use tonic::Code;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -44,13 +44,7 @@ async fn a_cancel_after_the_deadline_does_not_end_the_trade_cancelled() {
 }
 
 async fn a_cancel_after_the_deadline_does_not_end_the_trade_cancelled_on(backend: &'static BackendFactory) {
-    let t = TestServer::start_on(backend).await;
-    let shop_token = t.create_shop("acme", "Acme Books").await;
-    let carrier_token = t.create_carrier("docomo", "Docomo").await;
-    let sim = CarrierSim::start(t.channel().await, &carrier_token).expect("sim");
-    sim.add_handset(IGNORER, Policy::Ignore).await.expect("handset");
-    sim.wait_connected(WAIT).await.expect("relay connected");
-    let register = VirtualRegister::open(t.channel().await, &shop_token, "till").await.expect("register");
+    let World { t: _server, sim, register, .. } = world(backend, &[(IGNORER, Policy::Ignore, 0)]).await;
 
     let mut created = Vec::new();
     for _ in 0..TRADES {

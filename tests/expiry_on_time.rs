@@ -16,11 +16,11 @@ mod common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::backends::{backends, BackendFactory};
-use common::TestServer;
+use common::world::{world, World};
 use syncpay::domain::TradeId;
 use syncpay::proto::TradeState as S;
-use syncpay::register::{ChargeRequest, VirtualRegister};
-use syncpay::terminal_sim::{CarrierSim, Policy};
+use syncpay::register::ChargeRequest;
+use syncpay::terminal_sim::Policy;
 
 const WAIT: Duration = Duration::from_secs(30);
 const IGNORER: &str = "+818050000002";
@@ -57,13 +57,7 @@ async fn trades_expire_at_their_deadline_not_at_the_next_poll() {
 }
 
 async fn trades_expire_at_their_deadline_not_at_the_next_poll_on(backend: &'static BackendFactory) {
-    let t = TestServer::start_on(backend).await;
-    let shop_token = t.create_shop("acme", "Acme Books").await;
-    let carrier_token = t.create_carrier("docomo", "Docomo").await;
-    let sim = CarrierSim::start(t.channel().await, &carrier_token).expect("sim");
-    sim.add_handset(IGNORER, Policy::Ignore).await.expect("handset");
-    sim.wait_connected(WAIT).await.expect("relay connected");
-    let register = VirtualRegister::open(t.channel().await, &shop_token, "till").await.expect("register");
+    let World { t: _server, sim, register, .. } = world(backend, &[(IGNORER, Policy::Ignore, 0)]).await;
 
     // The sweeper goes to sleep for this one's deadline, a minute away.
     let long = ChargeRequest { ttl_seconds: 60, ..ChargeRequest::new(IGNORER, 100, "JPY", "later") };

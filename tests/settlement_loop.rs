@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::backends::{backends, BackendFactory};
+use common::world::{world, World};
 use common::{code_of, TestServer};
 use ed25519_dalek::{Signer, SigningKey};
 use syncpay::domain::approval::ApprovalPayload;
@@ -16,34 +17,11 @@ use syncpay::domain::{
 };
 use syncpay::proto::{self, FailureReason as FR, TradeState as S};
 use syncpay::register::{ChargeRequest, VirtualRegister};
-use syncpay::terminal_sim::{CarrierSim, Policy};
+use syncpay::terminal_sim::Policy;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
 const WAIT: Duration = Duration::from_secs(15);
-
-struct World {
-    t: TestServer,
-    shop_token: String,
-    sim: CarrierSim,
-    register: VirtualRegister,
-}
-
-async fn world(backend: &'static BackendFactory, handsets: &[(&str, Policy, u64)]) -> World {
-    let t = TestServer::start_on(backend).await;
-    let shop_token = t.create_shop("acme", "Acme Books").await;
-    let carrier_token = t.create_carrier("docomo", "Docomo").await;
-    let sim = CarrierSim::start(t.channel().await, &carrier_token).expect("sim");
-    for (number, policy, top_up) in handsets {
-        sim.add_handset(number, *policy).await.expect("handset");
-        if *top_up > 0 {
-            t.top_up(number, *top_up, "JPY").await;
-        }
-    }
-    sim.wait_connected(WAIT).await.expect("relay connected");
-    let register = VirtualRegister::open(t.channel().await, &shop_token, "till 1").await.expect("register");
-    World { t, shop_token, sim, register }
-}
 
 fn charge(payer: &str, amount: u64, ttl: u32) -> ChargeRequest {
     ChargeRequest { ttl_seconds: ttl, ..ChargeRequest::new(payer, amount, "JPY", "The Rust Book") }

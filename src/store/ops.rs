@@ -9,12 +9,13 @@ use tokio::sync::oneshot;
 use crate::domain::receipt::{handset_commitment, ReceiptKeyId, ReceiptSigner, Statement};
 use crate::domain::IpKey;
 use crate::domain::{
-    Amount, CarrierId, Currency, Decision, IpPrefix, PortRange, RegisterId, ShopId, SubscriberNumber, TradeId, UnixMs,
+    Amount, BindingCode, CarrierId, Currency, Decision, IpPrefix, PortRange, RegisterId, ScreenText, ShopId,
+    SubscriberNumber, TradeId, TradeState, UnixMs,
 };
 
 use super::records::{
     AccountRecord, Delivery, EventRecord, Funding, PayerRef, PayoutRecord, PostingRecord, Receipt, ShopRecord, Sig64,
-    SubscriberRecord, TradeRecord, TradeRequest,
+    SignedTerms, SubscriberRecord, TradeRecord, TradeRequest,
 };
 use super::refusals::{Failure, StoreError};
 
@@ -97,6 +98,45 @@ pub struct NewTrade {
     /// Asked only when the trade is about to send its offer.
     pub offer_gate: Option<OfferGate>,
     pub now: UnixMs,
+}
+
+impl NewTrade {
+    /// The PENDING trade this request opens, for `request` with its payer
+    /// resolved (`carrier` is the payer's carrier), whose offer shows the
+    /// shop's name, the register's label and the description. The trade
+    /// keeps the digest of those texts, so the answer is checked against what
+    /// was shown even if the shop's name changes before the buyer answers. `None` when the binding code is not six digits: the
+    /// server made it, so the caller reports the store as corrupt.
+    pub fn pending_trade(
+        &self,
+        request: TradeRequest,
+        carrier: Option<CarrierId>,
+        expires_at: UnixMs,
+        shop_name: &str,
+        register_label: &str,
+    ) -> Option<TradeRecord> {
+        BindingCode::parse(&self.binding_code)?;
+        let screen = ScreenText { shop_name, register_label, description: &request.description };
+        let screen_digest = screen.digest();
+        Some(TradeRecord {
+            id: self.trade_id,
+            shop: self.shop.clone(),
+            carrier,
+            request,
+            state: TradeState::Pending,
+            failure: None,
+            binding_code: self.binding_code.clone(),
+            created_at: self.now,
+            expires_at,
+            finished_at: None,
+            decision: None,
+            receipt: None,
+            idempotency_key: self.idempotency_key.clone(),
+            offer_delivery: None,
+            refunded: Amount::ZERO,
+            terms: SignedTerms::V2 { screen_digest },
+        })
+    }
 }
 
 /// A trade created, or the original one for an idempotent retry.

@@ -12,6 +12,7 @@ pub mod binary;
 pub mod manual_carrier;
 pub mod pg;
 pub mod raw;
+pub mod world;
 
 use std::path::PathBuf;
 use std::time::Duration;

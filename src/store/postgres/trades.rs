@@ -23,8 +23,8 @@ use super::PgError;
 use crate::domain::receipt::ReceiptSigner;
 use crate::domain::trade::transition;
 use crate::domain::{
-    carrier_fee, AccountName, Amount, Balance, BindingCode, CarrierId, Currency, Decision, FailureReason, Leg, Month,
-    PostingSet, ScreenText, ShopId, Side, SubscriberNumber, TradeEvent, TradeId, TradeState, Transition, UnixMs,
+    carrier_fee, AccountName, Amount, Balance, CarrierId, Currency, Decision, FailureReason, Leg, Month, PostingSet,
+    ShopId, Side, SubscriberNumber, TradeEvent, TradeId, TradeState, Transition, UnixMs,
 };
 use crate::store::records::{
     Delivery, DeliveryBody, EventKind, NetworkIdentity, OfferBody, PayerRef, Receipt, SignedTerms, TradeRecord,
@@ -520,31 +520,9 @@ async fn open_trade(
         )),
         None => None,
     };
-    // The offer shows exactly these texts; the trade keeps their digest,
-    // so the answer is checked against what was shown even if the shop's
-    // name changes before the buyer answers.
-    let screen = ScreenText { shop_name: &shop_name, register_label: &label, description: &request.description };
-    let terms = SignedTerms::V2 { screen_digest: screen.digest() };
-    if BindingCode::parse(&t.binding_code).is_none() {
+    let carrier = subscriber.as_ref().map(|s| s.0.clone());
+    let Some(mut trade) = t.pending_trade(request, carrier, expires_at, &shop_name, &label) else {
         return Err(corrupt("binding code is not six digits"));
-    }
-    let mut trade = TradeRecord {
-        id: t.trade_id,
-        shop: t.shop.clone(),
-        carrier: subscriber.as_ref().map(|s| s.0.clone()),
-        request,
-        state: TradeState::Pending,
-        failure: None,
-        binding_code: t.binding_code.clone(),
-        created_at: t.now,
-        expires_at,
-        finished_at: None,
-        decision: None,
-        receipt: None,
-        idempotency_key: t.idempotency_key.clone(),
-        offer_delivery: None,
-        refunded: Amount::ZERO,
-        terms,
     };
     let refusal = match &subscriber {
         None => Some(FailureReason::PayerUnknown),

@@ -6,10 +6,10 @@
 //! created: PENDING with its offer in the outbox, or FAILED at once when
 //! nothing could ever answer it.
 
-use crate::domain::{Amount, BindingCode, FailureReason, ScreenText, TradeState};
+use crate::domain::{FailureReason, TradeState};
 use crate::store::records::{
-    DeliveryBody, EventKind, Funding, HandsetRecord, OfferBody, PayerRef, RegisterRecord, ShopRecord, SignedTerms,
-    SubscriberRecord, TradeRecord,
+    DeliveryBody, EventKind, Funding, HandsetRecord, OfferBody, PayerRef, RegisterRecord, ShopRecord, SubscriberRecord,
+    TradeRecord,
 };
 use crate::store::{CreateTradeRefusal, Created, Delivery, NewTrade};
 
@@ -146,36 +146,10 @@ fn open_trade(
     };
     let subscriber = tx.get::<SubscriberRecord>(T::Subscribers, request.payer.as_str().as_bytes())?;
     let handset = tx.get::<HandsetRecord>(T::Handsets, request.payer.as_str().as_bytes())?;
-    // The offer below shows exactly these texts; the trade keeps their
-    // digest so the answer is checked against what was shown, even if the
-    // shop's name changes before the buyer answers.
-    let screen = ScreenText {
-        shop_name: &shop.display_name,
-        register_label: &register.label,
-        description: &request.description,
-    };
-    let terms = SignedTerms::V2 { screen_digest: screen.digest() };
-    let mut trade = TradeRecord {
-        id: t.trade_id,
-        shop: t.shop.clone(),
-        carrier: subscriber.as_ref().map(|s| s.carrier.clone()),
-        request,
-        state: TradeState::Pending,
-        failure: None,
-        binding_code: t.binding_code.clone(),
-        created_at: t.now,
-        expires_at,
-        finished_at: None,
-        decision: None,
-        receipt: None,
-        idempotency_key: t.idempotency_key.clone(),
-        offer_delivery: None,
-        refunded: Amount::ZERO,
-        terms,
-    };
-    if BindingCode::parse(&t.binding_code).is_none() {
+    let carrier = subscriber.as_ref().map(|s| s.carrier.clone());
+    let Some(mut trade) = t.pending_trade(request, carrier, expires_at, &shop.display_name, &register.label) else {
         return corrupt("binding code is not six digits");
-    }
+    };
     let refusal = match (&subscriber, &handset) {
         (None, _) => Some(FailureReason::PayerUnknown),
         // Carrier billing puts the charge on the carrier's books: only a

@@ -183,10 +183,18 @@ impl SledStore {
                 migrated += 1;
             }
         }
-        if migrated > 0 {
+        // Stores made before the operator's trade history (issue 16) get
+        // its per-trade index once, from their events and postings.
+        let indexed = operator::index_trade_history(&shared)?;
+        if migrated > 0 || indexed > 0 {
             shared.db.flush().map_err(io)?;
             syncer.sync_now()?;
+        }
+        if migrated > 0 {
             tracing::info!(shops = migrated, "shop records rewritten in their second layout");
+        }
+        if indexed > 0 {
+            tracing::info!(keys = indexed, "trade history index built for trades stored before it existed");
         }
         let writes = writer::spawn(shared.clone(), syncer, hot)?;
         Ok(SledStore { shared, writes })

@@ -167,3 +167,41 @@ impl SledStore {
         Ok(Some(TradeHistory { trade, events, postings }))
     }
 }
+
+/// The meta key marking that the per-trade history index is complete: set
+/// once every event and posting written before the index existed has its
+/// index key (stores made before issue 16 have none).
+pub(crate) const HISTORY_INDEXED: &[u8] = b"trade_history_indexed";
+
+/// Builds the per-trade history index for whatever has no index key yet,
+/// from the events and postings themselves, unless the store is marked as
+/// indexed. Runs at open, before the writer starts; the inserts are
+/// idempotent, so a crash part-way only repeats them at the next open. The
+/// caller makes the result durable. Returns the keys written.
+pub(crate) fn index_trade_history(shared: &Shared) -> Result<usize, Failure> {
+    let meta = shared.tree(T::Meta);
+    if meta.get(HISTORY_INDEXED).map_err(io)?.is_some() {
+        return Ok(0);
+    }
+    let index = shared.tree(T::Network);
+    let mut written = 0usize;
+    for item in shared.tree(T::Events).iter() {
+        let (_, v) = item.map_err(io)?;
+        let (trade, seq) = match codec::decode_event(&v)? {
+            codec::StoredEvent::Whole(e) => (e.trade.id, e.seq),
+            codec::StoredEvent::CompactV2(c) | codec::StoredEvent::Compact(c) => (c.trade, c.seq),
+        };
+        index.insert(keys::net::trade_event(&trade, seq), &[][..]).map_err(io)?;
+        written += 1;
+    }
+    for item in shared.tree(T::Postings).iter() {
+        let (_, v) = item.map_err(io)?;
+        let posting: PostingRecord = codec::decode(&v)?;
+        if let Some(trade) = posting.trade {
+            index.insert(keys::net::trade_posting(&trade, posting.posting_id), &[][..]).map_err(io)?;
+            written += 1;
+        }
+    }
+    meta.insert(HISTORY_INDEXED, &1u64.to_be_bytes()).map_err(io)?;
+    Ok(written)
+}

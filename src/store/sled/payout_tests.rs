@@ -14,7 +14,7 @@ use crate::domain::{Amount, Currency, Decision, TradeState};
 use crate::store::fixture::{jpy, number, sign, Fixture};
 use crate::store::{
     EventKind, Funding, NewPayout, PaidOut, PayerRef, PayoutAmount, PayoutField, PayoutRecord, PostingKind,
-    ShopPayoutRefusal, Store, TradeRequest,
+    ShopPayoutRefusal, Store, TradeHistory, TradeRequest,
 };
 
 const T0: UnixMs = UnixMs(1_800_000_000_000);
@@ -362,4 +362,33 @@ async fn a_trade_history_has_every_event_and_posting() {
     assert_eq!(kinds.iter().filter(|k| **k == PostingKind::Refund).count(), 2);
     assert!(h.postings.iter().all(|x| x.trade == Some(sold.id)));
     assert!(p.store.trade_history(&TradeId::from_bytes([1; 16]), 100).await.expect("read").is_none());
+}
+
+#[tokio::test]
+async fn a_store_from_before_the_history_index_gets_it_at_open() {
+    let p = fixture().await;
+    let sold = p.sale(900).await;
+    let before = p.store.trade_history(&sold.id, 100).await.expect("read").expect("exists");
+    assert_eq!((before.events.len(), before.postings.len()), (2, 2));
+    // Make it a store of before issue 16: no index keys and no marker.
+    let index = p.sled.tree(T::Network);
+    for key in index.scan_prefix(keys::net::trade_history(&sold.id)).keys() {
+        index.remove(key.expect("key")).expect("remove");
+    }
+    p.sled.tree(T::Meta).remove(super::operator::HISTORY_INDEXED).expect("remove");
+    p.sled.tree(T::Meta).flush().expect("flush");
+    let stripped = p.store.trade_history(&sold.id, 100).await.expect("read").expect("exists");
+    assert!(stripped.events.is_empty() && stripped.postings.is_empty(), "the index is what history reads");
+
+    let moved = tempfile::tempdir().expect("tempdir");
+    let P { _dir, sled, store, .. } = p;
+    drop((sled, store));
+    std::fs::rename(_dir.path(), moved.path().join("store")).expect("move");
+    let store: Store = Arc::new(SledStore::open(StoreConfig::new(moved.path().join("store"))).expect("reopen"));
+    let after = store.trade_history(&sold.id, 100).await.expect("read").expect("exists");
+    assert_eq!(after.trade, before.trade);
+    assert_eq!(after.events, before.events);
+    let ids = |h: &TradeHistory| h.postings.iter().map(|x| (x.posting_id, x.set_id, x.amount)).collect::<Vec<_>>();
+    assert_eq!(ids(&after), ids(&before));
+    assert!(store.verify().await.expect("verify").ok());
 }
