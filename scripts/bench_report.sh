@@ -5,7 +5,8 @@
 # OUT_DIR gets each run's summary (.txt), JSON, SVG and stderr, and
 # runs.log with the load average at the start of each run, and the
 # PostgreSQL anchor (scripts/pgbench_settle.sh, when PostgreSQL is
-# installed) with syncpay's ratio to it at 64 in flight. STORE_DIR
+# installed) with syncpay's ratio to it at 64 in flight, and syncpay on
+# PostgreSQL with one and two nodes beside sled (pg-64.*). STORE_DIR
 # (default OUT_DIR/store-1m, about 1.5 GB) keeps the million-trade store.
 # Takes about 15 minutes on the 2-core machine of the report.
 set -euo pipefail
@@ -30,6 +31,13 @@ if "$here/scripts/pgbench_settle.sh" 64 20 8 > pgbench-64.txt 2> pgbench-64.err;
     | tee -a pgbench-64.txt | tee -a runs.log
 else
   log "no PostgreSQL anchor: $(tail -n 1 pgbench-64.err)"
+fi
+log "sled, PostgreSQL with 1 and 2 nodes, 64 in flight (issue 15)"
+if "$bin" bench --mode syncpay --postgres cluster --pg-nodes 1,2 --duration 20s --inflight 64 --shops 8 \
+     --out pg-64.json --svg pg-64.svg > pg-64.txt 2> pg-64.err; then
+  grep -E "throughput" pg-64.txt | tee -a runs.log
+else
+  log "no PostgreSQL run: $(tail -n 1 pg-64.err)"
 fi
 log "one shop, 64 in flight"
 "$bin" bench --mode syncpay --duration 20s --inflight 64 --shops 1 --out oneshop-64.json > oneshop-64.txt 2> oneshop-64.err

@@ -369,15 +369,31 @@ impl Cluster {
         }
     }
 
+    /// As [`Cluster::start`] (on disk), with `extra` settings appended
+    /// after the usual ones (the benchmark loads `pg_stat_statements`).
+    pub fn start_with(tools: &PgTools, extra: &[(&str, &str)]) -> Result<Cluster, ClusterError> {
+        Cluster::start_under_with(tools, &std::env::temp_dir(), extra)
+    }
+
     fn start_under(tools: &PgTools, parent: &Path) -> Result<Cluster, ClusterError> {
+        Cluster::start_under_with(tools, parent, &[])
+    }
+
+    fn start_under_with(tools: &PgTools, parent: &Path, extra: &[(&str, &str)]) -> Result<Cluster, ClusterError> {
         reap_leftovers();
         let mut cluster = Cluster::make_folder(tools, parent)?;
         let mut initdb = tools.command("initdb");
         initdb.arg("-D").arg(&cluster.data).args(["-A", "trust", "-U", SUPERUSER, "-E", "UTF8", "--locale=C"]);
         run(&mut initdb, "initdb")?;
         cluster.append_settings(SETTINGS)?;
+        cluster.append_settings(extra)?;
         cluster.start_server()?;
         Ok(cluster)
+    }
+
+    /// The running server's postmaster process, if it runs.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        running_postmaster(&self.data)
     }
 
     /// A folder owned by the server's user, with the owner file in it and

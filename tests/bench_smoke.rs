@@ -5,6 +5,8 @@
 //! The scale modes likewise: a few hundred open trades and their memory, a
 //! few hundred settled into a kept store and the restart probe on it.
 
+mod common;
+
 use std::process::Command;
 
 #[test]
@@ -108,5 +110,47 @@ fn check_restarts(restart: &serde_json::Value, settled: u64) {
         assert!(0.0 < listening && listening <= created && created <= settled, "{probe}");
         assert!(at("spawn_to_serving_s") > 0.0 && at("spawn_to_carrier_connected_s") > 0.0, "{probe}");
         assert!(probe["memory_after"]["rss_bytes"].as_u64().is_some_and(|b| b > 0), "{probe}");
+    }
+}
+
+/// The PostgreSQL targets (issue 15): sled, then one and two `serve` nodes
+/// on a throwaway cluster the bench starts itself, in one run, with the
+/// database's costs per trade and the ratios to sled.
+#[test]
+fn bench_runs_postgres_with_one_and_two_nodes_beside_sled() {
+    if common::pg::tools().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = bench(
+        &[
+            "--mode",
+            "syncpay",
+            "--postgres",
+            "cluster",
+            "--duration",
+            "1s",
+            "--inflight",
+            "4",
+            "--shops",
+            "2",
+            "--handsets",
+            "4",
+        ],
+        &dir.path().join("pg.json"),
+    );
+    let results = report["results"].as_array().expect("results");
+    let names: Vec<&str> = results.iter().filter_map(|r| r["name"].as_str()).collect();
+    assert_eq!(names, ["syncpay", "postgres-1-node", "postgres-2-nodes"], "{report}");
+    for result in &results[1..] {
+        assert!(result["settled"].as_u64().is_some_and(|n| n > 0), "{result}");
+        assert_eq!(result["errors"], serde_json::json!({}), "{result}");
+        let db = &result["database"];
+        assert!(db["statements_per_trade"].as_f64().is_some_and(|n| n > 0.0), "{db}");
+        assert!(db["wal_bytes_per_trade"].as_f64().is_some_and(|n| n > 0.0), "{db}");
+        assert!(db["top_statements"].as_array().is_some_and(|s| !s.is_empty()), "{db}");
+    }
+    for name in ["postgres-1-node", "postgres-2-nodes"] {
+        assert!(report["over_sled"][name].as_f64().is_some_and(|r| r > 0.0), "{report}");
     }
 }

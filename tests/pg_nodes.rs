@@ -154,6 +154,214 @@ async fn three_nodes_on_one_database_share_trades_relays_events_and_the_sweep() 
     drop((a, b, c));
 }
 
+/// A poll interval far beyond every deadline of the test below: with it,
+/// only a notification can wake another node in time.
+const NEVER_POLL_MS: &str = "3600000";
+
+/// Three nodes started with `args`, sharing the database and the secrets.
+async fn three_nodes(db: &common::pg::PgDb, args: &[&str]) -> (Vec<ServerProcess>, Vec<tempfile::TempDir>, String) {
+    let mut all = vec!["--set".to_owned(), format!("store.url={}", db.url)];
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+    let mut nodes =
+        vec![ServerProcess::start(&Launch { data_dir: dirs[0].path().to_owned(), args: all.clone() }).await];
+    for file in ["admin.token", "server.secret"] {
+        for dir in &dirs[1..] {
+            std::fs::copy(dirs[0].path().join(file), dir.path().join(file)).expect("share the secrets");
+        }
+    }
+    for dir in &dirs[1..] {
+        nodes.push(ServerProcess::start(&Launch { data_dir: dir.path().to_owned(), args: all.clone() }).await);
+    }
+    let token = std::fs::read_to_string(dirs[0].path().join("admin.token")).expect("admin.token").trim().to_owned();
+    (nodes, dirs, token)
+}
+
+/// The cross-node flow on nodes started with `args`: a trade created on A
+/// is offered through the relay on B and settled there; one `AwaitTrade`
+/// call on C returns it settled, and a `WatchTrades` stream opened on C
+/// before the trade was created delivers its PENDING, OFFERED and SETTLED
+/// events, each within `WAIT`.
+async fn cross_node_flow(hint: &str, args: &[&str]) {
+    let Some(db) = common::pg::database(hint) else { return };
+    let (nodes, _dirs, admin_token) = three_nodes(&db, args).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let admin = |channel| AdminServiceClient::new(with_token(channel, &admin_token).expect("token"));
+    let shop_token = admin(a.channel().await)
+        .create_shop(proto::CreateShopRequest { shop_id: "acme".into(), display_name: "Acme".into() })
+        .await
+        .expect("create shop")
+        .into_inner()
+        .token;
+    let carrier_token = admin(a.channel().await)
+        .create_carrier(proto::CreateCarrierRequest {
+            carrier_id: "docomo".into(),
+            display_name: "Docomo".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create carrier")
+        .into_inner()
+        .token;
+    let sim = CarrierSim::start(b.channel().await, &carrier_token).expect("sim on B");
+    sim.add_handset(APPROVER, Policy::Approve).await.expect("handset");
+    sim.wait_connected(WAIT).await.expect("relay on B");
+    admin(a.channel().await)
+        .top_up_wallet(proto::TopUpWalletRequest {
+            subscriber_number: APPROVER.into(),
+            amount_minor: 10_000,
+            currency: "JPY".into(),
+        })
+        .await
+        .expect("top up");
+    let on_a = VirtualRegister::open(a.channel().await, &shop_token, "till").await.expect("register on A");
+    let on_c = VirtualRegister::attach(c.channel().await, &shop_token, on_a.id()).await.expect("register on C");
+    let mut events = on_c.watch(0).await.expect("watch on C");
+
+    for (i, amount) in [1_200u64, 800].into_iter().enumerate() {
+        let created = on_a.create(ChargeRequest::new(APPROVER, amount, "JPY", "coat")).await.expect("create on A");
+        let awaited = tokio::time::timeout(WAIT, on_c.await_final(trade_id(&created), WAIT))
+            .await
+            .expect("AwaitTrade on C in time")
+            .expect("AwaitTrade on C");
+        assert_eq!(state(&awaited), S::Settled, "trade {i}: {awaited:?}");
+        let mut seen = Vec::new();
+        while seen.last() != Some(&S::Settled) {
+            let e = tokio::time::timeout(WAIT, events.next())
+                .await
+                .unwrap_or_else(|_| panic!("trade {i}: an event on C in time; so far {seen:?}"))
+                .expect("open")
+                .expect("ok");
+            let t = e.trade.expect("trade");
+            assert_eq!(t.trade_id, created.trade_id, "one trade at a time");
+            seen.push(state(&t));
+        }
+        assert_eq!(seen, [S::Pending, S::Offered, S::Settled], "trade {i}");
+    }
+    sim.shutdown().await.expect("sim");
+}
+
+/// With LISTEN/NOTIFY and a poll interval of an hour, another node's
+/// commit still wakes the relay on B, `AwaitTrade` on C and `WatchTrades`
+/// on C within the test's deadline: the notifications do the waking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_wake_other_nodes_without_waiting_for_the_poll() {
+    cross_node_flow("notify", &["--set", &format!("store.poll_ms={NEVER_POLL_MS}")]).await;
+}
+
+/// With notifications off, the same flow works by polling alone:
+/// correctness never depends on a notification arriving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_notifications_other_nodes_still_see_every_commit_by_polling() {
+    cross_node_flow("polling", &["--set", "store.notify=false", "--set", "store.poll_ms=200"]).await;
+}
+
+/// Trades whose offers the two relays of the claims test share.
+const CLAIMED_TRADES: usize = 12;
+/// How long the claims test keeps watching after every offer arrived: two
+/// claim leases (5 s each), so a claim that was not renewed would have
+/// lapsed and its delivery been pushed again by the other node.
+const CLAIM_WATCH: Duration = Duration::from_secs(10);
+
+/// Relays of one carrier on two nodes (B and C), neither acknowledging:
+/// every offer of trades created on A reaches exactly one of them, and
+/// stays with it while its claim is renewed (`claim_outbox`: `FOR UPDATE
+/// SKIP LOCKED` and a lease). Without claims both relays' polls push every
+/// offer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_of_one_carrier_on_two_nodes_each_get_an_offer_once() {
+    use syncpay::proto::carrier_service_client::CarrierServiceClient;
+
+    let Some(db) = common::pg::database("claims") else { return };
+    let (nodes, _dirs, admin_token) = three_nodes(&db, &[]).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut admin = AdminServiceClient::new(with_token(a.channel().await, &admin_token).expect("token"));
+    let shop_token = admin
+        .create_shop(proto::CreateShopRequest { shop_id: "acme".into(), display_name: "Acme".into() })
+        .await
+        .expect("create shop")
+        .into_inner()
+        .token;
+    let carrier_token = admin
+        .create_carrier(proto::CreateCarrierRequest {
+            carrier_id: "docomo".into(),
+            display_name: "Docomo".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create carrier")
+        .into_inner()
+        .token;
+    let carrier = |channel| CarrierServiceClient::new(with_token(channel, &carrier_token).expect("token"));
+    let mut enroll = carrier(a.channel().await);
+    enroll
+        .enroll_subscriber(proto::EnrollSubscriberRequest {
+            subscriber_number: APPROVER.into(),
+            funding: proto::Funding::Wallet as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("enroll subscriber");
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    enroll
+        .enroll_handset(proto::EnrollHandsetRequest {
+            subscriber_number: APPROVER.into(),
+            public_key: key.verifying_key().to_bytes().to_vec(),
+        })
+        .await
+        .expect("enroll handset");
+    let mut relays = vec![
+        common::manual_carrier::ManualCarrier::connect(carrier(b.channel().await)).await,
+        common::manual_carrier::ManualCarrier::connect(carrier(c.channel().await)).await,
+    ];
+
+    let on_a = VirtualRegister::open(a.channel().await, &shop_token, "till").await.expect("register on A");
+    let mut trades = std::collections::BTreeSet::new();
+    for i in 0..CLAIMED_TRADES {
+        let t = on_a.create(ChargeRequest::new(APPROVER, 100, "JPY", &format!("item {i}"))).await.expect("create");
+        assert_eq!(state(&t), S::Pending, "{t:?}");
+        trades.insert(t.trade_id);
+    }
+    // (relay, delivery id, trade) for every offer pushed.
+    let mut pushed: Vec<(usize, u64, String)> = Vec::new();
+    let take = |relays: &mut Vec<common::manual_carrier::ManualCarrier>, pushed: &mut Vec<(usize, u64, String)>| {
+        for (r, relay) in relays.iter_mut().enumerate() {
+            for m in relay.drain() {
+                if let Some(proto::relay_down::Body::Offer(o)) = &m.body {
+                    pushed.push((r, m.delivery_id, o.trade_id.clone()));
+                }
+            }
+        }
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        take(&mut relays, &mut pushed);
+        let offered: std::collections::BTreeSet<String> = pushed.iter().map(|(_, _, t)| t.clone()).collect();
+        if offered == trades {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "offers of {} of {CLAIMED_TRADES} trades arrived",
+            offered.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Keep watching for a second push of any of them.
+    let watch_until = tokio::time::Instant::now() + CLAIM_WATCH;
+    while tokio::time::Instant::now() < watch_until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        take(&mut relays, &mut pushed);
+    }
+    let mut per_delivery: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    for (r, id, _) in &pushed {
+        per_delivery.entry(*id).or_default().push(*r);
+    }
+    let twice: Vec<_> = per_delivery.iter().filter(|(_, rs)| rs.len() > 1).collect();
+    assert!(twice.is_empty(), "offers pushed more than once (delivery → relays 0=B, 1=C): {twice:?}");
+    assert_eq!(per_delivery.len(), CLAIMED_TRADES);
+}
+
 /// Writers of the failover test, each topping up its own wallet by 1 yen
 /// per call.
 const FAILOVER_WRITERS: usize = 4;
@@ -170,7 +378,11 @@ const FAILOVER_WAIT: Duration = Duration::from_secs(60);
 /// primary is killed with SIGKILL under load and the standby promoted;
 /// the node finds it by itself (`target_session_attrs=read-write`), every
 /// acknowledged top-up is there, callers saw only UNAVAILABLE meanwhile, a
-/// trade settles afterwards and the ledger verifies.
+/// trade settles afterwards and the ledger verifies. The carrier's relay
+/// is on a second node, and both poll only once an hour: the trade made on
+/// the first node after the failover settles in time only if both nodes'
+/// notification connections (listener and notifier) found the promoted
+/// standby by themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_rides_out_the_loss_of_its_primary() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -189,11 +401,18 @@ async fn a_node_rides_out_the_loss_of_its_primary() {
         standby.host_port()
     );
     let dir = tempfile::tempdir().expect("tempdir");
-    let node = ServerProcess::start(&Launch {
-        data_dir: dir.path().to_owned(),
-        args: vec!["--set".into(), format!("store.url={url}")],
-    })
-    .await;
+    let args = vec![
+        "--set".to_owned(),
+        format!("store.url={url}"),
+        "--set".to_owned(),
+        format!("store.poll_ms={NEVER_POLL_MS}"),
+    ];
+    let node = ServerProcess::start(&Launch { data_dir: dir.path().to_owned(), args: args.clone() }).await;
+    let relay_dir = tempfile::tempdir().expect("tempdir");
+    for file in ["admin.token", "server.secret"] {
+        std::fs::copy(dir.path().join(file), relay_dir.path().join(file)).expect("share the secrets");
+    }
+    let relay_node = ServerProcess::start(&Launch { data_dir: relay_dir.path().to_owned(), args }).await;
     let admin_token = std::fs::read_to_string(dir.path().join("admin.token")).expect("token").trim().to_owned();
     let channel = node.channel().await;
     let admin = AdminServiceClient::new(with_token(channel.clone(), &admin_token).expect("token"));
@@ -215,7 +434,7 @@ async fn a_node_rides_out_the_loss_of_its_primary() {
         .expect("carrier")
         .into_inner()
         .token;
-    let sim = CarrierSim::start(channel.clone(), &carrier_token).expect("sim");
+    let sim = CarrierSim::start(relay_node.channel().await, &carrier_token).expect("sim on the second node");
     let numbers: Vec<String> = (0..FAILOVER_WRITERS).map(|w| format!("+81807000{w:04}")).collect();
     for n in &numbers {
         sim.add_handset(n, Policy::Approve).await.expect("handset");
@@ -309,9 +528,11 @@ async fn a_node_rides_out_the_loss_of_its_primary() {
             unknown[w]
         );
     }
-    // The node still settles: shop call, relay, answer, all on the new primary.
+    // The nodes still settle: the shop's call on the first, the relay and
+    // the answer on the second, woken across nodes on the new primary.
     let register = VirtualRegister::open(channel.clone(), &shop_token, "till").await.expect("register");
-    let settled = register.charge(ChargeRequest::new(&numbers[0], 10, "JPY", "after")).await.expect("charge");
+    let created = register.create(ChargeRequest::new(&numbers[0], 10, "JPY", "after")).await.expect("create");
+    let settled = register.await_final(trade_id(&created), WAIT).await.expect("settled in time");
     assert_eq!(state(&settled), S::Settled, "{settled:?}");
     let report = admin.clone().verify_ledger(proto::VerifyLedgerRequest {}).await.expect("verify").into_inner();
     assert!(report.ok, "{report:?}");
@@ -321,6 +542,6 @@ async fn a_node_rides_out_the_loss_of_its_primary() {
         at_kill
     );
     sim.shutdown().await.expect("sim");
-    drop(node);
+    drop((node, relay_node));
     drop(standby);
 }

@@ -51,7 +51,7 @@ pub async fn fill(args: &Options, n: u64, dir: &Path) -> anyhow::Result<Value> {
     let server = Server::spawn(&serve_args(dir, &format!("127.0.0.1:{port}"), &args.durability)).await?;
     let pid = server.pid();
     let admin_token = super::read_token(&dir.join("admin.token"))?;
-    let target = Target { url: server.url.clone(), pid: Some(pid), data_dir: Some(dir.to_owned()) };
+    let target = Target::one(server.url.clone(), Some(pid), Some(dir.to_owned()));
     let plan = rig::Plan { shops: args.shops, registers_per_shop: 1, handsets: args.handsets, policy: Policy::Approve };
     let rig = rig::build(&target, &Setup::Syncpay { admin_token }, &plan).await?;
     let (shop_token, register_id) = rig

@@ -22,6 +22,7 @@ mod ceiling;
 mod child;
 mod fill;
 mod open;
+mod postgres;
 mod restart;
 mod rig;
 
@@ -82,6 +83,11 @@ pub struct Options {
     pub fill: Option<u64>,
     pub keep_store: Option<PathBuf>,
     pub restart_only: Option<PathBuf>,
+    /// `cluster` or a URL: also measure the PostgreSQL backend.
+    pub postgres: Option<String>,
+    /// With `postgres`: the numbers of nodes to measure, each on a fresh
+    /// database (on a cluster) one after another.
+    pub pg_nodes: Vec<usize>,
 }
 
 /// A request the benchmark cannot run as asked (the command exits 2).
@@ -150,15 +156,14 @@ pub async fn run(args: &Options) -> anyhow::Result<Report> {
             Some(url) => {
                 let token_file = args.token_file.as_deref().ok_or_else(|| usage("--server needs --token-file"))?;
                 let token = read_token(token_file)?;
-                let target = Target { url: url.clone(), pid: args.server_pid, data_dir: args.data_dir.clone() };
+                let target = Target::one(url.clone(), args.server_pid, args.data_dir.clone());
                 measure("syncpay", &target, Setup::Syncpay { admin_token: token }, &load).await?
             }
             None => {
                 let dir = tempfile::tempdir().context("creating a temporary folder")?;
                 let mut child = Server::spawn(&serve_args(dir.path(), "127.0.0.1:0", &args.durability)).await?;
                 let admin_token = read_token(&dir.path().join("admin.token"))?;
-                let target =
-                    Target { url: child.url.clone(), pid: Some(child.pid()), data_dir: Some(dir.path().to_owned()) };
+                let target = Target::one(child.url.clone(), Some(child.pid()), Some(dir.path().to_owned()));
                 let result = measure("syncpay", &target, Setup::Syncpay { admin_token }, &load).await;
                 child.kill();
                 result?
@@ -166,9 +171,31 @@ pub async fn run(args: &Options) -> anyhow::Result<Report> {
         };
         results.push(result);
     }
+    if let (Some(pg), Mode::Both | Mode::Syncpay) = (&args.postgres, args.mode) {
+        if args.pg_nodes.is_empty() || args.pg_nodes.iter().any(|n| !(1..=postgres::MAX_NODES).contains(n)) {
+            return Err(usage(format!("--pg-nodes: between 1 and {} nodes", postgres::MAX_NODES)));
+        }
+        let source = postgres::Source::open(pg)?;
+        for &n in &args.pg_nodes {
+            let url = source.database(n)?;
+            let mut nodes = postgres::Nodes::start(n, &url, &args.durability).await?;
+            let first = &nodes.servers[0];
+            let target = Target {
+                url: first.url.clone(),
+                pid: Some(first.pid()),
+                data_dir: None,
+                more_nodes: nodes.servers[1..].iter().map(|s| (s.url.clone(), s.pid())).collect(),
+                probe: Some(postgres::ProbeSpec::new(&source, &url)),
+            };
+            let setup = Setup::Syncpay { admin_token: nodes.admin_token.clone() };
+            let result = measure(postgres::NAMES[n - 1], &target, setup, &load).await;
+            nodes.kill();
+            results.push(result?);
+        }
+    }
     if matches!(args.mode, Mode::Both | Mode::Ceiling) {
         let mut child = Server::spawn(&["bench".to_owned(), "--serve-ceiling".to_owned()]).await?;
-        let target = Target { url: child.url.clone(), pid: Some(child.pid()), data_dir: None };
+        let target = Target::one(child.url.clone(), Some(child.pid()), None);
         let result = measure("ceiling", &target, Setup::Ceiling, &load).await;
         child.kill();
         results.push(result?);
@@ -192,8 +219,23 @@ pub async fn run(args: &Options) -> anyhow::Result<Report> {
         },
         "results": results.iter().map(Measured::to_json).collect::<Vec<_>>(),
         "syncpay_over_ceiling": ratio,
+        "over_sled": over_sled(&results),
+        "over_ceiling": over(&results, "ceiling"),
     });
     Ok(Report::Throughput { results, load, ratio, json })
+}
+
+/// Each other target's throughput as a share of `base`'s, by name.
+fn over(results: &[Measured], base: &str) -> BTreeMap<&'static str, f64> {
+    let Some(b) = results.iter().find(|m| m.name == base).map(Measured::throughput).filter(|t| *t > 0.0) else {
+        return BTreeMap::new();
+    };
+    results.iter().filter(|m| m.name != base).map(|m| (m.name, m.throughput() / b)).collect()
+}
+
+/// The PostgreSQL targets' throughput as a share of sled's ("syncpay").
+pub fn over_sled(results: &[Measured]) -> BTreeMap<&'static str, f64> {
+    over(results, "syncpay").into_iter().filter(|(n, _)| n.starts_with("postgres")).collect()
 }
 
 /// The scale modes (--open-trades, --fill, --restart-only), if one was
@@ -258,9 +300,45 @@ fn serve_args(data_dir: &Path, listen: &str, durability: &str) -> Vec<String> {
 
 /// Where the load goes and where its costs can be read.
 struct Target {
+    /// The (first) node: the operator's calls, the carrier's relay, and
+    /// shops 0, n, 2n, … of n nodes.
     url: String,
     pid: Option<u32>,
     data_dir: Option<PathBuf>,
+    /// Further nodes on the same database (URL and process): shop i
+    /// connects to node i mod n.
+    more_nodes: Vec<(String, u32)>,
+    /// The database to read the PostgreSQL path's costs from.
+    probe: Option<postgres::ProbeSpec>,
+}
+
+impl Target {
+    /// One server.
+    fn one(url: String, pid: Option<u32>, data_dir: Option<PathBuf>) -> Target {
+        Target { url, pid, data_dir, more_nodes: Vec::new(), probe: None }
+    }
+
+    /// The node shop `i` connects to.
+    fn shop_url(&self, i: usize) -> &str {
+        match i % (self.more_nodes.len() + 1) {
+            0 => &self.url,
+            k => &self.more_nodes[k - 1].0,
+        }
+    }
+
+    /// Every node's process.
+    fn pids(&self) -> Vec<u32> {
+        self.pid.into_iter().chain(self.more_nodes.iter().map(|(_, p)| *p)).collect()
+    }
+
+    /// CPU of every node so far (none if one cannot be read).
+    fn cpu(&self) -> Option<Duration> {
+        let pids = self.pids();
+        if pids.is_empty() {
+            return None;
+        }
+        pids.into_iter().map(process_cpu).sum()
+    }
 }
 
 enum Setup {
@@ -295,6 +373,8 @@ pub struct Measured {
     pub client_cpu: Option<Duration>,
     pub peak_rss_bytes: Option<u64>,
     pub disk_bytes: Option<u64>,
+    /// The PostgreSQL path's costs over the window (`postgres::Probe`).
+    pub database: Option<Value>,
 }
 
 impl Measured {
@@ -324,6 +404,7 @@ impl Measured {
             "disk_bytes_per_settled": self.disk_bytes.filter(|_| self.settled_total > 0)
                 .map(|b| b as f64 / self.settled_total as f64),
             "errors": self.errors,
+            "database": self.database,
             "per_second": self.per_second.iter().enumerate().map(|(i, s)| json!({
                 "t": i + 1, "settled": s.settled,
                 "p50_ms": s.quantile_ms(0.5), "p90_ms": s.quantile_ms(0.9), "p99_ms": s.quantile_ms(0.99),
@@ -437,7 +518,11 @@ async fn measure(name: &'static str, target: &Target, setup: Setup, load: &Load)
             errors: BTreeMap::new(),
         }),
     });
-    let cpu_start = target.pid.and_then(process_cpu);
+    let cpu_start = target.cpu();
+    let probe = match &target.probe {
+        Some(spec) => Some(postgres::Probe::begin(spec).await?),
+        None => None,
+    };
     let client_start = process_cpu(std::process::id());
     eprintln!("bench: {name}: loading for {:.1} s", load.duration.as_secs_f64());
 
@@ -508,13 +593,13 @@ async fn measure(name: &'static str, target: &Target, setup: Setup, load: &Load)
         }
     }
     eprintln!();
-    let cpu_end = target.pid.and_then(process_cpu);
+    let cpu_end = target.cpu();
     let client_end = process_cpu(std::process::id());
     stop.store(true, Ordering::Relaxed);
     while let Some(done) = workers.join_next().await {
         done.context("a worker failed")?;
     }
-    let peak_rss_bytes = target.pid.and_then(Memory::of).map(|m| m.hwm);
+    let peak_rss_bytes = target.pids().into_iter().map(|p| Memory::of(p).map(|m| m.hwm)).sum();
     watchers.abort_all();
     let sim = Arc::try_unwrap(sim).map_err(|_| anyhow!("simulator still shared"))?;
     let counters = sim.counters();
@@ -522,8 +607,15 @@ async fn measure(name: &'static str, target: &Target, setup: Setup, load: &Load)
     tracing::debug!(?counters, "simulator");
     let disk_bytes = target.data_dir.as_deref().map(dir_bytes);
 
+    let (settled, settled_total) = {
+        let r = recorder.lock();
+        (r.latency.len(), r.settled_total)
+    };
+    let database = match probe {
+        Some(p) => Some(p.end(settled, settled_total).await?),
+        None => None,
+    };
     let r = recorder.lock();
-    let settled = r.latency.len();
     Ok(Measured {
         name,
         window: load.duration,
@@ -541,6 +633,7 @@ async fn measure(name: &'static str, target: &Target, setup: Setup, load: &Load)
         client_cpu: client_start.zip(client_end).map(|(a, b)| b.saturating_sub(a)),
         peak_rss_bytes,
         disk_bytes,
+        database,
     })
 }
 

@@ -59,7 +59,7 @@ pub async fn run(args: &Options, n: u64) -> anyhow::Result<Value> {
     let mut server = Server::spawn(&serve_args(dir.path(), "127.0.0.1:0", &args.durability)).await?;
     let pid = server.pid();
     let admin_token = super::read_token(&dir.path().join("admin.token"))?;
-    let target = Target { url: server.url.clone(), pid: Some(pid), data_dir: Some(dir.path().to_owned()) };
+    let target = Target::one(server.url.clone(), Some(pid), Some(dir.path().to_owned()));
     let plan = rig::Plan {
         shops: args.shops,
         registers_per_shop: usize::try_from(registers_per_shop)?,

@@ -25,6 +25,8 @@ use super::{description, number, seq_of, Setup, Target, CURRENCY, ERROR_PAUSE, F
 
 /// Enrollments and top-ups in flight during setup.
 const SETUP_CONCURRENCY: usize = 32;
+/// Rigs built by this process, for unique names.
+static RIGS: AtomicU64 = AtomicU64::new(0);
 /// How often a long run reports progress.
 const PROGRESS: Duration = Duration::from_secs(1);
 
@@ -68,7 +70,8 @@ pub async fn build(target: &Target, setup: &Setup, plan: &Plan) -> anyhow::Resul
     let (shop_tokens, carrier_token) = match setup {
         Setup::Syncpay { admin_token } => {
             let mut admin = AdminServiceClient::new(with_token(admin_channel.clone(), admin_token)?);
-            let run = std::process::id();
+            // Unique per rig: several targets may share one database.
+            let run = format!("{}-{}", std::process::id(), RIGS.fetch_add(1, Ordering::Relaxed));
             let carrier = admin
                 .create_carrier(proto::CreateCarrierRequest {
                     carrier_id: format!("bench-carrier-{run}"),
@@ -137,9 +140,10 @@ pub async fn build(target: &Target, setup: &Setup, plan: &Plan) -> anyhow::Resul
     sim.wait_connected(START_WAIT).await.context("waiting for the carrier relay")?;
 
     let mut shops = Vec::new();
-    for token in shop_tokens {
-        // One connection per shop, as separate shops would have.
-        let channel: Channel = connect(&target.url).await?;
+    for (i, token) in shop_tokens.into_iter().enumerate() {
+        // One connection per shop, as separate shops would have, spread
+        // over the nodes.
+        let channel: Channel = connect(target.shop_url(i)).await?;
         let mut client = RegisterServiceClient::new(with_token(channel, &token)?);
         let mut registers = Vec::new();
         for r in 0..plan.registers_per_shop {

@@ -87,6 +87,17 @@ pub struct BenchArgs {
     /// SIGTERM and after a SIGKILL.
     #[arg(long, value_name = "DIR", conflicts_with = "server")]
     restart_only: Option<PathBuf>,
+    /// Also measure the PostgreSQL backend, after sled and before the
+    /// ceiling: `cluster` starts a throwaway cluster on disk (fsync on,
+    /// pg_stat_statements loaded; PostgreSQL's binaries must be
+    /// installed), or a postgres:// URL of an empty database.
+    #[arg(long, value_name = "cluster|URL", conflicts_with_all = ["open_trades", "fill", "restart_only", "server"])]
+    postgres: Option<String>,
+    /// With --postgres: how many `serve` nodes share the database, one
+    /// target per number (shops spread over the nodes, the carrier's
+    /// relay on the first).
+    #[arg(long, value_name = "N,N", value_delimiter = ',', default_value = "1,2")]
+    pg_nodes: Vec<usize>,
     /// Internal: run the ceiling server and print its address.
     #[arg(long, hide = true)]
     serve_ceiling: bool,
@@ -130,6 +141,8 @@ impl BenchArgs {
             fill: self.fill,
             keep_store: self.keep_store.clone(),
             restart_only: self.restart_only.clone(),
+            postgres: self.postgres.clone(),
+            pg_nodes: self.pg_nodes.clone(),
         }
     }
 }
@@ -157,6 +170,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             if let Some(r) = ratio {
                 println!("syncpay / ceiling throughput: {:.1}%", r * 100.0);
+            }
+            for (name, r) in bench::over_sled(&results) {
+                println!("{name} / syncpay (sled) throughput: {:.1}%", r * 100.0);
             }
             write_json(&args, &json)?;
             if let Some(path) = &args.svg {
@@ -224,6 +240,40 @@ fn print_summary(m: &Measured) {
     if !m.errors.is_empty() {
         println!("  errors        {:?}", m.errors);
     }
+    if let Some(db) = &m.database {
+        print_database(db);
+    }
+}
+
+/// The PostgreSQL path's costs per settled trade (`bench/postgres.rs`).
+fn print_database(db: &serde_json::Value) {
+    let f = |k: &str| db.get(k).and_then(serde_json::Value::as_f64);
+    let show = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+    println!(
+        "  database      per trade: {} statements ({} µs executing), {} commits, {} WAL flushes, {} WAL bytes, {} µs CPU",
+        show(f("statements_per_trade")),
+        show(f("statement_exec_us_per_trade")),
+        show(f("commits_per_trade")),
+        show(f("wal_flushes_per_trade")),
+        show(f("wal_bytes_per_trade")),
+        show(f("database_cpu_us_per_trade")),
+    );
+    if let Some(activity) = db.get("activity_sessions").and_then(serde_json::Value::as_object) {
+        let mut busy: Vec<(&String, f64)> = activity.iter().filter_map(|(k, v)| v.as_f64().map(|v| (k, v))).collect();
+        busy.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let shown: Vec<String> = busy.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
+        println!("  sessions      on average: {}", shown.join(", "));
+    }
+    if let Some(top) = db.get("top_statements").and_then(serde_json::Value::as_array) {
+        for s in top.iter().take(8) {
+            println!(
+                "    {:>5.2}/trade {:>8.1} µs/call  {}",
+                s.get("calls_per_trade").and_then(serde_json::Value::as_f64).unwrap_or(0.0),
+                s.get("exec_us_per_call").and_then(serde_json::Value::as_f64).unwrap_or(0.0),
+                s.get("query").and_then(serde_json::Value::as_str).unwrap_or("")
+            );
+        }
+    }
 }
 
 /// Throughput (top) and latency percentiles (bottom) per second, for each
@@ -284,7 +334,7 @@ fn svg(results: &[Measured], load: &Load, durability: &str) -> String {
             add(format!(r#"<text x="{}" y="{}">{label}</text>"#, lx + 16.0, y0 + PLOT_H + 35.0));
         }
     };
-    let colours = ["#1f77b4", "#ff7f0e"];
+    let colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"];
     panel(
         top,
         "settled trades per second",

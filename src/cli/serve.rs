@@ -122,8 +122,13 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let mut server_config = ServerConfig::from_data_dir(&config.data_dir)
         .with_context(|| format!("preparing data folder {}", config.data_dir.display()))?;
     server_config.durability = config.durability;
-    if let serve_config::StoreChoice::Postgres { url, pool_size } = &config.store {
-        server_config.postgres = Some(syncpay::store::postgres::PgConfig { url: url.clone(), pool_size: *pool_size });
+    if let serve_config::StoreChoice::Postgres { url, pool_size, poll, notify } = &config.store {
+        server_config.postgres = Some(syncpay::store::postgres::PgConfig {
+            url: url.clone(),
+            pool_size: *pool_size,
+            poll: *poll,
+            notify: *notify,
+        });
     }
     server_config.cache_bytes = config.cache_bytes;
     server_config.limits = config.limits.clone();

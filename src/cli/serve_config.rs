@@ -26,6 +26,13 @@ use syncpay::sync_server::tls::TlsFiles;
 /// Most connections one node may hold to PostgreSQL (`store.pool_size`).
 const MAX_POOL_SIZE: u64 = syncpay::store::postgres::pool::MAX_POOL_SIZE as u64;
 
+/// Bounds of `store.poll_ms`, how often a PostgreSQL node reads what other
+/// nodes committed besides LISTEN/NOTIFY: below 10 ms the polls alone would
+/// load the database; a day is far beyond any use but lets a test prove
+/// that the notifications do the waking.
+const MIN_POLL_MS: u64 = 10;
+const MAX_POLL_MS: u64 = 86_400_000;
+
 /// Bounds of sled's page cache, in MiB.
 const MIN_CACHE_MIB: u64 = 8;
 const MAX_CACHE_MIB: u64 = 65_536;
@@ -53,6 +60,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting { key: "cache_mib", env: "SYNCPAY_CACHE_MIB", flag: None, default: "32" },
     Setting { key: "store.url", env: "SYNCPAY_STORE_URL", flag: None, default: "\"\"" },
     Setting { key: "store.pool_size", env: "SYNCPAY_STORE_POOL_SIZE", flag: None, default: "16" },
+    Setting { key: "store.poll_ms", env: "SYNCPAY_STORE_POLL_MS", flag: None, default: "200" },
+    Setting { key: "store.notify", env: "SYNCPAY_STORE_NOTIFY", flag: None, default: "true" },
     Setting { key: "log.format", env: "SYNCPAY_LOG_FORMAT", flag: Some("--log-format"), default: "\"human\"" },
     Setting { key: "log.level", env: "SYNCPAY_LOG_LEVEL", flag: Some("--log-level"), default: "\"info\"" },
     Setting {
@@ -137,9 +146,11 @@ pub struct Flags {
 pub enum StoreChoice {
     /// The embedded sled store in `data_dir` (the default).
     Sled,
-    /// PostgreSQL at `url` (`store.url`), with at most `pool_size`
+    /// PostgreSQL at `url` (`store.url`), reading other nodes' commits
+    /// every `poll` (`store.poll_ms`) and on their notifications when
+    /// `notify` (`store.notify`), with at most `pool_size`
     /// connections from this node.
-    Postgres { url: String, pool_size: usize },
+    Postgres { url: String, pool_size: usize, poll: Duration, notify: bool },
 }
 
 /// The validated configuration.
@@ -473,6 +484,11 @@ fn resolve(figment: &Figment, config_path: Option<&Path>, problems: &mut Vec<Str
     // The metrics endpoint is plain HTTP without authentication, with or
     // without TLS on the gRPC listener: off loopback only when said so.
     let metrics_anywhere = std::cell::Cell::new(false);
+    let notify = std::cell::Cell::new(true);
+    check("store.notify", problems, &|v| {
+        notify.set(boolean(v)?);
+        Ok(())
+    });
     check("metrics.allow_non_loopback", problems, &|v| {
         metrics_anywhere.set(boolean(v)?);
         Ok(())
@@ -520,9 +536,10 @@ fn resolve(figment: &Figment, config_path: Option<&Path>, problems: &mut Vec<Str
         /// tests; `serve` warns).
         Rate,
     }
-    let bounds: [(&'static str, u64, u64, Bound); 11] = [
+    let bounds: [(&'static str, u64, u64, Bound); 12] = [
         ("cache_mib", MIN_CACHE_MIB, MAX_CACHE_MIB, Bound::Range),
         ("store.pool_size", 1, MAX_POOL_SIZE, Bound::Range),
+        ("store.poll_ms", MIN_POLL_MS, MAX_POLL_MS, Bound::Range),
         ("limits.max_amount_minor", 1, limits::MAX_AMOUNT_MINOR, Bound::Limit),
         ("limits.max_open_trades_per_register", 1, u64::from(limits::MAX_OPEN_TRADES_PER_REGISTER), Bound::Limit),
         ("limits.max_open_registers_per_shop", 1, u64::from(limits::MAX_OPEN_REGISTERS_PER_SHOP), Bound::Limit),
@@ -597,7 +614,12 @@ fn resolve(figment: &Figment, config_path: Option<&Path>, problems: &mut Vec<Str
     let log_level = log_level.into_inner()?;
     let store = match store_url.into_inner() {
         None => StoreChoice::Sled,
-        Some(url) => StoreChoice::Postgres { url, pool_size: usize::try_from(ttl("store.pool_size")?).ok()? },
+        Some(url) => StoreChoice::Postgres {
+            url,
+            pool_size: usize::try_from(ttl("store.pool_size")?).ok()?,
+            poll: Duration::from_millis(ttl("store.poll_ms")?),
+            notify: notify.get(),
+        },
     };
     // A password in the URL is never printed (`--check-config`).
     for (key, value, _) in effective.iter_mut() {
@@ -693,10 +715,18 @@ mod tests {
         let url = "postgres://syncpay:secret@127.0.0.1:5432,127.0.0.1:5433/syncpay?target_session_attrs=read-write";
         let file = format!("[store]\nurl = \"{url}\"\npool_size = 4\n");
         let c = check(Some(&file), &[], &[]).expect("valid");
-        assert_eq!(c.store, StoreChoice::Postgres { url: url.to_owned(), pool_size: 4 });
+        let poll = Duration::from_millis(200);
+        assert_eq!(c.store, StoreChoice::Postgres { url: url.to_owned(), pool_size: 4, poll, notify: true });
         // The environment overrides the file; the password is never shown.
         let c = check(Some(&file), &[("SYNCPAY_STORE_URL", "postgres://other@localhost/db")], &[]).expect("valid");
-        assert_eq!(c.store, StoreChoice::Postgres { url: "postgres://other@localhost/db".into(), pool_size: 4 });
+        assert_eq!(
+            c.store,
+            StoreChoice::Postgres { url: "postgres://other@localhost/db".into(), pool_size: 4, poll, notify: true }
+        );
+        let c = check(Some(&file), &[("SYNCPAY_STORE_NOTIFY", "false"), ("SYNCPAY_STORE_POLL_MS", "60000")], &[])
+            .expect("valid");
+        let poll = Duration::from_secs(60);
+        assert_eq!(c.store, StoreChoice::Postgres { url: url.to_owned(), pool_size: 4, poll, notify: false });
         let c = check(Some(&file), &[], &[]).expect("valid");
         let shown = c.effective.iter().find(|(k, _, _)| k == "store.url").expect("listed");
         assert!(!shown.1.contains("secret") && shown.1.contains("syncpay:***@"), "{shown:?}");

@@ -183,6 +183,21 @@ pub trait Trades: Send + Sync {
     /// Unacknowledged deliveries for a carrier with ids above `after`,
     /// oldest first, at most `limit`.
     async fn outbox(&self, carrier: &CarrierId, after: u64, limit: usize) -> Result<Vec<Delivery>, Failure>;
+    /// As [`Trades::outbox`], for a relay of this node about to push them:
+    /// on a store with other writers, only deliveries no other node has
+    /// claimed (or whose claim lapsed), now claimed for this node, with
+    /// this node's own claims renewed (`Remote::lease`). A store no one
+    /// else writes has nothing to claim against.
+    async fn claim_outbox(
+        &self,
+        carrier: &CarrierId,
+        after: u64,
+        limit: usize,
+        now: UnixMs,
+    ) -> Result<Vec<Delivery>, Failure> {
+        let _ = now;
+        self.outbox(carrier, after, limit).await
+    }
     /// Open trades whose deadline is at or before `now`, at most `limit`.
     async fn due(&self, now: UnixMs, limit: usize) -> Result<Vec<TradeId>, Failure>;
     /// How many trades are open (for start-up, not the hot path).
@@ -336,6 +351,46 @@ pub trait Lifecycle: Send + Sync {
     /// sled backend's writer pauses; `pause_us` says how long). The caller
     /// writes the manifest.
     async fn backup(&self, dir: std::path::PathBuf) -> Result<StoreBackup, StoreError<BackupRefusal>>;
+    /// With other writers: how often this node reads what they committed
+    /// (the relay's outbox, an awaited trade), and the announcements of
+    /// their commits (a hint to read now instead). `None` on a store no
+    /// one else writes.
+    fn remote(&self) -> Option<Remote> {
+        None
+    }
+    /// A relay of `carrier` attached to this node (or left it): deliveries
+    /// this node commits for a carrier it has a relay of are claimed for
+    /// it at once, since it pushes them live.
+    fn relay_attached(&self, carrier: &CarrierId, attached: bool) {
+        let _ = (carrier, attached);
+    }
+}
+
+/// How a node learns of commits made by other writers of its store. The
+/// announcements only say when to read again: one may be lost (a dropped
+/// connection, a full queue), so readers also read every `poll`, and
+/// correctness never rests on an announcement.
+#[derive(Clone)]
+pub struct Remote {
+    pub poll: std::time::Duration,
+    /// How long a node's claim of an outbox delivery holds unless renewed
+    /// (`Trades::claim_outbox`); a relay holding claims reads again well
+    /// within it.
+    pub lease: std::time::Duration,
+    /// Subscribe for the announcements; `None` when they are off.
+    pub changes: Option<tokio::sync::broadcast::Sender<RemoteChange>>,
+}
+
+/// What another writer announced it committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteChange {
+    /// The trade reached a final state.
+    TradeFinal(TradeId),
+    /// The carrier's outbox has new deliveries.
+    Outbox(CarrierId),
+    /// Announcements may have been missed (the listener reconnected):
+    /// read everything again.
+    Resync,
 }
 
 /// A whole store: what the engine holds.

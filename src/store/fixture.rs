@@ -156,6 +156,7 @@ impl Fixture {
             binding_code: "123456".into(),
             max_open_per_register: FIXTURE_MAX_REGISTERS,
             offer_gate: None,
+            asked: None,
             now: at,
         };
         let created = self.store.create_trade(trade).await.expect("create the trade").trade;

@@ -22,7 +22,7 @@ pub mod verify;
 
 use std::sync::Arc;
 
-pub use backend::{Backend, Ledger, Lifecycle, Network, Parties, Trades};
+pub use backend::{Backend, Ledger, Lifecycle, Network, Parties, Remote, RemoteChange, Trades};
 pub use heads::EventHeads;
 pub use ops::{
     AckOutcome, AnswerOutcome, AskedPayer, CancelOutcome, Created, ExpireOutcome, HandsetAnswer, LeaseReport,

@@ -18,11 +18,11 @@ use crate::domain::approval::key_sha256;
 use crate::domain::CarrierId;
 use crate::metrics;
 use crate::proto::{self, carrier_service_server::CarrierService};
-use crate::store::{Funding, RejectedAnswer};
+use crate::store::{Funding, RejectedAnswer, RemoteChange};
 
 use super::auth;
 use super::convert;
-use super::engine::{stopped, Engine};
+use super::engine::{self, stopped, Engine};
 use super::error::{self, ApiError};
 use super::limits;
 use super::requests::{self, Uplink};
@@ -122,10 +122,17 @@ fn log_refused(carrier: &CarrierId, e: ApiError) {
 }
 
 /// How often a relay stream reads the outbox for deliveries committed by
-/// other nodes on the same store (PostgreSQL, several nodes); unused on a
-/// store no one else writes. An offer made on another node reaches the
-/// carrier within this, plus the push.
+/// other nodes on the same store (PostgreSQL, several nodes) when the
+/// store names no interval of its own (`Remote::poll`); unused on a store
+/// no one else writes. Another node's announcement of new outbox work
+/// wakes the read at once; without one, an offer made on another node
+/// reaches the carrier within this, plus the push.
 const OUTBOX_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// How many times a relay stream holding claims reads the outbox within
+/// one claim lease: a few, so a busy machine delaying a read or two does
+/// not let a claim lapse (and another node push the delivery again).
+const CLAIM_RENEWALS_PER_LEASE: u32 = 5;
 
 #[tonic::async_trait]
 impl CarrierService for CarrierApi {
@@ -141,6 +148,7 @@ impl CarrierService for CarrierApi {
         // Attach first, then replay the outbox: anything committed after the
         // replay's read is pushed live, so nothing falls between the two.
         let link = self.hub.attach(&carrier, tx, overflowed.clone());
+        self.engine.relay_attached(&carrier, true);
         tracing::info!(carrier = %carrier, link, "relay connected");
         metrics::relay_connected(true);
 
@@ -155,13 +163,24 @@ impl CarrierService for CarrierApi {
             // this node pushed live (a poll is not a redelivery: a lost
             // acknowledgement is still redelivered on reconnect).
             let poll = replay_engine.store_has_other_writers();
+            // Other nodes announce new outbox work (subscribed before the
+            // first read, so none falls between); the poll covers a lost
+            // announcement.
+            let remote = replay_engine.remote();
+            let poll_every = remote.as_ref().map_or(OUTBOX_POLL, |r| r.poll);
+            // While this stream holds pushed, unacknowledged deliveries it
+            // reads (and so renews its claims) well within their lease.
+            let renew_every = remote.as_ref().map_or(OUTBOX_POLL, |r| r.lease / CLAIM_RENEWALS_PER_LEASE);
+            let mut changes = engine::subscribe(remote.as_ref());
             let mut sent: HashSet<u64> = HashSet::new();
             let mut first = true;
             loop {
                 let mut seen = HashSet::new();
                 let mut after = 0;
                 loop {
-                    let page = match replay_engine.outbox(&replay_carrier, after, limits::MAX_LIST).await {
+                    // With other nodes, only what no other node's relay
+                    // holds (claimed for this node, our claims renewed).
+                    let page = match replay_engine.claim_outbox(&replay_carrier, after, limits::MAX_LIST).await {
                         Ok(p) => p,
                         Err(e) => {
                             let _ = replay_tx.send(Err(RelayEnd::Edge(error::status(e)))).await;
@@ -192,9 +211,19 @@ impl CarrierService for CarrierApi {
                 first = false;
                 // What was acknowledged left the outbox and is forgotten.
                 sent = seen;
-                tokio::select! {
-                    _ = tokio::time::sleep(OUTBOX_POLL) => {}
-                    _ = replay_tx.closed() => return,
+                let wait = if sent.is_empty() { poll_every } else { poll_every.min(renew_every) };
+                let next_read = tokio::time::sleep(wait);
+                tokio::pin!(next_read);
+                loop {
+                    tokio::select! {
+                        _ = &mut next_read => break,
+                        change = engine::remote_change(&mut changes) => match change {
+                            RemoteChange::Outbox(c) if c == replay_carrier => break,
+                            RemoteChange::Resync => break,
+                            _ => {}
+                        },
+                        _ = replay_tx.closed() => return,
+                    }
                 }
             }
         });
@@ -244,6 +273,7 @@ impl CarrierService for CarrierApi {
                 }
             }
             hub.detach(&carrier, link);
+            engine.relay_attached(&carrier, false);
             metrics::relay_connected(false);
             tracing::info!(carrier = %carrier, link, "relay disconnected");
         });

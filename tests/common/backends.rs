@@ -79,7 +79,7 @@ pub fn pg_url(dir: &Path) -> String {
 /// PostgreSQL always commits synchronously (the store refuses a server
 /// that does not), so `Fsync::Off` changes nothing here.
 fn open_postgres(dir: &Path, _fsync: Fsync) -> Store {
-    let config = PgConfig { url: pg_url(dir), pool_size: PG_POOL_SIZE };
+    let config = PgConfig::new(pg_url(dir), PG_POOL_SIZE);
     Arc::new(PgStore::open(config).expect("open the PostgreSQL store"))
 }
 

@@ -10,6 +10,7 @@
 //! isolation or locks it relies on.
 
 pub mod migrate;
+mod notify;
 pub mod numeric;
 mod parties;
 pub mod pool;

@@ -11,7 +11,9 @@
 //! event heads) is served from memory, filled at start and on a miss by a
 //! lookup thread with its own connection; event heads also follow other
 //! nodes' commits by polling (`HEAD_POLL`), so correctness never depends
-//! on a notification.
+//! on a notification; with `store.notify` on they also follow other
+//! nodes' announcements (`notify.rs`: LISTEN/NOTIFY), which wake this
+//! node's readers at once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,11 +22,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_postgres::{IsolationLevel, NoTls, Transaction};
 
+use super::notify::{self, Note};
 use super::rows::{self, big, corrupt, BILL_COLS, EVENT_COLS, OUTBOX_COLS, POSTING_COLS, REGISTER_COLS, TRADE_COLS};
-use super::trades::{self, Cx, Step};
+use super::trades::{self, Cx, LocalRelays, Step, CLAIM_LEASE};
 use super::{migrate, parties, pool, PgError};
 use crate::domain::receipt::ReceiptSigner;
 use crate::domain::{
@@ -43,9 +46,9 @@ use crate::store::{
     Created, EnrollHandsetRefusal, EnrollSubscriberRefusal, EventHeads, ExpireOutcome, Failure, HandsetAnswer,
     LeaseRefusal, LeaseReport, LeasesRecorded, Ledger, Lifecycle, Network, NewCarrier, NewHandset, NewPayout,
     NewRefund, NewRegister, NewRemittance, NewShop, NewSubscriber, NewTrade, NoRefusal, OpenRegisterRefusal, PaidOut,
-    Parties, PayoutRefusal, Pending, RefundRefusal, Refunded, RemittanceRefusal, Remitted, RotateCredentialRefusal,
-    ShopPayoutRefusal, ShopStatus, SignatureCheck, StatementData, StatementRefusal, StoreError, SuspendRefusal, TopUp,
-    TopUpRefusal, ToppedUp, TradeHistory, Trades,
+    Parties, PayoutRefusal, Pending, RefundRefusal, Refunded, RemittanceRefusal, Remitted, Remote, RemoteChange,
+    RotateCredentialRefusal, ShopPayoutRefusal, ShopStatus, SignatureCheck, StatementData, StatementRefusal,
+    StoreError, SuspendRefusal, TopUp, TopUpRefusal, ToppedUp, TradeHistory, Trades,
 };
 
 /// How often a node re-reads the event heads of the shops it serves, so
@@ -78,6 +81,19 @@ pub const MAX_PAYOUT_ENTRIES: usize = 1_000_000;
 pub struct PgConfig {
     pub url: String,
     pub pool_size: usize,
+    /// How often this node reads what other nodes committed (event heads,
+    /// the relay's outbox, awaited trades) besides their announcements.
+    pub poll: Duration,
+    /// Announce commits to other nodes and listen for theirs
+    /// (LISTEN/NOTIFY); off, they are seen by polling only.
+    pub notify: bool,
+}
+
+impl PgConfig {
+    /// The defaults of `serve`: polls every [`HEAD_POLL`], notifications on.
+    pub fn new(url: impl Into<String>, pool_size: usize) -> PgConfig {
+        PgConfig { url: url.into(), pool_size, poll: HEAD_POLL, notify: true }
+    }
 }
 
 /// A handle to the PostgreSQL store; cheap to clone.
@@ -97,6 +113,14 @@ struct Inner {
     lookups: std::sync::mpsc::SyncSender<Lookup>,
     ordered: Vec<mpsc::Sender<OrderedJob>>,
     stopped: AtomicBool,
+    /// Announcements of this node's commits, for the notifier (`None`
+    /// with `store.notify` off).
+    notes: Option<mpsc::Sender<Note>>,
+    /// Other nodes' announcements, for the engine.
+    changes: Option<broadcast::Sender<RemoteChange>>,
+    poll: Duration,
+    /// This node's relays and its name in outbox claims.
+    relays: Arc<LocalRelays>,
     closed: CloseSignal,
 }
 
@@ -175,6 +199,15 @@ impl PgStore {
             heads.set(&shop, head);
             followed.insert(shop);
         }
+        let (notes, notes_rx) = if config.notify {
+            let (tx, rx) = mpsc::channel(notify::NOTE_QUEUE);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let changes = config.notify.then(|| broadcast::channel(notify::CHANGE_BUFFER).0);
+        let heads_wake = Arc::new(tokio::sync::Notify::new());
+        let node = notify::node_name();
         let store = PgStore {
             inner: Arc::new(Inner {
                 pool,
@@ -185,6 +218,10 @@ impl PgStore {
                 lookups,
                 ordered,
                 stopped: AtomicBool::new(false),
+                notes,
+                changes: changes.clone(),
+                poll: config.poll,
+                relays: Arc::new(LocalRelays::new(node.clone())),
                 closed: CloseSignal(watch::Sender::new(false)),
             }),
         };
@@ -194,7 +231,17 @@ impl PgStore {
         for queue in queues {
             runtime.spawn(run_ordered(Arc::downgrade(&store.inner), queue, budget.clone()));
         }
-        runtime.spawn(poll_heads(Arc::downgrade(&store.inner)));
+        runtime.spawn(poll_heads(Arc::downgrade(&store.inner), heads_wake.clone(), config.poll));
+        if let (Some(rx), Some(changes)) = (notes_rx, changes) {
+            runtime.spawn(notify::run_notifier(config.url.clone(), node.clone(), rx));
+            runtime.spawn(notify::run_listener(notify::Listening {
+                url: config.url.clone(),
+                node,
+                changes,
+                heads: heads_wake,
+                closed: store.inner.closed.0.subscribe(),
+            }));
+        }
         Ok(store)
     }
 
@@ -204,6 +251,16 @@ impl PgStore {
 
     /// After a commit: heads moved, parties known.
     fn committed(&self, cx: Cx) {
+        if let Some(notes) = &self.inner.notes {
+            // Without waiting: a full queue drops the note, and the other
+            // nodes' polls see the commit anyway.
+            let heads = cx.heads.iter().map(|(shop, _)| Note::Shop(shop.clone()));
+            let finals = cx.finals.iter().map(|t| Note::TradeFinal(*t));
+            let outboxes = cx.carriers.iter().map(|c| Note::Outbox(c.clone()));
+            for note in heads.chain(finals).chain(outboxes) {
+                let _ = notes.try_send(note);
+            }
+        }
         for (shop, head) in cx.heads {
             self.follow(&shop);
             self.inner.heads.set(&shop, head);
@@ -272,7 +329,7 @@ macro_rules! in_tx {
         let mut client = store.client().await.map_err(failed)?;
         let raw: &mut tokio_postgres::Client = &mut client;
         let $tx = raw.transaction().await.map_err(PgError::from).map_err(failed)?;
-        let mut cx_value = Cx { turn: $turn, ..Cx::default() };
+        let mut cx_value = Cx { turn: $turn, relays: Some(store.inner.relays.clone()), ..Cx::default() };
         let outcome = {
             let $cx = &mut cx_value;
             $body.await
@@ -334,11 +391,16 @@ async fn run_ordered(
     }
 }
 
-async fn poll_heads(inner: Weak<Inner>) {
-    let mut tick = tokio::time::interval(HEAD_POLL);
+/// Reads the followed shops' event heads every `poll`, and at once when
+/// another node announces a commit (`wake`).
+async fn poll_heads(inner: Weak<Inner>, wake: Arc<tokio::sync::Notify>, poll: Duration) {
+    let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = wake.notified() => {}
+        }
         let Some(inner) = inner.upgrade() else { return };
         let shops: Vec<String> = {
             let f = inner.followed.lock().unwrap_or_else(|p| p.into_inner());
@@ -875,6 +937,56 @@ impl Trades for PgStore {
         found.iter().map(rows::delivery).collect::<Result<_, _>>().map_err(failure)
     }
 
+    /// Lock: `FOR UPDATE SKIP LOCKED` on the carrier's outbox rows that
+    /// are unclaimed, whose claim lapsed, or that this node holds; then
+    /// the claim columns (this node, until `now` + `CLAIM_LEASE`). Nodes
+    /// with relays of one carrier so claim disjoint deliveries and never
+    /// wait for each other (`docs/POSTGRES.md`). A claim is not money: it
+    /// commits with `synchronous_commit = local` (one lost in a failover
+    /// costs one more push at most).
+    async fn claim_outbox(
+        &self,
+        carrier: &CarrierId,
+        after: u64,
+        limit: usize,
+        now: UnixMs,
+    ) -> Result<Vec<Delivery>, Failure> {
+        let lease = u64::try_from(CLAIM_LEASE.as_millis()).unwrap_or(u64::MAX);
+        let until = big(now.0.saturating_add(lease)).map_err(failure)?;
+        let mut client = self.client().await.map_err(failure)?;
+        let raw: &mut tokio_postgres::Client = &mut client;
+        let tx = raw.transaction().await.map_err(PgError::from).map_err(failure)?;
+        tx.batch_execute("SET LOCAL synchronous_commit = local").await.map_err(PgError::from).map_err(failure)?;
+        let found = tx
+            .query(
+                &format!(
+                    "UPDATE outbox SET claimed_by = $2, claimed_until = $4
+                     WHERE delivery_id IN (
+                         SELECT delivery_id FROM outbox
+                         WHERE carrier = $1 AND delivery_id > $5
+                           AND (claimed_until IS NULL OR claimed_until <= $3 OR claimed_by = $2)
+                         ORDER BY delivery_id LIMIT $6 FOR UPDATE SKIP LOCKED)
+                     RETURNING {OUTBOX_COLS}"
+                ),
+                &[
+                    &carrier.as_str(),
+                    &self.inner.relays.node,
+                    &big(now.0).map_err(failure)?,
+                    &until,
+                    &big(after).map_err(failure)?,
+                    &limit_of(limit),
+                ],
+            )
+            .await
+            .map_err(PgError::from)
+            .map_err(failure)?;
+        tx.commit().await.map_err(PgError::from).map_err(failure)?;
+        let mut deliveries: Vec<Delivery> =
+            found.iter().map(rows::delivery).collect::<Result<_, _>>().map_err(failure)?;
+        deliveries.sort_unstable_by_key(|d| d.delivery_id);
+        Ok(deliveries)
+    }
+
     async fn due(&self, now: UnixMs, limit: usize) -> Result<Vec<TradeId>, Failure> {
         let c = self.client().await.map_err(failure)?;
         let found = c
@@ -1385,6 +1497,14 @@ impl Lifecycle for PgStore {
         _dir: std::path::PathBuf,
     ) -> Result<crate::store::backup::StoreBackup, StoreError<crate::store::BackupRefusal>> {
         Err(StoreError::Refused(crate::store::BackupRefusal::UseDatabaseTools))
+    }
+
+    fn remote(&self) -> Option<Remote> {
+        Some(Remote { poll: self.inner.poll, lease: CLAIM_LEASE, changes: self.inner.changes.clone() })
+    }
+
+    fn relay_attached(&self, carrier: &CarrierId, attached: bool) {
+        self.inner.relays.attach(carrier, attached);
     }
 }
 

@@ -12,6 +12,8 @@
 //! idempotency key; account rows in name order; cap-use rows; the
 //! register row; the shop's event counter.
 
+use std::sync::Arc;
+
 use tokio_postgres::Transaction;
 
 use super::numeric::Minor;
@@ -40,9 +42,58 @@ use crate::store::{
 pub struct Cx {
     pub heads: Vec<(ShopId, u64)>,
     pub carriers: Vec<CarrierId>,
+    /// Trades this transaction made final (announced to other nodes).
+    pub finals: Vec<TradeId>,
+    /// This node's relays: outbox rows for their carriers are claimed
+    /// for this node as they are inserted (it pushes them live).
+    pub relays: Option<Arc<LocalRelays>>,
     /// A queued relay write's turn: given back once its event counter is
     /// locked (or when the write ends), so the next queued write starts.
     pub turn: Option<super::store::Turn>,
+}
+
+/// How long a node's claim of an outbox delivery holds unless renewed:
+/// long enough for a carrier to acknowledge a push many times over, short
+/// enough that a node that died (or lost its relay) holds up another
+/// node's relay only briefly.
+pub const CLAIM_LEASE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The carriers this node has relays of, and its name in outbox claims.
+#[derive(Debug)]
+pub struct LocalRelays {
+    pub node: String,
+    attached: std::sync::Mutex<std::collections::HashMap<CarrierId, usize>>,
+}
+
+impl LocalRelays {
+    pub fn new(node: String) -> LocalRelays {
+        LocalRelays { node, attached: std::sync::Mutex::default() }
+    }
+
+    pub fn attach(&self, carrier: &CarrierId, attached: bool) {
+        let mut map = self.attached.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(carrier.clone()).or_insert(0);
+        *n = if attached { n.saturating_add(1) } else { n.saturating_sub(1) };
+        if *n == 0 {
+            map.remove(carrier);
+        }
+    }
+
+    fn here(&self, carrier: &CarrierId) -> bool {
+        self.attached.lock().unwrap_or_else(|p| p.into_inner()).contains_key(carrier)
+    }
+}
+
+/// The claim a new outbox row of `carrier` starts with: this node's until
+/// `now` + [`CLAIM_LEASE`] when it has a relay of the carrier, else none.
+fn initial_claim(cx: &Cx, carrier: &CarrierId, now: UnixMs) -> Result<(Option<String>, Option<i64>), PgError> {
+    match &cx.relays {
+        Some(r) if r.here(carrier) => {
+            let lease = u64::try_from(CLAIM_LEASE.as_millis()).unwrap_or(u64::MAX);
+            Ok((Some(r.node.clone()), Some(big(now.0.saturating_add(lease))?)))
+        }
+        _ => Ok((None, None)),
+    }
 }
 
 /// A step's outcome: its value, a refusal (rolled back), or an error.
@@ -149,15 +200,24 @@ pub async fn enqueue(
     tx: &Transaction<'_>,
     carrier: &CarrierId,
     body: DeliveryBody,
+    now: UnixMs,
     deliveries: &mut Vec<Delivery>,
     cx: &mut Cx,
 ) -> Result<u64, PgError> {
+    let (claimed_by, claimed_until) = initial_claim(cx, carrier, now)?;
     let row = match &body {
         DeliveryBody::Withdraw { trade, payer, state } => {
             tx.query_one(
-                "INSERT INTO outbox (delivery_id, carrier, kind, trade, payer, withdraw_state)
-                 VALUES (nextval('delivery_ids'), $1, 'WITHDRAW', $2, $3, $4) RETURNING delivery_id",
-                &[&carrier.as_str(), &trade.as_bytes().as_slice(), &payer.as_str(), &state.name()],
+                "INSERT INTO outbox (delivery_id, carrier, kind, trade, payer, withdraw_state, claimed_by, claimed_until)
+                 VALUES (nextval('delivery_ids'), $1, 'WITHDRAW', $2, $3, $4, $5, $6) RETURNING delivery_id",
+                &[
+                    &carrier.as_str(),
+                    &trade.as_bytes().as_slice(),
+                    &payer.as_str(),
+                    &state.name(),
+                    &claimed_by,
+                    &claimed_until,
+                ],
             )
             .await?
         }
@@ -166,8 +226,10 @@ pub async fn enqueue(
         DeliveryBody::Offer(o) => {
             tx.query_one(
                 "INSERT INTO outbox (delivery_id, carrier, kind, trade, payer, shop, shop_name, register,
-                                     register_label, amount, currency, description, expires_at, binding_code)
-                 VALUES (nextval('delivery_ids'), $1, 'OFFER', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                                     register_label, amount, currency, description, expires_at, binding_code,
+                                     claimed_by, claimed_until)
+                 VALUES (nextval('delivery_ids'), $1, 'OFFER', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+                         $13, $14)
                  RETURNING delivery_id",
                 &[
                     &carrier.as_str(),
@@ -182,6 +244,8 @@ pub async fn enqueue(
                     &o.description,
                     &big(o.expires_at.0)?,
                     &o.binding_code,
+                    &claimed_by,
+                    &claimed_until,
                 ],
             )
             .await?
@@ -215,6 +279,7 @@ pub async fn finish(
     };
     trade.state = next;
     trade.finished_at = Some(now);
+    cx.finals.push(trade.id);
     if let TradeEvent::Fail(reason) = event {
         trade.failure = Some(reason);
     }
@@ -238,7 +303,7 @@ pub async fn finish(
         }
         if withdraw {
             let body = DeliveryBody::Withdraw { trade: trade.id, payer: trade.request.payer.clone(), state: next };
-            enqueue(tx, &carrier, body, deliveries, cx).await?;
+            enqueue(tx, &carrier, body, now, deliveries, cx).await?;
         }
     }
     store_trade(tx, trade).await?;
@@ -538,7 +603,7 @@ async fn open_trade(
             expires_at,
             binding_code: t.binding_code.clone(),
         };
-        let id = enqueue(tx, &carrier, DeliveryBody::Offer(offer), &mut deliveries, cx).await?;
+        let id = enqueue(tx, &carrier, DeliveryBody::Offer(offer), t.now, &mut deliveries, cx).await?;
         trade.offer_delivery = Some(id);
         tx.execute(
             "UPDATE trades SET offer_delivery = $2 WHERE id = $1",

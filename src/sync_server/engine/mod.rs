@@ -29,12 +29,12 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{watch as watch_channel, Notify};
+use tokio::sync::{broadcast, watch as watch_channel, Notify};
 
 use crate::carrier::{CarrierGateway, PushResult};
 use crate::domain::approval::ServerSecret;
 use crate::domain::{ShopId, UnixMs};
-use crate::store::{Delivery, Failure, Store, StoreError, TradeRecord};
+use crate::store::{Delivery, Failure, Remote, RemoteChange, Store, StoreError, TradeRecord};
 
 use super::limits::Limits;
 use super::rate_limit::{RateLimits, StreamSlots, WATCH_STREAMS};
@@ -116,6 +116,27 @@ pub struct Engine {
     sweep_wake: Notify,
     /// Set while an online backup is taken (one at a time).
     backing_up: std::sync::atomic::AtomicBool,
+}
+
+/// The next change another node announced, from a subscription to
+/// `Remote::changes`; `Resync` when announcements were missed (this
+/// subscriber fell behind). Never resolves without a subscription (or
+/// after it closed): then only polling reads other nodes' commits.
+pub async fn remote_change(changes: &mut Option<broadcast::Receiver<RemoteChange>>) -> RemoteChange {
+    let Some(rx) = changes else { return std::future::pending().await };
+    match rx.recv().await {
+        Ok(change) => change,
+        Err(broadcast::error::RecvError::Lagged(_)) => RemoteChange::Resync,
+        Err(broadcast::error::RecvError::Closed) => {
+            *changes = None;
+            std::future::pending().await
+        }
+    }
+}
+
+/// A subscription to other nodes' announcements, if the store has them.
+pub fn subscribe(remote: Option<&Remote>) -> Option<broadcast::Receiver<RemoteChange>> {
+    remote.and_then(|r| r.changes.as_ref()).map(broadcast::Sender::subscribe)
 }
 
 impl Engine {

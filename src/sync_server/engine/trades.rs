@@ -11,7 +11,7 @@ use crate::domain::{Amount, ShopId, TradeId, TradeState, UnixMs};
 use crate::metrics;
 use crate::store::{
     CancelOutcome, CancelRefusal, CreateTradeRefusal, Created, NewRefund, NewTrade, PayerRef, RefundRefusal, Refunded,
-    TradeRecord, TradeRequest,
+    RemoteChange, TradeRecord, TradeRequest,
 };
 
 use super::{now, stopped, Engine, EngineError};
@@ -120,6 +120,12 @@ impl Engine {
     ) -> Result<TradeRecord, EngineError<AwaitRefusal>> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut shutdown = shutdown.clone();
+        // Another node finishing the trade wakes this one through its
+        // announcement (subscribed before the first read, so none falls
+        // between), or at the latest at the next re-read.
+        let remote = self.store.remote();
+        let reread = remote.as_ref().map_or(AWAIT_REREAD, |r| r.poll);
+        let mut changes = super::subscribe(remote.as_ref());
         loop {
             let guard = self.finals.wait(id);
             let notified = guard.notify.notified();
@@ -129,11 +135,20 @@ impl Engine {
             if trade.state.is_final() || tokio::time::Instant::now() >= deadline {
                 return Ok(trade);
             }
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep(AWAIT_REREAD) => {}
-                _ = tokio::time::sleep_until(deadline) => {}
-                _ = stopped(&mut shutdown) => return Err(EngineError::Refused(AwaitRefusal::ShuttingDown)),
+            let next_read = tokio::time::sleep(reread);
+            tokio::pin!(next_read);
+            loop {
+                tokio::select! {
+                    _ = &mut notified => break,
+                    _ = &mut next_read => break,
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    change = super::remote_change(&mut changes) => match change {
+                        RemoteChange::TradeFinal(t) if t == id => break,
+                        RemoteChange::Resync => break,
+                        _ => {}
+                    },
+                    _ = stopped(&mut shutdown) => return Err(EngineError::Refused(AwaitRefusal::ShuttingDown)),
+                }
             }
         }
     }

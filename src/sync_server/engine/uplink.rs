@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use crate::domain::{CarrierId, Decision, TradeId};
 use crate::metrics;
-use crate::store::{AnswerOutcome, AnswerRefusal, Delivery, Failure, HandsetAnswer, NoRefusal, RejectedAnswer};
+use crate::store::{AnswerOutcome, AnswerRefusal, Delivery, Failure, HandsetAnswer, NoRefusal, RejectedAnswer, Remote};
 
 use super::{now, Engine, EngineError};
 
@@ -79,6 +79,23 @@ impl Engine {
     /// for this node's relays may be committed elsewhere.
     pub fn store_has_other_writers(&self) -> bool {
         self.store.other_writers()
+    }
+
+    /// As [`Engine::outbox`], for a relay about to push what it gets: only
+    /// what no other node's relay holds, now held for this node
+    /// (`Trades::claim_outbox`).
+    pub async fn claim_outbox(&self, carrier: &CarrierId, after: u64, limit: usize) -> Result<Vec<Delivery>, Failure> {
+        self.store.claim_outbox(carrier, after, limit, now()).await
+    }
+
+    /// A relay of `carrier` attached to this node, or left it.
+    pub fn relay_attached(&self, carrier: &CarrierId, attached: bool) {
+        self.store.relay_attached(carrier, attached);
+    }
+
+    /// How this node hears of other nodes' commits, if others write.
+    pub fn remote(&self) -> Option<Remote> {
+        self.store.remote()
     }
 
     /// A page of the carrier's unacknowledged deliveries with ids above
