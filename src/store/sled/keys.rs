@@ -61,10 +61,10 @@ pub mod net {
     pub fn terms(carrier: &CarrierId) -> Vec<u8> {
         [&b"F"[..], carrier.as_str().as_bytes()].concat()
     }
-    /// `R` ‖ carrier: its resolve mode (absent: push, as every carrier
-    /// created before ask mode existed).
+    /// `M` ‖ carrier: its resolve mode (absent: push, as every carrier
+    /// created before ask mode existed). Not `R`: remittances are there.
     pub fn resolve_mode(carrier: &CarrierId) -> Vec<u8> {
-        [&b"R"[..], carrier.as_str().as_bytes()].concat()
+        [&b"M"[..], carrier.as_str().as_bytes()].concat()
     }
     /// `A` ‖ carrier 0 shop: the carrier accepts the shop.
     pub fn acceptance(carrier: &CarrierId, shop: &ShopId) -> Vec<u8> {
@@ -183,4 +183,43 @@ pub fn lease(addr: &crate::domain::IpKey, at: UnixMs, port_lo: u16, start: bool)
 /// The count of a shop's open registers, in the meta tree.
 pub fn open_registers(shop: &ShopId) -> Vec<u8> {
     owned("open_registers", shop.as_str().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Currency, IpPrefix, Month, SubscriberNumber};
+
+    /// Each kind of record in the network tree has its own first byte, so
+    /// a scan of one kind (VerifyLedger reads remittances by their `R`)
+    /// never meets another's (the resolve mode was once an `R` key too).
+    #[test]
+    fn every_kind_in_the_network_tree_has_its_own_first_byte() {
+        let carrier = CarrierId::parse("docomo").expect("carrier");
+        let shop = ShopId::parse("acme").expect("shop");
+        let number = SubscriberNumber::parse("+818012345678").expect("number");
+        let trade = TradeId::from_bytes([7; 16]);
+        let month = Month::parse("2027-01").expect("month");
+        let jpy = Currency::parse("JPY").expect("currency");
+        let prefix = IpPrefix::parse("10.0.0.0/8").expect("prefix");
+        let kinds: Vec<(&str, Vec<u8>)> = vec![
+            ("prefix", net::prefix(&prefix)),
+            ("lengths", net::LENGTHS.to_vec()),
+            ("terms", net::terms(&carrier)),
+            ("resolve mode", net::resolve_mode(&carrier)),
+            ("acceptance", net::acceptance(&carrier, &shop)),
+            ("cap usage", net::cap_usage(&carrier, &number, jpy, month)),
+            ("bill line", net::bill_line(&carrier, &number, month, 1)),
+            ("bill of trade", net::bill_of_trade(&trade)),
+            ("payout", net::payout_record(1)),
+            ("trade history", net::trade_event(&trade, 1)),
+            ("remittance", net::remittance(&carrier, month, &shop, jpy, 1)),
+            ("payout entry", net::payout(&shop, UnixMs(1), 1)),
+        ];
+        for (i, (a, ka)) in kinds.iter().enumerate() {
+            for (b, kb) in &kinds[i + 1..] {
+                assert_ne!(ka.first(), kb.first(), "{a} and {b} keys begin with the same byte");
+            }
+        }
+    }
 }
