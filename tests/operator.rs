@@ -462,3 +462,57 @@ async fn carrier_remittances_and_the_statement_over_grpc_and_the_cli_on(backend:
     assert!(String::from_utf8_lossy(&out.stderr).contains("has not ended"), "{out:?}");
     w.t.assert_ledger_ok().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remittance_for_a_month_long_over_is_recorded_over_grpc() {
+    for backend in backends() {
+        a_remittance_for_a_month_long_over_is_recorded_over_grpc_on(backend).await;
+    }
+}
+
+/// The carrier-billed sales of January 2026 (`billed_month_at`, written
+/// through the store: the API sells only now) and a remittance for them
+/// through AdminService: a partial one, its retry, one for the rest, one
+/// too many; the statement and VerifyLedger after each.
+async fn a_remittance_for_a_month_long_over_is_recorded_over_grpc_on(backend: &'static BackendFactory) {
+    use syncpay::store::fixture::{billed_month_at, BilledMonth, FEB_2026, JAN_2026};
+    let (t, _month) = TestServer::start_on_filled(backend, |store| billed_month_at(store, JAN_2026, FEB_2026)).await;
+    let mut admin = t.admin().await;
+    let owed = BilledMonth::ACME_JAN_OWED;
+    let acme_line =
+        |s: &proto::CarrierStatement| s.lines.iter().find(|l| l.shop_id == "acme").cloned().expect("acme's line");
+    let statement = proto::GetCarrierStatementRequest {
+        carrier_id: "docomo".into(),
+        month: "2026-01".into(),
+        after_shop_id: String::new(),
+        limit: 0,
+    };
+    let before = admin.get_carrier_statement(statement.clone()).await.expect("statement").into_inner();
+    let line = acme_line(&before);
+    assert_eq!((line.owed_minor, line.remitted_minor, line.outstanding_minor), (owed as i64, 0, owed as i64));
+
+    let first = admin.record_remittance(remittance("2026-01", 1_200, "jan-1")).await.expect("remit").into_inner();
+    let paid = first.remittance.clone().expect("remittance");
+    assert!(!first.replayed);
+    assert_eq!((paid.amount_minor, paid.month.as_str(), paid.shop_id.as_str()), (1_200, "2026-01", "acme"));
+    let line = first.line.expect("line");
+    assert_eq!((line.remitted_minor, line.outstanding_minor), (1_200, owed as i64 - 1_200));
+    assert_eq!(t.balance("carrier:docomo:remitted:JPY").await.unsigned_abs(), 1_200);
+
+    let again = admin.record_remittance(remittance("2026-01", 1_200, "jan-1")).await.expect("retry").into_inner();
+    assert!(again.replayed);
+    assert_eq!(again.remittance.expect("remittance").remittance_id, paid.remittance_id);
+    let (code, text) = message(admin.record_remittance(remittance("2026-01", 1_300, "jan-1")).await);
+    assert_eq!(code, Code::AlreadyExists, "{text}");
+    assert!(text.starts_with("amount_minor:"), "{text}");
+
+    let (code, text) = message(admin.record_remittance(remittance("2026-01", owed - 1_199, "jan-2")).await);
+    assert_eq!(code, Code::FailedPrecondition, "{text}");
+    assert!(text.contains("amount_minor:"), "{text}");
+    let rest = admin.record_remittance(remittance("2026-01", owed - 1_200, "jan-2")).await.expect("rest").into_inner();
+    assert_eq!(rest.line.expect("line").outstanding_minor, 0);
+    let after = admin.get_carrier_statement(statement).await.expect("statement").into_inner();
+    let line = acme_line(&after);
+    assert_eq!((line.remitted_minor, line.outstanding_minor, line.remittances), (owed, 0, 2));
+    t.assert_ledger_ok().await;
+}

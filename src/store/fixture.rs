@@ -215,7 +215,19 @@ impl BilledMonth {
 }
 
 pub async fn billed_month(store: Store) -> BilledMonth {
-    let fixture = Fixture::new(store, JAN_2027);
+    billed_month_at(store, JAN_2027, FEB_2027).await
+}
+
+/// 2026-01-15T08:00:00Z and 2026-02-10T00:00:00Z: [`billed_month_at`]'s
+/// instants for a month long over, which a running server lets the
+/// operator remit (it refuses a month that has not ended).
+pub const JAN_2026: UnixMs = UnixMs(1_768_464_000_000);
+pub const FEB_2026: UnixMs = UnixMs(1_770_681_600_000);
+
+/// [`billed_month`]'s sales with the first month's at `month` and the
+/// next month's sale at `next` (the same amounts are owed).
+pub async fn billed_month_at(store: Store, month: UnixMs, next: UnixMs) -> BilledMonth {
+    let fixture = Fixture::new(store, month);
     let acme = fixture.shop("acme", "Acme").await;
     let beta = fixture.shop("beta", "Beta").await;
     let docomo = fixture.carrier("docomo", "Docomo", &[], 250).await;
@@ -231,12 +243,12 @@ pub async fn billed_month(store: Store) -> BilledMonth {
     fixture.top_up(&wallet, 100_000, jpy()).await;
     let acme_till = fixture.register(&acme, "till").await;
     let beta_till = fixture.register(&beta, "till").await;
-    let at = JAN_2027;
+    let at = month;
     fixture.settle(&acme, acme_till, &docomo, &billed, &billed_key, 10_000, jpy(), at).await;
     let refunded = fixture.settle(&acme, acme_till, &docomo, &billed, &billed_key, 2_000, jpy(), at).await;
     fixture.refund(&refunded, 500, UnixMs(at.0 + 60_000)).await;
     fixture.settle(&acme, acme_till, &docomo, &wallet, &wallet_key, 3_000, jpy(), at).await;
     fixture.settle(&beta, beta_till, &docomo, &billed, &billed_key, 4_000, jpy(), at).await;
-    fixture.settle(&acme, acme_till, &docomo, &billed, &billed_key, 1_000, jpy(), FEB_2027).await;
+    fixture.settle(&acme, acme_till, &docomo, &billed, &billed_key, 1_000, jpy(), next).await;
     BilledMonth { fixture, acme, beta, docomo }
 }

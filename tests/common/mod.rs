@@ -67,6 +67,27 @@ impl TestServer {
         Self::serve(config, data_dir, Some(dir), Some(backend)).await
     }
 
+    /// As `start_on`, over a store that `fill` has written first through
+    /// the store's own interface: for what the API cannot make, such as
+    /// sales in a month long over. Returns what `fill` returned.
+    pub async fn start_on_filled<T, Fut>(
+        backend: &'static BackendFactory,
+        fill: impl FnOnce(syncpay::store::Store) -> Fut,
+    ) -> (TestServer, T)
+    where
+        Fut: std::future::Future<Output = T>,
+    {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().to_owned();
+        let mut config = ServerConfig::from_data_dir(&data_dir).expect("config");
+        config.limits = functional_limits();
+        let store = (backend.open)(&config.store_dir, backends::Fsync::On);
+        let filled = fill(store.clone()).await;
+        let listener = sync_server::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let server = sync_server::start_with_store(config.clone(), store, listener).await.expect("start");
+        (TestServer { server, data_dir, config, pki: None, backend: Some(backend), _dir: Some(dir) }, filled)
+    }
+
     pub async fn start_with(config: ServerConfig, data_dir: PathBuf, dir: Option<tempfile::TempDir>) -> TestServer {
         Self::serve(config, data_dir, dir, None).await
     }
