@@ -6,46 +6,28 @@
 
 use std::sync::Arc;
 
-use ed25519_dalek::SigningKey;
-
+use super::tests::{fixture as base_fixture, F};
 use super::*;
 use crate::domain::receipt::ReceiptSigner;
 use crate::domain::{Amount, Currency, Decision, TradeState};
-use crate::store::fixture::{jpy, number, sign, Fixture};
+use crate::store::fixture::{jpy, sign};
 use crate::store::{
-    EventKind, Funding, NewPayout, PaidOut, PayerRef, PayoutAmount, PayoutField, PayoutRecord, PostingKind,
-    ShopPayoutRefusal, Store, TradeHistory, TradeRequest,
+    EventKind, NewPayout, PaidOut, PayerRef, PayoutAmount, PayoutField, PayoutRecord, PostingKind, ShopPayoutRefusal,
+    Store, TradeHistory, TradeRequest,
 };
 
 const T0: UnixMs = UnixMs(1_800_000_000_000);
 
-struct P {
-    _dir: tempfile::TempDir,
-    sled: SledStore,
-    store: Store,
-    shop: ShopId,
-    carrier: CarrierId,
-    payer: SubscriberNumber,
-    key: SigningKey,
-    register: RegisterId,
-}
+/// The store tests' fixture with the payer's wallet topped up.
+type P = F;
 
 async fn fixture() -> P {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sled = SledStore::open(StoreConfig::new(dir.path())).expect("open");
-    let store: Store = Arc::new(sled.clone());
-    let fixture = Fixture::new(store.clone(), T0);
-    let shop = fixture.shop("acme", "Acme").await;
-    let carrier = fixture.carrier("docomo", "Docomo", &[], 0).await;
-    let payer = number("+818012345678");
-    let key = SigningKey::from_bytes(&[42u8; 32]);
-    fixture.payer(&carrier, &payer, Funding::Wallet, &key).await;
-    fixture.top_up(&payer, 1_000_000, jpy()).await;
-    let register = fixture.register(&shop, "till").await;
-    P { _dir: dir, sled, store, shop, carrier, payer, key, register }
+    let p = base_fixture().await;
+    p.top_up(1_000_000).await;
+    p
 }
 
-impl P {
+impl F {
     async fn open_trade(&self, minor: u64) -> Result<TradeRecord, StoreError<CreateTradeRefusal>> {
         let trade = NewTrade {
             shop: self.shop.clone(),
@@ -96,10 +78,6 @@ impl P {
 
     async fn pay(&self, minor: u64, key: &str) -> Result<PaidOut, StoreError<ShopPayoutRefusal>> {
         self.store.payout_shop(self.payout(PayoutAmount::Exact(Amount::new(minor)), key)).await
-    }
-
-    async fn net(&self, name: &AccountName) -> i128 {
-        self.store.account(name).await.expect("read").map_or(0, |a| a.balance.net())
     }
 
     fn payable(&self) -> AccountName {
@@ -400,8 +378,8 @@ async fn a_store_from_before_the_history_index_gets_it_at_open() {
     assert!(stripped.events.is_empty() && stripped.postings.is_empty(), "the index is what history reads");
 
     let moved = tempfile::tempdir().expect("tempdir");
-    let P { _dir, sled, store, .. } = p;
-    drop((sled, store));
+    let F { _dir, sled, store, fixture, .. } = p;
+    drop((sled, store, fixture));
     std::fs::rename(_dir.path(), moved.path().join("store")).expect("move");
     let store: Store = Arc::new(SledStore::open(StoreConfig::new(moved.path().join("store"))).expect("reopen"));
     let after = store.trade_history(&sold.id, 100).await.expect("read").expect("exists");

@@ -20,22 +20,25 @@ fn test_signer() -> Arc<ReceiptSigner> {
     Arc::new(ReceiptSigner::from_seed([77; 32], T0))
 }
 
-struct F {
-    _dir: tempfile::TempDir,
+pub(super) struct F {
+    pub(super) _dir: tempfile::TempDir,
     /// The same store as `store`, for what only sled has (its trees).
-    sled: SledStore,
-    store: Store,
-    fixture: Fixture,
-    shop: ShopId,
-    carrier: CarrierId,
-    payer: SubscriberNumber,
-    key: SigningKey,
-    register: RegisterId,
+    pub(super) sled: SledStore,
+    pub(super) store: Store,
+    pub(super) fixture: Fixture,
+    pub(super) shop: ShopId,
+    pub(super) carrier: CarrierId,
+    pub(super) payer: SubscriberNumber,
+    pub(super) key: SigningKey,
+    pub(super) register: RegisterId,
 }
 
 const T0: UnixMs = UnixMs(1_800_000_000_000);
 
-async fn fixture() -> F {
+/// A sled store in a temporary folder with shop `acme` (register
+/// "till"), carrier `docomo` and its wallet payer enrolled with `key`;
+/// also the base of `payout_tests.rs`.
+pub(super) async fn fixture() -> F {
     let dir = tempfile::tempdir().expect("tempdir");
     let sled = SledStore::open(StoreConfig::new(dir.path())).expect("open");
     let store: Store = Arc::new(sled.clone());
@@ -50,7 +53,7 @@ async fn fixture() -> F {
 }
 
 impl F {
-    async fn top_up(&self, minor: u64) {
+    pub(super) async fn top_up(&self, minor: u64) {
         self.fixture.top_up(&self.payer, minor, jpy()).await;
     }
 
@@ -116,7 +119,7 @@ impl F {
         self.answer_checked(t, decision, signature, now, None).await
     }
 
-    async fn net(&self, name: &AccountName) -> i128 {
+    pub(super) async fn net(&self, name: &AccountName) -> i128 {
         self.store.account(name).await.expect("read").map_or(0, |a| a.balance.net())
     }
 
