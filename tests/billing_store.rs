@@ -495,7 +495,7 @@ async fn ask_mode_stores_no_lease_and_takes_the_carriers_answer_as_checked() {
 
 async fn ask_mode_on(backend: &BackendFactory) {
     use syncpay::domain::ResolveMode;
-    use syncpay::store::{AskedPayer, CreateTradeRefusal, Route};
+    use syncpay::store::{CreateTradeRefusal, Resolution, Route};
     let w = world(backend).await;
     let fixture = Fixture::new(w.store.clone(), UnixMs(JAN_END));
     let kddi = fixture.carrier("kddi", "KDDI", &["203.0.113.0/24"], 0).await;
@@ -526,7 +526,7 @@ async fn ask_mode_on(backend: &BackendFactory) {
     assert_eq!(w.report(vec![], vec![]).await.expect("empty"), LeasesRecorded { starts: 0, stops: 0 });
     assert_eq!(w.store.lease_count().await.expect("count"), before, "nothing stored in ask mode");
 
-    let create = |asked: AskedPayer, key: Option<&str>| {
+    let create = |asked: Resolution, key: Option<&str>| {
         let request = TradeRequest {
             register: w.register,
             payer: PayerRef::Network(syncpay::store::NetworkIdentity {
@@ -557,20 +557,20 @@ async fn ask_mode_on(backend: &BackendFactory) {
         Err(StoreError::Refused(why)) => why,
         other => panic!("expected a refusal, got {other:?}"),
     };
-    let found = |carrier: &CarrierId, n: &str| AskedPayer::Found { carrier: carrier.clone(), subscriber: num(n) };
+    let found = |carrier: &CarrierId, n: &str| Resolution::Found { carrier: carrier.clone(), subscriber: num(n) };
     // Another carrier's subscriber, named as if the asked carrier's, or a
     // number nobody enrolled: the one miss.
     assert_eq!(refused(create(found(&w.carrier, KEN), None).await), CreateTradeRefusal::NoOneToOffer);
     assert_eq!(refused(create(found(&w.carrier, "+818099999999"), None).await), CreateTradeRefusal::NoOneToOffer);
-    assert_eq!(refused(create(AskedPayer::Miss, None).await), CreateTradeRefusal::NoOneToOffer);
-    assert_eq!(refused(create(AskedPayer::NotAccepted, None).await), CreateTradeRefusal::NotAccepted);
-    assert_eq!(refused(create(AskedPayer::Unavailable, None).await), CreateTradeRefusal::CarrierUnavailable);
+    assert_eq!(refused(create(Resolution::Miss, None).await), CreateTradeRefusal::NoOneToOffer);
+    assert_eq!(refused(create(Resolution::NotAccepted, None).await), CreateTradeRefusal::NotAccepted);
+    assert_eq!(refused(create(Resolution::Unavailable, None).await), CreateTradeRefusal::CarrierUnavailable);
     // The carrier's own subscriber: a trade for them, keeping the number,
     // not the address.
     let made = create(found(&w.carrier, BILLED), Some("k1")).await.expect("created");
     assert_eq!((made.trade.state, made.trade.request.payer.as_str()), (TradeState::Pending, BILLED));
     // A retry is the original trade, whatever the carrier answers now.
-    let again = create(AskedPayer::Unavailable, Some("k1")).await.expect("replayed");
+    let again = create(Resolution::Unavailable, Some("k1")).await.expect("replayed");
     assert!(again.replayed);
     assert_eq!(again.trade.id, made.trade.id);
     assert_eq!(w.store.lease_count().await.expect("count"), before);

@@ -25,9 +25,9 @@ use std::sync::Arc;
 pub use backend::{Backend, Ledger, Lifecycle, Network, Parties, Remote, RemoteChange, Trades};
 pub use heads::EventHeads;
 pub use ops::{
-    AckOutcome, AnswerOutcome, AskedPayer, CancelOutcome, Created, ExpireOutcome, HandsetAnswer, LeaseReport,
-    LeasesRecorded, NewCarrier, NewHandset, NewPayout, NewRefund, NewRegister, NewRemittance, NewShop, NewSubscriber,
-    NewTrade, OfferGate, PaidOut, PayoutAmount, Pending, Refunded, RejectedAnswer, Remitted, Route, ShopStatus,
+    AckOutcome, AnswerOutcome, CancelOutcome, Created, ExpireOutcome, HandsetAnswer, LeaseReport, LeasesRecorded,
+    NewCarrier, NewHandset, NewPayout, NewRefund, NewRegister, NewRemittance, NewShop, NewSubscriber, NewTrade,
+    OfferGate, PaidOut, PayoutAmount, Pending, Refunded, RejectedAnswer, Remitted, Resolution, Route, ShopStatus,
     SignatureCheck, StatementData, TopUp, ToppedUp, TradeHistory,
 };
 pub use records::{

@@ -17,7 +17,7 @@ use super::records::{
     AccountRecord, CarrierStatementLine, Delivery, EventRecord, Funding, PayerRef, PayoutRecord, PostingRecord,
     Receipt, RemittanceRecord, ShopRecord, Sig64, SignedTerms, SubscriberRecord, TradeRecord, TradeRequest,
 };
-use super::refusals::{Failure, StoreError};
+use super::refusals::{Failure, PayoutField, RemittanceField, StoreError};
 
 /// A new shop and the hash of its credential.
 #[derive(Debug, Clone)]
@@ -101,7 +101,7 @@ pub struct NewTrade {
     /// For a network identity in the range of a carrier in ask mode: what
     /// the engine learnt from the carrier (or that it could not ask), used
     /// in place of the store's own lease lookup. `None` otherwise.
-    pub asked: Option<AskedPayer>,
+    pub asked: Option<Resolution>,
     pub now: UnixMs,
 }
 
@@ -144,12 +144,14 @@ impl NewTrade {
     }
 }
 
-/// What asking the carrier that owns a network identity's range gave
-/// (ask mode). The store still checks, in the trade's transaction, that a
-/// found subscriber is that carrier's and has a handset; an idempotent
-/// retry is replayed before any of these is looked at.
+/// What a network identity resolved to: from the lease records the store
+/// holds (push mode), or from asking the carrier that owns the range (ask
+/// mode, given to the store in `NewTrade::asked`). For an asked one the
+/// store still checks, in the trade's transaction, that a found subscriber
+/// is that carrier's and has a handset; an idempotent retry is replayed
+/// before any of these is looked at.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AskedPayer {
+pub enum Resolution {
     Found {
         carrier: CarrierId,
         subscriber: SubscriberNumber,
@@ -502,6 +504,23 @@ pub struct NewPayout {
     pub now: UnixMs,
 }
 
+impl NewPayout {
+    /// The first field, in the request's order, in which this retry differs
+    /// from the payout its idempotency key already names (`None`: the same
+    /// request, so the original is the answer).
+    pub fn differs_from(&self, shop: &ShopId, currency: Currency, amount: PayoutAmount) -> Option<PayoutField> {
+        if *shop != self.shop {
+            Some(PayoutField::Shop)
+        } else if currency != self.currency {
+            Some(PayoutField::Currency)
+        } else if amount != self.amount {
+            Some(PayoutField::Amount)
+        } else {
+            None
+        }
+    }
+}
+
 /// A payout written, or the original one for an idempotent retry.
 #[derive(Debug, Clone)]
 pub struct PaidOut {
@@ -523,6 +542,34 @@ pub struct NewRemittance {
     pub amount: Amount,
     pub idempotency_key: String,
     pub now: UnixMs,
+}
+
+impl NewRemittance {
+    /// The first field, in the request's order, in which this retry differs
+    /// from the remittance its idempotency key already names (`None`: the
+    /// same request, so the original is the answer).
+    pub fn differs_from(
+        &self,
+        carrier: &CarrierId,
+        shop: &ShopId,
+        month: Month,
+        currency: Currency,
+        amount: Amount,
+    ) -> Option<RemittanceField> {
+        if *carrier != self.carrier {
+            Some(RemittanceField::Carrier)
+        } else if *shop != self.shop {
+            Some(RemittanceField::Shop)
+        } else if month != self.month {
+            Some(RemittanceField::Month)
+        } else if currency != self.currency {
+            Some(RemittanceField::Currency)
+        } else if amount != self.amount {
+            Some(RemittanceField::Amount)
+        } else {
+            None
+        }
+    }
 }
 
 /// A remittance written, or the original one for an idempotent retry,

@@ -24,8 +24,8 @@ use crate::store::{
     AcceptanceRefusal, AccountRecord, AddPrefixesRefusal, CloseRegisterRefusal, CreateCarrierRefusal,
     CreateShopRefusal, EnrollHandsetRefusal, EnrollSubscriberRefusal, LeaseRefusal, LeaseReport, LeasesRecorded,
     NewCarrier, NewHandset, NewPayout, NewRegister, NewRemittance, NewShop, NewSubscriber, OpenRegisterRefusal,
-    PaidOut, PayoutAmount, PayoutField, RemittanceField, RemittanceRefusal, Remitted, RotateCredentialRefusal, Route,
-    ShopPayoutRefusal, ShopStatus, SuspendRefusal, TopUp, TopUpRefusal, ToppedUp,
+    PaidOut, PayoutAmount, RemittanceRefusal, Remitted, RotateCredentialRefusal, Route, ShopPayoutRefusal, ShopStatus,
+    SuspendRefusal, TopUp, TopUpRefusal, ToppedUp,
 };
 
 /// Advisory lock under which a shop is created (its count checked
@@ -431,14 +431,8 @@ pub async fn payout_shop(tx: &Transaction<'_>, p: &NewPayout) -> Step<PaidOut, S
             Some(a) => PayoutAmount::Exact(rows::amount(a)),
             None => PayoutAmount::WholeBalance,
         };
-        if shop != p.shop {
-            return Ok(Err(ShopPayoutRefusal::Differs(PayoutField::Shop)));
-        }
-        if currency != p.currency {
-            return Ok(Err(ShopPayoutRefusal::Differs(PayoutField::Currency)));
-        }
-        if requested != p.amount {
-            return Ok(Err(ShopPayoutRefusal::Differs(PayoutField::Amount)));
+        if let Some(field) = p.differs_from(&shop, currency, requested) {
+            return Ok(Err(ShopPayoutRefusal::Differs(field)));
         }
         let payout = PayoutRecord {
             payout_id: rows::unbig(row.try_get(0)?)?,
@@ -678,21 +672,7 @@ pub async fn remit(tx: &Transaction<'_>, r: &NewRemittance) -> Step<Remitted, Re
             .ok_or_else(|| corrupt("remittance month"))?;
         let currency = rows::currency(row.try_get(4)?)?;
         let amount = rows::amount(row.try_get(5)?);
-        // Compared as sent, in the request's field order.
-        let differs = if carrier != r.carrier {
-            Some(RemittanceField::Carrier)
-        } else if shop != r.shop {
-            Some(RemittanceField::Shop)
-        } else if month != r.month {
-            Some(RemittanceField::Month)
-        } else if currency != r.currency {
-            Some(RemittanceField::Currency)
-        } else if amount != r.amount {
-            Some(RemittanceField::Amount)
-        } else {
-            None
-        };
-        if let Some(field) = differs {
+        if let Some(field) = r.differs_from(&carrier, &shop, month, currency, amount) {
             return Ok(Err(RemittanceRefusal::Differs(field)));
         }
         let remittance = RemittanceRecord {

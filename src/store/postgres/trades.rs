@@ -32,8 +32,8 @@ use crate::store::records::{
 };
 use crate::store::refusals::{PostingRefusal, RefundField};
 use crate::store::{
-    AckOutcome, AnswerOutcome, AnswerRefusal, AskedPayer, CancelOutcome, CancelRefusal, CreateTradeRefusal, Created,
-    ExpireOutcome, HandsetAnswer, NewRefund, NewTrade, RefundRefusal, Refunded, RejectedAnswer, SignatureCheck,
+    AckOutcome, AnswerOutcome, AnswerRefusal, CancelOutcome, CancelRefusal, CreateTradeRefusal, Created, ExpireOutcome,
+    HandsetAnswer, NewRefund, NewTrade, RefundRefusal, Refunded, RejectedAnswer, Resolution, SignatureCheck,
 };
 
 /// What a committed transaction tells the node afterwards: event heads
@@ -312,31 +312,6 @@ pub async fn finish(
 
 // CreateTrade ----------------------------------------------------------
 
-/// What a network identity resolved to for a shop.
-enum Resolution {
-    Found {
-        carrier: CarrierId,
-        subscriber: SubscriberNumber,
-    },
-    NotAccepted,
-    Miss,
-    /// Ask mode: the carrier could not be asked.
-    Unavailable,
-}
-
-impl From<&AskedPayer> for Resolution {
-    fn from(a: &AskedPayer) -> Resolution {
-        match a {
-            AskedPayer::Found { carrier, subscriber } => {
-                Resolution::Found { carrier: carrier.clone(), subscriber: subscriber.clone() }
-            }
-            AskedPayer::Miss => Resolution::Miss,
-            AskedPayer::NotAccepted => Resolution::NotAccepted,
-            AskedPayer::Unavailable => Resolution::Unavailable,
-        }
-    }
-}
-
 /// Who a network identity names, for `shop`. Acceptance is checked before
 /// the lease, so an unaccepted shop learns only that the address is in
 /// some carrier's range. Reads committed rows: a lease reported after
@@ -479,7 +454,7 @@ pub async fn create_trade(tx: &Transaction<'_>, t: &NewTrade, cx: &mut Cx) -> St
         PayerRef::Number(n) => n.clone(),
         PayerRef::Network(identity) => match match t.asked.as_ref() {
             // Ask mode: the engine asked the carrier; no lease here.
-            Some(asked) => Resolution::from(asked),
+            Some(asked) => asked.clone(),
             None => resolve(tx, &t.shop, identity).await?,
         } {
             Resolution::Found { carrier, subscriber } => {

@@ -17,10 +17,11 @@ use crate::store::{CreateTradeRefusal, Created, Delivery, NewTrade};
 use super::codec::IdempotencyRecord;
 use super::events::{emit, enqueue};
 use super::keys;
-use super::network::{accepted, resolve, Resolution};
+use super::network::{accepted, resolve};
 use super::tx::{corrupt, refuse, Step, Tx, T};
 use super::writer::{Admissions, Cx, WriteOp};
 use super::Shared;
+use crate::store::Resolution;
 
 pub(crate) struct CreateTrade {
     trade: NewTrade,
@@ -42,7 +43,7 @@ impl WriteOp for CreateTrade {
         if let PayerRef::Network(identity) = &self.trade.request.payer {
             self.resolved = Some(match &self.trade.asked {
                 // Ask mode: the engine asked the carrier; no lease here.
-                Some(asked) => Resolution::from(asked),
+                Some(asked) => asked.clone(),
                 None => resolve(shared, &self.trade.shop, identity)?,
             });
         }

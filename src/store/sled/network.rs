@@ -12,8 +12,8 @@
 use crate::domain::{CarrierId, IpKey, IpPrefix, PortRange, ResolveMode, ShopId, SubscriberNumber, UnixMs};
 use crate::store::records::{CarrierRecord, NetworkIdentity, ShopRecord, SubscriberRecord};
 use crate::store::{
-    AcceptanceRefusal, AddPrefixesRefusal, AskedPayer, Failure, LeaseList, LeaseRefusal, LeaseReport, LeasesRecorded,
-    NoRefusal, PrefixOverlap, Route,
+    AcceptanceRefusal, AddPrefixesRefusal, Failure, LeaseList, LeaseRefusal, LeaseReport, LeasesRecorded, NoRefusal,
+    PrefixOverlap, Resolution, Route,
 };
 
 use super::codec::{self, CarrierTerms, LeaseMark, LeaseRecord, PrefixRecord};
@@ -31,36 +31,6 @@ pub const MAX_LEASE_WALK: usize = 4096;
 /// Lease records deleted per write when pruning, so one prune never holds
 /// the writer long.
 const DELETE_BATCH: usize = 10_000;
-
-/// What a network identity resolved to, or why it did not.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Resolution {
-    Found {
-        carrier: CarrierId,
-        subscriber: SubscriberNumber,
-    },
-    /// The address is in a carrier's range but that carrier has not
-    /// accepted the shop.
-    NotAccepted,
-    /// No carrier owns the range, or nobody held the address (and port)
-    /// at that instant. One variant for both, so no answer tells them apart.
-    Miss,
-    /// Ask mode: the carrier could not be asked (no relay stream here).
-    Unavailable,
-}
-
-impl From<&AskedPayer> for Resolution {
-    fn from(a: &AskedPayer) -> Resolution {
-        match a {
-            AskedPayer::Found { carrier, subscriber } => {
-                Resolution::Found { carrier: carrier.clone(), subscriber: subscriber.clone() }
-            }
-            AskedPayer::Miss => Resolution::Miss,
-            AskedPayer::NotAccepted => Resolution::NotAccepted,
-            AskedPayer::Unavailable => Resolution::Unavailable,
-        }
-    }
-}
 
 fn mode_of(network: &sled::Tree, carrier: &CarrierId) -> Result<ResolveMode, Failure> {
     match network.get(keys::net::resolve_mode(carrier)).map_err(io)? {

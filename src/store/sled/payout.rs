@@ -7,7 +7,7 @@
 
 use crate::domain::{AccountName, Amount, PostingSet};
 use crate::store::records::{payout_reference, AccountRecord, PayoutEntry, PayoutRecord, PostingKind, ShopRecord};
-use crate::store::{NewPayout, PaidOut, PayoutAmount, PayoutField, PostingRefusal, ShopPayoutRefusal};
+use crate::store::{NewPayout, PaidOut, PayoutAmount, PostingRefusal, ShopPayoutRefusal};
 
 use super::billing::record_payout;
 use super::codec::IdempotencyRecord;
@@ -28,15 +28,8 @@ impl WriteOp for NewPayout {
             let IdempotencyRecord::Payout { shop, currency, amount, payout_id } = prior else {
                 return corrupt("payout idempotency key holds another record");
             };
-            // Compared as sent, in the request's field order.
-            if shop != self.shop {
-                return refuse(ShopPayoutRefusal::Differs(PayoutField::Shop));
-            }
-            if currency != self.currency {
-                return refuse(ShopPayoutRefusal::Differs(PayoutField::Currency));
-            }
-            if amount != self.amount {
-                return refuse(ShopPayoutRefusal::Differs(PayoutField::Amount));
+            if let Some(field) = self.differs_from(&shop, currency, amount) {
+                return refuse(ShopPayoutRefusal::Differs(field));
             }
             let Some(payout) = tx.get::<PayoutRecord>(T::Network, &keys::net::payout_record(payout_id))? else {
                 return corrupt("payout key names a missing payout");

@@ -15,7 +15,7 @@ use crate::store::records::{
     billed_by, remittance_reference, CarrierRecord, CarrierSales, CarrierStatementLine, PayoutEntry, PostingKind,
     RemittanceRecord, ShopRecord,
 };
-use crate::store::{Failure, NewRemittance, PostingRefusal, RemittanceField, RemittanceRefusal, Remitted};
+use crate::store::{Failure, NewRemittance, PostingRefusal, RemittanceRefusal, Remitted};
 
 use super::codec::{self, IdempotencyRecord};
 use super::keys;
@@ -99,21 +99,7 @@ impl WriteOp for Remit {
             let IdempotencyRecord::Remittance { carrier, shop, month, currency, amount, remittance_id } = prior else {
                 return corrupt("remittance idempotency key holds another record");
             };
-            // Compared as sent, in the request's field order.
-            let differs = if carrier != r.carrier {
-                Some(RemittanceField::Carrier)
-            } else if shop != r.shop {
-                Some(RemittanceField::Shop)
-            } else if month != r.month {
-                Some(RemittanceField::Month)
-            } else if currency != r.currency {
-                Some(RemittanceField::Currency)
-            } else if amount != r.amount {
-                Some(RemittanceField::Amount)
-            } else {
-                None
-            };
-            if let Some(field) = differs {
+            if let Some(field) = r.differs_from(&carrier, &shop, month, currency, amount) {
                 return refuse(RemittanceRefusal::Differs(field));
             }
             let key = keys::net::remittance(&carrier, month, &shop, currency, remittance_id);

@@ -6,8 +6,8 @@ use crate::carrier::{ResolveQuery, ResolveReply, ResolveUnsent};
 use crate::domain::{CarrierId, IpPrefix, Month, ResolveMode, ShopId, SubscriberNumber, UnixMs};
 use crate::metrics;
 use crate::store::{
-    AcceptanceRefusal, AddPrefixesRefusal, AskedPayer, CreateTradeRefusal, Failure, LeaseRefusal, LeaseReport,
-    LeasesRecorded, NetworkIdentity, PayoutEntry, PayoutRefusal, StatementData, StatementRefusal,
+    AcceptanceRefusal, AddPrefixesRefusal, CreateTradeRefusal, Failure, LeaseRefusal, LeaseReport, LeasesRecorded,
+    NetworkIdentity, PayoutEntry, PayoutRefusal, Resolution, StatementData, StatementRefusal,
 };
 
 use super::{now, Engine, EngineError};
@@ -52,7 +52,7 @@ impl Engine {
         &self,
         shop: &ShopId,
         identity: &NetworkIdentity,
-    ) -> Result<Option<AskedPayer>, EngineError<CreateTradeRefusal>> {
+    ) -> Result<Option<Resolution>, EngineError<CreateTradeRefusal>> {
         let Some(route) = self.store.route(identity.ip, shop).await? else {
             return Ok(None);
         };
@@ -61,7 +61,7 @@ impl Engine {
             ResolveMode::Ask => {}
         }
         if !route.accepted {
-            return Ok(Some(AskedPayer::NotAccepted));
+            return Ok(Some(Resolution::NotAccepted));
         }
         let carrier = route.carrier;
         let query = ResolveQuery {
@@ -75,7 +75,7 @@ impl Engine {
             Err(ResolveUnsent::NotConnected) => {
                 metrics::resolved("not_connected");
                 tracing::info!(carrier = %carrier, "resolve: carrier not connected");
-                return Ok(Some(AskedPayer::Unavailable));
+                return Ok(Some(Resolution::Unavailable));
             }
             Err(ResolveUnsent::TooMany) => {
                 metrics::resolved("too_many");
@@ -92,23 +92,23 @@ impl Engine {
         let (result, asked) = match reply {
             Err(_) => {
                 tracing::info!(carrier = %carrier, request, "resolve: no answer in time");
-                ("timeout", AskedPayer::Miss)
+                ("timeout", Resolution::Miss)
             }
             Ok(Err(_)) | Ok(Ok(ResolveReply::Disconnected)) => {
                 tracing::info!(carrier = %carrier, request, "resolve: the relay stream ended before its answer");
-                ("disconnected", AskedPayer::Unavailable)
+                ("disconnected", Resolution::Unavailable)
             }
-            Ok(Ok(ResolveReply::Miss)) => ("miss", AskedPayer::Miss),
-            Ok(Ok(ResolveReply::Refused)) => ("refused_by_carrier", AskedPayer::Miss),
+            Ok(Ok(ResolveReply::Miss)) => ("miss", Resolution::Miss),
+            Ok(Ok(ResolveReply::Refused)) => ("refused_by_carrier", Resolution::Miss),
             Ok(Ok(ResolveReply::Malformed(why))) => {
                 tracing::warn!(carrier = %carrier, request, why, "resolve answer refused: malformed");
-                ("refused", AskedPayer::Miss)
+                ("refused", Resolution::Miss)
             }
             Ok(Ok(ResolveReply::Found(subscriber))) => match self.store.subscriber(&subscriber).await? {
-                Some(s) if s.carrier == carrier => ("found", AskedPayer::Found { carrier, subscriber }),
+                Some(s) if s.carrier == carrier => ("found", Resolution::Found { carrier, subscriber }),
                 _ => {
                     tracing::warn!(carrier = %carrier, request, "resolve answer refused: not a subscriber of this carrier");
-                    ("refused", AskedPayer::Miss)
+                    ("refused", Resolution::Miss)
                 }
             },
         };
