@@ -14,7 +14,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::backends::{backends, BackendFactory, Fsync};
 use common::manual_carrier::ManualCarrier;
 use common::{enroll_with_key, TestServer};
-use prost::Message;
 use syncpay::client::AuthedChannel;
 use syncpay::domain::{IpKey, ShopId, SubscriberNumber};
 use syncpay::proto::carrier_service_client::CarrierServiceClient;
@@ -23,7 +22,6 @@ use syncpay::proto::{self, relay_down, relay_up, FailureReason as FR, TradeState
 use syncpay::sync_server::limits::RESOLVE_TIMEOUT;
 use syncpay::sync_server::refusal::{NETWORK_CARRIER_UNAVAILABLE, NETWORK_MISS, NETWORK_NOT_ACCEPTED};
 use syncpay::terminal_sim::{CarrierSim, Policy, ResolvePolicy};
-use tokio_stream::StreamExt;
 use tonic::Code;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -273,23 +271,7 @@ async fn ask_mode_charges_the_bill_by_address_and_port_and_stores_no_lease_on(ba
 
     // The privacy walk: nothing the shop received names a subscriber or an
     // address (text or bytes), in trades, events or the payout report.
-    let mut events = w.shop.watch_trades(proto::WatchTradesRequest::default()).await.expect("watch").into_inner();
-    let mut bytes: Vec<Vec<u8>> = seen.iter().map(|t| t.encode_to_vec()).collect();
-    let mut settled = 0;
-    while settled < seen.len() {
-        let e = tokio::time::timeout(WAIT, events.next()).await.expect("event").expect("open").expect("ok");
-        if e.trade.as_ref().is_some_and(|t| state(t).0 == S::Settled) {
-            settled += 1;
-        }
-        bytes.push(e.encode_to_vec());
-    }
-    let report = w
-        .shop
-        .get_payout_report(proto::GetPayoutReportRequest { from_ms: 0, to_ms: now_ms() + 60_000 })
-        .await
-        .expect("report")
-        .into_inner();
-    bytes.push(report.encode_to_vec());
+    let bytes = common::everything_the_shop_received(&mut w.shop, &seen).await;
     let numbers: Vec<Vec<u8>> =
         [ALICE, BOB, KEN].iter().flat_map(|n| [n.as_bytes().to_vec(), n.as_bytes()[3..].to_vec()]).collect();
     let addresses: Vec<Vec<u8>> = ASK_ADDRESSES.iter().chain([&PUSH_ADDRESS]).flat_map(|a| address_forms(a)).collect();

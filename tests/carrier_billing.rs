@@ -11,14 +11,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::backends::{backends, BackendFactory};
 use common::{code_of, TestServer};
-use prost::Message;
 use syncpay::client::AuthedChannel;
 use syncpay::domain::{Month, ShopId, SubscriberNumber, UnixMs};
 use syncpay::proto::carrier_service_client::CarrierServiceClient;
 use syncpay::proto::register_service_client::RegisterServiceClient;
 use syncpay::proto::{self, FailureReason as FR, TradeState as S};
 use syncpay::terminal_sim::{CarrierSim, Policy};
-use tokio_stream::StreamExt;
 use tonic::Code;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -340,25 +338,7 @@ async fn network_identity_resolves_the_payer_and_the_shop_learns_nothing_on(back
 
     // Nothing the shop received names the subscriber: not the number, not
     // the address (text or bytes), in trades, events or the payout report.
-    let mut events = w.shop.watch_trades(proto::WatchTradesRequest::default()).await.expect("watch").into_inner();
-    let mut bytes: Vec<Vec<u8>> = seen.iter().map(|t| t.encode_to_vec()).collect();
-    // Every event up to the last settlement (a trade's OFFERED event may be
-    // missing when the answer overtakes the delivery acknowledgement).
-    let mut settled = 0;
-    while settled < seen.len() {
-        let e = tokio::time::timeout(WAIT, events.next()).await.expect("event").expect("open").expect("ok");
-        if e.trade.as_ref().is_some_and(|t| state(t).0 == S::Settled) {
-            settled += 1;
-        }
-        bytes.push(e.encode_to_vec());
-    }
-    let report = w
-        .shop
-        .get_payout_report(proto::GetPayoutReportRequest { from_ms: 0, to_ms: now_ms() + 60_000 })
-        .await
-        .expect("report")
-        .into_inner();
-    bytes.push(report.encode_to_vec());
+    let bytes = common::everything_the_shop_received(&mut w.shop, &seen).await;
     let forbidden: Vec<Vec<u8>> = [ALICE, BOB, CAROL]
         .iter()
         .flat_map(|n| [n.as_bytes().to_vec(), n.as_bytes()[3..].to_vec()])

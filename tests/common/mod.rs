@@ -351,3 +351,38 @@ pub async fn enroll_with_key(
         .await
         .expect("enroll handset");
 }
+
+/// Everything a shop has received about `seen` (its trades as answered,
+/// every event of its stream up to the last of them settling, and its
+/// payout report), each message as encoded bytes: what a privacy walk
+/// searches for numbers and addresses.
+pub async fn everything_the_shop_received(
+    shop: &mut RegisterServiceClient<AuthedChannel>,
+    seen: &[proto::Trade],
+) -> Vec<Vec<u8>> {
+    use prost::Message as _;
+    use tokio_stream::StreamExt as _;
+    let settled_state = proto::TradeState::Settled as i32;
+    let mut events = shop.watch_trades(proto::WatchTradesRequest::default()).await.expect("watch").into_inner();
+    let mut bytes: Vec<Vec<u8>> = seen.iter().map(|t| t.encode_to_vec()).collect();
+    // Every event up to the last settlement (a trade's OFFERED event may be
+    // missing when the answer overtakes the delivery acknowledgement).
+    let mut settled = 0;
+    while settled < seen.len() {
+        let e = tokio::time::timeout(Duration::from_secs(15), events.next())
+            .await
+            .expect("event in time")
+            .expect("stream open")
+            .expect("event");
+        if e.trade.as_ref().is_some_and(|t| t.state == settled_state) {
+            settled += 1;
+        }
+        bytes.push(e.encode_to_vec());
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
+    let to_ms = i64::try_from(now).expect("fits") + 60_000;
+    let report =
+        shop.get_payout_report(proto::GetPayoutReportRequest { from_ms: 0, to_ms }).await.expect("report").into_inner();
+    bytes.push(report.encode_to_vec());
+    bytes
+}
