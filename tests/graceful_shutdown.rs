@@ -32,22 +32,8 @@ async fn sigterm_finishes_in_flight_work_and_exits_zero() {
     let admin_token = std::fs::read_to_string(dir.path().join("admin.token")).expect("admin token");
     let channel = connect(&serve.url).await.expect("connect");
     let mut admin = AdminServiceClient::new(with_token(channel.clone(), admin_token.trim()).expect("token"));
-    let shop_token = admin
-        .create_shop(proto::CreateShopRequest { shop_id: "acme".into(), display_name: "Acme".into() })
-        .await
-        .expect("shop")
-        .into_inner()
-        .token;
-    let carrier_token = admin
-        .create_carrier(proto::CreateCarrierRequest {
-            carrier_id: "docomo".into(),
-            display_name: "Docomo".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("carrier")
-        .into_inner()
-        .token;
+    let shop_token = common::make_shop(&mut admin, "acme", "Acme").await;
+    let carrier_token = common::make_carrier(&mut admin, "docomo", "Docomo").await;
     let sim = CarrierSim::start(channel.clone(), &carrier_token).expect("sim");
     sim.add_handset(APPROVER, Policy::Approve).await.expect("handset");
     // Trades to this one stay open: they are in flight when the server stops.

@@ -56,22 +56,8 @@ async fn three_nodes_on_one_database_share_trades_relays_events_and_the_sweep() 
     let admin = |channel| AdminServiceClient::new(with_token(channel, &admin_token).expect("token"));
 
     // The shop is made on A, the carrier on C: each node knows both.
-    let shop_token = admin(a.channel().await)
-        .create_shop(proto::CreateShopRequest { shop_id: "acme".into(), display_name: "Acme".into() })
-        .await
-        .expect("create shop on A")
-        .into_inner()
-        .token;
-    let carrier_token = admin(c.channel().await)
-        .create_carrier(proto::CreateCarrierRequest {
-            carrier_id: "docomo".into(),
-            display_name: "Docomo".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("create carrier on C")
-        .into_inner()
-        .token;
+    let shop_token = common::make_shop(&mut admin(a.channel().await), "acme", "Acme").await;
+    let carrier_token = common::make_carrier(&mut admin(c.channel().await), "docomo", "Docomo").await;
     // The carrier's relay is on B only.
     let sim = CarrierSim::start(b.channel().await, &carrier_token).expect("sim on B");
     sim.add_handset(APPROVER, Policy::Approve).await.expect("handset");
@@ -187,22 +173,8 @@ async fn cross_node_flow(hint: &str, args: &[&str]) {
     let (nodes, _dirs, admin_token) = three_nodes(&db, args).await;
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let admin = |channel| AdminServiceClient::new(with_token(channel, &admin_token).expect("token"));
-    let shop_token = admin(a.channel().await)
-        .create_shop(proto::CreateShopRequest { shop_id: "acme".into(), display_name: "Acme".into() })
-        .await
-        .expect("create shop")
-        .into_inner()
-        .token;
-    let carrier_token = admin(a.channel().await)
-        .create_carrier(proto::CreateCarrierRequest {
-            carrier_id: "docomo".into(),
-            display_name: "Docomo".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("create carrier")
-        .into_inner()
-        .token;
+    let shop_token = common::make_shop(&mut admin(a.channel().await), "acme", "Acme").await;
+    let carrier_token = common::make_carrier(&mut admin(a.channel().await), "docomo", "Docomo").await;
     let sim = CarrierSim::start(b.channel().await, &carrier_token).expect("sim on B");
     sim.add_handset(APPROVER, Policy::Approve).await.expect("handset");
     sim.wait_connected(WAIT).await.expect("relay on B");
@@ -276,22 +248,8 @@ async fn relays_of_one_carrier_on_two_nodes_each_get_an_offer_once() {
     let (nodes, _dirs, admin_token) = three_nodes(&db, &[]).await;
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let mut admin = AdminServiceClient::new(with_token(a.channel().await, &admin_token).expect("token"));
-    let shop_token = admin
-        .create_shop(proto::CreateShopRequest { shop_id: "acme".into(), display_name: "Acme".into() })
-        .await
-        .expect("create shop")
-        .into_inner()
-        .token;
-    let carrier_token = admin
-        .create_carrier(proto::CreateCarrierRequest {
-            carrier_id: "docomo".into(),
-            display_name: "Docomo".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("create carrier")
-        .into_inner()
-        .token;
+    let shop_token = common::make_shop(&mut admin, "acme", "Acme").await;
+    let carrier_token = common::make_carrier(&mut admin, "docomo", "Docomo").await;
     let carrier = |channel| CarrierServiceClient::new(with_token(channel, &carrier_token).expect("token"));
     let mut enroll = carrier(a.channel().await);
     enroll
@@ -416,24 +374,8 @@ async fn a_node_rides_out_the_loss_of_its_primary() {
     let admin_token = std::fs::read_to_string(dir.path().join("admin.token")).expect("token").trim().to_owned();
     let channel = node.channel().await;
     let admin = AdminServiceClient::new(with_token(channel.clone(), &admin_token).expect("token"));
-    let shop_token = admin
-        .clone()
-        .create_shop(proto::CreateShopRequest { shop_id: "acme".into(), display_name: "Acme".into() })
-        .await
-        .expect("shop")
-        .into_inner()
-        .token;
-    let carrier_token = admin
-        .clone()
-        .create_carrier(proto::CreateCarrierRequest {
-            carrier_id: "docomo".into(),
-            display_name: "Docomo".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("carrier")
-        .into_inner()
-        .token;
+    let shop_token = common::make_shop(&mut admin.clone(), "acme", "Acme").await;
+    let carrier_token = common::make_carrier(&mut admin.clone(), "docomo", "Docomo").await;
     let sim = CarrierSim::start(relay_node.channel().await, &carrier_token).expect("sim on the second node");
     let numbers: Vec<String> = (0..FAILOVER_WRITERS).map(|w| format!("+81807000{w:04}")).collect();
     for n in &numbers {

@@ -236,28 +236,12 @@ impl TestServer {
 
     /// Creates a shop; returns its token.
     pub async fn create_shop(&self, id: &str, name: &str) -> String {
-        self.admin()
-            .await
-            .create_shop(proto::CreateShopRequest { shop_id: id.into(), display_name: name.into() })
-            .await
-            .expect("create shop")
-            .into_inner()
-            .token
+        make_shop(&mut self.admin().await, id, name).await
     }
 
     /// Creates a carrier; returns its token.
     pub async fn create_carrier(&self, id: &str, name: &str) -> String {
-        self.admin()
-            .await
-            .create_carrier(proto::CreateCarrierRequest {
-                carrier_id: id.into(),
-                display_name: name.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("create carrier")
-            .into_inner()
-            .token
+        make_carrier(&mut self.admin().await, id, name).await
     }
 
     pub async fn top_up(&self, number: &str, amount: u64, currency: &str) {
@@ -385,4 +369,28 @@ pub async fn everything_the_shop_received(
         shop.get_payout_report(proto::GetPayoutReportRequest { from_ms: 0, to_ms }).await.expect("report").into_inner();
     bytes.push(report.encode_to_vec());
     bytes
+}
+
+/// Creates a shop through `admin`; returns its token.
+pub async fn make_shop(admin: &mut AdminServiceClient<AuthedChannel>, id: &str, name: &str) -> String {
+    admin
+        .create_shop(proto::CreateShopRequest { shop_id: id.into(), display_name: name.into() })
+        .await
+        .expect("create shop")
+        .into_inner()
+        .token
+}
+
+/// Creates a carrier (default terms) through `admin`; returns its token.
+pub async fn make_carrier(admin: &mut AdminServiceClient<AuthedChannel>, id: &str, name: &str) -> String {
+    admin
+        .create_carrier(proto::CreateCarrierRequest {
+            carrier_id: id.into(),
+            display_name: name.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create carrier")
+        .into_inner()
+        .token
 }
