@@ -394,3 +394,136 @@ async fn registers_open_close_and_refuse_trades_when_closed_on(backend: &'static
     assert_eq!(listed.registers.len(), 1);
     assert!(!listed.registers[0].open);
 }
+
+#[tokio::test]
+async fn a_burst_of_acks_and_answers_on_one_stream_applies_in_arrival_order() {
+    for backend in backends() {
+        a_burst_of_acks_and_answers_on_one_stream_applies_in_arrival_order_on(backend).await;
+    }
+}
+
+/// A raw carrier sends every acknowledgement and answer for 16 trades in
+/// one burst, so the server reads them together (their signatures are
+/// checked on both cores): each message still takes effect in arrival
+/// order. Per trade, in this order: the offer's ack, then
+/// - a valid approval (settles);
+/// - a valid decline, then a valid approval (declined; the approval is
+///   refused as already DECLINED);
+/// - a forged approval, then a valid one (failed, bad signature; the valid
+///   one is refused as already FAILED);
+/// - a valid approval, then a malformed answer (settles; the malformed one
+///   is answered with the field it got wrong).
+async fn a_burst_of_acks_and_answers_on_one_stream_applies_in_arrival_order_on(backend: &'static BackendFactory) {
+    use common::manual_carrier::{sign, ManualCarrier};
+    const N: u8 = 16;
+    let t = TestServer::start_on(backend).await;
+    let shop_token = t.create_shop("acme", "Acme Books").await;
+    let carrier_token = t.create_carrier("docomo", "Docomo").await;
+    let mut carrier = t.carrier(&carrier_token).await;
+    let numbers: Vec<String> = (0..N).map(|i| format!("+8180200000{i:02}")).collect();
+    let keys: Vec<SigningKey> = (0..N).map(|i| SigningKey::from_bytes(&[40 + i; 32])).collect();
+    for (number, key) in numbers.iter().zip(&keys) {
+        common::enroll_with_key(&mut carrier, number, key).await;
+        t.top_up(number, 5_000, "JPY").await;
+    }
+    let register = VirtualRegister::open(t.channel().await, &shop_token, "till").await.expect("register");
+    let mut trades = Vec::new();
+    for number in &numbers {
+        trades.push(register.create(charge(number, 1_000, 60)).await.expect("create"));
+    }
+    let mut relay = ManualCarrier::connect(carrier.clone()).await;
+    let mut offers = Vec::new();
+    for t in &trades {
+        offers.push(relay.offer(&t.trade_id).await);
+    }
+    let forger = SigningKey::from_bytes(&[99; 32]);
+    let mut burst = Vec::new();
+    let answer = |trade: &str, decision: Decision, signature: Vec<u8>| {
+        let decision = match decision {
+            Decision::Approve => proto::Decision::Approve,
+            Decision::Decline => proto::Decision::Decline,
+        };
+        proto::RelayUp {
+            body: Some(proto::relay_up::Body::Answer(proto::HandsetAnswer {
+                trade_id: trade.to_owned(),
+                decision: decision as i32,
+                signature,
+            })),
+        }
+    };
+    for (i, ((delivery, offer), key)) in offers.iter().zip(&keys).enumerate() {
+        let id = offer.trade_id.as_str();
+        burst.push(proto::RelayUp { body: Some(proto::relay_up::Body::Ack(proto::Ack { delivery_id: *delivery })) });
+        let approve = answer(id, Decision::Approve, sign(key, offer, Decision::Approve));
+        match i % 4 {
+            0 => burst.push(approve),
+            1 => burst.extend([answer(id, Decision::Decline, sign(key, offer, Decision::Decline)), approve]),
+            2 => burst.extend([answer(id, Decision::Approve, sign(&forger, offer, Decision::Approve)), approve]),
+            _ => burst.extend([approve, answer("not-a-trade-id", Decision::Approve, vec![0; 64])]),
+        }
+    }
+    for message in burst {
+        relay.send_message(message).await;
+    }
+
+    // Every answer gets its verdict (two answers' verdicts may come in
+    // either order); the malformed one's names its field.
+    let results_expected = 16 + 12;
+    let mut results: Vec<proto::AnswerResult> = Vec::new();
+    while results.len() < results_expected {
+        let r = relay
+            .find(|m| match &m.body {
+                Some(proto::relay_down::Body::AnswerResult(r)) => Some(r.clone()),
+                _ => None,
+            })
+            .await
+            .expect("answer result");
+        results.push(r);
+    }
+    let malformed: Vec<_> = results.iter().filter(|r| r.trade_id == "not-a-trade-id").collect();
+    assert_eq!(malformed.len(), 4, "{results:?}");
+    assert!(malformed.iter().all(|r| !r.accepted && r.message.contains("answer.trade_id")), "{malformed:?}");
+    for (i, trade) in trades.iter().enumerate() {
+        let mine: Vec<_> = results.iter().filter(|r| r.trade_id == trade.trade_id).collect();
+        let (final_state, refused) = match i % 4 {
+            0 | 3 => (S::Settled, None),
+            1 => (S::Declined, Some("already DECLINED")),
+            _ => (S::Failed, Some("already FAILED")),
+        };
+        let taken: Vec<_> = mine.iter().filter(|r| r.accepted).collect();
+        assert_eq!(taken.len(), 1, "trade {i}: {mine:?}");
+        assert_eq!(taken[0].state, final_state as i32, "trade {i}: {mine:?}");
+        match refused {
+            None => assert_eq!(mine.len(), 1, "trade {i}: {mine:?}"),
+            Some(why) => {
+                assert_eq!(mine.len(), 2, "trade {i}: {mine:?}");
+                let no = mine.iter().find(|r| !r.accepted).expect("refused");
+                assert!(no.message.contains(why), "trade {i}: {no:?}");
+            }
+        }
+        let done = register.await_final(trade_id(trade), WAIT).await.expect("final");
+        assert_eq!(state(&done).0, final_state, "trade {i}");
+        if final_state == S::Failed {
+            assert_eq!(state(&done).1, FR::BadSignature, "trade {i}");
+        }
+    }
+
+    // Each ack took effect before its trade's answer: every trade went
+    // PENDING, OFFERED, then final, in its shop's event stream.
+    let mut events = register.watch(0).await.expect("watch");
+    let mut seen: std::collections::HashMap<String, Vec<S>> = std::collections::HashMap::new();
+    while seen.values().map(Vec::len).sum::<usize>() < 3 * usize::from(N) {
+        let e = tokio::time::timeout(WAIT, events.next()).await.expect("in time").expect("open").expect("ok");
+        let trade = e.trade.expect("trade");
+        seen.entry(trade.trade_id.clone()).or_default().push(state(&trade).0);
+    }
+    for (i, trade) in trades.iter().enumerate() {
+        let final_state = [S::Settled, S::Declined, S::Failed, S::Settled][i % 4];
+        assert_eq!(seen.get(&trade.trade_id), Some(&vec![S::Pending, S::Offered, final_state]), "trade {i}");
+    }
+    for (i, number) in numbers.iter().enumerate() {
+        let paid = if i % 4 == 0 || i % 4 == 3 { 1_000 } else { 0 };
+        assert_eq!(t.balance(&format!("wallet:{number}:JPY")).await, 5_000 - paid, "{number}");
+    }
+    t.assert_ledger_ok().await;
+}

@@ -365,6 +365,9 @@ pub struct Measured {
     /// Settled in all, including those that finished after the window.
     pub settled_total: u64,
     pub latency: Histogram<u64>,
+    /// Of the same trades: sending CreateTrade to its response (the trade
+    /// durable as PENDING), the first part of `latency`.
+    pub create_latency: Histogram<u64>,
     pub per_second: Vec<Second>,
     pub errors: BTreeMap<String, u64>,
     /// Server CPU (user + system) over the window.
@@ -395,6 +398,11 @@ impl Measured {
             "latency_ms": {
                 "p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "p999": ms(0.999),
                 "max": self.latency.max() as f64 / 1000.0, "mean": self.latency.mean() / 1000.0,
+            },
+            "create_latency_ms": {
+                "p50": self.create_latency.value_at_quantile(0.5) as f64 / 1000.0,
+                "p99": self.create_latency.value_at_quantile(0.99) as f64 / 1000.0,
+                "mean": self.create_latency.mean() / 1000.0,
             },
             "server_cpu_us_per_trade": per_trade(self.server_cpu),
             "server_cpu_cores": self.server_cpu.map(|d| d.as_secs_f64() / self.window.as_secs_f64()),
@@ -439,6 +447,7 @@ struct Recorder {
 struct Recorded {
     settled_total: u64,
     latency: Histogram<u64>,
+    create_latency: Histogram<u64>,
     per_second: Vec<Second>,
     errors: BTreeMap<String, u64>,
 }
@@ -448,19 +457,21 @@ impl Recorder {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn settled(&self, sent: Instant, received: Instant) {
-        let us = u64::try_from(received.saturating_duration_since(sent).as_micros()).unwrap_or(u64::MAX);
+    fn settled(&self, sent: Instant, created: Instant, received: Instant) {
+        let us = |to: Instant| u64::try_from(to.saturating_duration_since(sent).as_micros()).unwrap_or(u64::MAX).max(1);
+        let (us, create_us) = (us(received), us(created));
         let at = received.saturating_duration_since(self.start);
         let mut r = self.lock();
         r.settled_total += 1;
         if at >= self.window {
             return;
         }
-        r.latency.saturating_record(us.max(1));
+        r.latency.saturating_record(us);
+        r.create_latency.saturating_record(create_us);
         let second = usize::try_from(at.as_secs()).unwrap_or(usize::MAX);
         if let Some(s) = r.per_second.get_mut(second) {
             s.settled += 1;
-            s.latency.saturating_record(us.max(1));
+            s.latency.saturating_record(us);
         }
     }
 
@@ -512,6 +523,7 @@ async fn measure(name: &'static str, target: &Target, setup: Setup, load: &Load)
         inner: Mutex::new(Recorded {
             settled_total: 0,
             latency: histogram()?,
+            create_latency: histogram()?,
             per_second: (0..seconds)
                 .map(|_| histogram().map(|latency| Second { settled: 0, latency }))
                 .collect::<Result<_, _>>()?,
@@ -548,14 +560,19 @@ async fn measure(name: &'static str, target: &Target, setup: Setup, load: &Load)
                     )),
                 };
                 let sent = Instant::now();
-                if let Err(status) = shop.client.clone().create_trade(request).await {
-                    events.forget(seq);
-                    recorder.error(format!("create {:?}", status.code()));
-                    tokio::time::sleep(ERROR_PAUSE).await;
-                    continue;
-                }
+                let created = match shop.client.clone().create_trade(request).await {
+                    Ok(_) => Instant::now(),
+                    Err(status) => {
+                        events.forget(seq);
+                        recorder.error(format!("create {:?}", status.code()));
+                        tokio::time::sleep(ERROR_PAUSE).await;
+                        continue;
+                    }
+                };
                 match tokio::time::timeout(FINAL_WAIT, rx).await {
-                    Ok(Ok(done)) if done.state == TradeState::Settled as i32 => recorder.settled(sent, done.at),
+                    Ok(Ok(done)) if done.state == TradeState::Settled as i32 => {
+                        recorder.settled(sent, created, done.at)
+                    }
                     Ok(Ok(done)) => recorder.error(format!(
                         "final {} {}",
                         TradeState::try_from(done.state).map_or("?", |s| s.as_str_name()),
@@ -622,6 +639,7 @@ async fn measure(name: &'static str, target: &Target, setup: Setup, load: &Load)
         settled,
         settled_total: r.settled_total,
         latency: r.latency.clone(),
+        create_latency: r.create_latency.clone(),
         per_second: r
             .per_second
             .iter()

@@ -213,6 +213,10 @@ fn print_summary(m: &Measured) {
         ms(0.999),
         m.latency.max() as f64 / 1000.0
     );
+    if !m.create_latency.is_empty() {
+        let c = |q: f64| m.create_latency.value_at_quantile(q) as f64 / 1000.0;
+        println!("  of which      CreateTrade answered (PENDING durable) p50 {:.2}  p99 {:.2}", c(0.5), c(0.99));
+    }
     if let Some(cpu) = m.server_cpu {
         println!(
             "  server CPU    {:.0} µs/trade ({:.2} cores)",

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::carrier::relay::{to_relay_down, AnswerFate, RelayEnd, RelayHub, RelayItem};
 use crate::carrier::ResolveReply;
 use crate::domain::approval::key_sha256;
-use crate::domain::CarrierId;
+use crate::domain::{CarrierId, Decision, TradeId};
 use crate::metrics;
 use crate::proto::{self, carrier_service_server::CarrierService};
 use crate::store::{Funding, RejectedAnswer, RemoteChange};
@@ -41,6 +41,71 @@ impl CarrierApi {
 
 type RelayStream = Pin<Box<dyn Stream<Item = Result<proto::RelayDown, Status>> + Send>>;
 
+/// One message read from a carrier's relay stream, parsed, and (for a
+/// well-formed answer) its signature checked ahead of queueing.
+struct Read {
+    message: proto::RelayUp,
+    parsed: Result<Uplink, ApiError>,
+    checked: Option<engine::CheckedAnswer>,
+    permit: OwnedSemaphorePermit,
+}
+
+/// At most this many relay messages that had already arrived are read
+/// together, so that their answers' signatures are checked on every core.
+const RELAY_READ_BATCH: usize = 32;
+
+fn read_one(message: proto::RelayUp, permit: OwnedSemaphorePermit) -> Read {
+    let parsed = requests::relay_up(&message);
+    Read { message, parsed, checked: None, permit }
+}
+
+/// Checks the signatures of a batch's answers: the latter half in a task
+/// of its own (another core, when one is free), the former half here, so
+/// one carrier's answers are not verified one at a time by its stream's
+/// task. One spawn per batch, none for a batch with a single answer (the
+/// common case under light load, which stays as cheap as before).
+async fn check_answers(engine: &Arc<Engine>, carrier: &CarrierId, batch: &mut [Read]) {
+    let answers: Vec<(usize, TradeId, Decision, Vec<u8>)> = batch
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| match &r.parsed {
+            Ok(Uplink::Answer { trade, decision, signature }) => Some((i, *trade, *decision, signature.to_vec())),
+            _ => None,
+        })
+        .collect();
+    let mut here = answers;
+    let ahead = here.split_off(here.len() / 2);
+    let (ahead, elsewhere) = if here.is_empty() {
+        (ahead, None)
+    } else {
+        let (engine, carrier) = (engine.clone(), carrier.clone());
+        let task = tokio::spawn(async move {
+            let mut done = Vec::with_capacity(ahead.len());
+            for (i, trade, decision, signature) in ahead {
+                done.push((i, engine.check_answer(&carrier, trade, decision, signature).await));
+            }
+            done
+        });
+        (Vec::new(), Some(task))
+    };
+    let mut done = Vec::with_capacity(here.len() + ahead.len());
+    for (i, trade, decision, signature) in here.into_iter().chain(ahead) {
+        done.push((i, engine.check_answer(carrier, trade, decision, signature).await));
+    }
+    if let Some(task) = elsewhere {
+        // A check that did not finish (its task panicked, or the runtime is
+        // stopping) leaves its answer unchecked: the writer verifies it.
+        if let Ok(more) = task.await {
+            done.extend(more);
+        }
+    }
+    for (i, checked) in done {
+        if let Some(read) = batch.get_mut(i) {
+            read.checked = Some(checked);
+        }
+    }
+}
+
 /// Queues one message from a carrier's relay stream (in arrival order) and
 /// returns the work that finishes it once it is durable.
 async fn begin_up(
@@ -48,8 +113,10 @@ async fn begin_up(
     hub: &Arc<RelayHub>,
     carrier: &CarrierId,
     message: proto::RelayUp,
+    parsed: Result<Uplink, ApiError>,
+    checked: Option<engine::CheckedAnswer>,
 ) -> Result<Pin<Box<dyn std::future::Future<Output = Result<(), ApiError>> + Send>>, ApiError> {
-    let uplink = match requests::relay_up(&message) {
+    let uplink = match parsed {
         Ok(u) => u,
         Err(e) => {
             // A malformed answer is answered, naming the field, so the
@@ -89,8 +156,11 @@ async fn begin_up(
             let Some(proto::relay_up::Body::Answer(answer)) = message.body else {
                 return Err(ApiError::Internal("relay answer lost its body".into()));
             };
-            let pending =
-                engine.begin_answer(carrier, trade, decision, signature.to_vec()).await.map_err(ApiError::from)?;
+            let checked = match checked {
+                Some(c) => c,
+                None => engine.check_answer(carrier, trade, decision, signature.to_vec()).await,
+            };
+            let pending = engine.begin_checked_answer(checked).await.map_err(ApiError::from)?;
             let (hub, carrier) = (hub.clone(), carrier.clone());
             Ok(Box::pin(async move {
                 let outcome = pending.await.map_err(ApiError::from)?;
@@ -233,7 +303,8 @@ impl CarrierService for CarrierApi {
         let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let inflight = Arc::new(Semaphore::new(limits::MAX_RELAY_INFLIGHT));
-            loop {
+            let mut batch: Vec<Read> = Vec::with_capacity(RELAY_READ_BATCH);
+            'stream: loop {
                 let next = tokio::select! {
                     m = inbound.message() => m,
                     _ = stopped(&mut shutdown) => {
@@ -243,33 +314,57 @@ impl CarrierService for CarrierApi {
                         break;
                     }
                 };
-                let message = match next {
-                    Ok(Some(m)) => m,
-                    Ok(None) => break,
-                    Err(status) => {
+                // Then whatever else has already arrived (each with a slot
+                // of its own), so their answers are checked together.
+                let mut end = None;
+                let mut next = Some(next);
+                while let Some(read) = next.take() {
+                    let message = match read {
+                        Ok(Some(m)) => m,
+                        other => {
+                            end = Some(other);
+                            break;
+                        }
+                    };
+                    let Ok(permit) = inflight.clone().acquire_owned().await else {
+                        break 'stream;
+                    };
+                    batch.push(read_one(message, permit));
+                    if batch.len() < RELAY_READ_BATCH {
+                        next = tokio::select! {
+                            biased;
+                            m = inbound.message() => Some(m),
+                            () = std::future::ready(()) => None,
+                        };
+                    }
+                }
+                check_answers(&engine, &carrier, &mut batch).await;
+                // Queue in arrival order here; await each durable outcome
+                // in a task so the stream keeps flowing.
+                for Read { message, parsed, checked, permit } in batch.drain(..) {
+                    match begin_up(&engine, &hub, &carrier, message, parsed, checked).await {
+                        Ok(finish) => {
+                            let carrier = carrier.clone();
+                            tokio::spawn(async move {
+                                if let Err(e) = finish.await {
+                                    log_refused(&carrier, e);
+                                }
+                                drop(permit);
+                            });
+                        }
+                        Err(e) => log_refused(&carrier, e),
+                    }
+                }
+                match end {
+                    None => {}
+                    Some(Ok(_)) => break,
+                    Some(Err(status)) => {
                         tracing::info!(carrier = %carrier, code = ?status.code(), "relay stream ended");
                         // Tell the carrier why (an oversized or malformed
                         // message, say) instead of ending silently.
                         hub.end(&carrier, link, RelayEnd::Edge(status));
                         break;
                     }
-                };
-                let Ok(permit) = inflight.clone().acquire_owned().await else {
-                    break;
-                };
-                // Queue in arrival order here; await the durable outcome in
-                // a task so the stream keeps flowing.
-                match begin_up(&engine, &hub, &carrier, message).await {
-                    Ok(finish) => {
-                        let carrier = carrier.clone();
-                        tokio::spawn(async move {
-                            if let Err(e) = finish.await {
-                                log_refused(&carrier, e);
-                            }
-                            drop(permit);
-                        });
-                    }
-                    Err(e) => log_refused(&carrier, e),
                 }
             }
             hub.detach(&carrier, link);

@@ -44,6 +44,7 @@ pub use operator::{payout_amount, NewRemittanceRequest, MAX_HISTORY_ITEMS, REMIT
 pub use receipts::{Dispute, DisputeRefusal, RotateRefusal};
 pub use sweeper::{SWEEP_BATCH, SWEEP_MAX_SLEEP, SWEEP_RETRY};
 pub use trades::{AwaitRefusal, ShopTrade, UnknownTrade};
+pub use uplink::CheckedAnswer;
 pub use waiters::FinalWaiters;
 pub use watch::{WatchEnd, WatchRefusal};
 

@@ -14,6 +14,12 @@ use crate::store::{AnswerOutcome, AnswerRefusal, Delivery, Failure, HandsetAnswe
 
 use super::{now, Engine, EngineError};
 
+/// A handset's answer with its signature checked (and, for a valid
+/// approval, the receipt countersigned) by [`Engine::check_answer`]: the
+/// time it was taken at is the answer's time.
+#[derive(Debug)]
+pub struct CheckedAnswer(HandsetAnswer);
+
 impl Engine {
     /// Queues the carrier's acknowledgement of a delivery; the returned
     /// future resolves once it is durable.
@@ -27,6 +33,25 @@ impl Engine {
             pending.outcome().await?;
             Ok(())
         })
+    }
+
+    /// Verifies a handset's answer and, for a valid approval, countersigns
+    /// its receipt, ahead of [`Engine::begin_checked_answer`]. Ed25519
+    /// verification and the countersignature are the costliest steps of an
+    /// answer: done here, off the store's writer (which reuses them if
+    /// nothing changed in between), and for several answers of one relay
+    /// stream at once on different cores (`carrier_service`), while the
+    /// answers are still queued in arrival order.
+    pub async fn check_answer(
+        &self,
+        carrier: &CarrierId,
+        trade: TradeId,
+        decision: Decision,
+        signature: Vec<u8>,
+    ) -> CheckedAnswer {
+        let (at, signer) = (now(), self.receipts.signer());
+        let checked = self.store.check_answer(carrier, &trade, decision, &signature, &signer, at).await;
+        CheckedAnswer(HandsetAnswer { carrier: carrier.clone(), trade, decision, signature, now: at, checked, signer })
     }
 
     /// Queues a handset's answer (ordered like `begin_ack`); the returned
@@ -43,12 +68,20 @@ impl Engine {
         impl Future<Output = Result<AnswerOutcome, EngineError<AnswerRefusal>>> + Send + 'static,
         EngineError<AnswerRefusal>,
     > {
-        // Ed25519 verification and the receipt's countersignature are the
-        // costliest steps of an answer: do them here, in parallel with the
-        // store's writer, which reuses them if nothing changed in between.
-        let (at, signer) = (now(), self.receipts.signer());
-        let checked = self.store.check_answer(carrier, &trade, decision, &signature, &signer, at).await;
-        let answer = HandsetAnswer { carrier: carrier.clone(), trade, decision, signature, now: at, checked, signer };
+        let checked = self.check_answer(carrier, trade, decision, signature).await;
+        self.begin_checked_answer(checked).await
+    }
+
+    /// As [`Engine::begin_answer`], for an answer already checked.
+    pub async fn begin_checked_answer(
+        self: &Arc<Self>,
+        answer: CheckedAnswer,
+    ) -> Result<
+        impl Future<Output = Result<AnswerOutcome, EngineError<AnswerRefusal>>> + Send + 'static,
+        EngineError<AnswerRefusal>,
+    > {
+        let CheckedAnswer(answer) = answer;
+        let (carrier, trade, decision) = (answer.carrier.clone(), answer.trade, answer.decision);
         let pending = self.store.submit_answer(answer).await?;
         let engine = self.clone();
         // The settlement path: everything logged until the outcome is sent
