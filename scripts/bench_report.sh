@@ -3,7 +3,8 @@
 # sections, one after another (run it on an otherwise idle machine):
 #   cargo build --release && scripts/bench_report.sh OUT_DIR [STORE_DIR]
 # OUT_DIR gets each run's summary (.txt), JSON, SVG and stderr, and
-# runs.log with the load average at the start of each run, and the
+# runs.log with the load average at the start of each run, the open-loop
+# run at half the sweep's best throughput (rate-half.*), and the
 # PostgreSQL anchor (scripts/pgbench_settle.sh, when PostgreSQL is
 # installed) with syncpay's ratio to it at 64 in flight, and syncpay on
 # PostgreSQL with one and two nodes beside sled (pg-64.*). STORE_DIR
@@ -22,6 +23,14 @@ for n in 4 16 64 256; do
   log "syncpay and ceiling, $n in flight"
   "$bin" bench --duration 20s --inflight "$n" --shops 8 --out "both-$n.json" --svg "both-$n.svg" > "both-$n.txt" 2> "both-$n.err"
 done
+# Issue 14's latency target is p99 at half the maximum throughput: the
+# sweep's best settled/s, halved, started on a schedule (open loop).
+max=$(for n in 4 16 64 256; do grep -m1 '"settled_per_s"' "both-$n.json" | sed 's/[^0-9.]//g'; done | sort -g | tail -1)
+half=$(awk -v m="$max" 'BEGIN { printf "%d", m / 2 }')
+log "open loop at half the maximum: $half trades/s (the sweep's best: $max/s)"
+"$bin" bench --mode syncpay --duration 20s --rate "$half" --inflight 256 --shops 8 \
+  --out rate-half.json > rate-half.txt 2> rate-half.err
+grep -E "settled |latency" rate-half.txt | tee -a runs.log
 log "PostgreSQL anchor: pgbench, the settle transaction only, 64 clients"
 here="$(cd "$(dirname "$bin")/../.." && pwd)"
 if "$here/scripts/pgbench_settle.sh" 64 20 8 > pgbench-64.txt 2> pgbench-64.err; then

@@ -9,7 +9,8 @@
 # into the load and dumps the counts WINDOW_S (default 20) seconds later, so
 # setup, ramp-up and drain are not counted, then prints the breakdown per settled
 # trade (scripts/callgrind_breakdown.py; a trade is one call of
-# ed25519-dalek's verify_strict, the one signature check per answer).
+# syncpay::domain::approval::verify_bytes, the one signature check per answer:
+# a function of ours, so a build with LTO still has it).
 # OUT_DIR keeps the callgrind files, the server's and the bench's stderr.
 set -euo pipefail
 out=${1:?usage: scripts/callgrind_trades.sh OUT_DIR [WINDOW_S] [INFLIGHT] [SHOPS] [DURABILITY]}
@@ -56,5 +57,5 @@ wait "$bench" || echo "bench exited with $?" >&2
 kill -TERM "$vg"
 wait "$vg" || true
 # The window's dump is part 1 (callgrind.out.PID.1-TID); the exit's is not.
-python3 "$root/scripts/callgrind_breakdown.py" --marker VerifyingKey::verify_strict "$out"/callgrind.out.*.1-* \
+python3 "$root/scripts/callgrind_breakdown.py" --marker syncpay::domain::approval::verify_bytes "$out"/callgrind.out.*.1-* \
   | tee "$out/breakdown.txt"

@@ -39,6 +39,40 @@ fn bench_runs_both_targets_and_writes_json_and_svg() {
     assert!(chart.starts_with("<svg") && chart.trim_end().ends_with("</svg>") && chart.contains("polyline"));
 }
 
+/// `--rate`: trades start on a schedule (open loop), so no more settle in
+/// the window than were due in it, however fast the server is; the
+/// CreateTrade answer is reported as the first part of each latency.
+#[test]
+fn rate_mode_starts_trades_on_schedule() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("rate.json");
+    let report = bench(
+        &[
+            "--mode",
+            "syncpay",
+            "--rate",
+            "40",
+            "--duration",
+            "2s",
+            "--inflight",
+            "16",
+            "--shops",
+            "2",
+            "--handsets",
+            "4",
+        ],
+        &json,
+    );
+    assert_eq!(report["config"]["rate_per_s"], 40, "{report}");
+    let result = &report["results"][0];
+    let settled = result["settled"].as_u64().expect("settled");
+    // 80 were due in the 2-s window; the first ones settle at once.
+    assert!((40..=81).contains(&settled), "{settled} settled at 40/s for 2 s: {result}");
+    assert_eq!(result["errors"], serde_json::json!({}), "{result}");
+    let (create, whole) = (result["create_latency_ms"]["p50"].as_f64(), result["latency_ms"]["p50"].as_f64());
+    assert!(create.zip(whole).is_some_and(|(c, w)| c > 0.0 && c <= w), "{result}");
+}
+
 fn bench(args: &[&str], json: &std::path::Path) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_syncpay"))
         .arg("bench")

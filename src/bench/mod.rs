@@ -39,6 +39,7 @@ use syncpay::client::AuthedChannel;
 use syncpay::proto::register_service_client::RegisterServiceClient;
 use syncpay::proto::{self, TradeState};
 use syncpay::terminal_sim::Policy;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use child::{Memory, Server};
@@ -70,6 +71,8 @@ pub struct Options {
     pub mode: Mode,
     pub duration: Duration,
     pub inflight: usize,
+    /// `--rate`: trades started per second (open loop).
+    pub rate: Option<u32>,
     pub shops: usize,
     pub handsets: usize,
     /// fsync | flush-only, for the child server.
@@ -137,11 +140,20 @@ pub async fn run(args: &Options) -> anyhow::Result<Report> {
     if let Some(result) = scale(args).await? {
         return Ok(Report::Scale(result));
     }
-    let load = Load { duration: args.duration, inflight: args.inflight, shops: args.shops, handsets: args.handsets };
+    let load = Load {
+        duration: args.duration,
+        inflight: args.inflight,
+        rate: args.rate.map(f64::from),
+        shops: args.shops,
+        handsets: args.handsets,
+    };
+    let pace = match args.rate {
+        Some(rate) => format!("{rate} trades/s started (open loop, at most {} in flight)", args.inflight),
+        None => format!("{} in flight", args.inflight),
+    };
     eprintln!(
-        "bench: {} s, {} in flight, {} shop(s), {} handsets, durability {}, {} cores, load average {}",
+        "bench: {} s, {pace}, {} shop(s), {} handsets, durability {}, {} cores, load average {}",
         args.duration.as_secs_f64(),
-        args.inflight,
         args.shops,
         args.handsets,
         args.durability,
@@ -213,6 +225,7 @@ pub async fn run(args: &Options) -> anyhow::Result<Report> {
         "config": {
             "duration_s": args.duration.as_secs_f64(),
             "inflight": args.inflight,
+            "rate_per_s": args.rate,
             "shops": args.shops,
             "handsets": args.handsets,
             "durability": args.durability,
@@ -352,6 +365,9 @@ enum Setup {
 pub struct Load {
     pub duration: Duration,
     pub inflight: usize,
+    /// Trades started per second (open loop), instead of `inflight` kept
+    /// open (closed loop); `inflight` then caps how many are open.
+    pub rate: Option<f64>,
     pub shops: usize,
     pub handsets: usize,
 }
@@ -438,6 +454,59 @@ fn histogram() -> anyhow::Result<Histogram<u64>> {
 }
 
 /// What the workers record, shared.
+/// What one bench trade needs: the shops, the payers, the merged event
+/// streams and the recorder.
+struct Trader {
+    shops: Vec<Arc<Shop>>,
+    numbers: Arc<Vec<String>>,
+    events: Arc<rig::Events>,
+    recorder: Arc<Recorder>,
+}
+
+impl Trader {
+    /// Creates bench trade `seq` and waits for its final event, recording
+    /// its latency from `sent` (when it was sent, or due); false when
+    /// CreateTrade failed.
+    async fn trade(&self, seq: u64, sent: Instant) -> bool {
+        let i = usize::try_from(seq).unwrap_or(0);
+        let shop = &self.shops[i % self.shops.len()];
+        let rx = self.events.expect(seq);
+        let request = proto::CreateTradeRequest {
+            register_id: shop.register_id.clone(),
+            amount_minor: PRICE,
+            currency: CURRENCY.into(),
+            description: description(seq),
+            ttl_seconds: 0,
+            idempotency_key: String::new(),
+            payer: Some(proto::create_trade_request::Payer::SubscriberNumber(
+                self.numbers[i % self.numbers.len()].clone(),
+            )),
+        };
+        let created = match shop.client.clone().create_trade(request).await {
+            Ok(_) => Instant::now(),
+            Err(status) => {
+                self.events.forget(seq);
+                self.recorder.error(format!("create {:?}", status.code()));
+                return false;
+            }
+        };
+        match tokio::time::timeout(FINAL_WAIT, rx).await {
+            Ok(Ok(done)) if done.state == TradeState::Settled as i32 => self.recorder.settled(sent, created, done.at),
+            Ok(Ok(done)) => self.recorder.error(format!(
+                "final {} {}",
+                TradeState::try_from(done.state).map_or("?", |s| s.as_str_name()),
+                proto::FailureReason::try_from(done.failure).map_or("?", |r| r.as_str_name())
+            )),
+            Ok(Err(_)) => self.recorder.error("event stream ended".to_owned()),
+            Err(_) => {
+                self.events.forget(seq);
+                self.recorder.error("timeout".to_owned());
+            }
+        }
+        true
+    }
+}
+
 struct Recorder {
     start: Instant,
     window: Duration,
@@ -539,53 +608,47 @@ async fn measure(name: &'static str, target: &Target, setup: Setup, load: &Load)
     eprintln!("bench: {name}: loading for {:.1} s", load.duration.as_secs_f64());
 
     let mut workers = JoinSet::new();
-    for _ in 0..load.inflight {
-        let (shops, numbers, stop, next, recorder, events) =
-            (shops.clone(), numbers.clone(), stop.clone(), next.clone(), recorder.clone(), events.clone());
-        workers.spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let seq = next.fetch_add(1, Ordering::Relaxed);
-                let i = usize::try_from(seq).unwrap_or(0);
-                let shop = &shops[i % shops.len()];
-                let rx = events.expect(seq);
-                let request = proto::CreateTradeRequest {
-                    register_id: shop.register_id.clone(),
-                    amount_minor: PRICE,
-                    currency: CURRENCY.into(),
-                    description: description(seq),
-                    ttl_seconds: 0,
-                    idempotency_key: String::new(),
-                    payer: Some(proto::create_trade_request::Payer::SubscriberNumber(
-                        numbers[i % numbers.len()].clone(),
-                    )),
-                };
-                let sent = Instant::now();
-                let created = match shop.client.clone().create_trade(request).await {
-                    Ok(_) => Instant::now(),
-                    Err(status) => {
-                        events.forget(seq);
-                        recorder.error(format!("create {:?}", status.code()));
-                        tokio::time::sleep(ERROR_PAUSE).await;
-                        continue;
+    let trader = Arc::new(Trader { shops, numbers, events: events.clone(), recorder: recorder.clone() });
+    match load.rate {
+        // Closed loop: `inflight` trades open, each followed by the next.
+        None => {
+            for _ in 0..load.inflight {
+                let (trader, stop, next) = (trader.clone(), stop.clone(), next.clone());
+                workers.spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let seq = next.fetch_add(1, Ordering::Relaxed);
+                        if !trader.trade(seq, Instant::now()).await {
+                            tokio::time::sleep(ERROR_PAUSE).await;
+                        }
                     }
-                };
-                match tokio::time::timeout(FINAL_WAIT, rx).await {
-                    Ok(Ok(done)) if done.state == TradeState::Settled as i32 => {
-                        recorder.settled(sent, created, done.at)
-                    }
-                    Ok(Ok(done)) => recorder.error(format!(
-                        "final {} {}",
-                        TradeState::try_from(done.state).map_or("?", |s| s.as_str_name()),
-                        proto::FailureReason::try_from(done.failure).map_or("?", |r| r.as_str_name())
-                    )),
-                    Ok(Err(_)) => recorder.error("event stream ended".to_owned()),
-                    Err(_) => {
-                        events.forget(seq);
-                        recorder.error("timeout".to_owned());
-                    }
-                }
+                });
             }
-        });
+        }
+        // Open loop: trade n is due at start + n / rate, whatever the
+        // server is doing, with at most `inflight` open (a trade waiting
+        // for room still counts its latency from when it was due, so a
+        // slow server cannot hide its queue: no coordinated omission).
+        Some(rate) => {
+            let (trader, stop, room) = (trader.clone(), stop.clone(), Arc::new(Semaphore::new(load.inflight)));
+            workers.spawn(async move {
+                let mut trades = JoinSet::new();
+                for seq in 0u64.. {
+                    let due = start + Duration::from_secs_f64(seq as f64 / rate);
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let Ok(permit) = room.clone().acquire_owned().await else { break };
+                    let trader = trader.clone();
+                    trades.spawn(async move {
+                        trader.trade(seq, due).await;
+                        drop(permit);
+                    });
+                    while trades.try_join_next().is_some() {}
+                }
+                while trades.join_next().await.is_some() {}
+            });
+        }
     }
 
     // Progress once a second, then stop new trades at the deadline.

@@ -35,6 +35,14 @@ pub struct BenchArgs {
     /// --open-trades, CreateTrade calls in flight.
     #[arg(long, default_value_t = 64)]
     inflight: usize,
+    /// Start this many trades per second (open loop: each is due at its
+    /// moment whatever the server does, and its latency counts from then)
+    /// instead of keeping --inflight open; --inflight then caps how many
+    /// are open at once. For latency at a given throughput (issue 14's
+    /// p99 at half the maximum).
+    #[arg(long, value_name = "PER_S", value_parser = clap::value_parser!(u32).range(1..=1_000_000),
+          conflicts_with_all = ["open_trades", "fill", "restart_only"])]
+    rate: Option<u32>,
     /// Shops, each with one register (with --open-trades as many as the
     /// per-register limit needs), one connection and one WatchTrades
     /// stream; trades go round-robin over them.
@@ -129,6 +137,7 @@ impl BenchArgs {
             },
             duration: self.duration,
             inflight: self.inflight,
+            rate: self.rate,
             shops: self.shops,
             handsets: self.handsets,
             durability: self.durability.clone(),
