@@ -161,8 +161,8 @@ fn settle_from_wallet(tx: &Tx, trade: &TradeRecord, now: UnixMs) -> Step<Result<
 
 /// Writes a settlement's postings; returns the set id.
 fn settlement(tx: &Tx, set: &PostingSet, trade: &TradeRecord, now: UnixMs) -> Step<u64, AnswerRefusal> {
-    let (set_id, _) =
-        post(tx, set, Some(trade.id), PostingKind::Settlement, now).map_err(|s| s.map(AnswerRefusal::Postings))?;
+    let (set_id, _) = post(tx, set, Some((trade.id, trade.created_at)), PostingKind::Settlement, now)
+        .map_err(|s| s.map(AnswerRefusal::Postings))?;
     Ok(set_id)
 }
 

@@ -36,7 +36,7 @@ pub(crate) fn emit(tx: &Tx, trade: &TradeRecord, kind: EventKind, now: UnixMs, c
     let bytes = codec::encode_event(&event)?;
     tx.tree(T::Events)?.insert(keys::event(&trade.shop, seq), bytes)?;
     // The trade's own index of its events, for the operator's history.
-    tx.tree(T::Network)?.insert(keys::net::trade_event(&trade.id, seq), &[][..])?;
+    tx.tree(T::Network)?.insert(keys::net::trade_event(&trade.id, trade.created_at, seq), &[][..])?;
     cx.heads.push((trade.shop.clone(), seq));
     Ok(())
 }

@@ -12,11 +12,12 @@ use super::{codec, io, keys, Shared};
 /// Writes a balanced posting set: account totals and immutable posting
 /// records. Refuses (aborting the whole transaction) if a total would
 /// overflow or a never-negative account would go below zero. Returns the
-/// set id and the first posting id.
+/// set id and the first posting id. `trade` is the trade the set belongs
+/// to, if any, and its creation time (for its history index).
 pub(crate) fn post(
     tx: &Tx,
     set: &PostingSet,
-    trade: Option<TradeId>,
+    trade: Option<(TradeId, UnixMs)>,
     kind: PostingKind,
     now: UnixMs,
 ) -> Step<(u64, u64), PostingRefusal> {
@@ -43,14 +44,14 @@ pub(crate) fn post(
             account: leg.account.clone(),
             side: leg.side,
             amount: leg.amount,
-            trade,
+            trade: trade.map(|(id, _)| id),
             kind,
             at: now,
         };
         tx.put(T::Postings, &posting_id.to_be_bytes(), &record)?;
-        if let Some(trade) = &trade {
+        if let Some((trade, created_at)) = &trade {
             // The trade's own index of its postings, for the operator.
-            tx.tree(T::Network)?.insert(keys::net::trade_posting(trade, posting_id), &[][..])?;
+            tx.tree(T::Network)?.insert(keys::net::trade_posting(trade, *created_at, posting_id), &[][..])?;
         }
     }
     match first {

@@ -139,31 +139,39 @@ impl SledStore {
         };
         let mut events: Vec<EventRecord> = Vec::new();
         let mut postings: Vec<PostingRecord> = Vec::new();
-        let prefix = keys::net::trade_history(id);
-        for item in self.tree(T::Network).scan_prefix(&prefix) {
-            let (k, _) = item.map_err(io)?;
-            let rest = k.get(prefix.len()..).unwrap_or_default();
-            let (Some(&tag), Some(n)) = (rest.first(), rest.get(1..).and_then(|b| <[u8; 8]>::try_from(b).ok())) else {
-                return corrupt("trade history key");
-            };
-            let n = u64::from_be_bytes(n);
-            match tag {
-                b'E' if events.len() < limit => {
-                    let before = n.checked_sub(1).ok_or_else(|| Failure::Corrupt("event 0".into()))?;
-                    let event = self.events_between(&trade.shop, before, n, 1)?;
-                    match event.into_iter().next() {
-                        Some(e) if e.trade.id == *id => events.push(e),
-                        _ => return corrupt(format!("trade {id}: its event {n} is missing or another trade's")),
+        // The first layout's keys (stores from before keep them), then the
+        // current one's: each event and posting is under one of the two.
+        for prefix in [keys::net::trade_history_by_id(id), keys::net::trade_history(id, trade.created_at)] {
+            for item in self.tree(T::Network).scan_prefix(&prefix) {
+                let (k, _) = item.map_err(io)?;
+                let rest = k.get(prefix.len()..).unwrap_or_default();
+                let (Some(&tag), Some(n)) = (rest.first(), rest.get(1..).and_then(|b| <[u8; 8]>::try_from(b).ok()))
+                else {
+                    return corrupt("trade history key");
+                };
+                let n = u64::from_be_bytes(n);
+                match tag {
+                    b'E' if events.len() < limit => {
+                        let before = n.checked_sub(1).ok_or_else(|| Failure::Corrupt("event 0".into()))?;
+                        let event = self.events_between(&trade.shop, before, n, 1)?;
+                        match event.into_iter().next() {
+                            Some(e) if e.trade.id == *id => events.push(e),
+                            _ => return corrupt(format!("trade {id}: its event {n} is missing or another trade's")),
+                        }
                     }
+                    b'P' if postings.len() < limit => match self.get::<PostingRecord>(T::Postings, &n.to_be_bytes())? {
+                        Some(p) if p.trade == Some(*id) => postings.push(p),
+                        _ => return corrupt(format!("trade {id}: its posting {n} is missing or another trade's")),
+                    },
+                    b'E' | b'P' => {}
+                    _ => return corrupt("trade history key kind"),
                 }
-                b'P' if postings.len() < limit => match self.get::<PostingRecord>(T::Postings, &n.to_be_bytes())? {
-                    Some(p) if p.trade == Some(*id) => postings.push(p),
-                    _ => return corrupt(format!("trade {id}: its posting {n} is missing or another trade's")),
-                },
-                b'E' | b'P' => {}
-                _ => return corrupt("trade history key kind"),
             }
         }
+        // Both layouts in one store (an old store written on since): in
+        // the order they happened, as one layout alone gives them.
+        events.sort_by_key(|e| e.seq);
+        postings.sort_by_key(|p| p.posting_id);
         Ok(Some(TradeHistory { trade, events, postings }))
     }
 }
@@ -184,6 +192,12 @@ pub(crate) fn index_trade_history(shared: &Shared) -> Result<usize, Failure> {
         return Ok(0);
     }
     let index = shared.tree(T::Network);
+    let created_at = |trade: &TradeId| -> Result<UnixMs, Failure> {
+        match shared.tree(T::Trades).get(trade.as_bytes()).map_err(io)? {
+            Some(v) => Ok(codec::decode::<TradeRecord>(&v)?.created_at),
+            None => corrupt(format!("trade {trade}: named by an event or posting, but missing")),
+        }
+    };
     let mut written = 0usize;
     for item in shared.tree(T::Events).iter() {
         let (_, v) = item.map_err(io)?;
@@ -191,14 +205,16 @@ pub(crate) fn index_trade_history(shared: &Shared) -> Result<usize, Failure> {
             codec::StoredEvent::Whole(e) => (e.trade.id, e.seq),
             codec::StoredEvent::CompactV2(c) | codec::StoredEvent::Compact(c) => (c.trade, c.seq),
         };
-        index.insert(keys::net::trade_event(&trade, seq), &[][..]).map_err(io)?;
+        index.insert(keys::net::trade_event(&trade, created_at(&trade)?, seq), &[][..]).map_err(io)?;
         written += 1;
     }
     for item in shared.tree(T::Postings).iter() {
         let (_, v) = item.map_err(io)?;
         let posting: PostingRecord = codec::decode(&v)?;
         if let Some(trade) = posting.trade {
-            index.insert(keys::net::trade_posting(&trade, posting.posting_id), &[][..]).map_err(io)?;
+            index
+                .insert(keys::net::trade_posting(&trade, created_at(&trade)?, posting.posting_id), &[][..])
+                .map_err(io)?;
             written += 1;
         }
     }

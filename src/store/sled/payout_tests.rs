@@ -361,6 +361,44 @@ async fn verify_catches_a_zero_payout_in_a_currency_no_payout_account_holds() {
     }
 }
 
+/// Stores written between issue 16 and the time-ordered index keep their
+/// history under the first layout's keys (`H` ‖ trade ‖ …); it is still
+/// read, and what happens to the trade later is indexed in the current
+/// layout and read with it, in order.
+#[tokio::test]
+async fn a_history_under_the_first_index_layout_is_still_read_and_added_to() {
+    let p = fixture().await;
+    let sold = p.sale(900).await;
+    let before = p.store.trade_history(&sold.id, 100).await.expect("read").expect("exists");
+    assert_eq!((before.events.len(), before.postings.len()), (2, 2));
+    // Move every index key of the trade to the first layout.
+    let index = p.sled.tree(T::Network);
+    let prefix = keys::net::trade_history(&sold.id, sold.created_at);
+    let moved: Vec<sled::IVec> = index.scan_prefix(&prefix).keys().map(|k| k.expect("key")).collect();
+    assert_eq!(moved.len(), 4, "two events and two postings");
+    for key in moved {
+        let old = [&keys::net::trade_history_by_id(&sold.id)[..], &key[prefix.len()..]].concat();
+        index.insert(old, &[][..]).expect("insert");
+        index.remove(key).expect("remove");
+    }
+    let read = p.store.trade_history(&sold.id, 100).await.expect("read").expect("exists");
+    let ids = |h: &TradeHistory| h.postings.iter().map(|x| (x.posting_id, x.set_id, x.amount)).collect::<Vec<_>>();
+    assert_eq!(read.events, before.events);
+    assert_eq!(ids(&read), ids(&before));
+
+    let refund =
+        NewRefund { shop: p.shop.clone(), trade: sold.id, amount: Amount::new(200), idempotency_key: None, now: T0 };
+    p.store.refund(refund).await.expect("refund");
+    assert_eq!(index.scan_prefix(&prefix).count(), 3, "the refund's event and postings, in the current layout");
+    let after = p.store.trade_history(&sold.id, 100).await.expect("read").expect("exists");
+    let states: Vec<TradeState> = after.events.iter().map(|e| e.trade.state).collect();
+    assert_eq!(states, [TradeState::Pending, TradeState::Settled, TradeState::Settled]);
+    assert!(after.events.windows(2).all(|w| w[0].seq < w[1].seq), "{:?}", after.events);
+    assert_eq!(after.postings.len(), 4);
+    assert!(after.postings.windows(2).all(|w| w[0].posting_id < w[1].posting_id));
+    assert_eq!(ids(&after)[..2], ids(&before)[..]);
+}
+
 #[tokio::test]
 async fn a_store_from_before_the_history_index_gets_it_at_open() {
     let p = fixture().await;
@@ -369,7 +407,7 @@ async fn a_store_from_before_the_history_index_gets_it_at_open() {
     assert_eq!((before.events.len(), before.postings.len()), (2, 2));
     // Make it a store of before issue 16: no index keys and no marker.
     let index = p.sled.tree(T::Network);
-    for key in index.scan_prefix(keys::net::trade_history(&sold.id)).keys() {
+    for key in index.scan_prefix(keys::net::trade_history(&sold.id, sold.created_at)).keys() {
         index.remove(key.expect("key")).expect("remove");
     }
     p.sled.tree(T::Meta).remove(super::operator::HISTORY_INDEXED).expect("remove");

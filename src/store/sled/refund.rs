@@ -88,8 +88,8 @@ impl WriteOp for NewRefund {
             Err(e) => return refuse(RefundRefusal::Postings(PostingRefusal::Invalid(e))),
         };
         // The refund is its posting set: its id is the set id.
-        let (set_id, _) =
-            post(tx, &set, Some(trade.id), PostingKind::Refund, now).map_err(|s| s.map(RefundRefusal::Postings))?;
+        let (set_id, _) = post(tx, &set, Some((trade.id, trade.created_at)), PostingKind::Refund, now)
+            .map_err(|s| s.map(RefundRefusal::Postings))?;
         let refund_id = set_id;
         if let (Some((line_key, line)), Some(carrier)) = (bill, &carrier) {
             record_bill_refund(tx, carrier, &trade.request.payer, &line_key, line, amount)?;
