@@ -511,15 +511,19 @@ async fn a_burst_of_acks_and_answers_on_one_stream_applies_in_arrival_order_on(b
     // Each ack took effect before its trade's answer: every trade went
     // PENDING, OFFERED, then final, in its shop's event stream.
     let mut events = register.watch(0).await.expect("watch");
-    let mut seen: std::collections::HashMap<String, Vec<S>> = std::collections::HashMap::new();
+    // And their times follow that order: a message is stamped when its
+    // batch arrived, not when its check finished.
+    let mut seen: std::collections::HashMap<String, Vec<(S, i64)>> = std::collections::HashMap::new();
     while seen.values().map(Vec::len).sum::<usize>() < 3 * usize::from(N) {
         let e = tokio::time::timeout(WAIT, events.next()).await.expect("in time").expect("open").expect("ok");
         let trade = e.trade.expect("trade");
-        seen.entry(trade.trade_id.clone()).or_default().push(state(&trade).0);
+        seen.entry(trade.trade_id.clone()).or_default().push((state(&trade).0, e.at_ms));
     }
     for (i, trade) in trades.iter().enumerate() {
         let final_state = [S::Settled, S::Declined, S::Failed, S::Settled][i % 4];
-        assert_eq!(seen.get(&trade.trade_id), Some(&vec![S::Pending, S::Offered, final_state]), "trade {i}");
+        let mine = seen.get(&trade.trade_id).expect("events");
+        assert_eq!(mine.iter().map(|e| e.0).collect::<Vec<_>>(), [S::Pending, S::Offered, final_state], "trade {i}");
+        assert!(mine.windows(2).all(|w| w[0].1 <= w[1].1), "trade {i}: {mine:?}");
     }
     for (i, number) in numbers.iter().enumerate() {
         let paid = if i % 4 == 0 || i % 4 == 3 { 1_000 } else { 0 };

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::carrier::relay::{to_relay_down, AnswerFate, RelayEnd, RelayHub, RelayItem};
 use crate::carrier::ResolveReply;
 use crate::domain::approval::key_sha256;
-use crate::domain::{CarrierId, Decision, TradeId};
+use crate::domain::{CarrierId, Decision, TradeId, UnixMs};
 use crate::metrics;
 use crate::proto::{self, carrier_service_server::CarrierService};
 use crate::store::{Funding, RejectedAnswer, RemoteChange};
@@ -64,7 +64,7 @@ fn read_one(message: proto::RelayUp, permit: OwnedSemaphorePermit) -> Read {
 /// one carrier's answers are not verified one at a time by its stream's
 /// task. One spawn per batch, none for a batch with a single answer (the
 /// common case under light load, which stays as cheap as before).
-async fn check_answers(engine: &Arc<Engine>, carrier: &CarrierId, batch: &mut [Read]) {
+async fn check_answers(engine: &Arc<Engine>, carrier: &CarrierId, batch: &mut [Read], at: UnixMs) {
     let answers: Vec<(usize, TradeId, Decision, Vec<u8>)> = batch
         .iter()
         .enumerate()
@@ -82,7 +82,7 @@ async fn check_answers(engine: &Arc<Engine>, carrier: &CarrierId, batch: &mut [R
         let task = tokio::spawn(async move {
             let mut done = Vec::with_capacity(ahead.len());
             for (i, trade, decision, signature) in ahead {
-                done.push((i, engine.check_answer(&carrier, trade, decision, signature).await));
+                done.push((i, engine.check_answer(&carrier, trade, decision, signature, at).await));
             }
             done
         });
@@ -90,7 +90,7 @@ async fn check_answers(engine: &Arc<Engine>, carrier: &CarrierId, batch: &mut [R
     };
     let mut done = Vec::with_capacity(here.len() + ahead.len());
     for (i, trade, decision, signature) in here.into_iter().chain(ahead) {
-        done.push((i, engine.check_answer(carrier, trade, decision, signature).await));
+        done.push((i, engine.check_answer(carrier, trade, decision, signature, at).await));
     }
     if let Some(task) = elsewhere {
         // A check that did not finish (its task panicked, or the runtime is
@@ -115,6 +115,7 @@ async fn begin_up(
     message: proto::RelayUp,
     parsed: Result<Uplink, ApiError>,
     checked: Option<engine::CheckedAnswer>,
+    at: UnixMs,
 ) -> Result<Pin<Box<dyn std::future::Future<Output = Result<(), ApiError>> + Send>>, ApiError> {
     let uplink = match parsed {
         Ok(u) => u,
@@ -149,7 +150,7 @@ async fn begin_up(
             Ok(Box::pin(async { Ok(()) }))
         }
         Uplink::Ack { delivery_id } => {
-            let pending = engine.begin_ack(carrier, delivery_id).await.map_err(ApiError::from)?;
+            let pending = engine.begin_ack(carrier, delivery_id, at).await.map_err(ApiError::from)?;
             Ok(Box::pin(async move { pending.await.map_err(ApiError::from) }))
         }
         Uplink::Answer { trade, decision, signature } => {
@@ -158,7 +159,7 @@ async fn begin_up(
             };
             let checked = match checked {
                 Some(c) => c,
-                None => engine.check_answer(carrier, trade, decision, signature.to_vec()).await,
+                None => engine.check_answer(carrier, trade, decision, signature.to_vec(), at).await,
             };
             let pending = engine.begin_checked_answer(checked).await.map_err(ApiError::from)?;
             let (hub, carrier) = (hub.clone(), carrier.clone());
@@ -338,11 +339,13 @@ impl CarrierService for CarrierApi {
                         };
                     }
                 }
-                check_answers(&engine, &carrier, &mut batch).await;
+                // The batch's arrival time, for every message in it.
+                let at = engine::now();
+                check_answers(&engine, &carrier, &mut batch, at).await;
                 // Queue in arrival order here; await each durable outcome
                 // in a task so the stream keeps flowing.
                 for Read { message, parsed, checked, permit } in batch.drain(..) {
-                    match begin_up(&engine, &hub, &carrier, message, parsed, checked).await {
+                    match begin_up(&engine, &hub, &carrier, message, parsed, checked, at).await {
                         Ok(finish) => {
                             let carrier = carrier.clone();
                             tokio::spawn(async move {

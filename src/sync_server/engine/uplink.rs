@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tracing::Instrument;
 
-use crate::domain::{CarrierId, Decision, TradeId};
+use crate::domain::{CarrierId, Decision, TradeId, UnixMs};
 use crate::metrics;
 use crate::store::{AnswerOutcome, AnswerRefusal, Delivery, Failure, HandsetAnswer, NoRefusal, RejectedAnswer, Remote};
 
@@ -23,12 +23,14 @@ pub struct CheckedAnswer(HandsetAnswer);
 impl Engine {
     /// Queues the carrier's acknowledgement of a delivery; the returned
     /// future resolves once it is durable.
+    /// `at` is when the acknowledgement arrived.
     pub async fn begin_ack(
         &self,
         carrier: &CarrierId,
         delivery_id: u64,
+        at: UnixMs,
     ) -> Result<impl Future<Output = Result<(), EngineError<NoRefusal>>> + Send + 'static, EngineError<NoRefusal>> {
-        let pending = self.store.submit_ack(carrier, delivery_id, now()).await?;
+        let pending = self.store.submit_ack(carrier, delivery_id, at).await?;
         Ok(async move {
             pending.outcome().await?;
             Ok(())
@@ -41,15 +43,20 @@ impl Engine {
     /// answer: done here, off the store's writer (which reuses them if
     /// nothing changed in between), and for several answers of one relay
     /// stream at once on different cores (`carrier_service`), while the
-    /// answers are still queued in arrival order.
+    /// answers are still queued in arrival order. `at` is when the answer
+    /// arrived: the time it is judged at (late or not) and the receipt's.
+    /// Messages of one stream that arrived together share their time, so
+    /// each trade's events keep the order of their times (an ack queued
+    /// before an answer is never later than it).
     pub async fn check_answer(
         &self,
         carrier: &CarrierId,
         trade: TradeId,
         decision: Decision,
         signature: Vec<u8>,
+        at: UnixMs,
     ) -> CheckedAnswer {
-        let (at, signer) = (now(), self.receipts.signer());
+        let signer = self.receipts.signer();
         let checked = self.store.check_answer(carrier, &trade, decision, &signature, &signer, at).await;
         CheckedAnswer(HandsetAnswer { carrier: carrier.clone(), trade, decision, signature, now: at, checked, signer })
     }
@@ -68,7 +75,7 @@ impl Engine {
         impl Future<Output = Result<AnswerOutcome, EngineError<AnswerRefusal>>> + Send + 'static,
         EngineError<AnswerRefusal>,
     > {
-        let checked = self.check_answer(carrier, trade, decision, signature).await;
+        let checked = self.check_answer(carrier, trade, decision, signature, now()).await;
         self.begin_checked_answer(checked).await
     }
 
