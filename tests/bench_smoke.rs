@@ -66,8 +66,10 @@ fn rate_mode_starts_trades_on_schedule() {
     assert_eq!(report["config"]["rate_per_s"], 40, "{report}");
     let result = &report["results"][0];
     let settled = result["settled"].as_u64().expect("settled");
-    // 80 were due in the 2-s window; the first ones settle at once.
-    assert!((40..=81).contains(&settled), "{settled} settled at 40/s for 2 s: {result}");
+    // 80 were due in the 2-s window: never more settle in it (a closed
+    // loop of 16 settles ~160 here), however fast the server; fewer may,
+    // on a loaded machine.
+    assert!((1..=81).contains(&settled), "{settled} settled at 40/s for 2 s: {result}");
     assert_eq!(result["errors"], serde_json::json!({}), "{result}");
     let (create, whole) = (result["create_latency_ms"]["p50"].as_f64(), result["latency_ms"]["p50"].as_f64());
     assert!(create.zip(whole).is_some_and(|(c, w)| c > 0.0 && c <= w), "{result}");
