@@ -9,7 +9,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use common::{by_ip, now_ms, refusal, trade_state as state};
+
+use std::time::{Duration, Instant};
 
 use common::backends::{backends, BackendFactory, Fsync};
 use common::manual_carrier::ManualCarrier;
@@ -35,10 +37,6 @@ const KEN: &str = "+818030000001";
 const ASK_ADDRESSES: [&str; 3] = ["198.51.100.7", "198.51.100.9", "2001:db8:1::42"];
 /// The push-mode carrier's leased address.
 const PUSH_ADDRESS: &str = "203.0.113.5";
-
-fn now_ms() -> i64 {
-    i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis()).expect("fits")
-}
 
 struct World {
     t: TestServer,
@@ -135,33 +133,6 @@ async fn world(backend: &'static BackendFactory) -> World {
     let register_id = shop.open_register(open("web")).await.expect("register").into_inner().register_id;
     let other_register_id = other_shop.open_register(open("web")).await.expect("register").into_inner().register_id;
     World { t, shop, other_shop, docomo, register_id, other_register_id, ask_sim, push_sim, base }
-}
-
-fn by_ip(register_id: &str, amount: u64, ip: &str, port: u32, at: i64) -> proto::CreateTradeRequest {
-    proto::CreateTradeRequest {
-        register_id: register_id.into(),
-        amount_minor: amount,
-        currency: "JPY".into(),
-        description: "Two books".into(),
-        ttl_seconds: 30,
-        payer: Some(proto::create_trade_request::Payer::NetworkIdentity(proto::NetworkIdentity {
-            ip: ip.into(),
-            port,
-            observed_at_ms: at,
-        })),
-        ..Default::default()
-    }
-}
-
-fn state(t: &proto::Trade) -> (S, FR) {
-    (S::try_from(t.state).unwrap_or(S::Unspecified), FR::try_from(t.failure_reason).unwrap_or(FR::Unspecified))
-}
-
-fn refusal(r: Result<tonic::Response<proto::Trade>, tonic::Status>) -> (Code, String) {
-    match r {
-        Ok(t) => panic!("expected a refusal, got {:?}", t.into_inner()),
-        Err(s) => (s.code(), s.message().to_owned()),
-    }
 }
 
 fn pseudonym(t: &TestServer, number: &str) -> String {

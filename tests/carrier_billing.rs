@@ -7,7 +7,9 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use common::{by_ip, now_ms, refusal, trade_state as state};
+
+use std::time::Duration;
 
 use common::backends::{backends, BackendFactory};
 use common::{code_of, TestServer};
@@ -26,10 +28,6 @@ const ALICE: &str = "+818020000001";
 const BOB: &str = "+818020000002";
 /// Wallet-funded (topped up).
 const CAROL: &str = "+818020000003";
-
-fn now_ms() -> i64 {
-    i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis()).expect("fits")
-}
 
 struct World {
     t: TestServer,
@@ -109,22 +107,6 @@ fn lease(ip: &str, ports: (u32, u32), who: &str, at: i64) -> proto::LeaseStart {
     proto::LeaseStart { ip: ip.into(), port_lo: ports.0, port_hi: ports.1, subscriber_number: who.into(), start_ms: at }
 }
 
-fn by_ip(register_id: &str, amount: u64, ip: &str, port: u32, at: i64) -> proto::CreateTradeRequest {
-    proto::CreateTradeRequest {
-        register_id: register_id.into(),
-        amount_minor: amount,
-        currency: "JPY".into(),
-        description: "Two books".into(),
-        ttl_seconds: 30,
-        payer: Some(proto::create_trade_request::Payer::NetworkIdentity(proto::NetworkIdentity {
-            ip: ip.into(),
-            port,
-            observed_at_ms: at,
-        })),
-        ..Default::default()
-    }
-}
-
 fn by_number(register_id: &str, amount: u64, currency: &str, number: &str) -> proto::CreateTradeRequest {
     proto::CreateTradeRequest {
         register_id: register_id.into(),
@@ -135,10 +117,6 @@ fn by_number(register_id: &str, amount: u64, currency: &str, number: &str) -> pr
         payer: Some(proto::create_trade_request::Payer::SubscriberNumber(number.into())),
         ..Default::default()
     }
-}
-
-fn state(t: &proto::Trade) -> (S, FR) {
-    (S::try_from(t.state).unwrap_or(S::Unspecified), FR::try_from(t.failure_reason).unwrap_or(FR::Unspecified))
 }
 
 impl World {
@@ -159,13 +137,6 @@ impl World {
     fn pseudonym(&self, number: &str) -> String {
         let shop = ShopId::parse("acme").expect("shop");
         self.t.config.secret.payer_pseudonym(&shop, &SubscriberNumber::parse(number).expect("number"))
-    }
-}
-
-fn refusal(r: Result<tonic::Response<proto::Trade>, tonic::Status>) -> (Code, String) {
-    match r {
-        Ok(t) => panic!("expected a refusal, got {:?}", t.into_inner()),
-        Err(s) => (s.code(), s.message().to_owned()),
     }
 }
 

@@ -9,9 +9,11 @@
 
 mod common;
 
+use common::now_ms;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::backends::{backends, BackendFactory};
 use common::TestServer;
@@ -52,11 +54,6 @@ fn failure(t: &proto::Trade) -> FR {
 
 fn trade_id(t: &proto::Trade) -> TradeId {
     TradeId::parse(&t.trade_id).expect("trade id")
-}
-
-fn now_ms() -> i64 {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_millis();
-    i64::try_from(ms).expect("fits")
 }
 
 fn charge(payer: &str, amount: u64, ttl: u32) -> ChargeRequest {

@@ -11,7 +11,9 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use common::now_ms;
+
+use std::time::Duration;
 
 use common::backends::{backends, BackendFactory};
 use common::world::{world, World};
@@ -29,11 +31,6 @@ const TRADES: usize = 8;
 
 fn state(t: &proto::Trade) -> S {
     S::try_from(t.state).unwrap_or(S::Unspecified)
-}
-
-fn now_ms() -> i64 {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_millis();
-    i64::try_from(ms).expect("fits")
 }
 
 #[tokio::test]

@@ -13,7 +13,9 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use common::now_ms;
+
+use std::time::Duration;
 
 use common::backends::{backends, BackendFactory};
 use common::world::{world, World};
@@ -36,11 +38,6 @@ const MEDIAN_BOUND_ON_POSTGRES_MS: i64 = 150;
 /// Every trade, as the shop sees it through AwaitTrade, with room for a
 /// loaded machine's fsyncs; the old sweeper needed up to 1.1 s.
 const MAX_OBSERVED_BOUND_MS: i64 = 500;
-
-fn now_ms() -> i64 {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_millis();
-    i64::try_from(ms).expect("fits")
-}
 
 /// (p50, p90, max) of `values`.
 fn spread(values: &mut [i64]) -> (i64, i64, i64) {

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::refusal;
+
 use common::backends::{backends, BackendFactory};
 use common::manual_carrier::{payload_bytes, sign, ManualCarrier};
 use common::{functional_limits, TestServer};
@@ -47,11 +49,6 @@ async fn world(backend: &'static BackendFactory) -> TestServer {
 }
 
 /// The code and message of a failed call.
-fn refusal<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
-    let status = r.expect_err("must be refused");
-    (status.code(), status.message().to_owned())
-}
-
 #[tokio::test]
 async fn another_shops_trades_and_registers_are_not_found_on_every_rpc() {
     for backend in backends() {

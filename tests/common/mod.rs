@@ -394,3 +394,43 @@ pub async fn make_carrier(admin: &mut AdminServiceClient<AuthedChannel>, id: &st
         .into_inner()
         .token
 }
+
+/// The wall clock in Unix milliseconds, as the API carries times.
+pub fn now_ms() -> i64 {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis();
+    i64::try_from(ms).expect("fits")
+}
+
+/// A trade's state and failure reason, as enums.
+pub fn trade_state(t: &proto::Trade) -> (proto::TradeState, proto::FailureReason) {
+    (
+        proto::TradeState::try_from(t.state).unwrap_or(proto::TradeState::Unspecified),
+        proto::FailureReason::try_from(t.failure_reason).unwrap_or(proto::FailureReason::Unspecified),
+    )
+}
+
+/// The code and message of a call that must be refused.
+pub fn refusal<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> (tonic::Code, String) {
+    match r {
+        Ok(t) => panic!("expected a refusal, got {:?}", t.into_inner()),
+        Err(s) => (s.code(), s.message().to_owned()),
+    }
+}
+
+/// A 30-s CreateTrade in JPY whose payer is the network identity
+/// `ip`:`port` observed at `at` (ms).
+pub fn by_ip(register_id: &str, amount: u64, ip: &str, port: u32, at: i64) -> proto::CreateTradeRequest {
+    proto::CreateTradeRequest {
+        register_id: register_id.into(),
+        amount_minor: amount,
+        currency: "JPY".into(),
+        description: "Two books".into(),
+        ttl_seconds: 30,
+        payer: Some(proto::create_trade_request::Payer::NetworkIdentity(proto::NetworkIdentity {
+            ip: ip.into(),
+            port,
+            observed_at_ms: at,
+        })),
+        ..Default::default()
+    }
+}
