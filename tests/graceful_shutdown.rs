@@ -39,14 +39,7 @@ async fn sigterm_finishes_in_flight_work_and_exits_zero() {
     // Trades to this one stay open: they are in flight when the server stops.
     sim.add_handset(IGNORER, Policy::Ignore).await.expect("handset");
     sim.wait_connected(WAIT).await.expect("relay");
-    admin
-        .top_up_wallet(proto::TopUpWalletRequest {
-            subscriber_number: APPROVER.into(),
-            amount_minor: 1_000_000,
-            currency: "JPY".into(),
-        })
-        .await
-        .expect("top up");
+    common::top_up_through(&mut admin, APPROVER, 1_000_000, "JPY").await;
     let register = VirtualRegister::open(channel.clone(), &shop_token, "till").await.expect("register");
 
     // A shop following its events; it must be told the server is going.

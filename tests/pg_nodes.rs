@@ -64,14 +64,7 @@ async fn three_nodes_on_one_database_share_trades_relays_events_and_the_sweep() 
     sim.add_handset(IGNORER, Policy::Ignore).await.expect("handset");
     sim.wait_connected(WAIT).await.expect("relay on B");
     for number in [APPROVER, IGNORER] {
-        admin(c.channel().await)
-            .top_up_wallet(proto::TopUpWalletRequest {
-                subscriber_number: number.into(),
-                amount_minor: 10_000,
-                currency: "JPY".into(),
-            })
-            .await
-            .expect("top up");
+        common::top_up_through(&mut admin(c.channel().await), number, 10_000, "JPY").await;
     }
 
     let on_a = VirtualRegister::open(a.channel().await, &shop_token, "till").await.expect("register on A");
@@ -178,14 +171,7 @@ async fn cross_node_flow(hint: &str, args: &[&str]) {
     let sim = CarrierSim::start(b.channel().await, &carrier_token).expect("sim on B");
     sim.add_handset(APPROVER, Policy::Approve).await.expect("handset");
     sim.wait_connected(WAIT).await.expect("relay on B");
-    admin(a.channel().await)
-        .top_up_wallet(proto::TopUpWalletRequest {
-            subscriber_number: APPROVER.into(),
-            amount_minor: 10_000,
-            currency: "JPY".into(),
-        })
-        .await
-        .expect("top up");
+    common::top_up_through(&mut admin(a.channel().await), APPROVER, 10_000, "JPY").await;
     let on_a = VirtualRegister::open(a.channel().await, &shop_token, "till").await.expect("register on A");
     let on_c = VirtualRegister::attach(c.channel().await, &shop_token, on_a.id()).await.expect("register on C");
     let mut events = on_c.watch(0).await.expect("watch on C");

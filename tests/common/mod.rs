@@ -245,15 +245,7 @@ impl TestServer {
     }
 
     pub async fn top_up(&self, number: &str, amount: u64, currency: &str) {
-        self.admin()
-            .await
-            .top_up_wallet(proto::TopUpWalletRequest {
-                subscriber_number: number.into(),
-                amount_minor: amount,
-                currency: currency.into(),
-            })
-            .await
-            .expect("top up");
+        top_up_through(&mut self.admin().await, number, amount, currency).await;
     }
 
     /// Net balance (credits − debits) of an account by name; 0 if absent.
@@ -369,6 +361,18 @@ pub async fn everything_the_shop_received(
         shop.get_payout_report(proto::GetPayoutReportRequest { from_ms: 0, to_ms }).await.expect("report").into_inner();
     bytes.push(report.encode_to_vec());
     bytes
+}
+
+/// Tops up a wallet through `admin` (on any node).
+pub async fn top_up_through(admin: &mut AdminServiceClient<AuthedChannel>, number: &str, amount: u64, currency: &str) {
+    admin
+        .top_up_wallet(proto::TopUpWalletRequest {
+            subscriber_number: number.into(),
+            amount_minor: amount,
+            currency: currency.into(),
+        })
+        .await
+        .expect("top up");
 }
 
 /// Creates a shop through `admin`; returns its token.
