@@ -53,10 +53,10 @@ impl WriteOp for Ack {
         match transition(trade.state, TradeEvent::Delivered) {
             Ok(Transition::To(next)) => {
                 trade.state = next;
-                tx.put(T::Trades, trade.id.as_bytes(), &trade)?;
+                super::history::put_trade(tx, &trade)?;
                 emit(tx, &trade, EventKind::StateChanged, self.now, cx)?;
             }
-            Ok(Transition::Unchanged) | Err(_) => tx.put(T::Trades, trade.id.as_bytes(), &trade)?,
+            Ok(Transition::Unchanged) | Err(_) => super::history::put_trade(tx, &trade)?,
         }
         Ok(AckOutcome::Offer(Box::new(trade)))
     }

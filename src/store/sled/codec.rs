@@ -29,6 +29,16 @@ pub trait Record: Serialize + DeserializeOwned {
     /// The version byte this type is written with.
     const VERSION: u8 = RECORD_VERSION;
 
+    /// Whether [`encode`] writes this type. Trade records carry their
+    /// history refs after the record ([`encode_trade`]); a generic write
+    /// would drop them, so it does not compile for them.
+    const GENERIC_WRITE: bool = true;
+
+    /// Decodes a body written under this type's current [`Self::VERSION`].
+    fn decode_current(body: &[u8]) -> Result<Self, Failure> {
+        body_of(body)
+    }
+
     /// Decodes a body written under an older `version` of this type.
     fn decode_older(version: u8, _body: &[u8]) -> Result<Self, Failure> {
         Err(Failure::Corrupt(format!("unknown record version {version}")))
@@ -36,6 +46,7 @@ pub trait Record: Serialize + DeserializeOwned {
 }
 
 pub fn encode<T: Record>(value: &T) -> Result<Vec<u8>, Failure> {
+    const { assert!(T::GENERIC_WRITE, "this record type has its own encoder") };
     let mut out = vec![T::VERSION];
     let body = postcard::to_stdvec(value).map_err(|e| Failure::Corrupt(format!("encode: {e}")))?;
     out.extend_from_slice(&body);
@@ -44,7 +55,7 @@ pub fn encode<T: Record>(value: &T) -> Result<Vec<u8>, Failure> {
 
 pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, Failure> {
     match bytes.split_first() {
-        Some((&v, body)) if v == T::VERSION => body_of(body),
+        Some((&v, body)) if v == T::VERSION => T::decode_current(body),
         Some((&v, body)) => T::decode_older(v, body),
         None => Err(Failure::Corrupt("empty record".into())),
     }
@@ -104,19 +115,166 @@ impl Record for ShopRecord {
     }
 }
 
-/// Version byte of trade records since payload version 2 (`terms`, and
-/// receipts countersigned by the operator).
-pub const TRADE_VERSION: u8 = 2;
+/// Version byte of trade records since issue 14's history refs: version
+/// 2's body, then the trade's history refs and their length in one byte
+/// ([`encode_trade`]). An older binary refuses such a record (unknown
+/// version) instead of rewriting it without its refs.
+pub const TRADE_VERSION: u8 = 3;
+/// Trade records since payload version 2 (`terms`, and receipts
+/// countersigned by the operator), without history refs.
+pub const TRADE_VERSION_V2: u8 = 2;
+
+/// The most bytes of history refs a trade record carries. A settled trade
+/// needs about 20 (its two events and two postings); past this, a trade's
+/// further events and postings go to the index keys instead, so a trade
+/// refunded a thousand times does not rewrite an ever longer record.
+pub const MAX_TRADE_REFS: usize = 200;
+const _: () = assert!(MAX_TRADE_REFS <= u8::MAX as usize, "the refs' length is one byte");
+
+/// A trade's history item: one of its events (by its shop's sequence
+/// number) or one of its postings (by posting id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HistoryRef {
+    Event(u64),
+    Posting(u64),
+}
+
+impl HistoryRef {
+    /// The index keys' kind byte, also the ref's tag in a trade record.
+    pub fn tag(self) -> u8 {
+        match self {
+            HistoryRef::Event(_) => b'E',
+            HistoryRef::Posting(_) => b'P',
+        }
+    }
+
+    pub fn of(tag: u8, n: u64) -> Result<HistoryRef, Failure> {
+        match tag {
+            b'E' => Ok(HistoryRef::Event(n)),
+            b'P' => Ok(HistoryRef::Posting(n)),
+            t => Err(Failure::Corrupt(format!("trade history ref kind {t}"))),
+        }
+    }
+
+    fn n(self) -> u64 {
+        match self {
+            HistoryRef::Event(n) | HistoryRef::Posting(n) => n,
+        }
+    }
+}
 
 impl Record for TradeRecord {
     const VERSION: u8 = TRADE_VERSION;
+    const GENERIC_WRITE: bool = false;
+
+    fn decode_current(body: &[u8]) -> Result<Self, Failure> {
+        split_trade(body).map(|(trade, _)| trade)
+    }
 
     fn decode_older(version: u8, body: &[u8]) -> Result<Self, Failure> {
         match version {
+            TRADE_VERSION_V2 => body_of(body),
             RECORD_VERSION => body_of::<TradeRecordV1>(body).map(TradeRecord::from),
             v => Err(Failure::Corrupt(format!("unknown trade record version {v}"))),
         }
     }
+}
+
+/// A trade record as stored: version byte, the record, then `refs` (the
+/// trade's history items, each a tag byte and a varint) and their length
+/// in bytes (one byte, at most [`MAX_TRADE_REFS`]).
+pub fn encode_trade(trade: &TradeRecord, refs: &[u8]) -> Result<Vec<u8>, Failure> {
+    let len = match u8::try_from(refs.len()) {
+        Ok(n) if refs.len() <= MAX_TRADE_REFS => n,
+        _ => return Err(Failure::Corrupt(format!("{} bytes of trade history refs", refs.len()))),
+    };
+    let mut out = vec![TRADE_VERSION];
+    let body = postcard::to_stdvec(trade).map_err(|e| Failure::Corrupt(format!("encode: {e}")))?;
+    out.reserve(body.len() + refs.len() + 1);
+    out.extend_from_slice(&body);
+    out.extend_from_slice(refs);
+    out.push(len);
+    Ok(out)
+}
+
+/// A version 3 body: the record and its refs, checked to end exactly where
+/// the refs' length says.
+fn split_trade(body: &[u8]) -> Result<(TradeRecord, &[u8]), Failure> {
+    let (trade, rest) =
+        postcard::take_from_bytes::<TradeRecord>(body).map_err(|e| Failure::Corrupt(format!("decode: {e}")))?;
+    match rest.split_last() {
+        Some((&len, refs)) if refs.len() == usize::from(len) => Ok((trade, refs)),
+        _ => Err(Failure::Corrupt(format!("trade {}: its history refs do not end the record", trade.id))),
+    }
+}
+
+/// The history refs of a stored trade record, as bytes, without decoding
+/// the record (its length byte is the last); none for a record written
+/// before [`TRADE_VERSION`] 3.
+pub fn trade_refs(bytes: &[u8]) -> Result<&[u8], Failure> {
+    match bytes.split_first() {
+        Some((&TRADE_VERSION, body)) => match body.split_last() {
+            Some((&len, rest)) if rest.len() >= usize::from(len) => Ok(&rest[rest.len() - usize::from(len)..]),
+            _ => Err(Failure::Corrupt("trade record shorter than its history refs".into())),
+        },
+        Some((&TRADE_VERSION_V2 | &RECORD_VERSION, _)) => Ok(&[]),
+        Some((v, _)) => Err(Failure::Corrupt(format!("unknown trade record version {v}"))),
+        None => Err(Failure::Corrupt("empty record".into())),
+    }
+}
+
+/// The stored trade record's bytes with `item` added to its refs, or None
+/// when its refs are full ([`MAX_TRADE_REFS`]). A version 3 record is not
+/// decoded: only its refs change. An older one is rewritten at version 3.
+pub fn add_trade_ref(bytes: &[u8], item: HistoryRef) -> Result<Option<Vec<u8>>, Failure> {
+    let refs = trade_refs(bytes)?;
+    let mut more = refs.to_vec();
+    push_ref(&mut more, item)?;
+    if more.len() > MAX_TRADE_REFS {
+        return Ok(None);
+    }
+    if bytes.first() != Some(&TRADE_VERSION) {
+        return encode_trade(&decode::<TradeRecord>(bytes)?, &more).map(Some);
+    }
+    // The version byte and record, unchanged; then the longer refs.
+    let record_end = bytes.len() - 1 - refs.len();
+    let mut out = Vec::with_capacity(record_end + more.len() + 1);
+    out.extend_from_slice(&bytes[..record_end]);
+    out.extend_from_slice(&more);
+    out.push(more.len() as u8);
+    Ok(Some(out))
+}
+
+fn push_ref(refs: &mut Vec<u8>, item: HistoryRef) -> Result<(), Failure> {
+    let bytes = postcard::to_stdvec(&(item.tag(), item.n())).map_err(|e| Failure::Corrupt(format!("encode: {e}")))?;
+    refs.extend_from_slice(&bytes);
+    Ok(())
+}
+
+/// A trade record as written before it carried refs (version 2), for
+/// tests of stores of that time.
+#[cfg(test)]
+pub(crate) fn encode_trade_v2(trade: &TradeRecord) -> Vec<u8> {
+    let mut out = vec![TRADE_VERSION_V2];
+    out.extend(postcard::to_stdvec(trade).expect("encode"));
+    out
+}
+
+/// A stored trade record and the history items it carries, in the order
+/// they were added.
+pub fn decode_trade_with_refs(bytes: &[u8]) -> Result<(TradeRecord, Vec<HistoryRef>), Failure> {
+    let (trade, mut refs) = match bytes.split_first() {
+        Some((&TRADE_VERSION, body)) => split_trade(body)?,
+        _ => (decode::<TradeRecord>(bytes)?, &[][..]),
+    };
+    let mut out = Vec::new();
+    while !refs.is_empty() {
+        let ((tag, n), rest) = postcard::take_from_bytes::<(u8, u64)>(refs)
+            .map_err(|e| Failure::Corrupt(format!("trade {}: history ref: {e}", trade.id)))?;
+        out.push(HistoryRef::of(tag, n)?);
+        refs = rest;
+    }
+    Ok((trade, out))
 }
 
 /// A trade record as written before [`TRADE_VERSION`] 2 (kept to read
@@ -497,8 +655,8 @@ mod tests {
         assert_eq!(encode_whole_event_v1(&expected), Some(hex(GOLDEN_EVENT_V1)));
     }
 
-    // Written by this version's encoder: the layout of trade records since
-    // countersigned receipts, pinned so it cannot change by accident.
+    // Written by the encoder of commit 708ca2c: the layout of trade
+    // records from countersigned receipts until they carried history refs.
     const GOLDEN_TRADE_V2: &str =
         "02070707070707070707070707070707070461636d650106646f636f6d6f090909090909090909090909090909090d2b\
         383138303132333435363738b0094a505904626f6f6be0d40302000631323334353680a0f1c2b134e0f4f4c2b13401e8\
@@ -507,21 +665,97 @@ mod tests {
         050505050505050505060606060606060607070707070707070707070707070707070707070707070707070707070707\
         07070707070707070707070707070707070707070707070707070707070707070701076f726465722d3100ac02010808\
         080808080808080808080808080808080808080808080808080808080808";
+    /// The refs of the golden version 3 record: events 1 and 4, postings 2
+    /// and 3, each a tag byte and a varint; then their length.
+    const GOLDEN_REFS: &str = "450150025003450408";
+
+    /// Version 3 is version 2's body, then the refs and their length.
+    fn golden_trade_v3() -> Vec<u8> {
+        let v2 = hex(GOLDEN_TRADE_V2);
+        [&[TRADE_VERSION][..], &v2[1..], &hex(GOLDEN_REFS)].concat()
+    }
+
+    const GOLDEN_ITEMS: [HistoryRef; 4] =
+        [HistoryRef::Event(1), HistoryRef::Posting(2), HistoryRef::Posting(3), HistoryRef::Event(4)];
 
     #[test]
-    fn trade_records_have_their_own_version_and_read_the_old_one() {
-        let bytes = encode(&golden_trade_v2()).expect("encode");
+    fn trade_records_have_their_own_version_and_read_the_old_ones() {
+        let refs = hex(GOLDEN_REFS);
+        let bytes = encode_trade(&golden_trade_v2(), &refs[..refs.len() - 1]).expect("encode");
         assert_eq!(bytes[0], TRADE_VERSION);
-        assert_eq!(bytes, hex(GOLDEN_TRADE_V2), "{}", crate::hex::encode(&bytes));
-        assert_eq!(decode::<TradeRecord>(&bytes).expect("v2"), golden_trade_v2());
+        assert_eq!(bytes, golden_trade_v3(), "{}", crate::hex::encode(&bytes));
+        assert_eq!(decode::<TradeRecord>(&bytes).expect("v3"), golden_trade_v2());
+        assert_eq!(decode_trade_with_refs(&bytes).expect("v3"), (golden_trade_v2(), GOLDEN_ITEMS.to_vec()));
+        assert_eq!(trade_refs(&bytes).expect("refs"), &refs[..refs.len() - 1]);
+        // Version 2 reads as it was, with no refs.
+        let v2 = hex(GOLDEN_TRADE_V2);
+        assert_eq!(decode::<TradeRecord>(&v2).expect("v2"), golden_trade_v2());
+        assert_eq!(decode_trade_with_refs(&v2).expect("v2"), (golden_trade_v2(), vec![]));
+        assert!(trade_refs(&v2).expect("v2").is_empty());
         // A version 1 trade reads as a version 1 trade with a legacy receipt.
         let old: TradeRecord = decode(&hex(GOLDEN_TRADE_V1)).expect("v1");
         assert_eq!((old.terms, matches!(old.receipt, Some(Receipt::Legacy { .. }))), (SignedTerms::V1, true));
-        // Other records stay at version 1, and nothing reads version 3.
+        assert!(trade_refs(&hex(GOLDEN_TRADE_V1)).expect("v1").is_empty());
+        // Other records stay at version 1, and nothing reads version 4.
         assert_eq!(encode(&CarrierTerms { fee_bps: 1 }).expect("encode")[0], RECORD_VERSION);
         let mut future = bytes.clone();
-        future[0] = 3;
+        future[0] = 4;
         assert!(matches!(decode::<TradeRecord>(&future), Err(Failure::Corrupt(_))));
+        assert!(matches!(trade_refs(&future), Err(Failure::Corrupt(_))));
+    }
+
+    #[test]
+    fn a_ref_is_added_without_touching_the_record_until_the_refs_are_full() {
+        // To a record of before refs: rewritten at version 3.
+        let mut bytes = hex(GOLDEN_TRADE_V2);
+        for item in GOLDEN_ITEMS {
+            bytes = add_trade_ref(&bytes, item).expect("add").expect("room");
+        }
+        assert_eq!(bytes, golden_trade_v3());
+        // Posting ids and event numbers of any size, until the refs are full.
+        let mut items = GOLDEN_ITEMS.to_vec();
+        let mut n = 1u64;
+        loop {
+            let item = if n % 2 == 0 { HistoryRef::Posting(u64::MAX / n) } else { HistoryRef::Event(n) };
+            match add_trade_ref(&bytes, item).expect("add") {
+                Some(longer) => {
+                    assert!(trade_refs(&longer).expect("refs").len() <= MAX_TRADE_REFS);
+                    bytes = longer;
+                    items.push(item);
+                }
+                None => break,
+            }
+            n += 1;
+        }
+        assert!(items.len() > 20, "{} refs fit", items.len());
+        assert!(trade_refs(&bytes).expect("refs").len() > MAX_TRADE_REFS - 11, "full means no room for one more");
+        assert_eq!(decode_trade_with_refs(&bytes).expect("full"), (golden_trade_v2(), items));
+        assert!(encode_trade(&golden_trade_v2(), &[0; MAX_TRADE_REFS + 1]).is_err());
+    }
+
+    #[test]
+    fn a_damaged_trade_record_is_corruption_never_a_panic() {
+        let good = golden_trade_v3();
+        let corrupt = |b: &[u8]| matches!(decode_trade_with_refs(b), Err(Failure::Corrupt(_)));
+        // Refs longer than the record, a ref cut short, an unknown tag.
+        let mut long = good.clone();
+        *long.last_mut().expect("len") = 250;
+        assert!(corrupt(&long) && matches!(decode::<TradeRecord>(&long), Err(Failure::Corrupt(_))));
+        assert!(matches!(trade_refs(&[TRADE_VERSION, 1, 2, 9]), Err(Failure::Corrupt(_))));
+        let cut = [&good[..good.len() - 3], &[0x45, 0xff, 3][..]].concat();
+        assert!(corrupt(&cut));
+        let tagged = [&good[..good.len() - 3], &[0x51, 0x04, 8][..]].concat();
+        assert!(corrupt(&tagged));
+        // Every truncation and every flipped byte reads as a result.
+        for end in 0..good.len() {
+            let _ = (decode_trade_with_refs(&good[..end]), trade_refs(&good[..end]));
+            let _ = add_trade_ref(&good[..end], HistoryRef::Event(9));
+        }
+        for i in 0..good.len() {
+            let mut b = good.clone();
+            b[i] ^= 0xff;
+            let _ = (decode_trade_with_refs(&b), trade_refs(&b), add_trade_ref(&b, HistoryRef::Posting(9)));
+        }
     }
 
     // A shop record of the first layout (the encoder before issue 14:

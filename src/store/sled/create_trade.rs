@@ -207,7 +207,7 @@ fn open_trade(
         }
         (None, None) => return corrupt("payer check inconsistent"),
     }
-    tx.put(T::Trades, trade.id.as_bytes(), &trade)?;
+    super::history::put_trade(tx, &trade)?;
     emit(tx, &trade, EventKind::StateChanged, t.now, cx)?;
     Ok(trade)
 }

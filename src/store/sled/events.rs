@@ -35,8 +35,8 @@ pub(crate) fn emit(tx: &Tx, trade: &TradeRecord, kind: EventKind, now: UnixMs, c
     let event = EventRecord { seq, at: now, kind, trade: trade.clone() };
     let bytes = codec::encode_event(&event)?;
     tx.tree(T::Events)?.insert(keys::event(&trade.shop, seq), bytes)?;
-    // The trade's own index of its events, for the operator's history.
-    tx.tree(T::Network)?.insert(keys::net::trade_event(&trade.id, trade.created_at, seq), &[][..])?;
+    // The trade's own history, for the operator.
+    super::history::note(tx, &trade.id, trade.created_at, codec::HistoryRef::Event(seq))?;
     cx.heads.push((trade.shop.clone(), seq));
     Ok(())
 }
@@ -95,7 +95,7 @@ pub(crate) fn finish(
             enqueue(tx, &carrier, body, deliveries)?;
         }
     }
-    tx.put(T::Trades, trade.id.as_bytes(), trade)?;
+    super::history::put_trade(tx, trade)?;
     emit(tx, trade, EventKind::StateChanged, now, cx)
 }
 

@@ -107,6 +107,8 @@ pub mod net {
     /// still read for stores that have it) was written at random trade-id
     /// positions, five per settled trade, and took disk per settled trade
     /// at a million from 1.5 KB to 4.1 KB (docs/BENCHMARK.md, issue 14).
+    /// Since then a trade's record carries its history (`sled::history`);
+    /// these keys hold only what does not fit there, and older stores'.
     pub fn trade_event(trade: &TradeId, created_at: UnixMs, seq: u64) -> Vec<u8> {
         [&trade_history(trade, created_at)[..], b"E", &seq.to_be_bytes()].concat()
     }

@@ -50,8 +50,8 @@ pub(crate) fn post(
         };
         tx.put(T::Postings, &posting_id.to_be_bytes(), &record)?;
         if let Some((trade, created_at)) = &trade {
-            // The trade's own index of its postings, for the operator.
-            tx.tree(T::Network)?.insert(keys::net::trade_posting(trade, *created_at, posting_id), &[][..])?;
+            // The trade's own history, for the operator.
+            super::history::note(tx, trade, *created_at, super::codec::HistoryRef::Posting(posting_id))?;
         }
     }
     match first {

@@ -22,6 +22,7 @@ pub mod codec;
 mod config;
 mod create_trade;
 mod events;
+mod history;
 mod hot;
 mod keys;
 mod ledger;

@@ -6,9 +6,10 @@ use crate::domain::{CarrierId, Principal, ShopId, TradeId, UnixMs};
 use crate::store::records::{CarrierRecord, EventRecord, PostingRecord, ShopRecord, TradeRecord};
 use crate::store::{Failure, RotateCredentialRefusal, ShopStatus, SuspendRefusal, TradeHistory};
 
+use super::codec::{self, HistoryRef};
 use super::tx::{corrupt, refuse, Step, Tx, T};
 use super::writer::{Admissions, Cx, WriteOp};
-use super::{codec, io, keys, Shared, SledStore};
+use super::{io, keys, Shared, SledStore};
 
 /// Suspends (or resumes) a shop.
 pub(crate) struct SetSuspended {
@@ -131,16 +132,15 @@ impl SledStore {
         page(&self.shared, T::Carriers, after.map(CarrierId::as_str), limit)
     }
 
-    /// The trade with its events and postings, each at most `limit`, from
-    /// the trade's own index (written with every event and posting).
+    /// The trade with its events and postings, each at most `limit`, in
+    /// the order they happened: from the refs its record carries and from
+    /// the index keys of both layouts (trades whose refs were full, and
+    /// stores written before trade records carried refs).
     pub(crate) fn history_of(&self, id: &TradeId, limit: usize) -> Result<Option<TradeHistory>, Failure> {
-        let Some(trade) = self.get::<TradeRecord>(T::Trades, id.as_bytes())? else {
+        let Some(bytes) = self.tree(T::Trades).get(id.as_bytes()).map_err(io)? else {
             return Ok(None);
         };
-        let mut events: Vec<EventRecord> = Vec::new();
-        let mut postings: Vec<PostingRecord> = Vec::new();
-        // The first layout's keys (stores from before keep them), then the
-        // current one's: each event and posting is under one of the two.
+        let (trade, mut items) = codec::decode_trade_with_refs(&bytes)?;
         for prefix in [keys::net::trade_history_by_id(id), keys::net::trade_history(id, trade.created_at)] {
             for item in self.tree(T::Network).scan_prefix(&prefix) {
                 let (k, _) = item.map_err(io)?;
@@ -149,29 +149,34 @@ impl SledStore {
                 else {
                     return corrupt("trade history key");
                 };
-                let n = u64::from_be_bytes(n);
-                match tag {
-                    b'E' if events.len() < limit => {
-                        let before = n.checked_sub(1).ok_or_else(|| Failure::Corrupt("event 0".into()))?;
-                        let event = self.events_between(&trade.shop, before, n, 1)?;
-                        match event.into_iter().next() {
-                            Some(e) if e.trade.id == *id => events.push(e),
-                            _ => return corrupt(format!("trade {id}: its event {n} is missing or another trade's")),
-                        }
-                    }
-                    b'P' if postings.len() < limit => match self.get::<PostingRecord>(T::Postings, &n.to_be_bytes())? {
-                        Some(p) if p.trade == Some(*id) => postings.push(p),
-                        _ => return corrupt(format!("trade {id}: its posting {n} is missing or another trade's")),
-                    },
-                    b'E' | b'P' => {}
-                    _ => return corrupt("trade history key kind"),
-                }
+                items.push(HistoryRef::of(tag, u64::from_be_bytes(n))?);
             }
         }
-        // Both layouts in one store (an old store written on since): in
-        // the order they happened, as one layout alone gives them.
-        events.sort_by_key(|e| e.seq);
-        postings.sort_by_key(|p| p.posting_id);
+        // Events before postings, each in the order they happened (event
+        // numbers and posting ids only grow).
+        items.sort_unstable();
+        items.dedup();
+        let mut events: Vec<EventRecord> = Vec::new();
+        let mut postings: Vec<PostingRecord> = Vec::new();
+        for item in items {
+            match item {
+                HistoryRef::Event(n) if events.len() < limit => {
+                    let before = n.checked_sub(1).ok_or_else(|| Failure::Corrupt("event 0".into()))?;
+                    let event = self.events_between(&trade.shop, before, n, 1)?;
+                    match event.into_iter().next() {
+                        Some(e) if e.trade.id == *id => events.push(e),
+                        _ => return corrupt(format!("trade {id}: its event {n} is missing or another trade's")),
+                    }
+                }
+                HistoryRef::Posting(n) if postings.len() < limit => {
+                    match self.get::<PostingRecord>(T::Postings, &n.to_be_bytes())? {
+                        Some(p) if p.trade == Some(*id) => postings.push(p),
+                        _ => return corrupt(format!("trade {id}: its posting {n} is missing or another trade's")),
+                    }
+                }
+                HistoryRef::Event(_) | HistoryRef::Posting(_) => {}
+            }
+        }
         Ok(Some(TradeHistory { trade, events, postings }))
     }
 }

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use super::codec::HistoryRef;
 use super::tests::{fixture as base_fixture, F};
 use super::*;
 use crate::domain::receipt::ReceiptSigner;
@@ -361,35 +362,88 @@ async fn verify_catches_a_zero_payout_in_a_currency_no_payout_account_holds() {
     }
 }
 
-/// Stores written between issue 16 and the time-ordered index keep their
-/// history under the first layout's keys (`H` ‖ trade ‖ …); it is still
-/// read, and what happens to the trade later is indexed in the current
-/// layout and read with it, in order.
+impl F {
+    /// Makes a trade as stores kept it before trade records carried their
+    /// history: the record at version 2, and its events and postings under
+    /// index keys, the first `first_layout` of them under the first
+    /// layout's (`H` ‖ trade), the rest under the time-ordered one's.
+    fn as_index_era(&self, trade: &TradeRecord, first_layout: usize) {
+        let trades = self.sled.tree(T::Trades);
+        let stored = trades.get(trade.id.as_bytes()).expect("read").expect("stored");
+        let (record, items) = codec::decode_trade_with_refs(&stored).expect("decode");
+        trades.insert(trade.id.as_bytes(), codec::encode_trade_v2(&record)).expect("insert");
+        for (i, item) in items.into_iter().enumerate() {
+            let (tag, n) = match item {
+                HistoryRef::Event(n) => (b'E', n),
+                HistoryRef::Posting(n) => (b'P', n),
+            };
+            let prefix = if i < first_layout {
+                keys::net::trade_history_by_id(&trade.id)
+            } else {
+                keys::net::trade_history(&trade.id, trade.created_at)
+            };
+            self.sled.tree(T::Network).insert([&prefix[..], &[tag], &n.to_be_bytes()].concat(), &[][..]).expect("key");
+        }
+    }
+
+    /// The trade's history index keys, of both layouts.
+    fn index_keys(&self, trade: &TradeRecord) -> usize {
+        let index = self.sled.tree(T::Network);
+        index.scan_prefix(keys::net::trade_history_by_id(&trade.id)).count()
+            + index.scan_prefix(keys::net::trade_history(&trade.id, trade.created_at)).count()
+    }
+
+    fn refunds(&self, trade: &TradeRecord, minor: u64) -> NewRefund {
+        NewRefund {
+            shop: self.shop.clone(),
+            trade: trade.id,
+            amount: Amount::new(minor),
+            idempotency_key: None,
+            now: T0,
+        }
+    }
+}
+
+/// A trade's record carries its history: a settled and refunded trade
+/// writes no index key (five per trade were half of the store's bytes,
+/// issue 14), and its record at version 3.
 #[tokio::test]
-async fn a_history_under_the_first_index_layout_is_still_read_and_added_to() {
+async fn a_trade_carries_its_history_in_its_own_record() {
+    let p = fixture().await;
+    let sold = p.sale(900).await;
+    p.store.refund(p.refunds(&sold, 200)).await.expect("refund");
+    assert_eq!(p.index_keys(&sold), 0);
+    let stored = p.sled.tree(T::Trades).get(sold.id.as_bytes()).expect("read").expect("stored");
+    assert_eq!(stored[0], codec::TRADE_VERSION);
+    let (_, items) = codec::decode_trade_with_refs(&stored).expect("decode");
+    let h = p.store.trade_history(&sold.id, 100).await.expect("read").expect("exists");
+    let mut want: Vec<HistoryRef> = h.events.iter().map(|e| HistoryRef::Event(e.seq)).collect();
+    want.extend(h.postings.iter().map(|x| HistoryRef::Posting(x.posting_id)));
+    let mut have = items.clone();
+    have.sort();
+    assert_eq!((have, h.events.len(), h.postings.len()), (want, 3, 4));
+}
+
+/// Stores written before trade records carried refs kept each trade's
+/// history under index keys, of the first layout (`H` ‖ trade ‖ …) or the
+/// time-ordered one: both are still read, and what happens to the trade
+/// later goes to its record and is read with them, in order.
+#[tokio::test]
+async fn a_history_under_the_index_layouts_is_still_read_and_added_to() {
     let p = fixture().await;
     let sold = p.sale(900).await;
     let before = p.store.trade_history(&sold.id, 100).await.expect("read").expect("exists");
     assert_eq!((before.events.len(), before.postings.len()), (2, 2));
-    // Move every index key of the trade to the first layout.
-    let index = p.sled.tree(T::Network);
-    let prefix = keys::net::trade_history(&sold.id, sold.created_at);
-    let moved: Vec<sled::IVec> = index.scan_prefix(&prefix).keys().map(|k| k.expect("key")).collect();
-    assert_eq!(moved.len(), 4, "two events and two postings");
-    for key in moved {
-        let old = [&keys::net::trade_history_by_id(&sold.id)[..], &key[prefix.len()..]].concat();
-        index.insert(old, &[][..]).expect("insert");
-        index.remove(key).expect("remove");
-    }
+    p.as_index_era(&sold, 3);
+    assert_eq!(p.index_keys(&sold), 4, "two events and two postings");
     let read = p.store.trade_history(&sold.id, 100).await.expect("read").expect("exists");
     let ids = |h: &TradeHistory| h.postings.iter().map(|x| (x.posting_id, x.set_id, x.amount)).collect::<Vec<_>>();
+    assert_eq!(read.trade, before.trade);
     assert_eq!(read.events, before.events);
     assert_eq!(ids(&read), ids(&before));
 
-    let refund =
-        NewRefund { shop: p.shop.clone(), trade: sold.id, amount: Amount::new(200), idempotency_key: None, now: T0 };
-    p.store.refund(refund).await.expect("refund");
-    assert_eq!(index.scan_prefix(&prefix).count(), 3, "the refund's event and postings, in the current layout");
+    p.store.refund(p.refunds(&sold, 200)).await.expect("refund");
+    assert_eq!(p.index_keys(&sold), 4, "the refund's event and postings are in the record");
     let after = p.store.trade_history(&sold.id, 100).await.expect("read").expect("exists");
     let states: Vec<TradeState> = after.events.iter().map(|e| e.trade.state).collect();
     assert_eq!(states, [TradeState::Pending, TradeState::Settled, TradeState::Settled]);
@@ -399,18 +453,59 @@ async fn a_history_under_the_first_index_layout_is_still_read_and_added_to() {
     assert_eq!(ids(&after)[..2], ids(&before)[..]);
 }
 
+/// A trade refunded more often than its record has room for: the rest of
+/// its history goes to index keys, the record stays bounded, and the
+/// history reads whole and in order (and at most `limit` of each).
+#[tokio::test]
+async fn a_trade_refunded_many_times_keeps_a_bounded_record_and_its_whole_history() {
+    let p = fixture().await;
+    let sold = p.sale(900).await;
+    let mut refund_ids = Vec::new();
+    for _ in 0..40 {
+        refund_ids.push(p.store.refund(p.refunds(&sold, 1)).await.expect("refund").refund_id);
+    }
+    let stored = p.sled.tree(T::Trades).get(sold.id.as_bytes()).expect("read").expect("stored");
+    assert!(codec::trade_refs(&stored).expect("refs").len() <= codec::MAX_TRADE_REFS);
+    let (_, carried) = codec::decode_trade_with_refs(&stored).expect("decode");
+    let spilled = p.index_keys(&sold);
+    assert!(spilled > 0, "some of the history is under index keys");
+    assert_eq!(carried.len() + spilled, 42 + 82, "each event and posting once");
+    let h = p.store.trade_history(&sold.id, 1000).await.expect("read").expect("exists");
+    assert_eq!((h.events.len(), h.postings.len()), (42, 82));
+    assert!(h.events.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert!(h.postings.windows(2).all(|w| w[0].posting_id < w[1].posting_id));
+    let refunds: Vec<u64> = h
+        .events
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Refunded { refund_id, .. } => Some(refund_id),
+            EventKind::StateChanged => None,
+        })
+        .collect();
+    assert_eq!(refunds, refund_ids);
+    let few = p.store.trade_history(&sold.id, 10).await.expect("read").expect("exists");
+    assert_eq!(few.events[..], h.events[..10]);
+    assert_eq!(
+        few.postings.iter().map(|x| x.posting_id).collect::<Vec<_>>(),
+        h.postings[..10].iter().map(|x| x.posting_id).collect::<Vec<_>>()
+    );
+}
+
 #[tokio::test]
 async fn a_store_from_before_the_history_index_gets_it_at_open() {
     let p = fixture().await;
     let sold = p.sale(900).await;
     let before = p.store.trade_history(&sold.id, 100).await.expect("read").expect("exists");
     assert_eq!((before.events.len(), before.postings.len()), (2, 2));
-    // Make it a store of before issue 16: no index keys and no marker.
+    // Make it a store of before issue 16: version 2 records, no index keys
+    // and no marker.
+    p.as_index_era(&sold, 0);
     let index = p.sled.tree(T::Network);
     for key in index.scan_prefix(keys::net::trade_history(&sold.id, sold.created_at)).keys() {
         index.remove(key.expect("key")).expect("remove");
     }
     p.sled.tree(T::Meta).remove(super::operator::HISTORY_INDEXED).expect("remove");
+    p.sled.tree(T::Trades).flush().expect("flush");
     p.sled.tree(T::Meta).flush().expect("flush");
     let stripped = p.store.trade_history(&sold.id, 100).await.expect("read").expect("exists");
     assert!(stripped.events.is_empty() && stripped.postings.is_empty(), "the index is what history reads");

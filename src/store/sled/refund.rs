@@ -97,7 +97,7 @@ impl WriteOp for NewRefund {
         let entry = PayoutEntry::Refund { trade: trade.id, carrier, currency: trade.request.currency, amount };
         record_payout(tx, &trade.shop, now, set_id, &entry)?;
         trade.refunded = refunded;
-        tx.put(T::Trades, trade.id.as_bytes(), &trade)?;
+        super::history::put_trade(tx, &trade)?;
         if let Some(key) = &idem_key {
             tx.put(T::Idempotency, key, &IdempotencyRecord::Refund { trade: trade.id, amount, set_id })?;
         }

@@ -234,7 +234,12 @@ async fn a_trade_offered_as_version_1_is_verified_as_version_1_only() {
         let (mut old, _) = f.create(100, None).await.expect("create");
         let v2_bytes = old.approval_payload(Decision::Approve).expect("payload").to_bytes();
         old.terms = SignedTerms::V1;
-        f.sled.tree(T::Trades).insert(old.id.as_bytes(), codec::encode(&old).expect("encode")).expect("insert");
+        let stored = f.sled.tree(T::Trades).get(old.id.as_bytes()).expect("read").expect("stored");
+        let refs = codec::trade_refs(&stored).expect("refs");
+        f.sled
+            .tree(T::Trades)
+            .insert(old.id.as_bytes(), codec::encode_trade(&old, refs).expect("encode"))
+            .expect("insert");
         let signature = f.key.sign(&if signs_v1 { v1_bytes(&old) } else { v2_bytes });
         let out = f.answer(&old, Decision::Approve, signature.to_bytes().to_vec(), T0).await;
         let t = out.trade.expect("trade");
