@@ -156,7 +156,8 @@ impl HistoryRef {
         }
     }
 
-    fn n(self) -> u64 {
+    /// The event's sequence number or the posting's id.
+    pub fn n(self) -> u64 {
         match self {
             HistoryRef::Event(n) | HistoryRef::Posting(n) => n,
         }

@@ -373,10 +373,7 @@ impl F {
         let (record, items) = codec::decode_trade_with_refs(&stored).expect("decode");
         trades.insert(trade.id.as_bytes(), codec::encode_trade_v2(&record)).expect("insert");
         for (i, item) in items.into_iter().enumerate() {
-            let (tag, n) = match item {
-                HistoryRef::Event(n) => (b'E', n),
-                HistoryRef::Posting(n) => (b'P', n),
-            };
+            let (tag, n) = (item.tag(), item.n());
             let prefix = if i < first_layout {
                 keys::net::trade_history_by_id(&trade.id)
             } else {
