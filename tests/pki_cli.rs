@@ -61,8 +61,9 @@ fn pki_init_issue_and_a_tls_server_the_admin_cli_reaches_by_certificate() {
     assert!(!data.exists(), "the refusal came after the data folder was made");
 
     // Mutual TLS with the generated files.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-    let listen = format!("127.0.0.1:{port}");
+    // Port 0, read back from the announcement: a port picked here and
+    // freed again could be taken by anything before the server binds it.
+    let listen = "127.0.0.1:0".to_owned();
     let file = |name: &str| pki.join(name).display().to_string();
     let (cert, key, ca) = (file("server.pem"), file("server.key"), file("ca.pem"));
     let mut server = Running::spawn(
@@ -85,6 +86,11 @@ fn pki_init_issue_and_a_tls_server_the_admin_cli_reaches_by_certificate() {
         ],
         "stderr",
     );
+    let announced = server.wait_line(|l| {
+        l.strip_prefix("syncpay serving on ").and_then(|rest| rest.split_whitespace().next()).map(str::to_owned)
+    });
+    let port = announced.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).expect("a port in the announcement");
+    // The certificate names localhost, not the address.
     let url = format!("https://localhost:{port}");
     let admin = |args: &[&str], cert: &str| {
         let mut all = vec!["admin", "--server", &url, "--tls-ca"];
