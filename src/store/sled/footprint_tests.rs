@@ -72,6 +72,9 @@ async fn footprint_per_settled_trade() {
     let Some(total) = std::env::var("SYNCPAY_FOOTPRINT").ok().and_then(|v| v.parse::<u64>().ok()) else {
         return;
     };
+    // `SYNCPAY_FOOTPRINT_OPEN=1`: stop each trade once its offer is
+    // acknowledged (OFFERED), to see what an open trade keeps.
+    let open_only = std::env::var_os("SYNCPAY_FOOTPRINT_OPEN").is_some();
     let shops_n: usize = std::env::var("SYNCPAY_FOOTPRINT_SHOPS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
     let dir = tempfile::tempdir().expect("tempdir");
     let sled = SledStore::open(StoreConfig::new(dir.path())).expect("open");
@@ -141,6 +144,10 @@ async fn footprint_per_settled_trade() {
         for p in pending {
             p.outcome().await.expect("ack");
         }
+        if open_only {
+            done += n;
+            continue;
+        }
         let mut pending = Vec::new();
         for (j, (t, _)) in created.iter().enumerate() {
             let (_, key) = &handsets[((done + j as u64) as usize) % handsets.len()];
@@ -160,7 +167,7 @@ async fn footprint_per_settled_trade() {
             assert_eq!(a.trade.expect("trade").state, TradeState::Settled);
         }
         done += n;
-        if done >= report_at || done == total {
+        if !open_only && (done >= report_at || done == total) {
             let bytes = dir_bytes(dir.path()).saturating_sub(before);
             println!(
                 "footprint: {done} trades, {:.1} s, folder {} B, {:.0} B/trade, written {:.0} B/trade, {:.0} us CPU/trade",
