@@ -466,3 +466,56 @@ async fn postgres_answers_unimplemented_naming_its_own_tools() {
     assert!(!dir.exists(), "nothing written");
     t.server.shutdown().await.expect("shutdown");
 }
+
+/// One backup at a time: backups asked for together are refused with a
+/// named, retryable FAILED_PRECONDITION while one is being taken; a
+/// refused one leaves its folder unmade, every taken one is whole, and
+/// once they are done the next is taken.
+#[tokio::test]
+async fn a_backup_asked_for_while_another_is_taken_is_refused_and_leaves_nothing() {
+    let t = TestServer::start().await;
+    t.create_shop("acme", "Acme").await;
+    t.create_carrier("docomo", "Docomo").await;
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let admin = t.admin().await;
+    const AT_ONCE: usize = 4;
+    const ROUNDS: usize = 50;
+    let (mut taken, mut refused) = (0, 0);
+    for round in 0..ROUNDS {
+        let mut asks = tokio::task::JoinSet::new();
+        for i in 0..AT_ONCE {
+            let mut admin = admin.clone();
+            let dir = scratch.path().join(format!("r{round}-{i}"));
+            asks.spawn(async move {
+                let answer = admin.backup_store(proto::BackupStoreRequest { dir: dir.display().to_string() }).await;
+                (dir, answer)
+            });
+        }
+        for (dir, answer) in asks.join_all().await {
+            match answer {
+                Ok(_) => {
+                    taken += 1;
+                    let m = manifest(&dir);
+                    assert_eq!(m.files.len(), 3, "{m:?}");
+                }
+                Err(status) => {
+                    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+                    assert!(status.message().contains("another backup is being taken"), "{status:?}");
+                    assert!(!dir.exists(), "a refused backup made {}", dir.display());
+                    refused += 1;
+                }
+            }
+        }
+        if refused > 0 && round > 0 {
+            break;
+        }
+    }
+    assert!(refused > 0, "{taken} backups asked for {AT_ONCE} at a time, none refused");
+    assert!(taken > 0);
+    // The flag is cleared whichever way each ended: the next one is taken.
+    let after = scratch.path().join("after");
+    let ok = admin.clone().backup_store(proto::BackupStoreRequest { dir: after.display().to_string() }).await;
+    assert!(ok.is_ok(), "{ok:?}");
+    assert!(restore(&after, &scratch.path().join("restored")).await.expect("restore").verify.ok());
+    t.server.shutdown().await.expect("shutdown");
+}
