@@ -39,7 +39,7 @@ const STALL: Duration = Duration::from_secs(60);
 /// What the memory figure holds, printed and written with it.
 pub const NOTE: &str = "bytes per open trade = (VmRSS with N open - VmRSS with 0 open) / N, of the server \
 process. It includes everything the process keeps more: sled's page cache (StoreConfig::cache_bytes, \
-32 MiB by default (`serve`'s cache_mib), sled's own accounting of page sizes, so RSS can exceed it), which holds the pages of \
+24 MiB by default (`serve`'s cache_mib), sled's own accounting of page sizes, so RSS can exceed it), which holds the pages of \
 every tree written (trade records, deadlines, events, outbox entries) up to that cap, and memory the \
 allocator keeps after frees. The server holds no per-trade state outside the store (AwaitTrade waiters \
 exist only while a caller waits; rate limits are off). The curve shows the cache filling: beyond \

@@ -57,7 +57,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { key: "listen", env: "SYNCPAY_LISTEN", flag: Some("--listen"), default: "\"127.0.0.1:7700\"" },
     Setting { key: "data_dir", env: "SYNCPAY_DATA_DIR", flag: Some("--data-dir"), default: "\"syncpay-data\"" },
     Setting { key: "durability", env: "SYNCPAY_DURABILITY", flag: Some("--durability"), default: "\"fsync\"" },
-    Setting { key: "cache_mib", env: "SYNCPAY_CACHE_MIB", flag: None, default: "32" },
+    Setting { key: "cache_mib", env: "SYNCPAY_CACHE_MIB", flag: None, default: "24" },
     Setting { key: "store.url", env: "SYNCPAY_STORE_URL", flag: None, default: "\"\"" },
     Setting { key: "store.pool_size", env: "SYNCPAY_STORE_POOL_SIZE", flag: None, default: "16" },
     Setting { key: "store.poll_ms", env: "SYNCPAY_STORE_POLL_MS", flag: None, default: "200" },

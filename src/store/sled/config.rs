@@ -49,11 +49,13 @@ impl SyncFault {
     }
 }
 
-/// sled's page cache unless configured (`serve`'s `cache_mib`): 32 MiB.
-/// At 64 MiB, 100 000 open trades cost ~1.1 KB of memory each (mostly this
-/// cache filling); 32 MiB made no difference to throughput in alternating
-/// 15-s benchmark runs (docs/BENCHMARK.md).
-pub const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+/// sled's page cache unless configured (`serve`'s `cache_mib`): 24 MiB.
+/// 100 000 open trades cost ~1.1 KB of memory each at 64 MiB, 1.0-1.06 KB
+/// at 32 and ~0.97 KB at 24 (mostly this cache filling); neither step
+/// changed throughput measurably (alternating 15-s runs for 64 → 32; a
+/// 300 000-trade fill for 32 → 24: 1 811 and 1 817 settled/s;
+/// docs/BENCHMARK.md).
+pub const DEFAULT_CACHE_BYTES: u64 = 24 * 1024 * 1024;
 
 /// Store settings.
 #[derive(Debug, Clone)]
