@@ -360,8 +360,9 @@ async fn carrier_remittances_and_the_statement_over_grpc_and_the_cli() {
     }
 }
 
-async fn carrier_remittances_and_the_statement_over_grpc_and_the_cli_on(backend: &'static BackendFactory) {
-    let w = world(backend).await;
+/// docomo bills one 7 000 JPY sale at acme this month (and acme sells 500
+/// from a wallet, which is not the carrier's); returns the month.
+async fn billed_sale_this_month(w: &World) -> String {
     w._sim.add_handset(BILLED, Policy::Approve).await.expect("handset");
     let mut carrier = w.t.carrier(&w.carrier_token).await;
     carrier
@@ -376,10 +377,14 @@ async fn carrier_remittances_and_the_statement_over_grpc_and_the_cli_on(backend:
     carrier.accept_shop(proto::AcceptShopRequest { shop_id: "acme".into() }).await.expect("accept");
     let trade = w.register.charge(ChargeRequest::new(BILLED, 7_000, "JPY", "book")).await.expect("charge");
     assert_eq!(S::try_from(trade.state), Ok(S::Settled));
-    w.sale(500).await; // from a wallet: not the carrier's
-    let month =
-        syncpay::domain::Month::of(syncpay::domain::UnixMs(u64::try_from(trade.created_at_ms).expect("after 1970")))
-            .to_string();
+    w.sale(500).await;
+    syncpay::domain::Month::of(syncpay::domain::UnixMs(u64::try_from(trade.created_at_ms).expect("after 1970")))
+        .to_string()
+}
+
+async fn carrier_remittances_and_the_statement_over_grpc_and_the_cli_on(backend: &'static BackendFactory) {
+    let w = world(backend).await;
+    let month = billed_sale_this_month(&w).await;
 
     let mut admin = w.t.admin().await;
     let statement = |after: &str, limit: u32| proto::GetCarrierStatementRequest {
@@ -515,4 +520,61 @@ async fn a_remittance_for_a_month_long_over_is_recorded_over_grpc_on(backend: &'
     let line = acme_line(&after);
     assert_eq!((line.remitted_minor, line.outstanding_minor, line.remittances), (owed, 0, 2));
     t.assert_ledger_ok().await;
+}
+
+/// CarrierService.GetRemittanceStatement: a carrier reads with its own
+/// credential the statement the operator reads for it, page by page, and
+/// only its own: another carrier's shows none of docomo's sales.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carrier_reads_its_own_remittance_statement_and_no_other() {
+    for backend in backends() {
+        let w = world(backend).await;
+        let month = billed_sale_this_month(&w).await;
+        let mut admin = w.t.admin().await;
+        let by_operator = admin
+            .get_carrier_statement(proto::GetCarrierStatementRequest {
+                carrier_id: "docomo".into(),
+                month: month.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("operator's statement")
+            .into_inner();
+        assert_eq!(by_operator.lines.len(), 1, "{backend:?}: {by_operator:?}");
+        let mut docomo = w.t.carrier(&w.carrier_token).await;
+        let page = |after: &str, limit: u32| proto::GetRemittanceStatementRequest {
+            month: month.clone(),
+            after_shop_id: after.into(),
+            limit,
+        };
+        let own = docomo.get_remittance_statement(page("", 0)).await.expect("own statement").into_inner();
+        assert_eq!(own, by_operator, "{backend:?}");
+        assert_eq!(own.lines[0].shop_id, "acme");
+        let first = docomo.get_remittance_statement(page("", 1)).await.expect("page").into_inner();
+        assert_eq!(first.next_after_shop_id, "acme");
+        let rest = docomo.get_remittance_statement(page("acme", 1)).await.expect("page").into_inner();
+        assert!(rest.lines.is_empty() && rest.next_after_shop_id.is_empty(), "{rest:?}");
+        for (request, field) in [
+            (proto::GetRemittanceStatementRequest { month: "2020-13".into(), ..page("", 0) }, "month:"),
+            (proto::GetRemittanceStatementRequest { month: String::new(), ..page("", 0) }, "month:"),
+            (page("Not A Shop", 0), "after_shop_id:"),
+            (page("", 1001), "limit:"),
+        ] {
+            let (code, text) = message(docomo.get_remittance_statement(request).await);
+            assert_eq!((code, text.starts_with(field)), (Code::InvalidArgument, true), "{field} {text}");
+        }
+        // Another carrier sees its own (empty) statement, never docomo's.
+        let kddi_token = w.t.create_carrier("kddi", "KDDI").await;
+        let mut kddi = w.t.carrier(&kddi_token).await;
+        let theirs = kddi.get_remittance_statement(page("", 0)).await.expect("kddi's statement").into_inner();
+        assert_eq!(theirs.carrier_id, "kddi");
+        assert!(theirs.lines.is_empty(), "{backend:?}: {theirs:?}");
+        // A shop's credential is not a carrier's.
+        let mut as_shop = proto::carrier_service_client::CarrierServiceClient::new(w.t.authed(&w.shop_token).await);
+        assert!(matches!(
+            code_of(as_shop.get_remittance_statement(page("", 0)).await),
+            Code::PermissionDenied | Code::Unauthenticated
+        ));
+        w.t.server.shutdown().await.expect("shutdown");
+    }
 }

@@ -360,6 +360,13 @@ impl CarrierService for Ceiling {
     ) -> Result<Response<proto::Statement>, Status> {
         Err(Status::unimplemented("ceiling"))
     }
+
+    async fn get_remittance_statement(
+        &self,
+        _: Request<proto::GetRemittanceStatementRequest>,
+    ) -> Result<Response<proto::CarrierStatement>, Status> {
+        Err(Status::unimplemented("ceiling"))
+    }
 }
 
 /// The version 2 approval payload of `o` (approve), from its fields.

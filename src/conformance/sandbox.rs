@@ -841,6 +841,20 @@ impl CarrierService for SandboxService {
             _ => Err(error::status(ApiError::NotFound("carrier-billed subscriber"))),
         }
     }
+
+    async fn get_remittance_statement(
+        &self,
+        request: Request<proto::GetRemittanceStatementRequest>,
+    ) -> Result<Response<proto::CarrierStatement>, Status> {
+        let (month, _, _) = requests::remittance_statement(request.get_ref())?;
+        // Validated as syncpay validates it; empty, the sandbox settles
+        // nothing.
+        Ok(Response::new(proto::CarrierStatement {
+            carrier_id: self.shared.carrier_id().to_string(),
+            month: month.to_string(),
+            ..Default::default()
+        }))
+    }
 }
 
 #[cfg(test)]

@@ -460,6 +460,17 @@ impl CarrierService for CarrierApi {
         let data = self.engine.statement(&carrier, &number, month).await?;
         Ok(Response::new(convert::statement_to_proto(&data, month)))
     }
+
+    async fn get_remittance_statement(
+        &self,
+        request: Request<proto::GetRemittanceStatementRequest>,
+    ) -> Result<Response<proto::CarrierStatement>, Status> {
+        let carrier = auth::carrier(&request)?;
+        let (month, after, limit) = requests::remittance_statement(request.get_ref())?;
+        super::admin_service::carrier_statement_page(&self.engine, &carrier, month, after.as_ref(), limit)
+            .await
+            .map(Response::new)
+    }
 }
 
 impl CarrierApi {

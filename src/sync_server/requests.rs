@@ -424,12 +424,24 @@ pub fn carrier_month_statement(
     r: &proto::GetCarrierStatementRequest,
 ) -> Result<(CarrierId, Month, Option<ShopId>, usize), ApiError> {
     let carrier = convert::carrier_id("carrier_id", &r.carrier_id)?;
-    let month = convert::month("month", &r.month)?;
-    let after = match r.after_shop_id.as_str() {
+    let (month, after, limit) = statement_page(&r.month, &r.after_shop_id, r.limit)?;
+    Ok((carrier, month, after, limit))
+}
+
+/// CarrierService.GetRemittanceStatement: the carrier is the caller.
+pub fn remittance_statement(
+    r: &proto::GetRemittanceStatementRequest,
+) -> Result<(Month, Option<ShopId>, usize), ApiError> {
+    statement_page(&r.month, &r.after_shop_id, r.limit)
+}
+
+fn statement_page(month: &str, after_shop_id: &str, limit: u32) -> Result<(Month, Option<ShopId>, usize), ApiError> {
+    let month = convert::month("month", month)?;
+    let after = match after_shop_id {
         "" => None,
         id => Some(convert::shop_id("after_shop_id", id)?),
     };
-    Ok((carrier, month, after, page_limit("limit", r.limit)?))
+    Ok((month, after, page_limit("limit", limit)?))
 }
 
 pub fn shop_payout_report(r: &proto::GetShopPayoutReportRequest) -> Result<(ShopId, UnixMs, UnixMs), ApiError> {
