@@ -225,7 +225,8 @@ impl AdminService for AdminApi {
         request: Request<proto::GetCarrierStatementRequest>,
     ) -> Result<Response<proto::CarrierStatement>, Status> {
         let (carrier, month, after, limit) = requests::carrier_month_statement(request.get_ref())?;
-        carrier_statement_page(&self.engine, &carrier, month, after.as_ref(), limit).await.map(Response::new)
+        let lines = self.engine.carrier_statement(&carrier, month, after.as_ref(), limit).await?;
+        Ok(Response::new(convert::carrier_statement_to_proto(&carrier, month, &lines, limit)))
     }
 
     async fn get_trade_history(
@@ -302,28 +303,4 @@ impl AdminService for AdminApi {
         self.engine.rotate_credential(&party, token_hash(&token)).await?;
         Ok(Response::new(proto::RotateCredentialResponse { token }))
     }
-}
-
-/// One page of a carrier's statement for a month (AdminService and, for
-/// the caller itself, CarrierService).
-pub(super) async fn carrier_statement_page(
-    engine: &Engine,
-    carrier: &crate::domain::CarrierId,
-    month: crate::domain::Month,
-    after: Option<&crate::domain::ShopId>,
-    limit: usize,
-) -> Result<proto::CarrierStatement, Status> {
-    let lines = engine.carrier_statement(carrier, month, after, limit).await?;
-    // A full page may have more after it; the last shop listed is the
-    // cursor (a shop's currencies are never split across pages).
-    let mut shops: Vec<&crate::domain::ShopId> = lines.iter().map(|l| &l.shop).collect();
-    shops.dedup();
-    let next =
-        if shops.len() >= limit { shops.last().map_or_else(String::new, |s| s.to_string()) } else { String::new() };
-    Ok(proto::CarrierStatement {
-        carrier_id: carrier.to_string(),
-        month: month.to_string(),
-        lines: lines.iter().map(convert::statement_line_to_proto).collect(),
-        next_after_shop_id: next,
-    })
 }

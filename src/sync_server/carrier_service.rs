@@ -467,9 +467,8 @@ impl CarrierService for CarrierApi {
     ) -> Result<Response<proto::CarrierStatement>, Status> {
         let carrier = auth::carrier(&request)?;
         let (month, after, limit) = requests::remittance_statement(request.get_ref())?;
-        super::admin_service::carrier_statement_page(&self.engine, &carrier, month, after.as_ref(), limit)
-            .await
-            .map(Response::new)
+        let lines = self.engine.carrier_statement(&carrier, month, after.as_ref(), limit).await?;
+        Ok(Response::new(convert::carrier_statement_to_proto(&carrier, month, &lines, limit)))
     }
 }
 

@@ -367,6 +367,29 @@ fn sat_i64(v: i128) -> i64 {
     i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX })
 }
 
+/// One page (at most `limit` shops) of a carrier's statement for a month,
+/// as AdminService.GetCarrierStatement and, for the caller itself,
+/// CarrierService.GetRemittanceStatement answer it.
+pub fn carrier_statement_to_proto(
+    carrier: &crate::domain::CarrierId,
+    month: crate::domain::Month,
+    lines: &[crate::store::CarrierStatementLine],
+    limit: usize,
+) -> proto::CarrierStatement {
+    // A full page may have more after it; the last shop listed is the
+    // cursor (a shop's currencies are never split across pages).
+    let mut shops: Vec<&crate::domain::ShopId> = lines.iter().map(|l| &l.shop).collect();
+    shops.dedup();
+    let next =
+        if shops.len() >= limit { shops.last().map_or_else(String::new, |s| s.to_string()) } else { String::new() };
+    proto::CarrierStatement {
+        carrier_id: carrier.to_string(),
+        month: month.to_string(),
+        lines: lines.iter().map(statement_line_to_proto).collect(),
+        next_after_shop_id: next,
+    }
+}
+
 pub fn statement_line_to_proto(l: &crate::store::CarrierStatementLine) -> proto::CarrierStatementLine {
     proto::CarrierStatementLine {
         shop_id: l.shop.to_string(),
